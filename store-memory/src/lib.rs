@@ -1,0 +1,1 @@
+//! Reference in-memory event store (placeholder until implemented).
