@@ -30,3 +30,6 @@ pub use rejection::{ErrorCode, Rejection};
 pub use status::{CommandStatus, JobExecutionStatus, JobStatus};
 pub use store::{EventStore, StoreError};
 pub use time::{Duration, Timestamp};
+
+#[cfg(feature = "testkit")]
+pub mod testkit;

@@ -1,0 +1,1 @@
+//! Durable embedded EventStore of fleetops on sled (being built).

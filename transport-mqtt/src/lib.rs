@@ -1,0 +1,1 @@
+//! MQTT 5 wire protocol, service-side binding and device SDK of fleetops (being built).
