@@ -27,6 +27,14 @@ pub enum IdError {
         /// The maximum for this kind.
         max: usize,
     },
+    /// The string does not have the kind's structure.
+    #[error("{kind} must look like {expected}")]
+    Malformed {
+        /// Which identifier kind was being parsed.
+        kind: &'static str,
+        /// The expected shape.
+        expected: &'static str,
+    },
     /// The string holds a character outside the kind's alphabet.
     #[error("{kind} contains {found:?} at character {index}; allowed are {allowed}")]
     InvalidChar {
@@ -225,20 +233,16 @@ impl StreamId {
 
     /// Parses a stream name into its kind.
     pub fn parse(s: &str) -> Result<StreamKind, IdError> {
-        let bad = |index: usize, found: char| IdError::InvalidChar {
+        let bad = || IdError::Malformed {
             kind: "stream id",
-            found,
-            index,
-            allowed: "cmd/{id}, job/{id}, exec/{job}/{thing}, group/{name} or x/{name}",
+            expected: "cmd/{id}, job/{id}, exec/{job}/{thing}, group/{name} or x/{name}",
         };
-        let (prefix, rest) = s
-            .split_once('/')
-            .ok_or_else(|| IdError::Empty { kind: "stream id" })?;
+        let (prefix, rest) = s.split_once('/').ok_or_else(bad)?;
         Ok(match prefix {
             "cmd" => StreamKind::Command(ExecutionId::parse(rest)?),
             "job" => StreamKind::Job(JobId::parse(rest)?),
             "exec" => {
-                let (job, thing) = rest.split_once('/').ok_or_else(|| bad(s.len(), '/'))?;
+                let (job, thing) = rest.split_once('/').ok_or_else(bad)?;
                 StreamKind::JobExecution(JobId::parse(job)?, ThingName::parse(thing)?)
             }
             "group" => StreamKind::Group(GroupName::parse(rest)?),
@@ -248,7 +252,7 @@ impl StreamId {
                 })?;
                 StreamKind::Custom(rest.to_owned())
             }
-            _ => return Err(bad(0, s.chars().next().unwrap_or('/'))),
+            _ => return Err(bad()),
         })
     }
 

@@ -13,17 +13,24 @@
 //! - `decide(&state, intent, now) -> Result<Vec<Event>, Rejection>` holds every rule;
 //! - `evolve(state, &event) -> Result<state, EvolveError>` only applies facts.
 
+pub mod aggregate;
+pub mod command;
 pub mod config;
 pub mod device;
 pub mod event;
+pub mod group;
 pub mod ids;
+pub mod job;
 pub mod job_execution;
 pub mod link;
+pub mod policy;
+pub mod projection;
 pub mod rejection;
 pub mod status;
 pub mod store;
 pub mod time;
 
+pub use aggregate::Aggregate;
 pub use event::{Event, EvolveError};
 pub use ids::{ExecutionId, GroupName, IdError, JobId, StreamId, ThingName};
 pub use rejection::{ErrorCode, Rejection};

@@ -2,3 +2,4 @@
 //! harness for aggregates. Behind the `testkit` feature so it never reaches production builds.
 
 pub mod conformance;
+pub mod gwt;

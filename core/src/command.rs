@@ -1,0 +1,274 @@
+//! The command execution aggregate: one real-time request to one online thing.
+//!
+//! `SENT` until the device answers, the TTL passes or the backend cancels; then one of the five
+//! terminal statuses, for good. A response that arrives at or after the deadline is refused
+//! with `TerminalStateReached` even if the timer has not fired yet: once the TTL has passed the
+//! command is timed out, whatever the order in which the runtime sees the two.
+
+use serde_json::Value;
+
+use crate::aggregate::{foreign, not_found, Aggregate};
+use crate::device::CommandResponse;
+use crate::event::{Event, EvolveError};
+use crate::ids::{ExecutionId, ThingName};
+use crate::rejection::Rejection;
+use crate::status::CommandStatus;
+use crate::time::{Duration, Timestamp};
+
+/// The shortest accepted TTL.
+pub const MIN_TTL: Duration = Duration::from_secs(1);
+/// The longest accepted TTL: one day.
+pub const MAX_TTL: Duration = Duration::from_secs(86_400);
+/// The longest `action`, in bytes.
+pub const MAX_ACTION_LEN: usize = 128;
+/// The longest `statusReason`, in bytes.
+pub const MAX_REASON_LEN: usize = 1024;
+
+/// The state of one command execution.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CommandExecution {
+    /// Its id.
+    pub execution_id: ExecutionId,
+    /// The device.
+    pub thing: ThingName,
+    /// Optional template id.
+    pub command_id: Option<String>,
+    /// What to do.
+    pub action: String,
+    /// Arguments.
+    pub params: Value,
+    /// Time to live.
+    pub ttl: Duration,
+    /// When it was sent.
+    pub sent_at: Timestamp,
+    /// `sent_at + ttl`.
+    pub deadline: Timestamp,
+    /// Current status.
+    pub status: CommandStatus,
+    /// The device's result.
+    pub result: Option<Value>,
+    /// The device's or the backend's reason.
+    pub status_reason: Option<String>,
+    /// When it reached its terminal status.
+    pub completed_at: Option<Timestamp>,
+    /// Number of events applied.
+    pub version: u64,
+}
+
+/// What can be asked of a command execution.
+#[derive(Debug, Clone, PartialEq)]
+pub enum CommandIntent {
+    /// Publish a new command.
+    Send {
+        /// New id (chosen by the runtime).
+        execution_id: ExecutionId,
+        /// The device.
+        thing: ThingName,
+        /// Optional template id.
+        command_id: Option<String>,
+        /// What to do (1–128 bytes).
+        action: String,
+        /// Arguments.
+        params: Value,
+        /// Time to live (1 s to 1 day).
+        ttl: Duration,
+    },
+    /// The device answered.
+    Respond(CommandResponse),
+    /// The timer fired; times out if the deadline has passed.
+    CheckTimeout,
+    /// The backend cancels.
+    Cancel {
+        /// Why.
+        reason: Option<String>,
+    },
+}
+
+impl Aggregate for CommandExecution {
+    type Intent = CommandIntent;
+    const NAME: &'static str = "command execution";
+
+    fn decide(
+        state: Option<&Self>,
+        intent: CommandIntent,
+        now: Timestamp,
+    ) -> Result<Vec<Event>, Rejection> {
+        match intent {
+            CommandIntent::Send {
+                execution_id,
+                thing,
+                command_id,
+                action,
+                params,
+                ttl,
+            } => {
+                if state.is_some() {
+                    return Err(Rejection::invalid("executionId", "already exists"));
+                }
+                if action.is_empty() || action.len() > MAX_ACTION_LEN {
+                    return Err(Rejection::invalid(
+                        "action",
+                        format!("must be 1 to {MAX_ACTION_LEN} bytes"),
+                    ));
+                }
+                if ttl < MIN_TTL || ttl > MAX_TTL {
+                    return Err(Rejection::invalid(
+                        "ttl",
+                        format!(
+                            "must be {} to {} seconds",
+                            MIN_TTL.as_secs(),
+                            MAX_TTL.as_secs()
+                        ),
+                    ));
+                }
+                Ok(vec![Event::CommandSent {
+                    execution_id,
+                    thing,
+                    command_id,
+                    action,
+                    params,
+                    ttl,
+                    sent_at: now,
+                }])
+            }
+            CommandIntent::Respond(response) => {
+                let state = state.ok_or_else(|| not_found("command execution", "unknown"))?;
+                if !matches!(
+                    response.status,
+                    CommandStatus::Succeeded | CommandStatus::Failed | CommandStatus::Rejected
+                ) {
+                    return Err(Rejection::invalid(
+                        "status",
+                        "must be SUCCEEDED, FAILED or REJECTED",
+                    ));
+                }
+                if response
+                    .status_reason
+                    .as_ref()
+                    .is_some_and(|r| r.len() > MAX_REASON_LEN)
+                {
+                    return Err(Rejection::invalid(
+                        "statusReason",
+                        format!("must be at most {MAX_REASON_LEN} bytes"),
+                    ));
+                }
+                ensure_sent(state)?;
+                if now >= state.deadline {
+                    return Err(Rejection::TerminalStateReached {
+                        status: CommandStatus::TimedOut.as_str(),
+                        execution_state: None,
+                    });
+                }
+                Ok(vec![Event::CommandResponded {
+                    status: response.status,
+                    result: response.result,
+                    status_reason: response.status_reason,
+                    at: now,
+                }])
+            }
+            CommandIntent::CheckTimeout => match state {
+                Some(s) if s.status == CommandStatus::Sent && now >= s.deadline => {
+                    Ok(vec![Event::CommandTimedOut { at: now }])
+                }
+                // A timer for a finished or unknown command is simply stale.
+                _ => Ok(vec![]),
+            },
+            CommandIntent::Cancel { reason } => {
+                let state = state.ok_or_else(|| not_found("command execution", "unknown"))?;
+                ensure_sent(state)?;
+                Ok(vec![Event::CommandCanceled { at: now, reason }])
+            }
+        }
+    }
+
+    fn evolve(state: Option<Self>, event: &Event) -> Result<Self, EvolveError> {
+        let out_of_order = |s: &Option<Self>| EvolveError::OutOfOrder {
+            event: event.type_name(),
+            state: s.as_ref().map_or("none", |s| s.status.as_str()),
+        };
+        match event {
+            Event::CommandSent {
+                execution_id,
+                thing,
+                command_id,
+                action,
+                params,
+                ttl,
+                sent_at,
+            } => {
+                if state.is_some() {
+                    return Err(out_of_order(&state));
+                }
+                Ok(Self {
+                    execution_id: execution_id.clone(),
+                    thing: thing.clone(),
+                    command_id: command_id.clone(),
+                    action: action.clone(),
+                    params: params.clone(),
+                    ttl: *ttl,
+                    sent_at: *sent_at,
+                    deadline: *sent_at + *ttl,
+                    status: CommandStatus::Sent,
+                    result: None,
+                    status_reason: None,
+                    completed_at: None,
+                    version: 1,
+                })
+            }
+            Event::CommandResponded {
+                status,
+                result,
+                status_reason,
+                at,
+            } => {
+                let mut s = pending(state, event)?;
+                s.status = *status;
+                s.result = result.clone();
+                s.status_reason = status_reason.clone();
+                s.completed_at = Some(*at);
+                Ok(s)
+            }
+            Event::CommandTimedOut { at } => {
+                let mut s = pending(state, event)?;
+                s.status = CommandStatus::TimedOut;
+                s.completed_at = Some(*at);
+                Ok(s)
+            }
+            Event::CommandCanceled { at, reason } => {
+                let mut s = pending(state, event)?;
+                s.status = CommandStatus::Canceled;
+                s.status_reason = reason.clone();
+                s.completed_at = Some(*at);
+                Ok(s)
+            }
+            other => Err(foreign(Self::NAME, other)),
+        }
+    }
+}
+
+/// The state an ending event applies to (bumped to the next version), or why it cannot apply.
+fn pending(
+    state: Option<CommandExecution>,
+    event: &Event,
+) -> Result<CommandExecution, EvolveError> {
+    match state {
+        Some(mut s) if s.status == CommandStatus::Sent => {
+            s.version += 1;
+            Ok(s)
+        }
+        other => Err(EvolveError::OutOfOrder {
+            event: event.type_name(),
+            state: other.as_ref().map_or("none", |s| s.status.as_str()),
+        }),
+    }
+}
+
+fn ensure_sent(state: &CommandExecution) -> Result<(), Rejection> {
+    if state.status.is_terminal() {
+        return Err(Rejection::TerminalStateReached {
+            status: state.status.as_str(),
+            execution_state: None,
+        });
+    }
+    Ok(())
+}

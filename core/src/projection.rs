@@ -1,0 +1,406 @@
+//! Projections: pure folds over the global feed.
+//!
+//! They hold what no single stream should (DESIGN.md §2, "no hot stream"): per-job status
+//! counters, each thing's queue of pending executions (what `notify` and `start-next` read) and
+//! the deadline index the scheduler sleeps on. Each fold is O(1) per event (amortised, with
+//! logarithmic ordered-set updates) and keeps a bounded entry per execution.
+//!
+//! [`Projections::apply`] skips events at or below its checkpoint, so a caller that persists
+//! the checkpoint with the state resumes without seeing an event twice.
+
+use std::collections::{BTreeSet, HashMap};
+
+use serde::{Deserialize, Serialize};
+
+use crate::config::FailureType;
+use crate::event::Event;
+use crate::ids::{JobId, StreamId, StreamKind, ThingName};
+use crate::status::JobExecutionStatus;
+use crate::store::StoredEvent;
+use crate::time::{Duration, Timestamp};
+
+/// Per-status execution counts of one job.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct JobCounters {
+    /// `QUEUED`.
+    pub queued: u64,
+    /// `IN_PROGRESS`.
+    pub in_progress: u64,
+    /// `SUCCEEDED`.
+    pub succeeded: u64,
+    /// `FAILED`.
+    pub failed: u64,
+    /// `REJECTED`.
+    pub rejected: u64,
+    /// `TIMED_OUT`.
+    pub timed_out: u64,
+    /// `CANCELED`.
+    pub canceled: u64,
+    /// `REMOVED`.
+    pub removed: u64,
+}
+
+impl JobCounters {
+    fn slot(&mut self, s: JobExecutionStatus) -> &mut u64 {
+        use JobExecutionStatus as S;
+        match s {
+            S::Queued => &mut self.queued,
+            S::InProgress => &mut self.in_progress,
+            S::Succeeded => &mut self.succeeded,
+            S::Failed => &mut self.failed,
+            S::Rejected => &mut self.rejected,
+            S::TimedOut => &mut self.timed_out,
+            S::Canceled => &mut self.canceled,
+            S::Removed => &mut self.removed,
+        }
+    }
+
+    /// The count of one status.
+    pub fn get(&self, s: JobExecutionStatus) -> u64 {
+        let mut copy = *self;
+        *copy.slot(s)
+    }
+
+    /// Moves one execution from `from` (`None`: new) to `to`.
+    pub fn record(&mut self, from: Option<JobExecutionStatus>, to: JobExecutionStatus) {
+        if let Some(f) = from {
+            let slot = self.slot(f);
+            *slot = slot.saturating_sub(1);
+        }
+        *self.slot(to) += 1;
+    }
+
+    /// Executions still owed to devices.
+    pub fn pending(&self) -> u64 {
+        self.queued + self.in_progress
+    }
+
+    /// Executions the devices finished or that timed out: the base of abort percentages.
+    pub fn executed(&self) -> u64 {
+        self.succeeded + self.failed + self.rejected + self.timed_out
+    }
+
+    /// Executions whose status matches `failure_type`.
+    pub fn failures(&self, failure_type: FailureType) -> u64 {
+        match failure_type {
+            FailureType::Failed => self.failed,
+            FailureType::Rejected => self.rejected,
+            FailureType::TimedOut => self.timed_out,
+            FailureType::All => self.failed + self.rejected + self.timed_out,
+        }
+    }
+
+    /// Every execution ever queued and not removed.
+    pub fn total(&self) -> u64 {
+        self.pending() + self.executed() + self.canceled
+    }
+}
+
+/// Where an execution sits in its thing's pending queue: in progress first, then queued, each
+/// by queue time, then job id for a total order.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct PendingKey {
+    /// 0 for `IN_PROGRESS`, 1 for `QUEUED`.
+    pub rank: u8,
+    /// When the current attempt was queued.
+    pub queued_at: Timestamp,
+    /// The job.
+    pub job_id: JobId,
+}
+
+/// What the projection keeps per execution: a few words, whatever the job document's size.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExecutionEntry {
+    /// Current status.
+    pub status: JobExecutionStatus,
+    /// When the current attempt was queued.
+    pub queued_at: Timestamp,
+    /// Current attempt.
+    pub execution_number: u32,
+    /// In-progress deadline.
+    pub in_progress_deadline: Option<Timestamp>,
+    /// Step deadline.
+    pub step_deadline: Option<Timestamp>,
+    /// The job's in-progress timeout, to compute the deadline at start.
+    pub in_progress_timeout: Option<Duration>,
+}
+
+impl ExecutionEntry {
+    fn deadline(&self) -> Option<Timestamp> {
+        if self.status != JobExecutionStatus::InProgress {
+            return None;
+        }
+        match (self.in_progress_deadline, self.step_deadline) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    fn pending_key(&self, job_id: &JobId) -> Option<PendingKey> {
+        let rank = match self.status {
+            JobExecutionStatus::InProgress => 0,
+            JobExecutionStatus::Queued => 1,
+            _ => return None,
+        };
+        Some(PendingKey {
+            rank,
+            queued_at: self.queued_at,
+            job_id: job_id.clone(),
+        })
+    }
+}
+
+/// Why an event could not be projected.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ProjectionError {
+    /// A job execution event arrived for an execution that was never queued.
+    #[error("event {event} at position {position} for unknown execution {stream}")]
+    UnknownExecution {
+        /// The event's type tag.
+        event: &'static str,
+        /// Its global position.
+        position: u64,
+        /// Its stream.
+        stream: StreamId,
+    },
+    /// The feed skipped a position: events were lost between the store and the projection.
+    #[error("feed gap: expected position {expected}, got {got}")]
+    Gap {
+        /// The position that should have come next.
+        expected: u64,
+        /// The position that came.
+        got: u64,
+    },
+}
+
+/// The runtime's read models, folded from the global feed.
+#[derive(Debug, Clone, Default)]
+pub struct Projections {
+    checkpoint: u64,
+    executions: HashMap<(JobId, ThingName), ExecutionEntry>,
+    counters: HashMap<JobId, JobCounters>,
+    pending: HashMap<ThingName, BTreeSet<PendingKey>>,
+    deadlines: BTreeSet<(Timestamp, StreamId)>,
+    deadline_of: HashMap<StreamId, Timestamp>,
+}
+
+impl Projections {
+    /// Empty projections at position 0.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The position of the last applied event.
+    pub fn checkpoint(&self) -> u64 {
+        self.checkpoint
+    }
+
+    /// Applies one stored event. Events at or below the checkpoint are skipped (a replay after
+    /// restart); a position past `checkpoint + 1` is a gap and refused.
+    pub fn apply(&mut self, stored: &StoredEvent) -> Result<(), ProjectionError> {
+        if stored.position <= self.checkpoint {
+            return Ok(());
+        }
+        if stored.position != self.checkpoint + 1 {
+            return Err(ProjectionError::Gap {
+                expected: self.checkpoint + 1,
+                got: stored.position,
+            });
+        }
+        self.apply_event(&stored.stream, &stored.event, stored.position)?;
+        self.checkpoint = stored.position;
+        Ok(())
+    }
+
+    fn set_deadline(&mut self, stream: &StreamId, at: Option<Timestamp>) {
+        if let Some(old) = self.deadline_of.remove(stream) {
+            self.deadlines.remove(&(old, stream.clone()));
+        }
+        if let Some(at) = at {
+            self.deadline_of.insert(stream.clone(), at);
+            self.deadlines.insert((at, stream.clone()));
+        }
+    }
+
+    fn apply_event(
+        &mut self,
+        stream: &StreamId,
+        event: &Event,
+        position: u64,
+    ) -> Result<(), ProjectionError> {
+        match event {
+            Event::CommandSent { ttl, sent_at, .. } => {
+                self.set_deadline(stream, Some(*sent_at + *ttl))
+            }
+            Event::CommandResponded { .. }
+            | Event::CommandTimedOut { .. }
+            | Event::CommandCanceled { .. } => {
+                self.set_deadline(stream, None);
+            }
+            Event::JobCreated {
+                config, created_at, ..
+            } => {
+                // A job that starts at once gets JobStarted next, which sets the end deadline.
+                let start = config.schedule.start_time.filter(|t| t > created_at);
+                self.set_deadline(stream, start);
+            }
+            Event::JobStarted { .. } => {
+                // Read the end time from the job's own deadline bookkeeping: the job aggregate
+                // re-arms it through `Job::next_deadline`; here only clear the start deadline.
+                self.set_deadline(stream, None);
+            }
+            Event::JobRolloutStopped { .. }
+            | Event::JobCompleted { .. }
+            | Event::JobCanceled { .. }
+            | Event::JobDeleted { .. } => self.set_deadline(stream, None),
+            Event::GroupCreated { .. }
+            | Event::GroupMembersAdded { .. }
+            | Event::GroupMembersRemoved { .. }
+            | Event::GroupDeleted { .. } => {}
+            _ => self.apply_execution(stream, event, position)?,
+        }
+        Ok(())
+    }
+
+    fn apply_execution(
+        &mut self,
+        stream: &StreamId,
+        event: &Event,
+        position: u64,
+    ) -> Result<(), ProjectionError> {
+        let Some(to) = event.execution_status() else {
+            return Ok(());
+        };
+        let StreamKind::JobExecution(job_id, thing) = stream.kind() else {
+            return Err(ProjectionError::UnknownExecution {
+                event: event.type_name(),
+                position,
+                stream: stream.clone(),
+            });
+        };
+        let key = (job_id, thing);
+        let old = self.executions.get(&key).cloned();
+        let mut entry = match (&old, event) {
+            (
+                None,
+                Event::ExecutionQueued {
+                    queued_at,
+                    execution_number,
+                    in_progress_timeout,
+                    ..
+                },
+            ) => ExecutionEntry {
+                status: to,
+                queued_at: *queued_at,
+                execution_number: *execution_number,
+                in_progress_deadline: None,
+                step_deadline: None,
+                in_progress_timeout: *in_progress_timeout,
+            },
+            (Some(e), _) => e.clone(),
+            (None, _) => {
+                return Err(ProjectionError::UnknownExecution {
+                    event: event.type_name(),
+                    position,
+                    stream: stream.clone(),
+                })
+            }
+        };
+        entry.status = to;
+        match event {
+            Event::ExecutionStarted {
+                in_progress_deadline,
+                step,
+                ..
+            } => {
+                entry.in_progress_deadline = *in_progress_deadline;
+                apply_step(&mut entry, *step);
+            }
+            Event::ExecutionProgressed { step, .. } => apply_step(&mut entry, *step),
+            Event::ExecutionRequeued {
+                execution_number,
+                queued_at,
+            } => {
+                entry.execution_number = *execution_number;
+                entry.queued_at = *queued_at;
+                entry.in_progress_deadline = None;
+                entry.step_deadline = None;
+            }
+            _ => {}
+        }
+        let (job_id, thing) = &key;
+        self.counters
+            .entry(job_id.clone())
+            .or_default()
+            .record(old.as_ref().map(|e| e.status), to);
+        let old_key = old.as_ref().and_then(|e| e.pending_key(job_id));
+        let new_key = entry.pending_key(job_id);
+        if old_key != new_key {
+            if let Some(k) = old_key {
+                if let Some(set) = self.pending.get_mut(thing) {
+                    set.remove(&k);
+                    if set.is_empty() {
+                        self.pending.remove(thing);
+                    }
+                }
+            }
+            if let Some(k) = new_key {
+                self.pending.entry(thing.clone()).or_default().insert(k);
+            }
+        }
+        self.set_deadline(stream, entry.deadline());
+        self.executions.insert(key, entry);
+        Ok(())
+    }
+
+    /// The counters of a job (all zero for an unknown job).
+    pub fn counters(&self, job: &JobId) -> JobCounters {
+        self.counters.get(job).copied().unwrap_or_default()
+    }
+
+    /// A thing's pending executions, in progress first, then queued by queue time.
+    pub fn pending(&self, thing: &ThingName) -> impl Iterator<Item = &PendingKey> + '_ {
+        self.pending.get(thing).into_iter().flatten()
+    }
+
+    /// The next pending execution of a thing.
+    pub fn next_pending(&self, thing: &ThingName) -> Option<&PendingKey> {
+        self.pending.get(thing).and_then(|s| s.first())
+    }
+
+    /// The projected entry of one execution.
+    pub fn execution(&self, job: &JobId, thing: &ThingName) -> Option<&ExecutionEntry> {
+        self.executions.get(&(job.clone(), thing.clone()))
+    }
+
+    /// Streams whose deadline is at or before `now`, earliest first.
+    pub fn due(&self, now: Timestamp) -> impl Iterator<Item = &(Timestamp, StreamId)> + '_ {
+        self.deadlines.iter().take_while(move |(at, _)| *at <= now)
+    }
+
+    /// The earliest deadline, for the scheduler's sleep.
+    pub fn next_deadline(&self) -> Option<Timestamp> {
+        self.deadlines.first().map(|(at, _)| *at)
+    }
+
+    /// Sets or clears a stream's deadline from outside the fold (the runtime arms a job's end
+    /// time or a rollout window, which no single event states).
+    pub fn arm(&mut self, stream: &StreamId, at: Option<Timestamp>) {
+        self.set_deadline(stream, at);
+    }
+
+    /// Number of executions tracked.
+    pub fn execution_count(&self) -> usize {
+        self.executions.len()
+    }
+}
+
+fn apply_step(entry: &mut ExecutionEntry, step: crate::event::StepTimer) {
+    use crate::event::StepTimer;
+    match step {
+        StepTimer::Unchanged => {}
+        StepTimer::Set(at) => entry.step_deadline = Some(at),
+        StepTimer::Cleared => entry.step_deadline = None,
+    }
+}

@@ -1,0 +1,759 @@
+//! One given/when/then test per rule of the three aggregates and groups.
+
+mod common;
+
+use common::*;
+use fleetops_core::command::{CommandExecution, CommandIntent};
+use fleetops_core::config::{
+    AbortCriterion, EndBehavior, FailureType, JobConfig, Schedule, TargetSelection, Targets,
+};
+use fleetops_core::device::{CommandResponse, StepTimeout, UpdateRequest};
+use fleetops_core::event::{JobCancelReason, StatusDetails, StepTimer, TimeoutCause};
+use fleetops_core::group::{Group, GroupIntent};
+use fleetops_core::ids::StatusDetailKey;
+use fleetops_core::job::{Job, JobIntent};
+use fleetops_core::job_execution::{JobExecution, JobExecutionIntent as I};
+use fleetops_core::projection::JobCounters;
+use fleetops_core::rejection::Rejection;
+use fleetops_core::testkit::gwt::given;
+use fleetops_core::{
+    CommandStatus, Duration, ErrorCode, Event, ExecutionId, GroupName, JobExecutionStatus as S,
+    ThingName,
+};
+use serde_json::json;
+
+fn update(status: S) -> UpdateRequest {
+    UpdateRequest {
+        status: Some(status),
+        ..UpdateRequest::default()
+    }
+}
+
+fn details(v: &str) -> StatusDetails {
+    [(
+        StatusDetailKey::parse("progress").expect("valid"),
+        v.to_owned(),
+    )]
+    .into()
+}
+
+// ---- job execution ---------------------------------------------------------------------------
+
+#[test]
+fn starting_arms_the_in_progress_timer() {
+    given::<JobExecution>([queued()])
+        .when(I::Update(update(S::InProgress)), t(200))
+        .then_expect([Event::ExecutionStarted {
+            at: t(200),
+            status_details: None,
+            in_progress_deadline: Some(t(200) + Duration::from_minutes(10)),
+            step: StepTimer::Unchanged,
+        }]);
+}
+
+#[test]
+fn a_step_timeout_is_set_replaced_then_cleared() {
+    let with_step = |m| UpdateRequest {
+        step_timeout: StepTimeout::Minutes(m),
+        ..update(S::InProgress)
+    };
+    let s = given::<JobExecution>([queued(), started(110)])
+        .when(I::Update(with_step(2)), t(120))
+        .then_expect([Event::ExecutionProgressed {
+            at: t(120),
+            status_details: None,
+            step: StepTimer::Set(t(240)),
+        }])
+        .expect("exists");
+    assert_eq!(s.step_deadline, Some(t(240)));
+    let history = vec![
+        queued(),
+        started(110),
+        Event::ExecutionProgressed {
+            at: t(120),
+            status_details: None,
+            step: StepTimer::Set(t(240)),
+        },
+    ];
+    // Replaced: a new value starts from now.
+    given::<JobExecution>(history.clone())
+        .when(I::Update(with_step(3)), t(130))
+        .then_expect([Event::ExecutionProgressed {
+            at: t(130),
+            status_details: None,
+            step: StepTimer::Set(t(310)),
+        }]);
+    // Cleared with -1: the timer no longer fires.
+    let cleared = UpdateRequest {
+        step_timeout: StepTimeout::Clear,
+        ..update(S::InProgress)
+    };
+    let s = given::<JobExecution>(history)
+        .when(I::Update(cleared), t(130))
+        .then_expect([Event::ExecutionProgressed {
+            at: t(130),
+            status_details: None,
+            step: StepTimer::Cleared,
+        }])
+        .expect("exists");
+    assert_eq!(s.step_deadline, None);
+    given::<JobExecution>([queued(), started(110)])
+        .when(I::CheckTimeout, t(300))
+        .then_nothing();
+}
+
+#[test]
+fn a_step_never_outlives_the_in_progress_bound() {
+    // In-progress deadline is 110 s + 10 min = 710 s; a 60-minute step is capped there.
+    given::<JobExecution>([queued(), started(110)])
+        .when(
+            I::Update(UpdateRequest {
+                step_timeout: StepTimeout::Minutes(60),
+                ..update(S::InProgress)
+            }),
+            t(120),
+        )
+        .then_expect([Event::ExecutionProgressed {
+            at: t(120),
+            status_details: None,
+            step: StepTimer::Set(t(710)),
+        }]);
+}
+
+#[test]
+fn out_of_range_step_timeouts_are_invalid_requests() {
+    for m in [0, 10_081] {
+        given::<JobExecution>([queued(), started(110)])
+            .when(
+                I::Update(UpdateRequest {
+                    step_timeout: StepTimeout::Minutes(m),
+                    ..update(S::InProgress)
+                }),
+                t(120),
+            )
+            .then_reject(ErrorCode::InvalidRequest);
+    }
+}
+
+#[test]
+fn timers_fire_only_when_due_and_name_their_cause() {
+    let step_at_300 = Event::ExecutionProgressed {
+        at: t(120),
+        status_details: None,
+        step: StepTimer::Set(t(300)),
+    };
+    given::<JobExecution>([queued(), started(110), step_at_300.clone()])
+        .when(I::CheckTimeout, t(299))
+        .then_nothing();
+    given::<JobExecution>([queued(), started(110), step_at_300])
+        .when(I::CheckTimeout, t(300))
+        .then_expect([Event::ExecutionTimedOut {
+            at: t(300),
+            cause: TimeoutCause::Step,
+        }]);
+    given::<JobExecution>([queued(), started(110)])
+        .when(I::CheckTimeout, t(710))
+        .then_expect([Event::ExecutionTimedOut {
+            at: t(710),
+            cause: TimeoutCause::InProgress,
+        }]);
+    // A queued execution has no running timer.
+    given::<JobExecution>([queued()])
+        .when(I::CheckTimeout, t(100_000))
+        .then_nothing();
+}
+
+#[test]
+fn expected_version_mismatch_returns_the_current_state() {
+    let r = given::<JobExecution>([queued(), started(110)])
+        .when(
+            I::Update(UpdateRequest {
+                expected_version: Some(1),
+                ..update(S::Succeeded)
+            }),
+            t(120),
+        )
+        .then_reject(ErrorCode::VersionMismatch);
+    let state = r.execution_state().expect("state attached");
+    assert_eq!((state.status, state.version_number), (S::InProgress, 2));
+    given::<JobExecution>([queued(), started(110)])
+        .when(
+            I::Update(UpdateRequest {
+                expected_version: Some(2),
+                ..update(S::Succeeded)
+            }),
+            t(120),
+        )
+        .then_expect([Event::ExecutionFinished {
+            status: S::Succeeded,
+            at: t(120),
+            status_details: None,
+        }]);
+}
+
+#[test]
+fn an_update_for_another_attempt_is_not_found() {
+    given::<JobExecution>([queued()])
+        .when(
+            I::Update(UpdateRequest {
+                execution_number: Some(2),
+                ..update(S::InProgress)
+            }),
+            t(120),
+        )
+        .then_reject(ErrorCode::ResourceNotFound);
+}
+
+#[test]
+fn a_repeated_progress_report_changes_nothing() {
+    let with = UpdateRequest {
+        status_details: Some(details("50")),
+        ..update(S::InProgress)
+    };
+    let h = vec![
+        queued(),
+        Event::ExecutionStarted {
+            at: t(110),
+            status_details: Some(details("50")),
+            in_progress_deadline: Some(t(710)),
+            step: StepTimer::Unchanged,
+        },
+    ];
+    given::<JobExecution>(h.clone())
+        .when(I::Update(with), t(120))
+        .then_nothing();
+    given::<JobExecution>(h)
+        .when(I::Update(update(S::InProgress)), t(120))
+        .then_nothing();
+}
+
+#[test]
+fn a_duplicate_terminal_report_is_refused_with_the_state() {
+    let h = vec![
+        queued(),
+        Event::ExecutionFinished {
+            status: S::Succeeded,
+            at: t(110),
+            status_details: None,
+        },
+    ];
+    let r = given::<JobExecution>(h.clone())
+        .when(I::Update(update(S::Succeeded)), t(120))
+        .then_reject(ErrorCode::TerminalStateReached);
+    assert_eq!(r.execution_state().map(|s| s.status), Some(S::Succeeded));
+    // A stale IN_PROGRESS arriving after the final report is refused as well.
+    given::<JobExecution>(h)
+        .when(I::Update(update(S::InProgress)), t(120))
+        .then_reject(ErrorCode::TerminalStateReached);
+}
+
+#[test]
+fn status_detail_values_are_bounded() {
+    let long = "x".repeat(1025);
+    given::<JobExecution>([queued()])
+        .when(
+            I::Update(UpdateRequest {
+                status_details: Some(details(&long)),
+                ..update(S::InProgress)
+            }),
+            t(120),
+        )
+        .then_reject(ErrorCode::InvalidRequest);
+    given::<JobExecution>([queued()])
+        .when(I::Update(UpdateRequest::default()), t(120))
+        .then_reject(ErrorCode::InvalidRequest);
+}
+
+#[test]
+fn start_next_starts_queued_and_keeps_in_progress() {
+    given::<JobExecution>([queued(), started(110)])
+        .when(
+            I::Start {
+                status_details: None,
+                step_timeout: StepTimeout::Keep,
+            },
+            t(120),
+        )
+        .then_nothing();
+    given::<JobExecution>([queued()])
+        .when(
+            I::Start {
+                status_details: None,
+                step_timeout: StepTimeout::Minutes(1),
+            },
+            t(120),
+        )
+        .then_expect([Event::ExecutionStarted {
+            at: t(120),
+            status_details: None,
+            in_progress_deadline: Some(t(720)),
+            step: StepTimer::Set(t(180)),
+        }]);
+}
+
+#[test]
+fn retries_bump_the_execution_number_up_to_ten_attempts() {
+    let failed = Event::ExecutionFinished {
+        status: S::Failed,
+        at: t(110),
+        status_details: None,
+    };
+    let s = given::<JobExecution>([queued(), failed.clone()])
+        .when(I::Retry, t(120))
+        .then_expect([Event::ExecutionRequeued {
+            execution_number: 2,
+            queued_at: t(120),
+        }])
+        .expect("exists");
+    assert_eq!(
+        (s.status, s.execution_number, s.version_number),
+        (S::Queued, 2, 3)
+    );
+    let mut h = vec![queued(), failed.clone()];
+    for n in 2..=10 {
+        h.push(Event::ExecutionRequeued {
+            execution_number: n,
+            queued_at: t(120),
+        });
+        h.push(failed.clone());
+    }
+    given::<JobExecution>(h)
+        .when(I::Retry, t(130))
+        .then_reject(ErrorCode::InvalidRequest);
+}
+
+#[test]
+fn unknown_executions_are_not_found() {
+    given::<JobExecution>([])
+        .when(I::Update(update(S::InProgress)), t(1))
+        .then_reject(ErrorCode::ResourceNotFound);
+}
+
+// ---- command execution -----------------------------------------------------------------------
+
+fn send(ttl: u64) -> CommandIntent {
+    CommandIntent::Send {
+        execution_id: ExecutionId::parse("c1").expect("valid"),
+        thing: thing(),
+        command_id: None,
+        action: "unlock".into(),
+        params: json!({"door": 1}),
+        ttl: Duration::from_secs(ttl),
+    }
+}
+
+#[test]
+fn a_command_is_sent_then_answered() {
+    let sent = given::<CommandExecution>([])
+        .when(send(30), t(100))
+        .then_expect([Event::CommandSent {
+            execution_id: ExecutionId::parse("c1").expect("valid"),
+            thing: thing(),
+            command_id: None,
+            action: "unlock".into(),
+            params: json!({"door": 1}),
+            ttl: Duration::from_secs(30),
+            sent_at: t(100),
+        }]);
+    assert_eq!(sent.expect("exists").deadline, t(130));
+}
+
+fn sent_event() -> Event {
+    Event::CommandSent {
+        execution_id: ExecutionId::parse("c1").expect("valid"),
+        thing: thing(),
+        command_id: None,
+        action: "unlock".into(),
+        params: json!({"door": 1}),
+        ttl: Duration::from_secs(30),
+        sent_at: t(100),
+    }
+}
+
+fn respond(status: CommandStatus) -> CommandIntent {
+    CommandIntent::Respond(CommandResponse {
+        status,
+        result: Some(json!(1)),
+        status_reason: None,
+    })
+}
+
+#[test]
+fn a_response_at_the_deadline_is_late_even_before_the_timer_fires() {
+    given::<CommandExecution>([sent_event()])
+        .when(respond(CommandStatus::Failed), t(129))
+        .then_expect([Event::CommandResponded {
+            status: CommandStatus::Failed,
+            result: Some(json!(1)),
+            status_reason: None,
+            at: t(129),
+        }]);
+    given::<CommandExecution>([sent_event()])
+        .when(respond(CommandStatus::Succeeded), t(130))
+        .then_reject_with(Rejection::TerminalStateReached {
+            status: "TIMED_OUT",
+            execution_state: None,
+        });
+    given::<CommandExecution>([sent_event()])
+        .when(CommandIntent::CheckTimeout, t(129))
+        .then_nothing();
+}
+
+#[test]
+fn a_late_response_never_changes_a_terminal_command() {
+    let h = [sent_event(), Event::CommandTimedOut { at: t(130) }];
+    given::<CommandExecution>(h)
+        .when(respond(CommandStatus::Succeeded), t(131))
+        .then_reject_with(Rejection::TerminalStateReached {
+            status: "TIMED_OUT",
+            execution_state: None,
+        });
+    given::<CommandExecution>([])
+        .when(respond(CommandStatus::Succeeded), t(1))
+        .then_reject(ErrorCode::ResourceNotFound);
+}
+
+#[test]
+fn command_ttl_and_action_are_validated() {
+    given::<CommandExecution>([])
+        .when(send(0), t(100))
+        .then_reject(ErrorCode::InvalidRequest);
+    given::<CommandExecution>([])
+        .when(send(86_401), t(100))
+        .then_reject(ErrorCode::InvalidRequest);
+}
+
+// ---- job ---------------------------------------------------------------------------------------
+
+fn create(config: JobConfig) -> JobIntent {
+    JobIntent::Create {
+        job_id: job(),
+        description: None,
+        targets: Targets {
+            things: vec![thing()],
+            groups: vec![],
+        },
+        selection: TargetSelection::Snapshot,
+        document: json!({"op": "reboot"}),
+        config,
+    }
+}
+
+fn created(config: JobConfig) -> Event {
+    Event::JobCreated {
+        job_id: job(),
+        description: None,
+        targets: Targets {
+            things: vec![thing()],
+            groups: vec![],
+        },
+        selection: TargetSelection::Snapshot,
+        document: json!({"op": "reboot"}),
+        config,
+        created_at: t(100),
+    }
+}
+
+fn counters(pairs: &[(S, u64)]) -> JobCounters {
+    let mut c = JobCounters::default();
+    for (s, n) in pairs {
+        for _ in 0..*n {
+            c.record(None, *s);
+        }
+    }
+    c
+}
+
+#[test]
+fn a_job_starts_at_once_or_at_its_start_time() {
+    given::<Job>([])
+        .when(create(JobConfig::default()), t(100))
+        .then_expect([
+            created(JobConfig::default()),
+            Event::JobStarted { at: t(100) },
+        ]);
+    let later = JobConfig {
+        schedule: Schedule {
+            start_time: Some(t(500)),
+            ..Schedule::default()
+        },
+        ..JobConfig::default()
+    };
+    given::<Job>([])
+        .when(create(later.clone()), t(100))
+        .then_expect([created(later.clone())]);
+    let review = || JobIntent::Review {
+        counters: JobCounters::default(),
+        all_queued: false,
+    };
+    given::<Job>([created(later.clone())])
+        .when(review(), t(499))
+        .then_nothing();
+    given::<Job>([created(later)])
+        .when(review(), t(500))
+        .then_expect([Event::JobStarted { at: t(500) }]);
+}
+
+#[test]
+fn a_job_needs_targets_and_valid_options() {
+    let mut no_targets = create(JobConfig::default());
+    if let JobIntent::Create { targets, .. } = &mut no_targets {
+        targets.things.clear();
+    }
+    given::<Job>([])
+        .when(no_targets, t(100))
+        .then_reject(ErrorCode::InvalidRequest);
+    let bad = JobConfig {
+        in_progress_timeout: Some(Duration::from_secs(10)),
+        ..JobConfig::default()
+    };
+    given::<Job>([])
+        .when(create(bad), t(100))
+        .then_reject(ErrorCode::InvalidRequest);
+}
+
+#[test]
+fn a_snapshot_job_completes_when_every_execution_is_terminal() {
+    let h = [
+        created(JobConfig::default()),
+        Event::JobStarted { at: t(100) },
+    ];
+    let review = |c: JobCounters, all| JobIntent::Review {
+        counters: c,
+        all_queued: all,
+    };
+    given::<Job>(h.clone())
+        .when(
+            review(counters(&[(S::Succeeded, 3), (S::InProgress, 1)]), true),
+            t(200),
+        )
+        .then_nothing();
+    given::<Job>(h.clone())
+        .when(review(counters(&[(S::Succeeded, 3)]), false), t(200))
+        .then_nothing();
+    given::<Job>(h)
+        .when(
+            review(counters(&[(S::Succeeded, 3), (S::Failed, 1)]), true),
+            t(200),
+        )
+        .then_expect([Event::JobCompleted { at: t(200) }]);
+}
+
+#[test]
+fn an_abort_rule_cancels_the_job_at_its_threshold() {
+    let config = JobConfig {
+        abort: vec![AbortCriterion {
+            failure_type: FailureType::Failed,
+            min_executed: 4,
+            threshold_percent: 50.0,
+        }],
+        ..JobConfig::default()
+    };
+    let h = [created(config), Event::JobStarted { at: t(100) }];
+    let review = |c: JobCounters| JobIntent::Review {
+        counters: c,
+        all_queued: false,
+    };
+    given::<Job>(h.clone())
+        .when(
+            review(counters(&[
+                (S::Failed, 1),
+                (S::Succeeded, 2),
+                (S::Queued, 5),
+            ])),
+            t(200),
+        )
+        .then_nothing();
+    given::<Job>(h)
+        .when(
+            review(counters(&[
+                (S::Failed, 2),
+                (S::Succeeded, 2),
+                (S::Queued, 5),
+            ])),
+            t(200),
+        )
+        .then_expect([Event::JobCanceled {
+            at: t(200),
+            force: false,
+            reason: JobCancelReason::Aborted {
+                criterion: 0,
+                failed: 2,
+                executed: 4,
+            },
+        }]);
+}
+
+#[test]
+fn the_end_time_applies_the_end_behaviour() {
+    for (behavior, expected) in [
+        (
+            EndBehavior::StopRollout,
+            Event::JobRolloutStopped { at: t(900) },
+        ),
+        (
+            EndBehavior::Cancel,
+            Event::JobCanceled {
+                at: t(900),
+                force: false,
+                reason: JobCancelReason::EndTime,
+            },
+        ),
+        (
+            EndBehavior::ForceCancel,
+            Event::JobCanceled {
+                at: t(900),
+                force: true,
+                reason: JobCancelReason::EndTime,
+            },
+        ),
+    ] {
+        let config = JobConfig {
+            schedule: Schedule {
+                start_time: None,
+                end_time: Some(t(900)),
+                end_behavior: behavior,
+            },
+            ..JobConfig::default()
+        };
+        let h = [created(config), Event::JobStarted { at: t(100) }];
+        let review = JobIntent::Review {
+            counters: counters(&[(S::Queued, 1)]),
+            all_queued: false,
+        };
+        given::<Job>(h.clone())
+            .when(review.clone(), t(899))
+            .then_nothing();
+        given::<Job>(h).when(review, t(900)).then_expect([expected]);
+    }
+}
+
+#[test]
+fn a_canceled_job_can_be_forced_once_and_deleted() {
+    let h = [
+        created(JobConfig::default()),
+        Event::JobStarted { at: t(100) },
+        Event::JobCanceled {
+            at: t(150),
+            force: false,
+            reason: JobCancelReason::Operator { comment: None },
+        },
+    ];
+    given::<Job>(h.clone())
+        .when(
+            JobIntent::Cancel {
+                force: false,
+                comment: None,
+            },
+            t(160),
+        )
+        .then_reject(ErrorCode::InvalidStateTransition);
+    given::<Job>(h.clone())
+        .when(
+            JobIntent::Cancel {
+                force: true,
+                comment: None,
+            },
+            t(160),
+        )
+        .then_expect([Event::JobCanceled {
+            at: t(160),
+            force: true,
+            reason: JobCancelReason::Operator { comment: None },
+        }]);
+    let gone = given::<Job>(h)
+        .when(JobIntent::Delete { force: false }, t(170))
+        .then_expect([Event::JobDeleted { at: t(170) }]);
+    assert!(gone.expect("tombstone kept").deleted);
+    let running = [
+        created(JobConfig::default()),
+        Event::JobStarted { at: t(100) },
+    ];
+    given::<Job>(running)
+        .when(JobIntent::Delete { force: false }, t(170))
+        .then_reject(ErrorCode::InvalidStateTransition);
+}
+
+// ---- group -------------------------------------------------------------------------------------
+
+#[test]
+fn group_membership_changes_list_only_real_changes() {
+    let name = GroupName::parse("lobby").expect("valid");
+    let a = ThingName::parse("a").expect("valid");
+    let b = ThingName::parse("b").expect("valid");
+    let h = vec![
+        Event::GroupCreated {
+            name: name.clone(),
+            description: None,
+            at: t(1),
+        },
+        Event::GroupMembersAdded {
+            things: vec![a.clone()],
+            at: t(2),
+        },
+    ];
+    given::<Group>(h.clone())
+        .when(GroupIntent::AddMembers(vec![a.clone(), b.clone()]), t(3))
+        .then_expect([Event::GroupMembersAdded {
+            things: vec![b.clone()],
+            at: t(3),
+        }]);
+    given::<Group>(h.clone())
+        .when(GroupIntent::AddMembers(vec![a.clone()]), t(3))
+        .then_nothing();
+    given::<Group>(h.clone())
+        .when(GroupIntent::RemoveMembers(vec![b]), t(3))
+        .then_nothing();
+    given::<Group>(h.clone())
+        .when(
+            GroupIntent::Create {
+                name,
+                description: None,
+            },
+            t(3),
+        )
+        .then_reject(ErrorCode::InvalidRequest);
+    let mut deleted = h;
+    deleted.push(Event::GroupDeleted { at: t(4) });
+    given::<Group>(deleted)
+        .when(GroupIntent::AddMembers(vec![a]), t(5))
+        .then_reject(ErrorCode::ResourceNotFound);
+}
+
+#[test]
+fn rejections_map_one_to_one_onto_wire_codes() {
+    use std::collections::HashSet;
+    let all = [
+        Rejection::InvalidTopic { topic: "x".into() },
+        Rejection::InvalidJson { detail: "x".into() },
+        Rejection::invalid("f", "x"),
+        Rejection::InvalidStateTransition {
+            from: "A",
+            to: "B",
+            execution_state: None,
+        },
+        Rejection::ResourceNotFound {
+            kind: "job",
+            id: "j".into(),
+        },
+        Rejection::VersionMismatch {
+            expected: 1,
+            actual: 2,
+            execution_state: None,
+        },
+        Rejection::InternalError { detail: "x".into() },
+        Rejection::RequestThrottled,
+        Rejection::TerminalStateReached {
+            status: "SUCCEEDED",
+            execution_state: None,
+        },
+    ];
+    let codes: HashSet<_> = all.iter().map(Rejection::code).collect();
+    assert_eq!(codes.len(), ErrorCode::ALL.len());
+    let _ = CommandStatus::Sent;
+    let _ = CommandResponse {
+        status: CommandStatus::Succeeded,
+        result: None,
+        status_reason: None,
+    };
+}
