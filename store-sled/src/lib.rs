@@ -1,1 +1,137 @@
-//! Durable embedded EventStore of fleetops on sled (being built).
+//! # fleetops-store-sled
+//!
+//! The durable, embedded [`EventStore`](fleetops_core::store::EventStore) of fleetops, on
+//! [sled](https://docs.rs/sled/0.34.7) pinned to 0.34.7 (the 1.0 alphas are a rewrite without
+//! transactions). It passes core's conformance suite and adds what a single-node deployment
+//! needs: group commit, crash safety, checksummed records and projections with checkpoints.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), fleetops_core::store::StoreError> {
+//! use fleetops_store_sled::{Durability, SledConfig, SledStore};
+//! let store = SledStore::open_async(
+//!     SledConfig::new("/var/lib/fleetops").durability(Durability::FlushEveryBatch),
+//! )
+//! .await?;
+//! # Ok(()) }
+//! ```
+//!
+//! ## Threads
+//!
+//! sled never runs on async worker threads. All writes go through one dedicated writer thread
+//! (see *Group commit*); reads (`read_stream`, `read_all`, `stream_version`, subscriptions,
+//! projection reads) run on tokio's blocking pool. Opening recovers sled's log and blocks: use
+//! [`SledStore::open_async`] inside a runtime. Dropping the last handle waits for the writer's
+//! final flush.
+//!
+//! ## Group commit and atomicity
+//!
+//! Concurrent appends queue up while the writer is busy; the writer takes them all as one
+//! group, checks each on its own (optimistic concurrency per stream, idempotency keys), writes
+//! everything that passed as **one** `sled::Batch` with `Tree::apply_batch`, flushes **once**,
+//! and only then answers every waiter. A conflict in one append fails that append alone.
+//! sled recovers an applied batch atomically after a crash (it seals the batch in its log), so
+//! a group, and therefore each append (its events, its stream-index entries and its
+//! idempotency key), is on disk entirely or not at all. The global position and the stream
+//! heads are not separate counters that could disagree: the head is the last `E` key, a
+//! stream's version its last index entry, both written in the same batch as the events.
+//! See the `writer` module for the failure handling and `codec` for the layout.
+//!
+//! ## Visibility
+//!
+//! Readers see an append once its group is committed: applied and, with
+//! [`Durability::FlushEveryBatch`], flushed. So no reader (and no subscriber that publishes to
+//! devices) ever acts on an event that a crash could take back. The feed is read by position
+//! and each read checks that no position is missing, so subscriptions have no gap and no
+//! repeat, live or across a reopen.
+//!
+//! ## Durability
+//!
+//! [`Durability::FlushEveryBatch`] (default) calls sled's `flush` once per group before
+//! acknowledging; [`Durability::Buffered`] acknowledges after applying in memory and leaves
+//! flushing to sled's background thread ([`SledConfig::flush_every`], 500 ms by default).
+//!
+//! **sled's flush is not a full `fsync` on Linux.** In 0.34.7 `flush` writes its log buffers
+//! with `pwrite` and then calls `sync_file_range(WAIT_BEFORE | WRITE | WAIT_AFTER)` on the
+//! written range (falling back to `fsync` only if that call is unsupported). That waits until
+//! the pages are handed to the device, but it neither flushes the device's volatile write
+//! cache nor commits file metadata (such as a grown file size), and on copy-on-write file
+//! systems such as btrfs it gives no guarantee at all (sled issues #1351, #1452). Only
+//! sled's background flusher calls `fsync` (`File::sync_all`), every `flush_every`. In
+//! practice:
+//!
+//! - a **process crash** (panic, `SIGKILL`, OOM kill) loses nothing that was acknowledged in
+//!   `FlushEveryBatch` mode: the crash test in `tests/crash.rs` checks exactly that;
+//! - a **power loss or kernel crash** can lose roughly the last `flush_every` of
+//!   acknowledged appends (never part of one) unless the drive has power-loss protection;
+//! - `Buffered` mode can lose about `flush_every` of acknowledged appends on a process crash
+//!   too.
+//!
+//! Deployments that need power-loss durability for every acknowledged append need a store
+//! that calls `fdatasync`/`fsync` per commit (the planned PostgreSQL store), or a drive with a
+//! non-volatile write cache.
+//!
+//! ## Corruption
+//!
+//! Every record carries a CRC-32 over its key and value. A damaged or truncated record, a
+//! missing position in the feed or an index entry that points at the wrong event gives
+//! [`StoreError::Corrupt`](fleetops_core::store::StoreError::Corrupt), never a panic. sled
+//! has its own checksums on its log; where sled itself panics on a damaged file (0.34 has
+//! assertions in its recovery path) the panic is caught and reported as `Corrupt` too.
+//! A damaged log tail that sled silently drops during recovery looks like a crash before
+//! those writes: the feed stays a consistent prefix.
+//!
+//! ## Indexes: projections with checkpoints
+//!
+//! The indexes the service needs (executions by job, by thing and by status; due deadlines)
+//! are not maintained in the append transaction. Instead the store offers [`Projection`]s:
+//! named key-value spaces whose writes are applied **atomically with a checkpoint**, with a
+//! compare-and-set on the previous checkpoint. A projector reads the feed from its checkpoint,
+//! derives the index writes, and applies them with the new checkpoint; after any crash the
+//! index and its checkpoint agree, so every event is applied exactly once. The `projection`
+//! module documents the guarantee.
+//!
+//! ## On-disk layout
+//!
+//! One sled tree, `fleetops/v1`, with one-byte key spaces: events by big-endian position,
+//! one stream-index entry per stream per append, idempotency keys, projections and their
+//! checkpoints. The `codec` module has the table.
+
+mod codec;
+mod config;
+mod projection;
+mod store;
+mod writer;
+
+pub use config::{Durability, SledConfig};
+pub use projection::{Projection, ProjectionBatch, ProjectionError, MAX_PROJECTION_NAME};
+pub use store::{SledStore, WriterStats};
+
+/// Helpers for this crate's benchmarks and tests; not part of the API.
+#[doc(hidden)]
+pub mod internals {
+    use fleetops_core::ids::StreamId;
+    use fleetops_core::store::{IdempotencyKey, NewEvent, StoreError};
+
+    /// The sled tree the store writes to.
+    pub const TREE_NAME: &str = crate::store::TREE_NAME;
+
+    /// The exact key and value the store writes for `event` at `position`/`version`, so a
+    /// benchmark can make raw sled write the same bytes.
+    pub fn encode_event(
+        stream: &StreamId,
+        event: &NewEvent,
+        idempotency_key: Option<&IdempotencyKey>,
+        position: u64,
+        version: u64,
+    ) -> Result<(Vec<u8>, Vec<u8>), StoreError> {
+        let key = crate::codec::event_key(position);
+        let value =
+            crate::codec::PreEncoded::new(stream, event, idempotency_key)?.finish(&key, version);
+        Ok((key.to_vec(), value))
+    }
+
+    /// The key of the event at `position`, for tests that damage records on purpose.
+    pub fn event_key(position: u64) -> Vec<u8> {
+        crate::codec::event_key(position).to_vec()
+    }
+}

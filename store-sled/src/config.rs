@@ -1,0 +1,100 @@
+//! How to open a [`SledStore`](crate::SledStore): where, how durable, how much cache.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use fleetops_core::store::StoreError;
+
+/// When an acknowledged append is on disk.
+///
+/// Neither mode is a full `fsync` per append on Linux: see the crate documentation,
+/// section *Durability*.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Durability {
+    /// The writer thread flushes sled once per group commit, before any append of the group is
+    /// acknowledged or becomes visible to readers. An acknowledged append survives a crash of
+    /// the process.
+    #[default]
+    FlushEveryBatch,
+    /// The writer applies each group and acknowledges at once; sled's background thread flushes
+    /// (and `fsync`s) every [`SledConfig::flush_every`]. A process crash can lose the appends
+    /// of that last interval, never part of one. Readers see an append as soon as it is
+    /// acknowledged.
+    Buffered,
+}
+
+/// Options for [`SledStore::open`](crate::SledStore::open).
+#[derive(Debug, Clone)]
+pub struct SledConfig {
+    pub(crate) path: PathBuf,
+    pub(crate) durability: Durability,
+    pub(crate) cache_capacity: u64,
+    pub(crate) flush_every: Duration,
+    pub(crate) max_group_events: usize,
+    /// Keeps the directory of [`SledConfig::temporary`] alive as long as a store uses it.
+    pub(crate) temp: Option<Arc<tempfile::TempDir>>,
+}
+
+impl SledConfig {
+    /// A store in directory `path` (created if missing), with the defaults:
+    /// [`Durability::FlushEveryBatch`], a 256 MiB page cache, sled's background flush every
+    /// 500 ms and at most 10,000 events per group commit.
+    pub fn new(path: impl AsRef<Path>) -> Self {
+        Self {
+            path: path.as_ref().to_path_buf(),
+            durability: Durability::FlushEveryBatch,
+            cache_capacity: 256 * 1024 * 1024,
+            flush_every: Duration::from_millis(500),
+            max_group_events: 10_000,
+            temp: None,
+        }
+    }
+
+    /// A store in a fresh temporary directory, removed when the last handle of the store is
+    /// dropped. Meant for tests: it is flushed like any other store (sled's own `temporary`
+    /// mode skips flushing, which would test a different code path).
+    pub fn temporary() -> Result<Self, StoreError> {
+        let dir = tempfile::Builder::new()
+            .prefix("fleetops-sled-")
+            .tempdir()
+            .map_err(|e| StoreError::Backend {
+                detail: format!("cannot create a temporary directory: {e}"),
+            })?;
+        let mut config = Self::new(dir.path());
+        config.temp = Some(Arc::new(dir));
+        Ok(config)
+    }
+
+    /// Sets the durability mode.
+    pub fn durability(mut self, durability: Durability) -> Self {
+        self.durability = durability;
+        self
+    }
+
+    /// Sets sled's page cache size in bytes.
+    pub fn cache_capacity(mut self, bytes: u64) -> Self {
+        self.cache_capacity = bytes;
+        self
+    }
+
+    /// Sets the period of sled's background flush, which also `fsync`s the file (at least
+    /// 1 ms). It is what makes [`Durability::Buffered`] durable, and it bounds what a power
+    /// loss can take in [`Durability::FlushEveryBatch`] too.
+    pub fn flush_every(mut self, period: Duration) -> Self {
+        self.flush_every = period.max(Duration::from_millis(1));
+        self
+    }
+
+    /// Caps how many events one group commit gathers before it is written (at least 1).
+    /// A single append larger than the cap still goes through, alone in its group.
+    pub fn max_group_events(mut self, events: usize) -> Self {
+        self.max_group_events = events.max(1);
+        self
+    }
+
+    /// The directory of the store.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}

@@ -1,0 +1,290 @@
+//! Projections: key-value state derived from the feed, stored with its checkpoint.
+//!
+//! The service keeps its indexes (executions by job, by thing and by status; pending deadlines
+//! as due time → stream; per-job counters) as projections of the global feed rather than in
+//! the append transaction, so that appends stay O(1) and no index becomes a hot key. What makes
+//! that safe is [`Projection::apply`]: the index writes derived from events `from+1..=to` and
+//! the new checkpoint `to` are written in **one** atomic sled batch, and only if the stored
+//! checkpoint is still `from`. So:
+//!
+//! - after a crash, the checkpoint and the index agree: either both include the update or
+//!   neither does, and the projector resumes from the checkpoint with
+//!   [`EventStore::read_all`](fleetops_core::store::EventStore::read_all) or
+//!   `subscribe(checkpoint + 1)`;
+//! - an update can never be applied twice, nor on top of a state it was not computed from
+//!   (compare-and-set on the checkpoint; a second projector racing on the same projection
+//!   gets [`ProjectionError::CheckpointMismatch`]);
+//! - the checkpoint can never pass the feed head ([`ProjectionError::BeyondHead`]).
+//!
+//! Together: every event affects a projection exactly once, across any number of restarts.
+//! Updates go through the writer thread, so they share the group commit (and its flush) with
+//! appends. Reads see the latest applied update.
+//!
+//! Keys are the caller's bytes; an ordered encoding (big-endian integers, `/`-separated
+//! names) turns "executions of job J" or "deadlines due before T" into a prefix or range scan.
+//! `tests/projection.rs` builds such indexes from the feed as an example.
+
+use std::sync::Arc;
+
+use crate::codec;
+use crate::store::{blocking, sled_error, Inner};
+use crate::writer::{ProjectionUpdate, Request};
+use fleetops_core::store::StoreError;
+use tokio::sync::oneshot;
+
+/// Longest projection name, in bytes.
+pub const MAX_PROJECTION_NAME: usize = 64;
+
+/// Why a projection operation failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ProjectionError {
+    /// The name is empty, too long or outside `[a-zA-Z0-9_.-]`.
+    #[error("invalid projection name {name:?}: {reason}")]
+    InvalidName {
+        /// The refused name.
+        name: String,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
+    /// The stored checkpoint is not the one the update was computed from; nothing was written.
+    #[error(
+        "projection {name} is at checkpoint {actual}, the update was computed from {expected}"
+    )]
+    CheckpointMismatch {
+        /// The projection.
+        name: String,
+        /// The checkpoint the update claimed to start from.
+        expected: u64,
+        /// The stored checkpoint.
+        actual: u64,
+    },
+    /// The new checkpoint lies past the last stored event; nothing was written.
+    #[error("checkpoint {checkpoint} is past the feed head {head}")]
+    BeyondHead {
+        /// The refused checkpoint.
+        checkpoint: u64,
+        /// The feed head when the update was checked.
+        head: u64,
+    },
+    /// The new checkpoint is before the old one; nothing was written.
+    #[error("checkpoint would move backwards from {from} to {to}")]
+    Backwards {
+        /// The checkpoint the update started from.
+        from: u64,
+        /// The refused new checkpoint.
+        to: u64,
+    },
+    /// The store failed (corrupt record, I/O, closed).
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// Writes to apply to a projection together with its new checkpoint.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ProjectionBatch {
+    writes: Vec<(Vec<u8>, Option<Vec<u8>>)>,
+}
+
+impl ProjectionBatch {
+    /// An empty batch (applying it only moves the checkpoint).
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Sets `key` to `value`. A later write to the same key in the batch wins.
+    pub fn put(&mut self, key: impl Into<Vec<u8>>, value: impl Into<Vec<u8>>) -> &mut Self {
+        self.writes.push((key.into(), Some(value.into())));
+        self
+    }
+
+    /// Removes `key` (a no-op if it is absent).
+    pub fn delete(&mut self, key: impl Into<Vec<u8>>) -> &mut Self {
+        self.writes.push((key.into(), None));
+        self
+    }
+
+    /// Number of writes.
+    pub fn len(&self) -> usize {
+        self.writes.len()
+    }
+
+    /// Whether the batch holds no write.
+    pub fn is_empty(&self) -> bool {
+        self.writes.is_empty()
+    }
+}
+
+/// A named key-value space with a checkpoint, kept in the store's database.
+///
+/// Get one with [`SledStore::projection`](crate::SledStore::projection). Cheap to clone; it
+/// keeps the store open while it lives.
+#[derive(Clone)]
+pub struct Projection {
+    inner: Arc<Inner>,
+    name: Arc<str>,
+    prefix: Arc<[u8]>,
+}
+
+impl std::fmt::Debug for Projection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Projection")
+            .field("name", &self.name)
+            .finish()
+    }
+}
+
+fn validate_name(name: &str) -> Result<(), ProjectionError> {
+    let bad = |reason| {
+        Err(ProjectionError::InvalidName {
+            name: name.to_owned(),
+            reason,
+        })
+    };
+    if name.is_empty() {
+        return bad("empty");
+    }
+    if name.len() > MAX_PROJECTION_NAME {
+        return bad("longer than 64 bytes");
+    }
+    if !name
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
+    {
+        return bad("only [a-zA-Z0-9_.-] is allowed");
+    }
+    Ok(())
+}
+
+/// Decodes the entries of a scan, stripping the projection prefix from the keys.
+fn collect(
+    iter: sled::Iter,
+    strip: usize,
+    limit: usize,
+) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError> {
+    let mut out = Vec::new();
+    for item in iter.take(limit) {
+        let (k, v) = item.map_err(sled_error)?;
+        let value = codec::decode_proj_value(&k, &v)?;
+        out.push((k[strip..].to_vec(), value));
+    }
+    Ok(out)
+}
+
+impl Projection {
+    pub(crate) fn new(inner: Arc<Inner>, name: &str) -> Result<Self, ProjectionError> {
+        validate_name(name)?;
+        Ok(Self {
+            inner,
+            name: name.into(),
+            prefix: codec::proj_prefix(name).into(),
+        })
+    }
+
+    /// The projection's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The position of the last event applied; 0 when nothing was applied yet.
+    pub async fn checkpoint(&self) -> Result<u64, ProjectionError> {
+        let key = codec::checkpoint_key(&self.name);
+        Ok(blocking(
+            &self.inner,
+            "projection checkpoint",
+            move |inner| match inner.tree()?.get(&key).map_err(sled_error)? {
+                Some(v) => codec::decode_checkpoint(&key, &v),
+                None => Ok(0),
+            },
+        )
+        .await?)
+    }
+
+    fn full_key(&self, key: &[u8]) -> Vec<u8> {
+        let mut k = Vec::with_capacity(self.prefix.len() + key.len());
+        k.extend_from_slice(&self.prefix);
+        k.extend_from_slice(key);
+        k
+    }
+
+    /// The value of `key`, if set.
+    pub async fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, ProjectionError> {
+        let key = self.full_key(key);
+        Ok(blocking(&self.inner, "projection get", move |inner| {
+            match inner.tree()?.get(&key).map_err(sled_error)? {
+                Some(v) => codec::decode_proj_value(&key, &v).map(Some),
+                None => Ok(None),
+            }
+        })
+        .await?)
+    }
+
+    /// Up to `limit` entries whose key starts with `prefix`, in key order.
+    pub async fn scan_prefix(
+        &self,
+        prefix: &[u8],
+        limit: usize,
+    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, ProjectionError> {
+        let full = self.full_key(prefix);
+        let strip = self.prefix.len();
+        Ok(blocking(&self.inner, "projection scan", move |inner| {
+            collect(inner.tree()?.scan_prefix(&full), strip, limit)
+        })
+        .await?)
+    }
+
+    /// Up to `limit` entries with `start <= key < end`, in key order.
+    pub async fn scan_range(
+        &self,
+        start: &[u8],
+        end: &[u8],
+        limit: usize,
+    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, ProjectionError> {
+        if start >= end {
+            return Ok(Vec::new());
+        }
+        let (lo, hi) = (self.full_key(start), self.full_key(end));
+        let strip = self.prefix.len();
+        Ok(blocking(&self.inner, "projection scan", move |inner| {
+            collect(inner.tree()?.range(lo..hi), strip, limit)
+        })
+        .await?)
+    }
+
+    /// Applies `batch` and moves the checkpoint from `from` to `to`, atomically, if the stored
+    /// checkpoint is `from` and `from <= to <= head`. Returns once the update is as durable as
+    /// the store's [`Durability`](crate::Durability) makes appends.
+    pub async fn apply(
+        &self,
+        from: u64,
+        to: u64,
+        batch: ProjectionBatch,
+    ) -> Result<(), ProjectionError> {
+        let (reply, rx) = oneshot::channel();
+        let update = ProjectionUpdate {
+            name: self.name.to_string(),
+            from,
+            to,
+            writes: batch.writes,
+        };
+        self.inner
+            .submit(Request::Project { update, reply })
+            .await?;
+        rx.await.map_err(|_| StoreError::Closed)?
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_validated() {
+        assert!(validate_name("executions.by-thing_2").is_ok());
+        for bad in ["", "a/b", "a\0b", "é", &"n".repeat(65)] {
+            assert!(
+                matches!(validate_name(bad), Err(ProjectionError::InvalidName { .. })),
+                "{bad:?}"
+            );
+        }
+    }
+}

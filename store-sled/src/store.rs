@@ -1,0 +1,621 @@
+//! [`SledStore`]: opening, the read paths and the [`EventStore`] implementation.
+
+use std::collections::VecDeque;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::thread::JoinHandle;
+
+use async_trait::async_trait;
+use fleetops_core::ids::StreamId;
+use fleetops_core::store::{
+    AppendBatch, Appended, EventStore, StoreError, StoredEvent, Subscription,
+};
+use tokio::sync::{mpsc, oneshot, watch};
+
+use crate::codec::{self, PreEncoded};
+use crate::config::{Durability, SledConfig};
+use crate::projection::{Projection, ProjectionError};
+use crate::writer::{PreparedBatch, PreparedStream, Request, Writer};
+
+/// The name of the sled tree that holds the store.
+pub(crate) const TREE_NAME: &str = "fleetops/v1";
+/// Requests that may wait for the writer before appenders are held back.
+const QUEUE_CAPACITY: usize = 8192;
+/// Events a subscription reads ahead per trip to sled.
+const SUBSCRIPTION_CHUNK: usize = 512;
+/// Most events one read allocates room for up front, whatever `limit` says.
+const MAX_PREALLOCATED: usize = 16 * 1024;
+
+/// Counters of the writer thread, to see group commit at work.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct WriterStats {
+    /// Append requests handled (including refused and idempotent ones).
+    pub appends: u64,
+    /// Events stored.
+    pub events: u64,
+    /// Groups written with one `apply_batch` each.
+    pub groups: u64,
+    /// Flushes performed.
+    pub flushes: u64,
+}
+
+#[derive(Default)]
+pub(crate) struct Stats {
+    pub(crate) appends: AtomicU64,
+    pub(crate) events: AtomicU64,
+    pub(crate) groups: AtomicU64,
+    pub(crate) flushes: AtomicU64,
+}
+
+/// State shared by the writer thread and the readers.
+pub(crate) struct Shared {
+    /// The last position readers may see: applied, and flushed when the mode asks for it.
+    visible_head: AtomicU64,
+    /// Wakes subscribers when the visible head moves (or the writer fails).
+    head_tx: watch::Sender<u64>,
+    /// Why the writer stopped accepting writes, once it has.
+    failure: OnceLock<String>,
+    pub(crate) stats: Stats,
+}
+
+impl Shared {
+    /// Moves the visible head forward and wakes subscribers.
+    pub(crate) fn publish_head(&self, head: u64) {
+        self.visible_head.store(head, Ordering::Release);
+        self.head_tx.send_replace(head);
+    }
+
+    /// Records the writer's failure and wakes subscribers so they can report it.
+    pub(crate) fn fail(&self, reason: String) {
+        let _ = self.failure.set(reason);
+        self.head_tx.send_modify(|_| {});
+    }
+
+    fn head(&self) -> u64 {
+        self.visible_head.load(Ordering::Acquire)
+    }
+}
+
+/// The parts of an open store; dropped when the last [`SledStore`] clone, [`Projection`] or
+/// subscription is gone.
+pub(crate) struct Inner {
+    /// `None` only while dropping.
+    tree: Option<sled::Tree>,
+    /// `None` only while dropping.
+    tx: Option<mpsc::Sender<Request>>,
+    writer: Mutex<Option<JoinHandle<()>>>,
+    pub(crate) shared: Arc<Shared>,
+    path: PathBuf,
+    durability: Durability,
+    /// Declared last so a temporary directory is removed after sled has closed.
+    _temp: Option<Arc<tempfile::TempDir>>,
+}
+
+impl Inner {
+    pub(crate) fn tree(&self) -> Result<&sled::Tree, StoreError> {
+        self.tree.as_ref().ok_or(StoreError::Closed)
+    }
+
+    /// Hands a request to the writer thread.
+    pub(crate) async fn submit(&self, req: Request) -> Result<(), StoreError> {
+        let tx = self.tx.as_ref().ok_or(StoreError::Closed)?;
+        tx.send(req).await.map_err(|_| StoreError::Closed)
+    }
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        // Readers are gone (they hold an `Arc<Inner>`). Drop our tree handle, then close the
+        // channel: the writer drains it, flushes, and drops the last sled handle on its own
+        // thread, so sled closes there rather than on whatever thread drops the store.
+        self.tree = None;
+        self.tx = None;
+        let handle = self.writer.get_mut().ok().and_then(Option::take);
+        if let Some(handle) = handle {
+            if handle.join().is_err() {
+                tracing::error!("the sled writer thread panicked");
+            }
+        }
+    }
+}
+
+/// The durable [`EventStore`] on sled 0.34.7.
+///
+/// Cloning is cheap and shares the store. The database closes (after a final flush, on the
+/// writer thread) when the last clone, [`Projection`] and subscription are dropped; that last
+/// drop waits for the writer to finish.
+#[derive(Clone)]
+pub struct SledStore {
+    pub(crate) inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for SledStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SledStore")
+            .field("path", &self.inner.path)
+            .field("durability", &self.inner.durability)
+            .field("head", &self.inner.shared.head())
+            .finish()
+    }
+}
+
+/// Maps a sled error: its own corruption report stays `Corrupt`, the rest is `Backend`.
+pub(crate) fn sled_error(e: sled::Error) -> StoreError {
+    match e {
+        sled::Error::Corruption { at, .. } => StoreError::Corrupt {
+            location: match at {
+                Some(at) => format!("sled log at {at:?}"),
+                None => "sled log".into(),
+            },
+            detail: "sled reported corruption".into(),
+        },
+        other => StoreError::Backend {
+            detail: other.to_string(),
+        },
+    }
+}
+
+/// The text of a caught panic.
+pub(crate) fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = payload.downcast_ref::<&str>() {
+        (*s).to_owned()
+    } else if let Some(s) = payload.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "unknown panic".into()
+    }
+}
+
+/// Runs sled code, turning a panic inside sled into an error: sled 0.34 has assertions that
+/// fire on some damaged files, and the store promises an error, never a panic.
+pub(crate) fn guarded<T>(
+    what: &str,
+    f: impl FnOnce() -> Result<T, StoreError>,
+) -> Result<T, StoreError> {
+    catch_unwind(AssertUnwindSafe(f)).unwrap_or_else(|panic| {
+        Err(StoreError::Corrupt {
+            location: what.to_owned(),
+            detail: format!("panicked: {}", panic_message(&*panic)),
+        })
+    })
+}
+
+/// Runs a read off the async worker threads: on tokio's blocking pool when a runtime is
+/// present, inline otherwise (a thread without a runtime is not a worker).
+pub(crate) async fn blocking<T, F>(
+    inner: &Arc<Inner>,
+    what: &'static str,
+    f: F,
+) -> Result<T, StoreError>
+where
+    T: Send + 'static,
+    F: FnOnce(&Inner) -> Result<T, StoreError> + Send + 'static,
+{
+    let inner = Arc::clone(inner);
+    match tokio::runtime::Handle::try_current() {
+        Ok(handle) => handle
+            .spawn_blocking(move || guarded(what, || f(&inner)))
+            .await
+            .map_err(|e| StoreError::Backend {
+                detail: format!("{what}: blocking task failed: {e}"),
+            })?,
+        Err(_) => guarded(what, || f(&inner)),
+    }
+}
+
+impl SledStore {
+    /// Opens (or creates) the store. This blocks while sled recovers its log: call it before
+    /// starting the runtime, from a blocking thread, or use [`SledStore::open_async`].
+    ///
+    /// A damaged database gives [`StoreError::Corrupt`] (or `Backend` for I/O errors and an
+    /// unknown format), never a panic.
+    pub fn open(config: SledConfig) -> Result<Self, StoreError> {
+        let path = config.path.clone();
+        let (db, tree, head) = guarded(&format!("opening {}", path.display()), || {
+            let db = sled::Config::new()
+                .path(&path)
+                .cache_capacity(config.cache_capacity)
+                .flush_every_ms(Some(
+                    u64::try_from(config.flush_every.as_millis()).unwrap_or(u64::MAX),
+                ))
+                .mode(sled::Mode::HighThroughput)
+                .open()
+                .map_err(sled_error)?;
+            let tree = db.open_tree(TREE_NAME).map_err(sled_error)?;
+            check_format(&tree)?;
+            let head = recover_head(&tree)?;
+            Ok((db, tree, head))
+        })?;
+
+        let (head_tx, _) = watch::channel(head);
+        let shared = Arc::new(Shared {
+            visible_head: AtomicU64::new(head),
+            head_tx,
+            failure: OnceLock::new(),
+            stats: Stats::default(),
+        });
+        let (tx, rx) = mpsc::channel(QUEUE_CAPACITY);
+        let writer = Writer::new(db, tree.clone(), Arc::clone(&shared), &config, head);
+        let handle = std::thread::Builder::new()
+            .name("fleetops-sled-writer".into())
+            .spawn(move || writer.run(rx))
+            .map_err(|e| StoreError::Backend {
+                detail: format!("cannot start the writer thread: {e}"),
+            })?;
+        Ok(Self {
+            inner: Arc::new(Inner {
+                tree: Some(tree),
+                tx: Some(tx),
+                writer: Mutex::new(Some(handle)),
+                shared,
+                path,
+                durability: config.durability,
+                _temp: config.temp,
+            }),
+        })
+    }
+
+    /// [`SledStore::open`] on tokio's blocking pool.
+    pub async fn open_async(config: SledConfig) -> Result<Self, StoreError> {
+        tokio::task::spawn_blocking(move || Self::open(config))
+            .await
+            .map_err(|e| StoreError::Backend {
+                detail: format!("opening the store failed: {e}"),
+            })?
+    }
+
+    /// A store in a fresh temporary directory, removed when the store is dropped (for tests).
+    pub fn open_temporary() -> Result<Self, StoreError> {
+        Self::open(SledConfig::temporary()?)
+    }
+
+    /// The store's directory.
+    pub fn path(&self) -> &Path {
+        &self.inner.path
+    }
+
+    /// The durability mode it was opened with.
+    pub fn durability(&self) -> Durability {
+        self.inner.durability
+    }
+
+    /// The writer's counters since opening.
+    pub fn stats(&self) -> WriterStats {
+        let s = &self.inner.shared.stats;
+        WriterStats {
+            appends: s.appends.load(Ordering::Relaxed),
+            events: s.events.load(Ordering::Relaxed),
+            groups: s.groups.load(Ordering::Relaxed),
+            flushes: s.flushes.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Flushes sled now (through the writer thread), whatever the durability mode: in
+    /// [`Durability::Buffered`] everything acknowledged before the call is then on disk.
+    pub async fn flush(&self) -> Result<(), StoreError> {
+        let (reply, rx) = oneshot::channel();
+        self.inner.submit(Request::Flush { reply }).await?;
+        rx.await.map_err(|_| StoreError::Closed)?
+    }
+
+    /// A handle on the projection `name` (1–64 characters of `[a-zA-Z0-9_.-]`); see
+    /// [`Projection`]. Projections need no creation: one never written is empty at
+    /// checkpoint 0.
+    pub fn projection(&self, name: &str) -> Result<Projection, ProjectionError> {
+        Projection::new(Arc::clone(&self.inner), name)
+    }
+}
+
+/// Refuses a database written by an unknown layout; stamps a new one.
+fn check_format(tree: &sled::Tree) -> Result<(), StoreError> {
+    match tree.get(codec::FORMAT_KEY).map_err(sled_error)? {
+        Some(v) if v.as_ref() == codec::FORMAT_MARKER => Ok(()),
+        Some(v) => Err(StoreError::Backend {
+            detail: format!(
+                "unsupported store format {:?}, this build reads {:?}",
+                String::from_utf8_lossy(&v),
+                String::from_utf8_lossy(codec::FORMAT_MARKER)
+            ),
+        }),
+        None => {
+            if let Some(first) = tree.first().map_err(sled_error)? {
+                return Err(StoreError::Corrupt {
+                    location: "store metadata".into(),
+                    detail: format!(
+                        "format marker missing from a non-empty store (first key {})",
+                        codec::show_key(&first.0)
+                    ),
+                });
+            }
+            tree.insert(codec::FORMAT_KEY, codec::FORMAT_MARKER)
+                .map_err(sled_error)?;
+            tree.flush().map_err(sled_error)?;
+            Ok(())
+        }
+    }
+}
+
+/// The last stored position, from the last `E` key; checks the feed starts at 1.
+fn recover_head(tree: &sled::Tree) -> Result<u64, StoreError> {
+    let events = || tree.range(codec::event_key(0)..=codec::event_key(u64::MAX));
+    let Some(last) = events().next_back() else {
+        return Ok(0);
+    };
+    let head = codec::event_key_position(&last.map_err(sled_error)?.0)?;
+    let first = match events().next() {
+        Some(item) => codec::event_key_position(&item.map_err(sled_error)?.0)?,
+        None => head,
+    };
+    if first != 1 {
+        return Err(StoreError::Corrupt {
+            location: "event at position 1".into(),
+            detail: format!("the feed starts at position {first}"),
+        });
+    }
+    Ok(head)
+}
+
+fn missing(position: u64) -> StoreError {
+    StoreError::Corrupt {
+        location: format!("event at position {position}"),
+        detail: "missing from the feed".into(),
+    }
+}
+
+/// Events `from..=to` of the feed, checked to be all there.
+fn read_positions(
+    tree: &sled::Tree,
+    from: u64,
+    to: u64,
+    out: &mut Vec<StoredEvent>,
+) -> Result<(), StoreError> {
+    let mut expect = from;
+    for item in tree.range(codec::event_key(from)..=codec::event_key(to)) {
+        let (k, v) = item.map_err(sled_error)?;
+        let pos = codec::event_key_position(&k)?;
+        if pos != expect {
+            return Err(missing(expect));
+        }
+        out.push(codec::decode_event(pos, &k, &v)?);
+        expect += 1;
+    }
+    if expect <= to {
+        return Err(missing(expect));
+    }
+    Ok(())
+}
+
+pub(crate) fn read_all_blocking(
+    inner: &Inner,
+    from: u64,
+    limit: usize,
+) -> Result<Vec<StoredEvent>, StoreError> {
+    let head = inner.shared.head();
+    let from = from.max(1);
+    if limit == 0 || from > head {
+        return Ok(Vec::new());
+    }
+    let to = head.min(from.saturating_add(limit as u64 - 1));
+    let mut out = Vec::with_capacity(((to - from + 1) as usize).min(MAX_PREALLOCATED));
+    read_positions(inner.tree()?, from, to, &mut out)?;
+    Ok(out)
+}
+
+fn read_stream_blocking(
+    inner: &Inner,
+    stream: &StreamId,
+    from: u64,
+    limit: usize,
+) -> Result<Vec<StoredEvent>, StoreError> {
+    let tree = inner.tree()?;
+    let head = inner.shared.head();
+    let from = from.max(1);
+    let mut out = Vec::new();
+    if limit == 0 {
+        return Ok(out);
+    }
+    let prefix = codec::run_prefix(stream);
+    // Start at the last run that begins at or before `from`, or at the stream's first run.
+    let start = match tree
+        .range(prefix.clone()..=codec::run_key(&prefix, from))
+        .next_back()
+    {
+        Some(item) => item.map_err(sled_error)?.0.to_vec(),
+        None => prefix.clone(),
+    };
+    let mut next_version = if start == prefix { Some(1) } else { None };
+    for item in tree.range(start..) {
+        let (k, v) = item.map_err(sled_error)?;
+        if !k.starts_with(&prefix) {
+            break;
+        }
+        let run = codec::decode_run(&prefix, &k, &v)?;
+        if run.first_position > head {
+            break; // staged by a group that is not visible yet
+        }
+        let location = || format!("stream {stream} at version {}", run.first_version);
+        if run.last_position() > head {
+            return Err(StoreError::Corrupt {
+                location: location(),
+                detail: "a run straddles the feed head".into(),
+            });
+        }
+        if let Some(expected) = next_version {
+            if run.first_version != expected {
+                return Err(StoreError::Corrupt {
+                    location: location(),
+                    detail: format!("versions jump from {expected} to {}", run.first_version),
+                });
+            }
+        }
+        next_version = Some(run.last_version() + 1);
+        if run.last_version() < from {
+            continue;
+        }
+        let first_v = from.max(run.first_version);
+        let lo = run.first_position + (first_v - run.first_version);
+        let room = (limit - out.len()) as u64;
+        let hi = run.last_position().min(lo.saturating_add(room - 1));
+        let before = out.len();
+        read_positions(tree, lo, hi, &mut out)?;
+        for (i, e) in out[before..].iter().enumerate() {
+            if &e.stream != stream || e.stream_version != first_v + i as u64 {
+                return Err(StoreError::Corrupt {
+                    location: format!("event at position {}", e.position),
+                    detail: format!(
+                        "the index of stream {stream} expects version {} here, the record is \
+                         {} version {}",
+                        first_v + i as u64,
+                        e.stream,
+                        e.stream_version
+                    ),
+                });
+            }
+        }
+        if out.len() >= limit {
+            break;
+        }
+    }
+    Ok(out)
+}
+
+fn stream_version_blocking(inner: &Inner, stream: &StreamId) -> Result<Option<u64>, StoreError> {
+    let tree = inner.tree()?;
+    let head = inner.shared.head();
+    let prefix = codec::run_prefix(stream);
+    for item in tree.scan_prefix(&prefix).rev() {
+        let (k, v) = item.map_err(sled_error)?;
+        let run = codec::decode_run(&prefix, &k, &v)?;
+        if run.first_position <= head {
+            return Ok(Some(run.last_version()));
+        }
+    }
+    Ok(None)
+}
+
+/// Encodes a batch on the caller's task, so the writer only checks versions and writes.
+fn prepare(batch: AppendBatch) -> Result<PreparedBatch, StoreError> {
+    batch.validate()?;
+    let events = batch.len();
+    let idem = batch.idempotency_key;
+    let mut streams = Vec::with_capacity(batch.streams.len());
+    for s in batch.streams {
+        let encoded = s
+            .events
+            .iter()
+            .map(|e| PreEncoded::new(&s.stream, e, idem.as_ref()))
+            .collect::<Result<Vec<_>, _>>()?;
+        streams.push(PreparedStream {
+            stream: s.stream,
+            expected: s.expected,
+            events: encoded,
+        });
+    }
+    Ok(PreparedBatch {
+        streams,
+        idempotency_key: idem,
+        events,
+    })
+}
+
+#[async_trait]
+impl EventStore for SledStore {
+    async fn append(&self, batch: AppendBatch) -> Result<Appended, StoreError> {
+        let batch = prepare(batch)?;
+        let (reply, rx) = oneshot::channel();
+        self.inner.submit(Request::Append { batch, reply }).await?;
+        rx.await.map_err(|_| StoreError::Closed)?
+    }
+
+    async fn read_stream(
+        &self,
+        stream: &StreamId,
+        from: u64,
+        limit: usize,
+    ) -> Result<Vec<StoredEvent>, StoreError> {
+        let stream = stream.clone();
+        blocking(&self.inner, "read_stream", move |inner| {
+            read_stream_blocking(inner, &stream, from, limit)
+        })
+        .await
+    }
+
+    async fn stream_version(&self, stream: &StreamId) -> Result<Option<u64>, StoreError> {
+        let stream = stream.clone();
+        blocking(&self.inner, "stream_version", move |inner| {
+            stream_version_blocking(inner, &stream)
+        })
+        .await
+    }
+
+    async fn read_all(&self, from: u64, limit: usize) -> Result<Vec<StoredEvent>, StoreError> {
+        blocking(&self.inner, "read_all", move |inner| {
+            read_all_blocking(inner, from, limit)
+        })
+        .await
+    }
+
+    async fn head_position(&self) -> Result<u64, StoreError> {
+        Ok(self.inner.shared.head())
+    }
+
+    async fn subscribe(&self, from: u64) -> Result<Box<dyn Subscription>, StoreError> {
+        let mut head_rx = self.inner.shared.head_tx.subscribe();
+        head_rx.mark_changed();
+        Ok(Box::new(SledSubscription {
+            inner: Arc::clone(&self.inner),
+            next: from.max(1),
+            buffer: VecDeque::new(),
+            head_rx,
+        }))
+    }
+}
+
+/// A subscription: reads the feed from sled in chunks, then waits for the head to move.
+///
+/// Every event is read from disk by position, never pushed through an in-memory channel, so a
+/// slow subscriber cannot lag out or skip: it simply reads further behind, and catching up
+/// after a restart is the same code path as following live.
+struct SledSubscription {
+    inner: Arc<Inner>,
+    next: u64,
+    buffer: VecDeque<StoredEvent>,
+    head_rx: watch::Receiver<u64>,
+}
+
+#[async_trait]
+impl Subscription for SledSubscription {
+    async fn next(&mut self) -> Result<StoredEvent, StoreError> {
+        loop {
+            if let Some(e) = self.buffer.pop_front() {
+                return Ok(e);
+            }
+            // Mark the current value seen before reading, so a head published during the
+            // read still wakes `changed` below.
+            let _ = self.head_rx.borrow_and_update();
+            if self.next <= self.inner.shared.head() {
+                let from = self.next;
+                let events = blocking(&self.inner, "subscription", move |inner| {
+                    read_all_blocking(inner, from, SUBSCRIPTION_CHUNK)
+                })
+                .await?;
+                match events.last() {
+                    Some(last) => self.next = last.position + 1,
+                    None => return Err(missing(from)),
+                }
+                self.buffer.extend(events);
+                continue;
+            }
+            if let Some(reason) = self.inner.shared.failure.get() {
+                return Err(StoreError::Backend {
+                    detail: format!("the store failed and must be reopened: {reason}"),
+                });
+            }
+            if self.head_rx.changed().await.is_err() {
+                return Err(StoreError::Closed);
+            }
+        }
+    }
+}

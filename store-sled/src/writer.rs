@@ -1,0 +1,462 @@
+//! The writer thread: the only code that writes to sled, with group commit.
+//!
+//! Appends and projection updates arrive on a bounded channel. The thread takes the first
+//! request, then every request already queued (up to [`SledConfig::max_group_events`]
+//! events), and handles them as one *group*:
+//!
+//! 1. each request is checked on its own, in arrival order, against the stored state plus what
+//!    the earlier requests of the group staged (versions, idempotency keys, checkpoints); a
+//!    request that fails its check gets its own error and stages nothing;
+//! 2. everything staged goes into one `sled::Batch`, applied with one `apply_batch`, which sled
+//!    recovers atomically after a crash (all of the group or none of it);
+//! 3. in [`Durability::FlushEveryBatch`] the thread flushes once;
+//! 4. the visible head moves past the group, subscribers are woken, and every waiter is
+//!    answered.
+//!
+//! While one group is being flushed the next one gathers in the channel, so under load many
+//! appends share one flush. Because only this thread writes, the version checks need no lock
+//! and positions are handed out without gaps.
+//!
+//! A failed or panicking sled write leaves the thread in a *failed* state: the outcome of that
+//! group is unknown (the batch may or may not be on disk), so every later request is refused
+//! with [`StoreError::Backend`] until the store is reopened, which recovers the truth from
+//! disk. Retrying writes after a failed flush is how data gets silently lost.
+
+use std::collections::HashMap;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use fleetops_core::ids::StreamId;
+use fleetops_core::store::{Appended, ExpectedVersion, IdempotencyKey, StoreError};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::codec::{self, PreEncoded};
+use crate::config::{Durability, SledConfig};
+use crate::projection::ProjectionError;
+use crate::store::{panic_message, sled_error, Shared};
+
+/// The writer forgets cached stream heads past this many streams (it re-reads them from sled).
+const HEAD_CACHE_LIMIT: usize = 256 * 1024;
+/// Most requests in one group, whatever their size.
+const MAX_GROUP_REQUESTS: usize = 4096;
+
+/// The events of one stream in an append, already encoded.
+pub(crate) struct PreparedStream {
+    pub(crate) stream: StreamId,
+    pub(crate) expected: ExpectedVersion,
+    pub(crate) events: Vec<PreEncoded>,
+}
+
+/// An append, encoded on the caller's task.
+pub(crate) struct PreparedBatch {
+    pub(crate) streams: Vec<PreparedStream>,
+    pub(crate) idempotency_key: Option<IdempotencyKey>,
+    pub(crate) events: usize,
+}
+
+/// One projection update.
+pub(crate) struct ProjectionUpdate {
+    pub(crate) name: String,
+    pub(crate) from: u64,
+    pub(crate) to: u64,
+    pub(crate) writes: Vec<(Vec<u8>, Option<Vec<u8>>)>,
+}
+
+/// What the writer thread is asked to do.
+pub(crate) enum Request {
+    /// Append a batch.
+    Append {
+        batch: PreparedBatch,
+        reply: oneshot::Sender<Result<Appended, StoreError>>,
+    },
+    /// Apply a projection update with its checkpoint.
+    Project {
+        update: ProjectionUpdate,
+        reply: oneshot::Sender<Result<(), ProjectionError>>,
+    },
+    /// Flush sled now, whatever the durability mode.
+    Flush {
+        reply: oneshot::Sender<Result<(), StoreError>>,
+    },
+}
+
+impl Request {
+    fn events(&self) -> usize {
+        match self {
+            Self::Append { batch, .. } => batch.events,
+            Self::Project { update, .. } => update.writes.len(),
+            Self::Flush { .. } => 0,
+        }
+    }
+
+    fn fail(self, err: StoreError) {
+        // A waiter that gave up (dropped its future) is not an error.
+        match self {
+            Self::Append { reply, .. } => drop(reply.send(Err(err))),
+            Self::Project { reply, .. } => drop(reply.send(Err(err.into()))),
+            Self::Flush { reply } => drop(reply.send(Err(err))),
+        }
+    }
+}
+
+/// The answer to one request, sent after the group is committed.
+enum Outcome {
+    Append(
+        oneshot::Sender<Result<Appended, StoreError>>,
+        Result<Appended, StoreError>,
+    ),
+    Project(
+        oneshot::Sender<Result<(), ProjectionError>>,
+        Result<(), ProjectionError>,
+    ),
+    Flush(oneshot::Sender<Result<(), StoreError>>),
+}
+
+impl Outcome {
+    fn send(self, commit: &Result<(), StoreError>) {
+        match (self, commit) {
+            (Self::Append(tx, r), Ok(())) => drop(tx.send(r)),
+            (Self::Project(tx, r), Ok(())) => drop(tx.send(r)),
+            (Self::Flush(tx), Ok(())) => drop(tx.send(Ok(()))),
+            (Self::Append(tx, _), Err(e)) => drop(tx.send(Err(e.clone()))),
+            (Self::Project(tx, _), Err(e)) => drop(tx.send(Err(e.clone().into()))),
+            (Self::Flush(tx), Err(e)) => drop(tx.send(Err(e.clone()))),
+        }
+    }
+}
+
+/// What the earlier requests of the current group staged.
+#[derive(Default)]
+struct Staged {
+    batch: sled::Batch,
+    heads: HashMap<StreamId, u64>,
+    idem: HashMap<IdempotencyKey, Appended>,
+    checkpoints: HashMap<String, u64>,
+    next_position: u64,
+    writes: usize,
+    events: u64,
+}
+
+/// The state owned by the writer thread.
+pub(crate) struct Writer {
+    /// The database handle; the writer holds it last so sled closes on this thread.
+    _db: sled::Db,
+    tree: sled::Tree,
+    shared: Arc<Shared>,
+    durability: Durability,
+    max_group_events: usize,
+    /// The position the next stored event gets.
+    next_position: u64,
+    /// Committed stream versions, so most version checks need no sled read.
+    heads: HashMap<StreamId, u64>,
+    /// Set after a failed write; every later request is refused with it.
+    failed: Option<String>,
+}
+
+impl Writer {
+    pub(crate) fn new(
+        db: sled::Db,
+        tree: sled::Tree,
+        shared: Arc<Shared>,
+        config: &SledConfig,
+        head: u64,
+    ) -> Self {
+        Self {
+            _db: db,
+            tree,
+            shared,
+            durability: config.durability,
+            max_group_events: config.max_group_events,
+            next_position: head + 1,
+            heads: HashMap::new(),
+            failed: None,
+        }
+    }
+
+    /// Runs until every sender is gone, then flushes and returns (dropping sled here).
+    pub(crate) fn run(mut self, mut rx: mpsc::Receiver<Request>) {
+        let mut group = Vec::new();
+        while let Some(first) = rx.blocking_recv() {
+            let mut events = first.events();
+            group.push(first);
+            while events < self.max_group_events && group.len() < MAX_GROUP_REQUESTS {
+                match rx.try_recv() {
+                    Ok(req) => {
+                        events += req.events();
+                        group.push(req);
+                    }
+                    Err(_) => break,
+                }
+            }
+            self.handle_group(&mut group);
+        }
+        if self.failed.is_none() {
+            if let Err(e) = self.tree.flush() {
+                tracing::error!(error = %e, "final flush of the sled store failed");
+            }
+        }
+    }
+
+    fn handle_group(&mut self, group: &mut Vec<Request>) {
+        if let Some(reason) = &self.failed {
+            let err = failed_error(reason);
+            for req in group.drain(..) {
+                req.fail(err.clone());
+            }
+            return;
+        }
+        let mut staged = Staged {
+            next_position: self.next_position,
+            ..Staged::default()
+        };
+        let mut outcomes = Vec::with_capacity(group.len());
+        let mut flush_requested = false;
+        for req in group.drain(..) {
+            let outcome = match req {
+                Request::Append { batch, reply } => {
+                    let r = self.stage_append(batch, &mut staged);
+                    Outcome::Append(reply, r)
+                }
+                Request::Project { update, reply } => {
+                    let r = self.stage_projection(update, &mut staged);
+                    Outcome::Project(reply, r)
+                }
+                Request::Flush { reply } => {
+                    flush_requested = true;
+                    Outcome::Flush(reply)
+                }
+            };
+            outcomes.push(outcome);
+        }
+        let commit = self.commit(staged, flush_requested);
+        for outcome in outcomes {
+            outcome.send(&commit);
+        }
+    }
+
+    /// Writes the group and moves the visible head; `Err` once the store has failed.
+    fn commit(&mut self, staged: Staged, flush_requested: bool) -> Result<(), StoreError> {
+        let Staged {
+            batch,
+            heads,
+            next_position,
+            writes,
+            events,
+            ..
+        } = staged;
+        let flush =
+            flush_requested || (writes > 0 && self.durability == Durability::FlushEveryBatch);
+        if writes == 0 && !flush {
+            return Ok(());
+        }
+        let tree = &self.tree;
+        let result = catch_unwind(AssertUnwindSafe(|| -> sled::Result<()> {
+            if writes > 0 {
+                tree.apply_batch(batch)?;
+            }
+            if flush {
+                tree.flush()?;
+            }
+            Ok(())
+        }));
+        let failure = match result {
+            Ok(Ok(())) => None,
+            Ok(Err(e)) => Some(format!("sled write failed: {e}")),
+            Err(panic) => Some(format!(
+                "sled panicked while writing: {}",
+                panic_message(&*panic)
+            )),
+        };
+        if let Some(reason) = failure {
+            tracing::error!(%reason, "sled store failed; it refuses writes until reopened");
+            self.shared.fail(reason.clone());
+            let err = failed_error(&reason);
+            self.failed = Some(reason);
+            return Err(err);
+        }
+        if self.heads.len() + heads.len() > HEAD_CACHE_LIMIT {
+            self.heads.clear();
+        }
+        self.heads.extend(heads);
+        self.next_position = next_position;
+        let stats = &self.shared.stats;
+        if writes > 0 {
+            stats.groups.fetch_add(1, Ordering::Relaxed);
+            stats.events.fetch_add(events, Ordering::Relaxed);
+        }
+        if flush {
+            stats.flushes.fetch_add(1, Ordering::Relaxed);
+        }
+        // Readers may now see the group: it is applied, and flushed if the mode asks for it.
+        self.shared.publish_head(next_position - 1);
+        Ok(())
+    }
+
+    /// The current version of `stream`, counting what this group staged.
+    fn current_version(
+        &mut self,
+        stream: &StreamId,
+        staged: &Staged,
+    ) -> Result<Option<u64>, StoreError> {
+        if let Some(v) = staged.heads.get(stream) {
+            return Ok(Some(*v));
+        }
+        if let Some(v) = self.heads.get(stream) {
+            return Ok(Some(*v));
+        }
+        let prefix = codec::run_prefix(stream);
+        match self.tree.scan_prefix(&prefix).next_back() {
+            None => Ok(None),
+            Some(item) => {
+                let (k, v) = item.map_err(sled_error)?;
+                let run = codec::decode_run(&prefix, &k, &v)?;
+                let version = run.last_version();
+                self.heads.insert(stream.clone(), version);
+                Ok(Some(version))
+            }
+        }
+    }
+
+    fn stage_append(
+        &mut self,
+        batch: PreparedBatch,
+        staged: &mut Staged,
+    ) -> Result<Appended, StoreError> {
+        self.shared.stats.appends.fetch_add(1, Ordering::Relaxed);
+        let idem = match &batch.idempotency_key {
+            Some(key) => {
+                if let Some(first) = staged.idem.get(key) {
+                    return Ok(first.clone());
+                }
+                let k = codec::idem_key(key);
+                if let Some(v) = self.tree.get(&k).map_err(sled_error)? {
+                    return codec::decode_appended(&k, &v);
+                }
+                Some((key.clone(), k))
+            }
+            None => None,
+        };
+
+        // Check every stream before staging anything, so a conflict leaves no trace.
+        let mut currents = Vec::with_capacity(batch.streams.len());
+        for s in &batch.streams {
+            let actual = self.current_version(&s.stream, staged)?;
+            if !s.expected.admits(actual) {
+                return Err(StoreError::Conflict {
+                    stream: s.stream.clone(),
+                    expected: s.expected,
+                    actual,
+                });
+            }
+            let count = u32::try_from(s.events.len()).map_err(|_| StoreError::InvalidBatch {
+                reason: format!("more than {} events for stream {}", u32::MAX, s.stream),
+            })?;
+            currents.push((actual.unwrap_or(0), count));
+        }
+
+        let first_position = staged.next_position;
+        let mut position = first_position;
+        let mut versions = Vec::with_capacity(batch.streams.len());
+        for (s, (current, count)) in batch.streams.into_iter().zip(currents) {
+            let prefix = codec::run_prefix(&s.stream);
+            let first_version = current + 1;
+            let run_key = codec::run_key(&prefix, first_version);
+            let run_value = codec::encode_run(&run_key, position, count);
+            staged.batch.insert(run_key, run_value);
+            let mut version = first_version;
+            for event in s.events {
+                let key = codec::event_key(position);
+                let value = event.finish(&key, version);
+                staged.batch.insert(&key[..], value);
+                position += 1;
+                version += 1;
+            }
+            staged.writes += 1 + count as usize;
+            staged.events += u64::from(count);
+            let last_version = version - 1;
+            staged.heads.insert(s.stream.clone(), last_version);
+            versions.push((s.stream, last_version));
+        }
+        staged.next_position = position;
+        let appended = Appended {
+            first_position,
+            last_position: position - 1,
+            versions,
+        };
+        if let Some((key, k)) = idem {
+            staged
+                .batch
+                .insert(k.clone(), codec::encode_appended(&k, &appended));
+            staged.writes += 1;
+            staged.idem.insert(key, appended.clone());
+        }
+        Ok(appended)
+    }
+
+    fn stage_projection(
+        &mut self,
+        update: ProjectionUpdate,
+        staged: &mut Staged,
+    ) -> Result<(), ProjectionError> {
+        let ProjectionUpdate {
+            name,
+            from,
+            to,
+            writes,
+        } = update;
+        let ck = codec::checkpoint_key(&name);
+        let actual = match staged.checkpoints.get(&name) {
+            Some(c) => *c,
+            None => match self.tree.get(&ck).map_err(sled_error)? {
+                Some(v) => codec::decode_checkpoint(&ck, &v)?,
+                None => 0,
+            },
+        };
+        if actual != from {
+            return Err(ProjectionError::CheckpointMismatch {
+                name,
+                expected: from,
+                actual,
+            });
+        }
+        // Only events that are already committed can have been projected.
+        let head = self.next_position - 1;
+        if to > head {
+            return Err(ProjectionError::BeyondHead {
+                checkpoint: to,
+                head,
+            });
+        }
+        if to < from {
+            return Err(ProjectionError::Backwards { from, to });
+        }
+        let prefix = codec::proj_prefix(&name);
+        for (key, value) in writes {
+            let mut k = Vec::with_capacity(prefix.len() + key.len());
+            k.extend_from_slice(&prefix);
+            k.extend_from_slice(&key);
+            match value {
+                Some(v) => {
+                    let v = codec::encode_proj_value(&k, &v);
+                    staged.batch.insert(k, v);
+                }
+                None => staged.batch.remove(k),
+            }
+            staged.writes += 1;
+        }
+        staged
+            .batch
+            .insert(ck.clone(), codec::encode_checkpoint(&ck, to));
+        staged.writes += 1;
+        staged.checkpoints.insert(name, to);
+        Ok(())
+    }
+}
+
+/// The error every request gets once the writer has failed.
+fn failed_error(reason: &str) -> StoreError {
+    StoreError::Backend {
+        detail: format!("the store failed earlier and must be reopened: {reason}"),
+    }
+}
