@@ -1,0 +1,726 @@
+//! [`Fleet`]: the runtime handle and its API.
+
+use std::collections::{BTreeSet, HashMap};
+use std::hash::RandomState;
+use std::ops::Bound;
+use std::sync::{Arc, Mutex, RwLock};
+
+use fleetops_core::command::{CommandExecution, CommandIntent};
+use fleetops_core::event::EndReason;
+use fleetops_core::group::{Group, GroupIntent};
+use fleetops_core::job::{Job, JobIntent};
+use fleetops_core::job_execution::{JobExecution, JobExecutionIntent};
+use fleetops_core::link::DeviceLink;
+use fleetops_core::store::{EventStore, StoredEvent};
+use fleetops_core::{
+    CommandStatus, Duration, ExecutionId, GroupName, JobExecutionStatus, JobId, JobStatus,
+    Rejection, StreamId, ThingName,
+};
+use futures::future::BoxFuture;
+use futures::stream::BoxStream;
+use futures::StreamExt;
+use serde_json::Value;
+use tokio::sync::{broadcast, mpsc, oneshot, watch, Notify};
+use tokio::task::JoinHandle;
+
+use crate::clock::{Clock, SystemClock};
+use crate::error::FleetError;
+use crate::ids::{IdSource, UuidV7Ids};
+use crate::runtime::{lock, Inner, OutboxQueue};
+use crate::state::State;
+use crate::types::{
+    CommandRow, ExecutionRow, FleetConfig, JobDescription, JobSpec, JobSummary, Page, Paged,
+    StatusChange,
+};
+use crate::{follower, jobs, outbox, scheduler, worker};
+
+/// A stream of stored events with their envelopes, from [`Fleet::events`].
+pub type EventStream = BoxStream<'static, Result<StoredEvent, FleetError>>;
+
+/// The fleetops runtime: commands, jobs, groups, timers, rollout, projections and recovery,
+/// over any [`EventStore`] and [`DeviceLink`].
+///
+/// It runs a fixed set of tasks, whatever the fleet size: a projection follower, an inbound
+/// loop, a few worker shards, one scheduler, one job driver and one outbox. Dropping the
+/// `Fleet` (or calling [`Fleet::shutdown`]) stops them; the store keeps everything, and a new
+/// `Fleet` on the same store resumes where this one stopped.
+///
+/// ```
+/// use fleetops_core::{Duration, ThingName, CommandStatus};
+/// use fleetops_core::device::{CommandResponse, DeviceRequest, Outbound};
+/// use fleetops_service::{Fleet, link::ChannelLink};
+/// use fleetops_store_memory::MemoryStore;
+///
+/// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let (link, mut devices) = ChannelLink::pair(64);
+/// let fleet = Fleet::start(MemoryStore::new(), link).await?;
+/// let lamp = ThingName::parse("lamp-1")?;
+/// let handle = fleet
+///     .send_command(lamp.clone(), "switch-on", serde_json::json!({}), Duration::from_secs(30))
+///     .await?;
+/// // The device gets the request and answers it.
+/// let Some(Outbound::CommandRequest { execution_id, .. }) = devices.recv().await else { panic!() };
+/// devices.request(&lamp, None, DeviceRequest::CommandResponse {
+///     execution_id,
+///     response: CommandResponse { status: CommandStatus::Succeeded, result: None, status_reason: None },
+/// }).await?;
+/// assert_eq!(handle.outcome().await?.status, CommandStatus::Succeeded);
+/// # Ok(()) }
+/// ```
+pub struct Fleet<S: EventStore, L: DeviceLink> {
+    inner: Arc<Inner<S, L>>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl<S: EventStore, L: DeviceLink> std::fmt::Debug for Fleet<S, L> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Fleet")
+            .field("checkpoint", &self.checkpoint())
+            .field("tasks", &self.tasks.len())
+            .finish()
+    }
+}
+
+/// Sets up a [`Fleet`]: clock, id source and tuning; then [`FleetBuilder::start`].
+pub struct FleetBuilder<S, L> {
+    store: S,
+    link: L,
+    clock: Arc<dyn Clock>,
+    ids: Arc<dyn IdSource>,
+    config: FleetConfig,
+}
+
+impl<S: EventStore, L: DeviceLink> FleetBuilder<S, L> {
+    /// Uses `clock` for `now` and for sleeping (default: [`SystemClock`]).
+    pub fn clock(mut self, clock: impl Clock) -> Self {
+        self.clock = Arc::new(clock);
+        self
+    }
+
+    /// Uses `ids` for new ids (default: [`UuidV7Ids`]).
+    pub fn ids(mut self, ids: impl IdSource) -> Self {
+        self.ids = Arc::new(ids);
+        self
+    }
+
+    /// Uses `config` for tuning.
+    pub fn config(mut self, config: FleetConfig) -> Self {
+        self.config = config;
+        self
+    }
+
+    /// Catches up with the store, re-derives what is owed, and starts the tasks.
+    ///
+    /// Every stored event is folded into the in-memory projections before the fleet serves
+    /// anything. Projection checkpoints are not persisted yet, so a start replays the feed
+    /// from position 1; a later step can persist them through store-sled's projection API.
+    pub async fn start(self) -> Result<Fleet<S, L>, FleetError> {
+        let shards = self.config.shards.max(1);
+        let mut senders = Vec::with_capacity(shards);
+        let mut receivers = Vec::with_capacity(shards);
+        for _ in 0..shards {
+            let (tx, rx) = mpsc::channel(self.config.worker_queue.max(1));
+            senders.push(tx);
+            receivers.push(rx);
+        }
+        let (changes, _) = broadcast::channel(self.config.status_change_buffer.max(1));
+        let inner = Arc::new(Inner {
+            store: self.store,
+            link: self.link,
+            clock: self.clock,
+            ids: self.ids,
+            config: self.config,
+            state: RwLock::new(State::default()),
+            applied: watch::Sender::new(0),
+            dirty_jobs: Mutex::new(BTreeSet::new()),
+            jobs_wake: Notify::new(),
+            outbox: Mutex::new(OutboxQueue::default()),
+            outbox_wake: Notify::new(),
+            scheduler_wake: Notify::new(),
+            shards: senders,
+            hasher: RandomState::new(),
+            waiters: Mutex::new(HashMap::new()),
+            changes,
+            presence: Mutex::new(HashMap::new()),
+        });
+        inner.catch_up_at_start().await?;
+        // Recovery: every job gets a tick (retries, removals, cleanup, review and rollout
+        // are all derived from the folded state), and the outbox re-sends what may be owed.
+        let jobs: Vec<JobId> = inner.read().jobs.keys().cloned().collect();
+        lock(&inner.dirty_jobs).extend(jobs);
+        inner.queue_recovery();
+        let mut tasks = Vec::new();
+        tasks.push(tokio::spawn(follower::run(Arc::clone(&inner))));
+        for rx in receivers {
+            tasks.push(tokio::spawn(worker::run_shard(Arc::clone(&inner), rx)));
+        }
+        tasks.push(tokio::spawn(worker::run_inbound(Arc::clone(&inner))));
+        tasks.push(tokio::spawn(scheduler::run(Arc::clone(&inner))));
+        tasks.push(tokio::spawn(jobs::run(Arc::clone(&inner))));
+        tasks.push(tokio::spawn(outbox::run(Arc::clone(&inner))));
+        Ok(Fleet { inner, tasks })
+    }
+}
+
+impl<S: EventStore, L: DeviceLink> Drop for Fleet<S, L> {
+    fn drop(&mut self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+        // Outstanding command handles learn that nobody will resolve them.
+        lock(&self.inner.waiters).clear();
+    }
+}
+
+/// A sent command; [`CommandHandle::outcome`] resolves once it reaches a terminal status.
+pub struct CommandHandle {
+    execution_id: ExecutionId,
+    done: oneshot::Receiver<()>,
+    reader: Arc<dyn CommandReader>,
+}
+
+impl std::fmt::Debug for CommandHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CommandHandle")
+            .field("execution_id", &self.execution_id)
+            .finish_non_exhaustive()
+    }
+}
+
+impl CommandHandle {
+    /// The command execution's id.
+    pub fn execution_id(&self) -> &ExecutionId {
+        &self.execution_id
+    }
+
+    /// Waits for the terminal status (answer, TTL, cancel) and returns the final record.
+    pub async fn outcome(self) -> Result<CommandExecution, FleetError> {
+        // The sender is dropped, not fired, when the fleet stops.
+        self.done.await.map_err(|_| FleetError::Stopped)?;
+        self.reader.read(self.execution_id).await
+    }
+}
+
+/// Reads a command execution; lets [`CommandHandle`] stay free of the fleet's type parameters.
+trait CommandReader: Send + Sync {
+    fn read(&self, id: ExecutionId) -> BoxFuture<'_, Result<CommandExecution, FleetError>>;
+}
+
+impl<S: EventStore, L: DeviceLink> CommandReader for Inner<S, L> {
+    fn read(&self, id: ExecutionId) -> BoxFuture<'_, Result<CommandExecution, FleetError>> {
+        Box::pin(async move { get_command(self, &id).await })
+    }
+}
+
+async fn get_command<S: EventStore, L: DeviceLink>(
+    inner: &Inner<S, L>,
+    id: &ExecutionId,
+) -> Result<CommandExecution, FleetError> {
+    inner
+        .load::<CommandExecution>(&StreamId::command(id))
+        .await?
+        .0
+        .ok_or_else(|| not_found("command execution", id))
+}
+
+fn not_found(kind: &'static str, id: impl std::fmt::Display) -> FleetError {
+    FleetError::Rejected(Rejection::ResourceNotFound {
+        kind,
+        id: id.to_string(),
+    })
+}
+
+/// Keyset paging over an ordered iterator of `(key, item)`.
+fn page<K: AsRef<str>, T>(items: impl Iterator<Item = (K, T)>, page: &Page) -> Paged<T> {
+    let limit = page.cap();
+    let mut out = Vec::new();
+    let mut last = None;
+    let mut more = false;
+    for (k, item) in items {
+        if page.after.as_deref().is_some_and(|a| k.as_ref() <= a) {
+            continue;
+        }
+        if out.len() == limit {
+            more = true;
+            break;
+        }
+        last = Some(k.as_ref().to_owned());
+        out.push(item);
+    }
+    Paged {
+        items: out,
+        next: if more { last } else { None },
+    }
+}
+
+/// Which command executions to list.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CommandFilter {
+    /// Only this thing's commands.
+    pub thing: Option<ThingName>,
+    /// Only commands in this status.
+    pub status: Option<CommandStatus>,
+}
+
+impl<S: EventStore, L: DeviceLink> Fleet<S, L> {
+    /// A builder, to set the clock, the id source or the tuning.
+    pub fn builder(store: S, link: L) -> FleetBuilder<S, L> {
+        FleetBuilder {
+            store,
+            link,
+            clock: Arc::new(SystemClock),
+            ids: Arc::new(UuidV7Ids),
+            config: FleetConfig::default(),
+        }
+    }
+
+    /// Starts a fleet with the system clock, UUIDv7 ids and default tuning.
+    pub async fn start(store: S, link: L) -> Result<Self, FleetError> {
+        Self::builder(store, link).start().await
+    }
+
+    /// Stops every task. The store keeps everything; start a new fleet to resume.
+    pub async fn shutdown(mut self) {
+        for t in self.tasks.drain(..) {
+            t.abort();
+            let _ = t.await;
+        }
+    }
+
+    /// The store.
+    pub fn store(&self) -> &S {
+        &self.inner.store
+    }
+
+    /// The global position the projections have folded.
+    pub fn checkpoint(&self) -> u64 {
+        self.inner.read().checkpoint()
+    }
+
+    /// Waits until the projections have folded everything stored so far, so that queries see
+    /// every write made before the call.
+    pub async fn caught_up(&self) -> Result<(), FleetError> {
+        self.inner.catch_up().await
+    }
+
+    // ---- commands ---------------------------------------------------------------------------
+
+    /// Sends a command to one thing. The handle resolves when the thing answers, the TTL
+    /// passes, or the command is canceled.
+    pub async fn send_command(
+        &self,
+        thing: ThingName,
+        action: impl Into<String>,
+        params: Value,
+        ttl: Duration,
+    ) -> Result<CommandHandle, FleetError> {
+        self.send_command_with(thing, None, action.into(), params, ttl)
+            .await
+    }
+
+    /// Like [`Fleet::send_command`], naming a command template id.
+    pub async fn send_command_with(
+        &self,
+        thing: ThingName,
+        command_id: Option<String>,
+        action: String,
+        params: Value,
+        ttl: Duration,
+    ) -> Result<CommandHandle, FleetError> {
+        if self.inner.config.fail_commands_when_offline
+            && lock(&self.inner.presence).get(&thing) == Some(&false)
+        {
+            return Err(FleetError::Offline { thing });
+        }
+        let execution_id = self.inner.ids.execution_id();
+        // Register before appending, so the terminal event cannot slip past the handle.
+        let (tx, done) = oneshot::channel();
+        lock(&self.inner.waiters)
+            .entry(execution_id.clone())
+            .or_default()
+            .push(tx);
+        let intent = CommandIntent::Send {
+            execution_id: execution_id.clone(),
+            thing,
+            command_id,
+            action,
+            params,
+            ttl,
+        };
+        let stream = StreamId::command(&execution_id);
+        if let Err(e) = self.inner.execute::<CommandExecution>(&stream, intent).await {
+            lock(&self.inner.waiters).remove(&execution_id);
+            return Err(e);
+        }
+        Ok(CommandHandle {
+            execution_id,
+            done,
+            reader: Arc::clone(&self.inner) as Arc<dyn CommandReader>,
+        })
+    }
+
+    /// The command execution, as stored.
+    pub async fn get_command(&self, id: &ExecutionId) -> Result<CommandExecution, FleetError> {
+        get_command(&self.inner, id).await
+    }
+
+    /// Command executions, by id (UUIDv7 ids sort by send time), filtered by thing and status.
+    pub fn list_commands(&self, filter: &CommandFilter, page_req: &Page) -> Paged<CommandRow> {
+        let st = self.inner.read();
+        let row = |id: &ExecutionId, c: &crate::state::CommandEntry| CommandRow {
+            execution_id: id.clone(),
+            thing: c.thing.clone(),
+            status: c.status,
+            sent_at: c.sent_at,
+            deadline: c.deadline,
+        };
+        let keep = |c: &crate::state::CommandEntry| filter.status.is_none_or(|s| s == c.status);
+        match &filter.thing {
+            Some(thing) => {
+                let mut ids: Vec<&ExecutionId> = st
+                    .thing_commands
+                    .get(thing)
+                    .map(|v| v.iter().collect())
+                    .unwrap_or_default();
+                ids.sort();
+                let items = ids.into_iter().filter_map(|id| {
+                    st.commands
+                        .get(id)
+                        .filter(|c| keep(c))
+                        .map(|c| (id.clone(), row(id, c)))
+                });
+                page(items, page_req)
+            }
+            None => {
+                let start = match &page_req.after {
+                    Some(a) => match ExecutionId::parse(a) {
+                        Ok(id) => Bound::Excluded(id),
+                        Err(_) => Bound::Unbounded,
+                    },
+                    None => Bound::Unbounded,
+                };
+                let items = st
+                    .commands
+                    .range((start, Bound::Unbounded))
+                    .filter(|(_, c)| keep(c))
+                    .map(|(id, c)| (id.clone(), row(id, c)));
+                page(items, page_req)
+            }
+        }
+    }
+
+    /// Cancels a command that is still `SENT`.
+    pub async fn cancel_command(
+        &self,
+        id: &ExecutionId,
+        reason: Option<String>,
+    ) -> Result<CommandExecution, FleetError> {
+        let done = self
+            .inner
+            .execute::<CommandExecution>(&StreamId::command(id), CommandIntent::Cancel { reason })
+            .await
+            .map_err(|e| rename(e, "command execution", id))?;
+        done.state.ok_or_else(|| not_found("command execution", id))
+    }
+
+    // ---- jobs -------------------------------------------------------------------------------
+
+    /// Creates a job. It starts at once unless its schedule says later; executions are then
+    /// queued by the rollout driver at the configured rate.
+    pub async fn create_job(&self, spec: JobSpec) -> Result<Job, FleetError> {
+        let stream = StreamId::job(&spec.job_id);
+        let intent = JobIntent::Create {
+            job_id: spec.job_id.clone(),
+            description: spec.description,
+            targets: spec.targets,
+            selection: spec.selection,
+            document: spec.document,
+            config: spec.config,
+        };
+        let done = self.inner.execute::<Job>(&stream, intent).await?;
+        done.state.ok_or_else(|| not_found("job", &spec.job_id))
+    }
+
+    /// The job with its per-status counters.
+    pub fn describe_job(&self, id: &JobId) -> Result<JobDescription, FleetError> {
+        let st = self.inner.read();
+        let entry = st
+            .jobs
+            .get(id)
+            .filter(|e| !e.job.deleted)
+            .ok_or_else(|| not_found("job", id))?;
+        Ok(JobDescription {
+            job: Job::clone(&entry.job),
+            counters: st.proj.counters(id),
+            remaining_targets: entry.to_queue.len() as u64,
+        })
+    }
+
+    /// Jobs by id, optionally only those in `status`.
+    pub fn list_jobs(&self, status: Option<JobStatus>, page_req: &Page) -> Paged<JobSummary> {
+        let st = self.inner.read();
+        let items = st
+            .jobs
+            .iter()
+            .filter(|(_, e)| !e.job.deleted && status.is_none_or(|s| s == e.job.status))
+            .map(|(id, e)| {
+                (
+                    id.clone(),
+                    JobSummary {
+                        job_id: id.clone(),
+                        status: e.job.status,
+                        selection: e.job.selection,
+                        created_at: e.job.created_at,
+                        counters: st.proj.counters(id),
+                    },
+                )
+            });
+        page(items, page_req)
+    }
+
+    /// A job's executions by thing name, optionally only those in `status`.
+    pub fn list_job_executions(
+        &self,
+        job: &JobId,
+        status: Option<JobExecutionStatus>,
+        page_req: &Page,
+    ) -> Result<Paged<ExecutionRow>, FleetError> {
+        let st = self.inner.read();
+        let entry = st.jobs.get(job).ok_or_else(|| not_found("job", job))?;
+        let start = match page_req.after.as_deref().map(ThingName::parse) {
+            Some(Ok(t)) => Bound::Excluded(t),
+            _ => Bound::Unbounded,
+        };
+        let items = entry
+            .executions
+            .range((start, Bound::Unbounded))
+            .filter(|(_, m)| status.is_none_or(|s| s == m.status))
+            .map(|(t, m)| (t.clone(), row(job, t, m)));
+        Ok(page(items, page_req))
+    }
+
+    /// A thing's executions by job id, optionally only those in `status`.
+    pub fn list_thing_executions(
+        &self,
+        thing: &ThingName,
+        status: Option<JobExecutionStatus>,
+        page_req: &Page,
+    ) -> Paged<ExecutionRow> {
+        let st = self.inner.read();
+        let mut jobs: Vec<&JobId> = st
+            .thing_jobs
+            .get(thing)
+            .map(|v| v.iter().collect())
+            .unwrap_or_default();
+        jobs.sort();
+        let items = jobs.into_iter().filter_map(|job| {
+            st.exec(job, thing)
+                .filter(|m| status.is_none_or(|s| s == m.status))
+                .map(|m| (job.clone(), row(job, thing, m)))
+        });
+        page(items, page_req)
+    }
+
+    /// The full state of one job execution.
+    pub async fn get_job_execution(
+        &self,
+        job: &JobId,
+        thing: &ThingName,
+    ) -> Result<JobExecution, FleetError> {
+        self.inner
+            .load::<JobExecution>(&StreamId::job_execution(job, thing))
+            .await?
+            .0
+            .ok_or_else(|| not_found("job execution", format!("{job}/{thing}")))
+    }
+
+    /// Cancels a job: its queued executions are canceled (in-progress ones too with `force`),
+    /// and no more are queued.
+    pub async fn cancel_job(
+        &self,
+        id: &JobId,
+        force: bool,
+        comment: Option<String>,
+    ) -> Result<Job, FleetError> {
+        let done = self
+            .inner
+            .execute::<Job>(&StreamId::job(id), JobIntent::Cancel { force, comment })
+            .await
+            .map_err(|e| rename(e, "job", id))?;
+        done.state.ok_or_else(|| not_found("job", id))
+    }
+
+    /// Deletes a job (a tombstone; history stays). Its pending executions are removed.
+    pub async fn delete_job(&self, id: &JobId, force: bool) -> Result<(), FleetError> {
+        self.inner
+            .execute::<Job>(&StreamId::job(id), JobIntent::Delete { force })
+            .await
+            .map_err(|e| rename(e, "job", id))?;
+        Ok(())
+    }
+
+    /// Cancels one execution (an in-progress one only with `force`).
+    pub async fn cancel_job_execution(
+        &self,
+        job: &JobId,
+        thing: &ThingName,
+        force: bool,
+    ) -> Result<JobExecution, FleetError> {
+        let intent = JobExecutionIntent::Cancel {
+            force,
+            reason: EndReason::Operator,
+        };
+        self.execution_intent(job, thing, intent).await
+    }
+
+    /// Deletes one execution record (`REMOVED`; a pending one only with `force`).
+    pub async fn delete_job_execution(
+        &self,
+        job: &JobId,
+        thing: &ThingName,
+        force: bool,
+    ) -> Result<JobExecution, FleetError> {
+        let intent = JobExecutionIntent::Remove {
+            force,
+            reason: EndReason::Operator,
+        };
+        self.execution_intent(job, thing, intent).await
+    }
+
+    async fn execution_intent(
+        &self,
+        job: &JobId,
+        thing: &ThingName,
+        intent: JobExecutionIntent,
+    ) -> Result<JobExecution, FleetError> {
+        let id = format!("{job}/{thing}");
+        let done = self
+            .inner
+            .execute::<JobExecution>(&StreamId::job_execution(job, thing), intent)
+            .await
+            .map_err(|e| rename(e, "job execution", &id))?;
+        done.state.ok_or_else(|| not_found("job execution", id))
+    }
+
+    // ---- groups -----------------------------------------------------------------------------
+
+    /// Creates a thing group.
+    pub async fn create_group(
+        &self,
+        name: GroupName,
+        description: Option<String>,
+    ) -> Result<Group, FleetError> {
+        let stream = StreamId::group(&name);
+        let done = self
+            .inner
+            .execute::<Group>(&stream, GroupIntent::Create { name: name.clone(), description })
+            .await?;
+        done.state.ok_or_else(|| not_found("group", &name))
+    }
+
+    /// Adds things to a group; a continuous job targeting it queues an execution for each.
+    pub async fn add_group_members(
+        &self,
+        name: &GroupName,
+        things: Vec<ThingName>,
+    ) -> Result<Group, FleetError> {
+        self.group_intent(name, GroupIntent::AddMembers(things)).await
+    }
+
+    /// Removes things from a group; a continuous job targeting it removes their still-queued
+    /// executions (unless another of its targets still names them).
+    pub async fn remove_group_members(
+        &self,
+        name: &GroupName,
+        things: Vec<ThingName>,
+    ) -> Result<Group, FleetError> {
+        self.group_intent(name, GroupIntent::RemoveMembers(things))
+            .await
+    }
+
+    /// Deletes a group.
+    pub async fn delete_group(&self, name: &GroupName) -> Result<(), FleetError> {
+        self.group_intent(name, GroupIntent::Delete).await?;
+        Ok(())
+    }
+
+    /// A group, as folded.
+    pub fn group(&self, name: &GroupName) -> Option<Group> {
+        self.inner
+            .read()
+            .groups
+            .get(name)
+            .filter(|g| !g.deleted)
+            .cloned()
+    }
+
+    /// Group membership changes decide on the folded group (group streams grow with every
+    /// membership change, so they are not replayed per request); a conflict means the fold
+    /// was behind, so catch up and decide again.
+    async fn group_intent(&self, name: &GroupName, intent: GroupIntent) -> Result<Group, FleetError> {
+        let stream = StreamId::group(name);
+        for _ in 0..self.inner.config.max_conflict_retries.max(1) {
+            let state = self.inner.read().groups.get(name).cloned();
+            let version = state.as_ref().map(|g| g.version);
+            if let Some(done) = self
+                .inner
+                .try_execute::<Group>(&stream, state, version, intent.clone())
+                .await
+                .map_err(|e| rename(e, "group", name))?
+            {
+                return done.state.ok_or_else(|| not_found("group", name));
+            }
+            self.inner.catch_up().await?;
+        }
+        Err(FleetError::Contention { stream })
+    }
+
+    // ---- events for embedders ---------------------------------------------------------------
+
+    /// Every stored event with its envelope, from global position `from` (1 for everything;
+    /// [`Fleet::checkpoint`]` + 1` for new ones only). The stream ends after its first error.
+    pub async fn events(&self, from: u64) -> Result<EventStream, FleetError> {
+        let sub = self.inner.store.subscribe(from).await?;
+        let stream = futures::stream::unfold(Some(sub), |sub| async move {
+            let mut sub = sub?;
+            match sub.next().await {
+                Ok(e) => Some((Ok(e), Some(sub))),
+                Err(e) => Some((Err(FleetError::from(e)), None)),
+            }
+        });
+        Ok(stream.boxed())
+    }
+
+    /// Status changes of job and command executions, as they are folded. A receiver that
+    /// falls more than [`FleetConfig::status_change_buffer`] behind loses the oldest ones
+    /// (`RecvError::Lagged`); [`Fleet::events`] never loses any.
+    pub fn status_changes(&self) -> broadcast::Receiver<StatusChange> {
+        self.inner.changes.subscribe()
+    }
+
+    /// Whether presence last said `thing` is online (`None`: never heard of).
+    pub fn presence(&self, thing: &ThingName) -> Option<bool> {
+        lock(&self.inner.presence).get(thing).copied()
+    }
+}
+
+fn row(job: &JobId, thing: &ThingName, m: &crate::state::ExecMeta) -> ExecutionRow {
+    ExecutionRow {
+        job_id: job.clone(),
+        thing: thing.clone(),
+        status: m.status,
+        execution_number: m.execution_number,
+        version_number: m.version,
+        queued_at: m.queued_at,
+        started_at: m.started_at,
+        last_updated_at: m.last_updated_at,
+    }
+}
+
+/// Core names an unknown aggregate "unknown"; name the one asked for.
+fn rename(e: FleetError, kind: &'static str, id: impl std::fmt::Display) -> FleetError {
+    match e {
+        FleetError::Rejected(Rejection::ResourceNotFound { .. }) => not_found(kind, id),
+        other => other,
+    }
+}

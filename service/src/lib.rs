@@ -1,0 +1,91 @@
+//! # fleetops-service
+//!
+//! [`Fleet`], the async runtime (tokio) an embedding Rust service uses to send **commands** and
+//! run **jobs** on a fleet of devices. It is generic over the two ports of `fleetops-core`:
+//! an [`EventStore`](fleetops_core::EventStore) (memory, sled, …) and a
+//! [`DeviceLink`](fleetops_core::link::DeviceLink) (MQTT, or the in-process [`link::ChannelLink`]).
+//!
+//! The rules all live in core; this crate is the loop that receives, decides, appends,
+//! publishes and sleeps until the next deadline ("pure core, thin driver loop").
+//!
+//! ## Tasks
+//!
+//! A fixed set of long-lived tasks, never one per execution:
+//!
+//! - **projection follower**: subscribes to the store's global feed and folds every event into
+//!   core's `Projections` (per-job counters, per-thing pending queue, deadline index) and the
+//!   service's own indexes; then tells the other tasks what the new events imply;
+//! - **inbound loop**: reads `DeviceLink::recv` batches and routes each request to a worker
+//!   shard chosen by thing name, so one thing's requests are decided in order;
+//! - **worker shards** (4 by default): answer device requests (get pending, start-next,
+//!   describe, update, command responses) and run per-execution timers; each batch of work
+//!   runs things in parallel and sends all replies in one link batch;
+//! - **scheduler**: sleeps until the earliest deadline of the projections (command TTLs,
+//!   in-progress and step timeouts, job start and end times, rollout windows) and fires what
+//!   is due;
+//! - **job driver**: retries, group-membership removals, cancel cleanup, job review (start,
+//!   end, abort, complete) and the rollout, queuing executions in batches at the configured
+//!   rate, each batch one atomic multi-stream append;
+//! - **outbox**: publishes `notify`, `notify-next` and command requests that stored events
+//!   imply, built from the current state when sent.
+//!
+//! Every decision loads the aggregate (replaying its stream, or from the folded state for
+//! jobs and groups), decides with `now` from the injected [`clock::Clock`], and appends with
+//! `ExpectedVersion::Exact`; on a conflict it reloads and tries again. Each append is followed
+//! by a wait for the follower to fold it, so every task reads its own writes.
+//!
+//! ## Recovery
+//!
+//! Start folds the whole feed before serving. Then every job gets a tick (owed retries,
+//! removals, cleanup, rollout and review are all derived from the folded state), every thing
+//! with pending executions gets `notify` and `notify-next` again, live commands get their
+//! request again (with the remaining TTL), and the scheduler fires every overdue deadline at
+//! once. Devices treat duplicates as harmless, as the protocol requires.
+//!
+//! Projection checkpoints are **not persisted yet**: a start replays the feed from position 1
+//! (measured in `BENCHMARKS.md`). A later step can persist them with store-sled's projection
+//! API.
+//!
+//! ## Example
+//!
+//! ```
+//! use fleetops_core::{JobId, ThingName, JobExecutionStatus};
+//! use fleetops_service::{Fleet, JobSpec, link::{simulate, ChannelLink, SimAction}};
+//! use fleetops_store_memory::MemoryStore;
+//! use std::sync::Arc;
+//!
+//! # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let (link, devices) = ChannelLink::pair(256);
+//! let fleet = Fleet::start(MemoryStore::new(), link).await?;
+//! let _sim = simulate(devices, Arc::new(|_, _| SimAction::Succeed));
+//! let things: Vec<ThingName> = (0..10).map(|i| ThingName::parse(&format!("t{i}"))).collect::<Result<_, _>>()?;
+//! let job = JobId::parse("hello")?;
+//! fleet.create_job(JobSpec::new(job.clone(), serde_json::json!({"op": "hello"})).things(things)).await?;
+//! loop {
+//!     let d = fleet.describe_job(&job)?;
+//!     if d.counters.succeeded == 10 { break; }
+//!     tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+//! }
+//! # Ok(()) }
+//! ```
+
+pub mod clock;
+pub mod error;
+mod fleet;
+mod follower;
+pub mod ids;
+mod jobs;
+pub mod link;
+mod outbox;
+mod runtime;
+mod scheduler;
+mod state;
+mod types;
+mod worker;
+
+pub use error::FleetError;
+pub use fleet::{CommandFilter, CommandHandle, EventStream, Fleet, FleetBuilder};
+pub use types::{
+    CommandRow, ExecutionRow, FleetConfig, JobDescription, JobSpec, JobSummary, Page, Paged,
+    StatusChange,
+};

@@ -1,0 +1,175 @@
+//! The outbox: publishes what stored events imply, after they are stored.
+//!
+//! The follower records, per thing, that a `notify` or `notify-next` is owed, and which
+//! command requests are owed. The outbox builds each message from the current read models
+//! when it sends (so a burst of changes to one thing becomes one message with the latest
+//! state), batches them, and hands them to the link. Nothing here is the truth: a message lost
+//! on the way is healed by the device pulling on reconnect, by the recovery pass after a
+//! restart, and by the timers that end whatever stays stuck.
+
+use std::sync::Arc;
+use std::time::Duration as StdDuration;
+
+use fleetops_core::command::CommandExecution;
+use fleetops_core::device::Outbound;
+use fleetops_core::job_execution::JobExecution;
+use fleetops_core::link::DeviceLink;
+use fleetops_core::store::EventStore;
+use fleetops_core::{CommandStatus, ExecutionId, JobId, StreamId, ThingName};
+
+use crate::runtime::{lock, Inner};
+use crate::state::NotifyFlags;
+
+/// Delivery attempts per batch before the outbox gives it up (and leaves it to recovery).
+const SEND_ATTEMPTS: u32 = 3;
+
+/// The outbox task.
+pub(crate) async fn run<S: EventStore, L: DeviceLink>(inner: Arc<Inner<S, L>>) {
+    loop {
+        let (things, commands) = {
+            let mut q = lock(&inner.outbox);
+            let n = inner.config.outbox_batch.max(1);
+            let mut things = Vec::new();
+            while things.len() < n {
+                let Some(t) = q.order.pop_front() else { break };
+                if let Some(f) = q.things.remove(&t) {
+                    things.push((t, f));
+                }
+            }
+            let m = q.commands.len().min(n);
+            let commands: Vec<ExecutionId> = q.commands.drain(..m).collect();
+            (things, commands)
+        };
+        if things.is_empty() && commands.is_empty() {
+            inner.outbox_wake.notified().await;
+            continue;
+        }
+        let messages = inner.build(things, commands).await;
+        if messages.is_empty() {
+            continue;
+        }
+        let mut attempt = 0;
+        loop {
+            match inner.link.send(messages.clone()).await {
+                Ok(()) => break,
+                Err(err) if attempt + 1 < SEND_ATTEMPTS => {
+                    attempt += 1;
+                    tracing::warn!(%err, attempt, "outbox delivery failed; retrying");
+                    tokio::time::sleep(StdDuration::from_millis(100) * attempt).await;
+                }
+                Err(err) => {
+                    tracing::warn!(%err, dropped = messages.len(), "outbox delivery failed; leaving it to recovery");
+                    break;
+                }
+            }
+        }
+    }
+}
+
+impl<S: EventStore, L: DeviceLink> Inner<S, L> {
+    /// Builds the owed messages from the current state.
+    async fn build(
+        &self,
+        things: Vec<(ThingName, NotifyFlags)>,
+        commands: Vec<ExecutionId>,
+    ) -> Vec<Outbound> {
+        let now = self.clock.now();
+        let mut out = Vec::with_capacity(things.len() * 2 + commands.len());
+        let mut next: Vec<(ThingName, Option<JobId>)> = Vec::new();
+        {
+            let st = self.read();
+            for (thing, flags) in things {
+                if flags.notify {
+                    out.push(Outbound::Notify {
+                        thing: thing.clone(),
+                        jobs: st.pending_jobs(&thing, self.config.notify_max),
+                        timestamp: now,
+                    });
+                }
+                if flags.next {
+                    let job = st.proj.next_pending(&thing).map(|k| k.job_id.clone());
+                    next.push((thing, job));
+                }
+            }
+        }
+        // The next execution's full view needs its status details: read the streams
+        // concurrently, a batch at a time.
+        let views = futures::future::join_all(next.into_iter().map(|(thing, job)| async move {
+            let execution = match job {
+                None => None,
+                Some(job) => {
+                    let stream = StreamId::job_execution(&job, &thing);
+                    match self.load::<JobExecution>(&stream).await {
+                        Ok((Some(s), _)) if s.status.is_pending() => Some(self.view(&s, true)),
+                        Ok(_) => None,
+                        Err(err) => {
+                            tracing::warn!(%stream, %err, "cannot build notify-next");
+                            return None;
+                        }
+                    }
+                }
+            };
+            Some(Outbound::NotifyNext {
+                thing,
+                execution,
+                timestamp: now,
+            })
+        }))
+        .await;
+        out.extend(views.into_iter().flatten());
+        let requests = futures::future::join_all(commands.into_iter().map(|id| async move {
+            let stream = StreamId::command(&id);
+            match self.load::<CommandExecution>(&stream).await {
+                Ok((Some(c), _)) if c.status == CommandStatus::Sent && c.deadline > now => {
+                    Some(Outbound::CommandRequest {
+                        thing: c.thing,
+                        execution_id: c.execution_id,
+                        command_id: c.command_id,
+                        action: c.action,
+                        params: c.params,
+                        timestamp: c.sent_at,
+                        ttl: c.deadline.saturating_since(now),
+                    })
+                }
+                Ok(_) => None,
+                Err(err) => {
+                    tracing::warn!(%stream, %err, "cannot build a command request");
+                    None
+                }
+            }
+        }))
+        .await;
+        out.extend(requests.into_iter().flatten());
+        out
+    }
+
+    /// What a restarted runtime still owes: notifications for every thing with pending
+    /// executions, and the requests of live commands. Duplicates are harmless by design.
+    pub(crate) fn queue_recovery(&self) {
+        let now = self.clock.now();
+        let (things, commands) = {
+            let st = self.read();
+            let things = st.things_with_pending();
+            let commands: Vec<ExecutionId> = st
+                .commands
+                .iter()
+                .filter(|(_, c)| c.status == CommandStatus::Sent && c.deadline > now)
+                .map(|(id, _)| id.clone())
+                .collect();
+            (things, commands)
+        };
+        let mut q = lock(&self.outbox);
+        for t in things {
+            q.push_thing(
+                t,
+                NotifyFlags {
+                    notify: true,
+                    next: true,
+                },
+            );
+        }
+        q.commands.extend(commands);
+        drop(q);
+        self.outbox_wake.notify_one();
+    }
+}

@@ -1,0 +1,240 @@
+//! The shared heart of the runtime: the ports, the read models, and the small pieces every
+//! task uses (load, decide, append, wait for the projection).
+
+use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::hash::{BuildHasher, RandomState};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
+
+use fleetops_core::store::{
+    AppendBatch, Appended, EventStore, ExpectedVersion, NewEvent, StoreError, StoredEvent,
+};
+use fleetops_core::{Aggregate, Event, ExecutionId, JobId, StreamId, ThingName, Timestamp};
+use fleetops_core::link::DeviceLink;
+use tokio::sync::{broadcast, mpsc, oneshot, watch, Notify};
+
+use crate::clock::Clock;
+use crate::error::FleetError;
+use crate::ids::IdSource;
+use crate::state::{Effects, NotifyFlags, State};
+use crate::types::{FleetConfig, StatusChange};
+use crate::worker::Work;
+
+/// How many events a stream read fetches per call while loading an aggregate.
+const LOAD_PAGE: usize = 1024;
+
+/// What the outbox still has to send: per thing, the notifications owed (coalesced, so at
+/// most one entry per thing), and the command requests owed, in order.
+#[derive(Debug, Default)]
+pub(crate) struct OutboxQueue {
+    pub things: HashMap<ThingName, NotifyFlags>,
+    pub order: VecDeque<ThingName>,
+    pub commands: VecDeque<ExecutionId>,
+}
+
+impl OutboxQueue {
+    pub fn push_thing(&mut self, thing: ThingName, flags: NotifyFlags) {
+        if let Some(f) = self.things.get_mut(&thing) {
+            f.merge(flags);
+        } else {
+            self.things.insert(thing.clone(), flags);
+            self.order.push_back(thing);
+        }
+    }
+}
+
+/// A decision that went through: the new state, the stored events, and where they landed.
+#[derive(Debug)]
+pub(crate) struct Executed<A> {
+    pub state: Option<A>,
+    /// The stored events; empty when the intent changed nothing.
+    #[allow(dead_code)]
+    pub events: Vec<Event>,
+}
+
+/// Everything the runtime's tasks share.
+pub(crate) struct Inner<S, L> {
+    pub store: S,
+    pub link: L,
+    pub clock: Arc<dyn Clock>,
+    pub ids: Arc<dyn IdSource>,
+    pub config: FleetConfig,
+    pub state: RwLock<State>,
+    /// The checkpoint of `state`, for read-your-writes waits.
+    pub applied: watch::Sender<u64>,
+    pub dirty_jobs: Mutex<BTreeSet<JobId>>,
+    pub jobs_wake: Notify,
+    pub outbox: Mutex<OutboxQueue>,
+    pub outbox_wake: Notify,
+    pub scheduler_wake: Notify,
+    pub shards: Vec<mpsc::Sender<Work>>,
+    pub hasher: RandomState,
+    pub waiters: Mutex<HashMap<ExecutionId, Vec<oneshot::Sender<()>>>>,
+    pub changes: broadcast::Sender<StatusChange>,
+    pub presence: Mutex<HashMap<ThingName, bool>>,
+}
+
+/// Locks a mutex, recovering the data if a panicking thread poisoned it: every value behind
+/// these mutexes is a queue or a map that stays consistent after any single operation.
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+impl<S: EventStore, L: DeviceLink> Inner<S, L> {
+    pub fn read(&self) -> RwLockReadGuard<'_, State> {
+        self.state
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    pub fn write(&self) -> RwLockWriteGuard<'_, State> {
+        self.state
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The worker shard that serializes everything about `thing`.
+    pub fn shard(&self, thing: &ThingName) -> &mpsc::Sender<Work> {
+        let n = self.shards.len().max(1);
+        #[allow(clippy::cast_possible_truncation)]
+        let i = (self.hasher.hash_one(thing) % n as u64) as usize;
+        &self.shards[i.min(self.shards.len() - 1)]
+    }
+
+    /// Waits until the projections have folded position `pos`.
+    pub async fn wait_applied(&self, pos: u64) {
+        let mut rx = self.applied.subscribe();
+        // The sender lives in `self`, so the wait cannot fail while we hold `self`.
+        let _ = rx.wait_for(|c| *c >= pos).await;
+    }
+
+    /// Waits until the projections have folded everything stored so far.
+    pub async fn catch_up(&self) -> Result<(), FleetError> {
+        let head = self.store.head_position().await?;
+        self.wait_applied(head).await;
+        Ok(())
+    }
+
+    /// Envelopes for `events` decided at `now`.
+    pub fn envelopes(&self, events: &[Event], now: Timestamp) -> Vec<NewEvent> {
+        events
+            .iter()
+            .map(|e| NewEvent::new(self.ids.event_id(), e.clone(), now))
+            .collect()
+    }
+
+    /// Reads a whole stream.
+    pub async fn read_stream(&self, stream: &StreamId) -> Result<Vec<StoredEvent>, FleetError> {
+        let mut out = Vec::new();
+        loop {
+            let from = out.len() as u64 + 1;
+            let page = self.store.read_stream(stream, from, LOAD_PAGE).await?;
+            let n = page.len();
+            out.extend(page);
+            if n < LOAD_PAGE {
+                return Ok(out);
+            }
+        }
+    }
+
+    /// Loads an aggregate by replaying its stream; also returns the stream version.
+    pub async fn load<A: Aggregate>(
+        &self,
+        stream: &StreamId,
+    ) -> Result<(Option<A>, Option<u64>), FleetError> {
+        let history = self.read_stream(stream).await?;
+        let version = history.last().map(|e| e.stream_version);
+        let state = A::replay(history.iter().map(|e| &e.event)).map_err(|source| {
+            FleetError::Corrupt {
+                stream: stream.clone(),
+                source,
+            }
+        })?;
+        Ok((state, version))
+    }
+
+    /// Appends and waits until the projections have folded the batch.
+    pub async fn append(&self, batch: AppendBatch) -> Result<Appended, StoreError> {
+        let appended = self.store.append(batch).await?;
+        self.wait_applied(appended.last_position).await;
+        Ok(appended)
+    }
+
+    /// Load, decide at `now`, append with the loaded version; on a conflict, reload and try
+    /// again a few times.
+    pub async fn execute<A: Aggregate>(
+        &self,
+        stream: &StreamId,
+        intent: A::Intent,
+    ) -> Result<Executed<A>, FleetError> {
+        for _ in 0..self.config.max_conflict_retries.max(1) {
+            let (state, version) = self.load::<A>(stream).await?;
+            match self.try_execute(stream, state, version, intent.clone()).await? {
+                Some(done) => return Ok(done),
+                None => continue,
+            }
+        }
+        Err(FleetError::Contention {
+            stream: stream.clone(),
+        })
+    }
+
+    /// One attempt of [`Inner::execute`] on an already loaded state; `None` on a conflict.
+    pub async fn try_execute<A: Aggregate>(
+        &self,
+        stream: &StreamId,
+        state: Option<A>,
+        version: Option<u64>,
+        intent: A::Intent,
+    ) -> Result<Option<Executed<A>>, FleetError> {
+        let now = self.clock.now();
+        let (state, events) = A::execute(state, intent, now)?;
+        if events.is_empty() {
+            return Ok(Some(Executed { state, events }));
+        }
+        let batch = AppendBatch::single(
+            stream.clone(),
+            ExpectedVersion::from_current(version),
+            self.envelopes(&events, now),
+        );
+        match self.append(batch).await {
+            Ok(_) => Ok(Some(Executed { state, events })),
+            Err(StoreError::Conflict { .. }) => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Hands the effects of a fold to the tasks that act on them.
+    pub fn distribute(&self, fx: Effects) {
+        if !fx.dirty_jobs.is_empty() {
+            lock(&self.dirty_jobs).extend(fx.dirty_jobs);
+            self.jobs_wake.notify_one();
+        }
+        if !fx.things.is_empty() || !fx.commands_sent.is_empty() {
+            let mut q = lock(&self.outbox);
+            for (t, f) in fx.things {
+                q.push_thing(t, f);
+            }
+            q.commands.extend(fx.commands_sent);
+            drop(q);
+            self.outbox_wake.notify_one();
+        }
+        if !fx.commands_done.is_empty() {
+            let mut waiters = lock(&self.waiters);
+            for id in fx.commands_done {
+                for w in waiters.remove(&id).unwrap_or_default() {
+                    let _ = w.send(());
+                }
+            }
+        }
+        for change in fx.changes {
+            // No receiver is fine: nobody is listening.
+            let _ = self.changes.send(change);
+        }
+    }
+
+    /// Marks a job for the job driver.
+    pub fn mark_job(&self, job: JobId) {
+        lock(&self.dirty_jobs).insert(job);
+        self.jobs_wake.notify_one();
+    }
+}

@@ -1,0 +1,570 @@
+//! The runtime's read side: core's [`Projections`] plus the service's own indexes, folded
+//! together from the global feed by one writer (the projection follower).
+//!
+//! Everything here is a pure fold of stored events, so a restarted runtime that replays the
+//! feed from position 1 ends in exactly the state the old one had, including what is still
+//! owed (retries, removals of things that left a group, executions not yet rolled out).
+//! Memory is a few small records per execution and per command; job documents are held once
+//! per job, never per execution.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
+
+use fleetops_core::config::TargetSelection;
+use fleetops_core::device::{ExecutionSummary, PendingJobs};
+use fleetops_core::group::Group;
+use fleetops_core::ids::StreamKind;
+use fleetops_core::job::Job;
+use fleetops_core::job_execution::JobExecution;
+use fleetops_core::policy::{retry, rollout};
+use fleetops_core::projection::Projections;
+use fleetops_core::store::StoredEvent;
+use fleetops_core::{
+    Aggregate, CommandStatus, Event, ExecutionId, GroupName, JobExecutionStatus, JobId, JobStatus,
+    StreamId, ThingName, Timestamp,
+};
+
+use crate::error::FleetError;
+use crate::types::StatusChange;
+
+/// What the service remembers of one job execution besides core's projection entry: enough
+/// to answer `get`/`notify` and to decide service-side intents (cancel, remove, retry) without
+/// reading the stream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct ExecMeta {
+    pub status: JobExecutionStatus,
+    pub execution_number: u32,
+    /// The stream version, which is also the execution's `versionNumber` (every event bumps it).
+    pub version: u64,
+    pub queued_at: Timestamp,
+    pub started_at: Option<Timestamp>,
+    pub last_updated_at: Timestamp,
+}
+
+impl ExecMeta {
+    pub fn summary(&self, job_id: &JobId) -> ExecutionSummary {
+        ExecutionSummary {
+            job_id: job_id.clone(),
+            queued_at: self.queued_at,
+            started_at: self.started_at,
+            last_updated_at: self.last_updated_at,
+            version_number: self.version,
+            execution_number: self.execution_number,
+        }
+    }
+
+    /// A job execution state good enough for service intents (cancel, remove, retry), whose
+    /// rules read only status, attempt and version. Status details are not kept here; they
+    /// only appear in refusals, which the caller turns into "stale, reload".
+    pub fn to_state(&self, job_id: &JobId, thing: &ThingName) -> JobExecution {
+        JobExecution {
+            job_id: job_id.clone(),
+            thing: thing.clone(),
+            status: self.status,
+            status_details: Default::default(),
+            queued_at: self.queued_at,
+            started_at: self.started_at,
+            last_updated_at: self.last_updated_at,
+            version_number: self.version,
+            execution_number: self.execution_number,
+            in_progress_timeout: None,
+            in_progress_deadline: None,
+            step_deadline: None,
+        }
+    }
+}
+
+/// One job and what its rollout still owes.
+#[derive(Debug, Clone)]
+pub(crate) struct JobEntry {
+    pub job: Arc<Job>,
+    /// Every execution of the job, by thing (ordered for paging).
+    pub executions: BTreeMap<ThingName, ExecMeta>,
+    /// Targets that have no execution yet and may still get one, in rollout order.
+    pub to_queue: BTreeSet<ThingName>,
+    /// Failed or timed-out executions the retry policy gives another attempt.
+    pub retry_owed: BTreeSet<ThingName>,
+    /// Queued executions of things that left every target group of a continuous job.
+    pub leave_owed: BTreeSet<ThingName>,
+    /// The current rollout window and how many first attempts were queued in it.
+    pub window: Option<(Timestamp, u64)>,
+}
+
+/// What the service remembers of one command execution.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct CommandEntry {
+    pub thing: ThingName,
+    pub status: CommandStatus,
+    pub sent_at: Timestamp,
+    pub deadline: Timestamp,
+}
+
+/// Flags of what a thing is owed after a fold: `notify` when its pending list changed,
+/// `next` when its next pending execution changed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct NotifyFlags {
+    pub notify: bool,
+    pub next: bool,
+}
+
+impl NotifyFlags {
+    pub fn any(self) -> bool {
+        self.notify || self.next
+    }
+
+    pub fn merge(&mut self, other: NotifyFlags) {
+        self.notify |= other.notify;
+        self.next |= other.next;
+    }
+}
+
+/// What a fold asks the live runtime to do; ignored while catching up at start, where the
+/// recovery pass derives what is owed from the final state instead.
+#[derive(Debug, Default)]
+pub(crate) struct Effects {
+    pub dirty_jobs: Vec<JobId>,
+    pub things: Vec<(ThingName, NotifyFlags)>,
+    pub commands_sent: Vec<ExecutionId>,
+    pub commands_done: Vec<ExecutionId>,
+    pub changes: Vec<StatusChange>,
+}
+
+/// The read models, behind one lock in the runtime.
+#[derive(Debug, Default)]
+pub(crate) struct State {
+    pub proj: Projections,
+    pub jobs: BTreeMap<JobId, JobEntry>,
+    pub groups: BTreeMap<GroupName, Group>,
+    /// Jobs that name each group, to follow membership for continuous jobs.
+    pub group_jobs: HashMap<GroupName, Vec<JobId>>,
+    /// The jobs each thing has an execution of (few per thing, so a vector).
+    pub thing_jobs: HashMap<ThingName, Vec<JobId>>,
+    pub commands: BTreeMap<ExecutionId, CommandEntry>,
+    pub thing_commands: HashMap<ThingName, Vec<ExecutionId>>,
+}
+
+fn corrupt(stream: &StreamId, source: fleetops_core::EvolveError) -> FleetError {
+    FleetError::Corrupt {
+        stream: stream.clone(),
+        source,
+    }
+}
+
+impl State {
+    /// The position of the last folded event.
+    pub fn checkpoint(&self) -> u64 {
+        self.proj.checkpoint()
+    }
+
+    /// The execution meta of `job` on `thing`.
+    pub fn exec(&self, job: &JobId, thing: &ThingName) -> Option<&ExecMeta> {
+        self.jobs.get(job)?.executions.get(thing)
+    }
+
+    /// The pending key of `thing`'s next execution: job and attempt.
+    fn front(&self, thing: &ThingName) -> Option<(JobId, u32)> {
+        let key = self.proj.next_pending(thing)?;
+        let n = self.exec(&key.job_id, thing).map_or(0, |m| m.execution_number);
+        Some((key.job_id.clone(), n))
+    }
+
+    /// Up to `max` pending executions of `thing`, in progress first, then queued by age.
+    pub fn pending_jobs(&self, thing: &ThingName, max: usize) -> PendingJobs {
+        let mut out = PendingJobs::default();
+        for key in self.proj.pending(thing).take(max) {
+            let Some(meta) = self.exec(&key.job_id, thing) else {
+                continue;
+            };
+            let s = meta.summary(&key.job_id);
+            if meta.status == JobExecutionStatus::InProgress {
+                out.in_progress.push(s);
+            } else {
+                out.queued.push(s);
+            }
+        }
+        out
+    }
+
+    /// Whether `thing` is a target of `job` through its thing list or one of its groups
+    /// other than `except`.
+    fn still_targeted(&self, job: &Job, thing: &ThingName, except: &GroupName) -> bool {
+        job.targets.things.contains(thing)
+            || job.targets.groups.iter().any(|g| {
+                g != except && self.groups.get(g).is_some_and(|gr| gr.members.contains(thing))
+            })
+    }
+
+    /// Folds one stored event. Events at or below the checkpoint are skipped.
+    pub fn apply(&mut self, stored: &StoredEvent, fx: &mut Effects) -> Result<(), FleetError> {
+        if stored.position <= self.proj.checkpoint() {
+            return Ok(());
+        }
+        let kind = stored.stream.kind();
+        // What the thing's pending list looked like before, to tell notify from notify-next.
+        let before = match &kind {
+            StreamKind::JobExecution(job, thing) => Some((
+                self.front(thing),
+                self.exec(job, thing)
+                    .filter(|m| m.status.is_pending())
+                    .map(|m| m.execution_number),
+            )),
+            _ => None,
+        };
+        self.proj.apply(stored)?;
+        match kind {
+            StreamKind::Command(id) => self.apply_command(id, stored, fx),
+            StreamKind::Job(job_id) => self.apply_job(job_id, stored, fx)?,
+            StreamKind::JobExecution(job_id, thing) => {
+                self.apply_execution(&job_id, &thing, stored, fx);
+                if let Some((front_before, member_before)) = before {
+                    let member_after = self
+                        .exec(&job_id, &thing)
+                        .filter(|m| m.status.is_pending())
+                        .map(|m| m.execution_number);
+                    let flags = NotifyFlags {
+                        notify: member_before != member_after,
+                        next: front_before != self.front(&thing),
+                    };
+                    if flags.any() {
+                        fx.things.push((thing, flags));
+                    }
+                }
+            }
+            StreamKind::Group(name) => self.apply_group(name, stored, fx)?,
+            StreamKind::Custom(_) => {}
+        }
+        Ok(())
+    }
+
+    fn apply_command(&mut self, id: ExecutionId, stored: &StoredEvent, fx: &mut Effects) {
+        let (status, at) = match &stored.event {
+            Event::CommandSent {
+                thing,
+                ttl,
+                sent_at,
+                ..
+            } => {
+                self.commands.insert(
+                    id.clone(),
+                    CommandEntry {
+                        thing: thing.clone(),
+                        status: CommandStatus::Sent,
+                        sent_at: *sent_at,
+                        deadline: *sent_at + *ttl,
+                    },
+                );
+                self.thing_commands
+                    .entry(thing.clone())
+                    .or_default()
+                    .push(id.clone());
+                fx.commands_sent.push(id.clone());
+                (CommandStatus::Sent, *sent_at)
+            }
+            Event::CommandResponded { status, at, .. } => (*status, *at),
+            Event::CommandTimedOut { at } => (CommandStatus::TimedOut, *at),
+            Event::CommandCanceled { at, .. } => (CommandStatus::Canceled, *at),
+            _ => return,
+        };
+        let Some(entry) = self.commands.get_mut(&id) else {
+            return;
+        };
+        entry.status = status;
+        if status.is_terminal() {
+            fx.commands_done.push(id.clone());
+        }
+        fx.changes.push(StatusChange::Command {
+            execution_id: id,
+            thing: entry.thing.clone(),
+            status,
+            at,
+            position: stored.position,
+        });
+    }
+
+    fn apply_job(
+        &mut self,
+        job_id: JobId,
+        stored: &StoredEvent,
+        fx: &mut Effects,
+    ) -> Result<(), FleetError> {
+        let event = &stored.event;
+        if let Event::JobCreated { targets, .. } = event {
+            let job = Job::evolve(None, event).map_err(|e| corrupt(&stored.stream, e))?;
+            for g in &targets.groups {
+                self.group_jobs
+                    .entry(g.clone())
+                    .or_default()
+                    .push(job_id.clone());
+            }
+            self.jobs.insert(
+                job_id.clone(),
+                JobEntry {
+                    job: Arc::new(job),
+                    executions: BTreeMap::new(),
+                    to_queue: BTreeSet::new(),
+                    retry_owed: BTreeSet::new(),
+                    leave_owed: BTreeSet::new(),
+                    window: None,
+                },
+            );
+        } else {
+            let Some(entry) = self.jobs.get_mut(&job_id) else {
+                return Err(corrupt(
+                    &stored.stream,
+                    fleetops_core::EvolveError::OutOfOrder {
+                        event: event.type_name(),
+                        state: "none",
+                    },
+                ));
+            };
+            let old = std::mem::replace(&mut entry.job, Arc::new(placeholder_job(&job_id)));
+            let job = Job::evolve(Some(Arc::unwrap_or_clone(old)), event)
+                .map_err(|e| corrupt(&stored.stream, e))?;
+            entry.job = Arc::new(job);
+            match event {
+                Event::JobStarted { .. } => {
+                    // Targets are resolved here, in feed order: a replay after a restart sees
+                    // the same group memberships at this position, so it resolves the same set.
+                    let job = Arc::clone(&entry.job);
+                    let mut targets: BTreeSet<ThingName> =
+                        job.targets.things.iter().cloned().collect();
+                    for g in &job.targets.groups {
+                        if let Some(group) = self.groups.get(g).filter(|g| !g.deleted) {
+                            targets.extend(group.members.iter().cloned());
+                        }
+                    }
+                    if let Some(entry) = self.jobs.get_mut(&job_id) {
+                        targets.retain(|t| !entry.executions.contains_key(t));
+                        entry.to_queue = targets;
+                    }
+                }
+                Event::JobRolloutStopped { .. } => entry.to_queue.clear(),
+                Event::JobCanceled { .. } | Event::JobDeleted { .. } => {
+                    entry.to_queue.clear();
+                    entry.retry_owed.clear();
+                    entry.leave_owed.clear();
+                }
+                _ => {}
+            }
+        }
+        // The job's own clock deadline (start or end time); the job driver adds rollout windows.
+        let next = self.jobs.get(&job_id).and_then(|e| e.job.next_deadline());
+        self.proj.arm(&stored.stream, next);
+        fx.dirty_jobs.push(job_id);
+        Ok(())
+    }
+
+    fn apply_execution(
+        &mut self,
+        job_id: &JobId,
+        thing: &ThingName,
+        stored: &StoredEvent,
+        fx: &mut Effects,
+    ) {
+        let Some(entry) = self.jobs.get_mut(job_id) else {
+            // An execution of an unknown job cannot be queued by this runtime; core's projection
+            // still tracks it, the service indexes skip it.
+            return;
+        };
+        let version = stored.stream_version;
+        let old_status = entry.executions.get(thing).map(|m| m.status);
+        match &stored.event {
+            Event::ExecutionQueued {
+                execution_number,
+                queued_at,
+                ..
+            } => {
+                entry.executions.insert(
+                    thing.clone(),
+                    ExecMeta {
+                        status: JobExecutionStatus::Queued,
+                        execution_number: *execution_number,
+                        version,
+                        queued_at: *queued_at,
+                        started_at: None,
+                        last_updated_at: *queued_at,
+                    },
+                );
+                entry.to_queue.remove(thing);
+                if let Some(started) = entry.job.started_at {
+                    let w = rollout::window_start(started, *queued_at);
+                    entry.window = match entry.window {
+                        Some((cur, n)) if cur == w => Some((cur, n + 1)),
+                        _ => Some((w, 1)),
+                    };
+                }
+                let jobs = self.thing_jobs.entry(thing.clone()).or_default();
+                if !jobs.contains(job_id) {
+                    jobs.push(job_id.clone());
+                }
+            }
+            other => {
+                let Some(meta) = entry.executions.get_mut(thing) else {
+                    return;
+                };
+                meta.version = version;
+                match other {
+                    Event::ExecutionStarted { at, .. } => {
+                        meta.status = JobExecutionStatus::InProgress;
+                        meta.started_at = Some(*at);
+                        meta.last_updated_at = *at;
+                    }
+                    Event::ExecutionProgressed { at, .. } => meta.last_updated_at = *at,
+                    Event::ExecutionFinished { status, at, .. } => {
+                        meta.status = *status;
+                        meta.last_updated_at = *at;
+                    }
+                    Event::ExecutionTimedOut { at, .. } => {
+                        meta.status = JobExecutionStatus::TimedOut;
+                        meta.last_updated_at = *at;
+                    }
+                    Event::ExecutionCanceled { at, .. } => {
+                        meta.status = JobExecutionStatus::Canceled;
+                        meta.last_updated_at = *at;
+                    }
+                    Event::ExecutionRemoved { at, .. } => {
+                        meta.status = JobExecutionStatus::Removed;
+                        meta.last_updated_at = *at;
+                    }
+                    Event::ExecutionRequeued {
+                        execution_number,
+                        queued_at,
+                    } => {
+                        meta.status = JobExecutionStatus::Queued;
+                        meta.execution_number = *execution_number;
+                        meta.queued_at = *queued_at;
+                        meta.started_at = None;
+                        meta.last_updated_at = *queued_at;
+                    }
+                    _ => {}
+                }
+            }
+        }
+        let Some(meta) = entry.executions.get(thing).cloned() else {
+            return;
+        };
+        entry.retry_owed.remove(thing);
+        if meta.status != JobExecutionStatus::Queued {
+            entry.leave_owed.remove(thing);
+        }
+        let job_live = !entry.job.status.is_terminal() && !entry.job.deleted;
+        if job_live
+            && retry::should_retry(&entry.job.config.retry, meta.status, meta.execution_number)
+        {
+            entry.retry_owed.insert(thing.clone());
+        }
+        let renewed = matches!(stored.event, Event::ExecutionRequeued { .. });
+        if old_status != Some(meta.status) || renewed {
+            fx.dirty_jobs.push(job_id.clone());
+            fx.changes.push(StatusChange::JobExecution {
+                job_id: job_id.clone(),
+                thing: thing.clone(),
+                status: meta.status,
+                execution_number: meta.execution_number,
+                version_number: meta.version,
+                at: meta.last_updated_at,
+                position: stored.position,
+            });
+        }
+    }
+
+    fn apply_group(
+        &mut self,
+        name: GroupName,
+        stored: &StoredEvent,
+        fx: &mut Effects,
+    ) -> Result<(), FleetError> {
+        let old = self.groups.remove(&name);
+        let group = Group::evolve(old, &stored.event).map_err(|e| corrupt(&stored.stream, e))?;
+        self.groups.insert(name.clone(), group);
+        let (added, things) = match &stored.event {
+            Event::GroupMembersAdded { things, .. } => (true, things),
+            Event::GroupMembersRemoved { things, .. } => (false, things),
+            _ => return Ok(()),
+        };
+        let jobs = self.group_jobs.get(&name).cloned().unwrap_or_default();
+        for job_id in jobs {
+            let Some(entry) = self.jobs.get(&job_id) else {
+                continue;
+            };
+            let job = Arc::clone(&entry.job);
+            // Only a continuous job that is rolling out follows membership; a scheduled one
+            // resolves its groups when it starts.
+            if job.selection != TargetSelection::Continuous
+                || job.status != JobStatus::InProgress
+                || !job.is_rolling_out()
+            {
+                continue;
+            }
+            let leaving: Vec<ThingName> = if added {
+                Vec::new()
+            } else {
+                things
+                    .iter()
+                    .filter(|t| !self.still_targeted(&job, t, &name))
+                    .cloned()
+                    .collect()
+            };
+            let Some(entry) = self.jobs.get_mut(&job_id) else {
+                continue;
+            };
+            if added {
+                for t in things {
+                    entry.leave_owed.remove(t);
+                    if !entry.executions.contains_key(t) {
+                        entry.to_queue.insert(t.clone());
+                    }
+                }
+            } else {
+                for t in leaving {
+                    entry.to_queue.remove(&t);
+                    if entry
+                        .executions
+                        .get(&t)
+                        .is_some_and(|m| m.status == JobExecutionStatus::Queued)
+                    {
+                        entry.leave_owed.insert(t);
+                    }
+                }
+            }
+            fx.dirty_jobs.push(job_id);
+        }
+        Ok(())
+    }
+
+    /// The command execution of `id`, as folded (without params or result).
+    pub fn command(&self, id: &ExecutionId) -> Option<&CommandEntry> {
+        self.commands.get(id)
+    }
+
+    /// Things with at least one pending execution (for recovery).
+    pub fn things_with_pending(&self) -> Vec<ThingName> {
+        self.thing_jobs
+            .iter()
+            .filter(|(t, _)| self.proj.next_pending(t).is_some())
+            .map(|(t, _)| t.clone())
+            .collect()
+    }
+}
+
+/// A throwaway value that stands in while the real job is moved out for `evolve`; never seen
+/// by readers, because the fold holds the write lock throughout.
+fn placeholder_job(job_id: &JobId) -> Job {
+    Job {
+        job_id: job_id.clone(),
+        description: None,
+        targets: Default::default(),
+        selection: TargetSelection::Snapshot,
+        document: serde_json::Value::Null,
+        config: Default::default(),
+        status: JobStatus::Canceled,
+        created_at: Timestamp::EPOCH,
+        started_at: None,
+        ended_at: None,
+        rollout_stopped: true,
+        forced: false,
+        cancel_reason: None,
+        deleted: true,
+        version: 0,
+    }
+}

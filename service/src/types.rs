@@ -1,0 +1,278 @@
+//! The values the [`Fleet`](crate::Fleet) API takes and returns.
+
+use fleetops_core::config::{JobConfig, TargetSelection, Targets};
+use fleetops_core::job::Job;
+use fleetops_core::projection::JobCounters;
+use fleetops_core::{
+    CommandStatus, ExecutionId, GroupName, JobExecutionStatus, JobId, ThingName, Timestamp,
+};
+use serde_json::Value;
+
+/// A status change, as embedders see it: what a transport publishes on
+/// `{prefix}/events/jobExecution/{jobId}/{status}` (and the command equivalent).
+///
+/// Emitted once per stored transition, in feed order, from
+/// [`Fleet::status_changes`](crate::Fleet::status_changes).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StatusChange {
+    /// A job execution reached a new status, or a new attempt was queued.
+    JobExecution {
+        /// The job.
+        job_id: JobId,
+        /// The device.
+        thing: ThingName,
+        /// The new status.
+        status: JobExecutionStatus,
+        /// The attempt.
+        execution_number: u32,
+        /// The execution's version after the change.
+        version_number: u64,
+        /// When it changed.
+        at: Timestamp,
+        /// The global position of the event that changed it.
+        position: u64,
+    },
+    /// A command execution was sent or reached its terminal status.
+    Command {
+        /// The command execution.
+        execution_id: ExecutionId,
+        /// The device.
+        thing: ThingName,
+        /// The new status.
+        status: CommandStatus,
+        /// When it changed.
+        at: Timestamp,
+        /// The global position of the event that changed it.
+        position: u64,
+    },
+}
+
+/// A request to create a job.
+///
+/// ```
+/// use fleetops_core::{JobId, ThingName};
+/// use fleetops_service::JobSpec;
+/// let spec = JobSpec::new(JobId::parse("fw-2").unwrap(), serde_json::json!({"url": "…"}))
+///     .things([ThingName::parse("t1").unwrap()]);
+/// assert_eq!(spec.targets.things.len(), 1);
+/// ```
+#[derive(Debug, Clone, PartialEq)]
+pub struct JobSpec {
+    /// The new job's id.
+    pub job_id: JobId,
+    /// Free text.
+    pub description: Option<String>,
+    /// Things and groups.
+    pub targets: Targets,
+    /// Snapshot (default) or continuous.
+    pub selection: TargetSelection,
+    /// What devices get (a JSON object).
+    pub document: Value,
+    /// Rollout, abort, retry, timeouts, schedule.
+    pub config: JobConfig,
+}
+
+impl JobSpec {
+    /// A snapshot job with no targets yet and default options.
+    pub fn new(job_id: JobId, document: Value) -> Self {
+        Self {
+            job_id,
+            description: None,
+            targets: Targets::default(),
+            selection: TargetSelection::Snapshot,
+            document,
+            config: JobConfig::default(),
+        }
+    }
+
+    /// Adds things as targets.
+    pub fn things(mut self, things: impl IntoIterator<Item = ThingName>) -> Self {
+        self.targets.things.extend(things);
+        self
+    }
+
+    /// Adds groups as targets.
+    pub fn groups(mut self, groups: impl IntoIterator<Item = GroupName>) -> Self {
+        self.targets.groups.extend(groups);
+        self
+    }
+
+    /// Follows group membership after the start.
+    pub fn continuous(mut self) -> Self {
+        self.selection = TargetSelection::Continuous;
+        self
+    }
+
+    /// Sets the options.
+    pub fn config(mut self, config: JobConfig) -> Self {
+        self.config = config;
+        self
+    }
+
+    /// Sets the description.
+    pub fn description(mut self, text: impl Into<String>) -> Self {
+        self.description = Some(text.into());
+        self
+    }
+}
+
+/// A job with its per-status execution counts.
+#[derive(Debug, Clone, PartialEq)]
+pub struct JobDescription {
+    /// The job's state.
+    pub job: Job,
+    /// Per-status execution counts.
+    pub counters: JobCounters,
+    /// Targets that have no execution yet (rollout still to do).
+    pub remaining_targets: u64,
+}
+
+/// A job in a listing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JobSummary {
+    /// The job.
+    pub job_id: JobId,
+    /// Its status.
+    pub status: JobStatus,
+    /// Snapshot or continuous.
+    pub selection: TargetSelection,
+    /// When it was created.
+    pub created_at: Timestamp,
+    /// Per-status execution counts.
+    pub counters: JobCounters,
+}
+
+pub use fleetops_core::JobStatus;
+
+/// A job execution in a listing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExecutionRow {
+    /// The job.
+    pub job_id: JobId,
+    /// The device.
+    pub thing: ThingName,
+    /// Its status.
+    pub status: JobExecutionStatus,
+    /// The current attempt.
+    pub execution_number: u32,
+    /// Its version.
+    pub version_number: u64,
+    /// When the current attempt was queued.
+    pub queued_at: Timestamp,
+    /// When it started.
+    pub started_at: Option<Timestamp>,
+    /// Last change.
+    pub last_updated_at: Timestamp,
+}
+
+/// A command execution in a listing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CommandRow {
+    /// The execution.
+    pub execution_id: ExecutionId,
+    /// The device.
+    pub thing: ThingName,
+    /// Its status.
+    pub status: CommandStatus,
+    /// When it was sent.
+    pub sent_at: Timestamp,
+    /// When its TTL ends.
+    pub deadline: Timestamp,
+}
+
+/// Keyset paging: at most `limit` items after the key `after` (exclusive).
+///
+/// ```
+/// use fleetops_service::Page;
+/// let first = Page::first(50);
+/// assert_eq!(first.after, None);
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Page {
+    /// The last key of the previous page (a thing name, job id or execution id).
+    pub after: Option<String>,
+    /// The most items to return (capped at [`Page::MAX_LIMIT`]).
+    pub limit: usize,
+}
+
+impl Page {
+    /// The largest page served.
+    pub const MAX_LIMIT: usize = 1000;
+
+    /// The first page of `limit` items.
+    pub fn first(limit: usize) -> Self {
+        Self { after: None, limit }
+    }
+
+    /// The page after `key`.
+    pub fn after(key: impl Into<String>, limit: usize) -> Self {
+        Self {
+            after: Some(key.into()),
+            limit,
+        }
+    }
+
+    pub(crate) fn cap(&self) -> usize {
+        self.limit.clamp(1, Self::MAX_LIMIT)
+    }
+}
+
+impl Default for Page {
+    fn default() -> Self {
+        Self::first(100)
+    }
+}
+
+/// One page of results.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Paged<T> {
+    /// The items.
+    pub items: Vec<T>,
+    /// The key to pass as [`Page::after`] for the next page; `None` at the end.
+    pub next: Option<String>,
+}
+
+/// Tuning of the runtime; the defaults suit a small server.
+///
+/// ```
+/// use fleetops_service::FleetConfig;
+/// let config = FleetConfig { fail_commands_when_offline: true, ..FleetConfig::default() };
+/// assert_eq!(config.shards, 4);
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FleetConfig {
+    /// Worker tasks that serialize device requests and timers per thing.
+    pub shards: usize,
+    /// Executions queued (or canceled, retried) per atomic append by the job driver.
+    pub job_batch: usize,
+    /// Requests a worker takes from its queue at once.
+    pub worker_batch: usize,
+    /// Capacity of each worker's queue (back-pressure on the link and the scheduler).
+    pub worker_queue: usize,
+    /// Attempts at an optimistic append before giving up with `Contention`.
+    pub max_conflict_retries: usize,
+    /// Refuse a command at once when presence says the thing is offline.
+    pub fail_commands_when_offline: bool,
+    /// Entries in a `notify` message (the protocol says at most 10).
+    pub notify_max: usize,
+    /// Messages per `DeviceLink::send` from the outbox.
+    pub outbox_batch: usize,
+    /// Buffer of the status-change broadcast; slow receivers lose the oldest.
+    pub status_change_buffer: usize,
+}
+
+impl Default for FleetConfig {
+    fn default() -> Self {
+        Self {
+            shards: 4,
+            job_batch: 1000,
+            worker_batch: 256,
+            worker_queue: 4096,
+            max_conflict_retries: 8,
+            fail_commands_when_offline: false,
+            notify_max: 10,
+            outbox_batch: 512,
+            status_change_buffer: 4096,
+        }
+    }
+}

@@ -1,0 +1,389 @@
+//! The inbound loop and the worker shards: device requests and per-execution timers, serialized
+//! per thing so that one thing's requests are decided in the order they arrived and optimistic
+//! conflicts stay rare.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration as StdDuration;
+
+use fleetops_core::command::{CommandExecution, CommandIntent};
+use fleetops_core::device::{
+    CommandResponse, DescribeRequest, DeviceRequest, ExecutionView, Inbound, JobTarget, Outbound,
+    Reply, StartNextRequest, UpdateRequest,
+};
+use fleetops_core::job_execution::{JobExecution, JobExecutionIntent};
+use fleetops_core::link::{DeviceLink, LinkError, LinkEvent};
+use fleetops_core::store::EventStore;
+use fleetops_core::{
+    Aggregate, Event, ExecutionId, JobExecutionStatus, JobId, Rejection, StreamId, ThingName,
+};
+use tokio::sync::mpsc;
+
+use crate::error::FleetError;
+use crate::runtime::{lock, Inner};
+use crate::state::NotifyFlags;
+
+/// A unit of work for a shard.
+#[derive(Debug)]
+pub(crate) enum Work {
+    /// A device request, answered on the link.
+    Device(Inbound),
+    /// A command's TTL may have passed.
+    CommandTimer(ExecutionId),
+    /// A job execution's in-progress or step timer may have expired.
+    ExecutionTimer(JobId, ThingName),
+}
+
+impl Work {
+    fn thing<'a, S: EventStore, L: DeviceLink>(
+        &'a self,
+        inner: &Inner<S, L>,
+    ) -> Option<ThingName> {
+        match self {
+            Self::Device(i) => Some(i.thing.clone()),
+            Self::ExecutionTimer(_, t) => Some(t.clone()),
+            Self::CommandTimer(id) => inner.read().command(id).map(|c| c.thing.clone()),
+        }
+    }
+}
+
+/// How many times start-next looks again when the projection was behind a concurrent change.
+const START_NEXT_ATTEMPTS: usize = 3;
+
+/// A worker shard: takes a batch of work, runs each thing's items in order (things in
+/// parallel), then sends all replies in one link batch.
+pub(crate) async fn run_shard<S: EventStore, L: DeviceLink>(
+    inner: Arc<Inner<S, L>>,
+    mut rx: mpsc::Receiver<Work>,
+) {
+    let mut buf = Vec::with_capacity(inner.config.worker_batch);
+    loop {
+        buf.clear();
+        if rx.recv_many(&mut buf, inner.config.worker_batch).await == 0 {
+            return;
+        }
+        let mut index: HashMap<Option<ThingName>, usize> = HashMap::new();
+        let mut chains: Vec<Vec<Work>> = Vec::new();
+        for w in buf.drain(..) {
+            let key = w.thing(&inner);
+            let i = *index.entry(key).or_insert_with(|| {
+                chains.push(Vec::new());
+                chains.len() - 1
+            });
+            chains[i].push(w);
+        }
+        let inner_ref = &inner;
+        let replies = futures::future::join_all(chains.into_iter().map(|chain| async move {
+            let mut out = Vec::new();
+            for w in chain {
+                if let Some(reply) = inner_ref.handle(w).await {
+                    out.push(reply);
+                }
+            }
+            out
+        }))
+        .await;
+        let replies: Vec<Outbound> = replies.into_iter().flatten().collect();
+        if !replies.is_empty() {
+            if let Err(err) = inner.link.send(replies).await {
+                // The device will time out and ask again; the store already holds the outcome.
+                tracing::warn!(%err, "could not deliver replies");
+            }
+        }
+    }
+}
+
+/// The inbound loop: reads link events in batches and routes them to the shards.
+pub(crate) async fn run_inbound<S: EventStore, L: DeviceLink>(inner: Arc<Inner<S, L>>) {
+    let mut backoff = StdDuration::from_millis(10);
+    loop {
+        let events = match inner.link.recv(inner.config.worker_batch).await {
+            Ok(events) => events,
+            Err(LinkError::Closed) => {
+                tracing::info!("device link closed; inbound loop stops");
+                return;
+            }
+            Err(err) => {
+                tracing::warn!(%err, "device link failed; retrying");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(StdDuration::from_secs(2));
+                continue;
+            }
+        };
+        backoff = StdDuration::from_millis(10);
+        for event in events {
+            match event {
+                LinkEvent::Request(inbound) => {
+                    let shard = inner.shard(&inbound.thing).clone();
+                    if shard.send(Work::Device(inbound)).await.is_err() {
+                        return;
+                    }
+                }
+                LinkEvent::Presence { thing, online } => {
+                    lock(&inner.presence).insert(thing.clone(), online);
+                    // A thing that comes back gets its pending list at once, in case the
+                    // notifications sent while it was away were dropped.
+                    if online && inner.read().proj.next_pending(&thing).is_some() {
+                        lock(&inner.outbox).push_thing(
+                            thing,
+                            NotifyFlags {
+                                notify: true,
+                                next: true,
+                            },
+                        );
+                        inner.outbox_wake.notify_one();
+                    }
+                }
+            }
+        }
+    }
+}
+
+impl<S: EventStore, L: DeviceLink> Inner<S, L> {
+    async fn handle(&self, work: Work) -> Option<Outbound> {
+        match work {
+            Work::Device(inbound) => Some(self.device_request(inbound).await),
+            Work::CommandTimer(id) => {
+                let stream = StreamId::command(&id);
+                if let Err(err) = self
+                    .execute::<CommandExecution>(&stream, CommandIntent::CheckTimeout)
+                    .await
+                {
+                    tracing::warn!(%stream, %err, "command timer failed");
+                }
+                None
+            }
+            Work::ExecutionTimer(job, thing) => {
+                let stream = StreamId::job_execution(&job, &thing);
+                if let Err(err) = self
+                    .execute::<JobExecution>(&stream, JobExecutionIntent::CheckTimeout)
+                    .await
+                {
+                    tracing::warn!(%stream, %err, "execution timer failed");
+                }
+                None
+            }
+        }
+    }
+
+    /// Answers one device request: the rules decide, the store records, then the reply goes.
+    pub(crate) async fn device_request(&self, inbound: Inbound) -> Outbound {
+        let Inbound {
+            thing,
+            client_token,
+            request,
+        } = inbound;
+        let operation = request.operation();
+        let result = match request {
+            DeviceRequest::GetPending => Ok(Reply::Pending(
+                self.read().pending_jobs(&thing, usize::MAX),
+            )),
+            DeviceRequest::StartNext(req) => self.start_next(&thing, req).await,
+            DeviceRequest::Describe(req) => self.describe(&thing, req).await,
+            DeviceRequest::Update { job_id, request } => {
+                self.update(&thing, &job_id, request).await
+            }
+            DeviceRequest::CommandResponse {
+                execution_id,
+                response,
+            } => self.command_response(&thing, &execution_id, response).await,
+        };
+        let timestamp = self.clock.now();
+        match result {
+            Ok(reply) => Outbound::Accepted {
+                thing,
+                operation,
+                client_token,
+                reply,
+                timestamp,
+            },
+            Err(err) => {
+                let rejection = err.to_rejection();
+                if err.rejection().is_none() {
+                    tracing::warn!(%thing, %err, "device request failed inside the service");
+                } else {
+                    tracing::debug!(%thing, %err, "device request refused");
+                }
+                Outbound::Rejected {
+                    thing,
+                    operation,
+                    client_token,
+                    rejection,
+                    timestamp,
+                }
+            }
+        }
+    }
+
+    /// The execution as a device sees it, with the job document when asked.
+    pub(crate) fn view(&self, s: &JobExecution, with_document: bool) -> ExecutionView {
+        let job_document = if with_document {
+            self.read()
+                .jobs
+                .get(&s.job_id)
+                .map(|e| e.job.document.clone())
+        } else {
+            None
+        };
+        ExecutionView {
+            job_id: s.job_id.clone(),
+            thing_name: s.thing.clone(),
+            status: s.status,
+            status_details: s.status_details.clone(),
+            queued_at: s.queued_at,
+            started_at: s.started_at,
+            last_updated_at: s.last_updated_at,
+            version_number: s.version_number,
+            execution_number: s.execution_number,
+            job_document,
+        }
+    }
+
+    async fn start_next(
+        &self,
+        thing: &ThingName,
+        req: StartNextRequest,
+    ) -> Result<Reply, FleetError> {
+        for _ in 0..START_NEXT_ATTEMPTS {
+            let next = self
+                .read()
+                .proj
+                .next_pending(thing)
+                .map(|k| k.job_id.clone());
+            let Some(job_id) = next else {
+                return Ok(Reply::StartNext(None));
+            };
+            let stream = StreamId::job_execution(&job_id, thing);
+            let intent = JobExecutionIntent::Start {
+                status_details: req.status_details.clone(),
+                step_timeout: req.step_timeout,
+            };
+            match self.execute::<JobExecution>(&stream, intent).await {
+                Ok(done) => {
+                    let state = done.state.ok_or_else(|| not_found(&job_id, thing))?;
+                    return Ok(Reply::StartNext(Some(self.view(&state, true))));
+                }
+                // The projection had not yet seen a change another writer made (a cancel, a
+                // timeout): catch up and look again.
+                Err(FleetError::Rejected(Rejection::TerminalStateReached { .. })) => {
+                    self.catch_up().await?;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Err(FleetError::Rejected(Rejection::RequestThrottled))
+    }
+
+    async fn describe(
+        &self,
+        thing: &ThingName,
+        req: DescribeRequest,
+    ) -> Result<Reply, FleetError> {
+        let job_id = match &req.job {
+            JobTarget::Job(id) => id.clone(),
+            JobTarget::Next => self
+                .read()
+                .proj
+                .next_pending(thing)
+                .map(|k| k.job_id.clone())
+                .ok_or_else(|| {
+                    FleetError::Rejected(Rejection::ResourceNotFound {
+                        kind: "job execution",
+                        id: format!("$next/{thing}"),
+                    })
+                })?,
+        };
+        let stream = StreamId::job_execution(&job_id, thing);
+        let history = self.read_stream(&stream).await?;
+        let wanted = req.execution_number;
+        // An earlier attempt: replay up to the requeue that began the attempt after it.
+        let cut = history
+            .iter()
+            .position(|e| {
+                matches!(e.event, Event::ExecutionRequeued { execution_number, .. }
+                    if wanted.is_some_and(|n| execution_number > n))
+            })
+            .unwrap_or(history.len());
+        let state = JobExecution::replay(history[..cut].iter().map(|e| &e.event))
+            .map_err(|source| FleetError::Corrupt {
+                stream: stream.clone(),
+                source,
+            })?
+            .filter(|s| s.status != JobExecutionStatus::Removed)
+            .filter(|s| wanted.is_none_or(|n| n == s.execution_number))
+            .ok_or_else(|| not_found(&job_id, thing))?;
+        Ok(Reply::Describe(
+            self.view(&state, req.include_job_document),
+        ))
+    }
+
+    async fn update(
+        &self,
+        thing: &ThingName,
+        job_id: &JobId,
+        req: UpdateRequest,
+    ) -> Result<Reply, FleetError> {
+        let stream = StreamId::job_execution(job_id, thing);
+        let include_state = req.include_job_execution_state;
+        let include_document = req.include_job_document;
+        let done = self
+            .execute::<JobExecution>(&stream, JobExecutionIntent::Update(req))
+            .await
+            .map_err(|e| name_unknown(e, job_id, thing))?;
+        let state = done.state.ok_or_else(|| not_found(job_id, thing))?;
+        let job_document = if include_document {
+            self.read().jobs.get(job_id).map(|e| e.job.document.clone())
+        } else {
+            None
+        };
+        Ok(Reply::Update {
+            execution_state: include_state.then(|| state.state()),
+            job_document,
+        })
+    }
+
+    async fn command_response(
+        &self,
+        thing: &ThingName,
+        id: &ExecutionId,
+        response: CommandResponse,
+    ) -> Result<Reply, FleetError> {
+        let unknown = || {
+            FleetError::Rejected(Rejection::ResourceNotFound {
+                kind: "command execution",
+                id: id.to_string(),
+            })
+        };
+        // A device may only answer its own commands.
+        let owner = self.read().command(id).map(|c| c.thing.clone());
+        if owner.as_ref().is_some_and(|o| o != thing) {
+            return Err(unknown());
+        }
+        let stream = StreamId::command(id);
+        match self
+            .execute::<CommandExecution>(&stream, CommandIntent::Respond(response))
+            .await
+        {
+            Ok(_) => Ok(Reply::CommandResponse),
+            Err(FleetError::Rejected(Rejection::ResourceNotFound { .. })) => Err(unknown()),
+            Err(e) => Err(e),
+        }
+    }
+}
+
+fn not_found(job: &JobId, thing: &ThingName) -> FleetError {
+    FleetError::Rejected(Rejection::ResourceNotFound {
+        kind: "job execution",
+        id: format!("{job}/{thing}"),
+    })
+}
+
+/// Core names an unknown execution "unknown"; tell the device which one it asked for.
+fn name_unknown(e: FleetError, job: &JobId, thing: &ThingName) -> FleetError {
+    match e {
+        FleetError::Rejected(Rejection::ResourceNotFound { kind, .. }) if kind == "job execution" => {
+            not_found(job, thing)
+        }
+        other => other,
+    }
+}

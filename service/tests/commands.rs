@@ -1,0 +1,169 @@
+//! Commands through the runtime: succeed, fail, time out, cancel, fast failure when offline.
+
+mod common;
+
+use common::*;
+use fleetops_core::device::{CommandResponse, DeviceRequest, Outbound};
+use fleetops_core::{CommandStatus, Duration, ErrorCode, ExecutionId};
+use fleetops_service::{CommandFilter, FleetConfig, FleetError, Page};
+use serde_json::json;
+
+async fn request_for(env: &mut Env) -> (fleetops_core::ThingName, ExecutionId, Duration) {
+    match env.devices.recv().await {
+        Some(Outbound::CommandRequest {
+            thing,
+            execution_id,
+            ttl,
+            ..
+        }) => (thing, execution_id, ttl),
+        other => panic!("expected a command request, got {other:?}"),
+    }
+}
+
+fn respond(id: &ExecutionId, status: CommandStatus) -> DeviceRequest {
+    DeviceRequest::CommandResponse {
+        execution_id: id.clone(),
+        response: CommandResponse {
+            status,
+            result: Some(json!({"ok": status == CommandStatus::Succeeded})),
+            status_reason: None,
+        },
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_command_succeeds_or_fails_as_the_device_answers() {
+    let mut env = env().await;
+    let lamp = t("lamp");
+    for status in [CommandStatus::Succeeded, CommandStatus::Failed, CommandStatus::Rejected] {
+        let handle = env
+            .fleet
+            .send_command(lamp.clone(), "toggle", json!({"n": 1}), Duration::from_secs(30))
+            .await
+            .unwrap();
+        let (thing, id, ttl) = request_for(&mut env).await;
+        assert_eq!((&thing, &id), (&lamp, handle.execution_id()));
+        assert_eq!(ttl, Duration::from_secs(30));
+        let reply = env.devices.call(&lamp, respond(&id, status)).await.unwrap();
+        accepted(&reply);
+        let done = handle.outcome().await.unwrap();
+        assert_eq!(done.status, status);
+        assert_eq!(done.result, Some(json!({"ok": status == CommandStatus::Succeeded})));
+        // A second answer is refused: the command is terminal.
+        let again = env.devices.call(&lamp, respond(&id, status)).await.unwrap();
+        assert_eq!(rejected(&again).code(), ErrorCode::TerminalStateReached);
+    }
+    let listed = env.fleet.list_commands(
+        &CommandFilter {
+            thing: Some(lamp.clone()),
+            status: Some(CommandStatus::Failed),
+        },
+        &Page::first(10),
+    );
+    assert_eq!(listed.items.len(), 1);
+    let all = env.fleet.list_commands(&CommandFilter::default(), &Page::first(2));
+    assert_eq!(all.items.len(), 2);
+    let rest = env.fleet.list_commands(
+        &CommandFilter::default(),
+        &Page {
+            after: all.next.clone(),
+            limit: 2,
+        },
+    );
+    assert_eq!(rest.items.len(), 1);
+    assert_eq!(rest.next, None);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_command_times_out_at_its_ttl_and_a_late_answer_is_refused() {
+    let mut env = env().await;
+    let lamp = t("lamp");
+    let handle = env
+        .fleet
+        .send_command(lamp.clone(), "reboot", json!({}), Duration::from_secs(10))
+        .await
+        .unwrap();
+    let (_, id, _) = request_for(&mut env).await;
+    advance(&env, Duration::from_secs(9)).await;
+    assert_eq!(env.fleet.get_command(&id).await.unwrap().status, CommandStatus::Sent);
+    env.clock.advance(Duration::from_secs(1));
+    let done = handle.outcome().await.unwrap();
+    assert_eq!(done.status, CommandStatus::TimedOut);
+    let late = env
+        .devices
+        .call(&lamp, respond(&id, CommandStatus::Succeeded))
+        .await
+        .unwrap();
+    assert_eq!(rejected(&late).code(), ErrorCode::TerminalStateReached);
+    assert_eq!(env.fleet.get_command(&id).await.unwrap().status, CommandStatus::TimedOut);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_command_can_be_canceled_once() {
+    let mut env = env().await;
+    let lamp = t("lamp");
+    let handle = env
+        .fleet
+        .send_command(lamp.clone(), "reboot", json!({}), Duration::from_secs(10))
+        .await
+        .unwrap();
+    let id = handle.execution_id().clone();
+    let (_, _, _) = request_for(&mut env).await;
+    let c = env.fleet.cancel_command(&id, Some("operator".into())).await.unwrap();
+    assert_eq!(c.status, CommandStatus::Canceled);
+    assert_eq!(handle.outcome().await.unwrap().status, CommandStatus::Canceled);
+    let again = env.fleet.cancel_command(&id, None).await.unwrap_err();
+    assert_eq!(again.rejection().map(|r| r.code()), Some(ErrorCode::TerminalStateReached));
+    let unknown = ExecutionId::parse("nope").unwrap();
+    let err = env.fleet.cancel_command(&unknown, None).await.unwrap_err();
+    assert_eq!(err.rejection().map(|r| r.code()), Some(ErrorCode::ResourceNotFound));
+    // The device may not answer someone else's command.
+    let other = env
+        .devices
+        .call(&t("intruder"), respond(&id, CommandStatus::Succeeded))
+        .await
+        .unwrap();
+    assert_eq!(rejected(&other).code(), ErrorCode::ResourceNotFound);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn commands_to_offline_things_fail_fast_when_configured() {
+    let env = env_with(FleetConfig {
+        fail_commands_when_offline: true,
+        ..FleetConfig::default()
+    })
+    .await;
+    let lamp = t("lamp");
+    env.devices.presence(&lamp, false).await.unwrap();
+    eventually("presence seen", || env.fleet.presence(&lamp) == Some(false)).await;
+    let err = env
+        .fleet
+        .send_command(lamp.clone(), "x", json!({}), Duration::from_secs(5))
+        .await
+        .unwrap_err();
+    assert_eq!(err, FleetError::Offline { thing: lamp.clone() });
+    env.devices.presence(&lamp, true).await.unwrap();
+    eventually("presence seen", || env.fleet.presence(&lamp) == Some(true)).await;
+    env.fleet
+        .send_command(lamp, "x", json!({}), Duration::from_secs(5))
+        .await
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalid_commands_are_refused_without_storing_anything() {
+    let env = env().await;
+    let err = env
+        .fleet
+        .send_command(t("lamp"), "", json!({}), Duration::from_secs(5))
+        .await
+        .unwrap_err();
+    assert_eq!(err.rejection().map(|r| r.code()), Some(ErrorCode::InvalidRequest));
+    let err = env
+        .fleet
+        .send_command(t("lamp"), "x", json!({}), Duration::from_millis(10))
+        .await
+        .unwrap_err();
+    assert_eq!(err.rejection().map(|r| r.code()), Some(ErrorCode::InvalidRequest));
+    assert_eq!(env.store.len().unwrap(), 0);
+}
