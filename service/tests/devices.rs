@@ -1,0 +1,224 @@
+//! The device protocol through the runtime (DESIGN.md §4): get pending, start-next, describe
+//! (`$next` too), update with its options and refusals, and when `notify` / `notify-next` go.
+
+mod common;
+
+use common::*;
+use fleetops_core::device::{
+    DescribeRequest, DeviceRequest, JobTarget, Outbound, Reply, UpdateRequest,
+};
+use fleetops_core::{ErrorCode, JobExecutionStatus as S, JobId, ThingName};
+use fleetops_service::{JobSpec, StatusChange};
+use futures::StreamExt;
+use serde_json::json;
+
+fn notifies(msgs: &[Outbound], thing: &ThingName) -> (Vec<Vec<JobId>>, Vec<Option<JobId>>) {
+    let mut notify = Vec::new();
+    let mut next = Vec::new();
+    for m in msgs {
+        match m {
+            Outbound::Notify { thing: t, jobs, .. } if t == thing => notify.push(
+                jobs.in_progress
+                    .iter()
+                    .chain(jobs.queued.iter())
+                    .map(|s| s.job_id.clone())
+                    .collect(),
+            ),
+            Outbound::NotifyNext {
+                thing: t,
+                execution,
+                ..
+            } if t == thing => next.push(execution.as_ref().map(|e| e.job_id.clone())),
+            _ => {}
+        }
+    }
+    (notify, next)
+}
+
+async fn job_for(env: &Env, id: &str, thing: &ThingName) -> JobId {
+    let job = j(id);
+    env.fleet
+        .create_job(JobSpec::new(job.clone(), json!({"job": id})).things([thing.clone()]))
+        .await
+        .unwrap();
+    settle(&env.fleet).await;
+    job
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn notify_and_notify_next_go_exactly_when_they_should() {
+    let mut env = env().await;
+    let d = t("dev");
+    let a = job_for(&env, "a", &d).await;
+    let (n, nx) = notifies(&env.devices.drain(), &d);
+    assert_eq!((n, nx), (vec![vec![a.clone()]], vec![Some(a.clone())]));
+    // Starting A changes neither the pending set nor the next execution.
+    start_next(&mut env.devices, &d).await;
+    settle(&env.fleet).await;
+    assert_eq!(notifies(&env.devices.drain(), &d), (vec![], vec![]));
+    // Progress changes nothing either.
+    let progress = UpdateRequest {
+        status: Some(S::InProgress),
+        status_details: Some([("step".parse().unwrap(), "2".to_owned())].into()),
+        ..UpdateRequest::default()
+    };
+    accepted(&update(&mut env.devices, &d, &a, progress).await);
+    settle(&env.fleet).await;
+    assert_eq!(notifies(&env.devices.drain(), &d), (vec![], vec![]));
+    // A second job joins the list behind the in-progress one: notify only.
+    let b = job_for(&env, "b", &d).await;
+    let (n, nx) = notifies(&env.devices.drain(), &d);
+    assert_eq!((n, nx), (vec![vec![a.clone(), b.clone()]], vec![]));
+    // A finishes: B is next.
+    update(&mut env.devices, &d, &a, set_status(S::Succeeded)).await;
+    settle(&env.fleet).await;
+    let (n, nx) = notifies(&env.devices.drain(), &d);
+    assert_eq!((n, nx), (vec![vec![b.clone()]], vec![Some(b.clone())]));
+    // B finishes: nothing is next.
+    start_next(&mut env.devices, &d).await;
+    update(&mut env.devices, &d, &b, set_status(S::Succeeded)).await;
+    settle(&env.fleet).await;
+    let (n, nx) = notifies(&env.devices.drain(), &d);
+    assert_eq!((n, nx), (vec![vec![]], vec![None]));
+    // Other things hear nothing.
+    assert_eq!(notifies(&env.devices.drain(), &t("other")), (vec![], vec![]));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn notify_lists_at_most_ten_in_progress_first() {
+    let mut env = env().await;
+    let d = t("busy");
+    for i in 0..12 {
+        env.clock.advance(fleetops_core::Duration::from_secs(1));
+        job_for(&env, &format!("j{i:02}"), &d).await;
+    }
+    start_next(&mut env.devices, &d).await; // j00 in progress
+    env.devices.drain();
+    job_for(&env, "j12", &d).await;
+    let msgs = env.devices.drain();
+    let jobs = msgs
+        .iter()
+        .find_map(|m| match m {
+            Outbound::Notify { jobs, .. } => Some(jobs.clone()),
+            _ => None,
+        })
+        .expect("a notify");
+    assert_eq!(jobs.in_progress.len() + jobs.queued.len(), 10);
+    assert_eq!(jobs.in_progress[0].job_id, j("j00"));
+    assert_eq!(jobs.queued[0].job_id, j("j01"));
+    // get pending lists them all, in the same order.
+    let r = env.devices.call(&d, DeviceRequest::GetPending).await.unwrap();
+    let Reply::Pending(p) = accepted(&r) else { panic!() };
+    assert_eq!((p.in_progress.len(), p.queued.len()), (1, 12));
+    assert!(p.queued.windows(2).all(|w| w[0].queued_at <= w[1].queued_at));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn start_next_describe_and_update_follow_the_protocol() {
+    let mut env = env().await;
+    let d = t("dev");
+    // Nothing pending: start-next answers with no execution; $next is not found.
+    let r = start_next(&mut env.devices, &d).await;
+    assert_eq!(accepted(&r), &Reply::StartNext(None));
+    let next = DeviceRequest::Describe(DescribeRequest {
+        job: JobTarget::Next,
+        execution_number: None,
+        include_job_document: true,
+    });
+    let r = env.devices.call(&d, next.clone()).await.unwrap();
+    assert_eq!(rejected(&r).code(), ErrorCode::ResourceNotFound);
+
+    let job = job_for(&env, "proto", &d).await;
+    let r = env.devices.call(&d, next.clone()).await.unwrap();
+    let Reply::Describe(view) = accepted(&r) else { panic!() };
+    assert_eq!((view.status, view.version_number), (S::Queued, 1));
+    assert_eq!(view.job_document, Some(json!({"job": "proto"})));
+
+    let r = start_next(&mut env.devices, &d).await;
+    let Reply::StartNext(Some(view)) = accepted(&r) else { panic!() };
+    assert_eq!((view.status, view.version_number), (S::InProgress, 2));
+    assert!(view.job_document.is_some());
+    // start-next again returns the in-progress execution unchanged.
+    let r = start_next(&mut env.devices, &d).await;
+    let Reply::StartNext(Some(again)) = accepted(&r) else { panic!() };
+    assert_eq!(again.version_number, 2);
+
+    // expectedVersion mismatch: refused with the current state.
+    let stale = UpdateRequest {
+        status: Some(S::Succeeded),
+        expected_version: Some(1),
+        ..UpdateRequest::default()
+    };
+    let r = update(&mut env.devices, &d, &job, stale).await;
+    let rej = rejected(&r);
+    assert_eq!(rej.code(), ErrorCode::VersionMismatch);
+    assert_eq!(rej.execution_state().map(|s| s.version_number), Some(2));
+    // Devices may not set service statuses.
+    let r = update(&mut env.devices, &d, &job, set_status(S::Canceled)).await;
+    assert_eq!(rejected(&r).code(), ErrorCode::InvalidRequest);
+    // Unknown jobs are not found, and the client token is echoed on refusals.
+    let r = update(&mut env.devices, &d, &j("nope"), set_status(S::Succeeded)).await;
+    assert_eq!(rejected(&r).code(), ErrorCode::ResourceNotFound);
+    assert!(matches!(&r, Outbound::Rejected { client_token: Some(_), .. }));
+
+    let done = UpdateRequest {
+        status: Some(S::Succeeded),
+        expected_version: Some(2),
+        include_job_execution_state: true,
+        include_job_document: true,
+        ..UpdateRequest::default()
+    };
+    let r = update(&mut env.devices, &d, &job, done.clone()).await;
+    let Reply::Update {
+        execution_state,
+        job_document,
+    } = accepted(&r)
+    else {
+        panic!()
+    };
+    assert_eq!(execution_state.as_ref().map(|s| (s.status, s.version_number)), Some((S::Succeeded, 3)));
+    assert_eq!(job_document, &Some(json!({"job": "proto"})));
+    // A duplicate of the same final update is refused, and nothing changes.
+    let r = update(&mut env.devices, &d, &job, set_status(S::Succeeded)).await;
+    assert_eq!(rejected(&r).code(), ErrorCode::TerminalStateReached);
+    // Describing a named job works after it finished; an unknown attempt is not found.
+    let describe = |n| {
+        DeviceRequest::Describe(DescribeRequest {
+            job: JobTarget::Job(job.clone()),
+            execution_number: n,
+            include_job_document: false,
+        })
+    };
+    let r = env.devices.call(&d, describe(None)).await.unwrap();
+    let Reply::Describe(view) = accepted(&r) else { panic!() };
+    assert_eq!((view.status, view.job_document.clone()), (S::Succeeded, None));
+    let r = env.devices.call(&d, describe(Some(2))).await.unwrap();
+    assert_eq!(rejected(&r).code(), ErrorCode::ResourceNotFound);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn embedders_see_events_and_status_changes() {
+    let mut env = env().await;
+    let mut changes = env.fleet.status_changes();
+    let mut events = env.fleet.events(1).await.unwrap();
+    let d = t("dev");
+    let job = job_for(&env, "seen", &d).await;
+    start_next(&mut env.devices, &d).await;
+    update(&mut env.devices, &d, &job, set_status(S::Succeeded)).await;
+    settle(&env.fleet).await;
+    let mut statuses = Vec::new();
+    while let Ok(c) = changes.try_recv() {
+        if let StatusChange::JobExecution { status, .. } = c {
+            statuses.push(status);
+        }
+    }
+    assert_eq!(statuses, vec![S::Queued, S::InProgress, S::Succeeded]);
+    let first = events.next().await.unwrap().unwrap();
+    assert_eq!((first.position, first.event.type_name()), (1, "JobCreated"));
+    let mut last = first.position;
+    while last < env.fleet.checkpoint() {
+        let e = events.next().await.unwrap().unwrap();
+        assert_eq!(e.position, last + 1);
+        last = e.position;
+    }
+}
