@@ -1,0 +1,162 @@
+//! Kill and restart in the middle of a job with timers pending: a new `Fleet` on the same
+//! store resumes rollout, timers, retries and owed messages; no execution is lost or stuck,
+//! and none has two terminal statuses for one attempt.
+
+mod common;
+
+use std::sync::Arc;
+
+use common::*;
+use fleetops_core::config::{FailureType, JobConfig, RetryCriterion, Rollout};
+use fleetops_core::store::EventStore;
+use fleetops_core::{Event, JobExecutionStatus as S, JobId, JobStatus, StreamId, ThingName};
+use fleetops_service::link::{simulate, SimAction};
+use fleetops_service::{FleetConfig, JobSpec};
+use fleetops_store_memory::MemoryStore;
+use serde_json::json;
+
+/// Checks every execution's history: queued once, and at most one terminal event per attempt.
+async fn check_histories(store: &MemoryStore, job: &JobId, targets: &[ThingName]) {
+    for th in targets {
+        let stream = StreamId::job_execution(job, th);
+        let events = store.read_stream(&stream, 1, 1000).await.unwrap();
+        let queued = events
+            .iter()
+            .filter(|e| matches!(e.event, Event::ExecutionQueued { .. }))
+            .count();
+        assert_eq!(queued, 1, "{stream} queued {queued} times");
+        let mut terminal_in_attempt = 0;
+        for e in &events {
+            match &e.event {
+                Event::ExecutionRequeued { .. } => terminal_in_attempt = 0,
+                ev if ev.execution_status().is_some_and(|s| s.is_terminal()) => {
+                    terminal_in_attempt += 1;
+                    assert!(terminal_in_attempt <= 1, "{stream}: two terminal events in one attempt");
+                }
+                _ => {}
+            }
+        }
+    }
+}
+
+fn config() -> JobConfig {
+    JobConfig {
+        rollout: Rollout::Fixed { per_minute: 20 },
+        in_progress_timeout: Some(mins(10)),
+        retry: vec![
+            RetryCriterion {
+                failure_type: FailureType::TimedOut,
+                number_of_retries: 2,
+            },
+            RetryCriterion {
+                failure_type: FailureType::Failed,
+                number_of_retries: 1,
+            },
+        ],
+        ..JobConfig::default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_mid_job_loses_nothing_and_leaves_nothing_stuck() {
+    let store = MemoryStore::new();
+    let clock = fleetops_service::clock::ManualClock::new(T0);
+    let job = j("survivor");
+    let targets = things("r", 50);
+    // First life: a third of the devices start and then go silent (their in-progress timers
+    // are pending at the kill), some fail, the rest succeed; only 20 per minute are queued.
+    {
+        let (fleet, devices) = start(&store, &clock, FleetConfig::default()).await;
+        let _sim = simulate(
+            devices,
+            Arc::new(|thing, view| {
+                let n: usize = thing.as_str()[1..].parse().unwrap_or(0);
+                match (n % 3, view.execution_number) {
+                    (0, 1) => SimAction::Ignore,
+                    (1, 1) => SimAction::Fail,
+                    _ => SimAction::Succeed,
+                }
+            }),
+        );
+        fleet
+            .create_job(JobSpec::new(job.clone(), json!({"v": 2})).things(targets.clone()).config(config()))
+            .await
+            .unwrap();
+        settle(&fleet).await;
+        clock.advance(mins(1));
+        // Kill without waiting for the fleet to react to the new window.
+        tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+        drop(fleet);
+    }
+    let before = store.len().unwrap();
+    // Second life: devices behave; time moves on past windows and timeouts.
+    let (fleet, devices) = start(&store, &clock, FleetConfig::default()).await;
+    let _sim = simulate(devices, Arc::new(|_, _| SimAction::Succeed));
+    for _ in 0..30 {
+        clock.advance(mins(1));
+        settle(&fleet).await;
+        if fleet.describe_job(&job).unwrap().job.status == JobStatus::Completed {
+            break;
+        }
+    }
+    let d = fleet.describe_job(&job).unwrap();
+    assert!(store.len().unwrap() > before);
+    assert_eq!(d.job.status, JobStatus::Completed, "{d:?}");
+    assert_eq!(d.counters.total(), 50);
+    assert_eq!(d.counters.succeeded, 50, "{:?}", d.counters);
+    check_histories(&store, &job, &targets).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn repeated_kills_at_arbitrary_moments_still_finish_the_job() {
+    let store = MemoryStore::new();
+    let clock = fleetops_service::clock::ManualClock::new(T0);
+    let job = j("phoenix");
+    let targets = things("k", 60);
+    let mut created = false;
+    for life in 0..6u64 {
+        let (fleet, devices) = start(&store, &clock, FleetConfig::default()).await;
+        let _sim = simulate(
+            devices,
+            Arc::new(move |thing, view| {
+                let n: usize = thing.as_str()[1..].parse().unwrap_or(0);
+                match (n % 4, view.execution_number) {
+                    (0, 1) => SimAction::Ignore,
+                    (1, 1) => SimAction::Fail,
+                    _ => SimAction::Succeed,
+                }
+            }),
+        );
+        if !created {
+            fleet
+                .create_job(JobSpec::new(job.clone(), json!({})).things(targets.clone()).config(config()))
+                .await
+                .unwrap();
+            created = true;
+        }
+        // Let it run a little, move time, and kill it mid-flight.
+        tokio::time::sleep(std::time::Duration::from_millis(3 + life * 2)).await;
+        clock.advance(mins(4));
+        tokio::time::sleep(std::time::Duration::from_millis(1 + life)).await;
+        drop(fleet);
+    }
+    let (fleet, devices) = start(&store, &clock, FleetConfig::default()).await;
+    let _sim = simulate(devices, Arc::new(|_, _| SimAction::Succeed));
+    for _ in 0..40 {
+        clock.advance(mins(1));
+        settle(&fleet).await;
+        if fleet.describe_job(&job).unwrap().job.status == JobStatus::Completed {
+            break;
+        }
+    }
+    let d = fleet.describe_job(&job).unwrap();
+    assert_eq!(d.job.status, JobStatus::Completed, "{d:?}");
+    assert_eq!(d.counters.total(), 60);
+    assert_eq!(d.counters.pending(), 0);
+    assert_eq!(d.counters.succeeded + d.counters.failed + d.counters.timed_out, 60);
+    check_histories(&store, &job, &targets).await;
+    for th in &targets {
+        let x = fleet.get_job_execution(&job, th).await.unwrap();
+        assert!(x.status.is_terminal() && x.status != S::Removed, "{th}: {:?}", x.status);
+    }
+}
