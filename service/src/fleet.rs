@@ -348,7 +348,11 @@ impl<S: EventStore, L: DeviceLink> Fleet<S, L> {
             ttl,
         };
         let stream = StreamId::command(&execution_id);
-        if let Err(e) = self.inner.execute::<CommandExecution>(&stream, intent).await {
+        if let Err(e) = self
+            .inner
+            .execute::<CommandExecution>(&stream, intent)
+            .await
+        {
             lock(&self.inner.waiters).remove(&execution_id);
             return Err(e);
         }
@@ -613,7 +617,13 @@ impl<S: EventStore, L: DeviceLink> Fleet<S, L> {
         let stream = StreamId::group(&name);
         let done = self
             .inner
-            .execute::<Group>(&stream, GroupIntent::Create { name: name.clone(), description })
+            .execute::<Group>(
+                &stream,
+                GroupIntent::Create {
+                    name: name.clone(),
+                    description,
+                },
+            )
             .await?;
         done.state.ok_or_else(|| not_found("group", &name))
     }
@@ -624,7 +634,8 @@ impl<S: EventStore, L: DeviceLink> Fleet<S, L> {
         name: &GroupName,
         things: Vec<ThingName>,
     ) -> Result<Group, FleetError> {
-        self.group_intent(name, GroupIntent::AddMembers(things)).await
+        self.group_intent(name, GroupIntent::AddMembers(things))
+            .await
     }
 
     /// Removes things from a group; a continuous job targeting it removes their still-queued
@@ -657,7 +668,11 @@ impl<S: EventStore, L: DeviceLink> Fleet<S, L> {
     /// Group membership changes decide on the folded group (group streams grow with every
     /// membership change, so they are not replayed per request); a conflict means the fold
     /// was behind, so catch up and decide again.
-    async fn group_intent(&self, name: &GroupName, intent: GroupIntent) -> Result<Group, FleetError> {
+    async fn group_intent(
+        &self,
+        name: &GroupName,
+        intent: GroupIntent,
+    ) -> Result<Group, FleetError> {
         let stream = StreamId::group(name);
         for _ in 0..self.inner.config.max_conflict_retries.max(1) {
             let state = self.inner.read().groups.get(name).cloned();

@@ -89,7 +89,8 @@ impl<S: EventStore, L: DeviceLink> Inner<S, L> {
         };
         let job = Arc::clone(&entry.job);
         let batch = self.config.job_batch.max(1);
-        let take = |things: &mut dyn Iterator<Item = &ThingName>, keep: &dyn Fn(JobExecutionStatus) -> bool| {
+        let take = |things: &mut dyn Iterator<Item = &ThingName>,
+                    keep: &dyn Fn(JobExecutionStatus) -> bool| {
             things
                 .filter_map(|t| {
                     entry
@@ -142,7 +143,10 @@ impl<S: EventStore, L: DeviceLink> Inner<S, L> {
                     Some(JobCancelReason::EndTime) => EndReason::JobEnded,
                     _ => EndReason::JobCanceled,
                 };
-                JobExecutionIntent::Cancel { force: forced, reason }
+                JobExecutionIntent::Cancel {
+                    force: forced,
+                    reason,
+                }
             };
             return Step::Executions(items, intent);
         }

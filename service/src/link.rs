@@ -150,7 +150,8 @@ impl DeviceEnd {
         loop {
             let m = self.rx.recv().await.ok_or(LinkError::Closed)?;
             let matches = match &m {
-                Outbound::Accepted { client_token, .. } | Outbound::Rejected { client_token, .. } => {
+                Outbound::Accepted { client_token, .. }
+                | Outbound::Rejected { client_token, .. } => {
                     client_token.as_deref() == Some(token.as_str())
                 }
                 _ => false,

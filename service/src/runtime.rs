@@ -5,11 +5,11 @@ use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::hash::{BuildHasher, RandomState};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
+use fleetops_core::link::DeviceLink;
 use fleetops_core::store::{
     AppendBatch, Appended, EventStore, ExpectedVersion, NewEvent, StoreError, StoredEvent,
 };
 use fleetops_core::{Aggregate, Event, ExecutionId, JobId, StreamId, ThingName, Timestamp};
-use fleetops_core::link::DeviceLink;
 use tokio::sync::{broadcast, mpsc, oneshot, watch, Notify};
 
 use crate::clock::Clock;
@@ -143,12 +143,11 @@ impl<S: EventStore, L: DeviceLink> Inner<S, L> {
     ) -> Result<(Option<A>, Option<u64>), FleetError> {
         let history = self.read_stream(stream).await?;
         let version = history.last().map(|e| e.stream_version);
-        let state = A::replay(history.iter().map(|e| &e.event)).map_err(|source| {
-            FleetError::Corrupt {
+        let state =
+            A::replay(history.iter().map(|e| &e.event)).map_err(|source| FleetError::Corrupt {
                 stream: stream.clone(),
                 source,
-            }
-        })?;
+            })?;
         Ok((state, version))
     }
 
@@ -168,7 +167,10 @@ impl<S: EventStore, L: DeviceLink> Inner<S, L> {
     ) -> Result<Executed<A>, FleetError> {
         for _ in 0..self.config.max_conflict_retries.max(1) {
             let (state, version) = self.load::<A>(stream).await?;
-            match self.try_execute(stream, state, version, intent.clone()).await? {
+            match self
+                .try_execute(stream, state, version, intent.clone())
+                .await?
+            {
                 Some(done) => return Ok(done),
                 None => continue,
             }

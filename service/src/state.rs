@@ -164,7 +164,9 @@ impl State {
     /// The pending key of `thing`'s next execution: job and attempt.
     fn front(&self, thing: &ThingName) -> Option<(JobId, u32)> {
         let key = self.proj.next_pending(thing)?;
-        let n = self.exec(&key.job_id, thing).map_or(0, |m| m.execution_number);
+        let n = self
+            .exec(&key.job_id, thing)
+            .map_or(0, |m| m.execution_number);
         Some((key.job_id.clone(), n))
     }
 
@@ -190,7 +192,11 @@ impl State {
     fn still_targeted(&self, job: &Job, thing: &ThingName, except: &GroupName) -> bool {
         job.targets.things.contains(thing)
             || job.targets.groups.iter().any(|g| {
-                g != except && self.groups.get(g).is_some_and(|gr| gr.members.contains(thing))
+                g != except
+                    && self
+                        .groups
+                        .get(g)
+                        .is_some_and(|gr| gr.members.contains(thing))
             })
     }
 

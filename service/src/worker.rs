@@ -35,10 +35,7 @@ pub(crate) enum Work {
 }
 
 impl Work {
-    fn thing<'a, S: EventStore, L: DeviceLink>(
-        &'a self,
-        inner: &Inner<S, L>,
-    ) -> Option<ThingName> {
+    fn thing<S: EventStore, L: DeviceLink>(&self, inner: &Inner<S, L>) -> Option<ThingName> {
         match self {
             Self::Device(i) => Some(i.thing.clone()),
             Self::ExecutionTimer(_, t) => Some(t.clone()),
@@ -175,9 +172,9 @@ impl<S: EventStore, L: DeviceLink> Inner<S, L> {
         } = inbound;
         let operation = request.operation();
         let result = match request {
-            DeviceRequest::GetPending => Ok(Reply::Pending(
-                self.read().pending_jobs(&thing, usize::MAX),
-            )),
+            DeviceRequest::GetPending => {
+                Ok(Reply::Pending(self.read().pending_jobs(&thing, usize::MAX)))
+            }
             DeviceRequest::StartNext(req) => self.start_next(&thing, req).await,
             DeviceRequest::Describe(req) => self.describe(&thing, req).await,
             DeviceRequest::Update { job_id, request } => {
@@ -274,11 +271,7 @@ impl<S: EventStore, L: DeviceLink> Inner<S, L> {
         Err(FleetError::Rejected(Rejection::RequestThrottled))
     }
 
-    async fn describe(
-        &self,
-        thing: &ThingName,
-        req: DescribeRequest,
-    ) -> Result<Reply, FleetError> {
+    async fn describe(&self, thing: &ThingName, req: DescribeRequest) -> Result<Reply, FleetError> {
         let job_id = match &req.job {
             JobTarget::Job(id) => id.clone(),
             JobTarget::Next => self
@@ -312,9 +305,7 @@ impl<S: EventStore, L: DeviceLink> Inner<S, L> {
             .filter(|s| s.status != JobExecutionStatus::Removed)
             .filter(|s| wanted.is_none_or(|n| n == s.execution_number))
             .ok_or_else(|| not_found(&job_id, thing))?;
-        Ok(Reply::Describe(
-            self.view(&state, req.include_job_document),
-        ))
+        Ok(Reply::Describe(self.view(&state, req.include_job_document)))
     }
 
     async fn update(
@@ -381,9 +372,10 @@ fn not_found(job: &JobId, thing: &ThingName) -> FleetError {
 /// Core names an unknown execution "unknown"; tell the device which one it asked for.
 fn name_unknown(e: FleetError, job: &JobId, thing: &ThingName) -> FleetError {
     match e {
-        FleetError::Rejected(Rejection::ResourceNotFound { kind, .. }) if kind == "job execution" => {
-            not_found(job, thing)
-        }
+        FleetError::Rejected(Rejection::ResourceNotFound {
+            kind: "job execution",
+            ..
+        }) => not_found(job, thing),
         other => other,
     }
 }

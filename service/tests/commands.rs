@@ -35,10 +35,19 @@ fn respond(id: &ExecutionId, status: CommandStatus) -> DeviceRequest {
 async fn a_command_succeeds_or_fails_as_the_device_answers() {
     let mut env = env().await;
     let lamp = t("lamp");
-    for status in [CommandStatus::Succeeded, CommandStatus::Failed, CommandStatus::Rejected] {
+    for status in [
+        CommandStatus::Succeeded,
+        CommandStatus::Failed,
+        CommandStatus::Rejected,
+    ] {
         let handle = env
             .fleet
-            .send_command(lamp.clone(), "toggle", json!({"n": 1}), Duration::from_secs(30))
+            .send_command(
+                lamp.clone(),
+                "toggle",
+                json!({"n": 1}),
+                Duration::from_secs(30),
+            )
             .await
             .unwrap();
         let (thing, id, ttl) = request_for(&mut env).await;
@@ -48,7 +57,10 @@ async fn a_command_succeeds_or_fails_as_the_device_answers() {
         accepted(&reply);
         let done = handle.outcome().await.unwrap();
         assert_eq!(done.status, status);
-        assert_eq!(done.result, Some(json!({"ok": status == CommandStatus::Succeeded})));
+        assert_eq!(
+            done.result,
+            Some(json!({"ok": status == CommandStatus::Succeeded}))
+        );
         // A second answer is refused: the command is terminal.
         let again = env.devices.call(&lamp, respond(&id, status)).await.unwrap();
         assert_eq!(rejected(&again).code(), ErrorCode::TerminalStateReached);
@@ -61,7 +73,9 @@ async fn a_command_succeeds_or_fails_as_the_device_answers() {
         &Page::first(10),
     );
     assert_eq!(listed.items.len(), 1);
-    let all = env.fleet.list_commands(&CommandFilter::default(), &Page::first(2));
+    let all = env
+        .fleet
+        .list_commands(&CommandFilter::default(), &Page::first(2));
     assert_eq!(all.items.len(), 2);
     let rest = env.fleet.list_commands(
         &CommandFilter::default(),
@@ -85,7 +99,10 @@ async fn a_command_times_out_at_its_ttl_and_a_late_answer_is_refused() {
         .unwrap();
     let (_, id, _) = request_for(&mut env).await;
     advance(&env, Duration::from_secs(9)).await;
-    assert_eq!(env.fleet.get_command(&id).await.unwrap().status, CommandStatus::Sent);
+    assert_eq!(
+        env.fleet.get_command(&id).await.unwrap().status,
+        CommandStatus::Sent
+    );
     env.clock.advance(Duration::from_secs(1));
     let done = handle.outcome().await.unwrap();
     assert_eq!(done.status, CommandStatus::TimedOut);
@@ -95,7 +112,10 @@ async fn a_command_times_out_at_its_ttl_and_a_late_answer_is_refused() {
         .await
         .unwrap();
     assert_eq!(rejected(&late).code(), ErrorCode::TerminalStateReached);
-    assert_eq!(env.fleet.get_command(&id).await.unwrap().status, CommandStatus::TimedOut);
+    assert_eq!(
+        env.fleet.get_command(&id).await.unwrap().status,
+        CommandStatus::TimedOut
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -109,14 +129,27 @@ async fn a_command_can_be_canceled_once() {
         .unwrap();
     let id = handle.execution_id().clone();
     let (_, _, _) = request_for(&mut env).await;
-    let c = env.fleet.cancel_command(&id, Some("operator".into())).await.unwrap();
+    let c = env
+        .fleet
+        .cancel_command(&id, Some("operator".into()))
+        .await
+        .unwrap();
     assert_eq!(c.status, CommandStatus::Canceled);
-    assert_eq!(handle.outcome().await.unwrap().status, CommandStatus::Canceled);
+    assert_eq!(
+        handle.outcome().await.unwrap().status,
+        CommandStatus::Canceled
+    );
     let again = env.fleet.cancel_command(&id, None).await.unwrap_err();
-    assert_eq!(again.rejection().map(|r| r.code()), Some(ErrorCode::TerminalStateReached));
+    assert_eq!(
+        again.rejection().map(|r| r.code()),
+        Some(ErrorCode::TerminalStateReached)
+    );
     let unknown = ExecutionId::parse("nope").unwrap();
     let err = env.fleet.cancel_command(&unknown, None).await.unwrap_err();
-    assert_eq!(err.rejection().map(|r| r.code()), Some(ErrorCode::ResourceNotFound));
+    assert_eq!(
+        err.rejection().map(|r| r.code()),
+        Some(ErrorCode::ResourceNotFound)
+    );
     // The device may not answer someone else's command.
     let other = env
         .devices
@@ -141,7 +174,12 @@ async fn commands_to_offline_things_fail_fast_when_configured() {
         .send_command(lamp.clone(), "x", json!({}), Duration::from_secs(5))
         .await
         .unwrap_err();
-    assert_eq!(err, FleetError::Offline { thing: lamp.clone() });
+    assert_eq!(
+        err,
+        FleetError::Offline {
+            thing: lamp.clone()
+        }
+    );
     env.devices.presence(&lamp, true).await.unwrap();
     eventually("presence seen", || env.fleet.presence(&lamp) == Some(true)).await;
     env.fleet
@@ -158,12 +196,18 @@ async fn invalid_commands_are_refused_without_storing_anything() {
         .send_command(t("lamp"), "", json!({}), Duration::from_secs(5))
         .await
         .unwrap_err();
-    assert_eq!(err.rejection().map(|r| r.code()), Some(ErrorCode::InvalidRequest));
+    assert_eq!(
+        err.rejection().map(|r| r.code()),
+        Some(ErrorCode::InvalidRequest)
+    );
     let err = env
         .fleet
         .send_command(t("lamp"), "x", json!({}), Duration::from_millis(10))
         .await
         .unwrap_err();
-    assert_eq!(err.rejection().map(|r| r.code()), Some(ErrorCode::InvalidRequest));
+    assert_eq!(
+        err.rejection().map(|r| r.code()),
+        Some(ErrorCode::InvalidRequest)
+    );
     assert_eq!(env.store.len().unwrap(), 0);
 }

@@ -81,7 +81,10 @@ async fn notify_and_notify_next_go_exactly_when_they_should() {
     let (n, nx) = notifies(&env.devices.drain(), &d);
     assert_eq!((n, nx), (vec![vec![]], vec![None]));
     // Other things hear nothing.
-    assert_eq!(notifies(&env.devices.drain(), &t("other")), (vec![], vec![]));
+    assert_eq!(
+        notifies(&env.devices.drain(), &t("other")),
+        (vec![], vec![])
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -107,10 +110,19 @@ async fn notify_lists_at_most_ten_in_progress_first() {
     assert_eq!(jobs.in_progress[0].job_id, j("j00"));
     assert_eq!(jobs.queued[0].job_id, j("j01"));
     // get pending lists them all, in the same order.
-    let r = env.devices.call(&d, DeviceRequest::GetPending).await.unwrap();
-    let Reply::Pending(p) = accepted(&r) else { panic!() };
+    let r = env
+        .devices
+        .call(&d, DeviceRequest::GetPending)
+        .await
+        .unwrap();
+    let Reply::Pending(p) = accepted(&r) else {
+        panic!()
+    };
     assert_eq!((p.in_progress.len(), p.queued.len()), (1, 12));
-    assert!(p.queued.windows(2).all(|w| w[0].queued_at <= w[1].queued_at));
+    assert!(p
+        .queued
+        .windows(2)
+        .all(|w| w[0].queued_at <= w[1].queued_at));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -130,17 +142,23 @@ async fn start_next_describe_and_update_follow_the_protocol() {
 
     let job = job_for(&env, "proto", &d).await;
     let r = env.devices.call(&d, next.clone()).await.unwrap();
-    let Reply::Describe(view) = accepted(&r) else { panic!() };
+    let Reply::Describe(view) = accepted(&r) else {
+        panic!()
+    };
     assert_eq!((view.status, view.version_number), (S::Queued, 1));
     assert_eq!(view.job_document, Some(json!({"job": "proto"})));
 
     let r = start_next(&mut env.devices, &d).await;
-    let Reply::StartNext(Some(view)) = accepted(&r) else { panic!() };
+    let Reply::StartNext(Some(view)) = accepted(&r) else {
+        panic!()
+    };
     assert_eq!((view.status, view.version_number), (S::InProgress, 2));
     assert!(view.job_document.is_some());
     // start-next again returns the in-progress execution unchanged.
     let r = start_next(&mut env.devices, &d).await;
-    let Reply::StartNext(Some(again)) = accepted(&r) else { panic!() };
+    let Reply::StartNext(Some(again)) = accepted(&r) else {
+        panic!()
+    };
     assert_eq!(again.version_number, 2);
 
     // expectedVersion mismatch: refused with the current state.
@@ -159,7 +177,13 @@ async fn start_next_describe_and_update_follow_the_protocol() {
     // Unknown jobs are not found, and the client token is echoed on refusals.
     let r = update(&mut env.devices, &d, &j("nope"), set_status(S::Succeeded)).await;
     assert_eq!(rejected(&r).code(), ErrorCode::ResourceNotFound);
-    assert!(matches!(&r, Outbound::Rejected { client_token: Some(_), .. }));
+    assert!(matches!(
+        &r,
+        Outbound::Rejected {
+            client_token: Some(_),
+            ..
+        }
+    ));
 
     let done = UpdateRequest {
         status: Some(S::Succeeded),
@@ -176,7 +200,12 @@ async fn start_next_describe_and_update_follow_the_protocol() {
     else {
         panic!()
     };
-    assert_eq!(execution_state.as_ref().map(|s| (s.status, s.version_number)), Some((S::Succeeded, 3)));
+    assert_eq!(
+        execution_state
+            .as_ref()
+            .map(|s| (s.status, s.version_number)),
+        Some((S::Succeeded, 3))
+    );
     assert_eq!(job_document, &Some(json!({"job": "proto"})));
     // A duplicate of the same final update is refused, and nothing changes.
     let r = update(&mut env.devices, &d, &job, set_status(S::Succeeded)).await;
@@ -190,8 +219,13 @@ async fn start_next_describe_and_update_follow_the_protocol() {
         })
     };
     let r = env.devices.call(&d, describe(None)).await.unwrap();
-    let Reply::Describe(view) = accepted(&r) else { panic!() };
-    assert_eq!((view.status, view.job_document.clone()), (S::Succeeded, None));
+    let Reply::Describe(view) = accepted(&r) else {
+        panic!()
+    };
+    assert_eq!(
+        (view.status, view.job_document.clone()),
+        (S::Succeeded, None)
+    );
     let r = env.devices.call(&d, describe(Some(2))).await.unwrap();
     assert_eq!(rejected(&r).code(), ErrorCode::ResourceNotFound);
 }

@@ -56,7 +56,14 @@ async fn a_fixed_rollout_queues_at_most_its_rate_per_minute() {
     assert_eq!(first.items.len(), 20);
     let rest = env
         .fleet
-        .list_job_executions(&job, Some(S::Queued), &Page { after: first.next, limit: 20 })
+        .list_job_executions(
+            &job,
+            Some(S::Queued),
+            &Page {
+                after: first.next,
+                limit: 20,
+            },
+        )
         .unwrap();
     assert_eq!(rest.items.len(), 5);
     assert_eq!(rest.next, None);
@@ -102,7 +109,10 @@ async fn failed_executions_are_retried_up_to_the_limit_then_the_job_completes() 
     .await;
     let d = env.fleet.describe_job(&job).unwrap();
     assert_eq!((d.counters.succeeded, d.counters.failed), (3, 1));
-    let rows = env.fleet.list_job_executions(&job, None, &Page::first(10)).unwrap();
+    let rows = env
+        .fleet
+        .list_job_executions(&job, None, &Page::first(10))
+        .unwrap();
     let number = |name: &str| {
         rows.items
             .iter()
@@ -141,9 +151,18 @@ async fn an_abort_rule_fires_at_its_threshold_and_cancels_only_queued_executions
     }
     // 1 failed of 2 executed: below the minimum.
     update(&mut env.devices, &targets[0], &job, set_status(S::Failed)).await;
-    update(&mut env.devices, &targets[1], &job, set_status(S::Succeeded)).await;
+    update(
+        &mut env.devices,
+        &targets[1],
+        &job,
+        set_status(S::Succeeded),
+    )
+    .await;
     settle(&env.fleet).await;
-    assert_eq!(env.fleet.describe_job(&job).unwrap().job.status, JobStatus::InProgress);
+    assert_eq!(
+        env.fleet.describe_job(&job).unwrap().job.status,
+        JobStatus::InProgress
+    );
     // 2 failed of 3 executed = 66.7% ≥ 60%: abort.
     update(&mut env.devices, &targets[2], &job, set_status(S::Failed)).await;
     settle(&env.fleet).await;
@@ -151,18 +170,36 @@ async fn an_abort_rule_fires_at_its_threshold_and_cancels_only_queued_executions
     assert_eq!(d.job.status, JobStatus::Canceled);
     assert!(matches!(
         d.job.cancel_reason,
-        Some(JobCancelReason::Aborted { failed: 2, executed: 3, .. })
+        Some(JobCancelReason::Aborted {
+            failed: 2,
+            executed: 3,
+            ..
+        })
     ));
-    assert_eq!(status_of(&env.fleet, &job, &targets[3]), Some(S::InProgress));
+    assert_eq!(
+        status_of(&env.fleet, &job, &targets[3]),
+        Some(S::InProgress)
+    );
     for th in &targets[4..] {
         assert_eq!(status_of(&env.fleet, &job, th), Some(S::Canceled), "{th}");
     }
     assert_eq!(
-        (d.counters.canceled, d.counters.in_progress, d.counters.failed, d.counters.succeeded),
+        (
+            d.counters.canceled,
+            d.counters.in_progress,
+            d.counters.failed,
+            d.counters.succeeded
+        ),
         (6, 1, 2, 1)
     );
     // The in-progress execution may still finish.
-    let r = update(&mut env.devices, &targets[3], &job, set_status(S::Succeeded)).await;
+    let r = update(
+        &mut env.devices,
+        &targets[3],
+        &job,
+        set_status(S::Succeeded),
+    )
+    .await;
     accepted(&r);
 }
 
@@ -171,34 +208,53 @@ async fn a_continuous_job_follows_group_membership() {
     let mut env = env().await;
     let g = GroupName::parse("lobby").unwrap();
     env.fleet.create_group(g.clone(), None).await.unwrap();
-    env.fleet.add_group_members(&g, vec![t("c1")]).await.unwrap();
+    env.fleet
+        .add_group_members(&g, vec![t("c1")])
+        .await
+        .unwrap();
     let job = j("follow");
     env.fleet
-        .create_job(JobSpec::new(job.clone(), doc()).groups([g.clone()]).continuous())
+        .create_job(
+            JobSpec::new(job.clone(), doc())
+                .groups([g.clone()])
+                .continuous(),
+        )
         .await
         .unwrap();
     settle(&env.fleet).await;
     assert_eq!(status_of(&env.fleet, &job, &t("c1")), Some(S::Queued));
     // Joiners get an execution.
-    env.fleet.add_group_members(&g, vec![t("c2"), t("c3")]).await.unwrap();
+    env.fleet
+        .add_group_members(&g, vec![t("c2"), t("c3")])
+        .await
+        .unwrap();
     settle(&env.fleet).await;
     assert_eq!(status_of(&env.fleet, &job, &t("c2")), Some(S::Queued));
     assert_eq!(status_of(&env.fleet, &job, &t("c3")), Some(S::Queued));
     // c3 starts; then c2 and c3 leave: c2's queued execution is removed, c3's stays.
     start_next(&mut env.devices, &t("c3")).await;
-    env.fleet.remove_group_members(&g, vec![t("c2"), t("c3")]).await.unwrap();
+    env.fleet
+        .remove_group_members(&g, vec![t("c2"), t("c3")])
+        .await
+        .unwrap();
     settle(&env.fleet).await;
     assert_eq!(status_of(&env.fleet, &job, &t("c2")), Some(S::Removed));
     assert_eq!(status_of(&env.fleet, &job, &t("c3")), Some(S::InProgress));
     assert_eq!(status_of(&env.fleet, &job, &t("c1")), Some(S::Queued));
     // A thing that leaves and comes back before anything happened keeps one execution.
-    env.fleet.add_group_members(&g, vec![t("c4")]).await.unwrap();
+    env.fleet
+        .add_group_members(&g, vec![t("c4")])
+        .await
+        .unwrap();
     settle(&env.fleet).await;
     assert_eq!(status_of(&env.fleet, &job, &t("c4")), Some(S::Queued));
     // The job never completes by itself.
     update(&mut env.devices, &t("c3"), &job, set_status(S::Succeeded)).await;
     settle(&env.fleet).await;
-    assert_eq!(env.fleet.describe_job(&job).unwrap().job.status, JobStatus::InProgress);
+    assert_eq!(
+        env.fleet.describe_job(&job).unwrap().job.status,
+        JobStatus::InProgress
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -242,11 +298,7 @@ async fn a_step_timeout_is_replaced_then_cleared() {
     accepted(&update(&mut env.devices, &dev, &job, step(StepTimeout::Minutes(1))).await);
     advance(&env, mins(1)).await;
     assert_eq!(status_of(&env.fleet, &job, &dev), Some(S::TimedOut));
-    let history = env
-        .fleet
-        .events(1)
-        .await
-        .unwrap();
+    let history = env.fleet.events(1).await.unwrap();
     drop(history);
     let x = env.fleet.get_job_execution(&job, &dev).await.unwrap();
     assert_eq!(x.status, S::TimedOut);
@@ -256,7 +308,10 @@ async fn a_step_timeout_is_replaced_then_cleared() {
         .unwrap();
     assert!(matches!(
         events.last().map(|e| &e.event),
-        Some(Event::ExecutionTimedOut { cause: TimeoutCause::Step, .. })
+        Some(Event::ExecutionTimedOut {
+            cause: TimeoutCause::Step,
+            ..
+        })
     ));
 }
 
@@ -267,14 +322,16 @@ async fn the_in_progress_timeout_ends_an_execution_and_a_retry_follows() {
     let dev = t("s1");
     env.fleet
         .create_job(
-            JobSpec::new(job.clone(), doc()).things([dev.clone()]).config(JobConfig {
-                in_progress_timeout: Some(mins(10)),
-                retry: vec![RetryCriterion {
-                    failure_type: FailureType::TimedOut,
-                    number_of_retries: 1,
-                }],
-                ..JobConfig::default()
-            }),
+            JobSpec::new(job.clone(), doc())
+                .things([dev.clone()])
+                .config(JobConfig {
+                    in_progress_timeout: Some(mins(10)),
+                    retry: vec![RetryCriterion {
+                        failure_type: FailureType::TimedOut,
+                        number_of_retries: 1,
+                    }],
+                    ..JobConfig::default()
+                }),
         )
         .await
         .unwrap();
@@ -287,7 +344,10 @@ async fn the_in_progress_timeout_ends_an_execution_and_a_retry_follows() {
     advance(&env, mins(10)).await;
     let x = env.fleet.get_job_execution(&job, &dev).await.unwrap();
     assert_eq!((x.status, x.execution_number), (S::TimedOut, 2));
-    assert_eq!(env.fleet.describe_job(&job).unwrap().job.status, JobStatus::Completed);
+    assert_eq!(
+        env.fleet.describe_job(&job).unwrap().job.status,
+        JobStatus::Completed
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -297,31 +357,42 @@ async fn a_scheduled_job_starts_at_its_start_time_and_stops_rollout_at_its_end()
     let targets = things("l", 30);
     env.fleet
         .create_job(
-            JobSpec::new(job.clone(), doc()).things(targets).config(JobConfig {
-                rollout: Rollout::Fixed { per_minute: 10 },
-                schedule: Schedule {
-                    start_time: Some(T0 + mins(10)),
-                    end_time: Some(T0 + mins(11) + Duration::from_secs(30)),
-                    end_behavior: EndBehavior::StopRollout,
-                },
-                ..JobConfig::default()
-            }),
+            JobSpec::new(job.clone(), doc())
+                .things(targets)
+                .config(JobConfig {
+                    rollout: Rollout::Fixed { per_minute: 10 },
+                    schedule: Schedule {
+                        start_time: Some(T0 + mins(10)),
+                        end_time: Some(T0 + mins(11) + Duration::from_secs(30)),
+                        end_behavior: EndBehavior::StopRollout,
+                    },
+                    ..JobConfig::default()
+                }),
         )
         .await
         .unwrap();
     settle(&env.fleet).await;
     let d = env.fleet.describe_job(&job).unwrap();
-    assert_eq!((d.job.status, d.counters.total()), (JobStatus::Scheduled, 0));
+    assert_eq!(
+        (d.job.status, d.counters.total()),
+        (JobStatus::Scheduled, 0)
+    );
     advance(&env, mins(10)).await;
     let d = env.fleet.describe_job(&job).unwrap();
-    assert_eq!((d.job.status, d.counters.queued), (JobStatus::InProgress, 10));
+    assert_eq!(
+        (d.job.status, d.counters.queued),
+        (JobStatus::InProgress, 10)
+    );
     advance(&env, mins(1)).await;
     assert_eq!(env.fleet.describe_job(&job).unwrap().counters.queued, 20);
     advance(&env, Duration::from_secs(30)).await; // the end time: rollout stops
     advance(&env, mins(5)).await;
     let d = env.fleet.describe_job(&job).unwrap();
     assert!(d.job.rollout_stopped);
-    assert_eq!((d.job.status, d.counters.queued, d.remaining_targets), (JobStatus::InProgress, 20, 0));
+    assert_eq!(
+        (d.job.status, d.counters.queued, d.remaining_targets),
+        (JobStatus::InProgress, 20, 0)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -335,14 +406,16 @@ async fn end_time_cancel_and_force_cancel() {
         let targets = things("e", 3);
         env.fleet
             .create_job(
-                JobSpec::new(job.clone(), doc()).things(targets.clone()).config(JobConfig {
-                    schedule: Schedule {
-                        start_time: None,
-                        end_time: Some(T0 + mins(5)),
-                        end_behavior: behavior,
-                    },
-                    ..JobConfig::default()
-                }),
+                JobSpec::new(job.clone(), doc())
+                    .things(targets.clone())
+                    .config(JobConfig {
+                        schedule: Schedule {
+                            start_time: None,
+                            end_time: Some(T0 + mins(5)),
+                            end_behavior: behavior,
+                        },
+                        ..JobConfig::default()
+                    }),
             )
             .await
             .unwrap();
@@ -352,7 +425,10 @@ async fn end_time_cancel_and_force_cancel() {
         let d = env.fleet.describe_job(&job).unwrap();
         assert_eq!(d.job.status, JobStatus::Canceled);
         assert_eq!(d.job.cancel_reason, Some(JobCancelReason::EndTime));
-        assert_eq!(status_of(&env.fleet, &job, &targets[0]), Some(in_progress_after));
+        assert_eq!(
+            status_of(&env.fleet, &job, &targets[0]),
+            Some(in_progress_after)
+        );
         assert_eq!(status_of(&env.fleet, &job, &targets[1]), Some(S::Canceled));
         assert_eq!(status_of(&env.fleet, &job, &targets[2]), Some(S::Canceled));
     }
@@ -370,27 +446,67 @@ async fn operators_cancel_jobs_and_delete_executions() {
     settle(&env.fleet).await;
     start_next(&mut env.devices, &targets[0]).await;
     start_next(&mut env.devices, &targets[1]).await;
-    update(&mut env.devices, &targets[1], &job, set_status(S::Succeeded)).await;
+    update(
+        &mut env.devices,
+        &targets[1],
+        &job,
+        set_status(S::Succeeded),
+    )
+    .await;
     // Delete a terminal execution; a pending one needs force.
-    env.fleet.delete_job_execution(&job, &targets[1], false).await.unwrap();
-    let err = env.fleet.delete_job_execution(&job, &targets[2], false).await.unwrap_err();
-    assert_eq!(err.rejection().map(|r| r.code()), Some(ErrorCode::InvalidStateTransition));
+    env.fleet
+        .delete_job_execution(&job, &targets[1], false)
+        .await
+        .unwrap();
+    let err = env
+        .fleet
+        .delete_job_execution(&job, &targets[2], false)
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err.rejection().map(|r| r.code()),
+        Some(ErrorCode::InvalidStateTransition)
+    );
     // Cancel one execution, then the job (plain: in-progress ones continue).
-    env.fleet.cancel_job_execution(&job, &targets[2], false).await.unwrap();
-    env.fleet.cancel_job(&job, false, Some("enough".into())).await.unwrap();
+    env.fleet
+        .cancel_job_execution(&job, &targets[2], false)
+        .await
+        .unwrap();
+    env.fleet
+        .cancel_job(&job, false, Some("enough".into()))
+        .await
+        .unwrap();
     settle(&env.fleet).await;
-    assert_eq!(status_of(&env.fleet, &job, &targets[0]), Some(S::InProgress));
+    assert_eq!(
+        status_of(&env.fleet, &job, &targets[0]),
+        Some(S::InProgress)
+    );
     assert_eq!(status_of(&env.fleet, &job, &targets[3]), Some(S::Canceled));
     // Cancel again with force: the in-progress one is canceled too.
     env.fleet.cancel_job(&job, true, None).await.unwrap();
     settle(&env.fleet).await;
     assert_eq!(status_of(&env.fleet, &job, &targets[0]), Some(S::Canceled));
     let d = env.fleet.describe_job(&job).unwrap();
-    assert_eq!((d.counters.canceled, d.counters.removed, d.counters.pending()), (3, 1, 0));
-    let listed = env.fleet.list_jobs(Some(JobStatus::Canceled), &Page::first(10));
+    assert_eq!(
+        (
+            d.counters.canceled,
+            d.counters.removed,
+            d.counters.pending()
+        ),
+        (3, 1, 0)
+    );
+    let listed = env
+        .fleet
+        .list_jobs(Some(JobStatus::Canceled), &Page::first(10));
     assert_eq!(listed.items.len(), 1);
     // The device is told the job is gone.
-    let r = update(&mut env.devices, &targets[0], &job, set_status(S::Succeeded)).await;
+    let r = update(
+        &mut env.devices,
+        &targets[0],
+        &job,
+        set_status(S::Succeeded),
+    )
+    .await;
     assert_eq!(rejected(&r).code(), ErrorCode::TerminalStateReached);
     env.fleet.delete_job(&job, false).await.unwrap();
     assert!(env.fleet.describe_job(&job).is_err());
@@ -404,7 +520,10 @@ async fn invalid_jobs_are_refused() {
         .create_job(JobSpec::new(j("empty"), doc()))
         .await
         .unwrap_err();
-    assert_eq!(err.rejection().map(|r| r.code()), Some(ErrorCode::InvalidRequest));
+    assert_eq!(
+        err.rejection().map(|r| r.code()),
+        Some(ErrorCode::InvalidRequest)
+    );
     env.fleet
         .create_job(JobSpec::new(j("dup"), doc()).things([t("x")]))
         .await
@@ -414,5 +533,8 @@ async fn invalid_jobs_are_refused() {
         .create_job(JobSpec::new(j("dup"), doc()).things([t("x")]))
         .await
         .unwrap_err();
-    assert_eq!(err.rejection().map(|r| r.code()), Some(ErrorCode::InvalidRequest));
+    assert_eq!(
+        err.rejection().map(|r| r.code()),
+        Some(ErrorCode::InvalidRequest)
+    );
 }

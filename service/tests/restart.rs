@@ -31,7 +31,10 @@ async fn check_histories(store: &MemoryStore, job: &JobId, targets: &[ThingName]
                 Event::ExecutionRequeued { .. } => terminal_in_attempt = 0,
                 ev if ev.execution_status().is_some_and(|s| s.is_terminal()) => {
                     terminal_in_attempt += 1;
-                    assert!(terminal_in_attempt <= 1, "{stream}: two terminal events in one attempt");
+                    assert!(
+                        terminal_in_attempt <= 1,
+                        "{stream}: two terminal events in one attempt"
+                    );
                 }
                 _ => {}
             }
@@ -79,7 +82,11 @@ async fn a_restart_mid_job_loses_nothing_and_leaves_nothing_stuck() {
             }),
         );
         fleet
-            .create_job(JobSpec::new(job.clone(), json!({"v": 2})).things(targets.clone()).config(config()))
+            .create_job(
+                JobSpec::new(job.clone(), json!({"v": 2}))
+                    .things(targets.clone())
+                    .config(config()),
+            )
             .await
             .unwrap();
         settle(&fleet).await;
@@ -129,7 +136,11 @@ async fn repeated_kills_at_arbitrary_moments_still_finish_the_job() {
         );
         if !created {
             fleet
-                .create_job(JobSpec::new(job.clone(), json!({})).things(targets.clone()).config(config()))
+                .create_job(
+                    JobSpec::new(job.clone(), json!({}))
+                        .things(targets.clone())
+                        .config(config()),
+                )
                 .await
                 .unwrap();
             created = true;
@@ -153,10 +164,17 @@ async fn repeated_kills_at_arbitrary_moments_still_finish_the_job() {
     assert_eq!(d.job.status, JobStatus::Completed, "{d:?}");
     assert_eq!(d.counters.total(), 60);
     assert_eq!(d.counters.pending(), 0);
-    assert_eq!(d.counters.succeeded + d.counters.failed + d.counters.timed_out, 60);
+    assert_eq!(
+        d.counters.succeeded + d.counters.failed + d.counters.timed_out,
+        60
+    );
     check_histories(&store, &job, &targets).await;
     for th in &targets {
         let x = fleet.get_job_execution(&job, th).await.unwrap();
-        assert!(x.status.is_terminal() && x.status != S::Removed, "{th}: {:?}", x.status);
+        assert!(
+            x.status.is_terminal() && x.status != S::Removed,
+            "{th}: {:?}",
+            x.status
+        );
     }
 }
