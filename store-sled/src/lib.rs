@@ -103,7 +103,9 @@ mod store;
 mod writer;
 
 pub use config::{Durability, SledConfig};
-pub use projection::{Projection, ProjectionBatch, ProjectionError, MAX_PROJECTION_NAME};
+pub use projection::{
+    Projection, ProjectionBatch, ProjectionEntry, ProjectionError, MAX_PROJECTION_NAME,
+};
 pub use store::{SledStore, WriterStats};
 
 /// Helpers for this crate's benchmarks and tests; not part of the API.

@@ -32,6 +32,9 @@ use crate::writer::{ProjectionUpdate, Request};
 use fleetops_core::store::StoreError;
 use tokio::sync::oneshot;
 
+/// One key-value pair of a projection scan, the key without the projection's prefix.
+pub type ProjectionEntry = (Vec<u8>, Vec<u8>);
+
 /// Longest projection name, in bytes.
 pub const MAX_PROJECTION_NAME: usize = 64;
 
@@ -160,7 +163,7 @@ fn collect(
     iter: sled::Iter,
     strip: usize,
     limit: usize,
-) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError> {
+) -> Result<Vec<ProjectionEntry>, StoreError> {
     let mut out = Vec::new();
     for item in iter.take(limit) {
         let (k, v) = item.map_err(sled_error)?;
@@ -223,7 +226,7 @@ impl Projection {
         &self,
         prefix: &[u8],
         limit: usize,
-    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, ProjectionError> {
+    ) -> Result<Vec<ProjectionEntry>, ProjectionError> {
         let full = self.full_key(prefix);
         let strip = self.prefix.len();
         Ok(blocking(&self.inner, "projection scan", move |inner| {
@@ -238,7 +241,7 @@ impl Projection {
         start: &[u8],
         end: &[u8],
         limit: usize,
-    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, ProjectionError> {
+    ) -> Result<Vec<ProjectionEntry>, ProjectionError> {
         if start >= end {
             return Ok(Vec::new());
         }

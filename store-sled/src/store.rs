@@ -569,6 +569,7 @@ impl EventStore for SledStore {
             next: from.max(1),
             buffer: VecDeque::new(),
             head_rx,
+            careful: false,
         }))
     }
 }
@@ -583,6 +584,8 @@ struct SledSubscription {
     next: u64,
     buffer: VecDeque<StoredEvent>,
     head_rx: watch::Receiver<u64>,
+    /// Set after a chunk failed to read: from then on events are read one by one.
+    careful: bool,
 }
 
 #[async_trait]
@@ -597,10 +600,21 @@ impl Subscription for SledSubscription {
             let _ = self.head_rx.borrow_and_update();
             if self.next <= self.inner.shared.head() {
                 let from = self.next;
-                let events = blocking(&self.inner, "subscription", move |inner| {
-                    read_all_blocking(inner, from, SUBSCRIPTION_CHUNK)
+                let chunk = if self.careful { 1 } else { SUBSCRIPTION_CHUNK };
+                let read = blocking(&self.inner, "subscription", move |inner| {
+                    read_all_blocking(inner, from, chunk)
                 })
-                .await?;
+                .await;
+                let events = match read {
+                    Ok(events) => events,
+                    // Deliver every good event before the damaged one: read one at a time
+                    // from here, so the error surfaces exactly at the damaged position.
+                    Err(_) if chunk > 1 => {
+                        self.careful = true;
+                        continue;
+                    }
+                    Err(e) => return Err(e),
+                };
                 match events.last() {
                     Some(last) => self.next = last.position + 1,
                     None => return Err(missing(from)),
