@@ -1,0 +1,3 @@
+//! Raw-MQTT baseline (placeholder until the bench lands).
+
+fn main() {}

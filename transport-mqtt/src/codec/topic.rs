@@ -1,0 +1,552 @@
+//! The topic tree: where each message of the device protocol is published.
+//!
+//! Every topic a device uses sits under its own thing name, either
+//! `{prefix}/things/{thing}/jobs/…` or `{prefix}/commands/things/{thing}/executions/…`, so one
+//! broker pattern ACL per tree confines each device to its own topics.
+
+use std::fmt;
+
+use fleetops_core::device::{JobTarget, Operation};
+use fleetops_core::ids::{ExecutionId, ThingName};
+
+/// The three prefixes fleetops ships with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Preset {
+    /// `fleets/…`: the default, outside any reserved `$` namespace.
+    Fleets,
+    /// `$emqx/…`: the topics of EMQX Fleets.
+    Emqx,
+    /// `$aws/…`: the topics of the AWS IoT Jobs device MQTT API.
+    Aws,
+}
+
+impl Preset {
+    /// The topic prefix of this preset.
+    pub const fn prefix(self) -> &'static str {
+        match self {
+            Self::Fleets => "fleets",
+            Self::Emqx => "$emqx",
+            Self::Aws => "$aws",
+        }
+    }
+}
+
+/// Why a custom prefix was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LayoutError {
+    /// The prefix is empty.
+    #[error("topic prefix must not be empty")]
+    Empty,
+    /// The prefix is longer than [`TopicLayout::MAX_PREFIX_LEN`].
+    #[error("topic prefix is {len} bytes long, at most {max} are allowed")]
+    TooLong {
+        /// Its length in bytes.
+        len: usize,
+        /// The maximum.
+        max: usize,
+    },
+    /// The prefix holds a wildcard, a NUL or a control character.
+    #[error("topic prefix contains {found:?}, which is not allowed in a topic")]
+    InvalidChar {
+        /// The refused character.
+        found: char,
+    },
+    /// The prefix starts or ends with `/` or holds an empty level (`a//b`).
+    #[error("topic prefix {prefix:?} has an empty level")]
+    EmptyLevel {
+        /// The refused prefix.
+        prefix: String,
+    },
+    /// `$share` is reserved for shared subscriptions and can not be a publish topic.
+    #[error("topic prefix must not start with $share")]
+    Reserved,
+}
+
+/// Where the device protocol lives: a prefix in front of the fixed topic tree.
+///
+/// ```
+/// use fleetops_transport_mqtt::codec::TopicLayout;
+/// let aws = TopicLayout::aws();
+/// assert_eq!(aws.prefix(), "$aws");
+/// assert_eq!(TopicLayout::default().prefix(), "fleets");
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct TopicLayout {
+    prefix: String,
+}
+
+impl Default for TopicLayout {
+    fn default() -> Self {
+        Self::fleets()
+    }
+}
+
+impl fmt::Display for TopicLayout {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.prefix)
+    }
+}
+
+/// A reply or request operation as it appears in a topic, ids not yet validated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RequestOp<'a> {
+    /// `jobs/get`.
+    GetPending,
+    /// `jobs/start-next`.
+    StartNext,
+    /// `jobs/{jobId}/get`, `$next` included.
+    Describe(&'a str),
+    /// `jobs/{jobId}/update`.
+    Update(&'a str),
+    /// `commands/things/{thing}/executions/{id}/response`.
+    CommandResponse(&'a str),
+}
+
+/// What a topic under a [`TopicLayout`] names, with its levels borrowed and not yet validated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TopicRef<'a> {
+    /// A request, device → service.
+    Request {
+        /// The thing name level.
+        thing: &'a str,
+        /// The operation.
+        op: RequestOp<'a>,
+    },
+    /// An `accepted` or `rejected` reply, service → device.
+    Reply {
+        /// The thing name level.
+        thing: &'a str,
+        /// The operation answered.
+        op: RequestOp<'a>,
+        /// `accepted` (true) or `rejected` (false).
+        accepted: bool,
+    },
+    /// `jobs/notify`, service → device.
+    Notify {
+        /// The thing name level.
+        thing: &'a str,
+    },
+    /// `jobs/notify-next`, service → device.
+    NotifyNext {
+        /// The thing name level.
+        thing: &'a str,
+    },
+    /// A command request, service → device.
+    CommandRequest {
+        /// The thing name level.
+        thing: &'a str,
+        /// The execution id level.
+        execution: &'a str,
+    },
+    /// Inside a thing's jobs or commands tree, but no operation of the protocol.
+    Unknown {
+        /// The thing name level.
+        thing: &'a str,
+        /// Whether the last level is `accepted` or `rejected`: such a topic is never answered,
+        /// so two services can never answer each other's refusals in a loop.
+        reply_like: bool,
+    },
+}
+
+const ACCEPTED: &str = "accepted";
+const REJECTED: &str = "rejected";
+
+fn outcome(level: &str) -> Option<bool> {
+    match level {
+        ACCEPTED => Some(true),
+        REJECTED => Some(false),
+        _ => None,
+    }
+}
+
+impl TopicLayout {
+    /// The longest accepted prefix, in bytes.
+    pub const MAX_PREFIX_LEN: usize = 64;
+
+    /// The `fleets` preset (the default).
+    pub fn fleets() -> Self {
+        Self::preset(Preset::Fleets)
+    }
+
+    /// The `$emqx` preset (EMQX Fleets topics).
+    pub fn emqx() -> Self {
+        Self::preset(Preset::Emqx)
+    }
+
+    /// The `$aws` preset (AWS IoT Jobs topics).
+    pub fn aws() -> Self {
+        Self::preset(Preset::Aws)
+    }
+
+    /// One of the shipped presets.
+    pub fn preset(preset: Preset) -> Self {
+        Self {
+            prefix: preset.prefix().to_owned(),
+        }
+    }
+
+    /// A custom prefix: one or more non-empty topic levels without wildcards.
+    pub fn custom(prefix: &str) -> Result<Self, LayoutError> {
+        if prefix.is_empty() {
+            return Err(LayoutError::Empty);
+        }
+        if prefix.len() > Self::MAX_PREFIX_LEN {
+            return Err(LayoutError::TooLong {
+                len: prefix.len(),
+                max: Self::MAX_PREFIX_LEN,
+            });
+        }
+        if let Some(found) = prefix
+            .chars()
+            .find(|c| matches!(c, '+' | '#' | '\0') || c.is_control())
+        {
+            return Err(LayoutError::InvalidChar { found });
+        }
+        if prefix.split('/').any(str::is_empty) {
+            return Err(LayoutError::EmptyLevel {
+                prefix: prefix.to_owned(),
+            });
+        }
+        if prefix == "$share" || prefix.starts_with("$share/") {
+            return Err(LayoutError::Reserved);
+        }
+        Ok(Self {
+            prefix: prefix.to_owned(),
+        })
+    }
+
+    /// The prefix, e.g. `fleets` or `$aws`.
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    /// Classifies `topic`; `None` when it lies outside the protocol's two trees.
+    pub fn parse<'a>(&self, topic: &'a str) -> Option<TopicRef<'a>> {
+        let rest = topic
+            .strip_prefix(self.prefix.as_str())?
+            .strip_prefix('/')?;
+        let levels: Vec<&'a str> = rest.split('/').collect();
+        match levels.as_slice() {
+            ["things", thing, "jobs", tail @ ..] => Some(Self::parse_jobs(thing, tail)),
+            ["commands", "things", thing, "executions", tail @ ..] => {
+                Some(Self::parse_commands(thing, tail))
+            }
+            _ => None,
+        }
+    }
+
+    fn parse_jobs<'a>(thing: &'a str, tail: &[&'a str]) -> TopicRef<'a> {
+        let op = |name: &'a str, job: Option<&'a str>| match (name, job) {
+            ("get", None) => Some(RequestOp::GetPending),
+            ("start-next", None) => Some(RequestOp::StartNext),
+            ("get", Some(job)) => Some(RequestOp::Describe(job)),
+            ("update", Some(job)) => Some(RequestOp::Update(job)),
+            _ => None,
+        };
+        let found = match tail {
+            ["notify"] => Some(TopicRef::Notify { thing }),
+            ["notify-next"] => Some(TopicRef::NotifyNext { thing }),
+            [name] => op(name, None).map(|op| TopicRef::Request { thing, op }),
+            [name, last] if outcome(last).is_some() => op(name, None).map(|op| TopicRef::Reply {
+                thing,
+                op,
+                accepted: outcome(last) == Some(true),
+            }),
+            [job, name] => op(name, Some(job)).map(|op| TopicRef::Request { thing, op }),
+            [job, name, last] => outcome(last).and_then(|accepted| {
+                op(name, Some(job)).map(|op| TopicRef::Reply {
+                    thing,
+                    op,
+                    accepted,
+                })
+            }),
+            _ => None,
+        };
+        found.unwrap_or_else(|| Self::unknown(thing, tail))
+    }
+
+    fn parse_commands<'a>(thing: &'a str, tail: &[&'a str]) -> TopicRef<'a> {
+        let found = match tail {
+            [id, "response"] => Some(TopicRef::Request {
+                thing,
+                op: RequestOp::CommandResponse(id),
+            }),
+            [id, "response", last] => outcome(last).map(|accepted| TopicRef::Reply {
+                thing,
+                op: RequestOp::CommandResponse(id),
+                accepted,
+            }),
+            [id, "request"] => Some(TopicRef::CommandRequest {
+                thing,
+                execution: id,
+            }),
+            _ => None,
+        };
+        found.unwrap_or_else(|| Self::unknown(thing, tail))
+    }
+
+    fn unknown<'a>(thing: &'a str, tail: &[&'a str]) -> TopicRef<'a> {
+        TopicRef::Unknown {
+            thing,
+            reply_like: tail.last().is_some_and(|l| outcome(l).is_some()),
+        }
+    }
+
+    fn jobs(&self, thing: &ThingName) -> String {
+        format!("{}/things/{thing}/jobs", self.prefix)
+    }
+
+    fn execution(&self, thing: &ThingName, id: &ExecutionId) -> String {
+        format!("{}/commands/things/{thing}/executions/{id}", self.prefix)
+    }
+
+    /// The topic a device publishes `operation` to.
+    pub fn request_topic(&self, thing: &ThingName, operation: &Operation) -> String {
+        match operation {
+            Operation::GetPending => format!("{}/get", self.jobs(thing)),
+            Operation::StartNext => format!("{}/start-next", self.jobs(thing)),
+            Operation::Describe(JobTarget::Next) => format!("{}/$next/get", self.jobs(thing)),
+            Operation::Describe(JobTarget::Job(job)) => format!("{}/{job}/get", self.jobs(thing)),
+            Operation::Update(job) => format!("{}/{job}/update", self.jobs(thing)),
+            Operation::CommandResponse(id) => self.command_response_topic(thing, id),
+        }
+    }
+
+    /// The topic the answer to `operation` is published to: the request topic followed by
+    /// `/accepted` or `/rejected`.
+    pub fn reply_topic(&self, thing: &ThingName, operation: &Operation, accepted: bool) -> String {
+        let mut topic = self.request_topic(thing, operation);
+        topic.push('/');
+        topic.push_str(if accepted { ACCEPTED } else { REJECTED });
+        topic
+    }
+
+    /// `{p}/things/{thing}/jobs/notify`.
+    pub fn notify_topic(&self, thing: &ThingName) -> String {
+        format!("{}/notify", self.jobs(thing))
+    }
+
+    /// `{p}/things/{thing}/jobs/notify-next`.
+    pub fn notify_next_topic(&self, thing: &ThingName) -> String {
+        format!("{}/notify-next", self.jobs(thing))
+    }
+
+    /// `{p}/commands/things/{thing}/executions/{id}/request`.
+    pub fn command_request_topic(&self, thing: &ThingName, id: &ExecutionId) -> String {
+        format!("{}/request", self.execution(thing, id))
+    }
+
+    /// `{p}/commands/things/{thing}/executions/{id}/response`.
+    pub fn command_response_topic(&self, thing: &ThingName, id: &ExecutionId) -> String {
+        format!("{}/response", self.execution(thing, id))
+    }
+
+    /// The filters the service subscribes to.
+    ///
+    /// With `catch_all`, two `#` filters cover both trees, so requests on topics that name no
+    /// operation reach the service and are answered `InvalidTopic`; they must be subscribed
+    /// with MQTT 5 No Local, or the service would receive its own replies. Without it, one
+    /// filter per request topic. Both spell the first level out: `#` and `+` never match a
+    /// first level starting with `$`, so `+/things/…` would miss `$aws/things/…`.
+    pub fn service_filters(&self, catch_all: bool) -> Vec<String> {
+        let p = &self.prefix;
+        if catch_all {
+            vec![
+                format!("{p}/things/+/jobs/#"),
+                format!("{p}/commands/things/+/executions/#"),
+            ]
+        } else {
+            vec![
+                format!("{p}/things/+/jobs/get"),
+                format!("{p}/things/+/jobs/start-next"),
+                format!("{p}/things/+/jobs/+/get"),
+                format!("{p}/things/+/jobs/+/update"),
+                format!("{p}/commands/things/+/executions/+/response"),
+            ]
+        }
+    }
+
+    /// The filters a device subscribes to: its notifications, its replies and its command
+    /// requests, and nothing it publishes itself.
+    pub fn device_filters(&self, thing: &ThingName) -> Vec<String> {
+        let jobs = self.jobs(thing);
+        let commands = format!("{}/commands/things/{thing}/executions", self.prefix);
+        vec![
+            format!("{jobs}/notify"),
+            format!("{jobs}/notify-next"),
+            format!("{jobs}/get/+"),
+            format!("{jobs}/start-next/+"),
+            format!("{jobs}/+/get/+"),
+            format!("{jobs}/+/update/+"),
+            format!("{commands}/+/request"),
+            format!("{commands}/+/response/+"),
+        ]
+    }
+
+    /// The mosquitto ACL lines that confine each device (client id = thing name) to its own
+    /// topics.
+    pub fn acl_patterns(&self) -> [String; 2] {
+        let p = &self.prefix;
+        [
+            format!("pattern readwrite {p}/things/%c/#"),
+            format!("pattern readwrite {p}/commands/things/%c/#"),
+        ]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn thing() -> ThingName {
+        ThingName::parse("t-1").unwrap()
+    }
+
+    #[test]
+    fn presets_and_custom_prefixes() {
+        assert_eq!(TopicLayout::emqx().prefix(), "$emqx");
+        assert_eq!(TopicLayout::custom("a/b").unwrap().prefix(), "a/b");
+        assert_eq!(TopicLayout::custom(""), Err(LayoutError::Empty));
+        assert!(matches!(
+            TopicLayout::custom("a/+"),
+            Err(LayoutError::InvalidChar { found: '+' })
+        ));
+        assert!(matches!(
+            TopicLayout::custom("a//b"),
+            Err(LayoutError::EmptyLevel { .. })
+        ));
+        assert!(matches!(
+            TopicLayout::custom("/a"),
+            Err(LayoutError::EmptyLevel { .. })
+        ));
+        assert_eq!(TopicLayout::custom("$share/g"), Err(LayoutError::Reserved));
+        assert!(TopicLayout::custom(&"a".repeat(65)).is_err());
+    }
+
+    #[test]
+    fn every_topic_round_trips_through_parse() {
+        let l = TopicLayout::aws();
+        let t = thing();
+        let job = fleetops_core::JobId::parse("j1").unwrap();
+        let id = ExecutionId::parse("e1").unwrap();
+        let cases = [
+            (Operation::GetPending, RequestOp::GetPending),
+            (Operation::StartNext, RequestOp::StartNext),
+            (
+                Operation::Describe(JobTarget::Next),
+                RequestOp::Describe("$next"),
+            ),
+            (
+                Operation::Describe(JobTarget::Job(job.clone())),
+                RequestOp::Describe("j1"),
+            ),
+            (Operation::Update(job), RequestOp::Update("j1")),
+            (
+                Operation::CommandResponse(id.clone()),
+                RequestOp::CommandResponse("e1"),
+            ),
+        ];
+        for (operation, op) in cases {
+            let topic = l.request_topic(&t, &operation);
+            assert_eq!(
+                l.parse(&topic),
+                Some(TopicRef::Request { thing: "t-1", op }),
+                "{topic}"
+            );
+            for accepted in [true, false] {
+                let topic = l.reply_topic(&t, &operation, accepted);
+                assert_eq!(
+                    l.parse(&topic),
+                    Some(TopicRef::Reply {
+                        thing: "t-1",
+                        op,
+                        accepted
+                    }),
+                    "{topic}"
+                );
+            }
+        }
+        assert_eq!(
+            l.parse(&l.notify_topic(&t)),
+            Some(TopicRef::Notify { thing: "t-1" })
+        );
+        assert_eq!(
+            l.parse(&l.notify_next_topic(&t)),
+            Some(TopicRef::NotifyNext { thing: "t-1" })
+        );
+        assert_eq!(
+            l.parse(&l.command_request_topic(&t, &id)),
+            Some(TopicRef::CommandRequest {
+                thing: "t-1",
+                execution: "e1"
+            })
+        );
+    }
+
+    #[test]
+    fn exact_topic_strings() {
+        let l = TopicLayout::fleets();
+        let t = thing();
+        assert_eq!(
+            l.reply_topic(&t, &Operation::Describe(JobTarget::Next), true),
+            "fleets/things/t-1/jobs/$next/get/accepted"
+        );
+        assert_eq!(
+            l.command_request_topic(&t, &ExecutionId::parse("e").unwrap()),
+            "fleets/commands/things/t-1/executions/e/request"
+        );
+        assert_eq!(l.acl_patterns()[0], "pattern readwrite fleets/things/%c/#");
+    }
+
+    #[test]
+    fn unknown_and_foreign_topics() {
+        let l = TopicLayout::fleets();
+        assert_eq!(l.parse("other/things/t/jobs/get"), None);
+        assert_eq!(l.parse("fleets"), None);
+        assert_eq!(l.parse("fleetsx/things/t/jobs/get"), None);
+        assert_eq!(l.parse("fleets/things/t"), None);
+        assert_eq!(
+            l.parse("fleets/things/t/jobs"),
+            Some(TopicRef::Unknown {
+                thing: "t",
+                reply_like: false
+            })
+        );
+        assert_eq!(
+            l.parse("fleets/things/t/jobs/j/delete"),
+            Some(TopicRef::Unknown {
+                thing: "t",
+                reply_like: false
+            })
+        );
+        assert_eq!(
+            l.parse("fleets/things/t/jobs/rejected"),
+            Some(TopicRef::Unknown {
+                thing: "t",
+                reply_like: true
+            })
+        );
+        assert_eq!(
+            l.parse("fleets/things/t/jobs/a/b/c/accepted"),
+            Some(TopicRef::Unknown {
+                thing: "t",
+                reply_like: true
+            })
+        );
+        // A job may be called `get`: the level count disambiguates.
+        assert_eq!(
+            l.parse("fleets/things/t/jobs/get/get"),
+            Some(TopicRef::Request {
+                thing: "t",
+                op: RequestOp::Describe("get")
+            })
+        );
+        assert_eq!(
+            l.parse("fleets/commands/things/t/executions/e/other"),
+            Some(TopicRef::Unknown {
+                thing: "t",
+                reply_like: false
+            })
+        );
+    }
+}

@@ -1,0 +1,344 @@
+//! One MQTT 5 connection driven by its own task: the plumbing shared by [`crate::MqttLink`]
+//! and [`crate::DeviceClient`].
+//!
+//! The rules that keep rumqttc from stalling (see MQTT-NOTES):
+//! - the event loop is polled in its own task, which never awaits a publish: incoming messages
+//!   leave through an unbounded channel, subscriptions are sent from short-lived tasks;
+//! - every connection error is followed by a growing delay, or `poll()` spins;
+//! - subscriptions are sent again on every ConnAck (a clean session forgets them);
+//! - a publish counts as done when the broker's PUBACK for its packet id arrived.
+
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use bytes::Bytes;
+use rumqttc::v5::mqttbytes::v5::{
+    Filter, Packet, PubAckReason, Publish, PublishProperties, SubscribeReasonCode,
+};
+use rumqttc::v5::mqttbytes::QoS;
+use rumqttc::v5::{AsyncClient, Event, EventLoop, MqttOptions, Request};
+use rumqttc::Outgoing;
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::task::JoinHandle;
+
+use crate::acks::AckTracker;
+use crate::codec::{Encoded, Qos};
+use crate::config::Backoff;
+use crate::error::Error;
+
+/// What the connection task reports about the link to the broker.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct Status {
+    /// Whether a connection is up.
+    pub connected: bool,
+    /// ConnAcks seen so far.
+    pub connects: u64,
+    /// The last connect whose subscriptions the broker acknowledged.
+    pub ready: u64,
+    /// Whether the last ConnAck resumed a session.
+    pub session_present: bool,
+    /// The last connection error, for diagnostics.
+    pub last_error: Option<String>,
+    /// Filters the broker refused in the last SubAck.
+    pub refused: Vec<String>,
+}
+
+/// Parameters of [`Connection::start`].
+pub(crate) struct Params {
+    pub options: MqttOptions,
+    /// Capacity of rumqttc's request channel.
+    pub channel_capacity: usize,
+    /// Subscribed on every ConnAck.
+    pub filters: Vec<Filter>,
+    pub backoff: Backoff,
+    /// For log lines.
+    pub name: String,
+}
+
+/// A running connection. Dropping it stops the task (no DISCONNECT is sent).
+pub(crate) struct Connection {
+    client: AsyncClient,
+    tracker: Arc<Mutex<AckTracker>>,
+    /// Keeps "append the waiter, then enter the request channel" atomic across submitters, so
+    /// the tracker's order is the channel's order.
+    submit: tokio::sync::Mutex<()>,
+    incoming: tokio::sync::Mutex<mpsc::UnboundedReceiver<Publish>>,
+    status: watch::Receiver<Status>,
+    task: JoinHandle<()>,
+    name: String,
+    broker: String,
+}
+
+fn lock(t: &Mutex<AckTracker>) -> MutexGuard<'_, AckTracker> {
+    // Every tracker method leaves it consistent before it could panic; keep using it.
+    t.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+impl Connection {
+    /// Starts the connection task; it connects, subscribes and reconnects on its own.
+    pub fn start(params: Params) -> Self {
+        let (host, port) = params.options.broker_address();
+        let (client, eventloop) = AsyncClient::new(params.options, params.channel_capacity);
+        let tracker = Arc::new(Mutex::new(AckTracker::default()));
+        let (incoming_tx, incoming_rx) = mpsc::unbounded_channel();
+        let (status_tx, status_rx) = watch::channel(Status::default());
+        let task = tokio::spawn(drive(
+            eventloop,
+            Driver {
+                client: client.clone(),
+                tracker: Arc::clone(&tracker),
+                incoming: incoming_tx,
+                status: status_tx,
+                filters: params.filters,
+                backoff: params.backoff,
+                name: params.name.clone(),
+            },
+        ));
+        Self {
+            client,
+            tracker,
+            submit: tokio::sync::Mutex::new(()),
+            incoming: tokio::sync::Mutex::new(incoming_rx),
+            status: status_rx,
+            task,
+            name: params.name,
+            broker: format!("{host}:{port}"),
+        }
+    }
+
+    /// A receiver of status changes.
+    pub fn status(&self) -> watch::Receiver<Status> {
+        self.status.clone()
+    }
+
+    /// Waits until a connection newer than `after` has its subscriptions acknowledged.
+    pub async fn wait_ready(&self, after: u64, timeout: Duration) -> Result<Status, Error> {
+        let mut rx = self.status.clone();
+        let outcome = tokio::time::timeout(timeout, rx.wait_for(|s| s.ready > after)).await;
+        match outcome {
+            Ok(Ok(s)) if !s.refused.is_empty() => {
+                Err(Error::SubscriptionRefused(s.refused.join(", ")))
+            }
+            Ok(Ok(s)) => Ok(s.clone()),
+            Ok(Err(_)) => Err(Error::Closed),
+            Err(_) => Err(Error::ConnectTimeout {
+                broker: self.broker.clone(),
+                timeout,
+                last_error: self
+                    .status
+                    .borrow()
+                    .last_error
+                    .clone()
+                    .unwrap_or_else(|| "none".into()),
+            }),
+        }
+    }
+
+    /// Queues a publish; the receiver completes when the broker acknowledged it.
+    pub async fn publish(
+        &self,
+        message: &Encoded,
+    ) -> Result<oneshot::Receiver<Result<(), Error>>, Error> {
+        let (tx, rx) = oneshot::channel();
+        let qos = match message.qos {
+            Qos::AtMostOnce => QoS::AtMostOnce,
+            Qos::AtLeastOnce => QoS::AtLeastOnce,
+        };
+        let payload = Bytes::from(message.payload.clone());
+        let props = &message.properties;
+        let _order = self.submit.lock().await;
+        lock(&self.tracker).submit(tx);
+        let sent = if props.is_empty() {
+            self.client
+                .publish(message.topic.as_str(), qos, false, payload)
+                .await
+        } else {
+            let properties = PublishProperties {
+                message_expiry_interval: props.message_expiry_secs,
+                response_topic: props.response_topic.clone(),
+                correlation_data: props.correlation_data.clone().map(Bytes::from),
+                ..PublishProperties::default()
+            };
+            self.client
+                .publish_with_properties(message.topic.as_str(), qos, false, payload, properties)
+                .await
+        };
+        if sent.is_err() {
+            lock(&self.tracker).withdraw_last();
+            return Err(Error::Closed);
+        }
+        Ok(rx)
+    }
+
+    /// Up to `max` incoming publishes: waits for the first, then takes what is already there.
+    /// Empty once the connection task ended.
+    pub async fn next_incoming_batch(&self, max: usize) -> Vec<Publish> {
+        let mut rx = self.incoming.lock().await;
+        let mut out = Vec::new();
+        if let Some(first) = rx.recv().await {
+            out.push(first);
+            while out.len() < max.max(1) {
+                match rx.try_recv() {
+                    Ok(p) => out.push(p),
+                    Err(_) => break,
+                }
+            }
+        }
+        out
+    }
+
+    /// Acknowledges an incoming QoS 1 publish (manual acks only).
+    pub async fn ack(&self, publish: &Publish) {
+        if publish.qos == QoS::AtMostOnce {
+            return;
+        }
+        if self.client.ack(publish).await.is_err() {
+            tracing::debug!(name = %self.name, "ack after the connection task ended");
+        }
+    }
+
+    /// Sends DISCONNECT (a persistent session stays on the broker) and stops the task.
+    pub async fn disconnect(&self) {
+        let _ = self.client.disconnect().await;
+        // Give the task a moment to write the packet before it is stopped.
+        let mut rx = self.status.clone();
+        let _ = tokio::time::timeout(Duration::from_secs(1), rx.wait_for(|s| !s.connected)).await;
+        self.task.abort();
+    }
+
+    /// Publishes not yet acknowledged.
+    pub fn outstanding(&self) -> usize {
+        lock(&self.tracker).outstanding()
+    }
+}
+
+impl Drop for Connection {
+    fn drop(&mut self) {
+        self.task.abort();
+        lock(&self.tracker).close();
+    }
+}
+
+/// Waits for a publish's acknowledgement.
+pub(crate) async fn wait_ack(
+    rx: oneshot::Receiver<Result<(), Error>>,
+    timeout: Duration,
+) -> Result<(), Error> {
+    match tokio::time::timeout(timeout, rx).await {
+        Ok(Ok(outcome)) => outcome,
+        Ok(Err(_)) => Err(Error::Closed),
+        Err(_) => Err(Error::Timeout(timeout)),
+    }
+}
+
+/// How many never-written publishes rumqttc holds in its pending queue (see [`AckTracker`]).
+fn fresh_pending(eventloop: &EventLoop) -> usize {
+    eventloop
+        .pending
+        .iter()
+        .filter(|r| matches!(r, Request::Publish(p) if p.pkid == 0))
+        .count()
+}
+
+struct Driver {
+    client: AsyncClient,
+    tracker: Arc<Mutex<AckTracker>>,
+    incoming: mpsc::UnboundedSender<Publish>,
+    status: watch::Sender<Status>,
+    filters: Vec<Filter>,
+    backoff: Backoff,
+    name: String,
+}
+
+/// The connection task. It runs until aborted: the event loop holds a sender of its own
+/// request channel, so it never observes "all clients gone".
+async fn drive(mut eventloop: EventLoop, d: Driver) {
+    let Driver {
+        client,
+        tracker,
+        incoming,
+        status,
+        filters,
+        backoff,
+        name,
+    } = d;
+    let mut delay = backoff.initial;
+    loop {
+        match eventloop.poll().await {
+            Ok(Event::Incoming(Packet::ConnAck(ack))) => {
+                delay = backoff.initial;
+                lock(&tracker).on_connack(ack.session_present);
+                status.send_modify(|s| {
+                    s.connected = true;
+                    s.connects += 1;
+                    s.session_present = ack.session_present;
+                });
+                tracing::info!(%name, session_present = ack.session_present, "connected");
+                if filters.is_empty() {
+                    status.send_modify(|s| s.ready = s.connects);
+                } else {
+                    // Subscribing awaits rumqttc's request channel, which only this task
+                    // drains: never here, always from a task of its own.
+                    let client = client.clone();
+                    let filters = filters.clone();
+                    tokio::spawn(async move {
+                        let _ = client.subscribe_many(filters).await;
+                    });
+                }
+            }
+            Ok(Event::Incoming(Packet::SubAck(ack))) => {
+                let refused: Vec<String> = ack
+                    .return_codes
+                    .iter()
+                    .zip(&filters)
+                    .filter(|(code, _)| !matches!(code, SubscribeReasonCode::Success(_)))
+                    .map(|(code, f)| format!("{} ({code:?})", f.path))
+                    .collect();
+                if !refused.is_empty() {
+                    tracing::error!(%name, ?refused, "the broker refused subscriptions");
+                }
+                status.send_modify(|s| {
+                    s.ready = s.connects;
+                    s.refused = refused;
+                });
+            }
+            Ok(Event::Incoming(Packet::Publish(p))) => {
+                // Unbounded, so this task never waits on a consumer. With manual acks the
+                // broker's window (our Receive Maximum) bounds what can pile up here.
+                if incoming.send(p).is_err() {
+                    tracing::debug!(%name, "incoming publish after the consumer left");
+                }
+            }
+            Ok(Event::Incoming(Packet::PubAck(ack))) => {
+                let refused = match ack.reason {
+                    PubAckReason::Success | PubAckReason::NoMatchingSubscribers => None,
+                    other => Some(format!("{other:?}")),
+                };
+                lock(&tracker).on_puback(ack.pkid, refused);
+            }
+            Ok(Event::Incoming(Packet::Disconnect(d))) => {
+                tracing::warn!(%name, reason = ?d.reason_code, "the broker sent DISCONNECT");
+            }
+            Ok(Event::Outgoing(Outgoing::Publish(pkid))) => lock(&tracker).on_written(pkid),
+            Ok(Event::Outgoing(Outgoing::AwaitAck(pkid))) => lock(&tracker).on_collision(pkid),
+            Ok(_) => {}
+            Err(e) => {
+                let fresh = fresh_pending(&eventloop);
+                lock(&tracker).on_connection_error(fresh);
+                let was_connected = status.borrow().connected;
+                status.send_modify(|s| {
+                    s.connected = false;
+                    s.last_error = Some(e.to_string());
+                });
+                if was_connected {
+                    tracing::warn!(%name, error = %e, "connection lost; reconnecting");
+                } else {
+                    tracing::debug!(%name, error = %e, ?delay, "connect failed; retrying");
+                }
+                // rumqttc retries at once on the next poll; without a delay it spins.
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(backoff.max);
+            }
+        }
+    }
+}

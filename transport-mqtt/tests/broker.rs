@@ -1,0 +1,1367 @@
+//! The MQTT binding against a real mosquitto, one broker per test (see `testing`).
+//!
+//! There is no Fleet runtime in this crate: a scripted responder plays the service, reading
+//! `MqttLink::recv` and answering with `Outbound` values, the way the runtime will.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use fleetops_core::device::{
+    CommandResponse, DescribeRequest, DeviceRequest, ExecutionSummary, ExecutionView, Inbound,
+    JobTarget, Operation, Outbound, PendingJobs, Reply, StartNextRequest, StepTimeout,
+    UpdateRequest,
+};
+use fleetops_core::ids::{ExecutionId, JobId, StatusDetailKey, ThingName};
+use fleetops_core::job_execution::ExecutionState;
+use fleetops_core::link::{DeviceLink, LinkEvent};
+use fleetops_core::rejection::{ErrorCode, Rejection};
+use fleetops_core::status::{CommandStatus, JobExecutionStatus};
+use fleetops_core::time::{Duration as Span, Timestamp};
+use fleetops_transport_mqtt::codec::{CommandRequest, Limits, TopicLayout};
+use fleetops_transport_mqtt::testing::{BrokerOptions, TestBroker};
+use fleetops_transport_mqtt::{
+    CommandHandler, DeviceClient, DeviceConfig, DeviceEvent, DeviceEvents, Error, MqttLink,
+    MqttLinkConfig, Session,
+};
+use rumqttc::v5::mqttbytes::v5::{Filter, Packet, PubAckReason, Publish, SubscribeReasonCode};
+use rumqttc::v5::mqttbytes::QoS;
+use rumqttc::v5::{AsyncClient, Event, MqttOptions};
+use serde_json::{json, Value};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio::time::timeout;
+
+const WAIT: Duration = Duration::from_secs(5);
+
+fn thing(s: &str) -> ThingName {
+    ThingName::parse(s).unwrap()
+}
+
+fn job(s: &str) -> JobId {
+    JobId::parse(s).unwrap()
+}
+
+fn now() -> Timestamp {
+    Timestamp::from_millis(1_700_000_000_000)
+}
+
+fn details(pairs: &[(&str, &str)]) -> BTreeMap<StatusDetailKey, String> {
+    pairs
+        .iter()
+        .map(|(k, v)| (StatusDetailKey::parse(k).unwrap(), (*v).to_owned()))
+        .collect()
+}
+
+fn link_config(broker: &TestBroker, layout: TopicLayout) -> MqttLinkConfig {
+    let mut c = MqttLinkConfig::new(broker.service_config());
+    c.layout = layout;
+    c.ack_timeout = WAIT;
+    c
+}
+
+async fn service(broker: &TestBroker) -> Arc<MqttLink> {
+    Arc::new(
+        MqttLink::connect(link_config(broker, TopicLayout::fleets()))
+            .await
+            .expect("service connects"),
+    )
+}
+
+fn device_config(broker: &TestBroker, name: &str) -> DeviceConfig {
+    let mut c = DeviceConfig::new(broker.device_config(), thing(name));
+    c.request_timeout = WAIT;
+    c
+}
+
+async fn device(
+    broker: &TestBroker,
+    name: &str,
+    handler: Option<Arc<dyn CommandHandler>>,
+) -> (DeviceClient, DeviceEvents) {
+    DeviceClient::connect(device_config(broker, name), handler)
+        .await
+        .expect("device connects")
+}
+
+/// Waits for the first event matching `pick`, skipping others.
+async fn expect_event<T>(
+    events: &mut DeviceEvents,
+    mut pick: impl FnMut(DeviceEvent) -> Option<T>,
+) -> T {
+    timeout(WAIT, async {
+        loop {
+            let e = events.next().await.expect("events end");
+            if let Some(t) = pick(e) {
+                return t;
+            }
+        }
+    })
+    .await
+    .expect("expected event did not come")
+}
+
+/// Next request seen by the service.
+async fn next_request(link: &MqttLink) -> Inbound {
+    let events = timeout(WAIT, link.recv(1))
+        .await
+        .expect("a request reaches the service")
+        .expect("link open");
+    match events.into_iter().next() {
+        Some(LinkEvent::Request(i)) => i,
+        other => panic!("unexpected {other:?}"),
+    }
+}
+
+// ------------------------------------------------------------------ scripted responder
+
+/// Plays the service: a tiny in-memory job store answering like the runtime will. Special
+/// job ids trigger the codes the codec can not produce itself.
+struct Script {
+    executions: Vec<Execution>,
+    open_commands: Vec<ExecutionId>,
+    tick: u64,
+}
+
+#[derive(Clone)]
+struct Execution {
+    thing: ThingName,
+    job: JobId,
+    status: JobExecutionStatus,
+    details: BTreeMap<StatusDetailKey, String>,
+    version: u64,
+    queued_at: Timestamp,
+    started_at: Option<Timestamp>,
+    updated_at: Timestamp,
+    document: Value,
+}
+
+impl Execution {
+    fn summary(&self) -> ExecutionSummary {
+        ExecutionSummary {
+            job_id: self.job.clone(),
+            queued_at: self.queued_at,
+            started_at: self.started_at,
+            last_updated_at: self.updated_at,
+            version_number: self.version,
+            execution_number: 1,
+        }
+    }
+
+    fn view(&self, with_document: bool) -> ExecutionView {
+        ExecutionView {
+            job_id: self.job.clone(),
+            thing_name: self.thing.clone(),
+            status: self.status,
+            status_details: self.details.clone(),
+            queued_at: self.queued_at,
+            started_at: self.started_at,
+            last_updated_at: self.updated_at,
+            version_number: self.version,
+            execution_number: 1,
+            job_document: with_document.then(|| self.document.clone()),
+        }
+    }
+
+    fn state(&self) -> ExecutionState {
+        ExecutionState {
+            status: self.status,
+            status_details: self.details.clone(),
+            version_number: self.version,
+        }
+    }
+}
+
+impl Script {
+    fn new() -> Self {
+        Self {
+            executions: vec![],
+            open_commands: vec![],
+            tick: 0,
+        }
+    }
+
+    fn queue(&mut self, thing: &ThingName, job: &str, document: Value) {
+        let at = self.now();
+        self.executions.push(Execution {
+            thing: thing.clone(),
+            job: JobId::parse(job).unwrap(),
+            status: JobExecutionStatus::Queued,
+            details: BTreeMap::new(),
+            version: 1,
+            queued_at: at,
+            started_at: None,
+            updated_at: at,
+            document,
+        });
+    }
+
+    fn now(&mut self) -> Timestamp {
+        self.tick += 1;
+        Timestamp::from_secs(1_700_000_000 + self.tick)
+    }
+
+    fn pending(&self, thing: &ThingName) -> PendingJobs {
+        let mine = |s: JobExecutionStatus| {
+            self.executions
+                .iter()
+                .filter(|e| &e.thing == thing && e.status == s)
+                .map(Execution::summary)
+                .collect()
+        };
+        PendingJobs {
+            in_progress: mine(JobExecutionStatus::InProgress),
+            queued: mine(JobExecutionStatus::Queued),
+        }
+    }
+
+    fn next_index(&self, thing: &ThingName) -> Option<usize> {
+        let find = |s| {
+            self.executions
+                .iter()
+                .position(|e| &e.thing == thing && e.status == s)
+        };
+        find(JobExecutionStatus::InProgress).or_else(|| find(JobExecutionStatus::Queued))
+    }
+
+    fn answer(&mut self, i: Inbound) -> Vec<Outbound> {
+        let operation = i.request.operation();
+        let timestamp = self.now();
+        let thing = i.thing.clone();
+        let client_token = i.client_token.clone();
+        let reject = |rejection: Rejection| Outbound::Rejected {
+            thing: thing.clone(),
+            operation: operation.clone(),
+            client_token: client_token.clone(),
+            rejection,
+            timestamp,
+        };
+        let accept = |reply: Reply| Outbound::Accepted {
+            thing: thing.clone(),
+            operation: operation.clone(),
+            client_token: client_token.clone(),
+            reply,
+            timestamp,
+        };
+        let not_found = |id: &str| Rejection::ResourceNotFound {
+            kind: "job execution",
+            id: id.to_owned(),
+        };
+        match i.request {
+            DeviceRequest::GetPending => vec![accept(Reply::Pending(self.pending(&thing)))],
+            DeviceRequest::StartNext(r) => {
+                let Some(n) = self.next_index(&thing) else {
+                    return vec![accept(Reply::StartNext(None))];
+                };
+                let e = &mut self.executions[n];
+                if e.status == JobExecutionStatus::Queued {
+                    e.status = JobExecutionStatus::InProgress;
+                    e.started_at = Some(timestamp);
+                    e.updated_at = timestamp;
+                    e.version += 1;
+                    if let Some(d) = r.status_details {
+                        e.details = d;
+                    }
+                }
+                vec![accept(Reply::StartNext(Some(e.view(true))))]
+            }
+            DeviceRequest::Describe(d) => {
+                let found = match &d.job {
+                    JobTarget::Next => self.next_index(&thing),
+                    JobTarget::Job(j) if j.as_str() == "boom" => {
+                        return vec![reject(Rejection::InternalError {
+                            detail: "store unavailable".into(),
+                        })]
+                    }
+                    JobTarget::Job(j) if j.as_str() == "busy" => {
+                        return vec![reject(Rejection::RequestThrottled)]
+                    }
+                    JobTarget::Job(j) => self
+                        .executions
+                        .iter()
+                        .position(|e| e.thing == thing && &e.job == j),
+                };
+                match found {
+                    Some(n) => vec![accept(Reply::Describe(
+                        self.executions[n].view(d.include_job_document),
+                    ))],
+                    None => vec![reject(not_found("$next"))],
+                }
+            }
+            DeviceRequest::Update { job_id, request } => {
+                let Some(n) = self
+                    .executions
+                    .iter()
+                    .position(|e| e.thing == thing && e.job == job_id)
+                else {
+                    return vec![reject(not_found(job_id.as_str()))];
+                };
+                let e = &mut self.executions[n];
+                let state = Some(Box::new(e.state()));
+                if e.status.is_terminal() {
+                    return vec![reject(Rejection::TerminalStateReached {
+                        status: e.status.as_str(),
+                        execution_state: state,
+                    })];
+                }
+                if let Some(expected) = request.expected_version {
+                    if expected != e.version {
+                        return vec![reject(Rejection::VersionMismatch {
+                            expected,
+                            actual: e.version,
+                            execution_state: state,
+                        })];
+                    }
+                }
+                let Some(to) = request.status else {
+                    return vec![reject(Rejection::invalid("status", "is required"))];
+                };
+                if to == JobExecutionStatus::Queued {
+                    return vec![reject(Rejection::InvalidStateTransition {
+                        from: e.status.as_str(),
+                        to: to.as_str(),
+                        execution_state: state,
+                    })];
+                }
+                if e.started_at.is_none() {
+                    e.started_at = Some(timestamp);
+                }
+                e.status = to;
+                e.version += 1;
+                e.updated_at = timestamp;
+                if let Some(d) = request.status_details {
+                    e.details = d;
+                }
+                let e = e.clone();
+                let mut out = vec![accept(Reply::Update {
+                    execution_state: request.include_job_execution_state.then(|| e.state()),
+                    job_document: request.include_job_document.then(|| e.document.clone()),
+                })];
+                if to.is_terminal() {
+                    out.push(Outbound::Notify {
+                        thing: thing.clone(),
+                        jobs: self.pending(&thing),
+                        timestamp,
+                    });
+                    let next = self
+                        .next_index(&thing)
+                        .map(|n| self.executions[n].view(false));
+                    out.push(Outbound::NotifyNext {
+                        thing: thing.clone(),
+                        execution: next,
+                        timestamp,
+                    });
+                }
+                out
+            }
+            DeviceRequest::CommandResponse { execution_id, .. } => {
+                if let Some(n) = self.open_commands.iter().position(|c| c == &execution_id) {
+                    self.open_commands.remove(n);
+                    vec![accept(Reply::CommandResponse)]
+                } else {
+                    vec![reject(Rejection::TerminalStateReached {
+                        status: "TIMED_OUT",
+                        execution_state: None,
+                    })]
+                }
+            }
+        }
+    }
+}
+
+/// Runs `script` against the link until the link closes; records every request.
+fn respond(
+    link: Arc<MqttLink>,
+    script: Arc<Mutex<Script>>,
+) -> (JoinHandle<()>, Arc<Mutex<Vec<Inbound>>>) {
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let log = Arc::clone(&seen);
+    let task = tokio::spawn(async move {
+        while let Ok(events) = link.recv(64).await {
+            let mut out = Vec::new();
+            for e in events {
+                if let LinkEvent::Request(i) = e {
+                    log.lock().unwrap().push(i.clone());
+                    out.extend(script.lock().unwrap().answer(i));
+                }
+            }
+            // A reply lost to a broker restart is the device's to retry, as with the runtime.
+            if let Err(e) = link.send(out).await {
+                eprintln!("responder: reply not delivered: {e}");
+            }
+        }
+    });
+    (task, seen)
+}
+
+fn command(thing: &ThingName, id: &str, action: &str, ttl_ms: u64) -> Outbound {
+    Outbound::CommandRequest {
+        thing: thing.clone(),
+        execution_id: ExecutionId::parse(id).unwrap(),
+        command_id: Some("tpl-1".into()),
+        action: action.into(),
+        params: json!({"value": 24}),
+        timestamp: now(),
+        ttl: Span::from_millis(ttl_ms),
+    }
+}
+
+fn handler() -> Arc<dyn CommandHandler> {
+    Arc::new(|c: CommandRequest| async move {
+        match c.action.as_str() {
+            "fail" => CommandResponse {
+                status: CommandStatus::Failed,
+                result: None,
+                status_reason: Some("sensor offline".into()),
+            },
+            "refuse" => CommandResponse {
+                status: CommandStatus::Rejected,
+                result: None,
+                status_reason: Some("unsupported".into()),
+            },
+            _ => CommandResponse {
+                status: CommandStatus::Succeeded,
+                result: Some(json!({"echo": c.params, "ttl_s": c.ttl.as_secs()})),
+                status_reason: None,
+            },
+        }
+    })
+}
+
+// ------------------------------------------------------------------ raw MQTT clients
+
+/// A bare rumqttc client, for publishes the SDK would never send.
+struct Raw {
+    client: AsyncClient,
+    events: mpsc::UnboundedReceiver<Packet>,
+    task: JoinHandle<()>,
+}
+
+impl Drop for Raw {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+async fn raw(broker: &TestBroker, client_id: &str, service_account: bool) -> Raw {
+    let mut o = MqttOptions::new(client_id, "127.0.0.1", broker.port());
+    o.set_max_packet_size(Some(1024 * 1024));
+    if service_account {
+        let c = broker.service_config().credentials.unwrap();
+        o.set_credentials(c.username, c.password);
+    }
+    let (client, mut eventloop) = AsyncClient::new(o, 64);
+    let (tx, rx) = mpsc::unbounded_channel();
+    let task = tokio::spawn(async move {
+        loop {
+            match eventloop.poll().await {
+                Ok(Event::Incoming(p)) => {
+                    let _ = tx.send(p);
+                }
+                Ok(_) => {}
+                Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+            }
+        }
+    });
+    let mut r = Raw {
+        client,
+        events: rx,
+        task,
+    };
+    r.expect(|p| matches!(p, Packet::ConnAck(_)).then_some(()))
+        .await;
+    r
+}
+
+impl Raw {
+    async fn expect<T>(&mut self, mut pick: impl FnMut(Packet) -> Option<T>) -> T {
+        timeout(WAIT, async {
+            loop {
+                if let Some(t) = pick(self.events.recv().await.expect("raw client alive")) {
+                    return t;
+                }
+            }
+        })
+        .await
+        .expect("expected packet did not come")
+    }
+
+    async fn subscribe(&mut self, filter: &str) -> SubscribeReasonCode {
+        self.client
+            .subscribe_many([Filter::new(filter, QoS::AtLeastOnce)])
+            .await
+            .unwrap();
+        self.expect(|p| match p {
+            Packet::SubAck(a) => Some(a.return_codes[0]),
+            _ => None,
+        })
+        .await
+    }
+
+    async fn publish(&mut self, topic: &str, payload: impl Into<Vec<u8>>) -> PubAckReason {
+        self.client
+            .publish(topic, QoS::AtLeastOnce, false, payload.into())
+            .await
+            .unwrap();
+        self.expect(|p| match p {
+            Packet::PubAck(a) => Some(a.reason),
+            _ => None,
+        })
+        .await
+    }
+
+    async fn message(&mut self, topic: &str) -> Publish {
+        self.expect(|p| match p {
+            Packet::Publish(p) if p.topic == topic.as_bytes() => Some(p),
+            _ => None,
+        })
+        .await
+    }
+
+    async fn silent_for(&mut self, d: Duration) -> Vec<Publish> {
+        let mut got = vec![];
+        let _ = timeout(d, async {
+            while let Some(p) = self.events.recv().await {
+                if let Packet::Publish(p) = p {
+                    got.push(p);
+                }
+            }
+        })
+        .await;
+        got
+    }
+}
+
+fn body(p: &Publish) -> Value {
+    serde_json::from_slice(&p.payload).expect("JSON payload")
+}
+
+// ------------------------------------------------------------------ tests
+
+#[tokio::test]
+async fn command_request_and_response_round_trip() {
+    let broker = TestBroker::start();
+    let link = service(&broker).await;
+    let t = thing("sensor-1");
+    let (_dev, mut events) = device(&broker, "sensor-1", Some(handler())).await;
+    // A service-account observer checks the MQTT 5 properties on the wire.
+    let mut observer = raw(&broker, "observer", true).await;
+    observer
+        .subscribe("fleets/commands/things/+/executions/+/request")
+        .await;
+
+    let script = Arc::new(Mutex::new(Script::new()));
+    for (id, action) in [("c-ok", "set"), ("c-fail", "fail"), ("c-no", "refuse")] {
+        script
+            .lock()
+            .unwrap()
+            .open_commands
+            .push(ExecutionId::parse(id).unwrap());
+        link.send(vec![command(&t, id, action, 29_500)])
+            .await
+            .expect("the broker acknowledged the command request");
+    }
+    let (_responder, seen) = respond(Arc::clone(&link), Arc::clone(&script));
+
+    let request = observer
+        .message("fleets/commands/things/sensor-1/executions/c-ok/request")
+        .await;
+    let props = request.properties.clone().expect("MQTT 5 properties");
+    assert!(matches!(props.message_expiry_interval, Some(29 | 30)));
+    assert_eq!(
+        props.response_topic.as_deref(),
+        Some("fleets/commands/things/sensor-1/executions/c-ok/response")
+    );
+    assert_eq!(props.correlation_data.as_deref(), Some(&b"c-ok"[..]));
+    assert_eq!(request.qos, QoS::AtLeastOnce);
+    assert_eq!(
+        body(&request),
+        json!({"commandId": "tpl-1", "action": "set", "params": {"value": 24},
+               "timestamp": 1_700_000_000, "ttl": 30})
+    );
+
+    let mut answered = BTreeMap::new();
+    while answered.len() < 3 {
+        let (id, status, outcome) = expect_event(&mut events, |e| match e {
+            DeviceEvent::CommandAnswered {
+                execution_id,
+                status,
+                outcome,
+            } => Some((execution_id, status, outcome)),
+            _ => None,
+        })
+        .await;
+        assert_eq!(outcome, Ok(()), "{id}");
+        answered.insert(id.to_string(), status);
+    }
+    assert_eq!(answered["c-ok"], CommandStatus::Succeeded);
+    assert_eq!(answered["c-fail"], CommandStatus::Failed);
+    assert_eq!(answered["c-no"], CommandStatus::Rejected);
+
+    let seen = seen.lock().unwrap().clone();
+    let ok = seen
+        .iter()
+        .find_map(|i| match &i.request {
+            DeviceRequest::CommandResponse {
+                execution_id,
+                response,
+            } if execution_id.as_str() == "c-ok" => Some(response.clone()),
+            _ => None,
+        })
+        .expect("the service saw the response");
+    assert_eq!(ok.result, Some(json!({"echo": {"value": 24}, "ttl_s": 30})));
+    assert!(seen.iter().all(|i| i.thing == t));
+}
+
+#[tokio::test]
+async fn late_command_response_is_rejected_to_the_device() {
+    let broker = TestBroker::start();
+    let link = service(&broker).await;
+    let script = Arc::new(Mutex::new(Script::new()));
+    let (_responder, _) = respond(Arc::clone(&link), script);
+    let (dev, _events) = device(&broker, "sensor-2", None).await;
+    // The command is not open any more (timed out): the service refuses the answer.
+    let err = dev
+        .respond(
+            ExecutionId::parse("gone").unwrap(),
+            CommandResponse {
+                status: CommandStatus::Succeeded,
+                result: None,
+                status_reason: None,
+            },
+        )
+        .await
+        .unwrap_err();
+    let Error::Rejected(e) = err else {
+        panic!("{err:?}")
+    };
+    assert_eq!(e.code, ErrorCode::TerminalStateReached);
+}
+
+#[tokio::test]
+async fn start_next_and_update_round_trips_with_notifications() {
+    let broker = TestBroker::start();
+    let link = service(&broker).await;
+    let t = thing("pump-7");
+    let script = Arc::new(Mutex::new(Script::new()));
+    script.lock().unwrap().queue(
+        &t,
+        "fw-1",
+        json!({"url": "https://example.invalid/fw-1.bin"}),
+    );
+    script
+        .lock()
+        .unwrap()
+        .queue(&t, "cfg-2", json!({"mode": "eco"}));
+    let (_responder, _) = respond(Arc::clone(&link), Arc::clone(&script));
+    let (dev, mut events) = device(&broker, "pump-7", None).await;
+
+    // Pull on connect.
+    let pending = expect_event(&mut events, |e| match e {
+        DeviceEvent::Pending(p) => Some(p),
+        _ => None,
+    })
+    .await;
+    assert_eq!(pending.queued.len(), 2);
+    assert_eq!(pending.queued[0].job_id, job("fw-1"));
+
+    let started = dev
+        .start_next(StartNextRequest {
+            status_details: Some(details(&[("step", "download")])),
+            step_timeout: StepTimeout::Minutes(5),
+        })
+        .await
+        .unwrap()
+        .expect("something to start");
+    assert_eq!(started.job_id, job("fw-1"));
+    assert_eq!(started.status, JobExecutionStatus::InProgress);
+    assert_eq!(started.version_number, 2);
+    assert_eq!(
+        started.job_document,
+        Some(json!({"url": "https://example.invalid/fw-1.bin"}))
+    );
+    assert_eq!(started.status_details, details(&[("step", "download")]));
+
+    let next = dev.describe_next().await.unwrap();
+    assert_eq!(next.job_id, job("fw-1"));
+    let cfg = dev
+        .describe(DescribeRequest {
+            job: JobTarget::Job(job("cfg-2")),
+            execution_number: None,
+            include_job_document: false,
+        })
+        .await
+        .unwrap();
+    assert_eq!(cfg.job_document, None);
+    assert_eq!(cfg.status, JobExecutionStatus::Queued);
+
+    let progress = dev
+        .update(
+            job("fw-1"),
+            UpdateRequest {
+                status: Some(JobExecutionStatus::InProgress),
+                status_details: Some(details(&[("step", "flash")])),
+                expected_version: Some(2),
+                include_job_execution_state: true,
+                ..UpdateRequest::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        progress.execution_state,
+        Some(ExecutionState {
+            status: JobExecutionStatus::InProgress,
+            status_details: details(&[("step", "flash")]),
+            version_number: 3,
+        })
+    );
+    assert_eq!(progress.job_document, None);
+
+    let done = dev
+        .update(
+            job("fw-1"),
+            UpdateRequest {
+                status: Some(JobExecutionStatus::Succeeded),
+                expected_version: Some(3),
+                include_job_document: true,
+                ..UpdateRequest::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(done.execution_state, None);
+    assert_eq!(
+        done.job_document,
+        Some(json!({"url": "https://example.invalid/fw-1.bin"}))
+    );
+
+    // The terminal update made the service notify the new pending list and next job.
+    let (jobs, _) = expect_event(&mut events, |e| match e {
+        DeviceEvent::Notify { jobs, timestamp } => Some((jobs, timestamp)),
+        _ => None,
+    })
+    .await;
+    assert!(jobs.in_progress.is_empty());
+    assert_eq!(jobs.queued.len(), 1);
+    let next = expect_event(&mut events, |e| match e {
+        DeviceEvent::NotifyNext { execution, .. } => Some(execution),
+        _ => None,
+    })
+    .await
+    .expect("cfg-2 is next");
+    assert_eq!(next.job_id, job("cfg-2"));
+
+    let second = dev
+        .start_next(StartNextRequest::default())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(second.job_id, job("cfg-2"));
+    dev.update(
+        job("cfg-2"),
+        UpdateRequest {
+            status: Some(JobExecutionStatus::Failed),
+            ..UpdateRequest::default()
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        dev.start_next(StartNextRequest::default()).await.unwrap(),
+        None
+    );
+    assert_eq!(dev.get_pending().await.unwrap(), PendingJobs::default());
+}
+
+async fn rejected_code(
+    result: Result<impl std::fmt::Debug, Error>,
+) -> (ErrorCode, Option<ExecutionState>) {
+    match result {
+        Err(Error::Rejected(e)) => (e.code, e.execution_state),
+        other => panic!("expected a rejection, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn every_rejected_code_reaches_the_device() {
+    let broker = TestBroker::start();
+    let link = service(&broker).await;
+    let t = thing("valve-3");
+    let script = Arc::new(Mutex::new(Script::new()));
+    script.lock().unwrap().queue(&t, "j-1", json!({}));
+    let (_responder, seen) = respond(Arc::clone(&link), Arc::clone(&script));
+    let (dev, _events) = device(&broker, "valve-3", None).await;
+
+    // Codes the codec sends itself, on request topics + `/rejected`, with the token echoed.
+    // A raw client with the device's id stands in for a device with a buggy SDK, so the
+    // SDK's own connection goes away first.
+    dev.disconnect().await;
+    let mut bad = raw(&broker, "valve-3", false).await;
+    bad.subscribe("fleets/things/valve-3/jobs/#").await;
+    let cases: [(&str, &[u8], ErrorCode); 4] = [
+        (
+            "fleets/things/valve-3/jobs/j-1/delete",
+            br#"{"clientToken":"k1"}"#,
+            ErrorCode::InvalidTopic,
+        ),
+        (
+            "fleets/things/valve-3/jobs/get",
+            b"{\"clientToken\":",
+            ErrorCode::InvalidJson,
+        ),
+        (
+            "fleets/things/valve-3/jobs/j-1/update",
+            br#"{"status":"DONE","clientToken":"k3"}"#,
+            ErrorCode::InvalidRequest,
+        ),
+        (
+            "fleets/things/valve-3/jobs/j-1/update",
+            br#"{"expectedVersion":"7","clientToken":"k4"}"#,
+            ErrorCode::InvalidRequest,
+        ),
+    ];
+    for (topic, payload, code) in cases {
+        assert_eq!(bad.publish(topic, payload).await, PubAckReason::Success);
+        let reply = bad.message(&format!("{topic}/rejected")).await;
+        let b = body(&reply);
+        assert_eq!(b["code"], code.as_str(), "{topic}");
+        assert!(b["timestamp"].as_u64().unwrap() > 1_600_000_000);
+        assert!(b["message"].as_str().is_some_and(|m| !m.is_empty()));
+        let token = serde_json::from_slice::<Value>(payload)
+            .ok()
+            .and_then(|v| v["clientToken"].as_str().map(str::to_owned));
+        assert_eq!(b["clientToken"].as_str().map(str::to_owned), token);
+    }
+    drop(bad);
+    // Only the SDK's pull on connect got through; the refused requests never did.
+    assert!(
+        seen.lock()
+            .unwrap()
+            .iter()
+            .all(|i| i.request == DeviceRequest::GetPending
+                && i.client_token.as_ref().is_some_and(|t| !t.starts_with('k'))),
+        "refused requests never reach the runtime"
+    );
+
+    // Codes the runtime decides, through the SDK.
+    let (dev, _events) = device(&broker, "valve-3", None).await;
+    let upd = |status, expected| UpdateRequest {
+        status,
+        expected_version: expected,
+        include_job_execution_state: true,
+        ..UpdateRequest::default()
+    };
+    assert_eq!(
+        rejected_code(
+            dev.update(job("nope"), upd(Some(JobExecutionStatus::InProgress), None))
+                .await
+        )
+        .await
+        .0,
+        ErrorCode::ResourceNotFound
+    );
+    let (code, state) = rejected_code(
+        dev.update(
+            job("j-1"),
+            upd(Some(JobExecutionStatus::InProgress), Some(9)),
+        )
+        .await,
+    )
+    .await;
+    assert_eq!(code, ErrorCode::VersionMismatch);
+    assert_eq!(state.expect("current state echoed").version_number, 1);
+    assert_eq!(
+        rejected_code(dev.update(job("j-1"), upd(None, None)).await)
+            .await
+            .0,
+        ErrorCode::InvalidRequest
+    );
+    assert_eq!(
+        rejected_code(
+            dev.update(job("j-1"), upd(Some(JobExecutionStatus::Queued), None))
+                .await
+        )
+        .await
+        .0,
+        ErrorCode::InvalidStateTransition
+    );
+    let describe = |j: &str| DescribeRequest {
+        job: JobTarget::Job(job(j)),
+        execution_number: None,
+        include_job_document: true,
+    };
+    assert_eq!(
+        rejected_code(dev.describe(describe("boom")).await).await.0,
+        ErrorCode::InternalError
+    );
+    assert_eq!(
+        rejected_code(dev.describe(describe("busy")).await).await.0,
+        ErrorCode::RequestThrottled
+    );
+    dev.update(
+        job("j-1"),
+        upd(Some(JobExecutionStatus::Succeeded), Some(1)),
+    )
+    .await
+    .unwrap();
+    let (code, state) = rejected_code(
+        dev.update(job("j-1"), upd(Some(JobExecutionStatus::Failed), None))
+            .await,
+    )
+    .await;
+    assert_eq!(code, ErrorCode::TerminalStateReached);
+    assert_eq!(state.unwrap().status, JobExecutionStatus::Succeeded);
+    assert_eq!(
+        rejected_code(dev.describe_next().await).await.0,
+        ErrorCode::ResourceNotFound
+    );
+}
+
+#[tokio::test]
+async fn the_acl_keeps_a_device_out_of_other_devices_topics() {
+    let broker = TestBroker::start();
+    let link = service(&broker).await;
+    let (_victim, mut victim_events) = device(&broker, "victim", None).await;
+    // The victim's own pull on connect is the only request the service may see.
+    let pull = next_request(&link).await;
+    assert_eq!(pull.thing, thing("victim"));
+    let mut intruder = raw(&broker, "intruder", false).await;
+
+    // Spoofed notification and request on the victim's topics: refused by the broker.
+    for topic in [
+        "fleets/things/victim/jobs/notify",
+        "fleets/things/victim/jobs/get",
+        "fleets/commands/things/victim/executions/x/response",
+    ] {
+        let reason = intruder
+            .publish(
+                topic,
+                &br#"{"jobs":{},"timestamp":1,"status":"SUCCEEDED"}"#[..],
+            )
+            .await;
+        assert_eq!(reason, PubAckReason::NotAuthorized, "{topic}");
+    }
+    // mosquitto grants subscriptions and checks read access per message instead: the
+    // intruder may subscribe, but must never receive the victim's messages (checked below).
+    intruder.subscribe("fleets/things/victim/#").await;
+    intruder.subscribe("fleets/things/+/jobs/notify").await;
+    // Its own topics work.
+    assert_eq!(
+        intruder.subscribe("fleets/things/intruder/#").await,
+        SubscribeReasonCode::Success(QoS::AtLeastOnce)
+    );
+
+    // The other side never saw anything: no event on the victim, no request at the service.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    while let Some(e) = victim_events.try_next() {
+        assert!(
+            matches!(e, DeviceEvent::Connected { .. }),
+            "the victim saw {e:?}"
+        );
+    }
+    assert!(
+        timeout(Duration::from_millis(300), link.recv(8))
+            .await
+            .is_err(),
+        "the service saw a spoofed request"
+    );
+    // A real notification reaches the victim and nobody else.
+    link.send(vec![Outbound::Notify {
+        thing: thing("victim"),
+        jobs: PendingJobs::default(),
+        timestamp: now(),
+    }])
+    .await
+    .unwrap();
+    expect_event(&mut victim_events, |e| {
+        matches!(e, DeviceEvent::Notify { .. }).then_some(())
+    })
+    .await;
+    let leaked = intruder.silent_for(Duration::from_millis(300)).await;
+    assert!(leaked.is_empty(), "the intruder received {leaked:?}");
+
+    // A service without the service account is a device like any other: it may not
+    // publish to things, and `send` says so instead of pretending.
+    let mut anonymous = link_config(&broker, TopicLayout::fleets());
+    anonymous.broker.credentials = None;
+    anonymous.client_id = "not-the-service".into();
+    let impostor = MqttLink::connect(anonymous).await.unwrap();
+    let err = impostor
+        .publish_all(&[Outbound::Notify {
+            thing: thing("victim"),
+            jobs: PendingJobs::default(),
+            timestamp: now(),
+        }])
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::PublishRefused { .. }), "{err:?}");
+}
+
+#[tokio::test]
+async fn send_returns_only_what_the_broker_accepted() {
+    let broker = TestBroker::start_with(BrokerOptions {
+        // The service may publish jobs topics but not command requests.
+        service_acl: Some(vec![
+            "topic read fleets/#".into(),
+            "topic write fleets/things/#".into(),
+        ]),
+        ..BrokerOptions::default()
+    });
+    let link = service(&broker).await;
+    let t = thing("meter-1");
+    let notify = Outbound::Notify {
+        thing: t.clone(),
+        jobs: PendingJobs::default(),
+        timestamp: now(),
+    };
+    link.send(vec![notify.clone()]).await.expect("allowed");
+    let err = link
+        .publish_all(&[notify, command(&t, "c-1", "x", 1000)])
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, Error::PublishRefused { reason } if reason.contains("NotAuthorized")),
+        "{err:?}"
+    );
+    assert_eq!(link.outstanding(), 0);
+}
+
+#[tokio::test]
+async fn broker_restart_mid_session_loses_nothing_on_persistent_sessions() {
+    let mut broker = TestBroker::start();
+    let script = Arc::new(Mutex::new(Script::new()));
+    let t = thing("boiler-1");
+    script.lock().unwrap().queue(&t, "j-9", json!({"v": 9}));
+    let link = service(&broker).await;
+    let (responder, seen) = respond(Arc::clone(&link), Arc::clone(&script));
+    let (dev, mut events) = device(&broker, "boiler-1", Some(handler())).await;
+    expect_event(&mut events, |e| {
+        matches!(e, DeviceEvent::Pending(_)).then_some(())
+    })
+    .await;
+
+    // 1. Live clients ride through a restart: both reconnect, resubscribe and work again.
+    broker.restart();
+    let resumed = expect_event(&mut events, |e| match e {
+        DeviceEvent::Connected { session_present } => Some(session_present),
+        _ => None,
+    })
+    .await;
+    assert!(resumed, "the broker kept the device's session");
+    let pending = expect_event(&mut events, |e| match e {
+        DeviceEvent::Pending(p) => Some(p),
+        _ => None,
+    })
+    .await;
+    assert_eq!(pending.queued.len(), 1, "pulled again after the reconnect");
+    assert_eq!(dev.get_pending().await.unwrap().queued.len(), 1);
+
+    // 2. Messages for clients that are away wait in their sessions across a restart.
+    dev.disconnect().await;
+    drop(dev);
+    responder.abort();
+    script
+        .lock()
+        .unwrap()
+        .open_commands
+        .push(ExecutionId::parse("c-away").unwrap());
+    let jobs = script.lock().unwrap().pending(&t);
+    link.send(vec![
+        Outbound::Notify {
+            thing: t.clone(),
+            jobs,
+            timestamp: now(),
+        },
+        command(&t, "c-away", "set", 60_000),
+    ])
+    .await
+    .expect("queued for the absent device and acknowledged");
+    link.shutdown().await;
+    drop(link);
+    // A device asks while the service is away.
+    let mut other = raw(&broker, "other-1", false).await;
+    other
+        .publish(
+            "fleets/things/other-1/jobs/get",
+            &br#"{"clientToken":"while-away"}"#[..],
+        )
+        .await;
+    drop(other);
+
+    broker.restart();
+
+    // The service's session held the request; the device's held notify and the command.
+    let link = service(&broker).await;
+    let first = next_request(&link).await;
+    assert_eq!(first.thing, thing("other-1"));
+    assert_eq!(first.client_token.as_deref(), Some("while-away"));
+    let (_responder, seen2) = respond(Arc::clone(&link), Arc::clone(&script));
+    let (_dev, mut events) = device(&broker, "boiler-1", Some(handler())).await;
+    let jobs = expect_event(&mut events, |e| match e {
+        DeviceEvent::Notify { jobs, .. } => Some(jobs),
+        _ => None,
+    })
+    .await;
+    assert_eq!(jobs.queued.len(), 1);
+    let (id, outcome) = expect_event(&mut events, |e| match e {
+        DeviceEvent::CommandAnswered {
+            execution_id,
+            outcome,
+            ..
+        } => Some((execution_id, outcome)),
+        _ => None,
+    })
+    .await;
+    assert_eq!(id.as_str(), "c-away");
+    assert_eq!(outcome, Ok(()));
+    assert!(seen2.lock().unwrap().iter().any(|i| matches!(
+        &i.request,
+        DeviceRequest::CommandResponse { execution_id, .. } if execution_id.as_str() == "c-away"
+    )));
+    drop(seen);
+}
+
+#[tokio::test]
+async fn send_waits_through_a_broker_outage() {
+    let mut broker = TestBroker::start();
+    let link = service(&broker).await;
+    let t = thing("far-1");
+    broker.stop();
+    let sender = {
+        let link = Arc::clone(&link);
+        let t = t.clone();
+        tokio::spawn(async move {
+            link.send(vec![Outbound::Notify {
+                thing: t,
+                jobs: PendingJobs::default(),
+                timestamp: now(),
+            }])
+            .await
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!sender.is_finished(), "no broker, no acknowledgement");
+    broker.start_again();
+    timeout(WAIT, sender)
+        .await
+        .expect("acknowledged after the reconnect")
+        .unwrap()
+        .expect("delivered");
+    assert!(link.is_connected());
+}
+
+#[tokio::test]
+async fn clean_sessions_resubscribe_after_a_restart() {
+    let mut broker = TestBroker::start();
+    let mut config = link_config(&broker, TopicLayout::fleets());
+    config.session = Session::Clean;
+    let link = Arc::new(MqttLink::connect(config).await.unwrap());
+    let script = Arc::new(Mutex::new(Script::new()));
+    let (_responder, _) = respond(Arc::clone(&link), script);
+    let mut dconfig = device_config(&broker, "clean-1");
+    dconfig.session = Session::Clean;
+    dconfig.request_timeout = Duration::from_millis(500);
+    let (dev, mut events) = DeviceClient::connect(dconfig, None).await.unwrap();
+    expect_event(&mut events, |e| {
+        matches!(e, DeviceEvent::Pending(_)).then_some(())
+    })
+    .await;
+    broker.restart();
+    let resumed = expect_event(&mut events, |e| match e {
+        DeviceEvent::Connected { session_present } => Some(session_present),
+        _ => None,
+    })
+    .await;
+    assert!(!resumed);
+    // Both resubscribed: a round trip works. The service may still be reconnecting.
+    let mut result = dev.get_pending().await;
+    for _ in 0..20 {
+        if result.is_ok() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        result = dev.get_pending().await;
+    }
+    assert_eq!(result.unwrap(), PendingJobs::default());
+}
+
+#[tokio::test]
+async fn oversized_and_malformed_payloads() {
+    let broker = TestBroker::start();
+    let link = service(&broker).await;
+    let script = Arc::new(Mutex::new(Script::new()));
+    let (_responder, seen) = respond(Arc::clone(&link), script);
+    let mut dev = raw(&broker, "noisy-1", false).await;
+    dev.subscribe("fleets/things/noisy-1/jobs/#").await;
+    let update = "fleets/things/noisy-1/jobs/j/update";
+
+    // Above the codec's 128 KiB but within the service's packet limit: refused unparsed.
+    let big = format!(
+        "{{\"clientToken\":\"big\",\"statusDetails\":{{\"x\":\"{}\"}}}}",
+        "a".repeat(200 * 1024)
+    );
+    dev.publish(update, big).await;
+    let b = body(&dev.message(&format!("{update}/rejected")).await);
+    assert_eq!(b["code"], "InvalidRequest");
+    assert!(
+        b.get("clientToken").is_none(),
+        "an unparsed payload has no token"
+    );
+
+    // Above the service's maximum packet size: the broker never delivers it (MQTT 5), and
+    // the service's connection survives.
+    dev.publish(update, vec![b'{'; 300 * 1024]).await;
+    for payload in [
+        &b"\xff\xfe\xfd"[..],
+        &"[".repeat(100_000).into_bytes(),
+        b"null",
+        b"{\"a\":",
+    ] {
+        dev.publish(update, payload).await;
+        let b = body(&dev.message(&format!("{update}/rejected")).await);
+        assert_eq!(b["code"], "InvalidJson");
+    }
+    // Valid traffic still flows.
+    dev.publish(
+        "fleets/things/noisy-1/jobs/get",
+        &br#"{"clientToken":"ok"}"#[..],
+    )
+    .await;
+    let b = body(&dev.message("fleets/things/noisy-1/jobs/get/accepted").await);
+    assert_eq!(b["clientToken"], "ok");
+    assert_eq!(seen.lock().unwrap().len(), 1);
+    assert!(link.is_connected());
+    let rest = dev.silent_for(Duration::from_millis(200)).await;
+    assert!(
+        rest.is_empty(),
+        "nothing answered the 300 KiB packet: {}",
+        rest.len()
+    );
+
+    // The SDK refuses to send what the service would refuse.
+    let (sdk, _) = device(&broker, "noisy-2", None).await;
+    let err = sdk
+        .update(
+            job("j"),
+            UpdateRequest {
+                status: Some(JobExecutionStatus::InProgress),
+                status_details: Some(details(&[("x", &"a".repeat(200 * 1024))])),
+                ..UpdateRequest::default()
+            },
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::Encode(_)), "{err:?}");
+}
+
+#[tokio::test]
+async fn shared_subscriptions_split_the_device_traffic() {
+    let broker = TestBroker::start();
+    let mut links = vec![];
+    for n in 0..2 {
+        let mut c = link_config(&broker, TopicLayout::fleets());
+        c.client_id = format!("svc-{n}");
+        c.shared_group = Some("fleetops".into());
+        links.push(Arc::new(MqttLink::connect(c).await.unwrap()));
+    }
+    let script = Arc::new(Mutex::new(Script::new()));
+    let mut seen = vec![];
+    let mut tasks = vec![];
+    for l in &links {
+        let (task, s) = respond(Arc::clone(l), Arc::clone(&script));
+        tasks.push(task);
+        seen.push(s);
+    }
+    let (dev, _) = device(&broker, "many-1", None).await;
+    // The pull on connect is one request; then 40 more.
+    for _ in 0..40 {
+        dev.get_pending().await.unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let counts: Vec<usize> = seen.iter().map(|s| s.lock().unwrap().len()).collect();
+    assert_eq!(counts.iter().sum::<usize>(), 41, "{counts:?}");
+    assert!(
+        counts.iter().all(|&c| c > 0),
+        "both instances got work: {counts:?}"
+    );
+}
+
+#[tokio::test]
+async fn presets_work_end_to_end() {
+    for layout in [
+        TopicLayout::aws(),
+        TopicLayout::emqx(),
+        TopicLayout::custom("acme/iot").unwrap(),
+    ] {
+        let broker = TestBroker::start_with(BrokerOptions {
+            layouts: vec![layout.clone()],
+            ..BrokerOptions::default()
+        });
+        let link = Arc::new(
+            MqttLink::connect(link_config(&broker, layout.clone()))
+                .await
+                .unwrap(),
+        );
+        let t = thing("edge-1");
+        let script = Arc::new(Mutex::new(Script::new()));
+        script
+            .lock()
+            .unwrap()
+            .queue(&t, "j-1", json!({"p": layout.prefix()}));
+        script
+            .lock()
+            .unwrap()
+            .open_commands
+            .push(ExecutionId::parse("c-1").unwrap());
+        let (_responder, _) = respond(Arc::clone(&link), script);
+        let mut config = device_config(&broker, "edge-1");
+        config.layout = layout.clone();
+        let (dev, mut events) = DeviceClient::connect(config, Some(handler()))
+            .await
+            .unwrap();
+        let next = dev.describe_next().await.unwrap();
+        assert_eq!(
+            next.job_document,
+            Some(json!({"p": layout.prefix()})),
+            "{layout}"
+        );
+        link.send(vec![command(&t, "c-1", "set", 5_000)])
+            .await
+            .unwrap();
+        let outcome = expect_event(&mut events, |e| match e {
+            DeviceEvent::CommandAnswered { outcome, .. } => Some(outcome),
+            _ => None,
+        })
+        .await;
+        assert_eq!(outcome, Ok(()), "{layout}");
+        // Invalid topics are answered under `$` prefixes too (explicit first level).
+        let mut bad = raw(&broker, "edge-2", false).await;
+        let topic = format!("{}/things/edge-2/jobs/what", layout.prefix());
+        bad.subscribe(&format!("{topic}/rejected")).await;
+        bad.publish(&topic, &b"{}"[..]).await;
+        assert_eq!(
+            body(&bad.message(&format!("{topic}/rejected")).await)["code"],
+            "InvalidTopic"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_link_with_a_small_payload_limit_refuses_to_start_misconfigured() {
+    let broker = TestBroker::start();
+    let mut c = link_config(&broker, TopicLayout::fleets());
+    c.limits = Limits {
+        max_payload: 512 * 1024,
+        ..Limits::default()
+    };
+    let err = MqttLink::connect(c).await.err().expect("refused");
+    assert!(matches!(
+        err,
+        Error::Config {
+            field: "max_packet_size",
+            ..
+        }
+    ));
+    let _ = Operation::GetPending;
+}
