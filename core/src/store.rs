@@ -12,6 +12,15 @@
 //! - **Subscriptions** deliver every event from a position on, first the stored ones, then the
 //!   new ones as they are appended, in order, none skipped or repeated.
 //! - **Corrupt records** are reported as [`StoreError::Corrupt`], never a panic.
+//!
+//! Finer points the suite also pins down:
+//! - reads take `from` 0 as 1, and `limit` 0 returns nothing;
+//! - an idempotency key is looked up before any version expectation, so a retried
+//!   `NoStream` batch gets its first result rather than a conflict;
+//! - a batch that fails (conflict or invalid shape) stores nothing, consumes no position and
+//!   does not use up its key;
+//! - readers never see part of a batch, nor a position before every lower one is visible;
+//! - keys are remembered for the store's life (a store may document a retention limit).
 
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
