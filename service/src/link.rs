@@ -90,7 +90,37 @@ pub struct DeviceEnd {
     next_token: u64,
 }
 
+/// A cloneable sending half of a [`DeviceEnd`], for tasks that only send (presence bursts,
+/// request generators) while another task receives.
+#[derive(Debug, Clone)]
+pub struct DeviceSender {
+    tx: mpsc::Sender<LinkEvent>,
+}
+
+impl DeviceSender {
+    /// Sends any link event.
+    pub async fn send(&self, event: LinkEvent) -> Result<(), LinkError> {
+        self.tx.send(event).await.map_err(|_| LinkError::Closed)
+    }
+
+    /// Reports `thing` online or offline.
+    pub async fn presence(&self, thing: &ThingName, online: bool) -> Result<(), LinkError> {
+        self.send(LinkEvent::Presence {
+            thing: thing.clone(),
+            online,
+        })
+        .await
+    }
+}
+
 impl DeviceEnd {
+    /// A sending handle that can live in another task.
+    pub fn sender(&self) -> DeviceSender {
+        DeviceSender {
+            tx: self.tx.clone(),
+        }
+    }
+
     /// Sends a request from `thing`.
     pub async fn request(
         &self,

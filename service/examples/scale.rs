@@ -1,0 +1,211 @@
+//! Scale measurement: a job to N simulated devices over the in-process link, from create to
+//! every execution SUCCEEDED. Not run in CI.
+//!
+//! ```text
+//! cargo run --release -p fleetops-service --example scale -- --devices 100000 --store sled
+//! cargo run --release -p fleetops-service --example scale -- --devices 100000 --store sled --hold
+//! cargo run --release -p fleetops-service --example scale -- --devices 100000 --store memory
+//! ```
+//!
+//! Options: `--buffered` (sled acknowledges before flushing), `--shards N`,
+//! `--worker-batch N`.
+//!
+//! Without `--hold`, devices are live from the start: the figure is create → all SUCCEEDED
+//! and the peak resident set. With `--hold`, devices swallow every message until all
+//! executions are queued and the fleet is quiet, the resident set is read (memory per queued
+//! execution = growth since before the job / N), then every device reports presence online,
+//! which makes the fleet re-send `notify-next`, and the devices run the job.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use fleetops_core::store::EventStore;
+use fleetops_core::{JobId, JobStatus, ThingName};
+use fleetops_service::link::{simulate, ChannelLink, DeviceEnd, SimAction};
+use fleetops_service::{Fleet, FleetConfig, JobSpec};
+use fleetops_store_memory::MemoryStore;
+use fleetops_store_sled::{Durability, SledConfig, SledStore};
+
+fn status_kib(field: &str) -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find(|l| l.starts_with(field))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+async fn wait_for<S: EventStore>(
+    fleet: &Fleet<S, ChannelLink>,
+    job: &JobId,
+    done: impl Fn(&fleetops_service::JobDescription) -> bool,
+) -> Result<(), Box<dyn std::error::Error>> {
+    while !done(&fleet.describe_job(job)?) {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    Ok(())
+}
+
+/// Swallows everything the fleet sends until it has been quiet for a while; gives the device
+/// end back.
+async fn swallow_until_quiet(mut end: DeviceEnd) -> DeviceEnd {
+    loop {
+        match tokio::time::timeout(Duration::from_millis(500), end.recv()).await {
+            Ok(Some(_)) => {}
+            Ok(None) | Err(_) => return end,
+        }
+    }
+}
+
+async fn run<S: EventStore + Clone>(
+    store: S,
+    n: usize,
+    hold: bool,
+    config: FleetConfig,
+) -> Result<S, Box<dyn std::error::Error>> {
+    let (link, devices) = ChannelLink::pair(8192);
+    let fleet = Fleet::builder(store, link).config(config).start().await?;
+    let things: Vec<ThingName> = (0..n)
+        .map(|i| ThingName::parse(&format!("dev-{i:06}")))
+        .collect::<Result<_, _>>()?;
+    let rss_before = status_kib("VmRSS:");
+    let job = JobId::parse("scale")?;
+    let doc = serde_json::json!({
+        "operation": "firmware",
+        "url": "https://example.invalid/fw-2.bin",
+        "sha256": "0".repeat(64),
+    });
+    let behavior = Arc::new(|_: &ThingName, _: &_| SimAction::Succeed);
+    let t0 = Instant::now();
+    let (sim, online_at) = if hold {
+        let swallow = tokio::spawn(swallow_until_quiet(devices));
+        fleet
+            .create_job(JobSpec::new(job.clone(), doc).things(things.clone()))
+            .await?;
+        wait_for(&fleet, &job, |d| d.counters.queued == n as u64).await?;
+        println!("create → all queued          {:.2?}", t0.elapsed());
+        let end = swallow.await?;
+        let rss = status_kib("VmRSS:");
+        println!("RSS before job               {} MiB", rss_before / 1024);
+        println!("RSS all queued, quiet        {} MiB", rss / 1024);
+        println!(
+            "memory per queued execution  {:.0} bytes",
+            rss.saturating_sub(rss_before) as f64 * 1024.0 / n as f64
+        );
+        let sender = end.sender();
+        let sim = simulate(end, behavior);
+        let online = Instant::now();
+        tokio::spawn(async move {
+            for t in &things {
+                let _ = sender.presence(t, true).await;
+            }
+        });
+        (sim, Some(online))
+    } else {
+        let sim = simulate(devices, behavior);
+        fleet
+            .create_job(JobSpec::new(job.clone(), doc).things(things))
+            .await?;
+        wait_for(&fleet, &job, |d| {
+            d.counters.queued + d.counters.in_progress + d.counters.succeeded == n as u64
+        })
+        .await?;
+        println!("create → all queued          {:.2?}", t0.elapsed());
+        (sim, None)
+    };
+    wait_for(&fleet, &job, |d| d.job.status == JobStatus::Completed).await?;
+    let d = fleet.describe_job(&job)?;
+    assert_eq!(d.counters.succeeded, n as u64);
+    if let Some(online) = online_at {
+        println!("devices online → all SUCCEEDED {:.2?}", online.elapsed());
+    } else {
+        let total = t0.elapsed();
+        println!(
+            "create → all SUCCEEDED       {total:.2?}  ({:.0} executions/s)",
+            n as f64 / total.as_secs_f64()
+        );
+    }
+    println!(
+        "peak RSS (VmHWM)             {} MiB",
+        status_kib("VmHWM:") / 1024
+    );
+    println!(
+        "device requests              start-next {} updates {} rejected {}",
+        sim.stats.start_next.load(Ordering::Relaxed),
+        sim.stats.updates.load(Ordering::Relaxed),
+        sim.stats.rejected.load(Ordering::Relaxed)
+    );
+    let store = fleet.store().clone();
+    drop(sim);
+    drop(fleet);
+    // Restart cost: a new fleet on the same store folds the whole feed again (checkpoints are
+    // not persisted yet).
+    let (link, _devices) = ChannelLink::pair(16);
+    let t1 = Instant::now();
+    let fleet = Fleet::start(store.clone(), link).await?;
+    println!(
+        "restart catch-up             {:.2?} ({} events)",
+        t1.elapsed(),
+        fleet.checkpoint()
+    );
+    Ok(store)
+}
+
+#[tokio::main]
+async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let args: Vec<String> = std::env::args().collect();
+    let arg = |name: &str| {
+        args.iter()
+            .position(|a| a == name)
+            .and_then(|i| args.get(i + 1).cloned())
+    };
+    let n: usize = arg("--devices")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(100_000);
+    let hold = args.iter().any(|a| a == "--hold");
+    let store = arg("--store").unwrap_or_else(|| "sled".into());
+    let mut config = FleetConfig::default();
+    if let Some(v) = arg("--shards").and_then(|v| v.parse().ok()) {
+        config.shards = v;
+    }
+    if let Some(v) = arg("--worker-batch").and_then(|v| v.parse().ok()) {
+        config.worker_batch = v;
+    }
+    println!("config: {config:?}");
+    println!(
+        "machine: {} cores, {}",
+        std::thread::available_parallelism().map_or(0, |n| n.get()),
+        std::fs::read_to_string("/proc/cpuinfo")
+            .unwrap_or_default()
+            .lines()
+            .find(|l| l.starts_with("model name"))
+            .and_then(|l| l.split(':').nth(1))
+            .unwrap_or("?")
+            .trim()
+    );
+    println!("devices                      {n}");
+    if store == "memory" {
+        println!("store: memory");
+        run(MemoryStore::new(), n, hold, config).await?;
+    } else {
+        let dir = tempfile::tempdir()?;
+        let buffered = args.iter().any(|a| a == "--buffered");
+        let durability = if buffered {
+            Durability::Buffered
+        } else {
+            Durability::FlushEveryBatch
+        };
+        println!("store: sled ({durability:?})");
+        let store =
+            SledStore::open_async(SledConfig::new(dir.path()).durability(durability)).await?;
+        let store = run(store, n, hold, config).await?;
+        let s = store.stats();
+        println!(
+            "sled writer                  appends {} events {} groups {} flushes {}",
+            s.appends, s.events, s.groups, s.flushes
+        );
+    }
+    Ok(())
+}
