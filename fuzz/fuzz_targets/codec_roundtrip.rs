@@ -1,0 +1,54 @@
+//! Encode then decode round-trips, both directions:
+//! - every `Outbound` decodes on the device side to `DeviceMessage::from_outbound`;
+//! - every device request decodes on the service side to the same `Inbound`.
+#![no_main]
+
+use arbitrary::Unstructured;
+use fleetops_core::device::Inbound;
+use fleetops_core::time::Timestamp;
+use fleetops_fuzz::{device_request, layout, limits, outbound, thing};
+use fleetops_transport_mqtt::codec::{Codec, Decoded, DeviceMessage, EncodeError};
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| {
+    let mut u = Unstructured::new(data);
+    let Ok(codec) = layout(&mut u).and_then(|l| Ok(Codec::new(l, limits(&mut u)?))) else {
+        return;
+    };
+    if let Ok(message) = outbound(&mut u) {
+        match codec.encode(&message) {
+            Ok(e) => assert_eq!(
+                codec.decode_device_message(&e.topic, &e.payload),
+                Ok(DeviceMessage::from_outbound(&message)),
+                "{message:?}"
+            ),
+            Err(EncodeError::TooLarge { len, max }) => assert!(len > max),
+            Err(other) => panic!("{other} for {message:?}"),
+        }
+    }
+    let (Ok(thing), Ok(request), Ok(token)) = (
+        thing(&mut u),
+        device_request(&mut u),
+        u.arbitrary::<Option<String>>(),
+    ) else {
+        return;
+    };
+    match codec.encode_request(&thing, token.as_deref(), &request) {
+        Ok(e) => assert_eq!(
+            codec.decode_request(&e.topic, &e.payload, Timestamp::EPOCH),
+            Decoded::Request(Inbound {
+                thing,
+                client_token: token,
+                request
+            })
+        ),
+        Err(EncodeError::TooLarge { .. }) => {}
+        Err(EncodeError::InvalidField {
+            field: "clientToken",
+            ..
+        }) => {
+            assert!(token.is_some_and(|t| t.len() > codec.limits().max_client_token));
+        }
+        Err(other) => panic!("{other} for {request:?}"),
+    }
+});
