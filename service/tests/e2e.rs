@@ -65,7 +65,8 @@ async fn device(
 ) -> JoinHandle<()> {
     let mut config = DeviceConfig::new(broker.device_config(), thing);
     config.max_inflight = 8;
-    config.request_timeout = StdDuration::from_secs(5);
+    // A request the killed service took but never answered is retried after this.
+    config.request_timeout = StdDuration::from_secs(2);
     let (client, mut events) = DeviceClient::connect(config, None)
         .await
         .expect("device connects");

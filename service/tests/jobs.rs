@@ -7,7 +7,8 @@ use std::sync::Arc;
 
 use common::*;
 use fleetops_core::config::{
-    AbortCriterion, EndBehavior, FailureType, JobConfig, RetryCriterion, Rollout, Schedule,
+    AbortCriterion, EndBehavior, FailureType, IncreaseCriterion, JobConfig, RetryCriterion,
+    Rollout, Schedule,
 };
 use fleetops_core::device::{Reply, StartNextRequest, StepTimeout, UpdateRequest};
 use fleetops_core::event::{JobCancelReason, TimeoutCause};
@@ -73,6 +74,48 @@ async fn a_fixed_rollout_queues_at_most_its_rate_per_minute() {
         .unwrap()
         .items
         .is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_exponential_rollout_speeds_up_as_things_succeed() {
+    let env = env().await;
+    let job = j("expo");
+    let _sim = simulate(env.devices, Arc::new(|_, _| SimAction::Succeed));
+    env.fleet
+        .create_job(
+            JobSpec::new(job.clone(), doc())
+                .things(things("x", 20))
+                .config(JobConfig {
+                    rollout: Rollout::Exponential {
+                        base_per_minute: 2,
+                        factor: 2.0,
+                        criterion: IncreaseCriterion::SucceededThings(2),
+                        max_per_minute: 8,
+                    },
+                    ..JobConfig::default()
+                }),
+        )
+        .await
+        .unwrap();
+    // 2 queued; their successes raise the rate to 4, then 8, within the first minute.
+    eventually("first window", || {
+        env.fleet.describe_job(&job).unwrap().counters.succeeded == 8
+    })
+    .await;
+    settle(&env.fleet).await;
+    assert_eq!(env.fleet.describe_job(&job).unwrap().counters.total(), 8);
+    env.clock.advance(Duration::from_secs(60));
+    eventually("second window", || {
+        env.fleet.describe_job(&job).unwrap().counters.succeeded == 16
+    })
+    .await;
+    settle(&env.fleet).await;
+    assert_eq!(env.fleet.describe_job(&job).unwrap().counters.total(), 16);
+    env.clock.advance(Duration::from_secs(60));
+    eventually("job completes", || {
+        env.fleet.describe_job(&job).unwrap().job.status == JobStatus::Completed
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
