@@ -266,7 +266,7 @@ impl TestBroker {
         let log_types = if self.options.verbose_log {
             "log_type all\n"
         } else {
-            "log_type error\nlog_type warning\nlog_type notice\n"
+            "log_type error\nlog_type warning\nlog_type notice\nlog_type information\n"
         };
         let config = format!(
             "# Written by fleetops-transport-mqtt's test harness.\n\
