@@ -30,6 +30,9 @@ pub struct BrokerOptions {
     /// Replaces the service account's ACL lines (default: `topic readwrite {prefix}/#` per
     /// layout), e.g. to test refused publishes.
     pub service_acl: Option<Vec<String>>,
+    /// Also open a TLS listener (certificates made with the `openssl` command line: a test
+    /// CA and a server certificate for `127.0.0.1` and `localhost`).
+    pub tls: bool,
     /// Log every message flow (`log_type all`); slows the broker down, off for benchmarks.
     pub verbose_log: bool,
     /// Appended verbatim to the configuration.
@@ -45,6 +48,7 @@ impl Default for BrokerOptions {
                 password: "test-secret".into(),
             },
             service_acl: None,
+            tls: false,
             verbose_log: true,
             extra_config: String::new(),
         }
@@ -56,6 +60,7 @@ pub struct TestBroker {
     options: BrokerOptions,
     dir: tempfile::TempDir,
     port: u16,
+    tls_port: Option<u16>,
     child: Option<Child>,
 }
 
@@ -112,13 +117,20 @@ impl TestBroker {
             options,
             dir,
             port: 0,
+            tls_port: None,
             child: None,
         };
         broker.write_auth_files();
+        if broker.options.tls {
+            broker.write_certificates();
+        }
         // Another test may grab the port between our probe and mosquitto's bind: try again
         // with a new one.
         for attempt in 1..=5 {
             broker.port = free_port();
+            if broker.options.tls {
+                broker.tls_port = Some(free_port());
+            }
             broker.write_config();
             match broker.spawn() {
                 Ok(()) => return broker,
@@ -132,6 +144,31 @@ impl TestBroker {
     /// The listener port.
     pub fn port(&self) -> u16 {
         self.port
+    }
+
+    /// The TLS listener's port, with [`BrokerOptions::tls`].
+    pub fn tls_port(&self) -> Option<u16> {
+        self.tls_port
+    }
+
+    /// The test CA's certificate (PEM), with [`BrokerOptions::tls`].
+    pub fn ca_pem(&self) -> Option<Vec<u8>> {
+        self.tls_port?;
+        std::fs::read(self.dir.path().join("ca.pem")).ok()
+    }
+
+    /// Connection settings for an anonymous client over TLS, with [`BrokerOptions::tls`].
+    ///
+    /// # Panics
+    /// Without a TLS listener.
+    pub fn device_config_tls(&self) -> BrokerConfig {
+        let mut c = self.device_config();
+        c.port = self.tls_port.expect("the broker was started without tls");
+        c.tls = Some(crate::config::TlsConfig {
+            ca_pem: self.ca_pem().expect("the test CA"),
+            client_auth_pem: None,
+        });
+        c
     }
 
     /// The temporary directory (configuration, persistence, log).
@@ -261,6 +298,88 @@ impl TestBroker {
         std::fs::write(self.dir.path().join("acl"), acl).expect("write the ACL file");
     }
 
+    fn write_certificates(&self) {
+        let d = self.dir.path();
+        std::fs::write(
+            d.join("server.ext"),
+            "subjectAltName=IP:127.0.0.1,DNS:localhost\nbasicConstraints=CA:FALSE\n\
+             keyUsage=critical,digitalSignature\nextendedKeyUsage=serverAuth\n",
+        )
+        .expect("write server.ext");
+        let ec = [
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+        ];
+        let steps: [Vec<&str>; 3] = [
+            [
+                &["req", "-x509"][..],
+                &ec,
+                &[
+                    "-keyout",
+                    "ca.key",
+                    "-out",
+                    "ca.pem",
+                    "-days",
+                    "3",
+                    "-subj",
+                    "/CN=fleetops test CA",
+                    "-addext",
+                    "basicConstraints=critical,CA:TRUE",
+                    "-addext",
+                    "keyUsage=critical,keyCertSign,cRLSign",
+                ],
+            ]
+            .concat(),
+            [
+                &["req"][..],
+                &ec,
+                &[
+                    "-keyout",
+                    "server.key",
+                    "-out",
+                    "server.csr",
+                    "-subj",
+                    "/CN=localhost",
+                ],
+            ]
+            .concat(),
+            vec![
+                "x509",
+                "-req",
+                "-in",
+                "server.csr",
+                "-CA",
+                "ca.pem",
+                "-CAkey",
+                "ca.key",
+                "-CAcreateserial",
+                "-out",
+                "server.pem",
+                "-days",
+                "3",
+                "-extfile",
+                "server.ext",
+            ],
+        ];
+        for args in steps {
+            let out = Command::new("openssl")
+                .args(&args)
+                .current_dir(d)
+                .output()
+                .unwrap_or_else(|e| {
+                    panic!("run openssl (the TLS tests need the openssl command line): {e}")
+                });
+            assert!(
+                out.status.success(),
+                "openssl {args:?} failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+    }
+
     fn write_config(&self) {
         let d = self.dir.path().display();
         let log_types = if self.options.verbose_log {
@@ -288,8 +407,16 @@ impl TestBroker {
              log_dest file {d}/mosquitto.log\n\
              log_timestamp_format %H:%M:%S\n\
              {log_types}\
+             {tls}\
              {extra}\n",
             port = self.port,
+            tls = match self.tls_port {
+                Some(p) => format!(
+                    "listener {p} 127.0.0.1\ncafile {d}/ca.pem\ncertfile {d}/server.pem\n\
+                     keyfile {d}/server.key\n"
+                ),
+                None => String::new(),
+            },
             extra = self.options.extra_config,
         );
         std::fs::write(self.dir.path().join("mosquitto.conf"), config)

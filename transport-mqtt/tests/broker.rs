@@ -1365,3 +1365,59 @@ async fn a_link_with_a_small_payload_limit_refuses_to_start_misconfigured() {
     ));
     let _ = Operation::GetPending;
 }
+
+#[tokio::test]
+async fn tls_with_rustls_for_the_service_and_devices() {
+    let broker = TestBroker::start_with(BrokerOptions {
+        tls: true,
+        ..BrokerOptions::default()
+    });
+    let mut service_broker = broker.device_config_tls();
+    service_broker.credentials = broker.service_config().credentials;
+    let mut c = MqttLinkConfig::new(service_broker);
+    c.ack_timeout = WAIT;
+    let link = Arc::new(MqttLink::connect(c).await.expect("service over TLS"));
+    let t = thing("secure-1");
+    let script = Arc::new(Mutex::new(Script::new()));
+    script
+        .lock()
+        .unwrap()
+        .queue(&t, "j-tls", json!({"over": "tls"}));
+    let (_responder, _) = respond(Arc::clone(&link), script);
+    let mut config = DeviceConfig::new(broker.device_config_tls(), t);
+    config.request_timeout = WAIT;
+    let (dev, _) = DeviceClient::connect(config, None)
+        .await
+        .expect("device over TLS");
+    assert_eq!(
+        dev.describe_next().await.unwrap().job_document,
+        Some(json!({"over": "tls"}))
+    );
+
+    // A client that does not trust the broker's CA never gets a session.
+    let mut untrusting = broker.device_config_tls();
+    untrusting.connect_timeout = Duration::from_millis(500);
+    let other = TestBroker::start_with(BrokerOptions {
+        tls: true,
+        ..BrokerOptions::default()
+    });
+    untrusting.tls.as_mut().unwrap().ca_pem = other.ca_pem().unwrap();
+    let err = DeviceClient::connect(DeviceConfig::new(untrusting, thing("secure-2")), None)
+        .await
+        .err()
+        .expect("refused");
+    let Error::ConnectTimeout { last_error, .. } = &err else {
+        panic!("{err:?}")
+    };
+    assert!(
+        last_error.contains("TLS") || last_error.contains("certificate"),
+        "{last_error}"
+    );
+    // Garbage PEM is a configuration error, not a hang.
+    let mut garbage = broker.device_config_tls();
+    garbage.tls.as_mut().unwrap().ca_pem = b"not a certificate".to_vec();
+    assert!(matches!(
+        DeviceClient::connect(DeviceConfig::new(garbage, thing("secure-3")), None).await,
+        Err(Error::Tls(_))
+    ));
+}
