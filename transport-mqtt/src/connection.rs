@@ -137,31 +137,34 @@ impl Connection {
     /// Queues a publish; the receiver completes when the broker acknowledged it.
     pub async fn publish(
         &self,
-        message: &Encoded,
+        message: Encoded,
     ) -> Result<oneshot::Receiver<Result<(), Error>>, Error> {
         let (tx, rx) = oneshot::channel();
         let qos = match message.qos {
             Qos::AtMostOnce => QoS::AtMostOnce,
             Qos::AtLeastOnce => QoS::AtLeastOnce,
         };
-        let payload = Bytes::from(message.payload.clone());
-        let props = &message.properties;
+        let payload = Bytes::from(message.payload);
+        let props = message.properties;
+        let properties = (!props.is_empty()).then(|| PublishProperties {
+            message_expiry_interval: props.message_expiry_secs,
+            response_topic: props.response_topic,
+            correlation_data: props.correlation_data.map(Bytes::from),
+            ..PublishProperties::default()
+        });
         let _order = self.submit.lock().await;
         lock(&self.tracker).submit(tx);
-        let sent = if props.is_empty() {
-            self.client
-                .publish(message.topic.as_str(), qos, false, payload)
-                .await
-        } else {
-            let properties = PublishProperties {
-                message_expiry_interval: props.message_expiry_secs,
-                response_topic: props.response_topic.clone(),
-                correlation_data: props.correlation_data.clone().map(Bytes::from),
-                ..PublishProperties::default()
-            };
-            self.client
-                .publish_with_properties(message.topic.as_str(), qos, false, payload, properties)
-                .await
+        let sent = match properties {
+            None => {
+                self.client
+                    .publish(message.topic, qos, false, payload)
+                    .await
+            }
+            Some(properties) => {
+                self.client
+                    .publish_with_properties(message.topic, qos, false, payload, properties)
+                    .await
+            }
         };
         if sent.is_err() {
             lock(&self.tracker).withdraw_last();

@@ -441,7 +441,7 @@ impl Inner {
         let _slot = Slot { inner: self, token };
         let deadline = tokio::time::Instant::now() + self.request_timeout;
         let left = || deadline.saturating_duration_since(tokio::time::Instant::now());
-        let ack = self.conn.publish(&encoded).await?;
+        let ack = self.conn.publish(encoded).await?;
         // A refused publish (ACL) fails fast instead of waiting for a reply that can't come.
         wait_ack(ack, left()).await.map_err(|e| match e {
             Error::Timeout(_) => Error::Timeout(self.request_timeout),

@@ -193,7 +193,7 @@ impl MqttLink {
             .map(|m| self.codec.encode(m))
             .collect::<Result<Vec<_>, _>>()?;
         let mut acks = Vec::with_capacity(encoded.len());
-        for e in &encoded {
+        for e in encoded {
             acks.push(self.conn.publish(e).await?);
         }
         let deadline = tokio::time::Instant::now() + self.ack_timeout;
@@ -251,7 +251,7 @@ impl MqttLink {
                     "refused a malformed device request"
                 );
                 // Best effort, not awaited: the device retries on its own timeout.
-                if let Err(e) = self.conn.publish(&refusal.reply).await {
+                if let Err(e) = self.conn.publish(refusal.reply).await {
                     tracing::warn!(topic, error = %e, "could not publish a rejected reply");
                 }
             }
