@@ -336,12 +336,28 @@ pub(crate) fn decode_event(
     key: &[u8],
     value: &[u8],
 ) -> Result<StoredEvent, StoreError> {
-    let location = || format!("event at position {position}");
-    let body = open(key, value, &location())?;
-    decode_event_body(position, body).map_err(|detail| corrupt(location(), detail))
+    decode_event_cached(position, key, value, &mut None)
 }
 
-fn decode_event_body(position: u64, body: &[u8]) -> Result<StoredEvent, String> {
+/// [`decode_event`] reusing the previous record's stream name when it is the same: the events
+/// of one append to one stream sit side by side, and validating a stream name costs more
+/// than cloning it.
+pub(crate) fn decode_event_cached(
+    position: u64,
+    key: &[u8],
+    value: &[u8],
+    last_stream: &mut Option<StreamId>,
+) -> Result<StoredEvent, StoreError> {
+    let location = || format!("event at position {position}");
+    let body = open(key, value, &location())?;
+    decode_event_body(position, body, last_stream).map_err(|detail| corrupt(location(), detail))
+}
+
+fn decode_event_body(
+    position: u64,
+    body: &[u8],
+    last_stream: &mut Option<StreamId>,
+) -> Result<StoredEvent, String> {
     let mut c = Cursor { buf: body, at: 0 };
     let event_id = Uuid::from_bytes(c.array()?);
     let stream_version = c.u64()?;
@@ -362,9 +378,17 @@ fn decode_event_body(position: u64, body: &[u8]) -> Result<StoredEvent, String> 
         None
     };
     let stream_len = usize::from(u16::from_le_bytes(c.array()?));
-    let stream = std::str::from_utf8(c.take(stream_len)?)
-        .map_err(|e| format!("stream name is not UTF-8: {e}"))?;
-    let stream = StreamId::try_from(stream).map_err(|e| format!("invalid stream name: {e}"))?;
+    let stream_bytes = c.take(stream_len)?;
+    let stream = match last_stream {
+        Some(s) if s.as_str().as_bytes() == stream_bytes => s.clone(),
+        _ => {
+            let text = std::str::from_utf8(stream_bytes)
+                .map_err(|e| format!("stream name is not UTF-8: {e}"))?;
+            let s = StreamId::try_from(text).map_err(|e| format!("invalid stream name: {e}"))?;
+            *last_stream = Some(s.clone());
+            s
+        }
+    };
     let idempotency_key = if flags & FLAG_IDEMPOTENCY != 0 {
         let len = u32::from_le_bytes(c.array()?);
         let len = usize::try_from(len).map_err(|_| "idempotency key too long".to_owned())?;

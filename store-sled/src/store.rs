@@ -23,8 +23,13 @@ use crate::writer::{PreparedBatch, PreparedStream, Request, Writer};
 pub(crate) const TREE_NAME: &str = "fleetops/v1";
 /// Requests that may wait for the writer before appenders are held back.
 const QUEUE_CAPACITY: usize = 8192;
-/// Events a subscription reads ahead per trip to sled.
-const SUBSCRIPTION_CHUNK: usize = 512;
+/// Events a subscription reads ahead per trip to sled (large enough to decode in parallel
+/// while catching up; when following live it reads whatever is new).
+const SUBSCRIPTION_CHUNK: usize = 4096;
+/// Reads of at least this many events are split over several threads.
+const PARALLEL_DECODE_MIN: u64 = 2048;
+/// Most threads one read is split over.
+const MAX_DECODE_THREADS: usize = 4;
 /// Most events one read allocates room for up front, whatever `limit` says.
 const MAX_PREALLOCATED: usize = 16 * 1024;
 
@@ -71,6 +76,11 @@ impl Shared {
     pub(crate) fn fail(&self, reason: String) {
         let _ = self.failure.set(reason);
         self.head_tx.send_modify(|_| {});
+    }
+
+    /// Why the store failed, if it has.
+    pub(crate) fn failure(&self) -> Option<String> {
+        self.failure.get().cloned()
     }
 
     fn head(&self) -> u64 {
@@ -365,20 +375,85 @@ fn missing(position: u64) -> StoreError {
 }
 
 /// Events `from..=to` of the feed, checked to be all there.
+///
+/// Decoding (JSON, mostly) costs more than reading the records from sled, so a large range is
+/// split into a few consecutive sub-ranges, each scanned and decoded by its own scoped thread
+/// (sled serves concurrent readers without locking). Errors name the first bad position in
+/// feed order either way.
 fn read_positions(
     tree: &sled::Tree,
     from: u64,
     to: u64,
     out: &mut Vec<StoredEvent>,
 ) -> Result<(), StoreError> {
+    static THREADS: OnceLock<u64> = OnceLock::new();
+    let threads = *THREADS.get_or_init(|| {
+        std::thread::available_parallelism().map_or(1, |n| n.get().min(MAX_DECODE_THREADS) as u64)
+    });
+    let count = to - from + 1;
+    if threads <= 1 || count < PARALLEL_DECODE_MIN {
+        return read_range(tree, from, to, out);
+    }
+    let per_thread = count.div_ceil(threads);
+    let ranges: Vec<(u64, u64)> = (0..threads)
+        .map(|i| {
+            (
+                from + i * per_thread,
+                to.min(from + (i + 1) * per_thread - 1),
+            )
+        })
+        .filter(|(lo, hi)| lo <= hi)
+        .collect();
+    let results: Vec<Result<Vec<StoredEvent>, StoreError>> = std::thread::scope(|s| {
+        let helpers: Vec<_> = ranges[1..]
+            .iter()
+            .map(|&(lo, hi)| {
+                s.spawn(move || {
+                    let mut v = Vec::new();
+                    read_range(tree, lo, hi, &mut v).map(|()| v)
+                })
+            })
+            .collect();
+        let (lo, hi) = ranges[0];
+        let mut first = Vec::new();
+        let mut results = vec![read_range(tree, lo, hi, &mut first).map(|()| first)];
+        for h in helpers {
+            results.push(h.join().unwrap_or_else(|panic| {
+                Err(StoreError::Corrupt {
+                    location: format!("feed from position {from}"),
+                    detail: format!("reader panicked: {}", panic_message(&*panic)),
+                })
+            }));
+        }
+        results
+    });
+    out.reserve(
+        usize::try_from(count)
+            .unwrap_or(0)
+            .min(MAX_PREALLOCATED * 8),
+    );
+    for r in results {
+        out.extend(r?);
+    }
+    Ok(())
+}
+
+/// Events `from..=to`, scanned and decoded on this thread.
+fn read_range(
+    tree: &sled::Tree,
+    from: u64,
+    to: u64,
+    out: &mut Vec<StoredEvent>,
+) -> Result<(), StoreError> {
     let mut expect = from;
+    let mut last_stream = None;
     for item in tree.range(codec::event_key(from)..=codec::event_key(to)) {
         let (k, v) = item.map_err(sled_error)?;
         let pos = codec::event_key_position(&k)?;
         if pos != expect {
             return Err(missing(expect));
         }
-        out.push(codec::decode_event(pos, &k, &v)?);
+        out.push(codec::decode_event_cached(pos, &k, &v, &mut last_stream)?);
         expect += 1;
     }
     if expect <= to {

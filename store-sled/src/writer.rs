@@ -1,7 +1,7 @@
-//! The writer thread: the only code that writes to sled, with group commit.
+//! The writer thread: the only code that writes to sled, with pipelined group commit.
 //!
-//! Appends and projection updates arrive on a bounded channel. The thread takes the first
-//! request, then every request already queued (up to [`SledConfig::max_group_events`]
+//! Appends and projection updates arrive on a bounded channel. The writer thread takes the
+//! first request, then every request already queued (up to [`SledConfig::max_group_events`]
 //! events), and handles them as one *group*:
 //!
 //! 1. each request is checked on its own, in arrival order, against the stored state plus what
@@ -9,18 +9,26 @@
 //!    request that fails its check gets its own error and stages nothing;
 //! 2. everything staged goes into one `sled::Batch`, applied with one `apply_batch`, which sled
 //!    recovers atomically after a crash (all of the group or none of it);
-//! 3. in [`Durability::FlushEveryBatch`] the thread flushes once;
-//! 4. the visible head moves past the group, subscribers are woken, and every waiter is
-//!    answered.
+//! 3. with [`Durability::FlushEveryBatch`] the group is handed to the *flusher thread*, which
+//!    flushes once for every group handed over since its last flush, then moves the visible
+//!    head past them, wakes subscribers and answers every waiter.
 //!
-//! While one group is being flushed the next one gathers in the channel, so under load many
-//! appends share one flush. Because only this thread writes, the version checks need no lock
-//! and positions are handed out without gaps.
+//! The two threads form a pipeline: while one group is being flushed, the writer already
+//! checks and applies the next, and the one after that gathers in the channel. The next
+//! group's checks see the applied-but-unflushed groups, which is right, because they are
+//! flushed first or the store fails as a whole. Readers never see them early: reads stop at
+//! the visible head. Every answer, including refusals, is sent by the flusher after the flush
+//! of the groups before it, so no caller learns of state that a crash could still take back.
+//! At most [`MAX_IN_FLIGHT`] groups wait for the flusher; then the writer waits too.
 //!
-//! A failed or panicking sled write leaves the thread in a *failed* state: the outcome of that
-//! group is unknown (the batch may or may not be on disk), so every later request is refused
-//! with [`StoreError::Backend`] until the store is reopened, which recovers the truth from
-//! disk. Retrying writes after a failed flush is how data gets silently lost.
+//! Because only the writer thread writes, the version checks need no lock and positions are
+//! handed out without gaps.
+//!
+//! A failed or panicking sled write or flush leaves the store *failed*: the outcome of the
+//! groups in flight is unknown (they may or may not be on disk), so they and every later
+//! request are refused with [`StoreError::Backend`] until the store is reopened, which
+//! recovers the truth from disk. Retrying writes after a failed flush is how data gets
+//! silently lost.
 
 use std::collections::HashMap;
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -40,6 +48,8 @@ use crate::store::{panic_message, sled_error, Shared};
 const HEAD_CACHE_LIMIT: usize = 256 * 1024;
 /// Most requests in one group, whatever their size.
 const MAX_GROUP_REQUESTS: usize = 4096;
+/// Groups applied but not yet flushed before the writer waits for the flusher.
+pub(crate) const MAX_IN_FLIGHT: usize = 2;
 
 /// The events of one stream in an append, already encoded.
 pub(crate) struct PreparedStream {
@@ -126,6 +136,63 @@ impl Outcome {
     }
 }
 
+fn answer_all(outcomes: Vec<Outcome>, commit: &Result<(), StoreError>) {
+    for outcome in outcomes {
+        outcome.send(commit);
+    }
+}
+
+/// Groups handed from the writer to the flusher.
+struct FlushJob {
+    /// Whether this group needs a flush (a group with nothing to write only waits its turn).
+    flush: bool,
+    /// The head to publish once flushed, if the group wrote events.
+    head: Option<u64>,
+    outcomes: Vec<Outcome>,
+}
+
+/// The flusher thread: flushes once for all groups handed over meanwhile, then publishes and
+/// answers them in order.
+fn flusher(tree: sled::Tree, shared: Arc<Shared>, jobs: std::sync::mpsc::Receiver<FlushJob>) {
+    while let Ok(first) = jobs.recv() {
+        let mut batch = vec![first];
+        while let Ok(job) = jobs.try_recv() {
+            batch.push(job);
+        }
+        let result = if let Some(reason) = shared.failure() {
+            Err(failed_error(&reason))
+        } else if batch.iter().any(|j| j.flush) {
+            match catch_unwind(AssertUnwindSafe(|| tree.flush())) {
+                Ok(Ok(_)) => {
+                    shared.stats.flushes.fetch_add(1, Ordering::Relaxed);
+                    Ok(())
+                }
+                Ok(Err(e)) => Err(format!("sled flush failed: {e}")),
+                Err(panic) => Err(format!(
+                    "sled panicked while flushing: {}",
+                    panic_message(&*panic)
+                )),
+            }
+            .map_err(|reason| {
+                tracing::error!(%reason, "sled store failed; it refuses writes until reopened");
+                shared.fail(reason.clone());
+                failed_error(&reason)
+            })
+        } else {
+            Ok(())
+        };
+        if result.is_ok() {
+            if let Some(head) = batch.iter().filter_map(|j| j.head).max() {
+                // Readers may now see these groups: applied and flushed.
+                shared.publish_head(head);
+            }
+        }
+        for job in batch {
+            answer_all(job.outcomes, &result);
+        }
+    }
+}
+
 /// What the earlier requests of the current group staged.
 #[derive(Default)]
 struct Staged {
@@ -152,6 +219,8 @@ pub(crate) struct Writer {
     heads: HashMap<StreamId, u64>,
     /// Set after a failed write; every later request is refused with it.
     failed: Option<String>,
+    /// Hands applied groups to the flusher thread (`None` before `run` and after it).
+    flush_tx: Option<std::sync::mpsc::SyncSender<FlushJob>>,
 }
 
 impl Writer {
@@ -171,11 +240,31 @@ impl Writer {
             next_position: head + 1,
             heads: HashMap::new(),
             failed: None,
+            flush_tx: None,
         }
     }
 
     /// Runs until every sender is gone, then flushes and returns (dropping sled here).
     pub(crate) fn run(mut self, mut rx: mpsc::Receiver<Request>) {
+        let (flush_tx, flush_rx) = std::sync::mpsc::sync_channel(MAX_IN_FLIGHT);
+        let flusher = {
+            let (tree, shared) = (self.tree.clone(), Arc::clone(&self.shared));
+            std::thread::Builder::new()
+                .name("fleetops-sled-flusher".into())
+                .spawn(move || flusher(tree, shared, flush_rx))
+        };
+        let flusher = match flusher {
+            Ok(handle) => {
+                self.flush_tx = Some(flush_tx);
+                Some(handle)
+            }
+            Err(e) => {
+                let reason = format!("cannot start the flusher thread: {e}");
+                self.shared.fail(reason.clone());
+                self.failed = Some(reason);
+                None
+            }
+        };
         let mut group = Vec::new();
         while let Some(first) = rx.blocking_recv() {
             let mut events = first.events();
@@ -191,7 +280,14 @@ impl Writer {
             }
             self.handle_group(&mut group);
         }
-        if self.failed.is_none() {
+        // Let the flusher answer what it holds, then flush whatever a buffered store has left.
+        self.flush_tx = None;
+        if let Some(handle) = flusher {
+            if handle.join().is_err() {
+                tracing::error!("the sled flusher thread panicked");
+            }
+        }
+        if self.failed.is_none() && self.shared.failure().is_none() {
             if let Err(e) = self.tree.flush() {
                 tracing::error!(error = %e, "final flush of the sled store failed");
             }
@@ -199,6 +295,9 @@ impl Writer {
     }
 
     fn handle_group(&mut self, group: &mut Vec<Request>) {
+        if self.failed.is_none() {
+            self.failed = self.shared.failure();
+        }
         if let Some(reason) = &self.failed {
             let err = failed_error(reason);
             for req in group.drain(..) {
@@ -229,14 +328,47 @@ impl Writer {
             };
             outcomes.push(outcome);
         }
-        let commit = self.commit(staged, flush_requested);
-        for outcome in outcomes {
-            outcome.send(&commit);
+        let wrote = staged.writes > 0;
+        if let Err(e) = self.apply(staged) {
+            answer_all(outcomes, &Err(e));
+            return;
+        }
+        let head = self.next_position - 1;
+        let job = match self.durability {
+            Durability::FlushEveryBatch => FlushJob {
+                flush: wrote || flush_requested,
+                head: wrote.then_some(head),
+                outcomes,
+            },
+            Durability::Buffered => {
+                if wrote {
+                    self.shared.publish_head(head);
+                }
+                if !flush_requested {
+                    answer_all(outcomes, &Ok(()));
+                    return;
+                }
+                FlushJob {
+                    flush: true,
+                    head: None,
+                    outcomes,
+                }
+            }
+        };
+        let sent = match &self.flush_tx {
+            Some(tx) => tx.send(job).map_err(|e| e.0),
+            None => Err(job),
+        };
+        if let Err(job) = sent {
+            let reason = "the flusher thread stopped".to_owned();
+            self.shared.fail(reason.clone());
+            answer_all(job.outcomes, &Err(failed_error(&reason)));
+            self.failed = Some(reason);
         }
     }
 
-    /// Writes the group and moves the visible head; `Err` once the store has failed.
-    fn commit(&mut self, staged: Staged, flush_requested: bool) -> Result<(), StoreError> {
+    /// Applies the group's batch; `Err` (and the store failed) if sled fails.
+    fn apply(&mut self, staged: Staged) -> Result<(), StoreError> {
         let Staged {
             batch,
             heads,
@@ -245,22 +377,11 @@ impl Writer {
             events,
             ..
         } = staged;
-        let flush =
-            flush_requested || (writes > 0 && self.durability == Durability::FlushEveryBatch);
-        if writes == 0 && !flush {
+        if writes == 0 {
             return Ok(());
         }
         let tree = &self.tree;
-        let result = catch_unwind(AssertUnwindSafe(|| -> sled::Result<()> {
-            if writes > 0 {
-                tree.apply_batch(batch)?;
-            }
-            if flush {
-                tree.flush()?;
-            }
-            Ok(())
-        }));
-        let failure = match result {
+        let failure = match catch_unwind(AssertUnwindSafe(|| tree.apply_batch(batch))) {
             Ok(Ok(())) => None,
             Ok(Err(e)) => Some(format!("sled write failed: {e}")),
             Err(panic) => Some(format!(
@@ -281,15 +402,8 @@ impl Writer {
         self.heads.extend(heads);
         self.next_position = next_position;
         let stats = &self.shared.stats;
-        if writes > 0 {
-            stats.groups.fetch_add(1, Ordering::Relaxed);
-            stats.events.fetch_add(events, Ordering::Relaxed);
-        }
-        if flush {
-            stats.flushes.fetch_add(1, Ordering::Relaxed);
-        }
-        // Readers may now see the group: it is applied, and flushed if the mode asks for it.
-        self.shared.publish_head(next_position - 1);
+        stats.groups.fetch_add(1, Ordering::Relaxed);
+        stats.events.fetch_add(events, Ordering::Relaxed);
         Ok(())
     }
 
