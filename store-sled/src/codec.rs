@@ -340,7 +340,7 @@ pub(crate) fn decode_event(
     decode_event_cached(position, key, value, &mut None)
 }
 
-/// [`decode_event`] reusing the previous record's stream name when it is the same: the events
+/// Decodes an event record, reusing the previous record's stream name when it is the same: the events
 /// of one append to one stream sit side by side, and validating a stream name costs more
 /// than cloning it.
 pub(crate) fn decode_event_cached(

@@ -25,16 +25,20 @@
 //!
 //! ## Group commit and atomicity
 //!
-//! Concurrent appends queue up while the writer is busy; the writer takes them all as one
-//! group, checks each on its own (optimistic concurrency per stream, idempotency keys), writes
-//! everything that passed as **one** `sled::Batch` with `Tree::apply_batch`, flushes **once**,
-//! and only then answers every waiter. A conflict in one append fails that append alone.
+//! Concurrent appends queue up while the writer is busy; the writer thread takes them all as
+//! one group, checks each on its own (optimistic concurrency per stream, idempotency keys),
+//! writes everything that passed as **one** `sled::Batch` with `Tree::apply_batch`, and hands
+//! the group to a flusher thread, which flushes **once** for all groups handed over since its
+//! last flush and only then answers every waiter. A conflict in one append fails that append
+//! alone. The two threads form a pipeline: the next group is checked and applied while the
+//! previous one is being flushed (see the `writer` module).
+//!
 //! sled recovers an applied batch atomically after a crash (it seals the batch in its log), so
 //! a group, and therefore each append (its events, its stream-index entries and its
 //! idempotency key), is on disk entirely or not at all. The global position and the stream
 //! heads are not separate counters that could disagree: the head is the last `E` key, a
 //! stream's version its last index entry, both written in the same batch as the events.
-//! See the `writer` module for the failure handling and `codec` for the layout.
+//! See `codec` for the layout.
 //!
 //! ## Visibility
 //!
@@ -55,14 +59,16 @@
 //! written range (falling back to `fsync` only if that call is unsupported). That waits until
 //! the pages are handed to the device, but it neither flushes the device's volatile write
 //! cache nor commits file metadata (such as a grown file size), and on copy-on-write file
-//! systems such as btrfs it gives no guarantee at all (sled issues #1351, #1452). Only
-//! sled's background flusher calls `fsync` (`File::sync_all`), every `flush_every`. In
-//! practice:
+//! systems such as btrfs it gives no guarantee at all (sled issues #1351 and #1452, pull
+//! request #928). sled calls a real `fsync` (`File::sync_all`) only from its background
+//! flusher, every `flush_every`, and for its own metadata changes (segment truncation,
+//! snapshots). In practice:
 //!
 //! - a **process crash** (panic, `SIGKILL`, OOM kill) loses nothing that was acknowledged in
 //!   `FlushEveryBatch` mode: the crash test in `tests/crash.rs` checks exactly that;
 //! - a **power loss or kernel crash** can lose roughly the last `flush_every` of
-//!   acknowledged appends (never part of one) unless the drive has power-loss protection;
+//!   acknowledged appends unless the drive has power-loss protection (whole groups only:
+//!   sled recovers a prefix of its log);
 //! - `Buffered` mode can lose about `flush_every` of acknowledged appends on a process crash
 //!   too.
 //!
