@@ -7,7 +7,7 @@
 //! cargo run --release -p fleetops-service --example scale -- --devices 100000 --store memory
 //! ```
 //!
-//! Options: `--buffered` (sled acknowledges before flushing), `--shards N`,
+//! Options: `--buffered` (sled acknowledges before flushing), `--sled-cache-mib N`, `--shards N`,
 //! `--worker-batch N`.
 //!
 //! Without `--hold`, devices are live from the start: the figure is create → all SUCCEEDED
@@ -16,6 +16,7 @@
 //! execution = growth since before the job / N), then every device reports presence online,
 //! which makes the fleet re-send `notify-next`, and the devices run the job.
 
+use std::alloc::System;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -26,6 +27,18 @@ use fleetops_service::link::{simulate, ChannelLink, DeviceEnd, SimAction};
 use fleetops_service::{Fleet, FleetConfig, JobSpec};
 use fleetops_store_memory::MemoryStore;
 use fleetops_store_sled::{Durability, SledConfig, SledStore};
+use stats_alloc::{StatsAlloc, INSTRUMENTED_SYSTEM};
+
+/// Counts live heap bytes, so memory per execution is measured exactly rather than through
+/// the resident set (which keeps freed pages in malloc's arenas).
+#[global_allocator]
+static ALLOC: &StatsAlloc<System> = &INSTRUMENTED_SYSTEM;
+
+fn live_heap() -> usize {
+    let s = ALLOC.stats();
+    let live = s.bytes_allocated as isize - s.bytes_deallocated as isize + s.bytes_reallocated;
+    usize::try_from(live).unwrap_or(0)
+}
 
 fn status_kib(field: &str) -> u64 {
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
@@ -71,6 +84,7 @@ async fn run<S: EventStore + Clone>(
         .map(|i| ThingName::parse(&format!("dev-{i:06}")))
         .collect::<Result<_, _>>()?;
     let rss_before = status_kib("VmRSS:");
+    let heap_before = live_heap();
     let job = JobId::parse("scale")?;
     let doc = serde_json::json!({
         "operation": "firmware",
@@ -88,12 +102,32 @@ async fn run<S: EventStore + Clone>(
         println!("create → all queued          {:.2?}", t0.elapsed());
         let end = swallow.await?;
         let rss = status_kib("VmRSS:");
+        let heap = live_heap();
         println!("RSS before job               {} MiB", rss_before / 1024);
         println!("RSS all queued, quiet        {} MiB", rss / 1024);
         println!(
-            "memory per queued execution  {:.0} bytes",
+            "live heap before / queued    {} MiB / {} MiB",
+            heap_before >> 20,
+            heap >> 20
+        );
+        println!(
+            "heap per queued execution    {:.0} bytes (RSS growth per execution {:.0} bytes)",
+            heap.saturating_sub(heap_before) as f64 / n as f64,
             rss.saturating_sub(rss_before) as f64 * 1024.0 / n as f64
         );
+        // The runtime's own share: a second fleet on the same store folds the same events;
+        // its heap growth is its projections (plus the recovery queue of owed notifications).
+        {
+            let (link2, _end2) = ChannelLink::pair(16);
+            let before = live_heap();
+            let shadow = Fleet::start(fleet.store().clone(), link2).await?;
+            let after = live_heap();
+            println!(
+                "runtime heap per queued execution {:.0} bytes (a second fleet's catch-up, {} events)",
+                after.saturating_sub(before) as f64 / n as f64,
+                shadow.checkpoint()
+            );
+        }
         let sender = end.sender();
         let sim = simulate(end, behavior);
         let online = Instant::now();
@@ -198,8 +232,12 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             Durability::FlushEveryBatch
         };
         println!("store: sled ({durability:?})");
-        let store =
-            SledStore::open_async(SledConfig::new(dir.path()).durability(durability)).await?;
+        let mut sled = SledConfig::new(dir.path()).durability(durability);
+        if let Some(mib) = arg("--sled-cache-mib").and_then(|v| v.parse::<u64>().ok()) {
+            sled = sled.cache_capacity(mib * 1024 * 1024);
+            println!("sled page cache: {mib} MiB");
+        }
+        let store = SledStore::open_async(sled).await?;
         let store = run(store, n, hold, config).await?;
         let s = store.stats();
         println!(

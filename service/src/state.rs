@@ -399,7 +399,12 @@ impl State {
                         _ => Some((w, 1)),
                     };
                 }
-                let jobs = self.thing_jobs.entry(thing.clone()).or_default();
+                // Most things have one execution at a time: start with room for one rather
+                // than a default growth of four.
+                let jobs = self
+                    .thing_jobs
+                    .entry(thing.clone())
+                    .or_insert_with(|| Vec::with_capacity(1));
                 if !jobs.contains(job_id) {
                     jobs.push(job_id.clone());
                 }
