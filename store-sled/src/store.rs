@@ -62,6 +62,8 @@ pub(crate) struct Shared {
     head_tx: watch::Sender<u64>,
     /// Why the writer stopped accepting writes, once it has.
     failure: OnceLock<String>,
+    /// Groups handed to the flusher and not yet answered.
+    pub(crate) in_flight: std::sync::atomic::AtomicUsize,
     pub(crate) stats: Stats,
 }
 
@@ -244,6 +246,7 @@ impl SledStore {
             visible_head: AtomicU64::new(head),
             head_tx,
             failure: OnceLock::new(),
+            in_flight: std::sync::atomic::AtomicUsize::new(0),
             stats: Stats::default(),
         });
         let (tx, rx) = mpsc::channel(QUEUE_CAPACITY);

@@ -227,7 +227,8 @@ fn run_child(dir: &std::path::Path, run: u64, rng: &mut Rng) -> Vec<String> {
         .env(DIR_VAR, dir)
         .env(RUN_VAR, run.to_string())
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
+        // A panic in the child (it should only ever die by our SIGKILL) shows up in the log.
+        .stderr(Stdio::inherit())
         .spawn()
         .expect("spawn the child");
     let stdout = child.stdout.take().expect("piped stdout");
@@ -267,7 +268,14 @@ fn run_child(dir: &std::path::Path, run: u64, rng: &mut Rng) -> Vec<String> {
         while !ready.load(Ordering::Acquire) && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(2));
         }
+        assert!(
+            ready.load(Ordering::Acquire),
+            "run {run}: the child never opened the store"
+        );
         std::thread::sleep(Duration::from_millis(50 + rng.below(400)));
+    }
+    if let Ok(Some(status)) = child.try_wait() {
+        panic!("run {run}: the child exited by itself ({status}) instead of being killed");
     }
     child.kill().expect("SIGKILL the child");
     child.wait().expect("reap the child");
