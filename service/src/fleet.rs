@@ -23,6 +23,7 @@ use serde_json::Value;
 use tokio::sync::{broadcast, mpsc, oneshot, watch, Notify};
 use tokio::task::JoinHandle;
 
+use crate::cache::ExecCache;
 use crate::clock::{Clock, SystemClock};
 use crate::error::FleetError;
 use crate::ids::{IdSource, UuidV7Ids};
@@ -124,6 +125,7 @@ impl<S: EventStore, L: DeviceLink> FleetBuilder<S, L> {
             receivers.push(rx);
         }
         let (changes, _) = broadcast::channel(self.config.status_change_buffer.max(1));
+        let cache_capacity = self.config.execution_cache;
         let inner = Arc::new(Inner {
             store: self.store,
             link: self.link,
@@ -142,6 +144,7 @@ impl<S: EventStore, L: DeviceLink> FleetBuilder<S, L> {
             waiters: Mutex::new(HashMap::new()),
             changes,
             presence: Mutex::new(HashMap::new()),
+            cache: Mutex::new(ExecCache::new(cache_capacity)),
         });
         inner.catch_up_at_start().await?;
         // Recovery: every job gets a tick (retries, removals, cleanup, review and rollout
@@ -454,7 +457,7 @@ impl<S: EventStore, L: DeviceLink> Fleet<S, L> {
             .filter(|e| !e.job.deleted)
             .ok_or_else(|| not_found("job", id))?;
         Ok(JobDescription {
-            job: Job::clone(&entry.job),
+            job: Arc::clone(&entry.job),
             counters: st.proj.counters(id),
             remaining_targets: entry.to_queue.len() as u64,
         })
@@ -600,7 +603,7 @@ impl<S: EventStore, L: DeviceLink> Fleet<S, L> {
         let id = format!("{job}/{thing}");
         let done = self
             .inner
-            .execute::<JobExecution>(&StreamId::job_execution(job, thing), intent)
+            .execute_execution(&StreamId::job_execution(job, thing), intent)
             .await
             .map_err(|e| rename(e, "job execution", &id))?;
         done.state.ok_or_else(|| not_found("job execution", id))

@@ -239,6 +239,14 @@ impl<S: EventStore, L: DeviceLink> Inner<S, L> {
                 Err(r) => tracing::debug!(%stream, %r, "service intent refused; state moved on"),
             }
         }
+        // These states were decided from the folded summary, not the full state: forget
+        // whatever the cache holds for them.
+        {
+            let mut cache = lock(&self.cache);
+            for p in &parts {
+                cache.remove(&p.stream);
+            }
+        }
         self.append_parts(parts).await
     }
 
@@ -295,6 +303,7 @@ impl<S: EventStore, L: DeviceLink> Inner<S, L> {
         now: Timestamp,
     ) -> Result<bool, FleetError> {
         let mut parts = Vec::with_capacity(things.len());
+        let mut states = Vec::with_capacity(things.len());
         for thing in things {
             let intent = JobExecutionIntent::Queue {
                 job_id: job.job_id.clone(),
@@ -302,12 +311,33 @@ impl<S: EventStore, L: DeviceLink> Inner<S, L> {
                 in_progress_timeout: job.config.in_progress_timeout,
             };
             let events = JobExecution::decide(None, intent, now)?;
+            if let Ok(Some(state)) = JobExecution::replay(events.iter()) {
+                states.push(state);
+            }
             parts.push(StreamAppend {
                 stream: StreamId::job_execution(&job.job_id, &thing),
                 expected: ExpectedVersion::NoStream,
                 events: self.envelopes(&events, now),
             });
         }
-        self.append_parts(parts).await
+        let progressed = self.append_parts(parts).await?;
+        // The first state of each execution is fully known: cache it for the device's
+        // start-next, but only where the stored execution is the one decided here (a stream
+        // that conflicted holds another history).
+        let mine: Vec<JobExecution> = {
+            let st = self.read();
+            states
+                .into_iter()
+                .filter(|s| {
+                    st.exec(&s.job_id, &s.thing)
+                        .is_some_and(|m| m.version == 1 && m.queued_at == s.queued_at)
+                })
+                .collect()
+        };
+        let mut cache = lock(&self.cache);
+        for s in mine {
+            cache.put(StreamId::job_execution(&s.job_id, &s.thing), 1, s);
+        }
+        Ok(progressed)
     }
 }

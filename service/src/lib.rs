@@ -69,6 +69,7 @@
 //! # Ok(()) }
 //! ```
 
+mod cache;
 pub mod clock;
 pub mod error;
 mod fleet;

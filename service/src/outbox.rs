@@ -12,7 +12,6 @@ use std::time::Duration as StdDuration;
 
 use fleetops_core::command::CommandExecution;
 use fleetops_core::device::Outbound;
-use fleetops_core::job_execution::JobExecution;
 use fleetops_core::link::DeviceLink;
 use fleetops_core::store::EventStore;
 use fleetops_core::{CommandStatus, ExecutionId, JobId, StreamId, ThingName};
@@ -99,8 +98,8 @@ impl<S: EventStore, L: DeviceLink> Inner<S, L> {
                 None => None,
                 Some(job) => {
                     let stream = StreamId::job_execution(&job, &thing);
-                    match self.load::<JobExecution>(&stream).await {
-                        Ok((Some(s), _)) if s.status.is_pending() => Some(self.view(&s, true)),
+                    match self.load_execution(&stream).await {
+                        Ok(Some(s)) if s.status.is_pending() => Some(self.view(&s, true)),
                         Ok(_) => None,
                         Err(err) => {
                             tracing::warn!(%stream, %err, "cannot build notify-next");

@@ -5,6 +5,7 @@ use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::hash::{BuildHasher, RandomState};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
+use fleetops_core::job_execution::{JobExecution, JobExecutionIntent};
 use fleetops_core::link::DeviceLink;
 use fleetops_core::store::{
     AppendBatch, Appended, EventStore, ExpectedVersion, NewEvent, StoreError, StoredEvent,
@@ -12,6 +13,7 @@ use fleetops_core::store::{
 use fleetops_core::{Aggregate, Event, ExecutionId, JobId, StreamId, ThingName, Timestamp};
 use tokio::sync::{broadcast, mpsc, oneshot, watch, Notify};
 
+use crate::cache::ExecCache;
 use crate::clock::Clock;
 use crate::error::FleetError;
 use crate::ids::IdSource;
@@ -71,6 +73,7 @@ pub(crate) struct Inner<S, L> {
     pub waiters: Mutex<HashMap<ExecutionId, Vec<oneshot::Sender<()>>>>,
     pub changes: broadcast::Sender<StatusChange>,
     pub presence: Mutex<HashMap<ThingName, bool>>,
+    pub cache: Mutex<ExecCache>,
 }
 
 /// Locks a mutex, recovering the data if a panicking thread poisoned it: every value behind
@@ -203,6 +206,86 @@ impl<S: EventStore, L: DeviceLink> Inner<S, L> {
             Err(StoreError::Conflict { .. }) => Ok(None),
             Err(e) => Err(e.into()),
         }
+    }
+
+    /// [`Inner::execute`] for a job execution, starting from the cached state when there is
+    /// one. A stale cached state shows up as a conflict (its version is checked by the
+    /// append) or, rarely, as a refusal; both make the next attempt read the store.
+    pub async fn execute_execution(
+        &self,
+        stream: &StreamId,
+        intent: JobExecutionIntent,
+    ) -> Result<Executed<JobExecution>, FleetError> {
+        let mut fresh = false;
+        for _ in 0..self.config.max_conflict_retries.max(1) {
+            let cached = if fresh { None } else { self.cached(stream) };
+            let from_cache = cached.is_some();
+            let (state, version) = match cached {
+                Some((v, s)) => (Some(s), Some(v)),
+                None => self.load::<JobExecution>(stream).await?,
+            };
+            fresh = true;
+            let base = version.unwrap_or(0);
+            match self
+                .try_execute(stream, state, version, intent.clone())
+                .await
+            {
+                Ok(Some(done)) => {
+                    if let Some(s) = &done.state {
+                        let v = base + done.events.len() as u64;
+                        lock(&self.cache).put(stream.clone(), v, s.clone());
+                    }
+                    return Ok(done);
+                }
+                Ok(None) => {
+                    lock(&self.cache).remove(stream);
+                }
+                Err(FleetError::Rejected(_)) if from_cache => {
+                    lock(&self.cache).remove(stream);
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Err(FleetError::Contention {
+            stream: stream.clone(),
+        })
+    }
+
+    /// The cached state of an execution stream, unless the projections already folded a
+    /// newer version (then the entry is stale and dropped).
+    pub fn cached(&self, stream: &StreamId) -> Option<(u64, JobExecution)> {
+        let (v, s) = lock(&self.cache).get(stream)?;
+        let folded = self
+            .read()
+            .exec(&s.job_id, &s.thing)
+            .map_or(0, |m| m.version);
+        if folded > v {
+            lock(&self.cache).remove(stream);
+            return None;
+        }
+        Some((v, s))
+    }
+
+    /// The current state of an execution for a read-only use: the cached state if it is the
+    /// folded version, else the stream replayed.
+    pub async fn load_execution(
+        &self,
+        stream: &StreamId,
+    ) -> Result<Option<JobExecution>, FleetError> {
+        if let Some((v, s)) = self.cached(stream) {
+            let folded = self
+                .read()
+                .exec(&s.job_id, &s.thing)
+                .map_or(0, |m| m.version);
+            if folded == v {
+                return Ok(Some(s));
+            }
+        }
+        let (state, version) = self.load::<JobExecution>(stream).await?;
+        if let (Some(s), Some(v)) = (&state, version) {
+            lock(&self.cache).put(stream.clone(), v, s.clone());
+        }
+        Ok(state)
     }
 
     /// Hands the effects of a fold to the tasks that act on them.

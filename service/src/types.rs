@@ -1,5 +1,7 @@
 //! The values the [`Fleet`](crate::Fleet) API takes and returns.
 
+use std::sync::Arc;
+
 use fleetops_core::config::{JobConfig, TargetSelection, Targets};
 use fleetops_core::job::Job;
 use fleetops_core::projection::JobCounters;
@@ -119,8 +121,9 @@ impl JobSpec {
 /// A job with its per-status execution counts.
 #[derive(Debug, Clone, PartialEq)]
 pub struct JobDescription {
-    /// The job's state.
-    pub job: Job,
+    /// The job's state, shared with the runtime (a job may name 100,000 things; describing
+    /// it must not copy them).
+    pub job: Arc<Job>,
     /// Per-status execution counts.
     pub counters: JobCounters,
     /// Targets that have no execution yet (rollout still to do).
@@ -259,6 +262,9 @@ pub struct FleetConfig {
     pub outbox_batch: usize,
     /// Buffer of the status-change broadcast; slow receivers lose the oldest.
     pub status_change_buffer: usize,
+    /// Job execution states kept in memory to spare the store a replay per device request
+    /// (0 turns the cache off). Stale entries are harmless: appends check versions.
+    pub execution_cache: usize,
 }
 
 impl Default for FleetConfig {
@@ -273,6 +279,7 @@ impl Default for FleetConfig {
             notify_max: 10,
             outbox_batch: 512,
             status_change_buffer: 4096,
+            execution_cache: crate::cache::DEFAULT_CAPACITY,
         }
     }
 }

@@ -153,7 +153,7 @@ impl<S: EventStore, L: DeviceLink> Inner<S, L> {
             Work::ExecutionTimer(job, thing) => {
                 let stream = StreamId::job_execution(&job, &thing);
                 if let Err(err) = self
-                    .execute::<JobExecution>(&stream, JobExecutionIntent::CheckTimeout)
+                    .execute_execution(&stream, JobExecutionIntent::CheckTimeout)
                     .await
                 {
                     tracing::warn!(%stream, %err, "execution timer failed");
@@ -255,7 +255,7 @@ impl<S: EventStore, L: DeviceLink> Inner<S, L> {
                 status_details: req.status_details.clone(),
                 step_timeout: req.step_timeout,
             };
-            match self.execute::<JobExecution>(&stream, intent).await {
+            match self.execute_execution(&stream, intent).await {
                 Ok(done) => {
                     let state = done.state.ok_or_else(|| not_found(&job_id, thing))?;
                     return Ok(Reply::StartNext(Some(self.view(&state, true))));
@@ -318,7 +318,7 @@ impl<S: EventStore, L: DeviceLink> Inner<S, L> {
         let include_state = req.include_job_execution_state;
         let include_document = req.include_job_document;
         let done = self
-            .execute::<JobExecution>(&stream, JobExecutionIntent::Update(req))
+            .execute_execution(&stream, JobExecutionIntent::Update(req))
             .await
             .map_err(|e| name_unknown(e, job_id, thing))?;
         let state = done.state.ok_or_else(|| not_found(job_id, thing))?;
