@@ -178,3 +178,53 @@ async fn repeated_kills_at_arbitrary_moments_still_finish_the_job() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn live_commands_are_sent_again_and_overdue_ones_time_out_after_a_restart() {
+    use fleetops_core::device::Outbound;
+    use fleetops_core::{CommandStatus, Duration};
+    let store = MemoryStore::new();
+    let clock = fleetops_service::clock::ManualClock::new(T0);
+    let (short, long) = {
+        let (fleet, mut devices) = start(&store, &clock, FleetConfig::default()).await;
+        let short = fleet
+            .send_command(t("a"), "blink", json!({}), Duration::from_secs(10))
+            .await
+            .unwrap();
+        let long = fleet
+            .send_command(t("b"), "blink", json!({}), Duration::from_secs(100))
+            .await
+            .unwrap();
+        // Both requests went out once.
+        for _ in 0..2 {
+            assert!(matches!(
+                devices.recv().await,
+                Some(Outbound::CommandRequest { .. })
+            ));
+        }
+        (short.execution_id().clone(), long.execution_id().clone())
+    };
+    // Down for 30 s: the short TTL passed meanwhile.
+    clock.advance(Duration::from_secs(30));
+    let (fleet, mut devices) = start(&store, &clock, FleetConfig::default()).await;
+    settle(&fleet).await;
+    assert_eq!(
+        fleet.get_command(&short).await.unwrap().status,
+        CommandStatus::TimedOut
+    );
+    let resent: Vec<_> = devices
+        .drain()
+        .into_iter()
+        .filter_map(|m| match m {
+            Outbound::CommandRequest {
+                execution_id, ttl, ..
+            } => Some((execution_id, ttl)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(resent, vec![(long.clone(), Duration::from_secs(70))]);
+    assert_eq!(
+        fleet.get_command(&long).await.unwrap().status,
+        CommandStatus::Sent
+    );
+}
