@@ -8,6 +8,7 @@
 //! - subscriptions are sent again on every ConnAck (a clean session forgets them);
 //! - a publish counts as done when the broker's PUBACK for its packet id arrived.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -64,6 +65,8 @@ pub(crate) struct Connection {
     submit: tokio::sync::Mutex<()>,
     incoming: tokio::sync::Mutex<mpsc::UnboundedReceiver<Publish>>,
     status: watch::Receiver<Status>,
+    /// Set by `disconnect`, so the task does not reconnect after the DISCONNECT it sent.
+    closing: Arc<AtomicBool>,
     task: JoinHandle<()>,
     name: String,
     broker: String,
@@ -82,6 +85,7 @@ impl Connection {
         let tracker = Arc::new(Mutex::new(AckTracker::default()));
         let (incoming_tx, incoming_rx) = mpsc::unbounded_channel();
         let (status_tx, status_rx) = watch::channel(Status::default());
+        let closing = Arc::new(AtomicBool::new(false));
         let task = tokio::spawn(drive(
             eventloop,
             Driver {
@@ -92,6 +96,7 @@ impl Connection {
                 filters: params.filters,
                 backoff: params.backoff,
                 name: params.name.clone(),
+                closing: Arc::clone(&closing),
             },
         ));
         Self {
@@ -100,6 +105,7 @@ impl Connection {
             submit: tokio::sync::Mutex::new(()),
             incoming: tokio::sync::Mutex::new(incoming_rx),
             status: status_rx,
+            closing,
             task,
             name: params.name,
             broker: format!("{host}:{port}"),
@@ -202,6 +208,7 @@ impl Connection {
 
     /// Sends DISCONNECT (a persistent session stays on the broker) and stops the task.
     pub async fn disconnect(&self) {
+        self.closing.store(true, Ordering::SeqCst);
         let _ = self.client.disconnect().await;
         // Give the task a moment to write the packet before it is stopped.
         let mut rx = self.status.clone();
@@ -251,6 +258,7 @@ struct Driver {
     filters: Vec<Filter>,
     backoff: Backoff,
     name: String,
+    closing: Arc<AtomicBool>,
 }
 
 /// The connection task. It runs until aborted: the event loop holds a sender of its own
@@ -264,6 +272,7 @@ async fn drive(mut eventloop: EventLoop, d: Driver) {
         filters,
         backoff,
         name,
+        closing,
     } = d;
     let mut delay = backoff.initial;
     loop {
@@ -326,6 +335,12 @@ async fn drive(mut eventloop: EventLoop, d: Driver) {
             Ok(Event::Outgoing(Outgoing::AwaitAck(pkid))) => lock(&tracker).on_collision(pkid),
             Ok(_) => {}
             Err(e) => {
+                if closing.load(Ordering::SeqCst) {
+                    lock(&tracker).close();
+                    status.send_modify(|s| s.connected = false);
+                    tracing::info!(%name, "disconnected");
+                    return;
+                }
                 let fresh = fresh_pending(&eventloop);
                 lock(&tracker).on_connection_error(fresh);
                 let was_connected = status.borrow().connected;

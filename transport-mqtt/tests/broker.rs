@@ -1421,3 +1421,24 @@ async fn tls_with_rustls_for_the_service_and_devices() {
         Err(Error::Tls(_))
     ));
 }
+
+#[tokio::test]
+async fn shutdown_closes_the_link_without_hanging() {
+    let broker = TestBroker::start();
+    let link = service(&broker).await;
+    link.shutdown().await;
+    assert!(!link.is_connected());
+    let recv = timeout(WAIT, link.recv(1)).await.expect("recv returns");
+    assert_eq!(recv, Err(fleetops_core::link::LinkError::Closed));
+    let sent = timeout(
+        WAIT,
+        link.send(vec![Outbound::Notify {
+            thing: thing("gone-1"),
+            jobs: PendingJobs::default(),
+            timestamp: now(),
+        }]),
+    )
+    .await
+    .expect("send returns");
+    assert_eq!(sent, Err(fleetops_core::link::LinkError::Closed));
+}
