@@ -10,6 +10,47 @@
 //! - `testing` (feature `test-broker`): a mosquitto harness for tests and benchmarks.
 //!
 //! The crate maps; it never decides. Every business rule lives in `fleetops-core`.
+//!
+//! ```no_run
+//! use fleetops_core::link::{DeviceLink, LinkEvent};
+//! use fleetops_transport_mqtt::{BrokerConfig, Credentials, MqttLink, MqttLinkConfig};
+//!
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! let mut broker = BrokerConfig::new("127.0.0.1", 1883);
+//! broker.credentials = Some(Credentials {
+//!     username: "fleetops-service".into(),
+//!     password: "secret".into(),
+//! });
+//! let link = MqttLink::connect(MqttLinkConfig::new(broker)).await?;
+//! for event in link.recv(64).await? {
+//!     if let LinkEvent::Request(request) = event {
+//!         // Decide with fleetops-core, append, then `link.send(replies)`.
+//!         println!("{} asks {:?}", request.thing, request.request);
+//!     }
+//! }
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! A device:
+//!
+//! ```no_run
+//! use fleetops_core::ids::ThingName;
+//! use fleetops_transport_mqtt::{BrokerConfig, DeviceClient, DeviceConfig, DeviceEvent};
+//!
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! let config = DeviceConfig::new(BrokerConfig::new("127.0.0.1", 1883), ThingName::parse("sensor-1")?);
+//! let (device, mut events) = DeviceClient::connect(config, None).await?;
+//! while let Some(event) = events.next().await {
+//!     if let DeviceEvent::Pending(jobs) = event {
+//!         println!("{} queued", jobs.queued.len());
+//!         let next = device.describe_next().await?;
+//!         println!("next: {}", next.job_id);
+//!     }
+//! }
+//! # Ok(())
+//! # }
+//! ```
 
 mod acks;
 pub mod codec;
