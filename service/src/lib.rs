@@ -46,6 +46,25 @@
 //! (measured in `BENCHMARKS.md`). A later step can persist them with store-sled's projection
 //! API.
 //!
+//! ## Device notifications
+//!
+//! `notify` goes to a thing when an execution joins or leaves its pending list (queued, new
+//! attempt, finished, canceled, removed), with at most [`FleetConfig::notify_max`] entries, in
+//! progress first, then queued by queue time. `notify-next` goes when the thing's next pending
+//! execution changes (another job, or a new attempt of the same job, or none left), never for
+//! progress of the same execution. Both are built when sent, from the current state, so a
+//! burst of changes to one thing yields one message of each kind with the latest state.
+//!
+//! ## Limits of this version
+//!
+//! - The read models keep a small record for every execution and command ever stored (about
+//!   1.3 KB per execution, measured in `BENCHMARKS.md`); there is no retention policy yet.
+//! - A deleted group is not treated as its members leaving a continuous job.
+//! - Status changes are offered as typed values ([`Fleet::status_changes`]); publishing them
+//!   on `{prefix}/events/jobExecution/{jobId}/{status}` is the transport's mapping.
+//! - One `Fleet` per store: the runtime assumes it is the only writer (other writers are
+//!   detected by version checks, but their effects are only seen through the feed).
+//!
 //! ## Example
 //!
 //! ```

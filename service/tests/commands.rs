@@ -211,3 +211,12 @@ async fn invalid_commands_are_refused_without_storing_anything() {
     );
     assert_eq!(env.store.len().unwrap(), 0);
 }
+
+#[test]
+fn the_fleet_and_its_handles_can_cross_threads() {
+    fn send_sync<T: Send + Sync>() {}
+    fn send<T: Send>() {}
+    send_sync::<TestFleet>();
+    send::<fleetops_service::CommandHandle>();
+    send_sync::<fleetops_service::FleetError>();
+}
