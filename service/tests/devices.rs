@@ -256,3 +256,52 @@ async fn embedders_see_events_and_status_changes() {
         last = e.position;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn duplicated_and_reordered_device_messages_change_nothing_twice() {
+    let mut env = env().await;
+    let d = t("dup");
+    let job = job_for(&env, "twice", &d).await;
+    // start-next twice: one start, the second returns the same execution unchanged.
+    start_next(&mut env.devices, &d).await;
+    let r = start_next(&mut env.devices, &d).await;
+    let Reply::StartNext(Some(v)) = accepted(&r) else {
+        panic!()
+    };
+    assert_eq!(v.version_number, 2);
+    // The same progress report twice: stored once.
+    let progress = UpdateRequest {
+        status: Some(S::InProgress),
+        status_details: Some([("pct".parse().unwrap(), "50".to_owned())].into()),
+        ..UpdateRequest::default()
+    };
+    accepted(&update(&mut env.devices, &d, &job, progress.clone()).await);
+    accepted(&update(&mut env.devices, &d, &job, progress.clone()).await);
+    // The final report, then a late copy of the progress report and of the final one.
+    accepted(&update(&mut env.devices, &d, &job, set_status(S::Succeeded)).await);
+    let late = update(&mut env.devices, &d, &job, progress).await;
+    assert_eq!(rejected(&late).code(), ErrorCode::TerminalStateReached);
+    let again = update(&mut env.devices, &d, &job, set_status(S::Failed)).await;
+    assert_eq!(rejected(&again).code(), ErrorCode::TerminalStateReached);
+    let x = env.fleet.get_job_execution(&job, &d).await.unwrap();
+    assert_eq!((x.status, x.version_number), (S::Succeeded, 4));
+    let d2 = env.fleet.describe_job(&job).unwrap();
+    assert_eq!((d2.counters.succeeded, d2.counters.total()), (1, 1));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thing_coming_online_is_told_what_is_pending() {
+    let mut env = env().await;
+    let d = t("sleepy");
+    let job = job_for(&env, "wake", &d).await;
+    env.devices.drain();
+    env.devices.presence(&d, false).await.unwrap();
+    env.devices.presence(&t("idle"), true).await.unwrap();
+    settle(&env.fleet).await;
+    assert_eq!(notifies(&env.devices.drain(), &t("idle")), (vec![], vec![]));
+    env.devices.presence(&d, true).await.unwrap();
+    eventually("presence seen", || env.fleet.presence(&d) == Some(true)).await;
+    settle(&env.fleet).await;
+    let (n, nx) = notifies(&env.devices.drain(), &d);
+    assert_eq!((n, nx), (vec![vec![job.clone()]], vec![Some(job)]));
+}
