@@ -49,7 +49,6 @@ impl OutboxQueue {
 pub(crate) struct Executed<A> {
     pub state: Option<A>,
     /// The stored events; empty when the intent changed nothing.
-    #[allow(dead_code)]
     pub events: Vec<Event>,
 }
 
@@ -98,6 +97,7 @@ impl<S: EventStore, L: DeviceLink> Inner<S, L> {
     /// The worker shard that serializes everything about `thing`.
     pub fn shard(&self, thing: &ThingName) -> &mpsc::Sender<Work> {
         let n = self.shards.len().max(1);
+        // The remainder is below the shard count, so it fits a usize.
         #[allow(clippy::cast_possible_truncation)]
         let i = (self.hasher.hash_one(thing) % n as u64) as usize;
         &self.shards[i.min(self.shards.len() - 1)]
