@@ -73,8 +73,11 @@ impl AckTracker {
             // A retransmission on a resumed session: already paired.
             return;
         }
+        // Between a connection error and the next ConnAck the only writes reported are stale:
+        // rumqttc buffers the event of a publish whose write failed and hands it out after
+        // the reconnect, before the ConnAck. That publish precedes the drained ones in the
+        // channel order, so `drained` stays as it is.
         if let Some(w) = self.unassigned.pop_front() {
-            self.drained = self.drained.saturating_sub(1);
             self.inflight.insert(pkid, w);
         }
     }
@@ -82,7 +85,6 @@ impl AckTracker {
     /// rumqttc held a fresh publish back because `pkid` is still unacknowledged.
     pub fn on_collision(&mut self, pkid: u16) {
         if let Some(w) = self.unassigned.pop_front() {
-            self.drained = self.drained.saturating_sub(1);
             self.collided = Some((pkid, w));
         }
     }
@@ -212,6 +214,26 @@ mod tests {
         t.on_written(1);
         t.on_puback(1, None);
         assert_eq!(done(&mut c), Some(Ok(())));
+    }
+
+    #[test]
+    fn a_failed_write_reported_after_the_reconnect_keeps_the_drained_count() {
+        // a's write failed (its event comes late); b and c were drained from the channel.
+        let mut t = AckTracker::default();
+        let mut a = waiter(&mut t);
+        let mut b = waiter(&mut t);
+        let mut c = waiter(&mut t);
+        t.on_connection_error(2);
+        t.on_written(7); // the stale event of a, handed out before the ConnAck
+        t.on_connack(false);
+        for rx in [&mut a, &mut b, &mut c] {
+            assert_eq!(done(rx), Some(Err(Error::SessionLost)));
+        }
+        let mut d = waiter(&mut t);
+        t.on_written(8);
+        t.on_puback(8, None);
+        assert_eq!(done(&mut d), Some(Ok(())));
+        assert_eq!(t.outstanding(), 0);
     }
 
     #[test]
