@@ -46,9 +46,11 @@ fn expected_refusal(from: S, to: S, actor: Actor) -> ErrorCode {
     let device_status = DEVICE_STATUSES.contains(&to);
     if (actor == Actor::Device) != device_status {
         ErrorCode::InvalidRequest
-    } else if from == S::Removed || (from.is_terminal() && !matches!(to, S::Removed | S::Queued)) {
-        ErrorCode::TerminalStateReached
-    } else if to == S::Queued && matches!(from, S::Succeeded | S::Rejected | S::Canceled) {
+    } else if from == S::Removed
+        || (from.is_terminal() && !matches!(to, S::Removed | S::Queued))
+        || (to == S::Queued && matches!(from, S::Succeeded | S::Rejected | S::Canceled))
+    {
+        // Nothing leaves a terminal status but deletion, and a retry of FAILED / TIMED_OUT.
         ErrorCode::TerminalStateReached
     } else {
         ErrorCode::InvalidStateTransition
