@@ -4,9 +4,9 @@
 //!   `EventStore` trait with [`Durability::FlushEveryBatch`]. Beside it, two raw-sled
 //!   baselines writing the same event records (same keys, same value bytes), flushed the same
 //!   way:
-//!   - `raw-grouped`: one thread writing `apply_batch` batches of the size the store's group
-//!     commit actually formed in this run, one flush per batch: what sled costs for the same
-//!     bytes, batching and flushes, with no store logic at all (the 0.8x target);
+//!   - `raw-grouped`: one thread writing `apply_batch` batches of the mean size the store's
+//!     group commit formed in the paired run, one flush per batch: what sled costs for the
+//!     same bytes, batching and flushes, with no store logic at all (the 0.8x target);
 //!   - `raw-threads`: the appenders as OS threads, each `apply_batch` + `flush` per append:
 //!     what using sled directly from concurrent callers gives.
 //! - **read_stream**: one 10,000-event stream whose appends are interleaved with other

@@ -450,6 +450,9 @@ fn read_range(
 ) -> Result<(), StoreError> {
     let mut expect = from;
     let mut last_stream = None;
+    out.reserve(
+        usize::try_from(to - from + 1).map_or(MAX_PREALLOCATED, |n| n.min(MAX_PREALLOCATED)),
+    );
     for item in tree.range(codec::event_key(from)..=codec::event_key(to)) {
         let (k, v) = item.map_err(sled_error)?;
         let pos = codec::event_key_position(&k)?;
