@@ -7,7 +7,8 @@
 //! cargo run --release -p fleetops-service --example scale -- --devices 100000 --store memory
 //! ```
 //!
-//! Options: `--buffered` (sled acknowledges before flushing), `--sled-cache-mib N`, `--shards N`,
+//! Options: `--buffered` (sled acknowledges before flushing), `--sled-cache-mib N`, `--cache N`
+//! (execution states cached), `--shards N`,
 //! `--worker-batch N`.
 //!
 //! Without `--hold`, devices are live from the start: the figure is create → all SUCCEEDED
@@ -206,6 +207,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     if let Some(v) = arg("--worker-batch").and_then(|v| v.parse().ok()) {
         config.worker_batch = v;
+    }
+    if let Some(v) = arg("--cache").and_then(|v| v.parse().ok()) {
+        config.execution_cache = v;
     }
     println!("config: {config:?}");
     println!(

@@ -12,8 +12,8 @@ use std::collections::{HashMap, VecDeque};
 use fleetops_core::job_execution::JobExecution;
 use fleetops_core::StreamId;
 
-/// Entries kept by default: a few hundred bytes each.
-pub(crate) const DEFAULT_CAPACITY: usize = 16_384;
+/// Entries kept by default: a few hundred bytes each (about 20 MiB in all).
+pub(crate) const DEFAULT_CAPACITY: usize = 65_536;
 
 #[derive(Debug, Default)]
 pub(crate) struct ExecCache {
