@@ -3,8 +3,8 @@
 //! decodes to the same value and encodes to the same text again (so a record read, rewritten
 //! and read again is the record that was read).
 //!
-//! Seeds: one file per line of `core/tests/golden/events.jsonl` (see the README of `fuzz/`, or
-//! `split -l 1 core/tests/golden/events.jsonl fuzz/corpus/stored_event_decode/golden-`).
+//! Random bytes rarely form a whole event; seed the corpus with the golden events, one per file:
+//! `split -l 1 core/tests/golden/events.jsonl fuzz/corpus/stored_event_decode/golden-`.
 #![no_main]
 
 use fleetops_core::store::StoredEvent;
