@@ -130,6 +130,36 @@ impl Drop for Inner {
                 tracing::error!("the sled writer thread panicked");
             }
         }
+        wait_for_release(&self.path);
+    }
+}
+
+/// Waits (at most a second) until no one holds sled's lock on the database file.
+///
+/// sled 0.34 hands log writes and file truncations to its own I/O thread pool, whose tasks
+/// keep the file open for a moment after the last `Db` handle is dropped. Without this wait a
+/// store reopened right after being dropped (a restart in the same process, a test) can find
+/// the file still locked.
+fn wait_for_release(path: &Path) {
+    use fs2::FileExt;
+    let Ok(file) = std::fs::File::open(path.join("db")) else {
+        return;
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(1);
+    loop {
+        match file.try_lock_exclusive() {
+            Ok(()) => {
+                let _ = FileExt::unlock(&file);
+                return;
+            }
+            Err(_) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_millis(1));
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "sled still holds the database file after closing");
+                return;
+            }
+        }
     }
 }
 

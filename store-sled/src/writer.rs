@@ -431,10 +431,12 @@ impl Writer {
         Ok(())
     }
 
-    /// The current version of `stream`, counting what this group staged.
+    /// The current version of `stream`, counting what this group staged. `expected` only
+    /// picks the cheaper lookup.
     fn current_version(
         &mut self,
         stream: &StreamId,
+        expected: ExpectedVersion,
         staged: &Staged,
     ) -> Result<Option<u64>, StoreError> {
         if let Some(v) = staged.heads.get(stream) {
@@ -444,6 +446,17 @@ impl Writer {
             return Ok(Some(*v));
         }
         let prefix = codec::run_prefix(stream);
+        // Appends that create a stream (every command, every queued execution) are the
+        // common uncached case. A stream exists exactly when its first run (version 1) does,
+        // and a point lookup of that key costs a fraction of the reverse range scan below.
+        if expected == ExpectedVersion::NoStream
+            && !self
+                .tree
+                .contains_key(codec::run_key(&prefix, 1))
+                .map_err(sled_error)?
+        {
+            return Ok(None);
+        }
         match self.tree.scan_prefix(&prefix).next_back() {
             None => Ok(None),
             Some(item) => {
@@ -479,7 +492,7 @@ impl Writer {
         // Check every stream before staging anything, so a conflict leaves no trace.
         let mut currents = Vec::with_capacity(batch.streams.len());
         for s in &batch.streams {
-            let actual = self.current_version(&s.stream, staged)?;
+            let actual = self.current_version(&s.stream, s.expected, staged)?;
             if !s.expected.admits(actual) {
                 return Err(StoreError::Conflict {
                     stream: s.stream.clone(),
