@@ -363,6 +363,10 @@ impl DeviceClient {
     }
 
     /// `jobs/{jobId}/update`; set `expected_version` for optimistic concurrency.
+    ///
+    /// Set `execution_number` to the attempt you were given: MQTT delivers at least once, and
+    /// an update without it that the broker re-delivers after a retry was queued would apply
+    /// to the new attempt. With it, such a stale update is refused with `ResourceNotFound`.
     pub async fn update(
         &self,
         job_id: JobId,

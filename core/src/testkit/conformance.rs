@@ -3,7 +3,7 @@
 //! Every storage backend runs [`run`] from one of its tests, inside a multi-threaded tokio
 //! runtime so that the racing cases really race:
 //!
-//! ```ignore
+//! ```text
 //! #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 //! async fn conformance() {
 //!     fleetops_core::testkit::conformance::run(|| async { MyStore::new() }).await;
