@@ -191,24 +191,24 @@ impl Aggregate for Job {
                         format!("must be at most {MAX_COMMENT_LEN} bytes"),
                     ));
                 }
-                match job.status {
-                    JobStatus::Scheduled | JobStatus::InProgress => Ok(vec![Event::JobCanceled {
-                        at: now,
-                        force,
-                        reason: JobCancelReason::Operator { comment },
-                    }]),
-                    // Canceling again with force upgrades a plain cancel, as AWS allows.
-                    JobStatus::Canceled if force && !job.forced => Ok(vec![Event::JobCanceled {
-                        at: now,
-                        force,
-                        reason: JobCancelReason::Operator { comment },
-                    }]),
-                    status => Err(Rejection::InvalidStateTransition {
-                        from: status.as_str(),
+                // Canceling again with force upgrades a plain cancel, as AWS allows.
+                let cancelable = match job.status {
+                    JobStatus::Scheduled | JobStatus::InProgress => true,
+                    JobStatus::Canceled => force && !job.forced,
+                    JobStatus::Completed => false,
+                };
+                if !cancelable {
+                    return Err(Rejection::InvalidStateTransition {
+                        from: job.status.as_str(),
                         to: JobStatus::Canceled.as_str(),
                         execution_state: None,
-                    }),
+                    });
                 }
+                Ok(vec![Event::JobCanceled {
+                    at: now,
+                    force,
+                    reason: JobCancelReason::Operator { comment },
+                }])
             }
             JobIntent::Delete { force } => {
                 if job.status == JobStatus::InProgress && !force {

@@ -97,6 +97,17 @@ impl JobCounters {
     }
 }
 
+impl FromIterator<JobExecutionStatus> for JobCounters {
+    /// Counts executions by status (handy for tests and for rebuilding figures).
+    fn from_iter<I: IntoIterator<Item = JobExecutionStatus>>(statuses: I) -> Self {
+        let mut counters = Self::default();
+        for s in statuses {
+            counters.record(None, s);
+        }
+        counters
+    }
+}
+
 /// Where an execution sits in its thing's pending queue: in progress first, then queued, each
 /// by queue time, then job id for a total order.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]

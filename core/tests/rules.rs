@@ -455,13 +455,10 @@ fn created(config: JobConfig) -> Event {
 }
 
 fn counters(pairs: &[(S, u64)]) -> JobCounters {
-    let mut c = JobCounters::default();
-    for (s, n) in pairs {
-        for _ in 0..*n {
-            c.record(None, *s);
-        }
-    }
-    c
+    pairs
+        .iter()
+        .flat_map(|&(s, n)| (0..n).map(move |_| s))
+        .collect()
 }
 
 #[test]
