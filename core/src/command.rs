@@ -1,9 +1,14 @@
 //! The command execution aggregate: one real-time request to one online thing.
 //!
 //! `SENT` until the device answers, the TTL passes or the backend cancels; then one of the five
-//! terminal statuses, for good. A response that arrives at or after the deadline is refused
-//! with `TerminalStateReached` even if the timer has not fired yet: once the TTL has passed the
-//! command is timed out, whatever the order in which the runtime sees the two.
+//! terminal statuses, for good.
+//!
+//! The deadline decides the outcome, whatever the order in which the runtime sees things: once
+//! the TTL has passed (`now >= deadline`) the command is timed out, even if the timer has not
+//! fired yet. A response or a cancel at or after the deadline is therefore refused with
+//! `TerminalStateReached` and status `TIMED_OUT`, and only `CheckTimeout` records the timeout.
+//! Request-shape errors (`InvalidRequest`) come first, then a status already terminal (refused
+//! with that status), then the deadline.
 
 use serde_json::Value;
 
@@ -77,7 +82,7 @@ pub enum CommandIntent {
     Respond(CommandResponse),
     /// The timer fired; times out if the deadline has passed.
     CheckTimeout,
-    /// The backend cancels.
+    /// The backend cancels; refused as `TIMED_OUT` at or after the deadline.
     Cancel {
         /// Why.
         reason: Option<String>,
@@ -152,13 +157,7 @@ impl Aggregate for CommandExecution {
                         format!("must be at most {MAX_REASON_LEN} bytes"),
                     ));
                 }
-                ensure_sent(state)?;
-                if now >= state.deadline {
-                    return Err(Rejection::TerminalStateReached {
-                        status: CommandStatus::TimedOut.as_str(),
-                        execution_state: None,
-                    });
-                }
+                ensure_pending(state, now)?;
                 Ok(vec![Event::CommandResponded {
                     status: response.status,
                     result: response.result,
@@ -175,7 +174,7 @@ impl Aggregate for CommandExecution {
             },
             CommandIntent::Cancel { reason } => {
                 let state = state.ok_or_else(|| not_found("command execution", "unknown"))?;
-                ensure_sent(state)?;
+                ensure_pending(state, now)?;
                 Ok(vec![Event::CommandCanceled { at: now, reason }])
             }
         }
@@ -263,10 +262,18 @@ fn pending(
     }
 }
 
-fn ensure_sent(state: &CommandExecution) -> Result<(), Rejection> {
+/// Refuses a change to a command that has ended, or that is timed out as of `now` because its
+/// deadline has passed although the timer has not fired yet.
+fn ensure_pending(state: &CommandExecution, now: Timestamp) -> Result<(), Rejection> {
     if state.status.is_terminal() {
         return Err(Rejection::TerminalStateReached {
             status: state.status.as_str(),
+            execution_state: None,
+        });
+    }
+    if now >= state.deadline {
+        return Err(Rejection::TerminalStateReached {
+            status: CommandStatus::TimedOut.as_str(),
             execution_state: None,
         });
     }

@@ -1,4 +1,25 @@
 //! The job execution aggregate: one job on one thing.
+//!
+//! # Deadlines decide the outcome
+//!
+//! An IN_PROGRESS execution whose in-progress deadline or step deadline is at or before `now`
+//! has timed out as of `now`, whatever the order in which the runtime sees things: a device
+//! update is refused with `TerminalStateReached` (status `TIMED_OUT`, `executionState` the
+//! current, still IN_PROGRESS, state) even if `CheckTimeout` has not run yet. Only the timer
+//! records the timeout (`ExecutionTimedOut`); the refusal changes nothing.
+//!
+//! A device update is checked in this order:
+//! 1. request shape — a missing status, over-long status details, an out-of-range step
+//!    timeout or a status a device never sets: `InvalidRequest`;
+//! 2. the addressed attempt — another `executionNumber`: `ResourceNotFound`;
+//! 3. the expected version — another `expectedVersion`: `VersionMismatch` (so a device that
+//!    names a stale version learns that first, with the current state);
+//! 4. the deadline — IN_PROGRESS with a deadline at or before `now`: `TerminalStateReached`
+//!    with status `TIMED_OUT`;
+//! 5. the transition table (`check_transition`).
+//!
+//! start-next (`JobExecutionIntent::Start`) on an execution already IN_PROGRESS returns it
+//! unchanged with no events, past its deadline or not; it is not refused.
 
 use serde::{Deserialize, Serialize};
 
@@ -216,9 +237,11 @@ pub enum JobExecutionIntent {
         /// The job's in-progress timeout.
         in_progress_timeout: Option<Duration>,
     },
-    /// Device: `…/jobs/{jobId}/update`.
+    /// Device: `…/jobs/{jobId}/update`. Refused as `TIMED_OUT` if in progress with a deadline
+    /// at or before `now` (see the module docs for the order of checks).
     Update(UpdateRequest),
-    /// Device: start-next picked this execution. Starts it if queued; no change if in progress.
+    /// Device: start-next picked this execution. Starts it if queued; no change if in progress
+    /// (even past a deadline: the timer records the timeout).
     Start {
         /// Status details to store.
         status_details: Option<StatusDetails>,
@@ -337,6 +360,13 @@ impl Aggregate for JobExecution {
                             execution_state: Some(Box::new(s.state())),
                         });
                     }
+                }
+                // Timed out as of `now`, even if the timer has not fired yet.
+                if s.next_deadline().is_some_and(|d| d <= now) {
+                    return Err(Rejection::TerminalStateReached {
+                        status: S::TimedOut.as_str(),
+                        execution_state: Some(Box::new(s.state())),
+                    });
                 }
                 check_transition(s.status, to, Actor::Device, false)
                     .map_err(|code| s.refuse(to, code, "status"))?;

@@ -17,8 +17,8 @@ use fleetops_core::projection::JobCounters;
 use fleetops_core::rejection::Rejection;
 use fleetops_core::testkit::gwt::given;
 use fleetops_core::{
-    CommandStatus, Duration, ErrorCode, Event, ExecutionId, GroupName, JobExecutionStatus as S,
-    ThingName,
+    Aggregate, CommandStatus, Duration, ErrorCode, Event, ExecutionId, GroupName,
+    JobExecutionStatus as S, ThingName,
 };
 use serde_json::json;
 
@@ -161,6 +161,140 @@ fn timers_fire_only_when_due_and_name_their_cause() {
     given::<JobExecution>([queued()])
         .when(I::CheckTimeout, t(100_000))
         .then_nothing();
+}
+
+/// `t(secs)` moved by `ms` milliseconds (negative: earlier).
+fn at_ms(secs: u64, ms: i64) -> fleetops_core::Timestamp {
+    let base = t(secs).as_millis();
+    fleetops_core::Timestamp::from_millis(base.checked_add_signed(ms).expect("in range"))
+}
+
+/// The refusal of an update to an execution timed out as of now, before the timer ran.
+fn timed_out(history: &[Event]) -> Rejection {
+    let state = JobExecution::replay(history)
+        .expect("evolves")
+        .expect("exists");
+    Rejection::TerminalStateReached {
+        status: "TIMED_OUT",
+        execution_state: Some(Box::new(state.state())),
+    }
+}
+
+#[test]
+fn an_update_at_the_in_progress_deadline_is_late_even_before_the_timer_fires() {
+    // Started at 110 s with a 10-minute timeout: the in-progress deadline is 710 s.
+    let h = vec![queued(), started(110)];
+    given::<JobExecution>(h.clone())
+        .when(I::Update(update(S::Succeeded)), at_ms(710, -1))
+        .then_expect([Event::ExecutionFinished {
+            status: S::Succeeded,
+            at: at_ms(710, -1),
+            status_details: None,
+        }]);
+    for status in [S::Succeeded, S::Failed, S::Rejected, S::InProgress] {
+        given::<JobExecution>(h.clone())
+            .when(I::Update(update(status)), t(710))
+            .then_reject_with(timed_out(&h));
+    }
+    // The timer records it; until then the state is unchanged.
+    given::<JobExecution>(h.clone())
+        .when(I::CheckTimeout, t(710))
+        .then_expect([Event::ExecutionTimedOut {
+            at: t(710),
+            cause: TimeoutCause::InProgress,
+        }]);
+    // start-next hands the in-progress execution back unchanged, deadline or not.
+    given::<JobExecution>(h)
+        .when(
+            I::Start {
+                status_details: None,
+                step_timeout: StepTimeout::Keep,
+            },
+            t(710),
+        )
+        .then_nothing();
+}
+
+#[test]
+fn an_update_at_the_step_deadline_is_late_even_before_the_timer_fires() {
+    let h = vec![
+        queued(),
+        started(110),
+        Event::ExecutionProgressed {
+            at: t(120),
+            status_details: None,
+            step: StepTimer::Set(t(300)),
+        },
+    ];
+    // Even a report that would re-arm the step timer comes too late at the deadline.
+    let rearm = UpdateRequest {
+        step_timeout: StepTimeout::Minutes(5),
+        ..update(S::InProgress)
+    };
+    given::<JobExecution>(h.clone())
+        .when(I::Update(rearm.clone()), at_ms(300, -1))
+        .then_expect([Event::ExecutionProgressed {
+            at: at_ms(300, -1),
+            status_details: None,
+            step: StepTimer::Set(at_ms(600, -1)),
+        }]);
+    given::<JobExecution>(h.clone())
+        .when(I::Update(rearm), t(300))
+        .then_reject_with(timed_out(&h));
+    given::<JobExecution>(h.clone())
+        .when(I::Update(update(S::Succeeded)), t(300))
+        .then_reject_with(timed_out(&h));
+}
+
+#[test]
+fn a_late_update_is_checked_after_shape_attempt_and_version() {
+    let h = vec![queued(), started(110)];
+    // Request shape first.
+    given::<JobExecution>(h.clone())
+        .when(I::Update(update(S::TimedOut)), t(710))
+        .then_reject(ErrorCode::InvalidRequest);
+    given::<JobExecution>(h.clone())
+        .when(I::Update(UpdateRequest::default()), t(710))
+        .then_reject(ErrorCode::InvalidRequest);
+    // Then the addressed attempt and the expected version.
+    given::<JobExecution>(h.clone())
+        .when(
+            I::Update(UpdateRequest {
+                execution_number: Some(2),
+                ..update(S::Succeeded)
+            }),
+            t(710),
+        )
+        .then_reject(ErrorCode::ResourceNotFound);
+    given::<JobExecution>(h.clone())
+        .when(
+            I::Update(UpdateRequest {
+                expected_version: Some(1),
+                ..update(S::Succeeded)
+            }),
+            t(710),
+        )
+        .then_reject(ErrorCode::VersionMismatch);
+    // Then the deadline, before the transition table.
+    given::<JobExecution>(h.clone())
+        .when(
+            I::Update(UpdateRequest {
+                expected_version: Some(2),
+                execution_number: Some(1),
+                ..update(S::Succeeded)
+            }),
+            t(710),
+        )
+        .then_reject_with(timed_out(&h));
+    // A queued execution has no running deadline: it can still start, however late.
+    given::<JobExecution>([queued()])
+        .when(I::Update(update(S::InProgress)), t(100_000))
+        .then_expect([Event::ExecutionStarted {
+            at: t(100_000),
+            status_details: None,
+            in_progress_deadline: Some(t(100_000) + Duration::from_minutes(10)),
+            step: StepTimer::Unchanged,
+        }]);
 }
 
 #[test]
@@ -397,6 +531,42 @@ fn a_response_at_the_deadline_is_late_even_before_the_timer_fires() {
     given::<CommandExecution>([sent_event()])
         .when(CommandIntent::CheckTimeout, t(129))
         .then_nothing();
+}
+
+#[test]
+fn a_cancel_at_the_deadline_is_late_even_before_the_timer_fires() {
+    given::<CommandExecution>([sent_event()])
+        .when(
+            CommandIntent::Cancel {
+                reason: Some("operator".into()),
+            },
+            at_ms(130, -1),
+        )
+        .then_expect([Event::CommandCanceled {
+            at: at_ms(130, -1),
+            reason: Some("operator".into()),
+        }]);
+    for late in [t(130), t(131)] {
+        given::<CommandExecution>([sent_event()])
+            .when(CommandIntent::Cancel { reason: None }, late)
+            .then_reject_with(Rejection::TerminalStateReached {
+                status: "TIMED_OUT",
+                execution_state: None,
+            });
+    }
+    // A command that has ended is refused with its own status.
+    given::<CommandExecution>([
+        sent_event(),
+        Event::CommandCanceled {
+            at: t(110),
+            reason: None,
+        },
+    ])
+    .when(CommandIntent::Cancel { reason: None }, t(130))
+    .then_reject_with(Rejection::TerminalStateReached {
+        status: "CANCELED",
+        execution_state: None,
+    });
 }
 
 #[test]

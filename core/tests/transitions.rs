@@ -3,6 +3,8 @@
 //!
 //! The allowed set is written out by hand from the design table, independently of the code,
 //! so a change to `check_transition` or `decide` that drifts from the design fails here.
+//! `decide` is walked both before and after the in-progress deadline: past it, a device's
+//! well-formed update to an IN_PROGRESS execution is refused as timed out.
 
 mod common;
 
@@ -110,6 +112,27 @@ fn intent_for(to: S, actor: Actor, force: bool) -> Option<JobExecutionIntent> {
     })
 }
 
+/// What `decide` must answer at `now`: the table, except that an in-progress execution whose
+/// deadline has passed is timed out as of `now`, so a device's well-formed update is refused
+/// as terminal even before the timer fires.
+fn expected_at(
+    from: S,
+    to: S,
+    actor: Actor,
+    force: bool,
+    past_deadline: bool,
+) -> Result<(), ErrorCode> {
+    let table = expected(from, to, actor, force);
+    if past_deadline
+        && actor == Actor::Device
+        && from == S::InProgress
+        && table != Err(ErrorCode::InvalidRequest)
+    {
+        return Err(ErrorCode::TerminalStateReached);
+    }
+    table
+}
+
 #[test]
 fn decide_follows_the_table_from_every_status() {
     let mut decided = 0;
@@ -123,27 +146,51 @@ fn decide_follows_the_table_from_every_status() {
                     let Some(intent) = intent_for(to, actor, force) else {
                         continue;
                     };
-                    // Late enough for every in-progress deadline to have passed.
-                    let now = t(100_000);
-                    let outcome = JobExecution::decide(Some(&state), intent.clone(), now);
-                    let ctx = format!("{from:?} -> {to:?} by {actor:?} (force {force})");
-                    match (expected(from, to, actor, force), outcome) {
-                        (Ok(()), Ok(events)) => {
-                            assert!(!events.is_empty() || from == to, "{ctx}: no events");
-                            let mut s = Some(state.clone());
-                            for e in &events {
-                                s = Some(JobExecution::evolve(s, e).expect("evolves"));
+                    // Late enough for every in-progress deadline to have passed, so timers
+                    // fire; device updates are also walked before the deadline (710 s).
+                    let times: &[(u64, bool)] = match actor {
+                        Actor::Device => &[(120, false), (100_000, true)],
+                        Actor::Service => &[(100_000, true)],
+                    };
+                    for &(secs, late) in times {
+                        let now = t(secs);
+                        let outcome = JobExecution::decide(Some(&state), intent.clone(), now);
+                        let ctx =
+                            format!("{from:?} -> {to:?} by {actor:?} (force {force}) at {secs} s");
+                        match (expected_at(from, to, actor, force, late), outcome) {
+                            (Ok(()), Ok(events)) => {
+                                assert!(!events.is_empty() || from == to, "{ctx}: no events");
+                                let mut s = Some(state.clone());
+                                for e in &events {
+                                    s = Some(JobExecution::evolve(s, e).expect("evolves"));
+                                }
+                                assert_eq!(s.expect("exists").status, to, "{ctx}");
                             }
-                            assert_eq!(s.expect("exists").status, to, "{ctx}");
+                            // A timer for an execution that is not in progress is stale: no-op.
+                            (Err(_), Ok(events)) if intent == JobExecutionIntent::CheckTimeout => {
+                                assert!(events.is_empty(), "{ctx}: stale timer emitted {events:?}")
+                            }
+                            (Err(code), Err(r)) => {
+                                assert_eq!(r.code(), code, "{ctx}: {r:?}");
+                                if code == ErrorCode::TerminalStateReached
+                                    && late
+                                    && from == S::InProgress
+                                {
+                                    // Timed out as of now: says so, and shows the unchanged state.
+                                    assert_eq!(
+                                        r,
+                                        fleetops_core::rejection::Rejection::TerminalStateReached {
+                                            status: "TIMED_OUT",
+                                            execution_state: Some(Box::new(state.state())),
+                                        },
+                                        "{ctx}"
+                                    );
+                                }
+                            }
+                            (want, got) => panic!("{ctx}: expected {want:?}, got {got:?}"),
                         }
-                        // A timer for an execution that is not in progress is stale: no-op.
-                        (Err(_), Ok(events)) if intent == JobExecutionIntent::CheckTimeout => {
-                            assert!(events.is_empty(), "{ctx}: stale timer emitted {events:?}")
-                        }
-                        (Err(code), Err(r)) => assert_eq!(r.code(), code, "{ctx}: {r:?}"),
-                        (want, got) => panic!("{ctx}: expected {want:?}, got {got:?}"),
+                        decided += 1;
                     }
-                    decided += 1;
                 }
             }
         }
@@ -232,6 +279,14 @@ fn command_executions_end_once_and_for_all() {
                 ErrorCode::TerminalStateReached
             ),
         }
+        // At the deadline the command is timed out as of now, timer or not: no cancel either.
+        let late_cancel =
+            CommandExecution::decide(Some(&state), CommandIntent::Cancel { reason: None }, t(130));
+        assert_eq!(
+            late_cancel.expect_err("timed out or terminal").code(),
+            ErrorCode::TerminalStateReached,
+            "{from:?}"
+        );
         let timeout = CommandExecution::decide(Some(&state), CommandIntent::CheckTimeout, t(130));
         match from {
             C::Sent => assert!(matches!(

@@ -1,5 +1,7 @@
 //! Reference models of the two execution aggregates, written from the transition table of
-//! DESIGN.md §1 and the rules of issue 2, not from the aggregates' code.
+//! DESIGN.md §1 and the rules of issue 2, not from the aggregates' code. Deadlines decide the
+//! outcome: once a deadline has passed, device updates (and command answers and cancels) are
+//! refused as timed out even before the timer fires.
 //!
 //! Each model is a handful of plain fields and one method per intent that says what the
 //! aggregate must do: refuse with a given code, accept with no change, or move to a status.
@@ -203,6 +205,11 @@ impl ExecModel {
         if u.expected_version.is_some_and(|v| v != m.version) {
             return Expect::Refused(ErrorCode::VersionMismatch);
         }
+        // Then the clock: in progress with a deadline at or before `now` is timed out as of
+        // `now`, whether or not the timer has fired (only the timer records it).
+        if m.timed_out_at(now) {
+            return Expect::Refused(ErrorCode::TerminalStateReached);
+        }
         // Then the state: a device only moves pending executions.
         if !matches!(m.status, S::Queued | S::InProgress) {
             return Expect::Refused(ErrorCode::TerminalStateReached);
@@ -225,10 +232,17 @@ impl ExecModel {
         }
         match m.status {
             S::Queued => m.device_moves(S::InProgress, details, step, now),
-            // start-next hands back an execution already in progress as it is.
+            // start-next hands back an execution already in progress as it is, even past a
+            // deadline (the timer records the timeout).
             S::InProgress => Expect::Unchanged,
             _ => Expect::Refused(ErrorCode::TerminalStateReached),
         }
+    }
+
+    /// Whether the execution is in progress with a deadline at or before `now`.
+    fn timed_out_at(&self, now: Timestamp) -> bool {
+        let due = |d: Option<Timestamp>| d.is_some_and(|d| d <= now);
+        self.status == S::InProgress && (due(self.in_progress_deadline) || due(self.step_deadline))
     }
 
     /// A timer fired at `now`.
@@ -236,8 +250,7 @@ impl ExecModel {
         let Some(m) = model else {
             return Expect::Refused(ErrorCode::ResourceNotFound);
         };
-        let due = |d: Option<Timestamp>| d.is_some_and(|d| d <= now);
-        if m.status == S::InProgress && (due(m.in_progress_deadline) || due(m.step_deadline)) {
+        if m.timed_out_at(now) {
             return m.changed(S::TimedOut, now);
         }
         Expect::Unchanged
@@ -393,11 +406,14 @@ impl CmdModel {
         }
     }
 
-    /// The backend cancels a command still awaiting its answer.
+    /// The backend cancels a command still awaiting its answer. Like a late answer, a cancel at
+    /// or after the deadline is refused: the command is timed out as of `now`.
     pub fn cancel(model: &mut Option<CmdModel>, reason: Option<String>, now: Timestamp) -> Expect {
         match model {
             None => Expect::Refused(ErrorCode::ResourceNotFound),
-            Some(m) if m.status == C::Sent => m.finish(C::Canceled, reason, now),
+            Some(m) if m.status == C::Sent && now < m.deadline => {
+                m.finish(C::Canceled, reason, now)
+            }
             Some(_) => Expect::Refused(ErrorCode::TerminalStateReached),
         }
     }
