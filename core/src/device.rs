@@ -221,7 +221,8 @@ pub enum Reply {
     CommandResponse,
 }
 
-/// A message owed to a device.
+/// A message the runtime hands to the transport: owed to a device, or (a status change) to
+/// operators and embedding services.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Outbound {
     /// An accepted reply.
@@ -285,17 +286,40 @@ pub enum Outbound {
         /// Remaining time to live (MQTT message expiry).
         ttl: Duration,
     },
+    /// A job execution reached a new status, or a new attempt of it was queued: an event for
+    /// operators and embedding services, not for the device. Transports publish it where
+    /// devices do not read (MQTT: `{prefix}/events/jobExecution/{jobId}/{status}`).
+    StatusChange {
+        /// The job.
+        job_id: JobId,
+        /// The device the execution belongs to (not the addressee).
+        thing: ThingName,
+        /// The new status.
+        status: JobExecutionStatus,
+        /// The attempt.
+        execution_number: u32,
+        /// The execution's version after the change.
+        version_number: u64,
+        /// When it changed.
+        timestamp: Timestamp,
+    },
 }
 
 impl Outbound {
-    /// The addressee.
+    /// The addressee; for a [`Outbound::StatusChange`], the thing it is about.
     pub fn thing(&self) -> &ThingName {
         match self {
             Self::Accepted { thing, .. }
             | Self::Rejected { thing, .. }
             | Self::Notify { thing, .. }
             | Self::NotifyNext { thing, .. }
-            | Self::CommandRequest { thing, .. } => thing,
+            | Self::CommandRequest { thing, .. }
+            | Self::StatusChange { thing, .. } => thing,
         }
+    }
+
+    /// Whether the message goes to its thing (everything but [`Outbound::StatusChange`]).
+    pub fn is_device_bound(&self) -> bool {
+        !matches!(self, Self::StatusChange { .. })
     }
 }

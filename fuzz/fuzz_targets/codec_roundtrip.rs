@@ -1,5 +1,6 @@
 //! Encode then decode round-trips, both directions:
-//! - every `Outbound` decodes on the device side to `DeviceMessage::from_outbound`;
+//! - every device-bound `Outbound` decodes on the device side to
+//!   `DeviceMessage::from_outbound`; a status change is refused by the device decoder;
 //! - every device request decodes on the service side to the same `Inbound`.
 #![no_main]
 
@@ -17,11 +18,18 @@ fuzz_target!(|data: &[u8]| {
     };
     if let Ok(message) = outbound(&mut u) {
         match codec.encode(&message) {
-            Ok(e) => assert_eq!(
-                codec.decode_device_message(&e.topic, &e.payload),
-                Ok(DeviceMessage::from_outbound(&message)),
-                "{message:?}"
-            ),
+            Ok(e) => match DeviceMessage::from_outbound(&message) {
+                Some(expected) => assert_eq!(
+                    codec.decode_device_message(&e.topic, &e.payload),
+                    Ok(expected),
+                    "{message:?}"
+                ),
+                // Not device-bound (a status change): no device decodes it.
+                None => assert!(
+                    codec.decode_device_message(&e.topic, &e.payload).is_err(),
+                    "{message:?}"
+                ),
+            },
             Err(EncodeError::TooLarge { len, max }) => assert!(len > max),
             Err(other) => panic!("{other} for {message:?}"),
         }

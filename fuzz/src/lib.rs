@@ -241,10 +241,11 @@ fn token(u: &mut Unstructured<'_>) -> arbitrary::Result<Option<String>> {
     u.arbitrary()
 }
 
-/// Any message the service may owe a device. Accepted replies answer their operation.
+/// Any message the service hands the transport: owed to a device (accepted replies answer
+/// their operation) or a status change for operators.
 pub fn outbound(u: &mut Unstructured<'_>) -> arbitrary::Result<Outbound> {
     let thing = thing(u)?;
-    Ok(match u.int_in_range(0..=4)? {
+    Ok(match u.int_in_range(0..=5)? {
         0 => {
             let operation = operation(u)?;
             let reply = reply_for(u, &operation)?;
@@ -271,6 +272,14 @@ pub fn outbound(u: &mut Unstructured<'_>) -> arbitrary::Result<Outbound> {
         3 => Outbound::NotifyNext {
             thing,
             execution: if u.arbitrary()? { Some(view(u)?) } else { None },
+            timestamp: time(u)?,
+        },
+        5 => Outbound::StatusChange {
+            job_id: job(u)?,
+            thing,
+            status: job_status(u)?,
+            execution_number: u.arbitrary()?,
+            version_number: u.arbitrary()?,
             timestamp: time(u)?,
         },
         _ => Outbound::CommandRequest {

@@ -116,6 +116,18 @@ impl<'a> From<&'a ExecutionView> for ExecutionOut<'a> {
     }
 }
 
+/// A job execution status change, outgoing (`{p}/events/jobExecution/{jobId}/{status}`).
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct StatusChangeOut<'a> {
+    pub job_id: &'a str,
+    pub thing_name: &'a str,
+    pub status: JobExecutionStatus,
+    pub execution_number: u32,
+    pub version_number: u64,
+    pub timestamp: u64,
+}
+
 /// `JobExecution`, incoming.
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]

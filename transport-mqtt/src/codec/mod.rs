@@ -7,6 +7,7 @@
 //! |---|---|---|
 //! | device → service (requests) | [`Codec::encode_request`] (device SDK) | [`Codec::decode_request`] (service) |
 //! | service → device (replies, notifications, commands) | [`Codec::encode`] (service) | [`Codec::decode_device_message`] (device SDK) |
+//! | service → operators (job execution status changes) | [`Codec::encode`] (service) | — (plain JSON, see `docs/protocol.md`) |
 //!
 //! The service-side decoder never panics and never fails: any topic and payload bytes end up
 //! as a request, a refusal carrying the ready-made `rejected` reply, or an ignored message.
@@ -321,7 +322,12 @@ impl DeviceMessage {
     /// What a device decodes from `message`: timestamps truncated to whole seconds, the TTL
     /// rounded up to whole seconds, and a [`Rejection`] reduced to its code, message and
     /// execution state. Returns the addressee too. Useful to assert on what a device sees.
-    pub fn from_outbound(message: &fleetops_core::device::Outbound) -> (ThingName, DeviceMessage) {
+    ///
+    /// `None` for a message no device is sent (a status change, published under
+    /// `{p}/events/…`, which [`Codec::decode_device_message`] refuses as not device-bound).
+    pub fn from_outbound(
+        message: &fleetops_core::device::Outbound,
+    ) -> Option<(ThingName, DeviceMessage)> {
         use fleetops_core::device::Outbound as O;
         let secs = |t: Timestamp| Timestamp::from_secs(t.as_secs());
         let summaries = |jobs: &PendingJobs| PendingJobs {
@@ -394,8 +400,9 @@ impl DeviceMessage {
                 timestamp: secs(*timestamp),
                 ttl: Duration::from_secs(ttl_secs(*ttl)),
             }),
+            O::StatusChange { .. } => return None,
         };
-        (message.thing().clone(), msg)
+        Some((message.thing().clone(), msg))
     }
 
     fn summary_secs(

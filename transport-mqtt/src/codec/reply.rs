@@ -8,7 +8,7 @@ use serde::de::DeserializeOwned;
 use super::json::{
     summaries, AckIn, AckOut, CommandRequestIn, CommandRequestOut, ExecutionOut, ExecutionReplyIn,
     ExecutionReplyOut, JobsOut, NotifyIn, NotifyOut, PendingIn, PendingOut, RejectedIn,
-    RejectedOut, UpdateIn, UpdateOut,
+    RejectedOut, StatusChangeOut, UpdateIn, UpdateOut,
 };
 use super::request::to_vec;
 use super::topic::{RequestOp, TopicRef};
@@ -38,9 +38,10 @@ fn reply_name(reply: &Reply) -> &'static str {
 }
 
 impl Codec {
-    /// Encodes a message owed to a device. Every message is QoS 1; a command request carries
-    /// its TTL as MQTT 5 message expiry, a response topic and the execution id as correlation
-    /// data.
+    /// Encodes a message owed to a device, or a status change for operators (on
+    /// `{p}/events/jobExecution/{jobId}/{status}`). Every message is QoS 1 and not retained; a
+    /// command request carries its TTL as MQTT 5 message expiry, a response topic and the
+    /// execution id as correlation data.
     pub fn encode(&self, message: &Outbound) -> Result<Encoded, EncodeError> {
         let l = &self.layout;
         let mut properties = PublishProps::default();
@@ -169,6 +170,24 @@ impl Codec {
                     }),
                 )
             }
+            Outbound::StatusChange {
+                job_id,
+                thing,
+                status,
+                execution_number,
+                version_number,
+                timestamp,
+            } => (
+                l.job_execution_event_topic(job_id, *status),
+                to_vec(&StatusChangeOut {
+                    job_id: job_id.as_str(),
+                    thing_name: thing.as_str(),
+                    status: *status,
+                    execution_number: *execution_number,
+                    version_number: *version_number,
+                    timestamp: timestamp.as_secs(),
+                }),
+            ),
         };
         Ok(Encoded {
             topic,

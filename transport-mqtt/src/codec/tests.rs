@@ -710,6 +710,48 @@ fn notify_golden() {
 }
 
 #[test]
+fn status_change_golden() {
+    let message = Outbound::StatusChange {
+        job_id: job(),
+        thing: thing(),
+        status: JobExecutionStatus::Succeeded,
+        execution_number: 2,
+        version_number: 5,
+        timestamp: NOW,
+    };
+    let (topic, b, props) = encoded(&message);
+    assert_eq!(topic, "fleets/events/jobExecution/fw-2/SUCCEEDED");
+    assert_eq!(
+        b,
+        json!({"jobId": "fw-2", "thingName": "dev-1", "status": "SUCCEEDED",
+               "executionNumber": 2, "versionNumber": 5, "timestamp": 1_700_000_000})
+    );
+    assert!(props.is_empty());
+    let e = Codec::new(TopicLayout::aws(), Limits::default())
+        .encode(&Outbound::StatusChange {
+            job_id: job(),
+            thing: thing(),
+            status: JobExecutionStatus::InProgress,
+            execution_number: 1,
+            version_number: 2,
+            timestamp: NOW,
+        })
+        .unwrap();
+    assert_eq!(e.topic, "$aws/events/jobExecution/fw-2/IN_PROGRESS");
+    // Not for devices: the device decoder refuses it, and nothing predicts a device message.
+    assert!(matches!(
+        codec().decode_device_message(&topic, b.to_string().as_bytes()),
+        Err(DecodeError::NotDeviceBound { .. })
+    ));
+    assert_eq!(DeviceMessage::from_outbound(&message), None);
+    // Nor is it a request the service would answer.
+    assert_eq!(
+        codec().decode_request(&topic, b.to_string().as_bytes(), NOW),
+        Decoded::Ignored
+    );
+}
+
+#[test]
 fn notify_next_golden() {
     let (topic, b, _) = encoded(&Outbound::NotifyNext {
         thing: thing(),
@@ -1008,7 +1050,7 @@ fn outbound_round_trips_through_the_device_decoder() {
             let e = c.encode(&message).unwrap();
             let decoded = c.decode_device_message(&e.topic, &e.payload).unwrap();
             assert_eq!(
-                decoded,
+                Some(decoded),
                 DeviceMessage::from_outbound(&message),
                 "{message:?}"
             );

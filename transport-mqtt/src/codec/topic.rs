@@ -2,12 +2,14 @@
 //!
 //! Every topic a device uses sits under its own thing name, either
 //! `{prefix}/things/{thing}/jobs/…` or `{prefix}/commands/things/{thing}/executions/…`, so one
-//! broker pattern ACL per tree confines each device to its own topics.
+//! broker pattern ACL per tree confines each device to its own topics. Status-change events
+//! for operators go to `{prefix}/events/…`, which no device pattern reaches.
 
 use std::fmt;
 
 use fleetops_core::device::{JobTarget, Operation};
-use fleetops_core::ids::{ExecutionId, ThingName};
+use fleetops_core::ids::{ExecutionId, JobId, ThingName};
+use fleetops_core::status::JobExecutionStatus;
 
 /// The three prefixes fleetops ships with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -341,6 +343,22 @@ impl TopicLayout {
         format!("{}/response", self.execution(thing, id))
     }
 
+    /// `{p}/events/jobExecution/{jobId}/{status}`, `status` in wire spelling (`SUCCEEDED`):
+    /// where the service publishes job execution status changes for operators and embedding
+    /// services. Outside the things' trees, so the device ACL patterns never reach it.
+    pub fn job_execution_event_topic(&self, job: &JobId, status: JobExecutionStatus) -> String {
+        format!(
+            "{}/events/jobExecution/{job}/{}",
+            self.prefix,
+            status.as_str()
+        )
+    }
+
+    /// `{p}/events/jobExecution/#`: every job execution status change (backend users only).
+    pub fn job_execution_events_filter(&self) -> String {
+        format!("{}/events/jobExecution/#", self.prefix)
+    }
+
     /// The filters the service subscribes to.
     ///
     /// With `catch_all`, two `#` filters cover both trees, so requests on topics that name no
@@ -496,6 +514,17 @@ mod tests {
             "fleets/commands/things/t-1/executions/e/request"
         );
         assert_eq!(l.acl_patterns()[0], "pattern readwrite fleets/things/%c/#");
+        let job = JobId::parse("fw-2").unwrap();
+        assert_eq!(
+            l.job_execution_event_topic(&job, JobExecutionStatus::TimedOut),
+            "fleets/events/jobExecution/fw-2/TIMED_OUT"
+        );
+        assert_eq!(
+            l.job_execution_events_filter(),
+            "fleets/events/jobExecution/#"
+        );
+        // Neither a request nor anything a device is sent.
+        assert_eq!(l.parse("fleets/events/jobExecution/fw-2/SUCCEEDED"), None);
     }
 
     #[test]
