@@ -28,7 +28,8 @@ pub struct BrokerOptions {
     /// topic under the layouts' prefixes.
     pub service: Credentials,
     /// Replaces the service account's ACL lines (default: `topic readwrite {prefix}/#` per
-    /// layout), e.g. to test refused publishes.
+    /// layout, which includes the status-change events under `{prefix}/events/#`), e.g. to
+    /// test refused publishes.
     pub service_acl: Option<Vec<String>>,
     /// Also open a TLS listener (certificates made with the `openssl` command line: a test
     /// CA and a server certificate for `127.0.0.1` and `localhost`).
@@ -279,7 +280,7 @@ impl TestBroker {
             }
         }
         acl.push_str(&format!(
-            "\n# The service account reaches every thing's topics.\nuser {}\n",
+            "\n# The service account: every thing's topics and the status-change events.\nuser {}\n",
             self.options.service.username
         ));
         match &self.options.service_acl {

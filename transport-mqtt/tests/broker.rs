@@ -1548,3 +1548,52 @@ async fn clean_session_sends_across_a_restart_fail_cleanly_and_stay_aligned() {
         "the service reconnected"
     );
 }
+
+#[tokio::test]
+async fn status_changes_reach_backend_subscribers_only() {
+    let broker = TestBroker::start();
+    let link = service(&broker).await;
+    let filter = TopicLayout::fleets().job_execution_events_filter();
+    assert_eq!(filter, "fleets/events/jobExecution/#");
+    // An operator dashboard with the service credentials, and a device (client id = thing
+    // name, no credentials) trying to listen in.
+    let mut dashboard = raw(&broker, "dashboard", true).await;
+    assert_eq!(
+        dashboard.subscribe(&filter).await,
+        SubscribeReasonCode::Success(QoS::AtLeastOnce)
+    );
+    let mut device = raw(&broker, "dev-1", false).await;
+    device.subscribe(&filter).await;
+
+    let at = Timestamp::from_millis(1_700_000_000_900);
+    link.send(vec![Outbound::StatusChange {
+        job_id: job("fw-2"),
+        thing: thing("dev-1"),
+        status: JobExecutionStatus::Succeeded,
+        execution_number: 1,
+        version_number: 3,
+        timestamp: at,
+    }])
+    .await
+    .unwrap();
+    let p = dashboard
+        .message("fleets/events/jobExecution/fw-2/SUCCEEDED")
+        .await;
+    assert_eq!(p.qos, QoS::AtLeastOnce);
+    assert!(!p.retain);
+    assert_eq!(
+        body(&p),
+        json!({"jobId": "fw-2", "thingName": "dev-1", "status": "SUCCEEDED",
+               "executionNumber": 1, "versionNumber": 3, "timestamp": 1_700_000_000})
+    );
+    // The device ACL patterns do not reach `fleets/events/…`: nothing is delivered to it, and
+    // it can not forge an event either.
+    let leaked = device.silent_for(Duration::from_millis(300)).await;
+    assert!(leaked.is_empty(), "the device received {leaked:?}");
+    assert_eq!(
+        device
+            .publish("fleets/events/jobExecution/fw-2/FAILED", &b"{}"[..])
+            .await,
+        PubAckReason::NotAuthorized
+    );
+}
