@@ -60,8 +60,11 @@
 //! - The read models keep a small record for every execution and command ever stored (about
 //!   1.3 KB per execution, measured in `BENCHMARKS.md`); there is no retention policy yet.
 //! - A deleted group is not treated as its members leaving a continuous job.
-//! - Status changes are offered as typed values ([`Fleet::status_changes`]); publishing them
-//!   on `{prefix}/events/jobExecution/{jobId}/{status}` is the transport's mapping.
+//! - Status changes are offered as typed values ([`Fleet::status_changes`]); job execution
+//!   changes are also sent through the link ([`FleetConfig::publish_status_changes`], on by
+//!   default; MQTT publishes them on `{prefix}/events/jobExecution/{jobId}/{status}`). Both
+//!   are best effort: a change folded but not yet published when the process stops is not
+//!   published after the restart.
 //! - One `Fleet` per store: the runtime assumes it is the only writer (other writers are
 //!   detected by version checks, but their effects are only seen through the feed).
 //!

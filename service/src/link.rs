@@ -221,7 +221,7 @@ pub struct SimStats {
     pub rejected: AtomicU64,
     /// Command requests answered.
     pub commands: AtomicU64,
-    /// Messages received from the fleet.
+    /// Messages received from the fleet (status changes, which no device receives, left out).
     pub received: AtomicU64,
 }
 
@@ -256,8 +256,11 @@ pub fn simulate(mut end: DeviceEnd, behavior: Behavior) -> Simulation {
                 biased;
                 m = end.rx.recv() => {
                     let Some(m) = m else { return };
-                    s.received.fetch_add(1, Ordering::Relaxed);
-                    react(m, &behavior, &s, &mut queue);
+                    // Status changes are for operators; no device receives them.
+                    if m.is_device_bound() {
+                        s.received.fetch_add(1, Ordering::Relaxed);
+                        react(m, &behavior, &s, &mut queue);
+                    }
                 }
                 permit = tx.reserve(), if !queue.is_empty() => {
                     let Ok(permit) = permit else { return };

@@ -1,9 +1,11 @@
 //! The outbox: publishes what stored events imply, after they are stored.
 //!
-//! The follower records, per thing, that a `notify` or `notify-next` is owed, and which
-//! command requests are owed. The outbox builds each message from the current read models
-//! when it sends (so a burst of changes to one thing becomes one message with the latest
-//! state), batches them, and hands them to the link. Nothing here is the truth: a message lost
+//! The follower records, per thing, that a `notify` or `notify-next` is owed, which command
+//! requests are owed, and (with `FleetConfig::publish_status_changes`) the job execution
+//! status changes to publish. The outbox builds each device message from the current read
+//! models when it sends (so a burst of changes to one thing becomes one message with the
+//! latest state), adds the status changes as they happened, batches them, and hands them to
+//! the link. Nothing here is the truth: a message lost
 //! on the way is healed by the device pulling on reconnect, by the recovery pass after a
 //! restart, and by the timers that end whatever stays stuck.
 
@@ -25,7 +27,7 @@ const SEND_ATTEMPTS: u32 = 3;
 /// The outbox task.
 pub(crate) async fn run<S: EventStore, L: DeviceLink>(inner: Arc<Inner<S, L>>) {
     loop {
-        let (things, commands) = {
+        let (things, commands, changes) = {
             let mut q = lock(&inner.outbox);
             let n = inner.config.outbox_batch.max(1);
             let mut things = Vec::new();
@@ -37,13 +39,17 @@ pub(crate) async fn run<S: EventStore, L: DeviceLink>(inner: Arc<Inner<S, L>>) {
             }
             let m = q.commands.len().min(n);
             let commands: Vec<ExecutionId> = q.commands.drain(..m).collect();
-            (things, commands)
+            let k = q.status_changes.len().min(n);
+            let changes: Vec<Outbound> = q.status_changes.drain(..k).collect();
+            (things, commands, changes)
         };
-        if things.is_empty() && commands.is_empty() {
+        if things.is_empty() && commands.is_empty() && changes.is_empty() {
             inner.outbox_wake.notified().await;
             continue;
         }
-        let messages = inner.build(things, commands).await;
+        let mut messages = inner.build(things, commands).await;
+        // Status changes are facts already built by the follower, in feed order.
+        messages.extend(changes);
         if messages.is_empty() {
             continue;
         }

@@ -5,6 +5,7 @@ use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::hash::{BuildHasher, RandomState};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
+use fleetops_core::device::Outbound;
 use fleetops_core::job_execution::{JobExecution, JobExecutionIntent};
 use fleetops_core::link::DeviceLink;
 use fleetops_core::store::{
@@ -25,12 +26,14 @@ use crate::worker::Work;
 const LOAD_PAGE: usize = 1024;
 
 /// What the outbox still has to send: per thing, the notifications owed (coalesced, so at
-/// most one entry per thing), and the command requests owed, in order.
+/// most one entry per thing), the command requests owed, in order, and the job execution
+/// status changes to publish, in feed order.
 #[derive(Debug, Default)]
 pub(crate) struct OutboxQueue {
     pub things: HashMap<ThingName, NotifyFlags>,
     pub order: VecDeque<ThingName>,
     pub commands: VecDeque<ExecutionId>,
+    pub status_changes: VecDeque<Outbound>,
 }
 
 impl OutboxQueue {
@@ -73,6 +76,29 @@ pub(crate) struct Inner<S, L> {
     pub changes: broadcast::Sender<StatusChange>,
     pub presence: Mutex<HashMap<ThingName, bool>>,
     pub cache: Mutex<ExecCache>,
+}
+
+/// The message that publishes `change`: job execution changes only.
+fn published_change(change: &StatusChange) -> Option<Outbound> {
+    match change {
+        StatusChange::JobExecution {
+            job_id,
+            thing,
+            status,
+            execution_number,
+            version_number,
+            at,
+            ..
+        } => Some(Outbound::StatusChange {
+            job_id: job_id.clone(),
+            thing: thing.clone(),
+            status: *status,
+            execution_number: *execution_number,
+            version_number: *version_number,
+            timestamp: *at,
+        }),
+        StatusChange::Command { .. } => None,
+    }
 }
 
 /// Locks a mutex, recovering the data if a panicking thread poisoned it: every value behind
@@ -294,12 +320,27 @@ impl<S: EventStore, L: DeviceLink> Inner<S, L> {
             lock(&self.dirty_jobs).extend(fx.dirty_jobs);
             self.jobs_wake.notify_one();
         }
-        if !fx.things.is_empty() || !fx.commands_sent.is_empty() {
+        let published: Vec<Outbound> = if self.config.publish_status_changes {
+            fx.changes.iter().filter_map(published_change).collect()
+        } else {
+            Vec::new()
+        };
+        if !fx.things.is_empty() || !fx.commands_sent.is_empty() || !published.is_empty() {
             let mut q = lock(&self.outbox);
             for (t, f) in fx.things {
                 q.push_thing(t, f);
             }
             q.commands.extend(fx.commands_sent);
+            q.status_changes.extend(published);
+            let cap = self.config.status_change_buffer.max(1);
+            let excess = q.status_changes.len().saturating_sub(cap);
+            if excess > 0 {
+                q.status_changes.drain(..excess);
+                tracing::warn!(
+                    dropped = excess,
+                    "the link is behind; dropped the oldest unpublished status changes"
+                );
+            }
             drop(q);
             self.outbox_wake.notify_one();
         }

@@ -10,11 +10,13 @@ use fleetops_core::{
 };
 use serde_json::Value;
 
-/// A status change, as embedders see it: what a transport publishes on
-/// `{prefix}/events/jobExecution/{jobId}/{status}` (and the command equivalent).
+/// A status change, as embedders see it.
 ///
 /// Emitted once per stored transition, in feed order, from
-/// [`Fleet::status_changes`](crate::Fleet::status_changes).
+/// [`Fleet::status_changes`](crate::Fleet::status_changes). Job execution changes are also
+/// handed to the link as [`Outbound::StatusChange`](fleetops_core::device::Outbound::StatusChange)
+/// when [`FleetConfig::publish_status_changes`] is set (MQTT:
+/// `{prefix}/events/jobExecution/{jobId}/{status}`); command changes are not published.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StatusChange {
     /// A job execution reached a new status, or a new attempt was queued.
@@ -260,8 +262,15 @@ pub struct FleetConfig {
     pub notify_max: usize,
     /// Messages per `DeviceLink::send` from the outbox.
     pub outbox_batch: usize,
-    /// Buffer of the status-change broadcast; slow receivers lose the oldest.
+    /// Buffer of the status-change broadcast; slow receivers lose the oldest. It also bounds
+    /// the job execution status changes waiting in the outbox to be published (the oldest
+    /// are dropped, with a warning, when the link falls that far behind).
     pub status_change_buffer: usize,
+    /// Publish every job execution status change through the link as an
+    /// [`Outbound::StatusChange`](fleetops_core::device::Outbound::StatusChange) (MQTT:
+    /// `{prefix}/events/jobExecution/{jobId}/{status}`), batched by the outbox with the other
+    /// messages. Best effort, like the broadcast: not re-sent after a restart.
+    pub publish_status_changes: bool,
     /// Job execution states kept in memory to spare the store a replay per device request
     /// (0 turns the cache off). Stale entries are harmless: appends check versions.
     pub execution_cache: usize,
@@ -279,6 +288,7 @@ impl Default for FleetConfig {
             notify_max: 10,
             outbox_batch: 512,
             status_change_buffer: 4096,
+            publish_status_changes: true,
             execution_cache: crate::cache::DEFAULT_CAPACITY,
         }
     }

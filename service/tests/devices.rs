@@ -8,7 +8,7 @@ use fleetops_core::device::{
     DescribeRequest, DeviceRequest, JobTarget, Outbound, Reply, UpdateRequest,
 };
 use fleetops_core::{ErrorCode, JobExecutionStatus as S, JobId, ThingName};
-use fleetops_service::{JobSpec, StatusChange};
+use fleetops_service::{FleetConfig, JobSpec, StatusChange};
 use futures::StreamExt;
 use serde_json::json;
 
@@ -255,6 +255,85 @@ async fn embedders_see_events_and_status_changes() {
         assert_eq!(e.position, last + 1);
         last = e.position;
     }
+}
+
+/// The job execution status changes the link has carried so far, for `job`.
+fn published(msgs: &[Outbound], job: &JobId) -> Vec<(S, u32, u64)> {
+    msgs.iter()
+        .filter_map(|m| match m {
+            Outbound::StatusChange {
+                job_id,
+                status,
+                execution_number,
+                version_number,
+                ..
+            } if job_id == job => Some((*status, *execution_number, *version_number)),
+            _ => None,
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_changes_are_published_through_the_link() {
+    let mut env = env().await;
+    let d = t("pub");
+    let job = job_for(&env, "published", &d).await;
+    start_next(&mut env.devices, &d).await;
+    update(&mut env.devices, &d, &job, set_status(S::Succeeded)).await;
+    settle(&env.fleet).await;
+    let mut seen = Vec::new();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while published(&seen, &job).len() < 3 {
+        assert!(std::time::Instant::now() < deadline, "got {seen:?}");
+        seen.extend(env.devices.drain());
+        tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+    }
+    // Queued at creation, then IN_PROGRESS and SUCCEEDED, in order, with their versions.
+    assert_eq!(
+        published(&seen, &job),
+        vec![
+            (S::Queued, 1, 1),
+            (S::InProgress, 1, 2),
+            (S::Succeeded, 1, 3)
+        ]
+    );
+    let last = seen
+        .iter()
+        .rev()
+        .find(|m| matches!(m, Outbound::StatusChange { .. }))
+        .unwrap();
+    assert_eq!(last.thing(), &d);
+    assert!(!last.is_device_bound());
+    assert!(matches!(last, Outbound::StatusChange { timestamp, .. } if *timestamp == T0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_changes_stay_off_the_link_when_turned_off() {
+    let mut env = env_with(FleetConfig {
+        publish_status_changes: false,
+        ..FleetConfig::default()
+    })
+    .await;
+    let d = t("quiet");
+    let job = job_for(&env, "unpublished", &d).await;
+    start_next(&mut env.devices, &d).await;
+    update(&mut env.devices, &d, &job, set_status(S::Succeeded)).await;
+    settle(&env.fleet).await;
+    // The outbox sends batch after batch: once the final (empty) notify is here, the QUEUED
+    // and IN_PROGRESS changes would have been too, and SUCCEEDED shares the notify's batch.
+    let empty_notify = |m: &Outbound| match m {
+        Outbound::Notify { jobs, .. } => jobs.in_progress.is_empty() && jobs.queued.is_empty(),
+        _ => false,
+    };
+    let mut seen = Vec::new();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while !seen.iter().any(empty_notify) {
+        assert!(std::time::Instant::now() < deadline, "got {seen:?}");
+        seen.extend(env.devices.drain());
+        tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+    }
+    seen.extend(env.devices.drain());
+    assert_eq!(published(&seen, &job), vec![]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
