@@ -416,7 +416,8 @@ impl<S: EventStore, L: DeviceLink> Fleet<S, L> {
         }
     }
 
-    /// Cancels a command that is still `SENT`.
+    /// Cancels a command that is still `SENT` and within its TTL; at or after the deadline it
+    /// is refused with `TerminalStateReached` (`TIMED_OUT`), as the command has timed out.
     pub async fn cancel_command(
         &self,
         id: &ExecutionId,
