@@ -1,0 +1,1 @@
+//! The HTTP API (axum, JSON) served by `fleetops serve`.

@@ -1,0 +1,21 @@
+//! # fleetops-server
+//!
+//! The `fleetops` binary and the pieces it is built from, exposed as a library so the
+//! integration tests can drive them in-process:
+//!
+//! - [`cli`]: argument parsing (clap) and dispatch to the subcommands;
+//! - [`demo`]: an in-process MQTT broker on a free loopback port, sled in a temporary
+//!   directory and a few hundred simulated devices, with live progress;
+//! - [`serve`]: the service for real use — broker connection, sled data directory and the
+//!   HTTP API ([`http`]);
+//! - [`simulate`]: N simulated devices against a broker;
+//! - [`bench`]: end-to-end load through a real broker beside the raw-MQTT baseline.
+//!
+//! Library logic lives in the other crates; this one only wires them together.
+
+pub mod bench;
+pub mod cli;
+pub mod demo;
+pub mod http;
+pub mod serve;
+pub mod simulate;
