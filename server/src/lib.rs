@@ -14,6 +14,7 @@
 //! Library logic lives in the other crates; this one only wires them together.
 
 pub mod bench;
+pub mod broker_url;
 pub mod cli;
 pub mod demo;
 pub mod http;
