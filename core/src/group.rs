@@ -11,8 +11,8 @@ use crate::time::Timestamp;
 /// The most things one add or remove request may name.
 pub const MAX_MEMBERS_PER_CHANGE: usize = 10_000;
 
-/// The state of a group.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// The state of a group; serializable for projection snapshots.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Group {
     /// Its name.
     pub name: GroupName,

@@ -22,8 +22,9 @@ pub const MAX_DESCRIPTION_LEN: usize = 2048;
 /// The longest operator comment, in bytes.
 pub const MAX_COMMENT_LEN: usize = 2048;
 
-/// The state of a job.
-#[derive(Debug, Clone, PartialEq)]
+/// The state of a job. It serializes (field names in snake case) so a runtime can persist it
+/// inside a projection snapshot.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Job {
     /// Its id.
     pub job_id: JobId,

@@ -256,6 +256,16 @@ pub enum StoreError {
     Closed,
 }
 
+/// Folded state saved by a runtime beside the feed: an opaque encoding and the global position
+/// it reflects (its persisted checkpoint). See [`EventStore::save_snapshot`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Snapshot {
+    /// The position of the last event folded into `bytes`.
+    pub position: u64,
+    /// The runtime's encoding of its state; the store does not look inside.
+    pub bytes: Vec<u8>,
+}
+
 /// A live, ordered feed of events from a position on.
 #[async_trait]
 pub trait Subscription: Send {
@@ -288,4 +298,24 @@ pub trait EventStore: Send + Sync + 'static {
 
     /// A subscription delivering every event from position `from` on.
     async fn subscribe(&self, from: u64) -> Result<Box<dyn Subscription>, StoreError>;
+
+    /// The snapshot last saved under `name`, if this store keeps snapshots and has one.
+    ///
+    /// Snapshots persist a runtime's projection checkpoints: folded state plus the position
+    /// it reflects, so a restart folds only the events after it. They are a cache of the
+    /// feed, never a source of truth: a runtime that finds none, or cannot decode one, folds
+    /// from position 1, and one whose position is past [`head_position`](Self::head_position)
+    /// must be ignored. The default keeps none (every start folds the whole feed).
+    async fn load_snapshot(&self, name: &str) -> Result<Option<Snapshot>, StoreError> {
+        let _ = name;
+        Ok(None)
+    }
+
+    /// Replaces the snapshot saved under `name`. A store that keeps snapshots must make the
+    /// events up to `snapshot.position` at least as durable as the snapshot. The default
+    /// keeps none and drops it.
+    async fn save_snapshot(&self, name: &str, snapshot: Snapshot) -> Result<(), StoreError> {
+        let _ = (name, snapshot);
+        Ok(())
+    }
 }

@@ -10,13 +10,13 @@ use std::thread::JoinHandle;
 use async_trait::async_trait;
 use fleetops_core::ids::StreamId;
 use fleetops_core::store::{
-    AppendBatch, Appended, EventStore, StoreError, StoredEvent, Subscription,
+    AppendBatch, Appended, EventStore, Snapshot, StoreError, StoredEvent, Subscription,
 };
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::codec::{self, PreEncoded};
 use crate::config::{Durability, SledConfig};
-use crate::projection::{Projection, ProjectionError};
+use crate::projection::{Projection, ProjectionBatch, ProjectionError, MAX_PROJECTION_NAME};
 use crate::writer::{PreparedBatch, PreparedStream, Request, Writer};
 
 /// The name of the sled tree that holds the store.
@@ -351,6 +351,35 @@ impl SledStore {
     }
 }
 
+/// The key of a snapshot's blob inside its projection.
+const SNAPSHOT_KEY: &[u8] = b"state";
+
+/// The projection that keeps snapshot `name`; names that a projection refuses are hashed
+/// into the allowed alphabet rather than refused, since callers pick them freely.
+fn snapshot_projection(name: &str) -> String {
+    let ok = name.len() <= MAX_PROJECTION_NAME - 9
+        && !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'));
+    if ok {
+        format!("snapshot.{name}")
+    } else {
+        format!("snapshot.x{:08x}", crc32fast::hash(name.as_bytes()))
+    }
+}
+
+/// A projection failure as the port's error: the store's own errors pass through, refused
+/// checkpoints become invalid requests.
+fn projection_error(e: ProjectionError) -> StoreError {
+    match e {
+        ProjectionError::Store(e) => e,
+        other => StoreError::InvalidBatch {
+            reason: other.to_string(),
+        },
+    }
+}
+
 /// Refuses a database written by an unknown layout; stamps a new one.
 fn check_format(tree: &sled::Tree) -> Result<(), StoreError> {
     match tree.get(codec::FORMAT_KEY).map_err(sled_error)? {
@@ -670,6 +699,35 @@ impl EventStore for SledStore {
 
     async fn head_position(&self) -> Result<u64, StoreError> {
         Ok(self.inner.shared.head())
+    }
+
+    async fn load_snapshot(&self, name: &str) -> Result<Option<Snapshot>, StoreError> {
+        let proj = self
+            .projection(&snapshot_projection(name))
+            .map_err(projection_error)?;
+        let position = proj.checkpoint().await.map_err(projection_error)?;
+        if position == 0 {
+            return Ok(None);
+        }
+        match proj.get(SNAPSHOT_KEY).await.map_err(projection_error)? {
+            Some(bytes) => Ok(Some(Snapshot { position, bytes })),
+            None => Ok(None),
+        }
+    }
+
+    /// Kept as a [`Projection`] named `snapshot.{name}`: the blob and its position are
+    /// written in one batch through the writer thread, behind the events they reflect (the
+    /// projection refuses a position past the head).
+    async fn save_snapshot(&self, name: &str, snapshot: Snapshot) -> Result<(), StoreError> {
+        let proj = self
+            .projection(&snapshot_projection(name))
+            .map_err(projection_error)?;
+        let from = proj.checkpoint().await.map_err(projection_error)?;
+        let mut batch = ProjectionBatch::new();
+        batch.put(SNAPSHOT_KEY, snapshot.bytes);
+        proj.apply(from, snapshot.position, batch)
+            .await
+            .map_err(projection_error)
     }
 
     async fn subscribe(&self, from: u64) -> Result<Box<dyn Subscription>, StoreError> {

@@ -260,3 +260,47 @@ async fn a_store_in_use_cannot_be_opened_twice() {
     // Dropping the last handle closes the database at once.
     open(&dir, Durability::FlushEveryBatch).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn snapshots_survive_reopen_and_stay_per_name() {
+    use fleetops_core::store::Snapshot;
+    let dir = tempfile::tempdir().unwrap();
+    let saved = Snapshot {
+        position: 2,
+        bytes: b"folded state".to_vec(),
+    };
+    {
+        let store = open(&dir, Durability::Buffered).await;
+        store
+            .append(AppendBatch::single(
+                stream("s"),
+                ExpectedVersion::NoStream,
+                vec![event(1, "x"), event(2, "y")],
+            ))
+            .await
+            .unwrap();
+        store.save_snapshot("fleet", saved.clone()).await.unwrap();
+        // A name outside the projection alphabet is still accepted (hashed), and distinct.
+        store
+            .save_snapshot(
+                "fleet/a b",
+                Snapshot {
+                    position: 1,
+                    bytes: vec![7],
+                },
+            )
+            .await
+            .unwrap();
+        store.flush().await.unwrap();
+    }
+    let store = open(&dir, Durability::Buffered).await;
+    assert_eq!(store.load_snapshot("fleet").await.unwrap(), Some(saved));
+    assert_eq!(
+        store.load_snapshot("fleet/a b").await.unwrap(),
+        Some(Snapshot {
+            position: 1,
+            bytes: vec![7]
+        })
+    );
+    assert_eq!(store.load_snapshot("none").await.unwrap(), None);
+}

@@ -105,6 +105,7 @@ where
         idempotency_keys,
         subscription_from_empty_store,
         subscription_catch_up_then_live,
+        snapshots,
     );
 }
 
@@ -1158,6 +1159,82 @@ pub async fn subscription_from_empty_store<S: EventStore>(store: S) {
         );
     }
     expect_quiet(&mut *ahead, "subscriber opened at head + 1").await;
+}
+
+/// Snapshots (persisted projection checkpoints): none before the first save; a save is read
+/// back byte for byte with its position, per name; a later save replaces it and survives
+/// more appends; a position past the head is refused and leaves the saved one in place.
+pub async fn snapshots<S: EventStore>(store: S) {
+    use crate::store::Snapshot as Saved;
+    let ids = Ids::default();
+    let s = stream("snap/feed");
+    let load = |name: &'static str| {
+        let store = &store;
+        async move {
+            call("load_snapshot", store.load_snapshot(name))
+                .await
+                .unwrap_or_else(|e| panic!("load_snapshot({name}) failed: {e}"))
+        }
+    };
+    assert_eq!(load("fleet").await, None, "an empty store has no snapshot");
+    append_ok(
+        &store,
+        batch(&s, ExpectedVersion::NoStream, ids.small(3)),
+        "append 1",
+    )
+    .await;
+    let first = Saved {
+        position: 3,
+        bytes: b"{\"state\":1}".to_vec(),
+    };
+    call("save_snapshot", store.save_snapshot("fleet", first.clone()))
+        .await
+        .unwrap_or_else(|e| panic!("saving a snapshot at the head failed: {e}"));
+    assert_eq!(
+        load("fleet").await,
+        Some(first.clone()),
+        "a saved snapshot reads back"
+    );
+    assert_eq!(load("other").await, None, "snapshots are kept per name");
+
+    let past = Saved {
+        position: 4,
+        bytes: vec![1],
+    };
+    assert!(
+        call("save_snapshot", store.save_snapshot("fleet", past))
+            .await
+            .is_err(),
+        "a snapshot past the feed head must be refused"
+    );
+    assert_eq!(
+        load("fleet").await,
+        Some(first),
+        "a refused save changes nothing"
+    );
+
+    append_ok(
+        &store,
+        batch(&s, ExpectedVersion::Exact(3), ids.small(2)),
+        "append 2",
+    )
+    .await;
+    let big: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
+    let second = Saved {
+        position: 5,
+        bytes: big,
+    };
+    call(
+        "save_snapshot",
+        store.save_snapshot("fleet", second.clone()),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("replacing a snapshot failed: {e}"));
+    assert_eq!(
+        load("fleet").await,
+        Some(second),
+        "a later save replaces the snapshot"
+    );
 }
 
 /// Subscriptions opened from 1, from the middle, and at the head while writers keep appending:
