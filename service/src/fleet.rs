@@ -3,6 +3,7 @@
 use std::collections::{BTreeSet, HashMap};
 use std::hash::RandomState;
 use std::ops::Bound;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
 use fleetops_core::command::{CommandExecution, CommandIntent};
@@ -33,7 +34,7 @@ use crate::types::{
     CommandRow, ExecutionRow, FleetConfig, JobDescription, JobSpec, JobSummary, Page, Paged,
     StatusChange,
 };
-use crate::{follower, jobs, outbox, scheduler, worker};
+use crate::{follower, jobs, outbox, scheduler, snapshot, worker};
 
 /// A stream of stored events with their envelopes, from [`Fleet::events`].
 pub type EventStream = BoxStream<'static, Result<StoredEvent, FleetError>>;
@@ -69,7 +70,7 @@ pub type EventStream = BoxStream<'static, Result<StoredEvent, FleetError>>;
 /// # Ok(()) }
 /// ```
 pub struct Fleet<S: EventStore, L: DeviceLink> {
-    inner: Arc<Inner<S, L>>,
+    pub(crate) inner: Arc<Inner<S, L>>,
     tasks: Vec<JoinHandle<()>>,
 }
 
@@ -145,7 +146,11 @@ impl<S: EventStore, L: DeviceLink> FleetBuilder<S, L> {
             changes,
             presence: Mutex::new(HashMap::new()),
             cache: Mutex::new(ExecCache::new(cache_capacity)),
+            snapshot_at: AtomicU64::new(0),
+            snapshotting: AtomicBool::new(false),
         });
+        // Resume from the persisted checkpoint when there is a usable one, then fold the rest.
+        inner.restore_snapshot().await;
         inner.catch_up_at_start().await?;
         // Recovery: every job gets a tick (retries, removals, cleanup, review and rollout
         // are all derived from the folded state), and the outbox re-sends what may be owed.
@@ -161,6 +166,9 @@ impl<S: EventStore, L: DeviceLink> FleetBuilder<S, L> {
         tasks.push(tokio::spawn(scheduler::run(Arc::clone(&inner))));
         tasks.push(tokio::spawn(jobs::run(Arc::clone(&inner))));
         tasks.push(tokio::spawn(outbox::run(Arc::clone(&inner))));
+        if inner.snapshot_due(inner.read().checkpoint()) {
+            tokio::spawn(snapshot::save(Arc::clone(&inner)));
+        }
         Ok(Fleet { inner, tasks })
     }
 }
@@ -282,8 +290,31 @@ impl<S: EventStore, L: DeviceLink> Fleet<S, L> {
         Self::builder(store, link).start().await
     }
 
-    /// Stops every task. The store keeps everything; start a new fleet to resume.
+    /// Stops every task and saves a snapshot of the projections (the persisted checkpoint a
+    /// new fleet resumes from, see [`FleetConfig::snapshot_every`]). The store keeps
+    /// everything; start a new fleet to resume. A fleet that is only dropped stops the same
+    /// way but saves no snapshot, so its successor folds more of the feed at start.
     pub async fn shutdown(mut self) {
+        self.stop_tasks().await;
+        // A periodic save may still be running; let it finish, then save the final state.
+        let waited = std::time::Instant::now();
+        while self.inner.snapshotting.load(Ordering::Acquire)
+            && waited.elapsed() < std::time::Duration::from_secs(30)
+        {
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        snapshot::save(Arc::clone(&self.inner)).await;
+    }
+
+    /// Stops every task at once, as a crash would: no final snapshot, so the next start
+    /// resumes from the last periodic one and folds the rest of the feed. Unlike a plain
+    /// drop, it returns only once the tasks have stopped, so the store's and the link's
+    /// handles are released (a sled directory can be reopened right away).
+    pub async fn abort(mut self) {
+        self.stop_tasks().await;
+    }
+
+    async fn stop_tasks(&mut self) {
         for t in self.tasks.drain(..) {
             t.abort();
             let _ = t.await;
@@ -293,6 +324,12 @@ impl<S: EventStore, L: DeviceLink> Fleet<S, L> {
     /// The store.
     pub fn store(&self) -> &S {
         &self.inner.store
+    }
+
+    /// The position of the last snapshot of the projections this fleet saved or resumed
+    /// from (its persisted checkpoint); 0 when there is none yet.
+    pub fn snapshot_position(&self) -> u64 {
+        self.inner.snapshot_at.load(Ordering::Relaxed)
     }
 
     /// The global position the projections have folded.

@@ -71,6 +71,13 @@ impl<S: EventStore, L: DeviceLink> Inner<S, L> {
         self.scheduler_wake.notify_one();
         failed
     }
+
+    /// Starts a snapshot save in the background when enough events were folded since the last.
+    fn maybe_snapshot(self: &Arc<Self>) {
+        if self.snapshot_due(self.read().checkpoint()) {
+            tokio::spawn(crate::snapshot::save(Arc::clone(self)));
+        }
+    }
 }
 
 /// The follower task: a store subscription from the checkpoint, folded in batches.
@@ -112,7 +119,9 @@ pub(crate) async fn run<S: EventStore, L: DeviceLink>(inner: Arc<Inner<S, L>>) {
                     None => break,
                 }
             }
-            if inner.fold(&batch) || broken {
+            let failed = inner.fold(&batch);
+            inner.maybe_snapshot();
+            if failed || broken {
                 break;
             }
         }

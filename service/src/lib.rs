@@ -14,7 +14,8 @@
 //!
 //! - **projection follower**: subscribes to the store's global feed and folds every event into
 //!   core's `Projections` (per-job counters, per-thing pending queue, deadline index) and the
-//!   service's own indexes; then tells the other tasks what the new events imply;
+//!   service's own indexes; then tells the other tasks what the new events imply, and starts
+//!   a snapshot save when one is due;
 //! - **inbound loop**: reads `DeviceLink::recv` batches and routes each request to a worker
 //!   shard chosen by thing name, so one thing's requests are decided in order;
 //! - **worker shards** (4 by default): answer device requests (get pending, start-next,
@@ -36,15 +37,20 @@
 //!
 //! ## Recovery
 //!
-//! Start folds the whole feed before serving. Then every job gets a tick (owed retries,
+//! Start resumes the projections from the store's snapshot (the persisted checkpoint, see
+//! below) and folds the events after it before serving. Then every job gets a tick (owed retries,
 //! removals, cleanup, rollout and review are all derived from the folded state), every thing
 //! with pending executions gets `notify` and `notify-next` again, live commands get their
 //! request again (with the remaining TTL), and the scheduler fires every overdue deadline at
 //! once. Devices treat duplicates as harmless, as the protocol requires.
 //!
-//! Projection checkpoints are **not persisted yet**: a start replays the feed from position 1
-//! (measured in `BENCHMARKS.md`). A later step can persist them with store-sled's projection
-//! API.
+//! **Persisted checkpoints.** Every [`FleetConfig::snapshot_every`] folded events (100,000 by
+//! default) and at [`Fleet::shutdown`], the read models are saved through the store's snapshot
+//! port (`EventStore::save_snapshot`; store-sled writes them behind the events they reflect)
+//! with the position they reflect. A snapshot is a cache of the feed: one that is missing,
+//! undecodable, of another format or schema, or past the feed head is ignored with a warning
+//! and the start folds from position 1. The tests check that a snapshot taken at any position
+//! plus the rest of the feed folds to exactly the state of a full fold.
 //!
 //! ## Device notifications
 //!
@@ -59,7 +65,6 @@
 //!
 //! - The read models keep a small record for every execution and command ever stored (about
 //!   1.3 KB per execution, measured in `BENCHMARKS.md`); there is no retention policy yet.
-//! - A deleted group is not treated as its members leaving a continuous job.
 //! - Status changes are offered as typed values ([`Fleet::status_changes`]); job execution
 //!   changes are also sent through the link ([`FleetConfig::publish_status_changes`], on by
 //!   default; MQTT publishes them on `{prefix}/events/jobExecution/{jobId}/{status}`). Both
@@ -102,6 +107,7 @@ pub mod link;
 mod outbox;
 mod runtime;
 mod scheduler;
+mod snapshot;
 mod state;
 mod types;
 mod worker;

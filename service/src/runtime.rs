@@ -3,6 +3,7 @@
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::hash::{BuildHasher, RandomState};
+use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use fleetops_core::device::Outbound;
@@ -76,6 +77,10 @@ pub(crate) struct Inner<S, L> {
     pub changes: broadcast::Sender<StatusChange>,
     pub presence: Mutex<HashMap<ThingName, bool>>,
     pub cache: Mutex<ExecCache>,
+    /// The position of the last saved snapshot (or the one resumed from).
+    pub snapshot_at: AtomicU64,
+    /// A snapshot save is under way.
+    pub snapshotting: AtomicBool,
 }
 
 /// The message that publishes `change`: job execution changes only.

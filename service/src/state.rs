@@ -30,7 +30,7 @@ use crate::types::StatusChange;
 /// What the service remembers of one job execution besides core's projection entry: enough
 /// to answer `get`/`notify` and to decide service-side intents (cancel, remove, retry) without
 /// reading the stream.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub(crate) struct ExecMeta {
     pub status: JobExecutionStatus,
     pub execution_number: u32,
@@ -91,7 +91,7 @@ pub(crate) struct JobEntry {
 }
 
 /// What the service remembers of one command execution.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub(crate) struct CommandEntry {
     pub thing: ThingName,
     pub status: CommandStatus,
@@ -196,7 +196,7 @@ impl State {
                     && self
                         .groups
                         .get(g)
-                        .is_some_and(|gr| gr.members.contains(thing))
+                        .is_some_and(|gr| !gr.deleted && gr.members.contains(thing))
             })
     }
 
@@ -486,11 +486,17 @@ impl State {
         fx: &mut Effects,
     ) -> Result<(), FleetError> {
         let old = self.groups.remove(&name);
+        let old_members: Vec<ThingName> = match (&stored.event, &old) {
+            (Event::GroupDeleted { .. }, Some(g)) => g.members.iter().cloned().collect(),
+            _ => Vec::new(),
+        };
         let group = Group::evolve(old, &stored.event).map_err(|e| corrupt(&stored.stream, e))?;
         self.groups.insert(name.clone(), group);
         let (added, things) = match &stored.event {
             Event::GroupMembersAdded { things, .. } => (true, things),
             Event::GroupMembersRemoved { things, .. } => (false, things),
+            // Deleting a group is every member leaving it at once.
+            Event::GroupDeleted { .. } => (false, &old_members),
             _ => return Ok(()),
         };
         let jobs = self.group_jobs.get(&name).cloned().unwrap_or_default();

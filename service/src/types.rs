@@ -274,6 +274,11 @@ pub struct FleetConfig {
     /// Job execution states kept in memory to spare the store a replay per device request
     /// (0 turns the cache off). Stale entries are harmless: appends check versions.
     pub execution_cache: usize,
+    /// Folded events between two snapshots of the projections, the persisted checkpoint a
+    /// start resumes from instead of folding the whole feed (0: never save nor load one).
+    /// A snapshot is also saved by [`Fleet::shutdown`](crate::Fleet::shutdown). Each save
+    /// encodes the whole read model (about 0.5 KB per execution) while the follower waits.
+    pub snapshot_every: u64,
 }
 
 impl Default for FleetConfig {
@@ -290,6 +295,7 @@ impl Default for FleetConfig {
             status_change_buffer: 4096,
             publish_status_changes: true,
             execution_cache: crate::cache::DEFAULT_CAPACITY,
+            snapshot_every: 100_000,
         }
     }
 }

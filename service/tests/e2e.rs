@@ -14,7 +14,7 @@ use fleetops_core::{
     Duration, Event, JobExecutionStatus as S, JobId, JobStatus, StreamId, ThingName,
 };
 use fleetops_service::clock::{Clock, ManualClock, SystemClock};
-use fleetops_service::{Fleet, JobSpec};
+use fleetops_service::{Fleet, FleetConfig, JobSpec};
 use fleetops_store_sled::{SledConfig, SledStore};
 use fleetops_transport_mqtt::testing::{BrokerOptions, TestBroker};
 use fleetops_transport_mqtt::{DeviceClient, DeviceConfig, DeviceEvent, MqttLink, MqttLinkConfig};
@@ -276,10 +276,19 @@ async fn kill_and_restart_once(run: usize) {
         }],
         ..JobConfig::default()
     };
+    // Snapshots every 50 events, so the restart resumes from a persisted checkpoint taken
+    // mid-job: the last periodic one after a crash (even runs), the final one after a clean
+    // shutdown (odd runs).
+    let snapshots = FleetConfig {
+        snapshot_every: 50,
+        ..FleetConfig::default()
+    };
+    let crash = run % 2 == 0;
     {
         let store = open_store(dir.path()).await;
         let fleet = Fleet::builder(store, link(&broker).await)
             .clock(clock.clone())
+            .config(snapshots.clone())
             .start()
             .await
             .unwrap();
@@ -296,14 +305,23 @@ async fn kill_and_restart_once(run: usize) {
             d.counters.succeeded >= 40 + (run as u64 % 5) * 10
         })
         .await;
-        fleet.shutdown().await;
+        if crash {
+            fleet.abort().await;
+        } else {
+            fleet.shutdown().await;
+        }
     }
     let store = open_store(dir.path()).await;
     let fleet = Fleet::builder(store.clone(), link(&broker).await)
         .clock(clock.clone())
+        .config(snapshots)
         .start()
         .await
         .unwrap();
+    assert!(
+        fleet.snapshot_position() > 0,
+        "run {run}: the restart resumed from a snapshot (crash: {crash})"
+    );
     // The next window, then the in-progress timeouts, then the retries' window.
     clock.advance(Duration::from_secs(60));
     // Every execution must have been started before the timeouts are due, or a silent

@@ -301,6 +301,44 @@ async fn a_continuous_job_follows_group_membership() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deleting_a_group_is_its_members_leaving_a_continuous_job() {
+    let mut env = env().await;
+    let (g, other) = (
+        GroupName::parse("hall").unwrap(),
+        GroupName::parse("roof").unwrap(),
+    );
+    for (group, members) in [
+        (&g, vec![t("d1"), t("d2"), t("d3")]),
+        (&other, vec![t("d3")]),
+    ] {
+        env.fleet.create_group(group.clone(), None).await.unwrap();
+        env.fleet.add_group_members(group, members).await.unwrap();
+    }
+    let job = j("follow-hall");
+    env.fleet
+        .create_job(
+            JobSpec::new(job.clone(), doc())
+                .groups([g.clone(), other.clone()])
+                .continuous(),
+        )
+        .await
+        .unwrap();
+    settle(&env.fleet).await;
+    start_next(&mut env.devices, &t("d2")).await;
+    env.fleet.delete_group(&g).await.unwrap();
+    settle(&env.fleet).await;
+    // d1 only belonged to the deleted group: its queued execution goes. d2 already started,
+    // so it stays; d3 is still targeted through the other group.
+    assert_eq!(status_of(&env.fleet, &job, &t("d1")), Some(S::Removed));
+    assert_eq!(status_of(&env.fleet, &job, &t("d2")), Some(S::InProgress));
+    assert_eq!(status_of(&env.fleet, &job, &t("d3")), Some(S::Queued));
+    // Deleting the other group removes d3's execution as well.
+    env.fleet.delete_group(&other).await.unwrap();
+    settle(&env.fleet).await;
+    assert_eq!(status_of(&env.fleet, &job, &t("d3")), Some(S::Removed));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_step_timeout_is_replaced_then_cleared() {
     let mut env = env().await;
     let job = j("steps");

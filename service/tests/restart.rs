@@ -121,8 +121,16 @@ async fn repeated_kills_at_arbitrary_moments_still_finish_the_job() {
     let job = j("phoenix");
     let targets = things("k", 60);
     let mut created = false;
+    // Odd lives save a snapshot every few events and resume from the last one; even lives
+    // neither save nor load one and fold the whole feed. Either way, nothing is lost.
+    let snapshots = |life: u64| FleetConfig {
+        snapshot_every: if life % 2 == 1 { 5 + life } else { 0 },
+        ..FleetConfig::default()
+    };
+    let mut resumed = 0;
     for life in 0..6u64 {
-        let (fleet, devices) = start(&store, &clock, FleetConfig::default()).await;
+        let (fleet, devices) = start(&store, &clock, snapshots(life)).await;
+        resumed += fleet.snapshot_position();
         let _sim = simulate(
             devices,
             Arc::new(move |thing, view| {
@@ -151,7 +159,9 @@ async fn repeated_kills_at_arbitrary_moments_still_finish_the_job() {
         tokio::time::sleep(std::time::Duration::from_millis(1 + life)).await;
         drop(fleet);
     }
-    let (fleet, devices) = start(&store, &clock, FleetConfig::default()).await;
+    let (fleet, devices) = start(&store, &clock, snapshots(7)).await;
+    resumed += fleet.snapshot_position();
+    assert!(resumed > 0, "some lives resumed from a snapshot");
     let _sim = simulate(devices, Arc::new(|_, _| SimAction::Succeed));
     for _ in 0..40 {
         clock.advance(mins(1));
