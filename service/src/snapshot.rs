@@ -597,3 +597,177 @@ mod tests {
         ));
     }
 }
+
+#[cfg(test)]
+mod checked {
+    //! Every snapshot a running fleet saves must be exactly the fold of the feed up to its
+    //! position (apart from the job deadlines the job driver arms, which no event states).
+    use super::*;
+    use crate::clock::ManualClock;
+    use crate::link::{simulate, ChannelLink, SimAction};
+    use crate::state::Effects;
+    use crate::{Fleet, FleetConfig, JobSpec};
+    use async_trait::async_trait;
+    use fleetops_core::config::{FailureType, JobConfig, RetryCriterion, Rollout};
+    use fleetops_core::store::{AppendBatch, Appended, StoredEvent, Subscription};
+    use fleetops_core::{Duration, JobStatus, StoreError, StreamId};
+    use fleetops_store_memory::MemoryStore;
+    use std::sync::atomic::AtomicUsize;
+
+    #[derive(Clone)]
+    struct Checking {
+        inner: MemoryStore,
+        saves: Arc<AtomicUsize>,
+        bad: Arc<std::sync::Mutex<Vec<String>>>,
+    }
+
+    fn normalized(mut s: State) -> Vec<u8> {
+        let jobs: Vec<StreamId> = s.jobs.keys().map(StreamId::job).collect();
+        for j in jobs {
+            s.proj.arm(&j, None);
+        }
+        s.encode()
+    }
+
+    #[async_trait]
+    impl EventStore for Checking {
+        async fn append(&self, b: AppendBatch) -> Result<Appended, StoreError> {
+            self.inner.append(b).await
+        }
+        async fn read_stream(
+            &self,
+            s: &StreamId,
+            from: u64,
+            limit: usize,
+        ) -> Result<Vec<StoredEvent>, StoreError> {
+            self.inner.read_stream(s, from, limit).await
+        }
+        async fn stream_version(&self, s: &StreamId) -> Result<Option<u64>, StoreError> {
+            self.inner.stream_version(s).await
+        }
+        async fn read_all(&self, from: u64, limit: usize) -> Result<Vec<StoredEvent>, StoreError> {
+            self.inner.read_all(from, limit).await
+        }
+        async fn head_position(&self) -> Result<u64, StoreError> {
+            self.inner.head_position().await
+        }
+        async fn subscribe(&self, from: u64) -> Result<Box<dyn Subscription>, StoreError> {
+            self.inner.subscribe(from).await
+        }
+        async fn load_snapshot(&self, name: &str) -> Result<Option<Snapshot>, StoreError> {
+            self.inner.load_snapshot(name).await
+        }
+        async fn save_snapshot(&self, name: &str, s: Snapshot) -> Result<(), StoreError> {
+            let feed = self.inner.read_all(1, s.position as usize).await?;
+            let mut full = State::default();
+            let mut fx = Effects::default();
+            for e in &feed {
+                full.apply(e, &mut fx).unwrap();
+            }
+            let expected = normalized(full);
+            let problem = match State::decode(&s.bytes, s.position) {
+                Ok(saved) => (normalized(saved) != expected)
+                    .then(|| format!("snapshot at {} differs", s.position)),
+                Err(e) => Some(format!("snapshot at {}: {e}", s.position)),
+            };
+            if let Some(p) = problem {
+                self.bad.lock().unwrap().push(p);
+            }
+            self.saves.fetch_add(1, Ordering::Relaxed);
+            self.inner.save_snapshot(name, s).await
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn every_saved_snapshot_is_the_fold_of_the_feed_up_to_its_position() {
+        let store = Checking {
+            inner: MemoryStore::new(),
+            saves: Arc::default(),
+            bad: Arc::default(),
+        };
+        let clock = ManualClock::new(Timestamp::from_millis(1_800_000_000_000));
+        let job = JobId::parse("checked").unwrap();
+        let things: Vec<ThingName> = (0..200)
+            .map(|i| ThingName::parse(&format!("c{i:03}")).unwrap())
+            .collect();
+        let config = FleetConfig {
+            snapshot_every: 13,
+            ..FleetConfig::default()
+        };
+        for life in 0..3 {
+            let (link, devices) = ChannelLink::pair(1024);
+            let fleet = Fleet::builder(store.clone(), link)
+                .clock(clock.clone())
+                .config(config.clone())
+                .start()
+                .await
+                .unwrap();
+            let _sim = simulate(
+                devices,
+                Arc::new(|t, v| {
+                    let n: usize = t.as_str()[1..].parse().unwrap_or(0);
+                    match (n % 5, n % 7, v.execution_number) {
+                        (0, _, 1) => SimAction::Ignore,
+                        (_, 0, 1) => SimAction::Fail,
+                        _ => SimAction::Succeed,
+                    }
+                }),
+            );
+            if life == 0 {
+                fleet
+                    .create_job(
+                        JobSpec::new(job.clone(), serde_json::json!({}))
+                            .things(things.clone())
+                            .config(JobConfig {
+                                rollout: Rollout::Fixed { per_minute: 120 },
+                                in_progress_timeout: Some(Duration::from_minutes(10)),
+                                retry: vec![RetryCriterion {
+                                    failure_type: FailureType::All,
+                                    number_of_retries: 2,
+                                }],
+                                ..JobConfig::default()
+                            }),
+                    )
+                    .await
+                    .unwrap();
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(150)).await;
+            clock.advance(Duration::from_secs(60));
+            tokio::time::sleep(std::time::Duration::from_millis(150)).await;
+            clock.advance(Duration::from_minutes(11));
+            tokio::time::sleep(std::time::Duration::from_millis(150)).await;
+            if life % 2 == 0 {
+                fleet.abort().await;
+            } else {
+                fleet.shutdown().await;
+            }
+        }
+        let (link, devices) = ChannelLink::pair(1024);
+        let fleet = Fleet::builder(store.clone(), link)
+            .clock(clock.clone())
+            .config(config)
+            .start()
+            .await
+            .unwrap();
+        let _sim = simulate(devices, Arc::new(|_, _| SimAction::Succeed));
+        for _ in 0..100 {
+            if fleet.describe_job(&job).unwrap().job.status == JobStatus::Completed {
+                break;
+            }
+            clock.advance(Duration::from_minutes(11));
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        let d = fleet.describe_job(&job).unwrap();
+        assert_eq!(d.job.status, JobStatus::Completed, "{:?}", d.counters);
+        assert_eq!(d.counters.succeeded, 200, "{:?}", d.counters);
+        let bad = store.bad.lock().unwrap().clone();
+        let saves = store.saves.load(Ordering::Relaxed);
+        let head = store.inner.head_position().await.unwrap();
+        // One check per folded batch, so far fewer saves than events / 13.
+        assert!(saves >= 3, "only {saves} snapshots saved for {head} events");
+        assert!(
+            bad.is_empty(),
+            "snapshots that differ from the fold: {bad:?}"
+        );
+    }
+}

@@ -276,11 +276,11 @@ async fn kill_and_restart_once(run: usize) {
         }],
         ..JobConfig::default()
     };
-    // Snapshots every 50 events, so the restart resumes from a persisted checkpoint taken
+    // Snapshots every 100 events, so the restart resumes from a persisted checkpoint taken
     // mid-job: the last periodic one after a crash (even runs), the final one after a clean
     // shutdown (odd runs).
     let snapshots = FleetConfig {
-        snapshot_every: 50,
+        snapshot_every: 100,
         ..FleetConfig::default()
     };
     let crash = run % 2 == 0;
@@ -305,6 +305,11 @@ async fn kill_and_restart_once(run: usize) {
             d.counters.succeeded >= 40 + (run as u64 % 5) * 10
         })
         .await;
+        eprintln!(
+            "run {run}: before the stop, {:?} at {}",
+            fleet.describe_job(&job).unwrap().counters,
+            fleet.checkpoint()
+        );
         if crash {
             fleet.abort().await;
         } else {
@@ -318,6 +323,12 @@ async fn kill_and_restart_once(run: usize) {
         .start()
         .await
         .unwrap();
+    eprintln!(
+        "run {run} crash={crash}: resumed at {} of head {}, counters {:?}",
+        fleet.snapshot_position(),
+        store.head_position().await.unwrap(),
+        fleet.describe_job(&job).unwrap().counters
+    );
     assert!(
         fleet.snapshot_position() > 0,
         "run {run}: the restart resumed from a snapshot (crash: {crash})"
