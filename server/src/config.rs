@@ -57,8 +57,8 @@ pub struct ServeOptions {
     /// TOML file with any of the settings below (snake_case keys, e.g. `api_token`).
     #[arg(long, env = "FLEETOPS_CONFIG", value_name = "FILE")]
     pub config: Option<PathBuf>,
-    /// Broker URL: mqtt://[user[:password]@]host[:port] or mqtts://… (TLS) [default:
-    /// mqtt://127.0.0.1:1883].
+    /// Broker URL: `mqtt://[user[:password]@]host[:port]` or `mqtts://…` (TLS) (default:
+    /// mqtt://127.0.0.1:1883).
     #[arg(long, env = "FLEETOPS_BROKER", value_name = "URL")]
     pub broker: Option<String>,
     /// PEM file of the CA that signs the broker's certificate (needed by mqtts://).
@@ -331,8 +331,17 @@ impl Settings {
             },
             _ => return Err(ConfigError::ClientCertPair),
         };
-        let username = args.broker_username.or(file.broker_username);
-        let password = args.broker_password.or(file.broker_password);
+        // Each part given separately replaces the same part of the URL, so a URL naming the
+        // user can take its password from FLEETOPS_BROKER_PASSWORD (kept out of `ps`).
+        let from_url = url.credentials.clone();
+        let username = args
+            .broker_username
+            .or(file.broker_username)
+            .or_else(|| from_url.as_ref().map(|c| c.username.clone()));
+        let password = args
+            .broker_password
+            .or(file.broker_password)
+            .or_else(|| from_url.map(|c| c.password));
         let credentials = match (username, password) {
             (Some(username), password) => Some(Credentials {
                 username,
@@ -470,6 +479,27 @@ mod tests {
         let c = s.link.broker.credentials.unwrap();
         assert_eq!((c.username.as_str(), c.password.as_str()), ("svc", "pw"));
         assert_eq!(s.broker_shown, "mqtt://u:p@h".replace(":p@", ":***@"));
+        // The user from the URL, the password from elsewhere (FLEETOPS_BROKER_PASSWORD).
+        let a = ServeOptions {
+            broker: Some("mqtt://svc@h".into()),
+            broker_password: Some("from-env".into()),
+            ..args()
+        };
+        let s = Settings::resolve(a, FileConfig::default(), None).unwrap();
+        let c = s.link.broker.credentials.unwrap();
+        assert_eq!(
+            (c.username.as_str(), c.password.as_str()),
+            ("svc", "from-env")
+        );
+        // A password for nobody is refused.
+        let a = ServeOptions {
+            broker_password: Some("pw".into()),
+            ..args()
+        };
+        assert_eq!(
+            Settings::resolve(a, FileConfig::default(), None).unwrap_err(),
+            ConfigError::PasswordWithoutUser
+        );
     }
 
     #[test]
@@ -530,6 +560,16 @@ mod tests {
             ConfigError::ClientCertPair
         );
         assert!(toml::from_str::<FileConfig>("brokr = \"x\"").is_err());
+    }
+
+    #[test]
+    fn the_toml_example_of_the_operations_guide_parses() {
+        let guide = include_str!("../../docs/operations.md");
+        let start = guide.find("```toml\n").expect("a TOML example") + "```toml\n".len();
+        let len = guide[start..].find("```").expect("closed");
+        let file: FileConfig = toml::from_str(&guide[start..start + len]).expect("valid");
+        assert_eq!(file.data_dir, Some(PathBuf::from("/var/lib/fleetops")));
+        assert_eq!(file.log_format, Some(LogFormat::Json));
     }
 
     #[test]
