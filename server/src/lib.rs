@@ -16,6 +16,7 @@
 pub mod bench;
 pub mod broker_url;
 pub mod cli;
+pub mod config;
 pub mod demo;
 pub mod http;
 pub mod serve;

@@ -1,12 +1,269 @@
-//! `fleetops serve`.
+//! `fleetops serve`: the service for real use.
+//!
+//! It opens the sled data directory, connects to the broker (TLS and credentials as
+//! configured), starts the [`Fleet`] runtime and serves the HTTP API ([`crate::http`]).
+//! On SIGINT or SIGTERM it shuts down in an order that loses nothing:
+//!
+//! 1. stop accepting connections and let in-flight requests finish (`wait=true` command
+//!    requests answer at once with the record as it stands);
+//! 2. stop the runtime ([`Fleet::shutdown`]); every decision it acknowledged is already
+//!    stored, and what it still owed devices is derived again from the store at the next start;
+//! 3. flush sled and close it;
+//! 4. disconnect from the broker; the persistent session keeps device requests queued there
+//!    until the service is back.
+//!
+//! [`start`] is the same server without the process-wide parts (logging, signals), so tests
+//! run it in-process with any shutdown future.
 
-use clap::Args;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
-/// Arguments of `fleetops serve`.
-#[derive(Debug, Args)]
-pub struct ServeArgs {}
+use async_trait::async_trait;
+use fleetops_core::device::Outbound;
+use fleetops_core::link::{DeviceLink, LinkError, LinkEvent};
+use fleetops_core::StoreError;
+use fleetops_service::{Fleet, FleetError};
+use fleetops_store_sled::{SledConfig, SledStore};
+use fleetops_transport_mqtt::MqttLink;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
 
-/// Runs `fleetops serve`.
-pub async fn run(_args: ServeArgs) -> anyhow::Result<()> {
-    anyhow::bail!("`fleetops serve` is not implemented yet")
+pub use crate::config::ServeArgs;
+use crate::config::{LogFormat, Settings};
+use crate::http::{self, ApiState};
+
+/// The MQTT link shared between the runtime and the server, so the server can still
+/// disconnect it cleanly after [`Fleet::shutdown`] (which consumes the fleet and its link).
+#[derive(Clone)]
+pub struct SharedLink(pub Arc<MqttLink>);
+
+#[async_trait]
+impl DeviceLink for SharedLink {
+    async fn send(&self, messages: Vec<Outbound>) -> Result<(), LinkError> {
+        self.0.send(messages).await
+    }
+
+    async fn recv(&self, max: usize) -> Result<Vec<LinkEvent>, LinkError> {
+        self.0.recv(max).await
+    }
+}
+
+/// Why the server could not start or stop cleanly.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// The sled directory could not be opened.
+    #[error("cannot open the data directory {path}: {source}")]
+    Store {
+        /// The directory.
+        path: String,
+        /// Why.
+        source: StoreError,
+    },
+    /// The broker could not be reached or refused the connection.
+    #[error("cannot connect to the broker {broker}: {source}")]
+    Broker {
+        /// The URL, password redacted.
+        broker: String,
+        /// Why.
+        source: fleetops_transport_mqtt::Error,
+    },
+    /// The runtime did not start (the stored history could not be folded).
+    #[error("cannot start the fleet runtime: {0}")]
+    Fleet(#[from] FleetError),
+    /// The listen address could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The HTTP server failed while running.
+    #[error("the HTTP server failed: {0}")]
+    Http(std::io::Error),
+    /// The final flush of the store failed: the last acknowledged writes may not be on disk.
+    #[error("the final flush of the data directory failed: {0}")]
+    Flush(StoreError),
+    /// The server task panicked or was aborted.
+    #[error("the server task ended abnormally: {0}")]
+    Task(String),
+}
+
+/// A running server: its bound address and the task that serves until shutdown.
+#[derive(Debug)]
+pub struct Server {
+    addr: SocketAddr,
+    task: JoinHandle<Result<(), ServeError>>,
+}
+
+impl Server {
+    /// The address the HTTP API listens on (the real port when port 0 was asked for).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Waits until the shutdown future fired and the shutdown sequence finished.
+    pub async fn wait(self) -> Result<(), ServeError> {
+        self.task
+            .await
+            .map_err(|e| ServeError::Task(e.to_string()))?
+    }
+}
+
+/// Opens the store, connects to the broker, starts the runtime and binds the listener; then
+/// serves in a task until `shutdown` completes, and shuts everything down in order.
+pub async fn start(
+    settings: Settings,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<Server, ServeError> {
+    let store = SledStore::open_async(SledConfig::new(&settings.data_dir))
+        .await
+        .map_err(|source| ServeError::Store {
+            path: settings.data_dir.display().to_string(),
+            source,
+        })?;
+    let link = MqttLink::connect(settings.link.clone())
+        .await
+        .map_err(|source| ServeError::Broker {
+            broker: settings.broker_shown.clone(),
+            source,
+        })?;
+    let link = Arc::new(link);
+    let fleet = Fleet::start(store.clone(), SharedLink(Arc::clone(&link))).await?;
+    let fleet = Arc::new(fleet);
+    let listener = tokio::net::TcpListener::bind(settings.listen)
+        .await
+        .map_err(|source| ServeError::Bind {
+            addr: settings.listen,
+            source,
+        })?;
+    let addr = listener.local_addr().map_err(|source| ServeError::Bind {
+        addr: settings.listen,
+        source,
+    })?;
+    tracing::info!(
+        %addr,
+        broker = %settings.broker_shown,
+        data_dir = %settings.data_dir.display(),
+        topics = settings.link.layout.prefix(),
+        auth = ?settings.auth,
+        "fleetops serve started"
+    );
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    // Shared so the sender outlives the graceful-shutdown future: `stopping` must stay
+    // readable (and `true`) until the last request is done.
+    let stop_tx = Arc::new(stop_tx);
+    let probe = Arc::clone(&link);
+    let state = ApiState {
+        fleet: Arc::clone(&fleet),
+        link_up: Arc::new(move || probe.is_connected()),
+        stopping: stop_rx,
+    };
+    let app = http::router(state, settings.auth.clone(), settings.max_body_bytes);
+    let task = tokio::spawn(async move {
+        let signal = Arc::clone(&stop_tx);
+        let graceful = async move {
+            shutdown.await;
+            tracing::info!("shutting down: no new requests; finishing those in flight");
+            let _ = signal.send(true);
+        };
+        let served = axum::serve(listener, app)
+            .with_graceful_shutdown(graceful)
+            .await
+            .map_err(ServeError::Http);
+        drop(stop_tx);
+        let stopped = stop_everything(fleet, store, link).await;
+        served.and(stopped)
+    });
+    Ok(Server { addr, task })
+}
+
+async fn stop_everything(
+    fleet: Arc<Fleet<SledStore, SharedLink>>,
+    store: SledStore,
+    link: Arc<MqttLink>,
+) -> Result<(), ServeError> {
+    // The router and every request are gone once serving ended, so this is the last handle;
+    // a few retries cover connection tasks that are still being dropped.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut fleet = fleet;
+    let owned = loop {
+        match Arc::try_unwrap(fleet) {
+            Ok(f) => break Some(f),
+            Err(shared) if Instant::now() < deadline => {
+                fleet = shared;
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            Err(_) => {
+                tracing::warn!("the runtime is still shared; stopping it by dropping it");
+                break None;
+            }
+        }
+    };
+    if let Some(f) = owned {
+        f.shutdown().await;
+    }
+    tracing::info!("runtime stopped; flushing the data directory");
+    let flushed = store.flush().await.map_err(ServeError::Flush);
+    // Dropping the last store handle joins sled's writer thread: not on an async worker.
+    let _ = tokio::task::spawn_blocking(move || drop(store)).await;
+    link.shutdown().await;
+    tracing::info!("disconnected from the broker; bye");
+    flushed
+}
+
+/// Completes on SIGINT (Ctrl-C) or SIGTERM.
+pub async fn shutdown_signal() {
+    let interrupt = async {
+        if let Err(e) = tokio::signal::ctrl_c().await {
+            tracing::error!(error = %e, "cannot listen for SIGINT");
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = interrupt => tracing::info!("SIGINT received"),
+        () = terminate => tracing::info!("SIGTERM received"),
+    }
+}
+
+fn init_tracing(settings: &Settings) -> anyhow::Result<()> {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_new(&settings.log_filter)
+        .map_err(|e| anyhow::anyhow!("invalid log filter `{}`: {e}", settings.log_filter))?;
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let result = match settings.log_format {
+        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder.json().try_init(),
+    };
+    result.map_err(|e| anyhow::anyhow!("cannot install the logger: {e}"))
+}
+
+/// Runs `fleetops serve` until SIGINT or SIGTERM.
+pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
+    let settings = Settings::from_args(args)?;
+    init_tracing(&settings)?;
+    let server = start(settings, shutdown_signal()).await?;
+    // On stdout, alone on its line, so scripts and tests can read the real port.
+    println!("listening on http://{}", server.local_addr());
+    server.wait().await?;
+    Ok(())
 }

@@ -1,1 +1,0 @@
-//! The HTTP API (axum, JSON) served by `fleetops serve`.

@@ -1,0 +1,479 @@
+//! The route handlers: parse at the boundary, call one `Fleet` method, shape the answer.
+
+use std::collections::BTreeSet;
+use std::time::Duration as StdDuration;
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use fleetops_core::link::DeviceLink;
+use fleetops_core::{
+    CommandStatus, Duration, EventStore, ExecutionId, GroupName, JobExecutionStatus, JobId,
+    JobStatus, Rejection, ThingName,
+};
+use fleetops_service::{CommandFilter, FleetError, Page, Paged};
+use serde::Deserialize;
+
+use super::error::ApiError;
+use super::extract::{ApiJson, ApiPath, ApiQuery, OptionalJson};
+use super::wire::{
+    CancelCommandRequest, CancelJobRequest, CommandSent, CommandSummaryView, CommandView,
+    CreateGroupRequest, CreateJobRequest, ExecutionSummaryView, ExecutionView, GroupView,
+    JobCreated, JobSummaryView, JobView, MembersRequest, PageView, SendCommandRequest,
+};
+use super::ApiState;
+
+type ApiResult<T> = Result<T, ApiError>;
+
+/// The page size when `limit` is absent.
+pub const DEFAULT_PAGE_LIMIT: usize = 100;
+
+/// How much longer than its TTL a `wait=true` request waits for the terminal outcome before
+/// answering with the current (still `SENT`) record: the scheduler fires the timeout at the
+/// deadline, so this only matters if the runtime is stuck.
+const WAIT_GRACE: StdDuration = StdDuration::from_secs(5);
+
+fn parse_id<T>(
+    field: &str,
+    value: &str,
+    parse: impl Fn(&str) -> Result<T, fleetops_core::IdError>,
+) -> ApiResult<T> {
+    parse(value).map_err(|e| ApiError::invalid(field, format!("`{value}`: {e}")))
+}
+
+fn job_id(value: &str) -> ApiResult<JobId> {
+    parse_id("jobId", value, JobId::parse)
+}
+
+fn thing_name(value: &str) -> ApiResult<ThingName> {
+    parse_id("thingName", value, ThingName::parse)
+}
+
+fn group_name(value: &str) -> ApiResult<GroupName> {
+    parse_id("thingGroupName", value, GroupName::parse)
+}
+
+fn execution_id(value: &str) -> ApiResult<ExecutionId> {
+    parse_id("executionId", value, ExecutionId::parse)
+}
+
+fn page(limit: Option<usize>, next_token: Option<String>) -> ApiResult<Page> {
+    let limit = limit.unwrap_or(DEFAULT_PAGE_LIMIT);
+    if !(1..=Page::MAX_LIMIT).contains(&limit) {
+        return Err(ApiError::invalid(
+            "limit",
+            format!("must be 1 to {}", Page::MAX_LIMIT),
+        ));
+    }
+    Ok(match next_token {
+        Some(t) if t.is_empty() => return Err(ApiError::invalid("nextToken", "must not be empty")),
+        Some(t) => Page::after(t, limit),
+        None => Page::first(limit),
+    })
+}
+
+fn page_view<T, V: From<T>>(p: Paged<T>) -> PageView<V> {
+    PageView {
+        items: p.items.into_iter().map(V::from).collect(),
+        next_token: p.next,
+    }
+}
+
+/// `limit` and `nextToken` only.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub(super) struct PageQuery {
+    limit: Option<usize>,
+    next_token: Option<String>,
+}
+
+/// `force` only.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct ForceQuery {
+    #[serde(default)]
+    force: bool,
+}
+
+// ---- health and docs --------------------------------------------------------------------------
+
+pub(super) async fn healthz<S: EventStore, L: DeviceLink>(
+    State(app): State<ApiState<S, L>>,
+) -> Response {
+    if *app.stopping.borrow() {
+        return ApiError::unavailable("shutting down").into_response();
+    }
+    if !(app.link_up)() {
+        return ApiError::unavailable("the broker connection is down").into_response();
+    }
+    Json(serde_json::json!({"status": "ok", "checkpoint": app.fleet.checkpoint()})).into_response()
+}
+
+pub(super) async fn openapi() -> Response {
+    (
+        [(axum::http::header::CONTENT_TYPE, "application/json")],
+        super::OPENAPI_JSON,
+    )
+        .into_response()
+}
+
+// ---- jobs -------------------------------------------------------------------------------------
+
+pub(super) async fn create_job<S: EventStore, L: DeviceLink>(
+    State(app): State<ApiState<S, L>>,
+    ApiJson(body): ApiJson<CreateJobRequest>,
+) -> ApiResult<Response> {
+    let generated = || {
+        // A UUIDv7 is 36 characters of [0-9a-f-], always a valid job id; sorts by time.
+        JobId::parse(&uuid::Uuid::now_v7().to_string())
+            .unwrap_or_else(|_| unreachable!("a UUID is a valid job id"))
+    };
+    let spec = body.into_spec(generated)?;
+    let id = spec.job_id.clone();
+    match app.fleet.create_job(spec).await {
+        Ok(job) => Ok((
+            StatusCode::CREATED,
+            Json(JobCreated {
+                job_id: job.job_id,
+                status: job.status,
+            }),
+        )
+            .into_response()),
+        // Core refuses a taken id as an invalid `jobId`; over HTTP that is a conflict.
+        Err(FleetError::Rejected(Rejection::InvalidRequest { field: "jobId", .. })) => Err(
+            ApiError::already_exists(format!("job {id} already exists (ids are never reused)")),
+        ),
+        Err(e) => Err(e.into()),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub(super) struct ListJobsQuery {
+    status: Option<JobStatus>,
+    limit: Option<usize>,
+    next_token: Option<String>,
+}
+
+pub(super) async fn list_jobs<S: EventStore, L: DeviceLink>(
+    State(app): State<ApiState<S, L>>,
+    ApiQuery(q): ApiQuery<ListJobsQuery>,
+) -> ApiResult<Json<PageView<JobSummaryView>>> {
+    let p = page(q.limit, q.next_token)?;
+    Ok(Json(page_view(app.fleet.list_jobs(q.status, &p))))
+}
+
+pub(super) async fn describe_job<S: EventStore, L: DeviceLink>(
+    State(app): State<ApiState<S, L>>,
+    ApiPath(id): ApiPath<String>,
+) -> ApiResult<Json<JobView>> {
+    let id = job_id(&id)?;
+    let d = app.fleet.describe_job(&id)?;
+    Ok(Json(JobView::from(&d)))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub(super) struct ExecutionsQuery {
+    status: Option<JobExecutionStatus>,
+    limit: Option<usize>,
+    next_token: Option<String>,
+}
+
+pub(super) async fn list_job_executions<S: EventStore, L: DeviceLink>(
+    State(app): State<ApiState<S, L>>,
+    ApiPath(id): ApiPath<String>,
+    ApiQuery(q): ApiQuery<ExecutionsQuery>,
+) -> ApiResult<Json<PageView<ExecutionSummaryView>>> {
+    let id = job_id(&id)?;
+    let p = page(q.limit, q.next_token)?;
+    // A deleted job keeps its executions in the read model; the API treats it as gone.
+    app.fleet.describe_job(&id)?;
+    let rows = app.fleet.list_job_executions(&id, q.status, &p)?;
+    Ok(Json(page_view(rows)))
+}
+
+pub(super) async fn cancel_job<S: EventStore, L: DeviceLink>(
+    State(app): State<ApiState<S, L>>,
+    ApiPath(id): ApiPath<String>,
+    OptionalJson(body): OptionalJson<CancelJobRequest>,
+) -> ApiResult<Json<JobView>> {
+    let id = job_id(&id)?;
+    app.fleet.cancel_job(&id, body.force, body.comment).await?;
+    app.fleet.caught_up().await?;
+    Ok(Json(JobView::from(&app.fleet.describe_job(&id)?)))
+}
+
+pub(super) async fn delete_job<S: EventStore, L: DeviceLink>(
+    State(app): State<ApiState<S, L>>,
+    ApiPath(id): ApiPath<String>,
+    ApiQuery(q): ApiQuery<ForceQuery>,
+) -> ApiResult<StatusCode> {
+    let id = job_id(&id)?;
+    app.fleet.delete_job(&id, q.force).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+pub(super) async fn get_job_execution<S: EventStore, L: DeviceLink>(
+    State(app): State<ApiState<S, L>>,
+    ApiPath((job, thing)): ApiPath<(String, String)>,
+) -> ApiResult<Json<ExecutionView>> {
+    let (job, thing) = (job_id(&job)?, thing_name(&thing)?);
+    let e = app.fleet.get_job_execution(&job, &thing).await?;
+    Ok(Json(e.into()))
+}
+
+pub(super) async fn delete_job_execution<S: EventStore, L: DeviceLink>(
+    State(app): State<ApiState<S, L>>,
+    ApiPath((job, thing)): ApiPath<(String, String)>,
+    ApiQuery(q): ApiQuery<ForceQuery>,
+) -> ApiResult<Json<ExecutionView>> {
+    let (job, thing) = (job_id(&job)?, thing_name(&thing)?);
+    let e = app
+        .fleet
+        .delete_job_execution(&job, &thing, q.force)
+        .await?;
+    Ok(Json(e.into()))
+}
+
+pub(super) async fn list_thing_jobs<S: EventStore, L: DeviceLink>(
+    State(app): State<ApiState<S, L>>,
+    ApiPath(thing): ApiPath<String>,
+    ApiQuery(q): ApiQuery<ExecutionsQuery>,
+) -> ApiResult<Json<PageView<ExecutionSummaryView>>> {
+    let thing = thing_name(&thing)?;
+    let p = page(q.limit, q.next_token)?;
+    Ok(Json(page_view(
+        app.fleet.list_thing_executions(&thing, q.status, &p),
+    )))
+}
+
+// ---- commands ---------------------------------------------------------------------------------
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct SendQuery {
+    #[serde(default)]
+    wait: bool,
+}
+
+pub(super) async fn send_command<S: EventStore, L: DeviceLink>(
+    State(app): State<ApiState<S, L>>,
+    ApiQuery(q): ApiQuery<SendQuery>,
+    ApiJson(body): ApiJson<SendCommandRequest>,
+) -> ApiResult<Response> {
+    let ttl = body.ttl;
+    let handle = app
+        .fleet
+        .send_command_with(
+            body.thing_name,
+            body.command_id,
+            body.action,
+            body.params,
+            Duration::from_secs(ttl),
+        )
+        .await?;
+    let id = handle.execution_id().clone();
+    if !q.wait {
+        return Ok((StatusCode::CREATED, Json(CommandSent { execution_id: id })).into_response());
+    }
+    let mut stopping = app.stopping.clone();
+    let stop = async move {
+        // A dropped sender means the server is going away too; never fire early otherwise.
+        if stopping.wait_for(|s| *s).await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    };
+    let limit = StdDuration::from_secs(ttl).saturating_add(WAIT_GRACE);
+    tokio::select! {
+        outcome = handle.outcome() => match outcome {
+            Ok(c) => return Ok((StatusCode::OK, Json(CommandView::from(c))).into_response()),
+            Err(FleetError::Stopped) => {}
+            Err(e) => return Err(e.into()),
+        },
+        () = stop => {}
+        () = tokio::time::sleep(limit) => {}
+    }
+    // Not terminal yet (the server is stopping): 202 with the record as it stands.
+    let current = app.fleet.get_command(&id).await?;
+    let status = if current.status == CommandStatus::Sent {
+        StatusCode::ACCEPTED
+    } else {
+        StatusCode::OK
+    };
+    Ok((status, Json(CommandView::from(current))).into_response())
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub(super) struct ListCommandsQuery {
+    thing_name: Option<String>,
+    status: Option<CommandStatus>,
+    limit: Option<usize>,
+    next_token: Option<String>,
+}
+
+pub(super) async fn list_commands<S: EventStore, L: DeviceLink>(
+    State(app): State<ApiState<S, L>>,
+    ApiQuery(q): ApiQuery<ListCommandsQuery>,
+) -> ApiResult<Json<PageView<CommandSummaryView>>> {
+    let filter = CommandFilter {
+        thing: q.thing_name.as_deref().map(thing_name).transpose()?,
+        status: q.status,
+    };
+    let p = page(q.limit, q.next_token)?;
+    Ok(Json(page_view(app.fleet.list_commands(&filter, &p))))
+}
+
+pub(super) async fn get_command<S: EventStore, L: DeviceLink>(
+    State(app): State<ApiState<S, L>>,
+    ApiPath(id): ApiPath<String>,
+) -> ApiResult<Json<CommandView>> {
+    let id = execution_id(&id)?;
+    Ok(Json(app.fleet.get_command(&id).await?.into()))
+}
+
+pub(super) async fn cancel_command<S: EventStore, L: DeviceLink>(
+    State(app): State<ApiState<S, L>>,
+    ApiPath(id): ApiPath<String>,
+    OptionalJson(body): OptionalJson<CancelCommandRequest>,
+) -> ApiResult<Json<CommandView>> {
+    let id = execution_id(&id)?;
+    Ok(Json(
+        app.fleet.cancel_command(&id, body.reason).await?.into(),
+    ))
+}
+
+// ---- thing groups -----------------------------------------------------------------------------
+
+pub(super) async fn put_group<S: EventStore, L: DeviceLink>(
+    State(app): State<ApiState<S, L>>,
+    ApiPath(name): ApiPath<String>,
+    OptionalJson(body): OptionalJson<CreateGroupRequest>,
+) -> ApiResult<Response> {
+    let name = group_name(&name)?;
+    if app.fleet.group(&name).is_some() {
+        return Err(ApiError::already_exists(format!(
+            "thing group {name} already exists; change its members with PUT or DELETE \
+             /api/v1/thing-groups/{name}/members"
+        )));
+    }
+    let mut group = match app.fleet.create_group(name.clone(), body.description).await {
+        Ok(g) => g,
+        // Created meanwhile by another request: core says the name is taken.
+        Err(FleetError::Rejected(Rejection::InvalidRequest { field: "name", .. })) => {
+            return Err(ApiError::already_exists(format!(
+                "thing group {name} already exists"
+            )))
+        }
+        Err(e) => return Err(e.into()),
+    };
+    if !body.thing_names.is_empty() {
+        group = app.fleet.add_group_members(&name, body.thing_names).await?;
+    }
+    Ok((StatusCode::CREATED, Json(GroupView::from(&group))).into_response())
+}
+
+pub(super) async fn get_group<S: EventStore, L: DeviceLink>(
+    State(app): State<ApiState<S, L>>,
+    ApiPath(name): ApiPath<String>,
+) -> ApiResult<Json<GroupView>> {
+    let name = group_name(&name)?;
+    let group = app
+        .fleet
+        .group(&name)
+        .ok_or_else(|| ApiError::not_found(format!("thing group {name} not found")))?;
+    Ok(Json(GroupView::from(&group)))
+}
+
+pub(super) async fn delete_group<S: EventStore, L: DeviceLink>(
+    State(app): State<ApiState<S, L>>,
+    ApiPath(name): ApiPath<String>,
+) -> ApiResult<StatusCode> {
+    let name = group_name(&name)?;
+    app.fleet.delete_group(&name).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+pub(super) async fn list_members<S: EventStore, L: DeviceLink>(
+    State(app): State<ApiState<S, L>>,
+    ApiPath(name): ApiPath<String>,
+    ApiQuery(q): ApiQuery<PageQuery>,
+) -> ApiResult<Json<PageView<ThingName>>> {
+    let name = group_name(&name)?;
+    let p = page(q.limit, q.next_token)?;
+    let group = app
+        .fleet
+        .group(&name)
+        .ok_or_else(|| ApiError::not_found(format!("thing group {name} not found")))?;
+    Ok(Json(members_page(&group.members, &p)))
+}
+
+/// Keyset paging over the sorted member set.
+fn members_page(members: &BTreeSet<ThingName>, p: &Page) -> PageView<ThingName> {
+    let after = p.after.as_deref();
+    let mut items: Vec<ThingName> = members
+        .iter()
+        .filter(|t| after.is_none_or(|a| t.as_str() > a))
+        .take(p.limit + 1)
+        .cloned()
+        .collect();
+    let next_token = if items.len() > p.limit {
+        items.truncate(p.limit);
+        items.last().map(|t| t.to_string())
+    } else {
+        None
+    };
+    PageView { items, next_token }
+}
+
+pub(super) async fn add_members<S: EventStore, L: DeviceLink>(
+    State(app): State<ApiState<S, L>>,
+    ApiPath(name): ApiPath<String>,
+    ApiJson(body): ApiJson<MembersRequest>,
+) -> ApiResult<Json<GroupView>> {
+    let name = group_name(&name)?;
+    let g = app.fleet.add_group_members(&name, body.thing_names).await?;
+    Ok(Json(GroupView::from(&g)))
+}
+
+pub(super) async fn remove_members<S: EventStore, L: DeviceLink>(
+    State(app): State<ApiState<S, L>>,
+    ApiPath(name): ApiPath<String>,
+    ApiJson(body): ApiJson<MembersRequest>,
+) -> ApiResult<Json<GroupView>> {
+    let name = group_name(&name)?;
+    let g = app
+        .fleet
+        .remove_group_members(&name, body.thing_names)
+        .await?;
+    Ok(Json(GroupView::from(&g)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn member_pages_follow_the_token() {
+        let members: BTreeSet<ThingName> = ["a", "b", "c"]
+            .iter()
+            .map(|t| ThingName::parse(t).unwrap())
+            .collect();
+        let first = members_page(&members, &Page::first(2));
+        assert_eq!(first.items.len(), 2);
+        assert_eq!(first.next_token.as_deref(), Some("b"));
+        let second = members_page(&members, &Page::after("b", 2));
+        assert_eq!(second.items, vec![ThingName::parse("c").unwrap()]);
+        assert_eq!(second.next_token, None);
+    }
+
+    #[test]
+    fn limits_outside_the_range_are_refused() {
+        assert!(page(Some(0), None).is_err());
+        assert!(page(Some(Page::MAX_LIMIT + 1), None).is_err());
+        assert!(page(None, Some(String::new())).is_err());
+        assert_eq!(page(None, None).unwrap().limit, DEFAULT_PAGE_LIMIT);
+    }
+}

@@ -1,0 +1,328 @@
+//! The HTTP API (axum, JSON) served by `fleetops serve`, in the spirit of EMQX Fleets' REST
+//! API and AWS IoT Jobs: jobs, job executions, commands and thing groups under `/api/v1`,
+//! `GET /healthz`, and the OpenAPI document at `/api/v1/openapi.json` (kept in the repository
+//! as `server/openapi.json`).
+//!
+//! - Every `/api/v1` route except the OpenAPI document needs `Authorization: Bearer <token>`
+//!   unless authentication was explicitly disabled; a refusal is 401 and happens before the
+//!   body is read, so it never changes anything.
+//! - Every error is `{code, message}` JSON: 400 for malformed JSON, unknown fields, bad ids
+//!   and values outside their range (the message names the field), 401, 404 for unknown
+//!   resources and routes, 405, 409 for conflicts with the current state, 413 for bodies over
+//!   the limit, 415 for bodies that are not JSON, 503 when the store or broker link is down.
+//! - Listings page with `?limit=` (1 to 1000, default 100) and `?nextToken=`.
+
+mod error;
+mod extract;
+mod handlers;
+pub mod wire;
+
+use std::sync::Arc;
+
+use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::http::{header, Method, Uri};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{on, MethodFilter, MethodRouter};
+use axum::Router;
+use fleetops_core::link::DeviceLink;
+use fleetops_core::EventStore;
+use fleetops_service::Fleet;
+use tokio::sync::watch;
+use tower_http::trace::TraceLayer;
+
+pub use error::ApiError;
+pub use handlers::DEFAULT_PAGE_LIMIT;
+
+use crate::config::Auth;
+
+/// The OpenAPI 3 document of this API (`server/openapi.json`).
+pub const OPENAPI_JSON: &str = include_str!("../../openapi.json");
+
+/// What the handlers share.
+pub struct ApiState<S: EventStore, L: DeviceLink> {
+    /// The runtime.
+    pub fleet: Arc<Fleet<S, L>>,
+    /// Whether the broker connection is up, for `/healthz`.
+    pub link_up: Arc<dyn Fn() -> bool + Send + Sync>,
+    /// Turns `true` when the server starts shutting down: `wait=true` requests then answer
+    /// at once with the record as it stands instead of holding the shutdown up.
+    pub stopping: watch::Receiver<bool>,
+}
+
+impl<S: EventStore, L: DeviceLink> Clone for ApiState<S, L> {
+    fn clone(&self) -> Self {
+        Self {
+            fleet: Arc::clone(&self.fleet),
+            link_up: Arc::clone(&self.link_up),
+            stopping: self.stopping.clone(),
+        }
+    }
+}
+
+/// Whether a route needs the bearer token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Access {
+    Public,
+    Token,
+}
+
+struct Endpoint<St> {
+    method: Method,
+    path: &'static str,
+    access: Access,
+    handler: MethodRouter<St>,
+}
+
+/// One route: the method given once both filters the handler and names the route in
+/// [`route_table`], so the table cannot drift from what is served.
+fn ep<St, H, T>(method: Method, path: &'static str, access: Access, handler: H) -> Endpoint<St>
+where
+    St: Clone + Send + Sync + 'static,
+    H: axum::handler::Handler<T, St>,
+    T: 'static,
+{
+    let filter = MethodFilter::try_from(method.clone())
+        .unwrap_or_else(|_| unreachable!("only standard methods are routed"));
+    Endpoint {
+        method,
+        path,
+        access,
+        handler: on(filter, handler),
+    }
+}
+
+fn endpoints<S: EventStore, L: DeviceLink>() -> Vec<Endpoint<ApiState<S, L>>> {
+    use handlers as h;
+    use Access::{Public, Token};
+    use Method as M;
+    vec![
+        ep(M::GET, "/healthz", Public, h::healthz::<S, L>),
+        ep(M::GET, "/api/v1/openapi.json", Public, h::openapi),
+        ep(M::POST, "/api/v1/jobs", Token, h::create_job::<S, L>),
+        ep(M::GET, "/api/v1/jobs", Token, h::list_jobs::<S, L>),
+        ep(
+            M::GET,
+            "/api/v1/jobs/{jobId}",
+            Token,
+            h::describe_job::<S, L>,
+        ),
+        ep(
+            M::DELETE,
+            "/api/v1/jobs/{jobId}",
+            Token,
+            h::delete_job::<S, L>,
+        ),
+        ep(
+            M::GET,
+            "/api/v1/jobs/{jobId}/executions",
+            Token,
+            h::list_job_executions::<S, L>,
+        ),
+        ep(
+            M::POST,
+            "/api/v1/jobs/{jobId}/cancel",
+            Token,
+            h::cancel_job::<S, L>,
+        ),
+        ep(
+            M::GET,
+            "/api/v1/jobs/{jobId}/things/{thingName}",
+            Token,
+            h::get_job_execution::<S, L>,
+        ),
+        ep(
+            M::DELETE,
+            "/api/v1/jobs/{jobId}/things/{thingName}",
+            Token,
+            h::delete_job_execution::<S, L>,
+        ),
+        ep(
+            M::GET,
+            "/api/v1/things/{thingName}/jobs",
+            Token,
+            h::list_thing_jobs::<S, L>,
+        ),
+        ep(M::POST, "/api/v1/commands", Token, h::send_command::<S, L>),
+        ep(M::GET, "/api/v1/commands", Token, h::list_commands::<S, L>),
+        ep(
+            M::GET,
+            "/api/v1/commands/{executionId}",
+            Token,
+            h::get_command::<S, L>,
+        ),
+        ep(
+            M::POST,
+            "/api/v1/commands/{executionId}/cancel",
+            Token,
+            h::cancel_command::<S, L>,
+        ),
+        ep(
+            M::PUT,
+            "/api/v1/thing-groups/{name}",
+            Token,
+            h::put_group::<S, L>,
+        ),
+        ep(
+            M::GET,
+            "/api/v1/thing-groups/{name}",
+            Token,
+            h::get_group::<S, L>,
+        ),
+        ep(
+            M::DELETE,
+            "/api/v1/thing-groups/{name}",
+            Token,
+            h::delete_group::<S, L>,
+        ),
+        ep(
+            M::GET,
+            "/api/v1/thing-groups/{name}/members",
+            Token,
+            h::list_members::<S, L>,
+        ),
+        ep(
+            M::PUT,
+            "/api/v1/thing-groups/{name}/members",
+            Token,
+            h::add_members::<S, L>,
+        ),
+        ep(
+            M::DELETE,
+            "/api/v1/thing-groups/{name}/members",
+            Token,
+            h::remove_members::<S, L>,
+        ),
+    ]
+}
+
+/// Every `(method, path)` the router serves, in the path syntax of OpenAPI (`{jobId}`).
+pub fn route_table() -> Vec<(Method, &'static str)> {
+    endpoints::<fleetops_store_sled::SledStore, crate::serve::SharedLink>()
+        .into_iter()
+        .map(|e| (e.method, e.path))
+        .collect()
+}
+
+/// The router: routes, bearer-token check, body limit, JSON 404/405 and request tracing.
+pub fn router<S: EventStore, L: DeviceLink>(
+    state: ApiState<S, L>,
+    auth: Auth,
+    max_body_bytes: usize,
+) -> Router {
+    let mut public: Vec<(&'static str, MethodRouter<ApiState<S, L>>)> = Vec::new();
+    let mut protected: Vec<(&'static str, MethodRouter<ApiState<S, L>>)> = Vec::new();
+    for e in endpoints::<S, L>() {
+        let list = match e.access {
+            Access::Public => &mut public,
+            Access::Token => &mut protected,
+        };
+        // One MethodRouter per path: axum refuses a path registered twice.
+        match list.iter_mut().find(|(p, _)| *p == e.path) {
+            Some((_, mr)) => *mr = std::mem::take(mr).merge(e.handler),
+            None => list.push((e.path, e.handler)),
+        }
+    }
+    let to_router = |list: Vec<(&'static str, MethodRouter<ApiState<S, L>>)>| {
+        list.into_iter()
+            .fold(Router::new(), |r, (path, mr)| r.route(path, mr))
+    };
+    let protected = to_router(protected).route_layer(middleware::from_fn_with_state(
+        Arc::new(auth),
+        require_token,
+    ));
+    to_router(public)
+        .merge(protected)
+        .fallback(no_route)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(DefaultBodyLimit::max(max_body_bytes))
+        .layer(TraceLayer::new_for_http())
+        .with_state(state)
+}
+
+async fn no_route(uri: Uri) -> ApiError {
+    ApiError::not_found(format!("no route for {}", uri.path()))
+}
+
+async fn method_not_allowed(method: Method, uri: Uri) -> ApiError {
+    ApiError::new(
+        axum::http::StatusCode::METHOD_NOT_ALLOWED,
+        "MethodNotAllowed",
+        format!("{method} is not allowed on {}", uri.path()),
+    )
+}
+
+/// Compares in time independent of where the strings differ, so the token cannot be guessed
+/// byte by byte from response times.
+fn same_secret(given: &[u8], expected: &[u8]) -> bool {
+    let mut diff = given.len() ^ expected.len();
+    for (i, b) in expected.iter().enumerate() {
+        diff |= usize::from(b ^ given.get(i).copied().unwrap_or(0));
+    }
+    diff == 0
+}
+
+async fn require_token(State(auth): State<Arc<Auth>>, req: Request, next: Next) -> Response {
+    if let Auth::Bearer(expected) = &*auth {
+        let given = req
+            .headers()
+            .get(header::AUTHORIZATION)
+            .map(|v| v.as_bytes())
+            .and_then(|v| v.strip_prefix(b"Bearer "));
+        match given {
+            None => {
+                return ApiError::unauthorized(
+                    "missing bearer token: send `Authorization: Bearer <token>`",
+                )
+                .into_response()
+            }
+            Some(token) if !same_secret(token, expected.as_bytes()) => {
+                return ApiError::unauthorized("invalid bearer token").into_response()
+            }
+            Some(_) => {}
+        }
+    }
+    next.run(req).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secrets_compare_whole() {
+        assert!(same_secret(b"abc", b"abc"));
+        assert!(!same_secret(b"abd", b"abc"));
+        assert!(!same_secret(b"ab", b"abc"));
+        assert!(!same_secret(b"abcd", b"abc"));
+        assert!(!same_secret(b"", b"abc"));
+    }
+
+    #[test]
+    fn the_openapi_document_is_json_and_lists_every_route() {
+        let doc: serde_json::Value = serde_json::from_str(OPENAPI_JSON).expect("valid JSON");
+        assert!(doc["openapi"].as_str().unwrap().starts_with("3."));
+        let paths = doc["paths"].as_object().expect("paths");
+        let table = route_table();
+        for (method, path) in &table {
+            let op = paths
+                .get(*path)
+                .and_then(|p| p.get(method.as_str().to_lowercase()));
+            assert!(op.is_some(), "{method} {path} is served but not documented");
+        }
+        // And nothing documented that is not served.
+        for (path, ops) in paths {
+            for method in ops.as_object().unwrap().keys() {
+                if method == "parameters" {
+                    continue;
+                }
+                assert!(
+                    table
+                        .iter()
+                        .any(|(m, p)| p == path && m.as_str().eq_ignore_ascii_case(method)),
+                    "{method} {path} is documented but not served"
+                );
+            }
+        }
+    }
+}
