@@ -9,7 +9,7 @@
 //! - [`serve`]: the service for real use — broker connection, sled data directory and the
 //!   HTTP API ([`http`]);
 //! - [`simulate`]: N simulated devices against a broker;
-//! - [`bench`]: end-to-end load through a real broker beside the raw-MQTT baseline.
+//! - [`mod@bench`]: end-to-end load through a real broker beside the raw-MQTT baseline.
 //!
 //! Library logic lives in the other crates; this one only wires them together.
 
