@@ -280,7 +280,10 @@ async fn kill_and_restart_once(run: usize) {
     // mid-job: the last periodic one after a crash (even runs), the final one after a clean
     // shutdown (odd runs).
     let snapshots = FleetConfig {
-        snapshot_every: 100,
+        snapshot_every: std::env::var("FLEETOPS_SNAPSHOT_EVERY")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(100),
         ..FleetConfig::default()
     };
     let crash = run % 2 == 0;
