@@ -8,8 +8,8 @@
 //! ```
 //!
 //! Options: `--buffered` (sled acknowledges before flushing), `--sled-cache-mib N`, `--cache N`
-//! (execution states cached), `--shards N`,
-//! `--worker-batch N`.
+//! (execution states cached), `--shards N`, `--worker-batch N`, `--snapshot-every N` (folded
+//! events between snapshots during the run; 0: none).
 //!
 //! Without `--hold`, devices are live from the start: the figure is create → all SUCCEEDED
 //! and the peak resident set. With `--hold`, devices swallow every message until all
@@ -230,6 +230,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     if let Some(v) = arg("--cache").and_then(|v| v.parse().ok()) {
         config.execution_cache = v;
+    }
+    if let Some(v) = arg("--snapshot-every").and_then(|v| v.parse().ok()) {
+        config.snapshot_every = v;
     }
     println!("config: {config:?}");
     println!(

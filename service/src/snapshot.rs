@@ -6,10 +6,10 @@
 //! feed head is ignored with a warning, and the start folds from position 1 as before.
 //! Nothing else changes: recovery derives what is owed from the folded state either way.
 //!
-//! Saving clones nothing: the encoding is written from the state under its read lock on a
-//! blocking thread (the follower waits for that long, readers do not). Saves run one at a
-//! time, every [`FleetConfig::snapshot_every`](crate::FleetConfig::snapshot_every) folded
-//! events and at [`Fleet::shutdown`](crate::Fleet::shutdown).
+//! Saving copies the state under its read lock and encodes the copy on a blocking thread, so
+//! the follower waits only for the copy. Saves run one at a time, every
+//! [`FleetConfig::snapshot_every`](crate::FleetConfig::snapshot_every) folded events and at
+//! [`Fleet::shutdown`](crate::Fleet::shutdown).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::Ordering;
@@ -264,8 +264,10 @@ pub(crate) async fn save<S: EventStore, L: DeviceLink>(inner: Arc<Inner<S, L>>) 
     let started = Instant::now();
     let encoder = Arc::clone(&inner);
     let encoded = tokio::task::spawn_blocking(move || {
-        let st = encoder.read();
-        (st.checkpoint(), st.encode())
+        // Copy under the lock, encode outside it: the follower waits for the copy (a tenth of
+        // the encoding time), not for the encoding.
+        let copy = encoder.read().clone();
+        (copy.checkpoint(), copy.encode())
     })
     .await;
     match encoded {

@@ -130,7 +130,7 @@ pub(crate) struct Effects {
 }
 
 /// The read models, behind one lock in the runtime.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub(crate) struct State {
     pub proj: Projections,
     pub jobs: BTreeMap<JobId, JobEntry>,

@@ -277,7 +277,8 @@ pub struct FleetConfig {
     /// Folded events between two snapshots of the projections, the persisted checkpoint a
     /// start resumes from instead of folding the whole feed (0: never save nor load one).
     /// A snapshot is also saved by [`Fleet::shutdown`](crate::Fleet::shutdown). Each save
-    /// encodes the whole read model (about 0.5 KB per execution) while the follower waits.
+    /// copies the whole read model (the follower waits for the copy) and encodes the copy
+    /// on a blocking thread, so memory briefly holds the read model twice.
     pub snapshot_every: u64,
 }
 
