@@ -14,9 +14,11 @@
 //! Library logic lives in the other crates; this one only wires them together.
 
 pub mod bench;
+pub mod broker;
 pub mod broker_url;
 pub mod cli;
 pub mod demo;
+pub mod devices;
 pub mod http;
 pub mod serve;
 pub mod simulate;
