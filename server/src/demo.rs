@@ -39,6 +39,9 @@ use serde_json::json;
 use crate::broker::EmbeddedBroker;
 use crate::devices::{draw, Behaviour, ExecTime, Outcome, SimConfig, Simulation, Task};
 
+/// How long a command waits for its answer, in wall-clock milliseconds.
+const COMMAND_TTL_WALL_MS: u64 = 3000;
+
 /// Arguments of `fleetops demo`.
 #[derive(Debug, Args)]
 pub struct DemoArgs {
@@ -350,34 +353,46 @@ async fn demo(args: &DemoArgs) -> anyhow::Result<()> {
     let connect_time = t.elapsed();
     progress.say(format!("{n} devices connected in {}", secs(connect_time)));
 
-    // Commands: one per device, all at once.
+    // Commands: one per device, sent 64 at a time, outcomes awaited as they come.
     let t = Instant::now();
-    let ttl = Duration::from_minutes(1);
+    // Commands take any TTL; give them 3 s of wall time whatever the clock's speed, so a
+    // loaded machine does not turn slow answers into timeouts.
+    let ttl = Duration::from_millis(COMMAND_TTL_WALL_MS * u64::from(speed));
     progress.say(format!(
-        "sending a command to every device (TTL 1 min = {} of wall time)",
-        secs(minute_real)
+        "sending a command to every device (TTL {} s of fleet time = {} of wall time)",
+        ttl.as_secs(),
+        secs(StdDuration::from_millis(COMMAND_TTL_WALL_MS))
     ));
     let bar = progress.bar(n as u64, "commands");
-    let mut pending = FuturesUnordered::new();
-    for thing in &targets {
-        let handle = fleet
-            .send_command(thing.clone(), "reboot", json!({"delaySeconds": 0}), ttl)
-            .await
-            .with_context(|| format!("send a command to {thing}"))?;
-        pending.push(handle.outcome());
-    }
+    let fleet_ref = &fleet;
+    let mut sends = futures::stream::iter(targets.iter().cloned())
+        .map(|thing| async move {
+            fleet_ref
+                .send_command(thing.clone(), "reboot", json!({"delaySeconds": 0}), ttl)
+                .await
+                .with_context(|| format!("send a command to {thing}"))
+        })
+        .buffer_unordered(64);
+    let mut outcomes = FuturesUnordered::new();
     let mut seen: BTreeMap<&'static str, u64> = BTreeMap::new();
     let mut last_line = Instant::now();
-    while let Some(outcome) = pending.next().await {
-        let command = outcome.context("a command's outcome")?;
-        *seen.entry(command.status.as_str()).or_insert(0) += 1;
-        bar.inc(1);
-        bar.set_message(summary(&seen));
-        if last_line.elapsed() > StdDuration::from_secs(2) {
-            last_line = Instant::now();
-            progress.line(format!("commands: {}", summary(&seen)));
+    loop {
+        tokio::select! {
+            Some(handle) = sends.next() => outcomes.push(handle?.outcome()),
+            Some(outcome) = outcomes.next(), if !outcomes.is_empty() => {
+                let command = outcome.context("a command's outcome")?;
+                *seen.entry(command.status.as_str()).or_insert(0) += 1;
+                bar.inc(1);
+                bar.set_message(summary(&seen));
+                if last_line.elapsed() > StdDuration::from_secs(2) {
+                    last_line = Instant::now();
+                    progress.line(format!("commands: {}", summary(&seen)));
+                }
+            }
+            else => break,
         }
     }
+    drop(sends);
     bar.finish();
     let command_time = t.elapsed();
     progress.say(format!(
