@@ -31,15 +31,9 @@ pub struct SimulateArgs {
     /// The broker: `mqtt://[user[:password]@]host[:port]` or `mqtts://…`.
     #[arg(long, env = "FLEETOPS_BROKER", default_value = "mqtt://127.0.0.1:1883")]
     pub broker: String,
-    /// CA certificate (PEM) that signs the broker's certificate, for `mqtts://`.
-    #[arg(long, env = "FLEETOPS_BROKER_CA")]
-    pub broker_ca: Option<PathBuf>,
-    /// Client certificate (PEM), if the broker asks for one (with --client-key).
-    #[arg(long, requires = "client_key")]
-    pub client_cert: Option<PathBuf>,
-    /// Client private key (PEM), with --client-cert.
-    #[arg(long, requires = "client_cert")]
-    pub client_key: Option<PathBuf>,
+    /// TLS material for `mqtts://`.
+    #[command(flatten)]
+    pub tls: Box<TlsArgs>,
     /// Topic prefix: `fleets` (default), `$aws`, `$emqx` or a custom prefix; must match the
     /// service's.
     #[arg(long, default_value = "fleets")]
@@ -53,6 +47,34 @@ pub struct SimulateArgs {
     /// Number of the first device.
     #[arg(long, default_value_t = 0)]
     pub first: u32,
+    /// What the devices do.
+    #[command(flatten)]
+    pub behaviour: Box<BehaviourArgs>,
+    /// Stop after this long (default: run until Ctrl-C or SIGTERM).
+    #[arg(long, value_parser = parse_std_duration)]
+    pub duration: Option<Duration>,
+    /// Devices that connect at once while starting.
+    #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub connect_wave: u32,
+}
+
+/// TLS files for `mqtts://` brokers.
+#[derive(Debug, Args)]
+pub struct TlsArgs {
+    /// CA certificate (PEM) that signs the broker's certificate, for `mqtts://`.
+    #[arg(long, env = "FLEETOPS_BROKER_CA")]
+    pub broker_ca: Option<PathBuf>,
+    /// Client certificate (PEM), if the broker asks for one (with --client-key).
+    #[arg(long, requires = "client_key")]
+    pub client_cert: Option<PathBuf>,
+    /// Client private key (PEM), with --client-cert.
+    #[arg(long, requires = "client_cert")]
+    pub client_key: Option<PathBuf>,
+}
+
+/// How simulated devices behave (shared with other subcommands that simulate devices).
+#[derive(Debug, Args)]
+pub struct BehaviourArgs {
     /// Weight of `SUCCEEDED` answers.
     #[arg(long, default_value_t = 1.0)]
     pub success: f64,
@@ -81,12 +103,6 @@ pub struct SimulateArgs {
     /// Seed of every draw.
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
-    /// Stop after this long (default: run until Ctrl-C or SIGTERM).
-    #[arg(long, value_parser = parse_std_duration)]
-    pub duration: Option<Duration>,
-    /// Devices that connect at once while starting.
-    #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u32).range(1..=10_000))]
-    pub connect_wave: u32,
 }
 
 fn parse_exec_time(s: &str) -> Result<ExecTime, String> {
@@ -101,16 +117,18 @@ fn parse_std_duration(s: &str) -> Result<Duration, String> {
 /// Everything `simulate` needs, checked.
 fn plan(args: &SimulateArgs) -> anyhow::Result<SimConfig> {
     let url = BrokerUrl::parse(&args.broker)?;
-    let client = match (&args.client_cert, &args.client_key) {
+    let tls = &args.tls;
+    let client = match (&tls.client_cert, &tls.client_key) {
         (Some(c), Some(k)) => Some((c.as_path(), k.as_path())),
         _ => None,
     };
-    let broker = url.to_config(args.broker_ca.as_deref(), client, None)?;
+    let broker = url.to_config(tls.broker_ca.as_deref(), client, None)?;
+    let b = &args.behaviour;
     let layout = TopicLayout::custom(&args.topic_prefix)
         .with_context(|| format!("--topic-prefix `{}`", args.topic_prefix))?;
-    let ratios = Ratios::new(args.success, args.failure, args.reject, args.silent)?;
-    if !(0.0..=1.0).contains(&args.churn) {
-        return Err(crate::devices::SpecError::Probability(args.churn.to_string()).into());
+    let ratios = Ratios::new(b.success, b.failure, b.reject, b.silent)?;
+    if !(0.0..=1.0).contains(&b.churn) {
+        return Err(crate::devices::SpecError::Probability(b.churn.to_string()).into());
     }
     let last = u64::from(args.first) + u64::from(args.devices);
     let things = (u64::from(args.first)..last)
@@ -121,17 +139,17 @@ fn plan(args: &SimulateArgs) -> anyhow::Result<SimConfig> {
         .collect::<anyhow::Result<Vec<_>>>()?;
     let behaviour = Arc::new(RandomBehaviour {
         ratios,
-        exec_time: args.exec_time,
-        seed: args.seed,
+        exec_time: b.exec_time,
+        seed: b.seed,
     });
     let mut config = SimConfig::new(broker, things, behaviour);
     config.layout = layout;
-    config.seed = args.seed;
+    config.seed = b.seed;
     config.connect_wave = args.connect_wave as usize;
-    config.churn = (args.churn > 0.0).then_some(Churn {
-        probability: args.churn,
-        interval: args.churn_interval,
-        offline: args.offline_for,
+    config.churn = (b.churn > 0.0).then_some(Churn {
+        probability: b.churn,
+        interval: b.churn_interval,
+        offline: b.offline_for,
     });
     Ok(config)
 }
