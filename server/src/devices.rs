@@ -391,7 +391,7 @@ impl SimConfig {
 #[derive(Debug, thiserror::Error)]
 pub enum SimError {
     /// A device's first connection failed.
-    #[error("simulated device `{thing}` cannot connect: {source}")]
+    #[error("simulated device `{thing}` cannot connect")]
     Connect {
         /// The device.
         thing: ThingName,

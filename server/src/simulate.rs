@@ -196,9 +196,7 @@ pub async fn run(args: SimulateArgs) -> anyhow::Result<()> {
     };
     let online = bar("online", Some(n));
     let started = Instant::now();
-    let sim = Simulation::start_with_progress(config, |c| online.set_position(c as u64))
-        .await
-        .context("devices cannot connect")?;
+    let sim = Simulation::start_with_progress(config, |c| online.set_position(c as u64)).await?;
     println!(
         "{n} devices connected in {:.1} s",
         started.elapsed().as_secs_f64()
@@ -260,8 +258,9 @@ fn job_line(s: &Stats) -> String {
 
 fn line(s: &Stats) -> String {
     format!(
-        "online {}; commands {}; jobs {}",
+        "online {} (churned {}); commands {}; jobs {}",
         s.online.load(Ordering::Relaxed),
+        s.churned.load(Ordering::Relaxed),
         command_line(s),
         job_line(s)
     )
