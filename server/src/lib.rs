@@ -14,10 +14,12 @@
 //! Library logic lives in the other crates; this one only wires them together.
 
 pub mod bench;
+pub mod broker;
 pub mod broker_url;
 pub mod cli;
 pub mod config;
 pub mod demo;
+pub mod devices;
 pub mod http;
 pub mod serve;
 pub mod simulate;
