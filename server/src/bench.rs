@@ -281,7 +281,10 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             .unwrap_or_else(|| "(unknown version)".into());
         (
             spawned.config(),
-            format!("spawned mosquitto {version} on 127.0.0.1:{}", spawned.port()),
+            format!(
+                "spawned mosquitto {version} on 127.0.0.1:{}",
+                spawned.port()
+            ),
             Some(spawned),
         )
     } else {
@@ -372,7 +375,8 @@ pub async fn measure(
         let mut runs = Vec::new();
         let mut device_errors = 0;
         for run in 0..args.runs {
-            let (r, errors) = job_run(args, &broker, &prefix, sizes, &setup(run), run, limit).await?;
+            let (r, errors) =
+                job_run(args, &broker, &prefix, sizes, &setup(run), run, limit).await?;
             runs.push(r);
             device_errors += errors;
         }
@@ -389,12 +393,14 @@ pub async fn measure(
 /// Each device is a connection: fail early with a clear message rather than after
 /// thousands of connects.
 fn check_fd_limit(devices: u64) -> anyhow::Result<()> {
-    let soft = std::fs::read_to_string("/proc/self/limits").ok().and_then(|s| {
-        s.lines()
-            .find(|l| l.starts_with("Max open files"))
-            .and_then(|l| l.split_whitespace().nth(3))
-            .and_then(|v| v.parse::<u64>().ok())
-    });
+    let soft = std::fs::read_to_string("/proc/self/limits")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("Max open files"))
+                .and_then(|l| l.split_whitespace().nth(3))
+                .and_then(|v| v.parse::<u64>().ok())
+        });
     if let Some(soft) = soft {
         if devices + 64 > soft {
             anyhow::bail!(

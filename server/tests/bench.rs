@@ -90,16 +90,25 @@ fn json_output_has_both_sides_and_the_ratio() {
 fn bad_input_is_refused_with_a_message() {
     let cases: &[(&[&str], &str)] = &[
         (&["bench", "--broker", "http://localhost:1883"], "mqtt://"),
-        (&["bench", "--broker", "mqtt://localhost:99999"], "invalid port"),
+        (
+            &["bench", "--broker", "mqtt://localhost:99999"],
+            "invalid port",
+        ),
         (&["bench"], "--broker"),
         (&["bench", "--spawn-mosquitto", "--runs", "0"], "--runs"),
-        (&["bench", "--spawn-mosquitto", "--devices", "x"], "--devices"),
+        (
+            &["bench", "--spawn-mosquitto", "--devices", "x"],
+            "--devices",
+        ),
     ];
     for (args, needle) in cases {
         let out = fleetops(args);
         let stderr = text(&out.stderr);
         assert!(!out.status.success(), "{args:?} succeeded");
         assert!(!stderr.contains("panicked"), "{args:?} panicked: {stderr}");
-        assert!(stderr.contains(needle), "{args:?}: `{needle}` not in {stderr}");
+        assert!(
+            stderr.contains(needle),
+            "{args:?}: `{needle}` not in {stderr}"
+        );
     }
 }

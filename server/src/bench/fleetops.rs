@@ -6,14 +6,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context as _};
-use fleetops_core::device::{
-    CommandResponse, DeviceRequest, ExecutionView, Outbound, Reply, StartNextRequest,
-    UpdateRequest,
-};
 use fleetops_core::device::Operation;
-use fleetops_core::{
-    CommandStatus, ExecutionId, JobExecutionStatus, JobId, ThingName, Timestamp,
+use fleetops_core::device::{
+    CommandResponse, DeviceRequest, ExecutionView, Outbound, Reply, StartNextRequest, UpdateRequest,
 };
+use fleetops_core::{CommandStatus, ExecutionId, JobExecutionStatus, JobId, ThingName, Timestamp};
 use fleetops_service::{Fleet, JobSpec};
 use fleetops_store_sled::{Durability, SledConfig, SledStore};
 use fleetops_transport_mqtt::codec::{Codec, CommandRequest, Limits, TopicLayout};
@@ -269,7 +266,12 @@ impl Drop for Devices {
 }
 
 /// A device: on `notify-next` with a queued execution, `start-next`, then `update SUCCEEDED`.
-fn device_task(client: DeviceClient, mut events: fleetops_transport_mqtt::DeviceEvents, pulled: Arc<AtomicUsize>, errors: Arc<AtomicU64>) -> JoinHandle<()> {
+fn device_task(
+    client: DeviceClient,
+    mut events: fleetops_transport_mqtt::DeviceEvents,
+    pulled: Arc<AtomicUsize>,
+    errors: Arc<AtomicU64>,
+) -> JoinHandle<()> {
     tokio::spawn(async move {
         while let Some(event) = events.next().await {
             match event {

@@ -196,7 +196,11 @@ pub async fn connect(
         reason,
     };
     raw.client
-        .subscribe_many(filters.into_iter().map(|f| Filter::new(f, QoS::AtLeastOnce)))
+        .subscribe_many(
+            filters
+                .into_iter()
+                .map(|f| Filter::new(f, QoS::AtLeastOnce)),
+        )
         .await
         .map_err(|e| fail(e.to_string()))?;
     match tokio::time::timeout(broker.connect_timeout, ready_rx).await {
@@ -257,7 +261,9 @@ impl RequestResponse {
             broker,
             thing,
             DEVICE,
-            vec![format!("{prefix}/commands/things/{thing}/executions/+/request")],
+            vec![format!(
+                "{prefix}/commands/things/{thing}/executions/+/request"
+            )],
             Box::new(|p, client| {
                 let topic = String::from_utf8_lossy(&p.topic);
                 if let Some(base) = topic.strip_suffix("/request") {
@@ -441,7 +447,11 @@ impl Fanout {
 
     /// Runs the fan-out once; returns the time from the first `notify-next` to the last
     /// `update` received by the service.
-    pub async fn run(&mut self, limit: Duration, progress: &Progress) -> Result<Duration, RawError> {
+    pub async fn run(
+        &mut self,
+        limit: Duration,
+        progress: &Progress,
+    ) -> Result<Duration, RawError> {
         let n = self.things.len();
         let started = Instant::now();
         let deadline = started + limit;
@@ -485,7 +495,12 @@ impl Fanout {
                 let topic = format!("{}/accepted", String::from_utf8_lossy(&p.topic));
                 self.service
                     .client
-                    .publish(topic, QoS::AtLeastOnce, false, payload(0, self.sizes.accepted))
+                    .publish(
+                        topic,
+                        QoS::AtLeastOnce,
+                        false,
+                        payload(0, self.sizes.accepted),
+                    )
                     .await
                     .map_err(|e| RawError::Lost {
                         client: self.service.id.clone(),

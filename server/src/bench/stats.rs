@@ -65,7 +65,9 @@ mod tests {
         assert_eq!(l.per_sec, 100.0);
         let one = Latency::from_samples(vec![Duration::from_micros(7)], Duration::from_secs(1));
         assert_eq!((one.p50_us, one.p99_us), (7.0, 7.0));
-        assert!(Latency::from_samples(vec![], Duration::ZERO).p50_us.is_nan());
+        assert!(Latency::from_samples(vec![], Duration::ZERO)
+            .p50_us
+            .is_nan());
     }
 
     #[test]
