@@ -76,6 +76,11 @@ pub struct BenchArgs {
     /// sled's durability for the service's store.
     #[arg(long, value_enum, default_value_t = DurabilityArg::Flush)]
     pub durability: DurabilityArg,
+    /// Don't publish job execution status changes (`FleetConfig::publish_status_changes`
+    /// off): three publishes per execution that no device reads. On by default, as in a
+    /// default `Fleet`.
+    #[arg(long)]
+    pub no_status_changes: bool,
     /// Give up on a phase (connecting, a measurement) after this many seconds.
     #[arg(long, default_value_t = 600, value_parser = clap::value_parser!(u64).range(1..=86_400))]
     pub timeout_secs: u64,
@@ -261,6 +266,8 @@ pub struct Report {
     pub machine: Machine,
     /// The store's durability.
     pub durability: DurabilityArg,
+    /// Whether the fleet published job execution status changes.
+    pub status_changes: bool,
     /// Runs per scenario.
     pub runs: u32,
     /// Payload sizes of the raw baselines (fleetops' own message sizes).
@@ -328,10 +335,12 @@ pub async fn measure(
         broker: broker.clone(),
         durability: args.durability.into(),
         tag: format!("{tag}-{run}"),
+        status_changes: !args.no_status_changes,
     };
     let mut report = Report {
         machine,
         durability: args.durability,
+        status_changes: !args.no_status_changes,
         runs: args.runs,
         sizes,
         commands: None,
@@ -536,8 +545,13 @@ pub fn render(r: &Report) -> String {
     let m = &r.machine;
     let _ = writeln!(
         s,
-        "fleetops bench: {} cores ({}), {}, broker: {}, sled durability: {:?}",
-        m.cores, m.cpu, m.date, m.broker, r.durability
+        "fleetops bench: {} cores ({}), {}, broker: {}, sled durability: {:?}, status-change events: {}",
+        m.cores,
+        m.cpu,
+        m.date,
+        m.broker,
+        r.durability,
+        if r.status_changes { "on" } else { "off" }
     );
     let _ = writeln!(
         s,

@@ -11,7 +11,7 @@ use fleetops_core::device::{
     CommandResponse, DeviceRequest, ExecutionView, Outbound, Reply, StartNextRequest, UpdateRequest,
 };
 use fleetops_core::{CommandStatus, ExecutionId, JobExecutionStatus, JobId, ThingName, Timestamp};
-use fleetops_service::{Fleet, JobSpec};
+use fleetops_service::{Fleet, FleetConfig, JobSpec};
 use fleetops_store_sled::{Durability, SledConfig, SledStore};
 use fleetops_transport_mqtt::codec::{Codec, CommandRequest, Limits, TopicLayout};
 use fleetops_transport_mqtt::{
@@ -110,6 +110,9 @@ pub struct Setup {
     pub durability: Durability,
     /// Distinguishes this run's client ids from other runs and other bench processes.
     pub tag: String,
+    /// `FleetConfig::publish_status_changes`: three extra publishes per execution (queued,
+    /// in progress, succeeded) that no device reads.
+    pub status_changes: bool,
 }
 
 /// A running `Fleet` with its store directory, shut down and removed on [`Service::stop`].
@@ -136,7 +139,15 @@ impl Service {
         let link = MqttLink::connect(link)
             .await
             .context("connect the service to the broker")?;
-        let fleet = Fleet::start(store, link).await.context("start the fleet")?;
+        let config = FleetConfig {
+            publish_status_changes: setup.status_changes,
+            ..FleetConfig::default()
+        };
+        let fleet = Fleet::builder(store, link)
+            .config(config)
+            .start()
+            .await
+            .context("start the fleet")?;
         Ok(Self {
             fleet: Arc::new(fleet),
             _dir: dir,
