@@ -1,12 +1,642 @@
-//! `fleetops bench`.
+//! `fleetops bench`: end-to-end load through a real broker, each figure beside the raw-MQTT
+//! baseline measured in the same run.
+//!
+//! - **commands**: sequential command round trips (`Fleet::send_command` → a `DeviceClient`
+//!   answers → the outcome is resolved) for p50 and p99, then throughput with `--concurrency`
+//!   commands in flight. Baseline: a rumqttc requester and an echoing responder on the same
+//!   topics, same payload size, QoS 1, same window.
+//! - **job**: a job to `--devices` devices, from `create_job` until every execution is
+//!   `SUCCEEDED`. Baseline: the same fan-out with raw rumqttc clients and the same
+//!   connection layout, four messages per device (`notify-next`, `start-next`, `accepted`,
+//!   `update`).
+//!
+//! Each scenario runs `--runs` times; within a run the raw baseline and fleetops are measured
+//! back to back (alternating which goes first), and the report gives the medians of each
+//! side and the median of the per-run ratios, so load changes on a shared machine hit both
+//! sides alike. The service uses the real store (`SledStore` in a temporary directory) and
+//! `MqttLink`.
 
-use clap::Args;
+pub mod broker;
+pub mod fleetops;
+pub mod raw;
+pub mod stats;
+
+use std::io::IsTerminal as _;
+use std::path::PathBuf;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use anyhow::Context as _;
+use clap::{ArgGroup, Args, ValueEnum};
+use fleetops_store_sled::Durability;
+use fleetops_transport_mqtt::codec::TopicLayout;
+use fleetops_transport_mqtt::BrokerConfig;
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressFinish, ProgressStyle};
+use serde::Serialize;
+
+use crate::broker_url::{redact, BrokerUrl};
+use raw::Sizes;
+use stats::{median, Latency};
 
 /// Arguments of `fleetops bench`.
 #[derive(Debug, Args)]
-pub struct BenchArgs {}
+#[command(group(ArgGroup::new("broker_choice").required(true).args(["broker", "spawn_mosquitto"])))]
+pub struct BenchArgs {
+    /// The broker, `mqtt://[user[:password]@]host[:port]` or `mqtts://…`. The service, the
+    /// simulated devices and the raw-MQTT clients all connect with these credentials.
+    #[arg(long, value_name = "URL")]
+    pub broker: Option<String>,
+    /// CA certificate (PEM) for an `mqtts://` broker.
+    #[arg(long, value_name = "FILE", requires = "broker")]
+    pub broker_ca: Option<PathBuf>,
+    /// Start a private mosquitto on a free loopback port, tuned for load (TCP_NODELAY, no
+    /// in-flight cap, large queues, no persistence).
+    #[arg(long)]
+    pub spawn_mosquitto: bool,
+    /// Which scenarios to run.
+    #[arg(long, value_enum, default_value_t = Scenario::All)]
+    pub scenario: Scenario,
+    /// Runs of each scenario (medians are reported).
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=100))]
+    pub runs: u32,
+    /// Sequential command round trips per run (for p50 and p99).
+    #[arg(long, default_value_t = 2_000, value_parser = clap::value_parser!(u64).range(1..=10_000_000))]
+    pub round_trips: u64,
+    /// Commands in flight for the throughput figure.
+    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u64).range(1..=4_096))]
+    pub concurrency: u64,
+    /// Commands per run for the throughput figure.
+    #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..=10_000_000))]
+    pub requests: u64,
+    /// Devices the job goes to (one MQTT connection each).
+    #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    pub devices: u64,
+    /// Devices that connect at the same time while the fleet is set up.
+    #[arg(long, default_value_t = 200, value_parser = clap::value_parser!(u64).range(1..=100_000))]
+    pub connect_wave: u64,
+    /// sled's durability for the service's store.
+    #[arg(long, value_enum, default_value_t = DurabilityArg::Flush)]
+    pub durability: DurabilityArg,
+    /// Don't publish job execution status changes (`FleetConfig::publish_status_changes`
+    /// off): three publishes per execution that no device reads. On by default, as in a
+    /// default `Fleet`.
+    #[arg(long)]
+    pub no_status_changes: bool,
+    /// Give up on a phase (connecting, a measurement) after this many seconds.
+    #[arg(long, default_value_t = 600, value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    pub timeout_secs: u64,
+    /// Print the results as JSON on stdout instead of tables.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// The scenarios of `fleetops bench`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Scenario {
+    /// Command round trips and throughput.
+    Commands,
+    /// A job fanned out to many devices.
+    Job,
+    /// Both.
+    All,
+}
+
+/// sled durability, as the command line names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DurabilityArg {
+    /// One sled flush per group commit before acknowledging (the store's default).
+    Flush,
+    /// Acknowledge at once; sled flushes in the background every 500 ms.
+    Buffered,
+}
+
+impl From<DurabilityArg> for Durability {
+    fn from(d: DurabilityArg) -> Self {
+        match d {
+            DurabilityArg::Flush => Durability::FlushEveryBatch,
+            DurabilityArg::Buffered => Durability::Buffered,
+        }
+    }
+}
+
+/// A progress bar on stderr, hidden when stderr is not a terminal.
+#[derive(Clone)]
+pub struct Progress(ProgressBar);
+
+impl Progress {
+    fn new(len: u64, message: impl Into<String>) -> Self {
+        let bar = ProgressBar::with_draw_target(
+            Some(len),
+            if std::io::stderr().is_terminal() {
+                ProgressDrawTarget::stderr()
+            } else {
+                ProgressDrawTarget::hidden()
+            },
+        );
+        if let Ok(style) =
+            ProgressStyle::with_template("{msg:44} [{bar:30}] {pos}/{len} {elapsed_precise}")
+        {
+            bar.set_style(style.progress_chars("=> "));
+        }
+        bar.set_message(message.into());
+        // Cleared when the last clone goes, so finished phases leave no bars behind.
+        Self(bar.with_finish(ProgressFinish::AndClear))
+    }
+
+    /// Counts `n` more steps done.
+    pub fn inc(&self, n: u64) {
+        self.0.inc(n);
+    }
+}
+
+/// Where the run happened.
+#[derive(Debug, Clone, Serialize)]
+pub struct Machine {
+    /// Logical CPUs available to the process.
+    pub cores: usize,
+    /// `model name` from /proc/cpuinfo.
+    pub cpu: String,
+    /// UTC start of the run, RFC 3339.
+    pub date: String,
+    /// The broker: `spawned mosquitto X` or the URL (password removed).
+    pub broker: String,
+}
+
+fn cpu_model() -> String {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("model name"))
+                .and_then(|l| l.split_once(':'))
+                .map(|(_, v)| v.trim().to_owned())
+        })
+        .unwrap_or_else(|| "unknown".into())
+}
+
+fn now_rfc3339() -> String {
+    time::OffsetDateTime::now_utc()
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_else(|_| "unknown".into())
+}
+
+/// One run of the commands scenario.
+#[derive(Debug, Clone, Serialize)]
+pub struct CommandRun {
+    /// fleetops, sequential.
+    pub fleetops_sequential: Latency,
+    /// Raw MQTT, sequential.
+    pub raw_sequential: Latency,
+    /// fleetops, `concurrency` in flight.
+    pub fleetops_concurrent: Latency,
+    /// Raw MQTT, `concurrency` in flight.
+    pub raw_concurrent: Latency,
+}
+
+/// One run of the job scenario.
+#[derive(Debug, Clone, Serialize)]
+pub struct JobRun {
+    /// fleetops: create → every execution `SUCCEEDED`, seconds.
+    pub fleetops_secs: f64,
+    /// Raw MQTT: first `notify-next` → last `update`, seconds.
+    pub raw_secs: f64,
+}
+
+/// A figure across runs: the medians of both sides and of the per-run ratios.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct Compared {
+    /// Median of fleetops' figures.
+    pub fleetops: f64,
+    /// Median of the raw baseline's figures.
+    pub raw: f64,
+    /// Median of the per-run `fleetops / raw`.
+    pub ratio: f64,
+}
+
+impl Compared {
+    fn of<T>(runs: &[T], fleetops: impl Fn(&T) -> f64, raw: impl Fn(&T) -> f64) -> Self {
+        Self {
+            fleetops: median(runs.iter().map(&fleetops)),
+            raw: median(runs.iter().map(&raw)),
+            ratio: median(runs.iter().map(|r| fleetops(r) / raw(r))),
+        }
+    }
+}
+
+/// The commands scenario's results.
+#[derive(Debug, Clone, Serialize)]
+pub struct CommandsReport {
+    /// Sequential round trips per run.
+    pub round_trips: u64,
+    /// Commands in flight for the throughput figure.
+    pub concurrency: u64,
+    /// Commands per run for the throughput figure.
+    pub requests: u64,
+    /// Command request payload size (the raw echo uses the same).
+    pub payload_bytes: usize,
+    /// Sequential p50, µs.
+    pub p50_us: Compared,
+    /// Sequential p99, µs.
+    pub p99_us: Compared,
+    /// Round trips per second with `concurrency` in flight.
+    pub throughput_per_sec: Compared,
+    /// p50 with `concurrency` in flight, µs.
+    pub concurrent_p50_us: Compared,
+    /// Every run.
+    pub runs: Vec<CommandRun>,
+}
+
+/// The job scenario's results.
+#[derive(Debug, Clone, Serialize)]
+pub struct JobReport {
+    /// Devices (one connection each).
+    pub devices: u64,
+    /// Create → all `SUCCEEDED`, seconds.
+    pub seconds: Compared,
+    /// Device requests that failed in the fleetops runs (timeouts, refusals), all runs.
+    pub device_errors: u64,
+    /// Every run.
+    pub runs: Vec<JobRun>,
+}
+
+/// Everything `fleetops bench` measured.
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    /// Where.
+    pub machine: Machine,
+    /// The store's durability.
+    pub durability: DurabilityArg,
+    /// Whether the fleet published job execution status changes.
+    pub status_changes: bool,
+    /// Runs per scenario.
+    pub runs: u32,
+    /// Payload sizes of the raw baselines (fleetops' own message sizes).
+    pub sizes: Sizes,
+    /// The commands scenario, if run.
+    pub commands: Option<CommandsReport>,
+    /// The job scenario, if run.
+    pub job: Option<JobReport>,
+}
 
 /// Runs `fleetops bench`.
-pub async fn run(_args: BenchArgs) -> anyhow::Result<()> {
-    anyhow::bail!("`fleetops bench` is not implemented yet")
+pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
+    let (broker, label, _spawned) = if args.spawn_mosquitto {
+        let spawned = broker::SpawnedBroker::start().context("start a private mosquitto")?;
+        let version = broker::mosquitto_binary()
+            .ok()
+            .and_then(|b| broker::mosquitto_version(&b))
+            .unwrap_or_else(|| "(unknown version)".into());
+        (
+            spawned.config(),
+            format!(
+                "spawned mosquitto {version} on 127.0.0.1:{}",
+                spawned.port()
+            ),
+            Some(spawned),
+        )
+    } else {
+        let url = args.broker.as_deref().unwrap_or_default();
+        let config = BrokerUrl::parse(url)?.to_config(args.broker_ca.as_deref(), None, None)?;
+        (config, redact(url), None)
+    };
+    let report = measure(&args, broker, label).await?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{}", render(&report));
+    }
+    Ok(())
+}
+
+/// Runs the chosen scenarios against `broker` and collects the figures.
+pub async fn measure(
+    args: &BenchArgs,
+    broker: BrokerConfig,
+    label: String,
+) -> anyhow::Result<Report> {
+    let sizes = fleetops::message_sizes()?;
+    let machine = Machine {
+        cores: std::thread::available_parallelism().map_or(0, |n| n.get()),
+        cpu: cpu_model(),
+        date: now_rfc3339(),
+        broker: label,
+    };
+    let prefix = TopicLayout::default().prefix().to_owned();
+    let limit = Duration::from_secs(args.timeout_secs);
+    // Client ids must not collide with another bench against the same broker.
+    let tag = format!(
+        "{}-{}",
+        std::process::id(),
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() % 1_000_000)
+    );
+    let setup = |run: u32| fleetops::Setup {
+        broker: broker.clone(),
+        durability: args.durability.into(),
+        tag: format!("{tag}-{run}"),
+        status_changes: !args.no_status_changes,
+    };
+    let mut report = Report {
+        machine,
+        durability: args.durability,
+        status_changes: !args.no_status_changes,
+        runs: args.runs,
+        sizes,
+        commands: None,
+        job: None,
+    };
+    if matches!(args.scenario, Scenario::Commands | Scenario::All) {
+        let mut runs = Vec::new();
+        for run in 0..args.runs {
+            runs.push(commands_run(args, &broker, &prefix, sizes, &setup(run), run, limit).await?);
+        }
+        report.commands = Some(CommandsReport {
+            round_trips: args.round_trips,
+            concurrency: args.concurrency,
+            requests: args.requests,
+            payload_bytes: sizes.command,
+            p50_us: Compared::of(
+                &runs,
+                |r| r.fleetops_sequential.p50_us,
+                |r| r.raw_sequential.p50_us,
+            ),
+            p99_us: Compared::of(
+                &runs,
+                |r| r.fleetops_sequential.p99_us,
+                |r| r.raw_sequential.p99_us,
+            ),
+            throughput_per_sec: Compared::of(
+                &runs,
+                |r| r.fleetops_concurrent.per_sec,
+                |r| r.raw_concurrent.per_sec,
+            ),
+            concurrent_p50_us: Compared::of(
+                &runs,
+                |r| r.fleetops_concurrent.p50_us,
+                |r| r.raw_concurrent.p50_us,
+            ),
+            runs,
+        });
+    }
+    if matches!(args.scenario, Scenario::Job | Scenario::All) {
+        check_fd_limit(args.devices)?;
+        let mut runs = Vec::new();
+        let mut device_errors = 0;
+        for run in 0..args.runs {
+            let (r, errors) =
+                job_run(args, &broker, &prefix, sizes, &setup(run), run, limit).await?;
+            runs.push(r);
+            device_errors += errors;
+        }
+        report.job = Some(JobReport {
+            devices: args.devices,
+            seconds: Compared::of(&runs, |r| r.fleetops_secs, |r| r.raw_secs),
+            device_errors,
+            runs,
+        });
+    }
+    Ok(report)
+}
+
+/// Each device is a connection: fail early with a clear message rather than after
+/// thousands of connects.
+fn check_fd_limit(devices: u64) -> anyhow::Result<()> {
+    let soft = std::fs::read_to_string("/proc/self/limits")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("Max open files"))
+                .and_then(|l| l.split_whitespace().nth(3))
+                .and_then(|v| v.parse::<u64>().ok())
+        });
+    if let Some(soft) = soft {
+        if devices + 64 > soft {
+            anyhow::bail!(
+                "--devices {devices} needs a connection (file descriptor) per device, but the \
+                 open-file limit is {soft}; raise it (ulimit -n) or use fewer devices"
+            );
+        }
+    }
+    Ok(())
+}
+
+async fn commands_run(
+    args: &BenchArgs,
+    broker: &BrokerConfig,
+    prefix: &str,
+    sizes: Sizes,
+    setup: &fleetops::Setup,
+    run: u32,
+    limit: Duration,
+) -> anyhow::Result<CommandRun> {
+    let (seq, n, c) = (
+        args.round_trips as usize,
+        args.requests as usize,
+        args.concurrency as usize,
+    );
+    let warmup = 200.min(seq);
+    let runs = args.runs;
+    let mut raw_figs = None;
+    let mut fleet_figs = None;
+    // Alternate which side goes first, so warming (page cache, allocator, broker) favours
+    // neither.
+    for side in if run % 2 == 0 { [0, 1] } else { [1, 0] } {
+        if side == 0 {
+            let label = format!("commands {}/{runs}: raw MQTT", run + 1);
+            let progress = Progress::new((warmup + seq + n) as u64, label);
+            let mut rr = raw::RequestResponse::connect(
+                broker,
+                prefix,
+                "bench-raw-cmd",
+                sizes.command,
+                &setup.tag,
+            )
+            .await?;
+            rr.run(warmup, 1, limit, &progress).await?;
+            let s = rr.run(seq, 1, limit, &progress).await?;
+            let t = rr.run(n, c, limit, &progress).await?;
+            raw_figs = Some((s, t));
+        } else {
+            let label = format!("commands {}/{runs}: fleetops", run + 1);
+            let progress = Progress::new((warmup + seq + n) as u64, label);
+            let cmds = fleetops::Commands::start(setup).await?;
+            cmds.run(warmup, 1, limit, &progress).await?;
+            let s = cmds.run(seq, 1, limit, &progress).await?;
+            let t = cmds.run(n, c, limit, &progress).await?;
+            cmds.stop().await;
+            fleet_figs = Some((s, t));
+        }
+    }
+    let ((raw_s, raw_t), (fl_s, fl_t)) = raw_figs.zip(fleet_figs).context("both sides ran")?;
+    Ok(CommandRun {
+        fleetops_sequential: fl_s,
+        raw_sequential: raw_s,
+        fleetops_concurrent: fl_t,
+        raw_concurrent: raw_t,
+    })
+}
+
+async fn job_run(
+    args: &BenchArgs,
+    broker: &BrokerConfig,
+    prefix: &str,
+    sizes: Sizes,
+    setup: &fleetops::Setup,
+    run: u32,
+    limit: Duration,
+) -> anyhow::Result<(JobRun, u64)> {
+    let n = args.devices;
+    let wave = args.connect_wave as usize;
+    let runs = args.runs;
+    let mut raw_secs = None;
+    let mut fleet = None;
+    for side in if run % 2 == 0 { [0, 1] } else { [1, 0] } {
+        if side == 0 {
+            let mut fanout = {
+                let p = Progress::new(n + 1, format!("job {}/{runs}: raw, connecting", run + 1));
+                raw::Fanout::connect(broker, prefix, n as usize, wave, sizes, &setup.tag, &p)
+                    .await?
+            };
+            let p = Progress::new(n, format!("job {}/{runs}: raw fan-out", run + 1));
+            raw_secs = Some(fanout.run(limit, &p).await?.as_secs_f64());
+        } else {
+            let (mut job, errors) = {
+                let p = Progress::new(n, format!("job {}/{runs}: fleetops, connecting", run + 1));
+                fleetops::Job::start(setup, n as usize, wave, limit, &p).await?
+            };
+            let p = Progress::new(n, format!("job {}/{runs}: fleetops job", run + 1));
+            let secs = job.run(limit, &p).await?.as_secs_f64();
+            job.stop().await;
+            fleet = Some((secs, errors.load(std::sync::atomic::Ordering::Relaxed)));
+        }
+        // Ten thousand disconnects keep the broker busy for a moment: let it settle so the
+        // next measurement does not pay for them.
+        tokio::time::sleep(Duration::from_millis(500 + n / 10)).await;
+    }
+    let (raw_secs, (fleetops_secs, errors)) = raw_secs.zip(fleet).context("both sides ran")?;
+    Ok((
+        JobRun {
+            fleetops_secs,
+            raw_secs,
+        },
+        errors,
+    ))
+}
+
+fn us(v: f64) -> String {
+    if v >= 10_000.0 {
+        format!("{:.1} ms", v / 1000.0)
+    } else if v >= 1000.0 {
+        format!("{:.2} ms", v / 1000.0)
+    } else {
+        format!("{v:.0} µs")
+    }
+}
+
+fn ratio(r: f64) -> String {
+    format!("{r:.2}x")
+}
+
+/// The human-readable tables.
+pub fn render(r: &Report) -> String {
+    use std::fmt::Write as _;
+    let mut s = String::new();
+    let m = &r.machine;
+    let _ = writeln!(
+        s,
+        "fleetops bench: {} cores ({}), {}, broker: {}, sled durability: {:?}, status-change events: {}",
+        m.cores,
+        m.cpu,
+        m.date,
+        m.broker,
+        r.durability,
+        if r.status_changes { "on" } else { "off" }
+    );
+    let _ = writeln!(
+        s,
+        "{} run(s) per scenario; medians of each side, ratio = median of the per-run fleetops / raw",
+        r.runs
+    );
+    if let Some(c) = &r.commands {
+        let _ = writeln!(
+            s,
+            "\ncommands: {} sequential round trips, then {} with {} in flight; QoS 1, {}-byte requests",
+            c.round_trips, c.requests, c.concurrency, c.payload_bytes
+        );
+        let _ = writeln!(s, "| figure | fleetops | raw MQTT | fleetops / raw |");
+        let _ = writeln!(s, "|---|---|---|---|");
+        for (name, f) in [("round trip p50", c.p50_us), ("round trip p99", c.p99_us)] {
+            let _ = writeln!(
+                s,
+                "| {name} | {} | {} | {} |",
+                us(f.fleetops),
+                us(f.raw),
+                ratio(f.ratio)
+            );
+        }
+        let t = c.throughput_per_sec;
+        let _ = writeln!(
+            s,
+            "| throughput, {} in flight | {:.0} req/s | {:.0} req/s | {} |",
+            c.concurrency,
+            t.fleetops,
+            t.raw,
+            ratio(t.ratio)
+        );
+        let p = c.concurrent_p50_us;
+        let _ = writeln!(
+            s,
+            "| round trip p50, {} in flight | {} | {} | {} |",
+            c.concurrency,
+            us(p.fleetops),
+            us(p.raw),
+            ratio(p.ratio)
+        );
+        for (i, run) in c.runs.iter().enumerate() {
+            let _ = writeln!(
+                s,
+                "  run {}: p50 {} / {}, p99 {} / {}, {:.0} / {:.0} req/s (fleetops / raw)",
+                i + 1,
+                us(run.fleetops_sequential.p50_us),
+                us(run.raw_sequential.p50_us),
+                us(run.fleetops_sequential.p99_us),
+                us(run.raw_sequential.p99_us),
+                run.fleetops_concurrent.per_sec,
+                run.raw_concurrent.per_sec
+            );
+        }
+    }
+    if let Some(j) = &r.job {
+        let z = r.sizes;
+        let _ = writeln!(
+            s,
+            "\njob: {} devices, one connection each; raw = notify-next ({} B), start-next ({} B), accepted ({} B), update ({} B) per device",
+            j.devices, z.notify, z.start_next, z.accepted, z.update
+        );
+        let _ = writeln!(s, "| figure | fleetops | raw MQTT | fleetops / raw |");
+        let _ = writeln!(s, "|---|---|---|---|");
+        let f = j.seconds;
+        let _ = writeln!(
+            s,
+            "| job to {} devices, create → all SUCCEEDED | {:.2} s | {:.2} s | {} |",
+            j.devices,
+            f.fleetops,
+            f.raw,
+            ratio(f.ratio)
+        );
+        for (i, run) in j.runs.iter().enumerate() {
+            let _ = writeln!(
+                s,
+                "  run {}: {:.2} s / {:.2} s (fleetops / raw)",
+                i + 1,
+                run.fleetops_secs,
+                run.raw_secs
+            );
+        }
+        if j.device_errors > 0 {
+            let _ = writeln!(s, "  device request errors: {}", j.device_errors);
+        }
+    }
+    s
 }

@@ -1,0 +1,414 @@
+//! The fleetops side of the bench: `Fleet` on `SledStore` (on disk, in a temporary directory)
+//! and `MqttLink`, with simulated devices on `DeviceClient`s, all through the broker.
+
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{bail, Context as _};
+use fleetops_core::device::Operation;
+use fleetops_core::device::{
+    CommandResponse, DeviceRequest, ExecutionView, Outbound, Reply, StartNextRequest, UpdateRequest,
+};
+use fleetops_core::{CommandStatus, ExecutionId, JobExecutionStatus, JobId, ThingName, Timestamp};
+use fleetops_service::{Fleet, FleetConfig, JobSpec};
+use fleetops_store_sled::{Durability, SledConfig, SledStore};
+use fleetops_transport_mqtt::codec::{Codec, CommandRequest, Limits, TopicLayout};
+use fleetops_transport_mqtt::{
+    BrokerConfig, CommandHandler, DeviceClient, DeviceConfig, DeviceEvent, MqttLink,
+    MqttLinkConfig, Session,
+};
+use serde_json::{json, Value};
+use tokio::task::JoinHandle;
+
+use super::raw::Sizes;
+use super::stats::Latency;
+use super::Progress;
+
+/// The action and parameters of every bench command.
+const ACTION: &str = "bench";
+
+fn params() -> Value {
+    json!({ "payload": "x".repeat(64) })
+}
+
+/// The job document of every bench job (150 bytes of JSON, as in the service's scale run).
+fn document() -> Value {
+    json!({ "operation": "bench", "url": format!("https://updates.invalid/{}", "f".repeat(100)) })
+}
+
+/// How long a command may wait for its device.
+const COMMAND_TTL: fleetops_core::Duration = fleetops_core::Duration::from_secs(60);
+
+/// The sizes of fleetops' own messages for the bench's command and job, from the codec:
+/// the raw baselines send payloads of these sizes.
+pub fn message_sizes() -> anyhow::Result<Sizes> {
+    let codec = Codec::new(TopicLayout::default(), Limits::default());
+    let thing = ThingName::parse("bench-dev-00000")?;
+    let job = JobId::parse("bench-0")?;
+    // A UUIDv7 has the length of the ids the service draws.
+    let execution_id = ExecutionId::parse("0190a1b2-c3d4-7e5f-8a9b-0c1d2e3f4a5b")?;
+    let now = Timestamp::from_secs(1_800_000_000);
+    let view = |status, started_at| ExecutionView {
+        job_id: job.clone(),
+        thing_name: thing.clone(),
+        status,
+        status_details: Default::default(),
+        queued_at: now,
+        started_at,
+        last_updated_at: now,
+        version_number: 1,
+        execution_number: 1,
+        job_document: Some(document()),
+    };
+    let len = |o: Outbound| -> anyhow::Result<usize> { Ok(codec.encode(&o)?.payload.len()) };
+    // DeviceClient's tokens are a prefix and a counter, about this long.
+    let token = Some("3f9c2a71d0b84e55-17");
+    let request_len = |r: DeviceRequest| -> anyhow::Result<usize> {
+        Ok(codec.encode_request(&thing, token, &r)?.payload.len())
+    };
+    Ok(Sizes {
+        command: len(Outbound::CommandRequest {
+            thing: thing.clone(),
+            execution_id,
+            command_id: None,
+            action: ACTION.into(),
+            params: params(),
+            timestamp: now,
+            ttl: COMMAND_TTL,
+        })?,
+        notify: len(Outbound::NotifyNext {
+            thing: thing.clone(),
+            execution: Some(view(JobExecutionStatus::Queued, None)),
+            timestamp: now,
+        })?,
+        start_next: request_len(DeviceRequest::StartNext(StartNextRequest::default()))?,
+        accepted: len(Outbound::Accepted {
+            thing: thing.clone(),
+            operation: Operation::StartNext,
+            client_token: token.map(str::to_owned),
+            reply: Reply::StartNext(Some(view(JobExecutionStatus::InProgress, Some(now)))),
+            timestamp: now,
+        })?,
+        update: request_len(DeviceRequest::Update {
+            job_id: job.clone(),
+            request: UpdateRequest {
+                status: Some(JobExecutionStatus::Succeeded),
+                execution_number: Some(1),
+                ..UpdateRequest::default()
+            },
+        })?,
+    })
+}
+
+/// Settings shared by both scenarios.
+#[derive(Debug, Clone)]
+pub struct Setup {
+    /// The broker, for the service and the devices.
+    pub broker: BrokerConfig,
+    /// sled's durability.
+    pub durability: Durability,
+    /// Distinguishes this run's client ids from other runs and other bench processes.
+    pub tag: String,
+    /// `FleetConfig::publish_status_changes`: three extra publishes per execution (queued,
+    /// in progress, succeeded) that no device reads.
+    pub status_changes: bool,
+}
+
+/// A running `Fleet` with its store directory, shut down and removed on [`Service::stop`].
+pub struct Service {
+    /// The fleet.
+    pub fleet: Arc<Fleet<SledStore, MqttLink>>,
+    _dir: tempfile::TempDir,
+}
+
+impl Service {
+    /// Opens a fresh sled store in a temporary directory and starts a fleet on it.
+    pub async fn start(setup: &Setup) -> anyhow::Result<Self> {
+        let dir = tempfile::Builder::new()
+            .prefix("fleetops-bench-sled-")
+            .tempdir()
+            .context("create the store's temporary directory")?;
+        let store = SledStore::open_async(SledConfig::new(dir.path()).durability(setup.durability))
+            .await
+            .context("open the sled store")?;
+        let mut link = MqttLinkConfig::new(setup.broker.clone());
+        link.client_id = format!("fleetops-bench-service-{}", setup.tag);
+        // A persistent session would keep collecting device traffic after the run.
+        link.session = Session::Clean;
+        let link = MqttLink::connect(link)
+            .await
+            .context("connect the service to the broker")?;
+        let config = FleetConfig {
+            publish_status_changes: setup.status_changes,
+            ..FleetConfig::default()
+        };
+        let fleet = Fleet::builder(store, link)
+            .config(config)
+            .start()
+            .await
+            .context("start the fleet")?;
+        Ok(Self {
+            fleet: Arc::new(fleet),
+            _dir: dir,
+        })
+    }
+
+    /// Stops the fleet; the store directory goes with `self`.
+    pub async fn stop(self) {
+        if let Ok(fleet) = Arc::try_unwrap(self.fleet) {
+            fleet.shutdown().await;
+        }
+    }
+}
+
+fn device_config(setup: &Setup, thing: ThingName) -> DeviceConfig {
+    let mut c = DeviceConfig::new(setup.broker.clone(), thing);
+    // Clean sessions: nothing of a run stays on the broker for the next one.
+    c.session = Session::Clean;
+    // A device has one request out at a time; rumqttc allocates a slot per unit.
+    c.max_inflight = 8;
+    c.request_timeout = Duration::from_secs(60);
+    c
+}
+
+/// The command scenario's device handler: answers every command `SUCCEEDED` at once.
+fn succeed() -> Arc<dyn CommandHandler> {
+    Arc::new(|_command: CommandRequest| async {
+        CommandResponse {
+            status: CommandStatus::Succeeded,
+            result: None,
+            status_reason: None,
+        }
+    })
+}
+
+/// A fleet and one device that answers commands.
+pub struct Commands {
+    service: Service,
+    _device: DeviceClient,
+    thing: ThingName,
+}
+
+impl Commands {
+    /// Starts the fleet and connects the device.
+    pub async fn start(setup: &Setup) -> anyhow::Result<Self> {
+        let service = Service::start(setup).await?;
+        let thing = ThingName::parse("bench-cmd")?;
+        let (device, _events) =
+            DeviceClient::connect(device_config(setup, thing.clone()), Some(succeed()))
+                .await
+                .context("connect the command device")?;
+        Ok(Self {
+            service,
+            _device: device,
+            thing,
+        })
+    }
+
+    /// `n` command round trips (`send_command` until the outcome is resolved) with
+    /// `concurrency` in flight.
+    pub async fn run(
+        &self,
+        n: usize,
+        concurrency: usize,
+        limit: Duration,
+        progress: &Progress,
+    ) -> anyhow::Result<Latency> {
+        let next = Arc::new(AtomicUsize::new(0));
+        let started = Instant::now();
+        let workers = (0..concurrency.max(1)).map(|_| {
+            let fleet = Arc::clone(&self.service.fleet);
+            let thing = self.thing.clone();
+            let next = Arc::clone(&next);
+            let progress = progress.clone();
+            async move {
+                let mut samples = Vec::new();
+                while next.fetch_add(1, Ordering::Relaxed) < n {
+                    let t0 = Instant::now();
+                    let handle = fleet
+                        .send_command(thing.clone(), ACTION, params(), COMMAND_TTL)
+                        .await
+                        .context("send a command")?;
+                    let outcome = handle.outcome().await.context("wait for the outcome")?;
+                    if outcome.status != CommandStatus::Succeeded {
+                        bail!(
+                            "command {} ended {:?}, not SUCCEEDED",
+                            outcome.execution_id,
+                            outcome.status
+                        );
+                    }
+                    samples.push(t0.elapsed());
+                    progress.inc(1);
+                }
+                anyhow::Ok(samples)
+            }
+        });
+        let all = tokio::time::timeout(limit, futures::future::try_join_all(workers))
+            .await
+            .with_context(|| format!("{n} command round trips did not finish in {limit:?}"))??;
+        let total = started.elapsed();
+        Ok(Latency::from_samples(all.concat(), total))
+    }
+
+    /// Shuts the fleet down.
+    pub async fn stop(self) {
+        self.service.stop().await;
+    }
+}
+
+/// A fleet and `n` simulated devices that run every job they are given to `SUCCEEDED`.
+pub struct Job {
+    service: Service,
+    devices: Devices,
+    things: Vec<ThingName>,
+    jobs: u32,
+}
+
+/// The device tasks. Each owns its device's only client: aborting it closes the connection.
+struct Devices(Vec<JoinHandle<()>>);
+
+impl Drop for Devices {
+    fn drop(&mut self) {
+        for d in &self.0 {
+            d.abort();
+        }
+    }
+}
+
+/// A device: on `notify-next` with a queued execution, `start-next`, then `update SUCCEEDED`.
+fn device_task(
+    client: DeviceClient,
+    mut events: fleetops_transport_mqtt::DeviceEvents,
+    pulled: Arc<AtomicUsize>,
+    errors: Arc<AtomicU64>,
+) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        while let Some(event) = events.next().await {
+            match event {
+                DeviceEvent::Pending(_) => {
+                    pulled.fetch_add(1, Ordering::Relaxed);
+                }
+                DeviceEvent::NotifyNext {
+                    execution: Some(view),
+                    ..
+                } if view.status == JobExecutionStatus::Queued => {
+                    let started = match client.start_next(StartNextRequest::default()).await {
+                        Ok(Some(v)) => v,
+                        Ok(None) => continue,
+                        Err(_) => {
+                            errors.fetch_add(1, Ordering::Relaxed);
+                            continue;
+                        }
+                    };
+                    let request = UpdateRequest {
+                        status: Some(JobExecutionStatus::Succeeded),
+                        execution_number: Some(started.execution_number),
+                        ..UpdateRequest::default()
+                    };
+                    if client.update(started.job_id, request).await.is_err() {
+                        errors.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+                _ => {}
+            }
+        }
+    })
+}
+
+impl Job {
+    /// Starts the fleet and connects `n` devices, `wave` at a time; returns once every device
+    /// has pulled its (empty) pending list through the service, so the job starts on a quiet
+    /// fleet.
+    pub async fn start(
+        setup: &Setup,
+        n: usize,
+        wave: usize,
+        limit: Duration,
+        progress: &Progress,
+    ) -> anyhow::Result<(Self, Arc<AtomicU64>)> {
+        let service = Service::start(setup).await?;
+        let things = (0..n)
+            .map(|i| ThingName::parse(&format!("bench-dev-{i:05}")))
+            .collect::<Result<Vec<_>, _>>()?;
+        let pulled = Arc::new(AtomicUsize::new(0));
+        let errors = Arc::new(AtomicU64::new(0));
+        let mut job = Self {
+            service,
+            devices: Devices(Vec::with_capacity(n)),
+            things,
+            jobs: 0,
+        };
+        let things = job.things.clone();
+        for chunk in things.chunks(wave.max(1)) {
+            let conns = chunk
+                .iter()
+                .map(|t| DeviceClient::connect(device_config(setup, t.clone()), None));
+            for (t, c) in chunk.iter().zip(futures::future::join_all(conns).await) {
+                let (client, events) = c.with_context(|| format!("connect device {t}"))?;
+                job.devices.0.push(device_task(
+                    client,
+                    events,
+                    Arc::clone(&pulled),
+                    Arc::clone(&errors),
+                ));
+                progress.inc(1);
+            }
+        }
+        let deadline = Instant::now() + limit;
+        while pulled.load(Ordering::Relaxed) < n {
+            if Instant::now() > deadline {
+                bail!(
+                    "only {} of {n} devices got their pending list within {limit:?}",
+                    pulled.load(Ordering::Relaxed)
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        Ok((job, errors))
+    }
+
+    /// Creates a job for every device and returns the time until all executions are
+    /// `SUCCEEDED`. Fails if one ends otherwise or the time runs out.
+    pub async fn run(&mut self, limit: Duration, progress: &Progress) -> anyhow::Result<Duration> {
+        let n = self.things.len() as u64;
+        let millis = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_millis())
+            .unwrap_or(0);
+        let id = JobId::parse(&format!("bench-{millis}-{}", self.jobs))?;
+        self.jobs += 1;
+        let fleet = &self.service.fleet;
+        let spec = JobSpec::new(id.clone(), document()).things(self.things.iter().cloned());
+        let started = Instant::now();
+        fleet.create_job(spec).await.context("create the job")?;
+        let mut shown = 0;
+        loop {
+            let d = fleet.describe_job(&id).context("describe the job")?;
+            let c = d.counters;
+            progress.inc(c.succeeded.saturating_sub(shown));
+            shown = shown.max(c.succeeded);
+            if c.succeeded == n {
+                return Ok(started.elapsed());
+            }
+            let other = c.failed + c.rejected + c.timed_out + c.canceled + c.removed;
+            if other > 0 {
+                bail!("job {id}: {other} executions ended other than SUCCEEDED ({c:?})");
+            }
+            if started.elapsed() > limit {
+                bail!("job {id} not done after {limit:?}: {c:?}");
+            }
+            // Fine enough for runs of seconds, and cheap for the fleet.
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    /// Disconnects the devices and shuts the fleet down.
+    pub async fn stop(self) {
+        let Self {
+            service, devices, ..
+        } = self;
+        drop(devices);
+        service.stop().await;
+    }
+}

@@ -1,0 +1,521 @@
+//! The raw-MQTT baselines: rumqttc MQTT 5 clients and the broker, no fleetops logic.
+//!
+//! They use the fleetops topics and the same connection layout as the fleetops side (one
+//! service connection, one connection per device, the same windows), and payloads of the
+//! sizes fleetops' own messages have, so that the ratio isolates what fleetops adds: the
+//! store, the runtime and the JSON codec.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use fleetops_transport_mqtt::BrokerConfig;
+use rumqttc::v5::mqttbytes::v5::{ConnectProperties, Filter, Packet, Publish};
+use rumqttc::v5::mqttbytes::QoS;
+use rumqttc::v5::{AsyncClient, Event, MqttOptions};
+use rumqttc::{NetworkOptions, TlsConfiguration, Transport};
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+
+use super::stats::Latency;
+use super::Progress;
+
+/// Why a raw baseline failed.
+#[derive(Debug, thiserror::Error)]
+pub enum RawError {
+    /// The client could not connect or subscribe.
+    #[error("raw client `{client}` could not connect: {reason}")]
+    Connect {
+        /// The client id.
+        client: String,
+        /// Why.
+        reason: String,
+    },
+    /// A connection broke during the measurement.
+    #[error("raw client `{client}` lost its connection: {reason}")]
+    Lost {
+        /// The client id.
+        client: String,
+        /// Why.
+        reason: String,
+    },
+    /// Not finished in time.
+    #[error("raw baseline timed out after {0:?} ({1})")]
+    Timeout(Duration, String),
+}
+
+/// The sizes of the messages the raw baselines send, taken from fleetops' own encoding.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct Sizes {
+    /// Command request (the echo has the same size).
+    pub command: usize,
+    /// `notify-next` with the job document.
+    pub notify: usize,
+    /// `start-next` request.
+    pub start_next: usize,
+    /// `start-next/accepted` with the job document.
+    pub accepted: usize,
+    /// `update` request.
+    pub update: usize,
+}
+
+/// Per-connection knobs, mirroring the transport's service and device settings.
+#[derive(Clone, Copy)]
+pub struct Knobs {
+    /// Our window of unacknowledged publishes.
+    pub inflight: u16,
+    /// Receive Maximum asked from the broker.
+    pub receive_maximum: u16,
+    /// Capacity of rumqttc's request channel.
+    pub channel: usize,
+}
+
+/// The service connection's knobs (as `MqttLinkConfig::new`).
+pub const SERVICE: Knobs = Knobs {
+    inflight: 4096,
+    receive_maximum: 1024,
+    channel: 4096,
+};
+
+/// A device connection's knobs (as `DeviceConfig::new`, with the bench's window of 8).
+pub const DEVICE: Knobs = Knobs {
+    inflight: 8,
+    receive_maximum: 64,
+    channel: 64,
+};
+
+/// What a client's poll task does with each incoming publish.
+type OnPublish = Box<dyn FnMut(Publish, &AsyncClient) + Send>;
+
+/// A connected raw client; the connection closes when it is dropped.
+pub struct RawClient {
+    /// For publishing.
+    pub client: AsyncClient,
+    /// Receives the reason if the connection breaks.
+    lost: oneshot::Receiver<String>,
+    id: String,
+    task: JoinHandle<()>,
+}
+
+impl Drop for RawClient {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl RawClient {
+    /// Fails if the connection broke.
+    fn check(&mut self) -> Result<(), RawError> {
+        match self.lost.try_recv() {
+            Ok(reason) => Err(RawError::Lost {
+                client: self.id.clone(),
+                reason,
+            }),
+            Err(_) => Ok(()),
+        }
+    }
+}
+
+fn options(broker: &BrokerConfig, id: &str, knobs: Knobs) -> Result<MqttOptions, RawError> {
+    let mut o = MqttOptions::new(id, broker.host.clone(), broker.port);
+    o.set_keep_alive(broker.keep_alive.max(Duration::from_secs(5)));
+    let mut net = NetworkOptions::new();
+    net.set_tcp_nodelay(true);
+    net.set_connection_timeout(broker.connect_timeout.as_secs().max(1));
+    o.set_network_options(net);
+    let mut props = ConnectProperties::new();
+    props.receive_maximum = Some(knobs.receive_maximum);
+    props.max_packet_size = Some(256 * 1024);
+    o.set_connect_properties(props);
+    o.set_clean_start(true);
+    o.set_outgoing_inflight_upper_limit(knobs.inflight);
+    if let Some(c) = &broker.credentials {
+        o.set_credentials(c.username.clone(), c.password.clone());
+    }
+    if let Some(tls) = &broker.tls {
+        let config = tls.client_config().map_err(|e| RawError::Connect {
+            client: id.to_owned(),
+            reason: e.to_string(),
+        })?;
+        o.set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(
+            Arc::new(config),
+        )));
+    }
+    Ok(o)
+}
+
+/// Connects, subscribes to `filters` at QoS 1 and returns once the broker acknowledged the
+/// subscription. Incoming publishes go to `on_publish`, inside the poll task: it must never
+/// wait (rumqttc deadlocks if its poll task awaits a publish), so it uses `try_publish` or
+/// forwards to a channel.
+pub async fn connect(
+    broker: &BrokerConfig,
+    id: &str,
+    knobs: Knobs,
+    filters: Vec<String>,
+    mut on_publish: OnPublish,
+) -> Result<RawClient, RawError> {
+    let (client, mut eventloop) = AsyncClient::new(options(broker, id, knobs)?, knobs.channel);
+    let (ready_tx, ready_rx) = oneshot::channel::<Result<(), String>>();
+    let (lost_tx, lost_rx) = oneshot::channel();
+    let task_client = client.clone();
+    let task = tokio::spawn(async move {
+        let mut ready = Some(ready_tx);
+        loop {
+            match eventloop.poll().await {
+                Ok(Event::Incoming(Packet::Publish(p))) => on_publish(p, &task_client),
+                Ok(Event::Incoming(Packet::SubAck(_))) => {
+                    if let Some(tx) = ready.take() {
+                        let _ = tx.send(Ok(()));
+                    }
+                }
+                Ok(_) => {}
+                // No reconnect: a baseline whose connection breaks is not a measurement.
+                Err(e) => {
+                    match ready.take() {
+                        Some(tx) => {
+                            let _ = tx.send(Err(e.to_string()));
+                        }
+                        None => {
+                            let _ = lost_tx.send(e.to_string());
+                        }
+                    }
+                    return;
+                }
+            }
+        }
+    });
+    let raw = RawClient {
+        client,
+        lost: lost_rx,
+        id: id.to_owned(),
+        task,
+    };
+    let fail = |reason: String| RawError::Connect {
+        client: id.to_owned(),
+        reason,
+    };
+    raw.client
+        .subscribe_many(
+            filters
+                .into_iter()
+                .map(|f| Filter::new(f, QoS::AtLeastOnce)),
+        )
+        .await
+        .map_err(|e| fail(e.to_string()))?;
+    match tokio::time::timeout(broker.connect_timeout, ready_rx).await {
+        Ok(Ok(Ok(()))) => Ok(raw),
+        Ok(Ok(Err(reason))) => Err(fail(reason)),
+        Ok(Err(_)) => Err(fail("the poll task ended".into())),
+        Err(_) => Err(fail(format!(
+            "no SUBACK within {:?}",
+            broker.connect_timeout
+        ))),
+    }
+}
+
+/// A forwarding handler and the receiving end.
+fn forward() -> (OnPublish, mpsc::UnboundedReceiver<Publish>) {
+    let (tx, rx) = mpsc::unbounded_channel();
+    (
+        Box::new(move |p, _| {
+            let _ = tx.send(p);
+        }),
+        rx,
+    )
+}
+
+fn payload(seq: u64, size: usize) -> Vec<u8> {
+    let mut p = vec![b'x'; size.max(8)];
+    p[..8].copy_from_slice(&seq.to_be_bytes());
+    p
+}
+
+fn seq_of(p: &Publish) -> Option<u64> {
+    let b: [u8; 8] = p.payload.get(..8)?.try_into().ok()?;
+    Some(u64::from_be_bytes(b))
+}
+
+/// The raw request/response pair: a requester on the service's filter and a responder that
+/// echoes each request on the response topic of the same execution, as a device would.
+pub struct RequestResponse {
+    requester: RawClient,
+    incoming: mpsc::UnboundedReceiver<Publish>,
+    _responder: RawClient,
+    prefix: String,
+    thing: String,
+    size: usize,
+    next: u64,
+}
+
+impl RequestResponse {
+    /// Connects both clients; topics are under `prefix` for thing `thing`.
+    pub async fn connect(
+        broker: &BrokerConfig,
+        prefix: &str,
+        thing: &str,
+        size: usize,
+        tag: &str,
+    ) -> Result<Self, RawError> {
+        let responder = connect(
+            broker,
+            thing,
+            DEVICE,
+            vec![format!(
+                "{prefix}/commands/things/{thing}/executions/+/request"
+            )],
+            Box::new(|p, client| {
+                let topic = String::from_utf8_lossy(&p.topic);
+                if let Some(base) = topic.strip_suffix("/request") {
+                    // At most `receive_maximum` requests are in flight towards us, and the
+                    // channel holds that many: try_publish cannot find it full.
+                    let _ = client.try_publish(
+                        format!("{base}/response"),
+                        QoS::AtLeastOnce,
+                        false,
+                        p.payload,
+                    );
+                }
+            }),
+        )
+        .await?;
+        let (on_publish, incoming) = forward();
+        let requester = connect(
+            broker,
+            &format!("fleetops-bench-raw-requester-{tag}"),
+            SERVICE,
+            vec![format!("{prefix}/commands/things/+/executions/+/response")],
+            on_publish,
+        )
+        .await?;
+        Ok(Self {
+            requester,
+            incoming,
+            _responder: responder,
+            prefix: prefix.to_owned(),
+            thing: thing.to_owned(),
+            size,
+            next: 0,
+        })
+    }
+
+    async fn send(&mut self) -> Result<u64, RawError> {
+        let seq = self.next;
+        self.next += 1;
+        let topic = format!(
+            "{}/commands/things/{}/executions/r{seq}/request",
+            self.prefix, self.thing
+        );
+        self.requester
+            .client
+            .publish(topic, QoS::AtLeastOnce, false, payload(seq, self.size))
+            .await
+            .map_err(|e| RawError::Lost {
+                client: self.requester.id.clone(),
+                reason: e.to_string(),
+            })?;
+        Ok(seq)
+    }
+
+    async fn receive(&mut self, limit: Duration) -> Result<Publish, RawError> {
+        match tokio::time::timeout(limit, self.incoming.recv()).await {
+            Ok(Some(p)) => Ok(p),
+            Ok(None) | Err(_) => {
+                self.requester.check()?;
+                Err(RawError::Timeout(limit, "waiting for a response".into()))
+            }
+        }
+    }
+
+    /// `n` round trips one after the other, with `window` requests kept in flight.
+    pub async fn run(
+        &mut self,
+        n: usize,
+        window: usize,
+        limit: Duration,
+        progress: &Progress,
+    ) -> Result<Latency, RawError> {
+        let window = window.max(1);
+        let mut sent: HashMap<u64, Instant> = HashMap::with_capacity(window * 2);
+        let mut samples = Vec::with_capacity(n);
+        let mut issued = 0;
+        let started = Instant::now();
+        while samples.len() < n {
+            while issued < n && sent.len() < window {
+                let t0 = Instant::now();
+                let seq = self.send().await?;
+                sent.insert(seq, t0);
+                issued += 1;
+            }
+            let p = self.receive(limit).await?;
+            if let Some(t0) = seq_of(&p).and_then(|s| sent.remove(&s)) {
+                samples.push(t0.elapsed());
+                progress.inc(1);
+            }
+        }
+        Ok(Latency::from_samples(samples, started.elapsed()))
+    }
+}
+
+/// Topics of the raw fan-out for one thing.
+fn fanout_topics(prefix: &str, thing: &str) -> [String; 2] {
+    [
+        format!("{prefix}/things/{thing}/jobs/notify-next"),
+        format!("{prefix}/things/{thing}/jobs/start-next/accepted"),
+    ]
+}
+
+/// The raw job-like fan-out: per device, the service publishes `notify-next`, the device
+/// publishes `start-next`, the service answers `accepted`, the device publishes `update`;
+/// done when the service has received every update. Four routed messages per device, as in
+/// MQTT-NOTES.md.
+pub struct Fanout {
+    service: RawClient,
+    incoming: mpsc::UnboundedReceiver<Publish>,
+    devices: Vec<RawClient>,
+    things: Vec<String>,
+    prefix: String,
+    sizes: Sizes,
+}
+
+impl Fanout {
+    /// Connects the service and `n` devices (in waves of `wave` concurrent connects).
+    pub async fn connect(
+        broker: &BrokerConfig,
+        prefix: &str,
+        n: usize,
+        wave: usize,
+        sizes: Sizes,
+        tag: &str,
+        progress: &Progress,
+    ) -> Result<Self, RawError> {
+        let (on_publish, incoming) = forward();
+        let service = connect(
+            broker,
+            &format!("fleetops-bench-raw-service-{tag}"),
+            SERVICE,
+            vec![
+                format!("{prefix}/things/+/jobs/start-next"),
+                format!("{prefix}/things/+/jobs/+/update"),
+            ],
+            on_publish,
+        )
+        .await?;
+        let things: Vec<String> = (0..n).map(|i| format!("bench-raw-{i:05}")).collect();
+        let mut devices = Vec::with_capacity(n);
+        for chunk in things.chunks(wave.max(1)) {
+            let conns = chunk.iter().map(|thing| {
+                let start_next = format!("{prefix}/things/{thing}/jobs/start-next");
+                let update = format!("{prefix}/things/{thing}/jobs/bench/update");
+                let (start_size, update_size) = (sizes.start_next, sizes.update);
+                let on_publish: OnPublish = Box::new(move |p, client| {
+                    // One message in flight per device at a time: the channel is never full.
+                    let (topic, size) = if p.topic.ends_with(b"/notify-next") {
+                        (&start_next, start_size)
+                    } else {
+                        (&update, update_size)
+                    };
+                    let _ = client.try_publish(
+                        topic.clone(),
+                        QoS::AtLeastOnce,
+                        false,
+                        payload(0, size),
+                    );
+                });
+                connect(
+                    broker,
+                    thing,
+                    DEVICE,
+                    fanout_topics(prefix, thing).to_vec(),
+                    on_publish,
+                )
+            });
+            for d in futures::future::join_all(conns).await {
+                devices.push(d?);
+                progress.inc(1);
+            }
+        }
+        Ok(Self {
+            service,
+            incoming,
+            devices,
+            things,
+            prefix: prefix.to_owned(),
+            sizes,
+        })
+    }
+
+    /// Runs the fan-out once; returns the time from the first `notify-next` to the last
+    /// `update` received by the service.
+    pub async fn run(
+        &mut self,
+        limit: Duration,
+        progress: &Progress,
+    ) -> Result<Duration, RawError> {
+        let n = self.things.len();
+        let started = Instant::now();
+        let deadline = started + limit;
+        // Notifications go out from their own task, as the fleetops outbox publishes while
+        // its workers answer requests.
+        let sender = {
+            let client = self.service.client.clone();
+            let topics: Vec<String> = self
+                .things
+                .iter()
+                .map(|t| fanout_topics(&self.prefix, t)[0].clone())
+                .collect();
+            let size = self.sizes.notify;
+            tokio::spawn(async move {
+                for t in topics {
+                    if client
+                        .publish(t, QoS::AtLeastOnce, false, payload(0, size))
+                        .await
+                        .is_err()
+                    {
+                        return;
+                    }
+                }
+            })
+        };
+        let mut finished = 0;
+        while finished < n {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let p = match tokio::time::timeout(left, self.incoming.recv()).await {
+                Ok(Some(p)) => p,
+                Ok(None) | Err(_) => {
+                    sender.abort();
+                    self.service.check()?;
+                    return Err(RawError::Timeout(
+                        limit,
+                        format!("{finished} of {n} devices finished"),
+                    ));
+                }
+            };
+            if p.topic.ends_with(b"/start-next") {
+                let topic = format!("{}/accepted", String::from_utf8_lossy(&p.topic));
+                self.service
+                    .client
+                    .publish(
+                        topic,
+                        QoS::AtLeastOnce,
+                        false,
+                        payload(0, self.sizes.accepted),
+                    )
+                    .await
+                    .map_err(|e| RawError::Lost {
+                        client: self.service.id.clone(),
+                        reason: e.to_string(),
+                    })?;
+            } else {
+                finished += 1;
+                progress.inc(1);
+            }
+        }
+        let elapsed = started.elapsed();
+        let _ = sender.await;
+        for d in &mut self.devices {
+            d.check()?;
+        }
+        Ok(elapsed)
+    }
+}

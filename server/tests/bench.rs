@@ -1,0 +1,114 @@
+//! Smoke runs of `fleetops bench` as a process: its own mosquitto, tiny sizes. They check that
+//! the bench completes, prints each figure beside its raw-MQTT baseline with a ratio, and
+//! refuses bad input with a message instead of a panic. The figures themselves are not
+//! checked: performance is measured (BENCHMARKS.md), not asserted.
+
+use std::process::{Command, Output};
+
+fn fleetops(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_fleetops"))
+        .args(args)
+        .output()
+        .expect("run the fleetops binary")
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+const TINY: &[&str] = &[
+    "bench",
+    "--spawn-mosquitto",
+    "--runs",
+    "1",
+    "--round-trips",
+    "20",
+    "--requests",
+    "40",
+    "--concurrency",
+    "4",
+    "--devices",
+    "20",
+    "--timeout-secs",
+    "120",
+];
+
+#[test]
+fn prints_both_scenarios_beside_the_raw_baseline_with_ratios() {
+    let out = fleetops(TINY);
+    let stdout = text(&out.stdout);
+    assert!(
+        out.status.success(),
+        "exit {:?}\nstdout:\n{stdout}\nstderr:\n{}",
+        out.status,
+        text(&out.stderr)
+    );
+    assert!(stdout.contains("| figure | fleetops | raw MQTT | fleetops / raw |"));
+    for row in [
+        "| round trip p50 |",
+        "| round trip p99 |",
+        "| throughput, 4 in flight |",
+        "| job to 20 devices, create → all SUCCEEDED |",
+    ] {
+        let line = stdout
+            .lines()
+            .find(|l| l.starts_with(row))
+            .unwrap_or_else(|| panic!("no `{row}` row in:\n{stdout}"));
+        // fleetops, raw, ratio: three filled cells, the last one a ratio.
+        let cells: Vec<&str> = line.split('|').map(str::trim).collect();
+        assert_eq!(cells.len(), 6, "{line}");
+        assert!(cells[2..5].iter().all(|c| !c.is_empty()), "{line}");
+        let ratio: f64 = cells[4]
+            .strip_suffix('x')
+            .and_then(|r| r.parse().ok())
+            .unwrap_or_else(|| panic!("no ratio in `{line}`"));
+        assert!(ratio.is_finite() && ratio > 0.0, "{line}");
+    }
+    assert!(stdout.contains("spawned mosquitto"), "{stdout}");
+}
+
+#[test]
+fn json_output_has_both_sides_and_the_ratio() {
+    let mut args = TINY.to_vec();
+    args.extend(["--scenario", "job", "--json"]);
+    let out = fleetops(&args);
+    assert!(out.status.success(), "stderr:\n{}", text(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("stdout is JSON");
+    let seconds = &v["job"]["seconds"];
+    for key in ["fleetops", "raw", "ratio"] {
+        assert!(
+            seconds[key].as_f64().is_some_and(|x| x > 0.0),
+            "{key} in {seconds}"
+        );
+    }
+    assert_eq!(v["job"]["runs"].as_array().map(Vec::len), Some(1));
+    assert!(v["commands"].is_null(), "only the job scenario ran");
+    assert!(v["machine"]["cores"].as_u64().is_some_and(|c| c > 0));
+}
+
+#[test]
+fn bad_input_is_refused_with_a_message() {
+    let cases: &[(&[&str], &str)] = &[
+        (&["bench", "--broker", "http://localhost:1883"], "mqtt://"),
+        (
+            &["bench", "--broker", "mqtt://localhost:99999"],
+            "invalid port",
+        ),
+        (&["bench"], "--broker"),
+        (&["bench", "--spawn-mosquitto", "--runs", "0"], "--runs"),
+        (
+            &["bench", "--spawn-mosquitto", "--devices", "x"],
+            "--devices",
+        ),
+    ];
+    for (args, needle) in cases {
+        let out = fleetops(args);
+        let stderr = text(&out.stderr);
+        assert!(!out.status.success(), "{args:?} succeeded");
+        assert!(!stderr.contains("panicked"), "{args:?} panicked: {stderr}");
+        assert!(
+            stderr.contains(needle),
+            "{args:?}: `{needle}` not in {stderr}"
+        );
+    }
+}
