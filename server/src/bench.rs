@@ -441,7 +441,11 @@ async fn commands_run(
     let mut fleet_figs = None;
     // Alternate which side goes first, so warming (page cache, allocator, broker) favours
     // neither.
-    for side in if run % 2 == 0 { [0, 1] } else { [1, 0] } {
+    for side in if run.is_multiple_of(2) {
+        [0, 1]
+    } else {
+        [1, 0]
+    } {
         if side == 0 {
             let label = format!("commands {}/{runs}: raw MQTT", run + 1);
             let progress = Progress::new((warmup + seq + n) as u64, label);
@@ -491,7 +495,11 @@ async fn job_run(
     let runs = args.runs;
     let mut raw_secs = None;
     let mut fleet = None;
-    for side in if run % 2 == 0 { [0, 1] } else { [1, 0] } {
+    for side in if run.is_multiple_of(2) {
+        [0, 1]
+    } else {
+        [1, 0]
+    } {
         if side == 0 {
             let mut fanout = {
                 let p = Progress::new(n + 1, format!("job {}/{runs}: raw, connecting", run + 1));

@@ -286,7 +286,7 @@ async fn kill_and_restart_once(run: usize) {
             .unwrap_or(100),
         ..FleetConfig::default()
     };
-    let crash = run % 2 == 0;
+    let crash = run.is_multiple_of(2);
     {
         let store = open_store(dir.path()).await;
         let fleet = Fleet::builder(store, link(&broker).await)

@@ -1452,7 +1452,7 @@ fn none() -> Vec<StoredEvent> {
 
 /// A small event: a command time-out or one thing joining a group.
 fn small_event(seq: u64) -> Event {
-    if seq % 2 == 0 {
+    if seq.is_multiple_of(2) {
         Event::CommandTimedOut { at: at(seq) }
     } else {
         Event::GroupMembersAdded {
