@@ -44,7 +44,7 @@
 //! request again (with the remaining TTL), and the scheduler fires every overdue deadline at
 //! once. Devices treat duplicates as harmless, as the protocol requires.
 //!
-//! **Persisted checkpoints.** Every [`FleetConfig::snapshot_every`] folded events (1,000,000 by
+//! **Persisted checkpoints.** Every [`FleetConfig::snapshot_every`] folded events (100,000 by
 //! default) and at [`Fleet::shutdown`], the read models are saved through the store's snapshot
 //! port (`EventStore::save_snapshot`; store-sled writes them behind the events they reflect)
 //! with the position they reflect. A snapshot is a cache of the feed: one that is missing,

@@ -105,6 +105,7 @@
 mod codec;
 mod config;
 mod projection;
+mod snapshot;
 mod store;
 mod writer;
 

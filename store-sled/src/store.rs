@@ -16,7 +16,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::codec::{self, PreEncoded};
 use crate::config::{Durability, SledConfig};
-use crate::projection::{Projection, ProjectionBatch, ProjectionError, MAX_PROJECTION_NAME};
+use crate::projection::{Projection, ProjectionError};
 use crate::writer::{PreparedBatch, PreparedStream, Request, Writer};
 
 /// The name of the sled tree that holds the store.
@@ -351,35 +351,6 @@ impl SledStore {
     }
 }
 
-/// The key of a snapshot's blob inside its projection.
-const SNAPSHOT_KEY: &[u8] = b"state";
-
-/// The projection that keeps snapshot `name`; names that a projection refuses are hashed
-/// into the allowed alphabet rather than refused, since callers pick them freely.
-fn snapshot_projection(name: &str) -> String {
-    let ok = name.len() <= MAX_PROJECTION_NAME - 9
-        && !name.is_empty()
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'));
-    if ok {
-        format!("snapshot.{name}")
-    } else {
-        format!("snapshot.x{:08x}", crc32fast::hash(name.as_bytes()))
-    }
-}
-
-/// A projection failure as the port's error: the store's own errors pass through, refused
-/// checkpoints become invalid requests.
-fn projection_error(e: ProjectionError) -> StoreError {
-    match e {
-        ProjectionError::Store(e) => e,
-        other => StoreError::InvalidBatch {
-            reason: other.to_string(),
-        },
-    }
-}
-
 /// Refuses a database written by an unknown layout; stamps a new one.
 fn check_format(tree: &sled::Tree) -> Result<(), StoreError> {
     match tree.get(codec::FORMAT_KEY).map_err(sled_error)? {
@@ -702,32 +673,32 @@ impl EventStore for SledStore {
     }
 
     async fn load_snapshot(&self, name: &str) -> Result<Option<Snapshot>, StoreError> {
-        let proj = self
-            .projection(&snapshot_projection(name))
-            .map_err(projection_error)?;
-        let position = proj.checkpoint().await.map_err(projection_error)?;
-        if position == 0 {
-            return Ok(None);
-        }
-        match proj.get(SNAPSHOT_KEY).await.map_err(projection_error)? {
-            Some(bytes) => Ok(Some(Snapshot { position, bytes })),
-            None => Ok(None),
-        }
+        let path = crate::snapshot::file(&self.inner.path, name);
+        blocking(&self.inner, "load_snapshot", move |_| {
+            crate::snapshot::read(&path)
+        })
+        .await
     }
 
-    /// Kept as a [`Projection`] named `snapshot.{name}`: the blob and its position are
-    /// written in one batch through the writer thread, behind the events they reflect (the
-    /// projection refuses a position past the head).
+    /// Kept as a file beside the database (`crate::snapshot`), written on the blocking pool
+    /// after a flush, so the events it reflects are on disk first and the writer thread
+    /// never carries the large blob.
     async fn save_snapshot(&self, name: &str, snapshot: Snapshot) -> Result<(), StoreError> {
-        let proj = self
-            .projection(&snapshot_projection(name))
-            .map_err(projection_error)?;
-        let from = proj.checkpoint().await.map_err(projection_error)?;
-        let mut batch = ProjectionBatch::new();
-        batch.put(SNAPSHOT_KEY, snapshot.bytes);
-        proj.apply(from, snapshot.position, batch)
-            .await
-            .map_err(projection_error)
+        let head = self.inner.shared.head();
+        if snapshot.position > head {
+            return Err(StoreError::InvalidBatch {
+                reason: format!(
+                    "snapshot position {} is past the feed head {head}",
+                    snapshot.position
+                ),
+            });
+        }
+        self.flush().await?;
+        let path = crate::snapshot::file(&self.inner.path, name);
+        blocking(&self.inner, "save_snapshot", move |_| {
+            crate::snapshot::write(&path, &snapshot)
+        })
+        .await
     }
 
     async fn subscribe(&self, from: u64) -> Result<Box<dyn Subscription>, StoreError> {
