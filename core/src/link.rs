@@ -1,5 +1,8 @@
 //! The `DeviceLink` port: how the runtime talks to devices, whatever the transport.
 
+use std::future::Future;
+use std::pin::Pin;
+
 use async_trait::async_trait;
 
 use crate::device::{Inbound, Outbound};
@@ -33,6 +36,9 @@ pub enum LinkError {
     },
 }
 
+/// The pending delivery of a batch handed over with [`DeviceLink::submit`].
+pub type Delivery = Pin<Box<dyn Future<Output = Result<(), LinkError>> + Send + 'static>>;
+
 /// The transport port.
 ///
 /// `send` returns once the transport has handed every message over (for MQTT: the broker
@@ -41,6 +47,18 @@ pub enum LinkError {
 pub trait DeviceLink: Send + Sync + 'static {
     /// Delivers a batch of messages.
     async fn send(&self, messages: Vec<Outbound>) -> Result<(), LinkError>;
+
+    /// Hands a batch to the transport and returns as soon as it is on its way, with a
+    /// [`Delivery`] that resolves once it is delivered as [`DeviceLink::send`] means it.
+    ///
+    /// Batches submitted one after another go on the wire in that order, so a caller can
+    /// hand over its next batch while the broker is still acknowledging this one instead of
+    /// paying a broker round trip per batch. The default sends and waits, which is correct
+    /// for any transport, only slower.
+    async fn submit(&self, messages: Vec<Outbound>) -> Result<Delivery, LinkError> {
+        self.send(messages).await?;
+        Ok(Box::pin(std::future::ready(Ok(()))))
+    }
 
     /// Waits for the next events from devices, returning at most `max` at once.
     async fn recv(&self, max: usize) -> Result<Vec<LinkEvent>, LinkError>;

@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use fleetops_core::device::Outbound;
-use fleetops_core::link::{DeviceLink, LinkError, LinkEvent};
+use fleetops_core::link::{Delivery, DeviceLink, LinkError, LinkEvent};
 use fleetops_core::StoreError;
 use fleetops_service::{Fleet, FleetError};
 use fleetops_store_sled::{SledConfig, SledStore};
@@ -43,6 +43,10 @@ pub struct SharedLink(pub Arc<MqttLink>);
 impl DeviceLink for SharedLink {
     async fn send(&self, messages: Vec<Outbound>) -> Result<(), LinkError> {
         self.0.send(messages).await
+    }
+
+    async fn submit(&self, messages: Vec<Outbound>) -> Result<Delivery, LinkError> {
+        self.0.submit(messages).await
     }
 
     async fn recv(&self, max: usize) -> Result<Vec<LinkEvent>, LinkError> {

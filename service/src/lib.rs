@@ -98,6 +98,7 @@
 
 mod cache;
 pub mod clock;
+mod delivery;
 pub mod error;
 mod fleet;
 mod follower;

@@ -18,6 +18,7 @@ use fleetops_core::link::DeviceLink;
 use fleetops_core::store::EventStore;
 use fleetops_core::{CommandStatus, ExecutionId, JobId, StreamId, ThingName};
 
+use crate::delivery::{Finished, InFlight};
 use crate::runtime::{lock, Inner};
 use crate::state::NotifyFlags;
 
@@ -26,7 +27,11 @@ const SEND_ATTEMPTS: u32 = 3;
 
 /// The outbox task.
 pub(crate) async fn run<S: EventStore, L: DeviceLink>(inner: Arc<Inner<S, L>>) {
+    let mut in_flight = InFlight::default();
     loop {
+        for f in in_flight.reap() {
+            inner.redeliver(f).await;
+        }
         let (things, commands, changes) = {
             let mut q = lock(&inner.outbox);
             let n = inner.config.outbox_batch.max(1);
@@ -44,7 +49,11 @@ pub(crate) async fn run<S: EventStore, L: DeviceLink>(inner: Arc<Inner<S, L>>) {
             (things, commands, changes)
         };
         if things.is_empty() && commands.is_empty() && changes.is_empty() {
-            inner.outbox_wake.notified().await;
+            // `Notify` keeps a wake-up that came before we wait, so none is lost here.
+            tokio::select! {
+                () = inner.outbox_wake.notified() => {}
+                f = in_flight.next() => inner.redeliver(f).await,
+            }
             continue;
         }
         let mut messages = inner.build(things, commands).await;
@@ -53,20 +62,31 @@ pub(crate) async fn run<S: EventStore, L: DeviceLink>(inner: Arc<Inner<S, L>>) {
         if messages.is_empty() {
             continue;
         }
-        let mut attempt = 0;
-        loop {
-            match inner.link.send(messages.clone()).await {
-                Ok(()) => break,
-                Err(err) if attempt + 1 < SEND_ATTEMPTS => {
-                    attempt += 1;
-                    tracing::warn!(%err, attempt, "outbox delivery failed; retrying");
-                    tokio::time::sleep(StdDuration::from_millis(100) * attempt).await;
-                }
-                Err(err) => {
-                    tracing::warn!(%err, dropped = messages.len(), "outbox delivery failed; leaving it to recovery");
-                    break;
-                }
+        // On the wire in order; the acknowledgement is awaited while the next batch is built.
+        for f in in_flight.submit(&inner.link, messages, true).await {
+            inner.redeliver(f).await;
+        }
+    }
+}
+
+impl<S: EventStore, L: DeviceLink> Inner<S, L> {
+    /// Looks at a finished delivery: a failed one is sent again (and waited for) a few times
+    /// before it is left to recovery.
+    async fn redeliver(&self, finished: Finished) {
+        let Finished {
+            mut result,
+            messages,
+        } = finished;
+        let mut attempt = 1;
+        while let Err(err) = result {
+            if attempt >= SEND_ATTEMPTS {
+                tracing::warn!(%err, dropped = messages.len(), "outbox delivery failed; leaving it to recovery");
+                return;
             }
+            tracing::warn!(%err, attempt, "outbox delivery failed; retrying");
+            tokio::time::sleep(StdDuration::from_millis(100) * attempt).await;
+            attempt += 1;
+            result = self.link.send(messages.clone()).await;
         }
     }
 }
@@ -124,7 +144,18 @@ impl<S: EventStore, L: DeviceLink> Inner<S, L> {
         out.extend(views.into_iter().flatten());
         let requests = futures::future::join_all(commands.into_iter().map(|id| async move {
             let stream = StreamId::command(&id);
-            match self.load::<CommandExecution>(&stream).await {
+            // The request's fields never change; whether it is still owed is the folded
+            // status, so a stale cached state cannot resend a finished command.
+            let cached = lock(&self.command_cache).get(&stream).map(|(_, c)| c);
+            let live = self
+                .read()
+                .command(&id)
+                .is_some_and(|c| c.status == CommandStatus::Sent);
+            let loaded = match cached {
+                Some(c) if live => Ok((Some(c), None)),
+                _ => self.load::<CommandExecution>(&stream).await,
+            };
+            match loaded {
                 Ok((Some(c), _)) if c.status == CommandStatus::Sent && c.deadline > now => {
                     Some(Outbound::CommandRequest {
                         thing: c.thing,

@@ -5,7 +5,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
 use fleetops_core::device::Outbound;
-use fleetops_core::link::{DeviceLink, LinkError, LinkEvent};
+use fleetops_core::link::{Delivery, DeviceLink, LinkError, LinkEvent};
 use fleetops_core::time::Timestamp;
 use rumqttc::v5::mqttbytes::v5::Filter;
 use rumqttc::v5::mqttbytes::QoS;
@@ -186,8 +186,18 @@ impl MqttLink {
 
     /// `send` with the crate's error type.
     pub async fn publish_all(&self, messages: &[Outbound]) -> Result<(), Error> {
-        // Encode everything first: a message that can never be encoded fails the batch
-        // before anything of it is published.
+        self.enqueue_all(messages).await?.await
+    }
+
+    /// Encodes and queues every message in order, and returns a future that waits for the
+    /// broker's acknowledgements (bounded by the link's ack timeout, counted from now).
+    ///
+    /// Everything is encoded first: a message that can never be encoded fails the batch
+    /// before anything of it is published.
+    pub async fn enqueue_all(
+        &self,
+        messages: &[Outbound],
+    ) -> Result<impl std::future::Future<Output = Result<(), Error>> + Send + 'static, Error> {
         let encoded = messages
             .iter()
             .map(|m| self.codec.encode(m))
@@ -196,18 +206,21 @@ impl MqttLink {
         for e in encoded {
             acks.push(self.conn.publish(e).await?);
         }
-        let deadline = tokio::time::Instant::now() + self.ack_timeout;
-        let mut first_error = None;
-        for ack in acks {
-            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-            if let Err(e) = wait_ack(ack, left).await {
-                first_error.get_or_insert(match e {
-                    Error::Timeout(_) => Error::Timeout(self.ack_timeout),
-                    other => other,
-                });
+        let ack_timeout = self.ack_timeout;
+        let deadline = tokio::time::Instant::now() + ack_timeout;
+        Ok(async move {
+            let mut first_error = None;
+            for ack in acks {
+                let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+                if let Err(e) = wait_ack(ack, left).await {
+                    first_error.get_or_insert(match e {
+                        Error::Timeout(_) => Error::Timeout(ack_timeout),
+                        other => other,
+                    });
+                }
             }
-        }
-        first_error.map_or(Ok(()), Err)
+            first_error.map_or(Ok(()), Err)
+        })
     }
 
     /// `recv` with the crate's error type.
@@ -264,6 +277,13 @@ impl MqttLink {
 impl DeviceLink for MqttLink {
     async fn send(&self, messages: Vec<Outbound>) -> Result<(), LinkError> {
         self.publish_all(&messages).await.map_err(LinkError::from)
+    }
+
+    async fn submit(&self, messages: Vec<Outbound>) -> Result<Delivery, LinkError> {
+        let acked = self.enqueue_all(&messages).await?;
+        Ok(Box::pin(
+            async move { acked.await.map_err(LinkError::from) },
+        ))
     }
 
     async fn recv(&self, max: usize) -> Result<Vec<LinkEvent>, LinkError> {
