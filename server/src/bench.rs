@@ -619,8 +619,8 @@ pub fn render(r: &Report) -> String {
         let z = r.sizes;
         let _ = writeln!(
             s,
-            "\njob: {} devices, one connection each; raw = notify-next ({} B), start-next ({} B), accepted ({} B), update ({} B) per device",
-            j.devices, z.notify, z.start_next, z.accepted, z.update
+            "\njob: {} devices, one connection each; raw = notify-next ({} B), start-next ({} B), start-next/accepted ({} B), update ({} B), update/accepted ({} B) per device",
+            j.devices, z.notify, z.start_next, z.accepted, z.update, z.update_accepted
         );
         let _ = writeln!(s, "| figure | fleetops | raw MQTT | fleetops / raw |");
         let _ = writeln!(s, "|---|---|---|---|");

@@ -1,29 +1,43 @@
-//! A bounded cache of job execution states, so the hot path (start-next, update, timers,
-//! notify-next) does not replay the stream from the store for every request.
+//! Bounded caches of aggregate states, so the hot paths do not replay a stream from the store
+//! for every request: job executions (start-next, update, timers, notify-next) and command
+//! executions (the request the outbox publishes, the device's response, the outcome handed
+//! back to the caller).
 //!
 //! It is only an optimization and never the truth: every decision made on a cached state is
 //! appended with `ExpectedVersion::Exact(cached version)`, so a stale entry fails with a
 //! conflict and the caller reloads from the store; a read-only use (notify-next) checks the
 //! cached version against the folded one first. Writers that change executions without a full
-//! state (the job driver's batch cancel, remove and retry) drop their entries.
+//! state (the job driver's batch cancel, remove and retry) drop their entries. A terminal
+//! command never changes again, so a cached terminal command is its final record.
 
 use std::collections::{HashMap, VecDeque};
 
+use fleetops_core::command::CommandExecution;
 use fleetops_core::job_execution::JobExecution;
 use fleetops_core::StreamId;
 
 /// Entries kept by default: a few hundred bytes each (about 20 MiB in all).
 pub(crate) const DEFAULT_CAPACITY: usize = 65_536;
 
+/// Command entries kept: live commands, and finished ones until their outcome is taken.
+pub(crate) const COMMAND_CAPACITY: usize = 16_384;
+
+/// Job execution states by stream.
+pub(crate) type ExecCache = Cache<JobExecution>;
+
+/// Command execution states by stream.
+pub(crate) type CommandCache = Cache<CommandExecution>;
+
+/// States by stream with the stream version each reflects, evicted oldest first.
 #[derive(Debug, Default)]
-pub(crate) struct ExecCache {
-    map: HashMap<StreamId, (u64, JobExecution)>,
+pub(crate) struct Cache<V> {
+    map: HashMap<StreamId, (u64, V)>,
     /// Insertion order for FIFO eviction; may hold keys already dropped (skipped on eviction).
     order: VecDeque<StreamId>,
     capacity: usize,
 }
 
-impl ExecCache {
+impl<V: Clone> Cache<V> {
     pub fn new(capacity: usize) -> Self {
         Self {
             map: HashMap::new(),
@@ -33,12 +47,12 @@ impl ExecCache {
     }
 
     /// The cached state of `stream` and its version.
-    pub fn get(&self, stream: &StreamId) -> Option<(u64, JobExecution)> {
+    pub fn get(&self, stream: &StreamId) -> Option<(u64, V)> {
         self.map.get(stream).cloned()
     }
 
     /// Records `state` at `version` (a newer version replaces an older one).
-    pub fn put(&mut self, stream: StreamId, version: u64, state: JobExecution) {
+    pub fn put(&mut self, stream: StreamId, version: u64, state: V) {
         if self.capacity == 0 {
             return;
         }
@@ -71,6 +85,11 @@ impl ExecCache {
     /// Forgets `stream`.
     pub fn remove(&mut self, stream: &StreamId) {
         self.map.remove(stream);
+    }
+
+    /// Takes `stream`'s entry out of the cache.
+    pub fn take(&mut self, stream: &StreamId) -> Option<(u64, V)> {
+        self.map.remove(stream)
     }
 }
 

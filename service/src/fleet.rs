@@ -24,7 +24,7 @@ use serde_json::Value;
 use tokio::sync::{broadcast, mpsc, oneshot, watch, Notify};
 use tokio::task::JoinHandle;
 
-use crate::cache::ExecCache;
+use crate::cache::{CommandCache, ExecCache, COMMAND_CAPACITY};
 use crate::clock::{Clock, SystemClock};
 use crate::error::FleetError;
 use crate::ids::{IdSource, UuidV7Ids};
@@ -146,6 +146,7 @@ impl<S: EventStore, L: DeviceLink> FleetBuilder<S, L> {
             changes,
             presence: Mutex::new(HashMap::new()),
             cache: Mutex::new(ExecCache::new(cache_capacity)),
+            command_cache: Mutex::new(CommandCache::new(COMMAND_CAPACITY)),
             snapshot_at: AtomicU64::new(0),
             snapshotting: AtomicBool::new(false),
         });
@@ -219,7 +220,26 @@ trait CommandReader: Send + Sync {
 
 impl<S: EventStore, L: DeviceLink> CommandReader for Inner<S, L> {
     fn read(&self, id: ExecutionId) -> BoxFuture<'_, Result<CommandExecution, FleetError>> {
-        Box::pin(async move { get_command(self, &id).await })
+        Box::pin(async move {
+            // Whoever recorded the terminal event left the final state in the cache (a
+            // terminal command never changes again); the handle takes it.
+            let stream = StreamId::command(&id);
+            let finished = {
+                let mut cache = lock(&self.command_cache);
+                match cache.take(&stream) {
+                    Some((_, c)) if c.status.is_terminal() => Some(c),
+                    Some((v, c)) => {
+                        cache.put(stream, v, c);
+                        None
+                    }
+                    None => None,
+                }
+            };
+            match finished {
+                Some(c) => Ok(c),
+                None => get_command(self, &id).await,
+            }
+        })
     }
 }
 
@@ -388,11 +408,7 @@ impl<S: EventStore, L: DeviceLink> Fleet<S, L> {
             ttl,
         };
         let stream = StreamId::command(&execution_id);
-        if let Err(e) = self
-            .inner
-            .execute::<CommandExecution>(&stream, intent)
-            .await
-        {
+        if let Err(e) = self.inner.send_command(&stream, intent).await {
             lock(&self.inner.waiters).remove(&execution_id);
             return Err(e);
         }
@@ -462,7 +478,7 @@ impl<S: EventStore, L: DeviceLink> Fleet<S, L> {
     ) -> Result<CommandExecution, FleetError> {
         let done = self
             .inner
-            .execute::<CommandExecution>(&StreamId::command(id), CommandIntent::Cancel { reason })
+            .execute_command(&StreamId::command(id), CommandIntent::Cancel { reason })
             .await
             .map_err(|e| rename(e, "command execution", id))?;
         done.state.ok_or_else(|| not_found("command execution", id))

@@ -6,6 +6,7 @@ use std::hash::{BuildHasher, RandomState};
 use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
+use fleetops_core::command::{CommandExecution, CommandIntent};
 use fleetops_core::device::Outbound;
 use fleetops_core::job_execution::{JobExecution, JobExecutionIntent};
 use fleetops_core::link::DeviceLink;
@@ -15,7 +16,7 @@ use fleetops_core::store::{
 use fleetops_core::{Aggregate, Event, ExecutionId, JobId, StreamId, ThingName, Timestamp};
 use tokio::sync::{broadcast, mpsc, oneshot, watch, Notify};
 
-use crate::cache::ExecCache;
+use crate::cache::{Cache, CommandCache, ExecCache};
 use crate::clock::Clock;
 use crate::error::FleetError;
 use crate::ids::IdSource;
@@ -77,6 +78,8 @@ pub(crate) struct Inner<S, L> {
     pub changes: broadcast::Sender<StatusChange>,
     pub presence: Mutex<HashMap<ThingName, bool>>,
     pub cache: Mutex<ExecCache>,
+    /// Command states, so a round trip reads no command stream back from the store.
+    pub command_cache: Mutex<CommandCache>,
     /// The position of the last saved snapshot (or the one resumed from).
     pub snapshot_at: AtomicU64,
     /// A snapshot save is under way.
@@ -222,57 +225,80 @@ impl<S: EventStore, L: DeviceLink> Inner<S, L> {
         version: Option<u64>,
         intent: A::Intent,
     ) -> Result<Option<Executed<A>>, FleetError> {
+        self.try_execute_then(stream, state, version, intent, |_| {})
+            .await
+    }
+
+    /// [`Inner::try_execute`], calling `stored` with the result as soon as the store holds
+    /// it, before the projections have folded it (so whatever the fold wakes already sees
+    /// what `stored` recorded).
+    async fn try_execute_then<A: Aggregate>(
+        &self,
+        stream: &StreamId,
+        state: Option<A>,
+        version: Option<u64>,
+        intent: A::Intent,
+        stored: impl FnOnce(&Executed<A>),
+    ) -> Result<Option<Executed<A>>, FleetError> {
         let now = self.clock.now();
         let (state, events) = A::execute(state, intent, now)?;
-        if events.is_empty() {
-            return Ok(Some(Executed { state, events }));
+        let done = Executed { state, events };
+        if done.events.is_empty() {
+            return Ok(Some(done));
         }
         let batch = AppendBatch::single(
             stream.clone(),
             ExpectedVersion::from_current(version),
-            self.envelopes(&events, now),
+            self.envelopes(&done.events, now),
         );
-        match self.append(batch).await {
-            Ok(_) => Ok(Some(Executed { state, events })),
+        match self.store.append(batch).await {
+            Ok(appended) => {
+                stored(&done);
+                self.wait_applied(appended.last_position).await;
+                Ok(Some(done))
+            }
             Err(StoreError::Conflict { .. }) => Ok(None),
             Err(e) => Err(e.into()),
         }
     }
 
-    /// [`Inner::execute`] for a job execution, starting from the cached state when there is
-    /// one. A stale cached state shows up as a conflict (its version is checked by the
-    /// append) or, rarely, as a refusal; both make the next attempt read the store.
-    pub async fn execute_execution(
+    /// Load (from `cache` when `cached` finds an entry, else the stream), decide, append with
+    /// that version and record the new state in `cache`; a conflict or a refusal of a cached
+    /// state drops the entry and tries again from the store. A stale entry shows up as a
+    /// conflict (its version is checked by the append) or, rarely, as a refusal.
+    async fn execute_cached<A: Aggregate + Clone>(
         &self,
         stream: &StreamId,
-        intent: JobExecutionIntent,
-    ) -> Result<Executed<JobExecution>, FleetError> {
+        intent: A::Intent,
+        cache: &Mutex<Cache<A>>,
+        cached: impl Fn() -> Option<(u64, A)>,
+    ) -> Result<Executed<A>, FleetError> {
         let mut fresh = false;
         for _ in 0..self.config.max_conflict_retries.max(1) {
-            let cached = if fresh { None } else { self.cached(stream) };
-            let from_cache = cached.is_some();
-            let (state, version) = match cached {
+            let hit = if fresh { None } else { cached() };
+            let from_cache = hit.is_some();
+            let (state, version) = match hit {
                 Some((v, s)) => (Some(s), Some(v)),
-                None => self.load::<JobExecution>(stream).await?,
+                None => self.load::<A>(stream).await?,
             };
             fresh = true;
             let base = version.unwrap_or(0);
+            let record = |done: &Executed<A>| {
+                if let Some(s) = &done.state {
+                    let v = base + done.events.len() as u64;
+                    lock(cache).put(stream.clone(), v, s.clone());
+                }
+            };
             match self
-                .try_execute(stream, state, version, intent.clone())
+                .try_execute_then(stream, state, version, intent.clone(), record)
                 .await
             {
-                Ok(Some(done)) => {
-                    if let Some(s) = &done.state {
-                        let v = base + done.events.len() as u64;
-                        lock(&self.cache).put(stream.clone(), v, s.clone());
-                    }
-                    return Ok(done);
-                }
+                Ok(Some(done)) => return Ok(done),
                 Ok(None) => {
-                    lock(&self.cache).remove(stream);
+                    lock(cache).remove(stream);
                 }
                 Err(FleetError::Rejected(_)) if from_cache => {
-                    lock(&self.cache).remove(stream);
+                    lock(cache).remove(stream);
                 }
                 Err(e) => return Err(e),
             }
@@ -280,6 +306,54 @@ impl<S: EventStore, L: DeviceLink> Inner<S, L> {
         Err(FleetError::Contention {
             stream: stream.clone(),
         })
+    }
+
+    /// [`Inner::execute`] for a command execution, from the command cache when it holds
+    /// the stream.
+    pub async fn execute_command(
+        &self,
+        stream: &StreamId,
+        intent: CommandIntent,
+    ) -> Result<Executed<CommandExecution>, FleetError> {
+        self.execute_cached(stream, intent, &self.command_cache, || {
+            lock(&self.command_cache).get(stream)
+        })
+        .await
+    }
+
+    /// Sends a new command: the stream cannot exist yet (its id was just drawn), so nothing
+    /// is read first; the new state goes into the command cache before the fold can wake
+    /// the outbox, which builds the request from it.
+    pub async fn send_command(
+        &self,
+        stream: &StreamId,
+        intent: CommandIntent,
+    ) -> Result<Executed<CommandExecution>, FleetError> {
+        let record = |done: &Executed<CommandExecution>| {
+            if let Some(s) = &done.state {
+                let v = done.events.len() as u64;
+                lock(&self.command_cache).put(stream.clone(), v, s.clone());
+            }
+        };
+        match self
+            .try_execute_then(stream, None, None, intent.clone(), record)
+            .await?
+        {
+            Some(done) => Ok(done),
+            // The id is taken after all: decide on what is stored (it refuses a resend).
+            None => self.execute_command(stream, intent).await,
+        }
+    }
+
+    /// [`Inner::execute`] for a job execution, starting from the cached state when there is
+    /// one.
+    pub async fn execute_execution(
+        &self,
+        stream: &StreamId,
+        intent: JobExecutionIntent,
+    ) -> Result<Executed<JobExecution>, FleetError> {
+        self.execute_cached(stream, intent, &self.cache, || self.cached(stream))
+            .await
     }
 
     /// The cached state of an execution stream, unless the projections already folded a

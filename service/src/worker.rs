@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration as StdDuration;
 
-use fleetops_core::command::{CommandExecution, CommandIntent};
+use fleetops_core::command::CommandIntent;
 use fleetops_core::device::{
     CommandResponse, DescribeRequest, DeviceRequest, ExecutionView, Inbound, JobTarget, Outbound,
     Reply, StartNextRequest, UpdateRequest,
@@ -19,6 +19,7 @@ use fleetops_core::{
 };
 use tokio::sync::mpsc;
 
+use crate::delivery::{Finished, InFlight};
 use crate::error::FleetError;
 use crate::runtime::{lock, Inner};
 use crate::state::NotifyFlags;
@@ -34,12 +35,26 @@ pub(crate) enum Work {
     ExecutionTimer(JobId, ThingName),
 }
 
+/// What a shard serializes on within a batch: one thing's job traffic stays in arrival order,
+/// while each command execution is its own stream and needs no order with the thing's other
+/// commands — so a burst of responses from one thing goes to the store as one group commit
+/// instead of one durable append after the other.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+enum ChainKey {
+    Thing(ThingName),
+    Command(ExecutionId),
+}
+
 impl Work {
-    fn thing<S: EventStore, L: DeviceLink>(&self, inner: &Inner<S, L>) -> Option<ThingName> {
+    fn chain(&self) -> ChainKey {
         match self {
-            Self::Device(i) => Some(i.thing.clone()),
-            Self::ExecutionTimer(_, t) => Some(t.clone()),
-            Self::CommandTimer(id) => inner.read().command(id).map(|c| c.thing.clone()),
+            Self::Device(Inbound {
+                request: DeviceRequest::CommandResponse { execution_id, .. },
+                ..
+            })
+            | Self::CommandTimer(execution_id) => ChainKey::Command(execution_id.clone()),
+            Self::Device(i) => ChainKey::Thing(i.thing.clone()),
+            Self::ExecutionTimer(_, t) => ChainKey::Thing(t.clone()),
         }
     }
 }
@@ -54,15 +69,24 @@ pub(crate) async fn run_shard<S: EventStore, L: DeviceLink>(
     mut rx: mpsc::Receiver<Work>,
 ) {
     let mut buf = Vec::with_capacity(inner.config.worker_batch);
+    let mut in_flight = InFlight::default();
     loop {
         buf.clear();
-        if rx.recv_many(&mut buf, inner.config.worker_batch).await == 0 {
+        // `recv_many` is cancel-safe: a delivery finishing first loses no work.
+        let n = tokio::select! {
+            n = rx.recv_many(&mut buf, inner.config.worker_batch) => n,
+            f = in_flight.next() => {
+                undelivered(f);
+                continue;
+            }
+        };
+        if n == 0 {
             return;
         }
-        let mut index: HashMap<Option<ThingName>, usize> = HashMap::new();
+        let mut index: HashMap<ChainKey, usize> = HashMap::new();
         let mut chains: Vec<Vec<Work>> = Vec::new();
         for w in buf.drain(..) {
-            let key = w.thing(&inner);
+            let key = w.chain();
             let i = *index.entry(key).or_insert_with(|| {
                 chains.push(Vec::new());
                 chains.len() - 1
@@ -82,11 +106,22 @@ pub(crate) async fn run_shard<S: EventStore, L: DeviceLink>(
         .await;
         let replies: Vec<Outbound> = replies.into_iter().flatten().collect();
         if !replies.is_empty() {
-            if let Err(err) = inner.link.send(replies).await {
-                // The device will time out and ask again; the store already holds the outcome.
-                tracing::warn!(%err, "could not deliver replies");
+            // On the wire now; the broker's acknowledgement is awaited beside the next batch.
+            for f in in_flight.submit(&inner.link, replies, false).await {
+                undelivered(f);
             }
         }
+        for f in in_flight.reap() {
+            undelivered(f);
+        }
+    }
+}
+
+/// Logs a batch of replies the link could not deliver: the device times out and asks
+/// again, and the store already holds every outcome.
+fn undelivered(f: Finished) {
+    if let Err(err) = f.result {
+        tracing::warn!(%err, "could not deliver replies");
     }
 }
 
@@ -143,7 +178,7 @@ impl<S: EventStore, L: DeviceLink> Inner<S, L> {
             Work::CommandTimer(id) => {
                 let stream = StreamId::command(&id);
                 if let Err(err) = self
-                    .execute::<CommandExecution>(&stream, CommandIntent::CheckTimeout)
+                    .execute_command(&stream, CommandIntent::CheckTimeout)
                     .await
                 {
                     tracing::warn!(%stream, %err, "command timer failed");
@@ -352,7 +387,7 @@ impl<S: EventStore, L: DeviceLink> Inner<S, L> {
         }
         let stream = StreamId::command(id);
         match self
-            .execute::<CommandExecution>(&stream, CommandIntent::Respond(response))
+            .execute_command(&stream, CommandIntent::Respond(response))
             .await
         {
             Ok(_) => Ok(Reply::CommandResponse),

@@ -55,6 +55,10 @@ pub struct DeviceConfig {
     /// Pull the pending jobs after every (re)connect and report them as
     /// [`DeviceEvent::Pending`].
     pub pull_on_connect: bool,
+    /// Subscribe to `jobs/notify`, the whole pending list on every change. A device that takes
+    /// its jobs one at a time from `notify-next` can turn it off and spare the broker one
+    /// routed message per change.
+    pub subscribe_notify: bool,
 }
 
 impl DeviceConfig {
@@ -72,6 +76,7 @@ impl DeviceConfig {
             max_inflight: 100,
             max_packet_size: 256 * 1024,
             pull_on_connect: true,
+            subscribe_notify: true,
         }
     }
 }
@@ -263,6 +268,7 @@ impl DeviceClient {
             .layout
             .device_filters(&config.thing)
             .into_iter()
+            .filter(|f| config.subscribe_notify || !f.ends_with("/notify"))
             .map(|f| Filter::new(f, QoS::AtLeastOnce))
             .collect();
         let options = mqtt_options(

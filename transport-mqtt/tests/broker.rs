@@ -1597,3 +1597,57 @@ async fn status_changes_reach_backend_subscribers_only() {
         PubAckReason::NotAuthorized
     );
 }
+
+/// Sends `notify` then `notify-next` to `name` and returns the events the device saw up to
+/// the `notify-next`.
+async fn notifications_seen(
+    link: &MqttLink,
+    name: &str,
+    events: &mut DeviceEvents,
+) -> Vec<DeviceEvent> {
+    link.send(vec![
+        Outbound::Notify {
+            thing: thing(name),
+            jobs: PendingJobs::default(),
+            timestamp: now(),
+        },
+        Outbound::NotifyNext {
+            thing: thing(name),
+            execution: None,
+            timestamp: now(),
+        },
+    ])
+    .await
+    .unwrap();
+    let mut seen = Vec::new();
+    expect_event(events, |e| {
+        let last = matches!(e, DeviceEvent::NotifyNext { .. });
+        seen.push(e);
+        last.then_some(())
+    })
+    .await;
+    seen
+}
+
+#[tokio::test]
+async fn a_device_can_leave_notify_out() {
+    let broker = TestBroker::start();
+    let link = service(&broker).await;
+    let mut both = device_config(&broker, "gets-both");
+    both.pull_on_connect = false;
+    let (_both, mut both_events) = DeviceClient::connect(both, None).await.unwrap();
+    let mut next_only = device_config(&broker, "next-only");
+    next_only.pull_on_connect = false;
+    next_only.subscribe_notify = false;
+    let (_next, mut next_events) = DeviceClient::connect(next_only, None).await.unwrap();
+
+    let is_notify = |e: &DeviceEvent| matches!(e, DeviceEvent::Notify { .. });
+    // The broker keeps one publisher's order towards one subscriber, so `notify` (when
+    // subscribed) arrives before the `notify-next` published after it.
+    let seen = notifications_seen(&link, "gets-both", &mut both_events).await;
+    assert!(seen.iter().any(is_notify), "default device: {seen:?}");
+    for _ in 0..3 {
+        let seen = notifications_seen(&link, "next-only", &mut next_events).await;
+        assert!(!seen.iter().any(is_notify), "notify-next only: {seen:?}");
+    }
+}

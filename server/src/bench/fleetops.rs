@@ -98,6 +98,16 @@ pub fn message_sizes() -> anyhow::Result<Sizes> {
                 ..UpdateRequest::default()
             },
         })?,
+        update_accepted: len(Outbound::Accepted {
+            thing: thing.clone(),
+            operation: Operation::Update(job.clone()),
+            client_token: token.map(str::to_owned),
+            reply: Reply::Update {
+                execution_state: None,
+                job_document: None,
+            },
+            timestamp: now,
+        })?,
     })
 }
 
@@ -168,6 +178,8 @@ fn device_config(setup: &Setup, thing: ThingName) -> DeviceConfig {
     c.session = Session::Clean;
     // A device has one request out at a time; rumqttc allocates a slot per unit.
     c.max_inflight = 8;
+    // The bench's devices take their work from `notify-next` alone, as the raw baseline's.
+    c.subscribe_notify = false;
     c.request_timeout = Duration::from_secs(60);
     c
 }
