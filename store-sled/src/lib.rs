@@ -107,13 +107,14 @@ mod config;
 mod projection;
 mod snapshot;
 mod store;
+mod tail;
 mod writer;
 
 pub use config::{Durability, SledConfig};
 pub use projection::{
     Projection, ProjectionBatch, ProjectionEntry, ProjectionError, MAX_PROJECTION_NAME,
 };
-pub use store::{SledStore, WriterStats};
+pub use store::{FeedStats, SledStore, WriterStats};
 
 /// Helpers for this crate's benchmarks and tests; not part of the API.
 #[doc(hidden)]
