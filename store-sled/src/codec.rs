@@ -282,11 +282,62 @@ impl PreEncoded {
         Ok(Self(v))
     }
 
+    /// The size of the record in bytes.
+    pub(crate) fn len(&self) -> usize {
+        self.0.len()
+    }
+
     /// Sets the version, checksums the record under its key and returns the value bytes.
     pub(crate) fn finish(mut self, key: &[u8], version: u64) -> Vec<u8> {
         self.0[EV_VERSION..EV_RECORDED].copy_from_slice(&version.to_le_bytes());
         seal(key, &mut self.0);
         self.0
+    }
+}
+
+/// The event as decoding its record gives it back.
+///
+/// The live tail hands subscribers the appended [`Event`] itself instead of decoding the
+/// record, so it must equal what a read decodes. JSON reads back every event exactly (core's
+/// `float_roundtrip` feature covers floats) except for one value: an `Option<Value>` holding
+/// `Value::Null` is written as `null` and read back as `None`. `CommandResponded::result` is
+/// the only such field of [`Event`]; this maps it the way a read would.
+pub(crate) fn as_read_back(event: Event) -> Event {
+    match event {
+        Event::CommandResponded {
+            status,
+            result: Some(serde_json::Value::Null),
+            status_reason,
+            at,
+        } => Event::CommandResponded {
+            status,
+            result: None,
+            status_reason,
+            at,
+        },
+        other => other,
+    }
+}
+
+/// What a read returns for `e` once the writer has stored it (the writer fills in
+/// `position` and `stream_version`, left 0 here): the envelope the record encodes, built from
+/// the appended event instead of decoded from the record.
+pub(crate) fn read_back(
+    stream: &StreamId,
+    e: NewEvent,
+    idem: Option<&IdempotencyKey>,
+) -> StoredEvent {
+    StoredEvent {
+        event_id: e.event_id,
+        stream: stream.clone(),
+        stream_version: 0,
+        position: 0,
+        recorded_at: e.recorded_at,
+        schema_version: e.event.schema_version(),
+        correlation_id: e.correlation_id,
+        causation_id: e.causation_id,
+        idempotency_key: idem.cloned(),
+        event: as_read_back(e.event),
     }
 }
 
@@ -590,6 +641,44 @@ mod tests {
             assert_eq!(got.causation_id, None);
             assert_eq!(got.idempotency_key, key);
             assert_eq!(got.event, e.event);
+        }
+    }
+
+    /// The live tail serves [`read_back`] in place of decoding the record; the two must
+    /// agree on every field, including the one value JSON does not read back as written.
+    #[test]
+    fn read_back_equals_the_decoded_record() {
+        let (stream, mut with_all, key) = sample(true);
+        with_all.causation_id = Some(Uuid::from_u128(9));
+        let responded = |result| {
+            NewEvent::new(
+                Uuid::from_u128(10),
+                Event::CommandResponded {
+                    status: fleetops_core::CommandStatus::Succeeded,
+                    result,
+                    status_reason: Some("ok".into()),
+                    at: Timestamp::from_millis(43),
+                },
+                Timestamp::from_millis(43),
+            )
+        };
+        let cases = [
+            (with_all, key.clone()),
+            (sample(false).1, None),
+            (responded(Some(serde_json::Value::Null)), key.clone()),
+            (
+                responded(Some(serde_json::json!({"a": [1.5, null, 1e-300]}))),
+                None,
+            ),
+            (responded(None), None),
+        ];
+        for (e, key) in cases {
+            let k = event_key(12);
+            let encoded = PreEncoded::new(&stream, &e, key.as_ref()).unwrap();
+            let mut expected = read_back(&stream, e, key.as_ref());
+            (expected.position, expected.stream_version) = (12, 4);
+            let decoded = decode_event(12, &k, &encoded.finish(&k, 4)).unwrap();
+            assert_eq!(decoded, expected);
         }
     }
 

@@ -32,14 +32,24 @@ pub struct SledConfig {
     pub(crate) cache_capacity: u64,
     pub(crate) flush_every: Duration,
     pub(crate) max_group_events: usize,
+    pub(crate) tail_events: usize,
+    pub(crate) tail_bytes: usize,
     /// Keeps the directory of [`SledConfig::temporary`] alive as long as a store uses it.
     pub(crate) temp: Option<Arc<tempfile::TempDir>>,
 }
 
 impl SledConfig {
+    /// The default count bound of the live tail (see [`SledConfig::live_tail`]): a few
+    /// seconds of a busy rollout, so a follower that falls briefly behind still reads memory.
+    pub const DEFAULT_TAIL_EVENTS: usize = 8192;
+    /// The default byte bound of the live tail: caps its memory when events are large (job
+    /// documents), where the count alone would allow far more.
+    pub const DEFAULT_TAIL_BYTES: usize = 32 * 1024 * 1024;
+
     /// A store in directory `path` (created if missing), with the defaults:
     /// [`Durability::FlushEveryBatch`], a 256 MiB page cache, sled's background flush every
-    /// 500 ms and at most 10,000 events per group commit.
+    /// 500 ms, at most 10,000 events per group commit, and a live tail of the last
+    /// [`SledConfig::DEFAULT_TAIL_EVENTS`] events within [`SledConfig::DEFAULT_TAIL_BYTES`].
     pub fn new(path: impl AsRef<Path>) -> Self {
         Self {
             path: path.as_ref().to_path_buf(),
@@ -47,6 +57,8 @@ impl SledConfig {
             cache_capacity: 256 * 1024 * 1024,
             flush_every: Duration::from_millis(500),
             max_group_events: 10_000,
+            tail_events: Self::DEFAULT_TAIL_EVENTS,
+            tail_bytes: Self::DEFAULT_TAIL_BYTES,
             temp: None,
         }
     }
@@ -90,6 +102,20 @@ impl SledConfig {
     /// A single append larger than the cap still goes through, alone in its group.
     pub fn max_group_events(mut self, events: usize) -> Self {
         self.max_group_events = events.max(1);
+        self
+    }
+
+    /// Bounds the *live tail*: the last committed events, which the store keeps in memory
+    /// so that subscriptions following the feed get new events without reading them back
+    /// from sled. It holds at most `events` events and about `bytes` bytes (counted as each
+    /// event's encoded size); the oldest are dropped first. A subscription whose next
+    /// position is no longer in the tail (it fell behind, or it is catching up after an
+    /// open) reads sled as before, so the bounds trade memory for how far behind a
+    /// subscriber may be and still be served from memory, never correctness. `events == 0`
+    /// (or `bytes == 0`) turns the tail off.
+    pub fn live_tail(mut self, events: usize, bytes: usize) -> Self {
+        self.tail_events = events;
+        self.tail_bytes = bytes;
         self
     }
 

@@ -18,8 +18,9 @@
 //! ## Threads
 //!
 //! sled never runs on async worker threads. All writes go through one dedicated writer thread
-//! (see *Group commit*); reads (`read_stream`, `read_all`, `stream_version`, subscriptions,
-//! projection reads) run on tokio's blocking pool. Opening recovers sled's log and blocks: use
+//! (see *Group commit*); reads (`read_stream`, `read_all`, `stream_version`, subscriptions
+//! reading sled, projection reads) run on tokio's blocking pool. A subscription that keeps up
+//! with the feed takes new events from memory instead (see *Live tail*). Opening recovers sled's log and blocks: use
 //! [`SledStore::open_async`] inside a runtime. Dropping the last handle waits for the writer's
 //! final flush.
 //!
@@ -47,6 +48,17 @@
 //! devices) ever acts on an event that a crash could take back. The feed is read by position
 //! and each read checks that no position is missing, so subscriptions have no gap and no
 //! repeat, live or across a reopen.
+//!
+//! ## Live tail
+//!
+//! The store keeps the last committed events in memory, exactly as reads return them, bounded
+//! by [`SledConfig::live_tail`] (8192 events and 32 MiB by default). The writer builds them
+//! from the appended events (no read back, no decode) and adds a group's events only when the
+//! group becomes visible, just before the head moves past them: never an unflushed event in
+//! `FlushEveryBatch` mode, never a failed group. A subscription whose next position is in the
+//! tail copies events from there, up to the visible head; one that is behind it (slow, or
+//! catching up after an open, when the tail starts empty) reads sled as before. So the tail
+//! changes where events come from, not which: [`SledStore::feed_stats`] tells the two apart.
 //!
 //! ## Durability
 //!
@@ -107,13 +119,14 @@ mod config;
 mod projection;
 mod snapshot;
 mod store;
+mod tail;
 mod writer;
 
 pub use config::{Durability, SledConfig};
 pub use projection::{
     Projection, ProjectionBatch, ProjectionEntry, ProjectionError, MAX_PROJECTION_NAME,
 };
-pub use store::{SledStore, WriterStats};
+pub use store::{FeedStats, SledStore, WriterStats};
 
 /// Helpers for this crate's benchmarks and tests; not part of the API.
 #[doc(hidden)]

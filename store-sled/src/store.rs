@@ -17,6 +17,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use crate::codec::{self, PreEncoded};
 use crate::config::{Durability, SledConfig};
 use crate::projection::{Projection, ProjectionError};
+use crate::tail::{Tail, TailEvent};
 use crate::writer::{PreparedBatch, PreparedStream, Request, Writer};
 
 /// The name of the sled tree that holds the store.
@@ -46,12 +47,24 @@ pub struct WriterStats {
     pub flushes: u64,
 }
 
+/// Where subscriptions got their events from, to see the live tail at work.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct FeedStats {
+    /// Events subscriptions took from the live tail in memory (see
+    /// [`SledConfig::live_tail`](crate::SledConfig::live_tail)).
+    pub from_tail: u64,
+    /// Events subscriptions read from sled: catching up, or too far behind for the tail.
+    pub from_sled: u64,
+}
+
 #[derive(Default)]
 pub(crate) struct Stats {
     pub(crate) appends: AtomicU64,
     pub(crate) events: AtomicU64,
     pub(crate) groups: AtomicU64,
     pub(crate) flushes: AtomicU64,
+    pub(crate) from_tail: AtomicU64,
+    pub(crate) from_sled: AtomicU64,
 }
 
 /// State shared by the writer thread and the readers.
@@ -65,11 +78,20 @@ pub(crate) struct Shared {
     /// Groups handed to the flusher and not yet answered.
     pub(crate) in_flight: std::sync::atomic::AtomicUsize,
     pub(crate) stats: Stats,
+    /// The last committed events, for subscriptions that keep up.
+    pub(crate) tail: Tail,
 }
 
 impl Shared {
-    /// Moves the visible head forward and wakes subscribers.
-    pub(crate) fn publish_head(&self, head: u64) {
+    /// Makes a committed group visible: puts its events (`..=head`, in position order) into
+    /// the live tail, then moves the visible head forward and wakes subscribers.
+    ///
+    /// The writer calls this only once the events may be seen (flushed, or applied in
+    /// `Buffered` mode). The tail is filled first so that a reader that sees the new head
+    /// finds every event up to it in the tail; readers never take from the tail beyond the
+    /// head they loaded, so filling it early shows nothing early.
+    pub(crate) fn publish(&self, head: u64, events: Vec<TailEvent>) {
+        self.tail.push(events);
         self.visible_head.store(head, Ordering::Release);
         self.head_tx.send_replace(head);
     }
@@ -278,6 +300,7 @@ impl SledStore {
             failure: OnceLock::new(),
             in_flight: std::sync::atomic::AtomicUsize::new(0),
             stats: Stats::default(),
+            tail: Tail::new(config.tail_events, config.tail_bytes),
         });
         let (tx, rx) = mpsc::channel(QUEUE_CAPACITY);
         let writer = Writer::new(db, tree.clone(), Arc::clone(&shared), &config, head);
@@ -332,6 +355,15 @@ impl SledStore {
             events: s.events.load(Ordering::Relaxed),
             groups: s.groups.load(Ordering::Relaxed),
             flushes: s.flushes.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Where subscriptions got their events from since opening.
+    pub fn feed_stats(&self) -> FeedStats {
+        let s = &self.inner.shared.stats;
+        FeedStats {
+            from_tail: s.from_tail.load(Ordering::Relaxed),
+            from_sled: s.from_sled.load(Ordering::Relaxed),
         }
     }
 
@@ -607,7 +639,9 @@ fn stream_version_blocking(inner: &Inner, stream: &StreamId) -> Result<Option<u6
 }
 
 /// Encodes a batch on the caller's task, so the writer only checks versions and writes.
-fn prepare(batch: AppendBatch) -> Result<PreparedBatch, StoreError> {
+/// With `tail`, also builds the events as reads will return them, for the live tail, from
+/// the events themselves (they are moved, not cloned).
+fn prepare(batch: AppendBatch, tail: bool) -> Result<PreparedBatch, StoreError> {
     batch.validate()?;
     let events = batch.len();
     let idem = batch.idempotency_key;
@@ -618,10 +652,23 @@ fn prepare(batch: AppendBatch) -> Result<PreparedBatch, StoreError> {
             .iter()
             .map(|e| PreEncoded::new(&s.stream, e, idem.as_ref()))
             .collect::<Result<Vec<_>, _>>()?;
+        let read_back = if tail {
+            s.events
+                .into_iter()
+                .zip(&encoded)
+                .map(|(e, record)| TailEvent {
+                    bytes: record.len(),
+                    event: Arc::new(codec::read_back(&s.stream, e, idem.as_ref())),
+                })
+                .collect()
+        } else {
+            Vec::new()
+        };
         streams.push(PreparedStream {
             stream: s.stream,
             expected: s.expected,
             events: encoded,
+            read_back,
         });
     }
     Ok(PreparedBatch {
@@ -634,7 +681,7 @@ fn prepare(batch: AppendBatch) -> Result<PreparedBatch, StoreError> {
 #[async_trait]
 impl EventStore for SledStore {
     async fn append(&self, batch: AppendBatch) -> Result<Appended, StoreError> {
-        let batch = prepare(batch)?;
+        let batch = prepare(batch, self.inner.shared.tail.enabled())?;
         let (reply, rx) = oneshot::channel();
         self.inner.submit(Request::Append { batch, reply }).await?;
         rx.await.map_err(|_| StoreError::Closed)?
@@ -714,15 +761,17 @@ impl EventStore for SledStore {
     }
 }
 
-/// A subscription: reads the feed from sled in chunks, then waits for the head to move.
+/// A subscription: takes the feed by position, from the live tail when it holds the next
+/// position and from sled in chunks otherwise, then waits for the head to move.
 ///
-/// Every event is read from disk by position, never pushed through an in-memory channel, so a
-/// slow subscriber cannot lag out or skip: it simply reads further behind, and catching up
-/// after a restart is the same code path as following live.
+/// Events are pulled by position, never pushed through a channel, so a slow subscriber
+/// cannot lag out or skip: it simply reads further behind (from sled once the tail has moved
+/// on), and catching up after a restart is the same code path as following live.
 struct SledSubscription {
     inner: Arc<Inner>,
     next: u64,
-    buffer: VecDeque<StoredEvent>,
+    /// Shared with the tail when they came from it; unwrapped (or cloned) when delivered.
+    buffer: VecDeque<Arc<StoredEvent>>,
     head_rx: watch::Receiver<u64>,
     /// Set after a chunk failed to read: from then on events are read one by one.
     careful: bool,
@@ -733,13 +782,25 @@ impl Subscription for SledSubscription {
     async fn next(&mut self) -> Result<StoredEvent, StoreError> {
         loop {
             if let Some(e) = self.buffer.pop_front() {
-                return Ok(e);
+                return Ok(Arc::unwrap_or_clone(e));
             }
             // Mark the current value seen before reading, so a head published during the
             // read still wakes `changed` below.
             let _ = self.head_rx.borrow_and_update();
-            if self.next <= self.inner.shared.head() {
+            let head = self.inner.shared.head();
+            if self.next <= head {
                 let from = self.next;
+                // Memory first: the tail holds everything up to `head` from its first
+                // position on (it is filled before the head moves), and is never read past
+                // `head`. It does not hold `from` when we are behind it: then read sled.
+                let to = head.min(from.saturating_add(SUBSCRIPTION_CHUNK as u64 - 1));
+                let taken = self.inner.shared.tail.read(from, to, &mut self.buffer);
+                if taken > 0 {
+                    self.next = from + taken as u64;
+                    let stats = &self.inner.shared.stats;
+                    stats.from_tail.fetch_add(taken as u64, Ordering::Relaxed);
+                    continue;
+                }
                 let chunk = if self.careful { 1 } else { SUBSCRIPTION_CHUNK };
                 let read = blocking(&self.inner, "subscription", move |inner| {
                     read_all_blocking(inner, from, chunk)
@@ -759,7 +820,11 @@ impl Subscription for SledSubscription {
                     Some(last) => self.next = last.position + 1,
                     None => return Err(missing(from)),
                 }
-                self.buffer.extend(events);
+                let stats = &self.inner.shared.stats;
+                stats
+                    .from_sled
+                    .fetch_add(events.len() as u64, Ordering::Relaxed);
+                self.buffer.extend(events.into_iter().map(Arc::new));
                 continue;
             }
             if let Some(reason) = self.inner.shared.failure.get() {

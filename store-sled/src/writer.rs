@@ -23,6 +23,12 @@
 //! of the groups before it, so no caller learns of state that a crash could still take back.
 //! At most [`MAX_IN_FLIGHT`] groups wait for the flusher; then the writer waits too.
 //!
+//! Each append also carries its events as a read would return them (built by the appender
+//! from the events themselves). The writer stamps their positions and versions while staging
+//! and hands them, with the group, to `Shared::publish`, which puts them into the live tail
+//! (`crate::tail`) just before it moves the head: subscriptions following the feed get them
+//! from memory. A group that fails is dropped with its events; a refused append stages none.
+//!
 //! Because only the writer thread writes, the version checks need no lock and positions are
 //! handed out without gaps.
 //!
@@ -45,6 +51,7 @@ use crate::codec::{self, PreEncoded};
 use crate::config::{Durability, SledConfig};
 use crate::projection::ProjectionError;
 use crate::store::{panic_message, sled_error, Shared};
+use crate::tail::TailEvent;
 
 /// The writer forgets cached stream heads past this many streams (it re-reads them from sled).
 const HEAD_CACHE_LIMIT: usize = 256 * 1024;
@@ -58,6 +65,9 @@ pub(crate) struct PreparedStream {
     pub(crate) stream: StreamId,
     pub(crate) expected: ExpectedVersion,
     pub(crate) events: Vec<PreEncoded>,
+    /// The same events as reads will return them, position and version still 0; one per
+    /// entry of `events`, or none when the store keeps no live tail.
+    pub(crate) read_back: Vec<TailEvent>,
 }
 
 /// An append, encoded on the caller's task.
@@ -150,6 +160,8 @@ struct FlushJob {
     flush: bool,
     /// The head to publish once flushed, if the group wrote events.
     head: Option<u64>,
+    /// The group's events for the live tail, published with `head`.
+    events: Vec<TailEvent>,
     outcomes: Vec<Outcome>,
 }
 
@@ -193,14 +205,26 @@ fn complete(tree: &sled::Tree, shared: &Shared, jobs: Vec<FlushJob>) {
     } else {
         Ok(())
     };
+    let mut outcomes = Vec::with_capacity(jobs.len());
     if result.is_ok() {
-        if let Some(head) = jobs.iter().filter_map(|j| j.head).max() {
-            // Readers may now see these groups: applied and flushed.
-            shared.publish_head(head);
+        let head = jobs.iter().filter_map(|j| j.head).max();
+        let mut events = Vec::new();
+        for job in jobs {
+            // Jobs arrive in the order the writer applied them, so their events are in
+            // position order.
+            events.extend(job.events);
+            outcomes.push(job.outcomes);
         }
+        if let Some(head) = head {
+            // Readers may now see these groups: applied and flushed.
+            shared.publish(head, events);
+        }
+    } else {
+        // A failed flush: the groups' events never enter the tail.
+        outcomes.extend(jobs.into_iter().map(|job| job.outcomes));
     }
-    for job in jobs {
-        answer_all(job.outcomes, &result);
+    for job_outcomes in outcomes {
+        answer_all(job_outcomes, &result);
     }
 }
 
@@ -214,6 +238,8 @@ struct Staged {
     next_position: u64,
     writes: usize,
     events: u64,
+    /// The staged events for the live tail, positions and versions filled in.
+    read_back: Vec<TailEvent>,
 }
 
 /// The state owned by the writer thread.
@@ -343,6 +369,7 @@ impl Writer {
             outcomes.push(outcome);
         }
         let wrote = staged.writes > 0;
+        let events = std::mem::take(&mut staged.read_back);
         if let Err(e) = self.apply(staged) {
             answer_all(outcomes, &Err(e));
             return;
@@ -352,11 +379,12 @@ impl Writer {
             Durability::FlushEveryBatch => FlushJob {
                 flush: wrote || flush_requested,
                 head: wrote.then_some(head),
+                events,
                 outcomes,
             },
             Durability::Buffered => {
                 if wrote {
-                    self.shared.publish_head(head);
+                    self.shared.publish(head, events);
                 }
                 if !flush_requested {
                     answer_all(outcomes, &Ok(()));
@@ -365,6 +393,7 @@ impl Writer {
                 FlushJob {
                     flush: true,
                     head: None,
+                    events: Vec::new(),
                     outcomes,
                 }
             }
@@ -516,10 +545,17 @@ impl Writer {
             let run_value = codec::encode_run(&run_key, position, count);
             staged.batch.insert(run_key, run_value);
             let mut version = first_version;
+            let mut read_back = s.read_back.into_iter();
             for event in s.events {
                 let key = codec::event_key(position);
                 let value = event.finish(&key, version);
                 staged.batch.insert(&key[..], value);
+                if let Some(mut entry) = read_back.next() {
+                    // Unique until published, so this writes in place without a copy.
+                    let e = Arc::make_mut(&mut entry.event);
+                    (e.position, e.stream_version) = (position, version);
+                    staged.read_back.push(entry);
+                }
                 position += 1;
                 version += 1;
             }
