@@ -20,7 +20,8 @@
 //!   shard chosen by thing name, so one thing's requests are decided in order;
 //! - **worker shards** (4 by default): answer device requests (get pending, start-next,
 //!   describe, update, command responses) and run per-execution timers; each batch of work
-//!   runs things in parallel and sends all replies in one link batch;
+//!   runs things (and command executions) in parallel and submits all replies in one link
+//!   batch, without waiting for the broker's acknowledgement before the next batch;
 //! - **scheduler**: sleeps until the earliest deadline of the projections (command TTLs,
 //!   in-progress and step timeouts, job start and end times, rollout windows) and fires what
 //!   is due;

@@ -1,6 +1,7 @@
 //! The inbound loop and the worker shards: device requests and per-execution timers, serialized
-//! per thing so that one thing's requests are decided in the order they arrived and optimistic
-//! conflicts stay rare.
+//! per thing so that one thing's job requests are decided in the order they arrived and
+//! optimistic conflicts stay rare (each command execution, its own stream, is serialized on
+//! its own).
 
 use std::collections::HashMap;
 use std::sync::Arc;
