@@ -1,6 +1,6 @@
 //! [`Fleet`]: the runtime handle and its API.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::hash::RandomState;
 use std::ops::Bound;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -147,6 +147,7 @@ impl<S: EventStore, L: DeviceLink> FleetBuilder<S, L> {
             presence: Mutex::new(HashMap::new()),
             cache: Mutex::new(ExecCache::new(cache_capacity)),
             command_cache: Mutex::new(CommandCache::new(COMMAND_CAPACITY)),
+            sending: Mutex::new(HashSet::new()),
             snapshot_at: AtomicU64::new(0),
             snapshotting: AtomicBool::new(false),
         });
@@ -408,7 +409,11 @@ impl<S: EventStore, L: DeviceLink> Fleet<S, L> {
             ttl,
         };
         let stream = StreamId::command(&execution_id);
-        if let Err(e) = self.inner.send_command(&stream, intent).await {
+        if let Err(e) = self
+            .inner
+            .send_command(&stream, &execution_id, intent)
+            .await
+        {
             lock(&self.inner.waiters).remove(&execution_id);
             return Err(e);
         }

@@ -1,7 +1,7 @@
 //! The shared heart of the runtime: the ports, the read models, and the small pieces every
 //! task uses (load, decide, append, wait for the projection).
 
-use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 use std::hash::{BuildHasher, RandomState};
 use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
@@ -80,6 +80,9 @@ pub(crate) struct Inner<S, L> {
     pub cache: Mutex<ExecCache>,
     /// Command states, so a round trip reads no command stream back from the store.
     pub command_cache: Mutex<CommandCache>,
+    /// New commands whose sender publishes the request itself, as soon as the store holds
+    /// it: the fold leaves them out of the outbox (and takes them out of this set).
+    pub sending: Mutex<HashSet<ExecutionId>>,
     /// The position of the last saved snapshot (or the one resumed from).
     pub snapshot_at: AtomicU64,
     /// A snapshot save is under way.
@@ -322,27 +325,71 @@ impl<S: EventStore, L: DeviceLink> Inner<S, L> {
     }
 
     /// Sends a new command: the stream cannot exist yet (its id was just drawn), so nothing
-    /// is read first; the new state goes into the command cache before the fold can wake
-    /// the outbox, which builds the request from it.
+    /// is read first. Once the store holds the command, the sender publishes the request
+    /// itself rather than waiting for the fold to wake the outbox (append first, then
+    /// publish, as everywhere); the fold leaves the command out of the outbox. If this
+    /// future is dropped in between, or the link refuses the request, the outbox takes over.
     pub async fn send_command(
         &self,
         stream: &StreamId,
+        execution_id: &ExecutionId,
         intent: CommandIntent,
     ) -> Result<Executed<CommandExecution>, FleetError> {
-        let record = |done: &Executed<CommandExecution>| {
-            if let Some(s) = &done.state {
-                let v = done.events.len() as u64;
-                lock(&self.command_cache).put(stream.clone(), v, s.clone());
+        let now = self.clock.now();
+        let (state, events) = CommandExecution::execute(None, intent.clone(), now)?;
+        let batch = AppendBatch::single(
+            stream.clone(),
+            ExpectedVersion::from_current(None),
+            self.envelopes(&events, now),
+        );
+        let mut guard = OwedRequest::arm(self, execution_id);
+        let appended = match self.store.append(batch).await {
+            Ok(appended) => appended,
+            Err(StoreError::Conflict { .. }) => {
+                guard.release();
+                // The id is taken after all: decide on what is stored (it refuses a resend).
+                return self.execute_command(stream, intent).await;
+            }
+            Err(e) => {
+                guard.release();
+                return Err(e.into());
             }
         };
-        match self
-            .try_execute_then(stream, None, None, intent.clone(), record)
-            .await?
-        {
-            Some(done) => Ok(done),
-            // The id is taken after all: decide on what is stored (it refuses a resend).
-            None => self.execute_command(stream, intent).await,
+        let Some(command) = state else {
+            guard.release();
+            return Ok(Executed { state, events });
+        };
+        lock(&self.command_cache).put(stream.clone(), events.len() as u64, command.clone());
+        let request = Outbound::CommandRequest {
+            thing: command.thing.clone(),
+            execution_id: command.execution_id.clone(),
+            command_id: command.command_id.clone(),
+            action: command.action.clone(),
+            params: command.params.clone(),
+            timestamp: command.sent_at,
+            ttl: command.deadline.saturating_since(now),
+        };
+        let delivery = self.link.submit(vec![request]).await;
+        guard.disarm();
+        self.wait_applied(appended.last_position).await;
+        let delivered = match delivery {
+            Ok(d) => d.await,
+            Err(e) => Err(e),
+        };
+        if let Err(err) = delivered {
+            tracing::warn!(%err, execution_id = %command.execution_id, "command request not delivered; the outbox retries");
+            self.owe_request(command.execution_id.clone());
         }
+        Ok(Executed {
+            state: Some(command),
+            events,
+        })
+    }
+
+    /// Hands a command request to the outbox.
+    fn owe_request(&self, id: ExecutionId) {
+        lock(&self.outbox).commands.push_back(id);
+        self.outbox_wake.notify_one();
     }
 
     /// [`Inner::execute`] for a job execution, starting from the cached state when there is
@@ -404,12 +451,19 @@ impl<S: EventStore, L: DeviceLink> Inner<S, L> {
         } else {
             Vec::new()
         };
-        if !fx.things.is_empty() || !fx.commands_sent.is_empty() || !published.is_empty() {
+        let mut commands_sent = fx.commands_sent;
+        if !commands_sent.is_empty() {
+            let mut sending = lock(&self.sending);
+            if !sending.is_empty() {
+                commands_sent.retain(|id| !sending.remove(id));
+            }
+        }
+        if !fx.things.is_empty() || !commands_sent.is_empty() || !published.is_empty() {
             let mut q = lock(&self.outbox);
             for (t, f) in fx.things {
                 q.push_thing(t, f);
             }
-            q.commands.extend(fx.commands_sent);
+            q.commands.extend(commands_sent);
             q.status_changes.extend(published);
             let cap = self.config.status_change_buffer.max(1);
             let excess = q.status_changes.len().saturating_sub(cap);
@@ -441,5 +495,47 @@ impl<S: EventStore, L: DeviceLink> Inner<S, L> {
     pub fn mark_job(&self, job: JobId) {
         lock(&self.dirty_jobs).insert(job);
         self.jobs_wake.notify_one();
+    }
+}
+
+/// A new command's request, owed by its sender until handed to the link: marked in
+/// `Inner::sending` before the append (so the fold, which can only come after, leaves it to
+/// the sender), and handed to the outbox if the sender goes away before publishing.
+struct OwedRequest<'a, S: EventStore, L: DeviceLink> {
+    inner: &'a Inner<S, L>,
+    id: Option<ExecutionId>,
+}
+
+impl<'a, S: EventStore, L: DeviceLink> OwedRequest<'a, S, L> {
+    fn arm(inner: &'a Inner<S, L>, id: &ExecutionId) -> Self {
+        lock(&inner.sending).insert(id.clone());
+        Self {
+            inner,
+            id: Some(id.clone()),
+        }
+    }
+
+    /// The request was handed to the link (the fold removes the mark).
+    fn disarm(&mut self) {
+        self.id = None;
+    }
+
+    /// Nothing was stored: no request is owed.
+    fn release(&mut self) {
+        if let Some(id) = self.id.take() {
+            lock(&self.inner.sending).remove(&id);
+        }
+    }
+}
+
+impl<S: EventStore, L: DeviceLink> Drop for OwedRequest<'_, S, L> {
+    fn drop(&mut self) {
+        // Dropped between the append and the publish (or during the append, when it is
+        // unknown whether the command was stored): the outbox publishes it if the store
+        // holds it and it is still live, and skips it otherwise.
+        if let Some(id) = self.id.take() {
+            lock(&self.inner.sending).remove(&id);
+            self.inner.owe_request(id);
+        }
     }
 }

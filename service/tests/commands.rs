@@ -220,3 +220,80 @@ fn the_fleet_and_its_handles_can_cross_threads() {
     send::<fleetops_service::CommandHandle>();
     send_sync::<fleetops_service::FleetError>();
 }
+
+/// The in-process link, except that the first `submit` never returns: a sender stuck there
+/// is dropped by its caller's timeout.
+struct StuckFirstSubmit {
+    link: fleetops_service::link::ChannelLink,
+    stuck: std::sync::atomic::AtomicBool,
+}
+
+#[async_trait::async_trait]
+impl fleetops_core::link::DeviceLink for StuckFirstSubmit {
+    async fn send(&self, m: Vec<Outbound>) -> Result<(), fleetops_core::link::LinkError> {
+        self.link.send(m).await
+    }
+
+    async fn submit(
+        &self,
+        m: Vec<Outbound>,
+    ) -> Result<fleetops_core::link::Delivery, fleetops_core::link::LinkError> {
+        if !self.stuck.swap(true, std::sync::atomic::Ordering::SeqCst) {
+            std::future::pending::<()>().await;
+        }
+        self.link.submit(m).await
+    }
+
+    async fn recv(
+        &self,
+        max: usize,
+    ) -> Result<Vec<fleetops_core::link::LinkEvent>, fleetops_core::link::LinkError> {
+        self.link.recv(max).await
+    }
+}
+
+/// The sender publishes a new command's request itself and the fold leaves it out of the
+/// outbox; a sender dropped after the append but before the publish must hand it back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_command_whose_sender_is_dropped_before_publishing_is_still_sent() {
+    let (link, mut devices) = fleetops_service::link::ChannelLink::pair(64);
+    let link = StuckFirstSubmit {
+        link,
+        stuck: std::sync::atomic::AtomicBool::new(false),
+    };
+    let store = fleetops_store_memory::MemoryStore::new();
+    let fleet = fleetops_service::Fleet::start(store, link).await.unwrap();
+    let lamp = t("lamp");
+    let send = fleet.send_command(lamp.clone(), "toggle", json!({}), Duration::from_secs(30));
+    let dropped = tokio::time::timeout(std::time::Duration::from_millis(300), send).await;
+    assert!(dropped.is_err(), "the first submit never returns");
+    // Stored before it was dropped …
+    let listed = fleet.list_commands(&CommandFilter::default(), &Page::default());
+    assert_eq!(listed.items.len(), 1, "the command was stored");
+    let id = listed.items[0].execution_id.clone();
+    // … and its request still goes out, through the outbox.
+    let request = tokio::time::timeout(std::time::Duration::from_secs(10), devices.recv())
+        .await
+        .expect("the request is published");
+    match request {
+        Some(Outbound::CommandRequest {
+            thing,
+            execution_id,
+            ..
+        }) => assert_eq!((thing, execution_id), (lamp.clone(), id.clone())),
+        other => panic!("expected the command request, got {other:?}"),
+    }
+    let reply = devices
+        .call(&lamp, respond(&id, CommandStatus::Succeeded))
+        .await
+        .unwrap();
+    accepted(&reply);
+    eventually("the command succeeds", || {
+        fleet
+            .list_commands(&CommandFilter::default(), &Page::default())
+            .items
+            .iter()
+            .any(|c| c.status == CommandStatus::Succeeded)
+    })
+    .await;
+}
