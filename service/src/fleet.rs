@@ -552,7 +552,11 @@ impl<S: EventStore, L: DeviceLink> Fleet<S, L> {
         page_req: &Page,
     ) -> Result<Paged<ExecutionRow>, FleetError> {
         let st = self.inner.read();
-        let entry = st.jobs.get(job).ok_or_else(|| not_found("job", job))?;
+        let entry = st
+            .jobs
+            .get(job)
+            .filter(|e| !e.job.deleted)
+            .ok_or_else(|| not_found("job", job))?;
         let start = match page_req.after.as_deref().map(ThingName::parse) {
             Some(Ok(t)) => Bound::Excluded(t),
             _ => Bound::Unbounded,
@@ -579,7 +583,9 @@ impl<S: EventStore, L: DeviceLink> Fleet<S, L> {
             .map(|v| v.iter().collect())
             .unwrap_or_default();
         jobs.sort();
-        let items = jobs.into_iter().filter_map(|job| {
+        // A deleted job is gone for every reader, as `describe_job` says.
+        let live = |job: &JobId| st.jobs.get(job).is_some_and(|e| !e.job.deleted);
+        let items = jobs.into_iter().filter(|job| live(job)).filter_map(|job| {
             st.exec(job, thing)
                 .filter(|m| status.is_none_or(|s| s == m.status))
                 .map(|m| (job.clone(), row(job, thing, m)))

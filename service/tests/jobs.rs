@@ -589,8 +589,29 @@ async fn operators_cancel_jobs_and_delete_executions() {
     )
     .await;
     assert_eq!(rejected(&r).code(), ErrorCode::TerminalStateReached);
+    assert_eq!(
+        env.fleet
+            .list_thing_executions(&targets[0], None, &Page::first(10))
+            .items
+            .len(),
+        1
+    );
     env.fleet.delete_job(&job, false).await.unwrap();
     assert!(env.fleet.describe_job(&job).is_err());
+    // A deleted job is gone from every listing, not only from describe.
+    let err = env
+        .fleet
+        .list_job_executions(&job, None, &Page::first(10))
+        .unwrap_err();
+    assert_eq!(
+        err.rejection().map(|r| r.code()),
+        Some(ErrorCode::ResourceNotFound)
+    );
+    assert!(env
+        .fleet
+        .list_thing_executions(&targets[0], None, &Page::first(10))
+        .items
+        .is_empty());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
