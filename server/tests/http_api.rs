@@ -406,6 +406,50 @@ async fn requests_without_the_right_token_are_refused_and_change_nothing() {
     server.shutdown().await;
 }
 
+/// Polls `/healthz` until it answers `want`, and returns the body.
+async fn health_until(server: &Running, want: StatusCode, limit: Duration) -> Value {
+    let deadline = Instant::now() + limit;
+    loop {
+        let (status, _, body) = server.raw(Method::GET, "/healthz", &[], "").await;
+        if status == want {
+            return body;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "/healthz still {status} after {limit:?}: {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn healthz_is_503_while_the_broker_is_down_and_200_once_it_is_back() {
+    let mut broker = broker();
+    let data = tempfile::tempdir().unwrap();
+    let server = Running::start(options(&broker, data.path())).await;
+    health_until(&server, StatusCode::OK, Duration::from_secs(10)).await;
+    broker.stop();
+    let down = health_until(
+        &server,
+        StatusCode::SERVICE_UNAVAILABLE,
+        Duration::from_secs(20),
+    )
+    .await;
+    assert_eq!(down["code"], "ServiceUnavailable", "{down}");
+    assert!(
+        down["message"].as_str().unwrap_or("").contains("broker"),
+        "{down}"
+    );
+    // The API itself still answers from the store while the broker is away.
+    let (status, _) = server.get("/api/v1/jobs").await;
+    assert_eq!(status, StatusCode::OK);
+    broker.start_again();
+    // Reconnect backoff tops out at 5 s.
+    let up = health_until(&server, StatusCode::OK, Duration::from_secs(30)).await;
+    assert_eq!(up["status"], "ok", "{up}");
+    server.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_requests_get_400_413_415_with_a_clear_message() {
     let broker = broker();
