@@ -11,7 +11,9 @@ use fleetops_server::config::{FileConfig, ServeOptions, Settings};
 use fleetops_server::serve::{self, Server};
 use fleetops_transport_mqtt::codec::CommandRequest;
 use fleetops_transport_mqtt::testing::{BrokerOptions, TestBroker};
-use fleetops_transport_mqtt::{CommandHandler, DeviceClient, DeviceConfig, DeviceEvent};
+use fleetops_transport_mqtt::{
+    BrokerConfig, CommandHandler, DeviceClient, DeviceConfig, DeviceEvent,
+};
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 use tokio::sync::oneshot;
@@ -142,6 +144,15 @@ async fn device(
     thing: ThingName,
     outcome: JobExecutionStatus,
 ) -> (DeviceClient, JoinHandle<()>) {
+    device_on(broker.device_config(), thing, outcome).await
+}
+
+/// [`device`] with its own connection settings (TLS, say).
+async fn device_on(
+    broker: BrokerConfig,
+    thing: ThingName,
+    outcome: JobExecutionStatus,
+) -> (DeviceClient, JoinHandle<()>) {
     let handler: Arc<dyn CommandHandler> = Arc::new(|cmd: CommandRequest| async move {
         CommandResponse {
             status: CommandStatus::Succeeded,
@@ -149,7 +160,7 @@ async fn device(
             status_reason: None,
         }
     });
-    let mut config = DeviceConfig::new(broker.device_config(), thing);
+    let mut config = DeviceConfig::new(broker, thing);
     config.request_timeout = Duration::from_secs(2);
     let (client, mut events) = DeviceClient::connect(config, Some(handler))
         .await
@@ -448,6 +459,61 @@ async fn healthz_is_503_while_the_broker_is_down_and_200_once_it_is_back() {
     let up = health_until(&server, StatusCode::OK, Duration::from_secs(30)).await;
     assert_eq!(up["status"], "ok", "{up}");
     server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_reaches_a_tls_broker_with_its_ca() {
+    let broker = TestBroker::start_with(BrokerOptions {
+        verbose_log: false,
+        extra_config: "log_type information\n".into(),
+        tls: true,
+        ..BrokerOptions::default()
+    });
+    let tls_port = broker.tls_port().expect("TLS listener");
+    let data = tempfile::tempdir().unwrap();
+    let mut opts = options(&broker, data.path());
+    opts.broker = Some(format!("mqtts://127.0.0.1:{tls_port}"));
+    opts.broker_ca = Some(broker.dir().join("ca.pem"));
+    let server = Running::start(opts).await;
+    let (_device, _task) = device_on(
+        broker.device_config_tls(),
+        ThingName::parse("tls-lamp").unwrap(),
+        JobExecutionStatus::Succeeded,
+    )
+    .await;
+    let (status, done) = server
+        .post(
+            "/api/v1/commands?wait=true",
+            json!({"thingName": "tls-lamp", "action": "switch-on", "ttl": 10}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{done}");
+    assert_eq!(done["status"], "SUCCEEDED", "{done}");
+    server.shutdown().await;
+
+    // An `mqtts://` broker without a CA is a configuration error, said before connecting …
+    let mut no_ca = options(&broker, data.path());
+    no_ca.broker = Some(format!("mqtts://127.0.0.1:{tls_port}"));
+    let err = Settings::resolve(no_ca, FileConfig::default(), None)
+        .err()
+        .expect("mqtts without a CA is refused");
+    assert!(err.to_string().to_lowercase().contains("ca"), "{err}");
+    // … and a CA that did not sign the broker's certificate gets no connection.
+    let other = TestBroker::start_with(BrokerOptions {
+        verbose_log: false,
+        extra_config: "log_type information\n".into(),
+        tls: true,
+        ..BrokerOptions::default()
+    });
+    let mut wrong_ca = options(&broker, data.path());
+    wrong_ca.broker = Some(format!("mqtts://127.0.0.1:{tls_port}"));
+    wrong_ca.broker_ca = Some(other.dir().join("ca.pem"));
+    let settings = Settings::resolve(wrong_ca, FileConfig::default(), None).unwrap();
+    let err = serve::start(settings, std::future::pending::<()>())
+        .await
+        .err()
+        .expect("an untrusted broker is refused");
+    assert!(err.to_string().contains("broker"), "{err}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
