@@ -495,8 +495,7 @@ async fn serve_reaches_a_tls_broker_with_its_ca() {
     let mut no_ca = options(&broker, data.path());
     no_ca.broker = Some(format!("mqtts://127.0.0.1:{tls_port}"));
     let err = Settings::resolve(no_ca, FileConfig::default(), None)
-        .err()
-        .expect("mqtts without a CA is refused");
+        .expect_err("mqtts without a CA is refused");
     assert!(err.to_string().to_lowercase().contains("ca"), "{err}");
     // … and a CA that did not sign the broker's certificate gets no connection.
     let other = TestBroker::start_with(BrokerOptions {
@@ -509,10 +508,9 @@ async fn serve_reaches_a_tls_broker_with_its_ca() {
     wrong_ca.broker = Some(format!("mqtts://127.0.0.1:{tls_port}"));
     wrong_ca.broker_ca = Some(other.dir().join("ca.pem"));
     let settings = Settings::resolve(wrong_ca, FileConfig::default(), None).unwrap();
-    let err = serve::start(settings, std::future::pending::<()>())
-        .await
-        .err()
-        .expect("an untrusted broker is refused");
+    let Err(err) = serve::start(settings, std::future::pending::<()>()).await else {
+        panic!("an untrusted broker is refused");
+    };
     assert!(err.to_string().contains("broker"), "{err}");
 }
 
