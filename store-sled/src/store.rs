@@ -3,7 +3,7 @@
 use std::collections::VecDeque;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::thread::JoinHandle;
 
@@ -18,7 +18,7 @@ use crate::codec::{self, PreEncoded};
 use crate::config::{Durability, SledConfig};
 use crate::projection::{Projection, ProjectionError};
 use crate::tail::{Tail, TailEvent};
-use crate::writer::{PreparedBatch, PreparedStream, Request, Writer};
+use crate::writer::{append_inline, PreparedBatch, PreparedStream, Request, State, Writer};
 
 /// The name of the sled tree that holds the store.
 pub(crate) const TREE_NAME: &str = "fleetops/v1";
@@ -34,7 +34,7 @@ const MAX_DECODE_THREADS: usize = 4;
 /// Most events one read allocates room for up front, whatever `limit` says.
 const MAX_PREALLOCATED: usize = 16 * 1024;
 
-/// Counters of the writer thread, to see group commit at work.
+/// Counters of the writer, to see group commit at work.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct WriterStats {
     /// Append requests handled (including refused and idempotent ones).
@@ -45,6 +45,11 @@ pub struct WriterStats {
     pub groups: u64,
     /// Flushes performed.
     pub flushes: u64,
+    /// Of `appends`, those committed on the appending thread because the writer was idle
+    /// (only with [`Durability::Buffered`]; see
+    /// [`SledConfig::inline_appends`](crate::SledConfig::inline_appends)). Each that wrote
+    /// counts as a group of its own.
+    pub inline_appends: u64,
 }
 
 /// Where subscriptions got their events from, to see the live tail at work.
@@ -63,12 +68,19 @@ pub(crate) struct Stats {
     pub(crate) events: AtomicU64,
     pub(crate) groups: AtomicU64,
     pub(crate) flushes: AtomicU64,
+    pub(crate) inline_appends: AtomicU64,
     pub(crate) from_tail: AtomicU64,
     pub(crate) from_sled: AtomicU64,
 }
 
-/// State shared by the writer thread and the readers.
+/// State shared by the writer thread, inline appenders and the readers.
 pub(crate) struct Shared {
+    /// What every group is checked against; locked by whoever commits a group (the writer
+    /// thread, or an inline appender in `Buffered` mode: see `crate::writer`).
+    pub(crate) state: std::sync::Mutex<State>,
+    /// Requests handed to the writer thread (queued, or waiting for room in the queue) and
+    /// not yet handled: while there are any, appends do not commit inline.
+    pub(crate) pending: AtomicUsize,
     /// The last position readers may see: applied, and flushed when the mode asks for it.
     visible_head: AtomicU64,
     /// Wakes subscribers when the visible head moves (or the writer fails).
@@ -76,7 +88,7 @@ pub(crate) struct Shared {
     /// Why the writer stopped accepting writes, once it has.
     failure: OnceLock<String>,
     /// Groups handed to the flusher and not yet answered.
-    pub(crate) in_flight: std::sync::atomic::AtomicUsize,
+    pub(crate) in_flight: AtomicUsize,
     pub(crate) stats: Stats,
     /// The last committed events, for subscriptions that keep up.
     pub(crate) tail: Tail,
@@ -123,6 +135,9 @@ pub(crate) struct Inner {
     pub(crate) shared: Arc<Shared>,
     path: PathBuf,
     durability: Durability,
+    /// Whether appends may commit on the caller's thread (`Buffered` and
+    /// `SledConfig::inline_appends`).
+    inline: bool,
     /// Declared last so a temporary directory is removed after sled has closed.
     _temp: Option<Arc<tempfile::TempDir>>,
 }
@@ -135,7 +150,36 @@ impl Inner {
     /// Hands a request to the writer thread.
     pub(crate) async fn submit(&self, req: Request) -> Result<(), StoreError> {
         let tx = self.tx.as_ref().ok_or(StoreError::Closed)?;
-        tx.send(req).await.map_err(|_| StoreError::Closed)
+        // Counted before it is sent (the writer may handle it at once and uncount it), and
+        // uncounted here if it never is: refused, or the caller dropped this future while
+        // the queue was full. Once sent, the writer uncounts it when it is handled.
+        let counted = Pending::count(&self.shared.pending);
+        tx.send(req).await.map_err(|_| StoreError::Closed)?;
+        counted.handed_over();
+        Ok(())
+    }
+}
+
+/// One request counted in `Shared::pending` until it reaches the writer thread.
+struct Pending<'a>(Option<&'a AtomicUsize>);
+
+impl<'a> Pending<'a> {
+    fn count(pending: &'a AtomicUsize) -> Self {
+        pending.fetch_add(1, Ordering::AcqRel);
+        Self(Some(pending))
+    }
+
+    /// The writer has the request: it uncounts it.
+    fn handed_over(mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for Pending<'_> {
+    fn drop(&mut self) {
+        if let Some(pending) = self.0 {
+            pending.fetch_sub(1, Ordering::AcqRel);
+        }
     }
 }
 
@@ -295,15 +339,17 @@ impl SledStore {
 
         let (head_tx, _) = watch::channel(head);
         let shared = Arc::new(Shared {
+            state: std::sync::Mutex::new(State::new(head)),
+            pending: AtomicUsize::new(0),
             visible_head: AtomicU64::new(head),
             head_tx,
             failure: OnceLock::new(),
-            in_flight: std::sync::atomic::AtomicUsize::new(0),
+            in_flight: AtomicUsize::new(0),
             stats: Stats::default(),
             tail: Tail::new(config.tail_events, config.tail_bytes),
         });
         let (tx, rx) = mpsc::channel(QUEUE_CAPACITY);
-        let writer = Writer::new(db, tree.clone(), Arc::clone(&shared), &config, head);
+        let writer = Writer::new(db, tree.clone(), Arc::clone(&shared), &config);
         let handle = std::thread::Builder::new()
             .name("fleetops-sled-writer".into())
             .spawn(move || writer.run(rx))
@@ -318,6 +364,7 @@ impl SledStore {
                 shared,
                 path,
                 durability: config.durability,
+                inline: config.inline_appends && config.durability == Durability::Buffered,
                 _temp: config.temp,
             }),
         })
@@ -355,6 +402,7 @@ impl SledStore {
             events: s.events.load(Ordering::Relaxed),
             groups: s.groups.load(Ordering::Relaxed),
             flushes: s.flushes.load(Ordering::Relaxed),
+            inline_appends: s.inline_appends.load(Ordering::Relaxed),
         }
     }
 
@@ -681,7 +729,15 @@ fn prepare(batch: AppendBatch, tail: bool) -> Result<PreparedBatch, StoreError> 
 #[async_trait]
 impl EventStore for SledStore {
     async fn append(&self, batch: AppendBatch) -> Result<Appended, StoreError> {
-        let batch = prepare(batch, self.inner.shared.tail.enabled())?;
+        let mut batch = prepare(batch, self.inner.shared.tail.enabled())?;
+        if self.inner.inline {
+            // An idle writer: commit here, without the two thread hand-offs (see
+            // `writer::append_inline`; never across an `.await`).
+            batch = match append_inline(self.inner.tree()?, &self.inner.shared, batch) {
+                Ok(result) => return result,
+                Err(batch) => batch,
+            };
+        }
         let (reply, rx) = oneshot::channel();
         self.inner.submit(Request::Append { batch, reply }).await?;
         rx.await.map_err(|_| StoreError::Closed)?
