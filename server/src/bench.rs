@@ -27,13 +27,13 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context as _;
 use clap::{ArgGroup, Args, ValueEnum};
-use fleetops_store_sled::Durability;
 use fleetops_transport_mqtt::codec::TopicLayout;
 use fleetops_transport_mqtt::BrokerConfig;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressFinish, ProgressStyle};
 use serde::Serialize;
 
 use crate::broker_url::{redact, BrokerUrl};
+pub use crate::config::DurabilityArg;
 use raw::Sizes;
 use stats::{median, Latency};
 
@@ -98,25 +98,6 @@ pub enum Scenario {
     Job,
     /// Both.
     All,
-}
-
-/// sled durability, as the command line names it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum DurabilityArg {
-    /// One sled flush per group commit before acknowledging (the store's default).
-    Flush,
-    /// Acknowledge at once; sled flushes in the background every 500 ms.
-    Buffered,
-}
-
-impl From<DurabilityArg> for Durability {
-    fn from(d: DurabilityArg) -> Self {
-        match d {
-            DurabilityArg::Flush => Durability::FlushEveryBatch,
-            DurabilityArg::Buffered => Durability::Buffered,
-        }
-    }
 }
 
 /// A progress bar on stderr, hidden when stderr is not a terminal.

@@ -9,9 +9,10 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use clap::{Args, ValueEnum};
+use fleetops_store_sled::Durability;
 use fleetops_transport_mqtt::codec::{LayoutError, TopicLayout};
 use fleetops_transport_mqtt::{BrokerConfig, Credentials, MqttLinkConfig};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::broker_url::{redact, BrokerUrl, BrokerUrlError};
 
@@ -39,6 +40,27 @@ pub enum LogFormat {
     Text,
     /// One JSON object per line, for log collectors.
     Json,
+}
+
+/// sled durability, as the command line and the TOML file name it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, ValueEnum, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DurabilityArg {
+    /// One sled flush per group commit before acknowledging (the store's default).
+    #[default]
+    Flush,
+    /// Acknowledge at once; sled flushes in the background every 500 ms, so a crash can lose
+    /// the last half second of acknowledged changes.
+    Buffered,
+}
+
+impl From<DurabilityArg> for Durability {
+    fn from(d: DurabilityArg) -> Self {
+        match d {
+            DurabilityArg::Flush => Durability::FlushEveryBatch,
+            DurabilityArg::Buffered => Durability::Buffered,
+        }
+    }
 }
 
 /// Arguments of `fleetops serve`, boxed: they are many, and the subcommand enum should not be
@@ -105,6 +127,11 @@ pub struct ServeOptions {
     /// Directory of the sled database [default: fleetops-data].
     #[arg(long, env = "FLEETOPS_DATA_DIR", value_name = "DIR")]
     pub data_dir: Option<PathBuf>,
+    /// When an append counts as stored: `flush` (flushed before it is acknowledged) or
+    /// `buffered` (acknowledged at once, flushed every 500 ms; a crash can lose the last half
+    /// second) [default: flush].
+    #[arg(long, env = "FLEETOPS_DURABILITY", value_enum)]
+    pub durability: Option<DurabilityArg>,
     /// HTTP listen address; port 0 picks a free port (printed at start) [default:
     /// 127.0.0.1:8080].
     #[arg(long, env = "FLEETOPS_LISTEN", value_name = "ADDR")]
@@ -157,6 +184,8 @@ pub struct FileConfig {
     pub shared_group: Option<String>,
     /// See [`ServeOptions::data_dir`].
     pub data_dir: Option<PathBuf>,
+    /// See [`ServeOptions::durability`].
+    pub durability: Option<DurabilityArg>,
     /// See [`ServeOptions::listen`].
     pub listen: Option<String>,
     /// See [`ServeOptions::api_token`].
@@ -272,6 +301,8 @@ pub struct Settings {
     pub link: MqttLinkConfig,
     /// The sled directory.
     pub data_dir: PathBuf,
+    /// sled's durability.
+    pub durability: Durability,
     /// The HTTP listen address.
     pub listen: SocketAddr,
     /// API authentication.
@@ -404,6 +435,11 @@ impl Settings {
                 .data_dir
                 .or(file.data_dir)
                 .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR)),
+            durability: args
+                .durability
+                .or(file.durability)
+                .unwrap_or_default()
+                .into(),
             listen,
             auth,
             max_body_bytes,
@@ -436,6 +472,7 @@ mod tests {
         assert_eq!(s.link.client_id, DEFAULT_CLIENT_ID);
         assert_eq!(s.listen, DEFAULT_LISTEN.parse().unwrap());
         assert_eq!(s.data_dir, PathBuf::from(DEFAULT_DATA_DIR));
+        assert_eq!(s.durability, Durability::FlushEveryBatch);
         assert_eq!(s.max_body_bytes, DEFAULT_MAX_BODY_BYTES);
         assert_eq!(s.log_filter, "info");
         assert_eq!(s.auth, Auth::Bearer("t".into()));
@@ -450,6 +487,7 @@ mod tests {
             listen = "0.0.0.0:9000"
             api_token = "from-file"
             log_format = "json"
+            durability = "buffered"
             "#,
         )
         .unwrap();
@@ -465,6 +503,7 @@ mod tests {
         assert_eq!(s.auth, Auth::Bearer("from-flag".into()));
         assert_eq!(s.log_format, LogFormat::Json);
         assert_eq!(s.log_filter, "warn");
+        assert_eq!(s.durability, Durability::Buffered);
     }
 
     #[test]

@@ -122,12 +122,13 @@ pub async fn start(
     settings: Settings,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<Server, ServeError> {
-    let store = SledStore::open_async(SledConfig::new(&settings.data_dir))
-        .await
-        .map_err(|source| ServeError::Store {
-            path: settings.data_dir.display().to_string(),
-            source,
-        })?;
+    let store =
+        SledStore::open_async(SledConfig::new(&settings.data_dir).durability(settings.durability))
+            .await
+            .map_err(|source| ServeError::Store {
+                path: settings.data_dir.display().to_string(),
+                source,
+            })?;
     let link = MqttLink::connect(settings.link.clone())
         .await
         .map_err(|source| ServeError::Broker {

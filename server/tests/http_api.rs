@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use fleetops_core::device::{CommandResponse, ExecutionView, StartNextRequest, UpdateRequest};
 use fleetops_core::{CommandStatus, JobExecutionStatus, ThingName};
-use fleetops_server::config::{FileConfig, ServeOptions, Settings};
+use fleetops_server::config::{DurabilityArg, FileConfig, ServeOptions, Settings};
 use fleetops_server::serve::{self, Server};
 use fleetops_transport_mqtt::codec::CommandRequest;
 use fleetops_transport_mqtt::testing::{BrokerOptions, TestBroker};
@@ -474,6 +474,8 @@ async fn serve_reaches_a_tls_broker_with_its_ca() {
     let mut opts = options(&broker, data.path());
     opts.broker = Some(format!("mqtts://127.0.0.1:{tls_port}"));
     opts.broker_ca = Some(broker.dir().join("ca.pem"));
+    // The other tests run the default (flush); this one the buffered store.
+    opts.durability = Some(DurabilityArg::Buffered);
     let server = Running::start(opts).await;
     let (_device, _task) = device_on(
         broker.device_config_tls(),
