@@ -58,6 +58,11 @@ impl InFlight {
         done
     }
 
+    /// Takes over a delivery another task submitted; `messages` is its batch, for a retry.
+    pub fn adopt(&mut self, delivery: Delivery, messages: Vec<Outbound>) {
+        self.push(delivery, messages);
+    }
+
     fn push(&mut self, delivery: Delivery, messages: Vec<Outbound>) {
         self.set.push(Box::pin(async move {
             Finished {

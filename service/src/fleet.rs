@@ -148,6 +148,7 @@ impl<S: EventStore, L: DeviceLink> FleetBuilder<S, L> {
             cache: Mutex::new(ExecCache::new(cache_capacity)),
             command_cache: Mutex::new(CommandCache::new(COMMAND_CAPACITY)),
             sending: Mutex::new(HashSet::new()),
+            handed: Mutex::new(Vec::new()),
             snapshot_at: AtomicU64::new(0),
             snapshotting: AtomicBool::new(false),
         });

@@ -29,6 +29,10 @@ const SEND_ATTEMPTS: u32 = 3;
 pub(crate) async fn run<S: EventStore, L: DeviceLink>(inner: Arc<Inner<S, L>>) {
     let mut in_flight = InFlight::default();
     loop {
+        let handed = std::mem::take(&mut *lock(&inner.handed));
+        for (delivery, messages) in handed {
+            in_flight.adopt(delivery, messages);
+        }
         for f in in_flight.reap() {
             inner.redeliver(f).await;
         }

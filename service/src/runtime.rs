@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuar
 use fleetops_core::command::{CommandExecution, CommandIntent};
 use fleetops_core::device::Outbound;
 use fleetops_core::job_execution::{JobExecution, JobExecutionIntent};
-use fleetops_core::link::DeviceLink;
+use fleetops_core::link::{Delivery, DeviceLink};
 use fleetops_core::store::{
     AppendBatch, Appended, EventStore, ExpectedVersion, NewEvent, StoreError, StoredEvent,
 };
@@ -83,6 +83,9 @@ pub(crate) struct Inner<S, L> {
     /// New commands whose sender publishes the request itself, as soon as the store holds
     /// it: the fold leaves them out of the outbox (and takes them out of this set).
     pub sending: Mutex<HashSet<ExecutionId>>,
+    /// Requests the senders handed to the link, whose acknowledgement the outbox awaits (and
+    /// retries on failure), so a sender never waits for the broker.
+    pub handed: Mutex<Vec<(Delivery, Vec<Outbound>)>>,
     /// The position of the last saved snapshot (or the one resumed from).
     pub snapshot_at: AtomicU64,
     /// A snapshot save is under way.
@@ -369,17 +372,21 @@ impl<S: EventStore, L: DeviceLink> Inner<S, L> {
             timestamp: command.sent_at,
             ttl: command.deadline.saturating_since(now),
         };
-        let delivery = self.link.submit(vec![request]).await;
+        let delivery = self.link.submit(vec![request.clone()]).await;
         guard.disarm();
-        self.wait_applied(appended.last_position).await;
-        let delivered = match delivery {
-            Ok(d) => d.await,
-            Err(e) => Err(e),
-        };
-        if let Err(err) = delivered {
-            tracing::warn!(%err, execution_id = %command.execution_id, "command request not delivered; the outbox retries");
-            self.owe_request(command.execution_id.clone());
+        match delivery {
+            // The outbox awaits the acknowledgement: a sender never waits for the broker
+            // (which may be away), and a failed delivery is retried there.
+            Ok(d) => {
+                lock(&self.handed).push((d, vec![request]));
+                self.outbox_wake.notify_one();
+            }
+            Err(err) => {
+                tracing::warn!(%err, execution_id = %command.execution_id, "command request not handed to the link; the outbox retries");
+                self.owe_request(command.execution_id.clone());
+            }
         }
+        self.wait_applied(appended.last_position).await;
         Ok(Executed {
             state: Some(command),
             events,

@@ -9,15 +9,7 @@ use fleetops_service::{CommandFilter, FleetConfig, FleetError, Page};
 use serde_json::json;
 
 async fn request_for(env: &mut Env) -> (fleetops_core::ThingName, ExecutionId, Duration) {
-    match env.devices.recv().await {
-        Some(Outbound::CommandRequest {
-            thing,
-            execution_id,
-            ttl,
-            ..
-        }) => (thing, execution_id, ttl),
-        other => panic!("expected a command request, got {other:?}"),
-    }
+    request_for_in(&mut env.devices).await
 }
 
 fn respond(id: &ExecutionId, status: CommandStatus) -> DeviceRequest {
@@ -296,4 +288,94 @@ async fn a_command_whose_sender_is_dropped_before_publishing_is_still_sent() {
             .any(|c| c.status == CommandStatus::Succeeded)
     })
     .await;
+}
+
+/// The in-process link, except that the first delivery never completes and the second
+/// fails: the broker's acknowledgement is the outbox's business, not the sender's.
+struct SlowThenFailingAcks {
+    link: fleetops_service::link::ChannelLink,
+    calls: std::sync::atomic::AtomicUsize,
+}
+
+#[async_trait::async_trait]
+impl fleetops_core::link::DeviceLink for SlowThenFailingAcks {
+    async fn send(&self, m: Vec<Outbound>) -> Result<(), fleetops_core::link::LinkError> {
+        self.link.send(m).await
+    }
+
+    async fn submit(
+        &self,
+        m: Vec<Outbound>,
+    ) -> Result<fleetops_core::link::Delivery, fleetops_core::link::LinkError> {
+        self.link.send(m).await?;
+        let call = self.calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Ok(match call {
+            0 => Box::pin(std::future::pending()),
+            1 => Box::pin(std::future::ready(Err(
+                fleetops_core::link::LinkError::Transport {
+                    detail: "no PUBACK".into(),
+                },
+            ))),
+            _ => Box::pin(std::future::ready(Ok(()))),
+        })
+    }
+
+    async fn recv(
+        &self,
+        max: usize,
+    ) -> Result<Vec<fleetops_core::link::LinkEvent>, fleetops_core::link::LinkError> {
+        self.link.recv(max).await
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sender_never_waits_for_the_broker_and_a_failed_delivery_is_sent_again() {
+    let (link, mut devices) = fleetops_service::link::ChannelLink::pair(64);
+    let link = SlowThenFailingAcks {
+        link,
+        calls: std::sync::atomic::AtomicUsize::new(0),
+    };
+    let fleet = fleetops_service::Fleet::start(fleetops_store_memory::MemoryStore::new(), link)
+        .await
+        .unwrap();
+    let lamp = t("lamp");
+    let within = std::time::Duration::from_secs(5);
+    // The first request's acknowledgement never comes: the send returns all the same.
+    let first = tokio::time::timeout(
+        within,
+        fleet.send_command(lamp.clone(), "a", json!({}), Duration::from_secs(30)),
+    )
+    .await
+    .expect("send_command does not wait for the broker")
+    .unwrap();
+    let (_, id, _) = request_for_in(&mut devices).await;
+    assert_eq!(&id, first.execution_id());
+    // The second one's delivery fails: the outbox publishes it again.
+    let second = tokio::time::timeout(
+        within,
+        fleet.send_command(lamp.clone(), "b", json!({}), Duration::from_secs(30)),
+    )
+    .await
+    .expect("send_command returns")
+    .unwrap();
+    for _ in 0..2 {
+        let (_, id, _) = tokio::time::timeout(within, request_for_in(&mut devices))
+            .await
+            .expect("the request is sent, then sent again");
+        assert_eq!(&id, second.execution_id());
+    }
+}
+
+async fn request_for_in(
+    devices: &mut fleetops_service::link::DeviceEnd,
+) -> (fleetops_core::ThingName, ExecutionId, Duration) {
+    match devices.recv().await {
+        Some(Outbound::CommandRequest {
+            thing,
+            execution_id,
+            ttl,
+            ..
+        }) => (thing, execution_id, ttl),
+        other => panic!("expected a command request, got {other:?}"),
+    }
 }
