@@ -382,7 +382,6 @@ impl<'a> Cursor<'a> {
 }
 
 /// Decodes an event record stored under `E` + `position`.
-#[cfg(test)]
 pub(crate) fn decode_event(
     position: u64,
     key: &[u8],

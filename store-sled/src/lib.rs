@@ -29,17 +29,23 @@
 //!
 //! Concurrent appends queue up while the writer is busy; the writer thread takes them all as
 //! one group, checks each on its own (optimistic concurrency per stream, idempotency keys),
-//! writes everything that passed as **one** `sled::Batch` with `Tree::apply_batch`, and hands
+//! writes everything that passed — as **one** `sled::Batch` with `Tree::apply_batch` when an
+//! append of several events or a projection update is among it, else key by key — and hands
 //! the group to a flusher thread, which flushes **once** for all groups handed over since its
 //! last flush and only then answers every waiter. A conflict in one append fails that append
 //! alone. The two threads form a pipeline: the next group is checked and applied while the
 //! previous one is being flushed (see the `writer` module).
 //!
 //! sled recovers an applied batch atomically after a crash (it seals the batch in its log), so
-//! a group, and therefore each append (its events, its stream-index entries and its
-//! idempotency key), is on disk entirely or not at all. The global position and the stream
-//! heads are not separate counters that could disagree: the head is the last `E` key, a
-//! stream's version its last index entry, both written in the same batch as the events.
+//! such a group, and therefore each append (its events, its stream-index entries and its
+//! idempotency key), is on disk entirely or not at all. A group of single-event appends is
+//! written key by key, each event before its index entry and idempotency key, because sled
+//! 0.34's `apply_batch` rolls its log buffer and starts a disk write on every batch; sled
+//! recovers a prefix of its log, so a crash can cut off at most the entries after the last
+//! event, and opening the store restores them from that event (`store::repair_last`).
+//! The global position and the stream heads are not separate counters that could disagree:
+//! the head is the last `E` key, a stream's version its last index entry, both written with
+//! the events (in the same batch, or right after them and restored at open).
 //! See `codec` for the layout.
 //!
 //! ## Inline appends

@@ -245,7 +245,11 @@ fn complete(tree: &sled::Tree, shared: &Shared, jobs: Vec<FlushJob>) {
 /// What the earlier requests of the current group staged.
 #[derive(Default)]
 struct Staged {
-    batch: sled::Batch,
+    /// The group's writes, in the order they are made when written key by key.
+    writes_in_order: Vec<(sled::IVec, Option<sled::IVec>)>,
+    /// Whether the group must be one atomic sled batch: it holds an append of more than one
+    /// event or a projection update (see [`Committer::apply`]).
+    atomic: bool,
     heads: HashMap<StreamId, u64>,
     idem: HashMap<IdempotencyKey, Appended>,
     checkpoints: HashMap<String, u64>,
@@ -557,10 +561,20 @@ struct Committer<'a> {
 }
 
 impl Committer<'_> {
-    /// Applies the group's batch; `Err` (and the store failed) if sled fails.
+    /// Writes the group; `Err` (and the store failed) if sled fails.
+    ///
+    /// A group of single-event appends is written key by key, in order (each event, then its
+    /// run, then its idempotency entry), not as one `sled::Batch`: sled 0.34's `apply_batch`
+    /// rolls its log buffer and hands a write to its I/O threads on every batch, which made
+    /// a lone append several times dearer (measured in `BENCHMARKS.md`). sled recovers a
+    /// prefix of its log, so a crash can cut off at most the run and idempotency entry of
+    /// the last event, and `store::repair_last` restores them from that event at open.
+    /// Anything that must change together (an append of several events, a projection's
+    /// entries and checkpoint) is one batch.
     fn apply(&mut self, staged: Staged) -> Result<(), StoreError> {
         let Staged {
-            batch,
+            writes_in_order,
+            atomic,
             heads,
             next_position,
             writes,
@@ -571,7 +585,27 @@ impl Committer<'_> {
             return Ok(());
         }
         let tree = self.tree;
-        let failure = match catch_unwind(AssertUnwindSafe(|| tree.apply_batch(batch))) {
+        let write = || -> sled::Result<()> {
+            if atomic {
+                let mut batch = sled::Batch::default();
+                for (k, v) in writes_in_order {
+                    match v {
+                        Some(v) => batch.insert(k, v),
+                        None => batch.remove(k),
+                    }
+                }
+                tree.apply_batch(batch)
+            } else {
+                for (k, v) in writes_in_order {
+                    match v {
+                        Some(v) => tree.insert(k, v)?,
+                        None => tree.remove(k)?,
+                    };
+                }
+                Ok(())
+            }
+        };
+        let failure = match catch_unwind(AssertUnwindSafe(write)) {
             Ok(Ok(())) => None,
             Ok(Err(e)) => Some(format!("sled write failed: {e}")),
             Err(panic) => Some(format!(
@@ -680,13 +714,14 @@ impl Committer<'_> {
             let first_version = current + 1;
             let run_key = codec::run_key(&prefix, first_version);
             let run_value = codec::encode_run(&run_key, position, count);
-            staged.batch.insert(run_key, run_value);
             let mut version = first_version;
             let mut read_back = s.read_back.into_iter();
             for event in s.events {
                 let key = codec::event_key(position);
                 let value = event.finish(&key, version);
-                staged.batch.insert(&key[..], value);
+                staged
+                    .writes_in_order
+                    .push((sled::IVec::from(&key[..]), Some(sled::IVec::from(value))));
                 if let Some(mut entry) = read_back.next() {
                     // Unique until published, so this writes in place without a copy.
                     let e = Arc::make_mut(&mut entry.event);
@@ -696,6 +731,11 @@ impl Committer<'_> {
                 position += 1;
                 version += 1;
             }
+            // The run after its events: cut off by a crash, it is restored from the last
+            // event at open (`store::repair_last`); the other way round it could not be.
+            staged
+                .writes_in_order
+                .push((sled::IVec::from(run_key), Some(sled::IVec::from(run_value))));
             staged.writes += 1 + count as usize;
             staged.events += u64::from(count);
             let last_version = version - 1;
@@ -708,10 +748,14 @@ impl Committer<'_> {
             last_position: position - 1,
             versions,
         };
+        if appended.last_position > appended.first_position {
+            staged.atomic = true;
+        }
         if let Some((key, k)) = idem {
+            let value = codec::encode_appended(&k, &appended);
             staged
-                .batch
-                .insert(k.clone(), codec::encode_appended(&k, &appended));
+                .writes_in_order
+                .push((sled::IVec::from(k), Some(sled::IVec::from(value))));
             staged.writes += 1;
             staged.idem.insert(key, appended.clone());
         }
@@ -763,15 +807,20 @@ impl Committer<'_> {
             match value {
                 Some(v) => {
                     let v = codec::encode_proj_value(&k, &v);
-                    staged.batch.insert(k, v);
+                    staged
+                        .writes_in_order
+                        .push((sled::IVec::from(k), Some(sled::IVec::from(v))));
                 }
-                None => staged.batch.remove(k),
+                None => staged.writes_in_order.push((sled::IVec::from(k), None)),
             }
             staged.writes += 1;
         }
+        // Entries and checkpoint change together or not at all.
+        staged.atomic = true;
+        let value = codec::encode_checkpoint(&ck, to);
         staged
-            .batch
-            .insert(ck.clone(), codec::encode_checkpoint(&ck, to));
+            .writes_in_order
+            .push((sled::IVec::from(ck.clone()), Some(sled::IVec::from(value))));
         staged.writes += 1;
         staged.checkpoints.insert(name, to);
         Ok(())
