@@ -213,15 +213,43 @@ fn the_fleet_and_its_handles_can_cross_threads() {
     send_sync::<fleetops_service::FleetError>();
 }
 
-/// The in-process link, except that the first `submit` never returns: a sender stuck there
-/// is dropped by its caller's timeout.
-struct StuckFirstSubmit {
+/// What the scripted link does with the n-th `submit`.
+#[derive(Clone, Copy)]
+enum Submit {
+    /// Never returns: the sender is stuck there until its caller gives up.
+    Stuck,
+    /// Hands the batch over; its acknowledgement never comes.
+    NeverAcked,
+    /// Hands the batch over; its delivery fails.
+    Fails,
+    /// Hands the batch over and it is delivered.
+    Delivered,
+}
+
+/// The in-process link with the first `submit`s scripted; the later ones are delivered.
+struct ScriptedLink {
     link: fleetops_service::link::ChannelLink,
-    stuck: std::sync::atomic::AtomicBool,
+    script: Vec<Submit>,
+    calls: std::sync::atomic::AtomicUsize,
+}
+
+impl ScriptedLink {
+    fn pair(script: Vec<Submit>) -> (Self, fleetops_service::link::DeviceEnd) {
+        let (link, devices) = fleetops_service::link::ChannelLink::pair(64);
+        let calls = std::sync::atomic::AtomicUsize::new(0);
+        (
+            Self {
+                link,
+                script,
+                calls,
+            },
+            devices,
+        )
+    }
 }
 
 #[async_trait::async_trait]
-impl fleetops_core::link::DeviceLink for StuckFirstSubmit {
+impl fleetops_core::link::DeviceLink for ScriptedLink {
     async fn send(&self, m: Vec<Outbound>) -> Result<(), fleetops_core::link::LinkError> {
         self.link.send(m).await
     }
@@ -230,10 +258,21 @@ impl fleetops_core::link::DeviceLink for StuckFirstSubmit {
         &self,
         m: Vec<Outbound>,
     ) -> Result<fleetops_core::link::Delivery, fleetops_core::link::LinkError> {
-        if !self.stuck.swap(true, std::sync::atomic::Ordering::SeqCst) {
+        let call = self.calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let next = self.script.get(call).copied().unwrap_or(Submit::Delivered);
+        if matches!(next, Submit::Stuck) {
             std::future::pending::<()>().await;
         }
-        self.link.submit(m).await
+        self.link.send(m).await?;
+        Ok(match next {
+            Submit::NeverAcked => Box::pin(std::future::pending()),
+            Submit::Fails => Box::pin(std::future::ready(Err(
+                fleetops_core::link::LinkError::Transport {
+                    detail: "no PUBACK".into(),
+                },
+            ))),
+            Submit::Stuck | Submit::Delivered => Box::pin(std::future::ready(Ok(()))),
+        })
     }
 
     async fn recv(
@@ -248,11 +287,7 @@ impl fleetops_core::link::DeviceLink for StuckFirstSubmit {
 /// outbox; a sender dropped after the append but before the publish must hand it back.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_command_whose_sender_is_dropped_before_publishing_is_still_sent() {
-    let (link, mut devices) = fleetops_service::link::ChannelLink::pair(64);
-    let link = StuckFirstSubmit {
-        link,
-        stuck: std::sync::atomic::AtomicBool::new(false),
-    };
+    let (link, mut devices) = ScriptedLink::pair(vec![Submit::Stuck]);
     let store = fleetops_store_memory::MemoryStore::new();
     let fleet = fleetops_service::Fleet::start(store, link).await.unwrap();
     let lamp = t("lamp");
@@ -290,51 +325,11 @@ async fn a_command_whose_sender_is_dropped_before_publishing_is_still_sent() {
     .await;
 }
 
-/// The in-process link, except that the first delivery never completes and the second
-/// fails: the broker's acknowledgement is the outbox's business, not the sender's.
-struct SlowThenFailingAcks {
-    link: fleetops_service::link::ChannelLink,
-    calls: std::sync::atomic::AtomicUsize,
-}
-
-#[async_trait::async_trait]
-impl fleetops_core::link::DeviceLink for SlowThenFailingAcks {
-    async fn send(&self, m: Vec<Outbound>) -> Result<(), fleetops_core::link::LinkError> {
-        self.link.send(m).await
-    }
-
-    async fn submit(
-        &self,
-        m: Vec<Outbound>,
-    ) -> Result<fleetops_core::link::Delivery, fleetops_core::link::LinkError> {
-        self.link.send(m).await?;
-        let call = self.calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        Ok(match call {
-            0 => Box::pin(std::future::pending()),
-            1 => Box::pin(std::future::ready(Err(
-                fleetops_core::link::LinkError::Transport {
-                    detail: "no PUBACK".into(),
-                },
-            ))),
-            _ => Box::pin(std::future::ready(Ok(()))),
-        })
-    }
-
-    async fn recv(
-        &self,
-        max: usize,
-    ) -> Result<Vec<fleetops_core::link::LinkEvent>, fleetops_core::link::LinkError> {
-        self.link.recv(max).await
-    }
-}
-
+/// The first request's acknowledgement never comes and the second one's delivery fails: the
+/// broker's acknowledgement is the outbox's business, not the sender's.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sender_never_waits_for_the_broker_and_a_failed_delivery_is_sent_again() {
-    let (link, mut devices) = fleetops_service::link::ChannelLink::pair(64);
-    let link = SlowThenFailingAcks {
-        link,
-        calls: std::sync::atomic::AtomicUsize::new(0),
-    };
+    let (link, mut devices) = ScriptedLink::pair(vec![Submit::NeverAcked, Submit::Fails]);
     let fleet = fleetops_service::Fleet::start(fleetops_store_memory::MemoryStore::new(), link)
         .await
         .unwrap();

@@ -23,6 +23,9 @@ use tokio::runtime::Runtime;
 use tokio::sync::watch;
 use uuid::Uuid;
 
+mod common;
+use common::cpu_time;
+
 /// A small execution event, like most of what a command round trip appends.
 fn event(n: u64) -> NewEvent {
     let at = Timestamp::from_millis(1_700_000_000_000 + n);
@@ -35,25 +38,6 @@ fn event(n: u64) -> NewEvent {
         },
         at,
     )
-}
-
-/// CPU time (user + system) of this process, from `/proc/self/stat` (zero elsewhere); in
-/// clock ticks of 10 ms, so only meaningful summed over many round trips.
-fn cpu_time() -> Duration {
-    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
-        return Duration::ZERO;
-    };
-    let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) else {
-        return Duration::ZERO;
-    };
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let ticks = |i: usize| {
-        fields
-            .get(i)
-            .and_then(|f| f.parse::<u64>().ok())
-            .unwrap_or(0)
-    };
-    Duration::from_millis((ticks(11) + ticks(12)) * 10)
 }
 
 fn bench_mode(c: &mut Criterion, rt: &Runtime, label: &str, durability: Durability) {

@@ -8,23 +8,13 @@ mod common;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::Duration;
 
-use common::{event, read_feed, stream};
+use common::{event, open, read_feed, stream, temporary};
 use fleetops_core::ids::StreamId;
 use fleetops_core::store::{
     AppendBatch, Appended, EventStore, ExpectedVersion, IdempotencyKey, StoreError, StoredEvent,
 };
 use fleetops_store_sled::{Durability, SledConfig, SledStore};
 use uuid::Uuid;
-
-async fn open(config: SledConfig) -> SledStore {
-    SledStore::open_async(config).await.expect("open")
-}
-
-fn temporary(durability: Durability) -> SledConfig {
-    SledConfig::temporary()
-        .expect("temporary directory")
-        .durability(durability)
-}
 
 /// Appends `count` single events to `x/{name}` one after the other, each expecting the
 /// version the previous one left.

@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{event, read_feed, stream};
+use common::{event, open, read_feed, stream, temporary};
 use fleetops_core::event::Event;
 use fleetops_core::store::{
     AppendBatch, EventStore, ExpectedVersion, IdempotencyKey, NewEvent, StoreError, StoredEvent,
@@ -13,16 +13,6 @@ use fleetops_core::time::Timestamp;
 use fleetops_core::CommandStatus;
 use fleetops_store_sled::{Durability, FeedStats, SledConfig, SledStore};
 use uuid::Uuid;
-
-async fn open(config: SledConfig) -> SledStore {
-    SledStore::open_async(config).await.expect("open")
-}
-
-fn temporary(durability: Durability) -> SledConfig {
-    SledConfig::temporary()
-        .expect("temporary directory")
-        .durability(durability)
-}
 
 /// An answer whose result JSON does not read back as written (`Some(Null)` becomes `None`),
 /// and one with floats, so the tail is held to what a read decodes, not to what was appended.

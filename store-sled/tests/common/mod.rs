@@ -6,6 +6,7 @@ use fleetops_core::event::Event;
 use fleetops_core::ids::StreamId;
 use fleetops_core::store::{EventStore, NewEvent, StoredEvent};
 use fleetops_core::time::Timestamp;
+use fleetops_store_sled::{Durability, SledConfig, SledStore};
 use uuid::Uuid;
 
 /// A custom stream `x/{name}`.
@@ -48,4 +49,16 @@ pub async fn read_feed<S: EventStore>(store: &S) -> Vec<StoredEvent> {
         }
         out.extend(page);
     }
+}
+
+/// Opens a store, panicking with a clear message if it cannot.
+pub async fn open(config: SledConfig) -> SledStore {
+    SledStore::open_async(config).await.expect("open")
+}
+
+/// A store in its own temporary directory with `durability`.
+pub fn temporary(durability: Durability) -> SledConfig {
+    SledConfig::temporary()
+        .expect("temporary directory")
+        .durability(durability)
 }
