@@ -22,6 +22,7 @@ pub mod group;
 pub mod ids;
 pub mod job;
 pub mod job_execution;
+pub mod limits;
 pub mod link;
 pub mod policy;
 pub mod projection;
