@@ -1,4 +1,4 @@
-//! Core benchmarks (issue 2, item 6): decide+evolve transitions per second and the replay of
+//! Core benchmarks: decide+evolve transitions per second and the replay of
 //! 1,000,000 stored events. Targets: at least 5M transitions/s on one core; a 1M-event replay
 //! under 0.5 s. Figures and the machine they came from are in `BENCHMARKS.md`.
 //!

@@ -58,7 +58,7 @@ pub enum Actor {
     Service,
 }
 
-/// The transition table of DESIGN.md §1, as one function.
+/// The transition table of docs/design.md, as one function.
 ///
 /// Returns the wire code of the refusal when `actor` may not move an execution from `from` to
 /// `to` (`force` is the operator's force flag for cancel and delete). Request-shape errors

@@ -1,6 +1,6 @@
 //! Projections: pure folds over the global feed.
 //!
-//! They hold what no single stream should (DESIGN.md §2, "no hot stream"): per-job status
+//! They hold what no single stream should (docs/design.md, "no hot stream"): per-job status
 //! counters, each thing's queue of pending executions (what `notify` and `start-next` read) and
 //! the deadline index the scheduler sleeps on. Each fold is O(1) per event (amortised, with
 //! logarithmic ordered-set updates) and keeps a bounded entry per execution.

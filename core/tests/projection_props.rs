@@ -1,4 +1,4 @@
-//! Property tests of the projections (issue 2): folding the global feed through
+//! Property tests of the projections: folding the global feed through
 //! [`Projections`] must give exactly what replaying each stream gives.
 //!
 //! Histories are random but valid: random intents against a few job executions and commands,

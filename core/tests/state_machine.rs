@@ -1,4 +1,4 @@
-//! State-machine property tests of the two execution aggregates (issue 2, item 4).
+//! State-machine property tests of the two execution aggregates.
 //!
 //! Each case generates a sequence of steps — device messages (job execution updates with any
 //! status, details, `expectedVersion`, `executionNumber` and step timeout; start-next; command

@@ -1,5 +1,5 @@
 //! The transition rules, walked exhaustively: every (from, to, actor, force) of the job
-//! execution table of DESIGN.md §1, and every (status, intent) of the command execution.
+//! execution table of docs/design.md, and every (status, intent) of the command execution.
 //!
 //! The allowed set is written out by hand from the design table, independently of the code,
 //! so a change to `check_transition` or `decide` that drifts from the design fails here.

@@ -2,7 +2,7 @@
 //! command execution, a job and a thing group), decided at an arbitrary, moving `now`.
 //!
 //! Never a panic, and after every intent: every emitted event evolves and bumps the version by
-//! exactly one; a terminal status is left only the ways DESIGN.md §1 allows (job execution:
+//! exactly one; a terminal status is left only the ways the transition table (docs/design.md) allows (job execution:
 //! deletion to REMOVED and a retry to QUEUED; command: never; job: a plain cancel upgraded to a
 //! forced one; group: never undeleted); replaying the stored events gives the live state, and
 //! so does replaying them after a JSON round trip (what a restart reads back).

@@ -1,4 +1,4 @@
-//! The device protocol through the runtime (DESIGN.md §4): get pending, start-next, describe
+//! The device protocol through the runtime (docs/protocol.md): get pending, start-next, describe
 //! (`$next` too), update with its options and refusals, and when `notify` / `notify-next` go.
 
 mod common;

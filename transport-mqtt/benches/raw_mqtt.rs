@@ -1,5 +1,5 @@
 //! Raw-MQTT baseline: what mosquitto and rumqttc cost on this machine with no fleetops logic,
-//! the yardstick every later fleetops figure is divided by (MQTT-NOTES measured the same).
+//! the yardstick every later fleetops figure is divided by.
 //!
 //! `cargo bench -p fleetops-transport-mqtt --bench raw_mqtt` starts its own mosquitto through
 //! the test harness (quiet log, `set_tcp_nodelay`, no in-flight cap), connects a requester and

@@ -1,5 +1,5 @@
 //! Reference models of the two execution aggregates, written from the transition table of
-//! DESIGN.md §1 and the rules of issue 2, not from the aggregates' code. Deadlines decide the
+//! the transition table of docs/design.md and the documented rules, not from the aggregates' code. Deadlines decide the
 //! outcome: once a deadline has passed, device updates (and command answers and cancels) are
 //! refused as timed out even before the timer fires.
 //!

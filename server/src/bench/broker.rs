@@ -4,7 +4,7 @@
 //! that harness is a test feature (it panics when mosquitto is missing, writes password and
 //! ACL files the bench does not need, and logs every message by default), and a command-line
 //! tool must report a missing binary or a failed start as an error. The configuration is the
-//! one MQTT-NOTES.md recommends for load: TCP_NODELAY, no in-flight cap, a queue large enough
+//! one recommended for load: TCP_NODELAY, no in-flight cap, a queue large enough
 //! that acknowledged QoS 1 messages are never dropped, no persistence.
 
 use std::io::Read;

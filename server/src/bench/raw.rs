@@ -373,7 +373,7 @@ fn fanout_topics(prefix: &str, thing: &str) -> [String; 3] {
 /// the service publishes `notify-next`, the device publishes `start-next`, the service
 /// answers `start-next/accepted`, the device publishes `update`, the service answers
 /// `update/accepted`; done when every device has its `update/accepted`. Five routed messages
-/// per device (MQTT-NOTES.md's yardstick counts four: it leaves out the update's reply, which
+/// per device (a four-message yardstick leaves out the update's reply, which
 /// a device of this protocol waits for).
 pub struct Fanout {
     service: RawClient,
