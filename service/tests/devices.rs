@@ -603,3 +603,89 @@ async fn a_request_is_settled_with_the_link_only_once_its_effect_is_stored() {
         .unwrap();
     eventually("refusal settled", || devices.settled().contains(&refused)).await;
 }
+
+/// A link that hands nothing to the fleet until the test opens the gate, so a burst can be
+/// queued whole before the fleet sees any of it.
+struct Gated {
+    link: fleetops_service::link::ChannelLink,
+    open: tokio::sync::watch::Receiver<bool>,
+}
+
+#[async_trait::async_trait]
+impl DeviceLink for Gated {
+    async fn send(&self, messages: Vec<Outbound>) -> Result<(), LinkError> {
+        self.link.send(messages).await
+    }
+
+    async fn recv(&self, max: usize) -> Result<Vec<LinkEvent>, LinkError> {
+        let mut open = self.open.clone();
+        let _ = open.wait_for(|o| *o).await;
+        self.link.recv(max).await
+    }
+}
+
+/// One thing flooding its shard does not hold the others back: the shard takes a few items
+/// of each thing per batch, so a quiet thing's request queued behind 3,000 of a noisy
+/// thing's is answered long before the noisy ones are.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_noisy_thing_does_not_hold_its_shard() {
+    let (link, mut devices) = fleetops_service::link::ChannelLink::pair(8192);
+    let (gate, open) = tokio::sync::watch::channel(false);
+    let fleet = fleetops_service::Fleet::builder(
+        fleetops_store_memory::MemoryStore::new(),
+        Gated { link, open },
+    )
+    .config(FleetConfig {
+        shards: 1,
+        ..FleetConfig::default()
+    })
+    .start()
+    .await
+    .unwrap();
+    let noisy = t("noisy");
+    let quiet = t("quiet");
+    let job = j("chatty");
+    fleet
+        .create_job(JobSpec::new(job.clone(), json!({})).things([noisy.clone()]))
+        .await
+        .unwrap();
+    fleet.caught_up().await.unwrap();
+    // Progress reports that each store an event: the shard works far longer on them than
+    // the inbound loop takes to queue them all.
+    let n = 3000;
+    for i in 0..n {
+        let request = DeviceRequest::Update {
+            job_id: job.clone(),
+            request: UpdateRequest {
+                status: Some(S::InProgress),
+                status_details: Some([("n".parse().unwrap(), i.to_string())].into()),
+                ..UpdateRequest::default()
+            },
+        };
+        devices.request(&noisy, None, request).await.unwrap();
+    }
+    devices
+        .request(&quiet, Some("quiet".into()), DeviceRequest::GetPending)
+        .await
+        .unwrap();
+    gate.send(true).unwrap();
+    let mut before = 0;
+    loop {
+        let m = tokio::time::timeout(std::time::Duration::from_secs(10), devices.recv())
+            .await
+            .expect("replies keep coming")
+            .unwrap();
+        if m.thing() == &quiet {
+            break;
+        }
+        if matches!(m, Outbound::Accepted { .. } | Outbound::Rejected { .. }) {
+            before += 1;
+        }
+    }
+    eprintln!("noisy replies before the quiet one: {before}");
+    assert!(
+        before < n / 3,
+        "{before} of the noisy thing's {n} replies went before the quiet thing's"
+    );
+    drop(fleet);
+}
