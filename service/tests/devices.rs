@@ -689,3 +689,32 @@ async fn a_noisy_thing_does_not_hold_its_shard() {
     );
     drop(fleet);
 }
+
+/// After a crash the broker delivers unsettled requests again, to a fleet that remembers no
+/// answers: an already applied terminal update is refused, never applied twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redelivered_terminal_update_after_a_restart_is_not_applied_twice() {
+    let mut env = env().await;
+    let d = t("redelivered");
+    let job = job_for(&env, "once", &d).await;
+    start_next(&mut env.devices, &d).await;
+    let done = DeviceRequest::Update {
+        job_id: job.clone(),
+        request: set_status(S::Succeeded),
+    };
+    accepted(
+        &env.devices
+            .call_with_token(&d, "final", done.clone())
+            .await
+            .unwrap(),
+    );
+    let head = env.store.head_position().await.unwrap();
+    drop(env.fleet);
+    let (fleet, mut devices) = start(&env.store, &env.clock, FleetConfig::default()).await;
+    let again = devices.call_with_token(&d, "final", done).await.unwrap();
+    assert_eq!(rejected(&again).code(), ErrorCode::TerminalStateReached);
+    fleet.caught_up().await.unwrap();
+    let x = fleet.get_job_execution(&job, &d).await.unwrap();
+    assert_eq!((x.status, x.version_number), (S::Succeeded, 3));
+    assert_eq!(env.store.head_position().await.unwrap(), head);
+}
