@@ -2,6 +2,13 @@
 //! per thing so that one thing's job requests are decided in the order they arrived and
 //! optimistic conflicts stay rare (each command execution, its own stream, is serialized on
 //! its own).
+//!
+//! A shard runs a batch at a time, at most `FleetConfig::worker_batch_per_thing` items of any
+//! one chain per batch, the rest held in order for the next batches: one noisy thing cannot
+//! hold its shard. Once a batch is decided and stored, its device requests are settled with
+//! the link (`DeviceLink::settle`), which is when MQTT acknowledges them to the broker. Each
+//! shard remembers the answers to state-changing requests that carried a `clientToken`, so
+//! a retry gets the answer it missed (`crate::replies`).
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
