@@ -193,6 +193,10 @@ pub struct ExecutionView {
 }
 
 /// The pending executions of a thing, `IN_PROGRESS` first, then `QUEUED` by queue time.
+///
+/// The service lists at most [`MAX_PENDING_LISTED`](crate::limits::MAX_PENDING_LISTED) of
+/// each kind, the first ones in queue order, so the message fits the payload bound however
+/// many jobs are pending; a device learns of the rest as the first ones finish.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PendingJobs {
     /// In-progress executions.

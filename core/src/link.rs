@@ -8,11 +8,37 @@ use async_trait::async_trait;
 use crate::device::{Inbound, Outbound};
 use crate::ids::ThingName;
 
+/// A transport's handle on one received request, handed back with [`DeviceLink::settle`]
+/// once the runtime is done with the request.
+///
+/// Opaque to the runtime: the transport decides what the number means (for MQTT: which
+/// connection delivered the publish and its packet id). A transport with nothing to
+/// acknowledge uses [`Receipt::NONE`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Receipt(u64);
+
+impl Receipt {
+    /// A receipt that acknowledges nothing (in-process links, tests, QoS 0 requests).
+    pub const NONE: Receipt = Receipt(0);
+
+    /// A receipt carrying the transport's own number.
+    pub const fn new(raw: u64) -> Self {
+        Self(raw)
+    }
+
+    /// The transport's number.
+    pub const fn raw(self) -> u64 {
+        self.0
+    }
+}
+
 /// Something that happened on the device side of the link.
 #[derive(Debug, Clone, PartialEq)]
 pub enum LinkEvent {
-    /// A device request, already parsed; malformed ones are answered by the transport itself.
-    Request(Inbound),
+    /// A device request, already parsed (malformed ones are answered by the transport
+    /// itself), with the receipt the runtime hands back to [`DeviceLink::settle`] once the
+    /// request's effect is stored or it was refused.
+    Request(Inbound, Receipt),
     /// A device connected or disconnected, when the transport can tell.
     Presence {
         /// The device.
@@ -62,4 +88,17 @@ pub trait DeviceLink: Send + Sync + 'static {
 
     /// Waits for the next events from devices, returning at most `max` at once.
     async fn recv(&self, max: usize) -> Result<Vec<LinkEvent>, LinkError>;
+
+    /// Tells the transport that the requests behind `receipts` are done with: each one's
+    /// effect is stored, or it was refused (its reply may still be on its way). Only then
+    /// may the transport acknowledge them to whoever delivered them (for MQTT: the PUBACK to
+    /// the broker), so a request acknowledged there is never lost with the process; one not
+    /// yet settled is delivered again after a crash.
+    ///
+    /// Receipts arrive in the order the runtime finished the requests, which across things
+    /// is not the order they were received. The default does nothing, which is right for a
+    /// transport that acknowledges nothing.
+    async fn settle(&self, receipts: Vec<Receipt>) {
+        let _ = receipts;
+    }
 }

@@ -413,6 +413,27 @@ impl Projections {
         self.pending.get(thing).into_iter().flatten()
     }
 
+    /// The first `per_kind` in-progress and the first `per_kind` queued executions of a
+    /// thing, in queue order: what a bounded pending list shows however many are pending.
+    pub fn pending_listed(
+        &self,
+        thing: &ThingName,
+        per_kind: usize,
+    ) -> impl Iterator<Item = &PendingKey> + '_ {
+        let set = self.pending.get(thing);
+        let in_progress = set
+            .into_iter()
+            .flatten()
+            .take_while(|k| k.rank == 0)
+            .take(per_kind);
+        let queued = set
+            .into_iter()
+            .flatten()
+            .skip_while(|k| k.rank == 0)
+            .take(per_kind);
+        in_progress.chain(queued)
+    }
+
     /// The next pending execution of a thing.
     pub fn next_pending(&self, thing: &ThingName) -> Option<&PendingKey> {
         self.pending.get(thing).and_then(|s| s.first())

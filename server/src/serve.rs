@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use fleetops_core::device::Outbound;
-use fleetops_core::link::{Delivery, DeviceLink, LinkError, LinkEvent};
+use fleetops_core::link::{Delivery, DeviceLink, LinkError, LinkEvent, Receipt};
 use fleetops_core::StoreError;
 use fleetops_service::{Fleet, FleetError};
 use fleetops_store_sled::{SledConfig, SledStore};
@@ -51,6 +51,11 @@ impl DeviceLink for SharedLink {
 
     async fn recv(&self, max: usize) -> Result<Vec<LinkEvent>, LinkError> {
         self.0.recv(max).await
+    }
+
+    // Without it the broker would never get an acknowledgement and stop delivering.
+    async fn settle(&self, receipts: Vec<Receipt>) {
+        self.0.settle(receipts).await;
     }
 }
 

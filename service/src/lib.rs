@@ -107,6 +107,7 @@ pub mod ids;
 mod jobs;
 pub mod link;
 mod outbox;
+mod replies;
 mod runtime;
 mod scheduler;
 mod snapshot;

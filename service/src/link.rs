@@ -21,14 +21,14 @@
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex as StdMutex};
 
 use async_trait::async_trait;
 use fleetops_core::device::{
     CommandResponse, DeviceRequest, ExecutionView, Inbound, Outbound, Reply, StartNextRequest,
     UpdateRequest,
 };
-use fleetops_core::link::{DeviceLink, LinkError, LinkEvent};
+use fleetops_core::link::{DeviceLink, LinkError, LinkEvent, Receipt};
 use fleetops_core::{CommandStatus, JobExecutionStatus, ThingName};
 use tokio::sync::{mpsc, Mutex};
 use tokio::task::JoinHandle;
@@ -38,6 +38,22 @@ use tokio::task::JoinHandle;
 pub struct ChannelLink {
     inbound: Mutex<mpsc::Receiver<LinkEvent>>,
     outbound: mpsc::Sender<Outbound>,
+    receipts: Arc<Receipts>,
+}
+
+/// The receipts of a [`ChannelLink`]: numbered by the device side, recorded when the fleet
+/// settles them, so tests can see when a request was done with.
+#[derive(Debug, Default)]
+struct Receipts {
+    next: AtomicU64,
+    settled: StdMutex<Vec<Receipt>>,
+}
+
+impl Receipts {
+    fn issue(&self) -> Receipt {
+        // Numbered from 1: 0 is `Receipt::NONE`.
+        Receipt::new(self.next.fetch_add(1, Ordering::Relaxed) + 1)
+    }
 }
 
 impl ChannelLink {
@@ -45,16 +61,19 @@ impl ChannelLink {
     pub fn pair(capacity: usize) -> (ChannelLink, DeviceEnd) {
         let (in_tx, in_rx) = mpsc::channel(capacity.max(1));
         let (out_tx, out_rx) = mpsc::channel(capacity.max(1));
+        let receipts = Arc::new(Receipts::default());
         (
             ChannelLink {
                 inbound: Mutex::new(in_rx),
                 outbound: out_tx,
+                receipts: Arc::clone(&receipts),
             },
             DeviceEnd {
                 tx: in_tx,
                 rx: out_rx,
                 stash: VecDeque::new(),
                 next_token: 0,
+                receipts,
             },
         )
     }
@@ -77,6 +96,14 @@ impl DeviceLink for ChannelLink {
         }
         Ok(buf)
     }
+
+    async fn settle(&self, receipts: Vec<Receipt>) {
+        self.receipts
+            .settled
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .extend(receipts);
+    }
 }
 
 /// The devices' side of a [`ChannelLink`]: send requests and presence, receive what the fleet
@@ -88,6 +115,7 @@ pub struct DeviceEnd {
     /// Messages set aside by [`DeviceEnd::call`] while it waited for its reply.
     stash: VecDeque<Outbound>,
     next_token: u64,
+    receipts: Arc<Receipts>,
 }
 
 /// A cloneable sending half of a [`DeviceEnd`], for tasks that only send (presence bursts,
@@ -128,12 +156,40 @@ impl DeviceEnd {
         client_token: Option<String>,
         request: DeviceRequest,
     ) -> Result<(), LinkError> {
-        self.send(LinkEvent::Request(Inbound {
-            thing: thing.clone(),
-            client_token,
-            request,
-        }))
-        .await
+        self.request_with_receipt(thing, client_token, request)
+            .await
+            .map(|_| ())
+    }
+
+    /// Sends a request from `thing` with a fresh receipt, and returns the receipt (see
+    /// [`DeviceEnd::settled`]).
+    pub async fn request_with_receipt(
+        &self,
+        thing: &ThingName,
+        client_token: Option<String>,
+        request: DeviceRequest,
+    ) -> Result<Receipt, LinkError> {
+        let receipt = self.receipts.issue();
+        self.send(LinkEvent::Request(
+            Inbound {
+                thing: thing.clone(),
+                client_token,
+                request,
+            },
+            receipt,
+        ))
+        .await?;
+        Ok(receipt)
+    }
+
+    /// The receipts the fleet settled so far (its requests decided and stored), in the
+    /// order it settled them.
+    pub fn settled(&self) -> Vec<Receipt> {
+        self.receipts
+            .settled
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
     }
 
     /// Reports `thing` online or offline.
@@ -176,14 +232,23 @@ impl DeviceEnd {
     ) -> Result<Outbound, LinkError> {
         self.next_token += 1;
         let token = format!("call-{}", self.next_token);
-        self.request(thing, Some(token.clone()), request).await?;
+        self.call_with_token(thing, &token, request).await
+    }
+
+    /// [`DeviceEnd::call`] with the client token given, as a device that retries a request
+    /// sends the same token again.
+    pub async fn call_with_token(
+        &mut self,
+        thing: &ThingName,
+        token: &str,
+        request: DeviceRequest,
+    ) -> Result<Outbound, LinkError> {
+        self.request(thing, Some(token.to_owned()), request).await?;
         loop {
             let m = self.rx.recv().await.ok_or(LinkError::Closed)?;
             let matches = match &m {
                 Outbound::Accepted { client_token, .. }
-                | Outbound::Rejected { client_token, .. } => {
-                    client_token.as_deref() == Some(token.as_str())
-                }
+                | Outbound::Rejected { client_token, .. } => client_token.as_deref() == Some(token),
                 _ => false,
             };
             if matches {
@@ -275,11 +340,14 @@ pub fn simulate(mut end: DeviceEnd, behavior: Behavior) -> Simulation {
 }
 
 fn req(thing: &ThingName, request: DeviceRequest) -> LinkEvent {
-    LinkEvent::Request(Inbound {
-        thing: thing.clone(),
-        client_token: None,
-        request,
-    })
+    LinkEvent::Request(
+        Inbound {
+            thing: thing.clone(),
+            client_token: None,
+            request,
+        },
+        Receipt::NONE,
+    )
 }
 
 fn finish(

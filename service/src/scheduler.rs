@@ -78,7 +78,7 @@ pub(crate) async fn run<S: EventStore, L: DeviceLink>(inner: Arc<Inner<S, L>>) {
                     let thing = match &work {
                         Work::ExecutionTimer(_, t) => Some(t.clone()),
                         Work::CommandTimer(id) => inner.read().command(id).map(|c| c.thing.clone()),
-                        Work::Device(i) => Some(i.thing.clone()),
+                        Work::Device(i, _) => Some(i.thing.clone()),
                     };
                     let Some(thing) = thing else { continue };
                     let shard = inner.shard(&thing).clone();

@@ -16,6 +16,7 @@ use fleetops_core::group::Group;
 use fleetops_core::ids::StreamKind;
 use fleetops_core::job::Job;
 use fleetops_core::job_execution::JobExecution;
+use fleetops_core::limits::MAX_PENDING_LISTED;
 use fleetops_core::policy::{retry, rollout};
 use fleetops_core::projection::Projections;
 use fleetops_core::store::StoredEvent;
@@ -170,10 +171,16 @@ impl State {
         Some((key.job_id.clone(), n))
     }
 
-    /// Up to `max` pending executions of `thing`, in progress first, then queued by age.
+    /// Up to `max` pending executions of `thing`, in progress first, then queued by age, and
+    /// at most [`MAX_PENDING_LISTED`] of each kind: the lists of `jobs/get` and `notify`
+    /// stay bounded (the message under the payload limit) however many jobs are pending.
     pub fn pending_jobs(&self, thing: &ThingName, max: usize) -> PendingJobs {
         let mut out = PendingJobs::default();
-        for key in self.proj.pending(thing).take(max) {
+        for key in self
+            .proj
+            .pending_listed(thing, MAX_PENDING_LISTED)
+            .take(max)
+        {
             let Some(meta) = self.exec(&key.job_id, thing) else {
                 continue;
             };

@@ -252,7 +252,14 @@ pub struct FleetConfig {
     pub job_batch: usize,
     /// Requests a worker takes from its queue at once.
     pub worker_batch: usize,
-    /// Capacity of each worker's queue (back-pressure on the link and the scheduler).
+    /// The most items of one thing's job traffic (or of one command execution) in one worker
+    /// batch. Each thing's items run one after the other while other things run beside them,
+    /// and a batch ends when its longest chain does: the cap keeps one noisy thing from
+    /// holding a shard. The rest waits, in order, for the next batches.
+    pub worker_batch_per_thing: usize,
+    /// Capacity of each worker's queue (back-pressure on the link and the scheduler). A
+    /// worker also holds up to this many items it took from the queue but has not run yet
+    /// (the rest of a noisy thing's items, see `worker_batch_per_thing`).
     pub worker_queue: usize,
     /// Attempts at an optimistic append before giving up with `Contention`.
     pub max_conflict_retries: usize,
@@ -282,6 +289,15 @@ pub struct FleetConfig {
     /// 100,000-device job: peak RSS 572 MiB instead of 457, the job no slower;
     /// `BENCHMARKS.md`).
     pub snapshot_every: u64,
+    /// How long the answer to a state-changing device request (start-next, update, command
+    /// response) that carried a `clientToken` is remembered: the same request from the same
+    /// thing with the same token (same operation, job or command execution) within this
+    /// window gets the same answer again instead of a fresh decision.
+    pub retry_window: std::time::Duration,
+    /// The most answers remembered per thing for retries (the oldest are forgotten first).
+    pub retry_replies_per_thing: usize,
+    /// The most answers remembered for retries in all (split evenly across the shards).
+    pub retry_replies: usize,
 }
 
 impl Default for FleetConfig {
@@ -299,6 +315,10 @@ impl Default for FleetConfig {
             publish_status_changes: true,
             execution_cache: crate::cache::DEFAULT_CAPACITY,
             snapshot_every: 100_000,
+            worker_batch_per_thing: 16,
+            retry_window: std::time::Duration::from_secs(600),
+            retry_replies_per_thing: 16,
+            retry_replies: 100_000,
         }
     }
 }

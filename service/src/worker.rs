@@ -2,9 +2,16 @@
 //! per thing so that one thing's job requests are decided in the order they arrived and
 //! optimistic conflicts stay rare (each command execution, its own stream, is serialized on
 //! its own).
+//!
+//! A shard runs a batch at a time, at most `FleetConfig::worker_batch_per_thing` items of any
+//! one chain per batch, the rest held in order for the next batches: one noisy thing cannot
+//! hold its shard. Once a batch is decided and stored, its device requests are settled with
+//! the link (`DeviceLink::settle`), which is when MQTT acknowledges them to the broker. Each
+//! shard remembers the answers to state-changing requests that carried a `clientToken`, so
+//! a retry gets the answer it missed (`crate::replies`).
 
-use std::collections::HashMap;
-use std::sync::Arc;
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
 use std::time::Duration as StdDuration;
 
 use fleetops_core::command::CommandIntent;
@@ -13,7 +20,7 @@ use fleetops_core::device::{
     Reply, StartNextRequest, UpdateRequest,
 };
 use fleetops_core::job_execution::{JobExecution, JobExecutionIntent};
-use fleetops_core::link::{DeviceLink, LinkError, LinkEvent};
+use fleetops_core::link::{DeviceLink, LinkError, LinkEvent, Receipt};
 use fleetops_core::store::EventStore;
 use fleetops_core::{
     Aggregate, Event, ExecutionId, JobExecutionStatus, JobId, Rejection, StreamId, ThingName,
@@ -22,14 +29,16 @@ use tokio::sync::mpsc;
 
 use crate::delivery::{Finished, InFlight};
 use crate::error::FleetError;
+use crate::replies::{remembered, ReplyCache};
 use crate::runtime::{lock, Inner};
 use crate::state::NotifyFlags;
 
 /// A unit of work for a shard.
 #[derive(Debug)]
 pub(crate) enum Work {
-    /// A device request, answered on the link.
-    Device(Inbound),
+    /// A device request, answered on the link, with the receipt the link gets back once the
+    /// request is decided (and its effect stored).
+    Device(Inbound, Receipt),
     /// A command's TTL may have passed.
     CommandTimer(ExecutionId),
     /// A job execution's in-progress or step timer may have expired.
@@ -49,12 +58,15 @@ enum ChainKey {
 impl Work {
     fn chain(&self) -> ChainKey {
         match self {
-            Self::Device(Inbound {
-                request: DeviceRequest::CommandResponse { execution_id, .. },
-                ..
-            })
+            Self::Device(
+                Inbound {
+                    request: DeviceRequest::CommandResponse { execution_id, .. },
+                    ..
+                },
+                _,
+            )
             | Self::CommandTimer(execution_id) => ChainKey::Command(execution_id.clone()),
-            Self::Device(i) => ChainKey::Thing(i.thing.clone()),
+            Self::Device(i, _) => ChainKey::Thing(i.thing.clone()),
             Self::ExecutionTimer(_, t) => ChainKey::Thing(t.clone()),
         }
     }
@@ -63,54 +75,143 @@ impl Work {
 /// How many times start-next looks again when the projection was behind a concurrent change.
 const START_NEXT_ATTEMPTS: usize = 3;
 
-/// A worker shard: takes a batch of work, runs each thing's items in order (things in
-/// parallel), then sends all replies in one link batch.
+/// The work a shard took from its queue and has not run yet, per chain, with the chains in
+/// turn order: each batch takes a few items of every chain in turn, so one chain with many
+/// items cannot hold the shard while others wait.
+struct Held {
+    chains: HashMap<ChainKey, VecDeque<Work>>,
+    turns: VecDeque<ChainKey>,
+    len: usize,
+}
+
+impl Held {
+    fn new() -> Self {
+        Self {
+            chains: HashMap::new(),
+            turns: VecDeque::new(),
+            len: 0,
+        }
+    }
+
+    fn push(&mut self, w: Work) {
+        let key = w.chain();
+        let q = self.chains.entry(key.clone()).or_default();
+        if q.is_empty() {
+            self.turns.push_back(key);
+        }
+        q.push_back(w);
+        self.len += 1;
+    }
+
+    /// At most `per_chain` items of each chain in turn, `max` in all; a chain with items
+    /// left goes to the back of the turns.
+    fn take_batch(&mut self, max: usize, per_chain: usize) -> Vec<Vec<Work>> {
+        let mut out = Vec::new();
+        let mut taken = 0;
+        for _ in 0..self.turns.len() {
+            if taken >= max {
+                break;
+            }
+            let Some(key) = self.turns.pop_front() else {
+                break;
+            };
+            let Some(q) = self.chains.get_mut(&key) else {
+                continue;
+            };
+            let n = per_chain.min(max - taken).min(q.len());
+            out.push(q.drain(..n).collect());
+            taken += n;
+            if q.is_empty() {
+                self.chains.remove(&key);
+            } else {
+                self.turns.push_back(key);
+            }
+        }
+        self.len -= taken;
+        out
+    }
+}
+
+/// A worker shard: takes what its queue holds, runs a batch of it (each chain's items in
+/// order, chains in parallel, a bounded number per chain), settles the batch's device
+/// requests with the link, then sends all replies in one link batch.
 pub(crate) async fn run_shard<S: EventStore, L: DeviceLink>(
     inner: Arc<Inner<S, L>>,
     mut rx: mpsc::Receiver<Work>,
 ) {
-    let mut buf = Vec::with_capacity(inner.config.worker_batch);
+    let batch = inner.config.worker_batch.max(1);
+    let per_chain = inner.config.worker_batch_per_thing.max(1);
+    let hold_max = inner.config.worker_queue.max(batch);
+    let shards = inner.config.shards.max(1);
+    let replies_cache = Mutex::new(ReplyCache::new(
+        inner.config.retry_window.into(),
+        inner.config.retry_replies_per_thing,
+        inner.config.retry_replies.div_ceil(shards),
+    ));
+    let mut buf = Vec::with_capacity(batch);
+    let mut held = Held::new();
     let mut in_flight = InFlight::default();
     loop {
-        buf.clear();
-        // `recv_many` is cancel-safe: a delivery finishing first loses no work.
-        let n = tokio::select! {
-            n = rx.recv_many(&mut buf, inner.config.worker_batch) => n,
-            f = in_flight.next() => {
-                undelivered(f);
-                continue;
+        if held.len == 0 {
+            buf.clear();
+            // `recv_many` is cancel-safe: a delivery finishing first loses no work.
+            let n = tokio::select! {
+                n = rx.recv_many(&mut buf, batch) => n,
+                f = in_flight.next() => {
+                    undelivered(f);
+                    continue;
+                }
+            };
+            if n == 0 {
+                return;
             }
-        };
-        if n == 0 {
-            return;
+            for w in buf.drain(..) {
+                held.push(w);
+            }
         }
-        let mut index: HashMap<ChainKey, usize> = HashMap::new();
-        let mut chains: Vec<Vec<Work>> = Vec::new();
-        for w in buf.drain(..) {
-            let key = w.chain();
-            let i = *index.entry(key).or_insert_with(|| {
-                chains.push(Vec::new());
-                chains.len() - 1
-            });
-            chains[i].push(w);
+        // Look past the head of the queue, so every thing waiting gets its turn.
+        while held.len < hold_max {
+            match rx.try_recv() {
+                Ok(w) => held.push(w),
+                Err(_) => break,
+            }
         }
+        let chains = held.take_batch(batch, per_chain);
         let inner_ref = &inner;
-        let replies = futures::future::join_all(chains.into_iter().map(|chain| async move {
+        let cache = &replies_cache;
+        let results = futures::future::join_all(chains.into_iter().map(|chain| async move {
             let mut out = Vec::new();
+            let mut receipts = Vec::new();
             for w in chain {
-                if let Some(reply) = inner_ref.handle(w).await {
+                if let Work::Device(_, receipt) = &w {
+                    if *receipt != Receipt::NONE {
+                        receipts.push(*receipt);
+                    }
+                }
+                if let Some(reply) = inner_ref.handle(w, cache).await {
                     out.push(reply);
                 }
             }
-            out
+            (out, receipts)
         }))
         .await;
-        let replies: Vec<Outbound> = replies.into_iter().flatten().collect();
+        let mut replies = Vec::new();
+        let mut receipts = Vec::new();
+        for (out, r) in results {
+            replies.extend(out);
+            receipts.extend(r);
+        }
         if !replies.is_empty() {
             // On the wire now; the broker's acknowledgement is awaited beside the next batch.
             for f in in_flight.submit(&inner.link, replies, false).await {
                 undelivered(f);
             }
+        }
+        if !receipts.is_empty() {
+            // Every request of the batch is decided and what it changed is stored (or it was
+            // refused): the link may now let the broker forget it. The replies need not be
+            // delivered first: a device that misses one asks again.
+            inner.link.settle(receipts).await;
         }
         for f in in_flight.reap() {
             undelivered(f);
@@ -146,9 +247,14 @@ pub(crate) async fn run_inbound<S: EventStore, L: DeviceLink>(inner: Arc<Inner<S
         backoff = StdDuration::from_millis(10);
         for event in events {
             match event {
-                LinkEvent::Request(inbound) => {
+                LinkEvent::Request(inbound, receipt) => {
                     let shard = inner.shard(&inbound.thing).clone();
-                    if shard.send(Work::Device(inbound)).await.is_err() {
+                    // A full shard queue waits here, and the link then stops reading: with
+                    // acknowledgements held until a request is settled, that is the
+                    // backpressure that ends at the broker's window.
+                    if shard.send(Work::Device(inbound, receipt)).await.is_err() {
+                        // Shutting down: the request stays unsettled, so the broker delivers
+                        // it again.
                         return;
                     }
                 }
@@ -173,9 +279,9 @@ pub(crate) async fn run_inbound<S: EventStore, L: DeviceLink>(inner: Arc<Inner<S
 }
 
 impl<S: EventStore, L: DeviceLink> Inner<S, L> {
-    async fn handle(&self, work: Work) -> Option<Outbound> {
+    async fn handle(&self, work: Work, replies: &Mutex<ReplyCache>) -> Option<Outbound> {
         match work {
-            Work::Device(inbound) => Some(self.device_request(inbound).await),
+            Work::Device(inbound, _) => Some(self.answer(inbound, replies).await),
             Work::CommandTimer(id) => {
                 let stream = StreamId::command(&id);
                 if let Err(err) = self
@@ -199,6 +305,42 @@ impl<S: EventStore, L: DeviceLink> Inner<S, L> {
         }
     }
 
+    /// Answers one device request; a retry (same thing, `clientToken` and operation) of a
+    /// state-changing request gets the answer remembered from the first time.
+    async fn answer(&self, inbound: Inbound, replies: &Mutex<ReplyCache>) -> Outbound {
+        let key = match &inbound.client_token {
+            Some(token) if remembered(&inbound.request) => Some((
+                inbound.thing.clone(),
+                token.clone(),
+                inbound.request.operation(),
+            )),
+            _ => None,
+        };
+        let Some((thing, token, operation)) = key else {
+            return self.device_request(inbound).await;
+        };
+        let now = self.clock.now();
+        if let Some(reply) = lock(replies).get(&thing, &token, &operation, now) {
+            tracing::debug!(%thing, token, "answered a retried request as the first time");
+            return reply;
+        }
+        let reply = self.device_request(inbound).await;
+        let keep = match &reply {
+            Outbound::Accepted { .. } => true,
+            // A refusal by the rules stands; a failure inside the service, or a request
+            // throttled while the projection caught up, may go through when retried.
+            Outbound::Rejected { rejection, .. } => !matches!(
+                rejection,
+                Rejection::RequestThrottled | Rejection::InternalError { .. }
+            ),
+            _ => false,
+        };
+        if keep {
+            lock(replies).put(&thing, token, operation, reply.clone(), self.clock.now());
+        }
+        reply
+    }
+
     /// Answers one device request: the rules decide, the store records, then the reply goes.
     pub(crate) async fn device_request(&self, inbound: Inbound) -> Outbound {
         let Inbound {
@@ -208,6 +350,7 @@ impl<S: EventStore, L: DeviceLink> Inner<S, L> {
         } = inbound;
         let operation = request.operation();
         let result = match request {
+            // Capped per kind, so the reply fits the payload bound however many are pending.
             DeviceRequest::GetPending => {
                 Ok(Reply::Pending(self.read().pending_jobs(&thing, usize::MAX)))
             }

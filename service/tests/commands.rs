@@ -281,6 +281,10 @@ impl fleetops_core::link::DeviceLink for ScriptedLink {
     ) -> Result<Vec<fleetops_core::link::LinkEvent>, fleetops_core::link::LinkError> {
         self.link.recv(max).await
     }
+
+    async fn settle(&self, receipts: Vec<fleetops_core::link::Receipt>) {
+        self.link.settle(receipts).await;
+    }
 }
 
 /// The sender publishes a new command's request itself and the fold leaves it out of the

@@ -7,6 +7,8 @@ use common::*;
 use fleetops_core::device::{
     DescribeRequest, DeviceRequest, JobTarget, Outbound, Reply, UpdateRequest,
 };
+use fleetops_core::link::{DeviceLink, LinkError, LinkEvent, Receipt};
+use fleetops_core::store::EventStore;
 use fleetops_core::{ErrorCode, JobExecutionStatus as S, JobId, ThingName};
 use fleetops_service::{FleetConfig, JobSpec, StatusChange};
 use futures::StreamExt;
@@ -383,4 +385,338 @@ async fn a_thing_coming_online_is_told_what_is_pending() {
     settle(&env.fleet).await;
     let (n, nx) = notifies(&env.devices.drain(), &d);
     assert_eq!((n, nx), (vec![vec![job.clone()]], vec![Some(job)]));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retry_with_the_same_client_token_gets_the_same_answer() {
+    let mut env = env().await;
+    let d = t("retry");
+    let job = job_for(&env, "retried", &d).await;
+    start_next(&mut env.devices, &d).await;
+    let done = DeviceRequest::Update {
+        job_id: job.clone(),
+        request: UpdateRequest {
+            include_job_execution_state: true,
+            ..set_status(S::Succeeded)
+        },
+    };
+    let first = env
+        .devices
+        .call_with_token(&d, "tok-1", done.clone())
+        .await
+        .unwrap();
+    accepted(&first);
+    // The device lost the reply and retries a little later: the same answer, not
+    // TerminalStateReached, and nothing stored twice.
+    env.clock.advance(mins(9));
+    let retry = env
+        .devices
+        .call_with_token(&d, "tok-1", done.clone())
+        .await
+        .unwrap();
+    assert_eq!(retry, first);
+    let x = env.fleet.get_job_execution(&job, &d).await.unwrap();
+    assert_eq!((x.status, x.version_number), (S::Succeeded, 3));
+    // Another token, or none, is a new request, decided by the rules.
+    let other = env
+        .devices
+        .call_with_token(&d, "tok-2", done.clone())
+        .await
+        .unwrap();
+    assert_eq!(rejected(&other).code(), ErrorCode::TerminalStateReached);
+    env.devices.request(&d, None, done.clone()).await.unwrap();
+    let m = loop {
+        let m = env.devices.recv().await.unwrap();
+        if matches!(m, Outbound::Rejected { .. } | Outbound::Accepted { .. }) {
+            break m;
+        }
+    };
+    assert_eq!(rejected(&m).code(), ErrorCode::TerminalStateReached);
+    // The same token for another operation is another request too.
+    let describe = DeviceRequest::Describe(DescribeRequest {
+        job: JobTarget::Job(job.clone()),
+        execution_number: None,
+        include_job_document: false,
+    });
+    let described = env
+        .devices
+        .call_with_token(&d, "tok-1", describe)
+        .await
+        .unwrap();
+    accepted(&described);
+    // Past the window the answer is forgotten.
+    env.clock.advance(mins(2));
+    let late = env
+        .devices
+        .call_with_token(&d, "tok-1", done)
+        .await
+        .unwrap();
+    assert_eq!(rejected(&late).code(), ErrorCode::TerminalStateReached);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pending_lists_show_at_most_100_of_each_kind_first_in_queue_order() {
+    let mut env = env_with(FleetConfig {
+        notify_max: usize::MAX,
+        ..FleetConfig::default()
+    })
+    .await;
+    let d = t("busy");
+    let jobs: Vec<JobId> = (0..105).map(|i| j(&format!("job-{i:03}"))).collect();
+    for (i, job) in jobs.iter().enumerate() {
+        env.fleet
+            .create_job(JobSpec::new(job.clone(), json!({"i": i})).things([d.clone()]))
+            .await
+            .unwrap();
+        // A distinct queue time per job, so queue order is creation order.
+        env.clock
+            .advance(fleetops_core::Duration::from_millis(1000));
+    }
+    settle(&env.fleet).await;
+    // Two of them in progress, out of queue order.
+    for job in [&jobs[50], &jobs[7]] {
+        accepted(&update(&mut env.devices, &d, job, set_status(S::InProgress)).await);
+    }
+    settle(&env.fleet).await;
+    env.devices.drain();
+    let r = env
+        .devices
+        .call(&d, DeviceRequest::GetPending)
+        .await
+        .unwrap();
+    let Reply::Pending(p) = accepted(&r) else {
+        panic!("{r:?}")
+    };
+    let ids = |v: &[fleetops_core::device::ExecutionSummary]| -> Vec<JobId> {
+        v.iter().map(|s| s.job_id.clone()).collect()
+    };
+    assert_eq!(ids(&p.in_progress), vec![jobs[7].clone(), jobs[50].clone()]);
+    let queued: Vec<JobId> = jobs
+        .iter()
+        .filter(|j| **j != jobs[7] && **j != jobs[50])
+        .take(100)
+        .cloned()
+        .collect();
+    assert_eq!(p.queued.len(), 100);
+    assert_eq!(ids(&p.queued), queued);
+    // notify is capped the same way.
+    let job = j("one-more");
+    env.fleet
+        .create_job(JobSpec::new(job, json!({})).things([d.clone()]))
+        .await
+        .unwrap();
+    settle(&env.fleet).await;
+    let notify = env
+        .devices
+        .drain()
+        .into_iter()
+        .find_map(|m| match m {
+            Outbound::Notify { jobs, .. } => Some(jobs),
+            _ => None,
+        })
+        .expect("a notify");
+    assert_eq!((notify.in_progress.len(), notify.queued.len()), (2, 100));
+    assert_eq!(ids(&notify.queued), queued);
+}
+
+/// A link that notes the store's head whenever the fleet settles a request.
+struct Watching {
+    link: fleetops_service::link::ChannelLink,
+    store: fleetops_store_memory::MemoryStore,
+    seen: std::sync::Arc<std::sync::Mutex<Vec<(Receipt, u64)>>>,
+}
+
+#[async_trait::async_trait]
+impl DeviceLink for Watching {
+    async fn send(&self, messages: Vec<Outbound>) -> Result<(), LinkError> {
+        self.link.send(messages).await
+    }
+
+    async fn recv(&self, max: usize) -> Result<Vec<LinkEvent>, LinkError> {
+        self.link.recv(max).await
+    }
+
+    async fn settle(&self, receipts: Vec<Receipt>) {
+        let head = self.store.head_position().await.unwrap();
+        self.seen
+            .lock()
+            .unwrap()
+            .extend(receipts.iter().map(|r| (*r, head)));
+        self.link.settle(receipts).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_is_settled_with_the_link_only_once_its_effect_is_stored() {
+    let store = fleetops_store_memory::MemoryStore::new();
+    let (link, devices) = fleetops_service::link::ChannelLink::pair(64);
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let fleet = fleetops_service::Fleet::builder(
+        store.clone(),
+        Watching {
+            link,
+            store: store.clone(),
+            seen: std::sync::Arc::clone(&seen),
+        },
+    )
+    .start()
+    .await
+    .unwrap();
+    let d = t("acked");
+    let job = j("durable");
+    fleet
+        .create_job(JobSpec::new(job.clone(), json!({})).things([d.clone()]))
+        .await
+        .unwrap();
+    fleet.caught_up().await.unwrap();
+    let before = store.head_position().await.unwrap();
+    let r = devices
+        .request_with_receipt(
+            &d,
+            Some("x".into()),
+            DeviceRequest::StartNext(Default::default()),
+        )
+        .await
+        .unwrap();
+    eventually("settled", || devices.settled().contains(&r)).await;
+    let at = seen
+        .lock()
+        .unwrap()
+        .iter()
+        .find(|(x, _)| *x == r)
+        .map(|(_, h)| *h);
+    assert!(
+        at.is_some_and(|h| h > before),
+        "settled before the start was stored: head {at:?}, before {before}"
+    );
+    // A refused request is settled too.
+    let refused = devices
+        .request_with_receipt(
+            &d,
+            None,
+            DeviceRequest::Update {
+                job_id: j("unknown"),
+                request: set_status(S::Succeeded),
+            },
+        )
+        .await
+        .unwrap();
+    eventually("refusal settled", || devices.settled().contains(&refused)).await;
+}
+
+/// A link that hands nothing to the fleet until the test opens the gate, so a burst can be
+/// queued whole before the fleet sees any of it.
+struct Gated {
+    link: fleetops_service::link::ChannelLink,
+    open: tokio::sync::watch::Receiver<bool>,
+}
+
+#[async_trait::async_trait]
+impl DeviceLink for Gated {
+    async fn send(&self, messages: Vec<Outbound>) -> Result<(), LinkError> {
+        self.link.send(messages).await
+    }
+
+    async fn recv(&self, max: usize) -> Result<Vec<LinkEvent>, LinkError> {
+        let mut open = self.open.clone();
+        let _ = open.wait_for(|o| *o).await;
+        self.link.recv(max).await
+    }
+}
+
+/// One thing flooding its shard does not hold the others back: the shard takes a few items
+/// of each thing per batch, so a quiet thing's request queued behind 3,000 of a noisy
+/// thing's is answered long before the noisy ones are.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_noisy_thing_does_not_hold_its_shard() {
+    let (link, mut devices) = fleetops_service::link::ChannelLink::pair(8192);
+    let (gate, open) = tokio::sync::watch::channel(false);
+    let fleet = fleetops_service::Fleet::builder(
+        fleetops_store_memory::MemoryStore::new(),
+        Gated { link, open },
+    )
+    .config(FleetConfig {
+        shards: 1,
+        ..FleetConfig::default()
+    })
+    .start()
+    .await
+    .unwrap();
+    let noisy = t("noisy");
+    let quiet = t("quiet");
+    let job = j("chatty");
+    fleet
+        .create_job(JobSpec::new(job.clone(), json!({})).things([noisy.clone()]))
+        .await
+        .unwrap();
+    fleet.caught_up().await.unwrap();
+    // Progress reports that each store an event: the shard works far longer on them than
+    // the inbound loop takes to queue them all.
+    let n = 3000;
+    for i in 0..n {
+        let request = DeviceRequest::Update {
+            job_id: job.clone(),
+            request: UpdateRequest {
+                status: Some(S::InProgress),
+                status_details: Some([("n".parse().unwrap(), i.to_string())].into()),
+                ..UpdateRequest::default()
+            },
+        };
+        devices.request(&noisy, None, request).await.unwrap();
+    }
+    devices
+        .request(&quiet, Some("quiet".into()), DeviceRequest::GetPending)
+        .await
+        .unwrap();
+    gate.send(true).unwrap();
+    let mut before = 0;
+    loop {
+        let m = tokio::time::timeout(std::time::Duration::from_secs(10), devices.recv())
+            .await
+            .expect("replies keep coming")
+            .unwrap();
+        if m.thing() == &quiet {
+            break;
+        }
+        if matches!(m, Outbound::Accepted { .. } | Outbound::Rejected { .. }) {
+            before += 1;
+        }
+    }
+    eprintln!("noisy replies before the quiet one: {before}");
+    assert!(
+        before < n / 3,
+        "{before} of the noisy thing's {n} replies went before the quiet thing's"
+    );
+    drop(fleet);
+}
+
+/// After a crash the broker delivers unsettled requests again, to a fleet that remembers no
+/// answers: an already applied terminal update is refused, never applied twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redelivered_terminal_update_after_a_restart_is_not_applied_twice() {
+    let mut env = env().await;
+    let d = t("redelivered");
+    let job = job_for(&env, "once", &d).await;
+    start_next(&mut env.devices, &d).await;
+    let done = DeviceRequest::Update {
+        job_id: job.clone(),
+        request: set_status(S::Succeeded),
+    };
+    accepted(
+        &env.devices
+            .call_with_token(&d, "final", done.clone())
+            .await
+            .unwrap(),
+    );
+    settle(&env.fleet).await;
+    let head = env.store.head_position().await.unwrap();
+    drop(env.fleet);
+    let (fleet, mut devices) = start(&env.store, &env.clock, FleetConfig::default()).await;
+    let again = devices.call_with_token(&d, "final", done).await.unwrap();
+    assert_eq!(rejected(&again).code(), ErrorCode::TerminalStateReached);
+    fleet.caught_up().await.unwrap();
+    let x = fleet.get_job_execution(&job, &d).await.unwrap();
+    assert_eq!((x.status, x.version_number), (S::Succeeded, 3));
+    // Nothing was stored for the redelivered update (the restart itself stores nothing).
+    assert_eq!(env.store.head_position().await.unwrap(), head);
 }

@@ -1,14 +1,17 @@
 //! One MQTT 5 connection driven by its own task: the plumbing shared by [`crate::MqttLink`]
 //! and [`crate::DeviceClient`].
 //!
-//! The rules that keep rumqttc from stalling (measured on rumqttc 0.25):
+//! The rules that keep rumqttc from stalling:
 //! - the event loop is polled in its own task, which never awaits a publish: incoming messages
-//!   leave through an unbounded channel, subscriptions are sent from short-lived tasks;
+//!   leave through a channel the task never waits on (QoS 1 is bounded by the broker's window,
+//!   our Receive Maximum, since each is acknowledged only when the consumer says so; QoS 0
+//!   has no such window, so the task drops QoS 0 publishes beyond a cap and counts them),
+//!   subscriptions are sent from short-lived tasks;
 //! - every connection error is followed by a growing delay, or `poll()` spins;
 //! - subscriptions are sent again on every ConnAck (a clean session forgets them);
 //! - a publish counts as done when the broker's PUBACK for its packet id arrived.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -54,6 +57,26 @@ pub(crate) struct Params {
     pub backoff: Backoff,
     /// For log lines.
     pub name: String,
+    /// The most QoS 0 publishes queued for the consumer; more are dropped and counted.
+    pub max_queued_qos0: usize,
+}
+
+/// An incoming publish with the connection that delivered it.
+#[derive(Debug)]
+pub(crate) struct Incoming {
+    pub publish: Publish,
+    /// The `Status::connects` count of the connection it came on: a packet id means
+    /// something only on that connection.
+    pub connection: u64,
+}
+
+/// Counters the connection task keeps about incoming publishes.
+#[derive(Debug, Default)]
+pub(crate) struct Inflow {
+    /// QoS 0 publishes waiting for the consumer.
+    qos0_queued: AtomicUsize,
+    /// QoS 0 publishes dropped because the queue was full.
+    pub qos0_dropped: AtomicU64,
 }
 
 /// A running connection. Dropping it stops the task (no DISCONNECT is sent).
@@ -63,7 +86,8 @@ pub(crate) struct Connection {
     /// Keeps "append the waiter, then enter the request channel" atomic across submitters, so
     /// the tracker's order is the channel's order.
     submit: tokio::sync::Mutex<()>,
-    incoming: tokio::sync::Mutex<mpsc::UnboundedReceiver<Publish>>,
+    incoming: tokio::sync::Mutex<mpsc::UnboundedReceiver<Incoming>>,
+    inflow: Arc<Inflow>,
     status: watch::Receiver<Status>,
     /// Set by `disconnect`, so the task does not reconnect after the DISCONNECT it sent.
     closing: Arc<AtomicBool>,
@@ -86,12 +110,15 @@ impl Connection {
         let (incoming_tx, incoming_rx) = mpsc::unbounded_channel();
         let (status_tx, status_rx) = watch::channel(Status::default());
         let closing = Arc::new(AtomicBool::new(false));
+        let inflow = Arc::new(Inflow::default());
         let task = tokio::spawn(drive(
             eventloop,
             Driver {
                 client: client.clone(),
                 tracker: Arc::clone(&tracker),
                 incoming: incoming_tx,
+                inflow: Arc::clone(&inflow),
+                max_queued_qos0: params.max_queued_qos0.max(1),
                 status: status_tx,
                 filters: params.filters,
                 backoff: params.backoff,
@@ -104,6 +131,7 @@ impl Connection {
             tracker,
             submit: tokio::sync::Mutex::new(()),
             incoming: tokio::sync::Mutex::new(incoming_rx),
+            inflow,
             status: status_rx,
             closing,
             task,
@@ -181,7 +209,7 @@ impl Connection {
 
     /// Up to `max` incoming publishes: waits for the first, then takes what is already there.
     /// Empty once the connection task ended.
-    pub async fn next_incoming_batch(&self, max: usize) -> Vec<Publish> {
+    pub async fn next_incoming_batch(&self, max: usize) -> Vec<Incoming> {
         let mut rx = self.incoming.lock().await;
         let mut out = Vec::new();
         if let Some(first) = rx.recv().await {
@@ -193,15 +221,49 @@ impl Connection {
                 }
             }
         }
+        let qos0 = out
+            .iter()
+            .filter(|i| i.publish.qos == QoS::AtMostOnce)
+            .count();
+        if qos0 > 0 {
+            self.inflow.qos0_queued.fetch_sub(qos0, Ordering::Relaxed);
+        }
         out
     }
 
-    /// Acknowledges an incoming QoS 1 publish (manual acks only).
-    pub async fn ack(&self, publish: &Publish) {
-        if publish.qos == QoS::AtMostOnce {
+    /// QoS 0 publishes dropped so far because the consumer was too far behind.
+    pub fn qos0_dropped(&self) -> u64 {
+        self.inflow.qos0_dropped.load(Ordering::Relaxed)
+    }
+
+    /// Acknowledges an incoming publish (manual acks only); nothing for QoS 0.
+    pub async fn ack(&self, incoming: &Incoming) {
+        if incoming.publish.qos == QoS::AtMostOnce {
             return;
         }
-        if self.client.ack(publish).await.is_err() {
+        self.ack_packet(incoming.connection, incoming.publish.pkid)
+            .await;
+    }
+
+    /// Acknowledges packet `pkid` received on connection `connection` (manual acks only).
+    ///
+    /// Skipped when that connection is gone: a packet id names a message only on the
+    /// connection that delivered it, and the broker delivers an unacknowledged message again
+    /// on the next one (a persistent session), with a packet id that may name another
+    /// message on the new connection. Acknowledgements may go out in any order: the broker
+    /// matches each by packet id.
+    pub async fn ack_packet(&self, connection: u64, pkid: u16) {
+        let current = {
+            let s = self.status.borrow();
+            s.connected.then_some(s.connects)
+        };
+        if current != Some(connection) {
+            tracing::debug!(name = %self.name, connection, pkid, "not acknowledged: delivered on an earlier connection");
+            return;
+        }
+        let mut publish = Publish::new("", QoS::AtLeastOnce, Bytes::new(), None);
+        publish.pkid = pkid;
+        if self.client.ack(&publish).await.is_err() {
             tracing::debug!(name = %self.name, "ack after the connection task ended");
         }
     }
@@ -241,6 +303,9 @@ pub(crate) async fn wait_ack(
     }
 }
 
+/// At most one log line per this interval about dropped QoS 0 publishes.
+const DROP_LOG_EVERY: Duration = Duration::from_secs(10);
+
 /// How many never-written publishes rumqttc holds in its pending queue (see [`AckTracker`]).
 fn fresh_pending(eventloop: &EventLoop) -> usize {
     eventloop
@@ -253,7 +318,9 @@ fn fresh_pending(eventloop: &EventLoop) -> usize {
 struct Driver {
     client: AsyncClient,
     tracker: Arc<Mutex<AckTracker>>,
-    incoming: mpsc::UnboundedSender<Publish>,
+    incoming: mpsc::UnboundedSender<Incoming>,
+    inflow: Arc<Inflow>,
+    max_queued_qos0: usize,
     status: watch::Sender<Status>,
     filters: Vec<Filter>,
     backoff: Backoff,
@@ -268,6 +335,8 @@ async fn drive(mut eventloop: EventLoop, d: Driver) {
         client,
         tracker,
         incoming,
+        inflow,
+        max_queued_qos0,
         status,
         filters,
         backoff,
@@ -275,6 +344,10 @@ async fn drive(mut eventloop: EventLoop, d: Driver) {
         closing,
     } = d;
     let mut delay = backoff.initial;
+    let mut connection = 0u64;
+    // When the last QoS 0 drop was logged, and how many drops since.
+    let mut drop_logged: Option<tokio::time::Instant> = None;
+    let mut drops_unlogged = 0u64;
     loop {
         match eventloop.poll().await {
             Ok(Event::Incoming(Packet::ConnAck(ack))) => {
@@ -284,6 +357,7 @@ async fn drive(mut eventloop: EventLoop, d: Driver) {
                     s.connected = true;
                     s.connects += 1;
                     s.session_present = ack.session_present;
+                    connection = s.connects;
                 });
                 tracing::info!(%name, session_present = ack.session_present, "connected");
                 if filters.is_empty() {
@@ -315,9 +389,36 @@ async fn drive(mut eventloop: EventLoop, d: Driver) {
                 });
             }
             Ok(Event::Incoming(Packet::Publish(p))) => {
-                // Unbounded, so this task never waits on a consumer. With manual acks the
-                // broker's window (our Receive Maximum) bounds what can pile up here.
-                if incoming.send(p).is_err() {
+                // This task never waits on the consumer. With manual acks the broker's window
+                // (our Receive Maximum) bounds the QoS 1 publishes that can pile up here;
+                // QoS 0 has no window, so beyond the cap they are dropped and counted.
+                if p.qos == QoS::AtMostOnce {
+                    if inflow.qos0_queued.load(Ordering::Relaxed) >= max_queued_qos0 {
+                        inflow.qos0_dropped.fetch_add(1, Ordering::Relaxed);
+                        drops_unlogged += 1;
+                        let now = tokio::time::Instant::now();
+                        if drop_logged.is_none_or(|t| now.duration_since(t) >= DROP_LOG_EVERY) {
+                            tracing::warn!(
+                                %name,
+                                dropped = drops_unlogged,
+                                total = inflow.qos0_dropped.load(Ordering::Relaxed),
+                                cap = max_queued_qos0,
+                                "dropped QoS 0 publishes: the consumer is behind"
+                            );
+                            drop_logged = Some(now);
+                            drops_unlogged = 0;
+                        }
+                        continue;
+                    }
+                    inflow.qos0_queued.fetch_add(1, Ordering::Relaxed);
+                }
+                if incoming
+                    .send(Incoming {
+                        publish: p,
+                        connection,
+                    })
+                    .is_err()
+                {
                     tracing::debug!(%name, "incoming publish after the consumer left");
                 }
             }

@@ -288,6 +288,8 @@ impl DeviceClient {
             filters,
             backoff: config.broker.backoff,
             name: config.thing.to_string(),
+            // The service publishes to a device at QoS 1 only.
+            max_queued_qos0: 1024,
         });
         let (events_tx, events_rx) = mpsc::channel(1024);
         let inner = Arc::new(Inner {
@@ -568,7 +570,8 @@ async fn dispatch(inner: Arc<Inner>) {
         if batch.is_empty() {
             return;
         }
-        for publish in batch {
+        for incoming in batch {
+            let publish = incoming.publish;
             let Ok(topic) = std::str::from_utf8(&publish.topic) else {
                 continue;
             };

@@ -23,9 +23,11 @@
 //! });
 //! let link = MqttLink::connect(MqttLinkConfig::new(broker)).await?;
 //! for event in link.recv(64).await? {
-//!     if let LinkEvent::Request(request) = event {
-//!         // Decide with fleetops-core, append, then `link.send(replies)`.
+//!     if let LinkEvent::Request(request, receipt) = event {
+//!         // Decide with fleetops-core, append, then `link.send(replies)`; once the effect
+//!         // is stored, `settle` lets the broker forget the request.
 //!         println!("{} asks {:?}", request.thing, request.request);
+//!         link.settle(vec![receipt]).await;
 //!     }
 //! }
 //! # Ok(())
@@ -61,10 +63,11 @@ mod error;
 mod link;
 #[cfg(feature = "test-broker")]
 pub mod testing;
+mod warn;
 
 pub use config::{Backoff, BrokerConfig, Credentials, Session, TlsConfig};
 pub use device::{
     CommandHandler, DeviceClient, DeviceConfig, DeviceEvent, DeviceEvents, UpdateAccepted,
 };
 pub use error::Error;
-pub use link::{MqttLink, MqttLinkConfig};
+pub use link::{LinkStats, MqttLink, MqttLinkConfig};

@@ -1,19 +1,28 @@
 //! The service side: [`MqttLink`] implements core's `DeviceLink` port over one MQTT 5
 //! connection.
 
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
 use fleetops_core::device::Outbound;
-use fleetops_core::link::{Delivery, DeviceLink, LinkError, LinkEvent};
+use fleetops_core::link::{Delivery, DeviceLink, LinkError, LinkEvent, Receipt};
 use fleetops_core::time::Timestamp;
 use rumqttc::v5::mqttbytes::v5::Filter;
 use rumqttc::v5::mqttbytes::QoS;
 
 use crate::codec::{Codec, Decoded, Limits, TopicLayout};
 use crate::config::{mqtt_options, BrokerConfig, ClientKnobs, Session};
-use crate::connection::{wait_ack, Connection, Params};
+use crate::connection::{wait_ack, Connection, Incoming, Params};
 use crate::error::Error;
+use crate::warn::WarnLimiter;
+
+/// At most one warning per device per this interval about its malformed requests.
+const WARN_EVERY: Duration = Duration::from_secs(10);
+
+/// The most devices whose warnings are tracked one by one; beyond, they share one entry.
+const WARN_TRACKED: usize = 10_000;
 
 /// Settings of [`MqttLink`].
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -37,9 +46,13 @@ pub struct MqttLinkConfig {
     /// subscribed and such publishes never reach the service.
     pub invalid_topic_replies: bool,
     /// Receive Maximum: QoS 1 requests the broker may have in flight towards the service.
-    /// Requests are acknowledged once `recv` hands them over, so this bounds the memory
-    /// unread requests can take.
+    /// A request is acknowledged only once the runtime settled it (its effect stored, or
+    /// refused), so this bounds the requests in memory and is the backpressure on devices:
+    /// beyond it, requests wait on the broker.
     pub receive_maximum: u16,
+    /// The most QoS 0 publishes queued for `recv`. QoS 0 has no broker window, so a flood
+    /// beyond this is dropped and counted ([`LinkStats::qos0_dropped`]).
+    pub max_queued_qos0: usize,
     /// The largest MQTT packet accepted; at least the payload limit plus room for the topic.
     pub max_packet_size: u32,
     /// The service's own window of unacknowledged publishes.
@@ -64,6 +77,7 @@ impl MqttLinkConfig {
             shared_group: None,
             invalid_topic_replies: true,
             receive_maximum: 1024,
+            max_queued_qos0: 1024,
             max_packet_size: 256 * 1024,
             max_inflight: 4096,
             channel_capacity: 1024,
@@ -100,17 +114,60 @@ impl MqttLinkConfig {
     }
 }
 
+/// Counters of what [`MqttLink`] received but did not hand to the runtime.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LinkStats {
+    /// QoS 0 publishes dropped because `max_queued_qos0` were already waiting.
+    pub qos0_dropped: u64,
+    /// Malformed requests refused by the transport itself.
+    pub refused: u64,
+    /// Publishes dropped unanswered because a reply to their topic would exceed the topic
+    /// length bound.
+    pub topic_too_long: u64,
+    /// Warnings about the two above left out of the log by the per-device rate limit.
+    pub warnings_suppressed: u64,
+}
+
 /// The `DeviceLink` over MQTT 5.
 ///
 /// - `send` publishes every message at QoS 1 and returns once the broker acknowledged each
 ///   one (PUBACKs are matched by packet id), or with an error naming why not.
 /// - `recv` decodes device requests; malformed ones are answered with the codec's
-///   `rejected` reply and a `tracing` warning and never reach the runtime. Presence is not
-///   reported (mosquitto does not tell).
+///   `rejected` reply and a rate-limited `tracing` warning and never reach the runtime.
+///   Presence is not reported (mosquitto does not tell).
+/// - Acknowledgements are manual: a request handed to the runtime gets its PUBACK only when
+///   the runtime settles its receipt ([`DeviceLink::settle`]); anything the transport
+///   answers or drops itself is acknowledged once handled. After a crash, the broker
+///   (persistent session) delivers every unacknowledged request again.
 pub struct MqttLink {
     conn: Connection,
     codec: Codec,
     ack_timeout: Duration,
+    warnings: Mutex<WarnLimiter>,
+    refused: AtomicU64,
+    topic_too_long: AtomicU64,
+    suppressed: AtomicU64,
+}
+
+/// A receipt names a QoS 1 publish by its connection and packet id (a packet id means
+/// something only on the connection that delivered it); QoS 0 needs no acknowledgement.
+fn receipt(incoming: &Incoming) -> Receipt {
+    if incoming.publish.qos == QoS::AtMostOnce {
+        return Receipt::NONE;
+    }
+    // Connections are counted from 1, so a QoS 1 receipt is never `NONE`.
+    Receipt::new((incoming.connection << 16) | u64::from(incoming.publish.pkid))
+}
+
+/// The connection and packet id behind a receipt made by [`receipt`].
+fn unpack(r: Receipt) -> Option<(u64, u16)> {
+    if r == Receipt::NONE {
+        return None;
+    }
+    let raw = r.raw();
+    // The low 16 bits are the packet id.
+    #[allow(clippy::cast_possible_truncation)]
+    Some((raw >> 16, raw as u16))
 }
 
 /// Wall-clock time for the timestamps of refusals the transport sends itself; the runtime
@@ -154,13 +211,50 @@ impl MqttLink {
             filters,
             backoff: config.broker.backoff,
             name: config.client_id.clone(),
+            max_queued_qos0: config.max_queued_qos0,
         });
         conn.wait_ready(0, config.broker.connect_timeout).await?;
         Ok(Self {
             conn,
             codec: Codec::new(config.layout, config.limits),
             ack_timeout: config.ack_timeout,
+            warnings: Mutex::new(WarnLimiter::new(WARN_EVERY, WARN_TRACKED)),
+            refused: AtomicU64::new(0),
+            topic_too_long: AtomicU64::new(0),
+            suppressed: AtomicU64::new(0),
         })
+    }
+
+    /// What was received but not handed to the runtime, counted since the link started.
+    pub fn stats(&self) -> LinkStats {
+        LinkStats {
+            qos0_dropped: self.conn.qos0_dropped(),
+            refused: self.refused.load(Ordering::Relaxed),
+            topic_too_long: self.topic_too_long.load(Ordering::Relaxed),
+            warnings_suppressed: self.suppressed.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Acknowledges the requests behind `receipts` to the broker (see
+    /// [`DeviceLink::settle`]). A receipt from an earlier connection is skipped: the broker
+    /// delivers that request again on the current one.
+    pub async fn acknowledge(&self, receipts: &[Receipt]) {
+        for (connection, pkid) in receipts.iter().copied().filter_map(unpack) {
+            self.conn.ack_packet(connection, pkid).await;
+        }
+    }
+
+    /// Whether a warning about `key` goes to the log now; `Some(suppressed)` if it does.
+    fn warn_now(&self, key: &str) -> Option<u64> {
+        let mut w = self
+            .warnings
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let out = w.check(key, tokio::time::Instant::now());
+        if out.is_none() {
+            self.suppressed.fetch_add(1, Ordering::Relaxed);
+        }
+        out
     }
 
     /// The codec in use.
@@ -223,7 +317,8 @@ impl MqttLink {
         })
     }
 
-    /// `recv` with the crate's error type.
+    /// `recv` with the crate's error type. Requests come with their receipts; what the
+    /// transport answers or drops itself is acknowledged here.
     pub async fn next_events(&self, max: usize) -> Result<Vec<LinkEvent>, Error> {
         loop {
             let batch = self.conn.next_incoming_batch(max).await;
@@ -231,11 +326,12 @@ impl MqttLink {
                 return Err(Error::Closed);
             }
             let mut events = Vec::with_capacity(batch.len());
-            for publish in &batch {
-                self.handle(publish, &mut events).await;
-                // Acknowledge only now, so unread requests stay the broker's (bounded by our
-                // Receive Maximum) rather than piling up in memory.
-                self.conn.ack(publish).await;
+            for incoming in &batch {
+                match self.handle(&incoming.publish).await {
+                    Some(inbound) => events.push(LinkEvent::Request(inbound, receipt(incoming))),
+                    // Answered or dropped here: nothing more will happen to it.
+                    None => self.conn.ack(incoming).await,
+                }
             }
             if !events.is_empty() {
                 return Ok(events);
@@ -243,32 +339,59 @@ impl MqttLink {
         }
     }
 
+    /// Decodes one publish: a request for the runtime, or `None` once the transport
+    /// answered it itself (refusal handed to the connection) or dropped it.
     async fn handle(
         &self,
         publish: &rumqttc::v5::mqttbytes::v5::Publish,
-        events: &mut Vec<LinkEvent>,
-    ) {
+    ) -> Option<fleetops_core::device::Inbound> {
         // The broker validates topics as UTF-8; anything else is not ours to answer.
         let Ok(topic) = std::str::from_utf8(&publish.topic) else {
-            tracing::warn!("ignored a publish whose topic is not UTF-8");
-            return;
+            tracing::debug!("ignored a publish whose topic is not UTF-8");
+            return None;
         };
-        match self.codec.decode_request(topic, &publish.payload, now()) {
-            Decoded::Request(inbound) => events.push(LinkEvent::Request(inbound)),
-            Decoded::Refused(refusal) => {
+        if !Codec::answerable(topic) {
+            self.topic_too_long.fetch_add(1, Ordering::Relaxed);
+            // Keyed by the start of the topic, where the thing name sits.
+            let key = crate::codec::truncated(topic, 192);
+            if let Some(suppressed) = self.warn_now(&key) {
                 tracing::warn!(
-                    topic,
-                    thing = refusal.thing.as_ref().map(|t| t.as_str()),
-                    code = refusal.rejection.code().as_str(),
-                    reason = %refusal.rejection,
-                    "refused a malformed device request"
+                    topic = %crate::codec::truncated(topic, 256),
+                    len = topic.len(),
+                    suppressed,
+                    "dropped a publish whose topic is too long to answer"
                 );
+            }
+            return None;
+        }
+        match self.codec.decode_request(topic, &publish.payload, now()) {
+            Decoded::Request(inbound) => Some(inbound),
+            Decoded::Refused(refusal) => {
+                self.refused.fetch_add(1, Ordering::Relaxed);
+                let key = match &refusal.thing {
+                    Some(t) => t.as_str().to_owned(),
+                    None => crate::codec::truncated(topic, 192),
+                };
+                if let Some(suppressed) = self.warn_now(&key) {
+                    tracing::warn!(
+                        topic,
+                        thing = refusal.thing.as_ref().map(|t| t.as_str()),
+                        code = refusal.rejection.code().as_str(),
+                        reason = %refusal.rejection,
+                        suppressed,
+                        "refused a malformed device request"
+                    );
+                }
                 // Best effort, not awaited: the device retries on its own timeout.
                 if let Err(e) = self.conn.publish(refusal.reply).await {
-                    tracing::warn!(topic, error = %e, "could not publish a rejected reply");
+                    tracing::debug!(topic, error = %e, "could not publish a rejected reply");
                 }
+                None
             }
-            Decoded::Ignored => tracing::debug!(topic, "ignored a publish that is no request"),
+            Decoded::Ignored => {
+                tracing::debug!(topic, "ignored a publish that is no request");
+                None
+            }
         }
     }
 }
@@ -288,5 +411,9 @@ impl DeviceLink for MqttLink {
 
     async fn recv(&self, max: usize) -> Result<Vec<LinkEvent>, LinkError> {
         self.next_events(max).await.map_err(LinkError::from)
+    }
+
+    async fn settle(&self, receipts: Vec<Receipt>) {
+        self.acknowledge(&receipts).await;
     }
 }

@@ -14,7 +14,7 @@ use fleetops_core::device::{
 };
 use fleetops_core::ids::{ExecutionId, JobId, StatusDetailKey, ThingName};
 use fleetops_core::job_execution::ExecutionState;
-use fleetops_core::link::{DeviceLink, LinkEvent};
+use fleetops_core::link::{DeviceLink, LinkEvent, Receipt};
 use fleetops_core::rejection::{ErrorCode, Rejection};
 use fleetops_core::status::{CommandStatus, JobExecutionStatus};
 use fleetops_core::time::{Duration as Span, Timestamp};
@@ -101,14 +101,21 @@ async fn expect_event<T>(
     .expect("expected event did not come")
 }
 
-/// Next request seen by the service.
+/// Next request seen by the service, settled at once.
 async fn next_request(link: &MqttLink) -> Inbound {
+    let (i, r) = next_unsettled(link).await;
+    link.settle(vec![r]).await;
+    i
+}
+
+/// Next request seen by the service, not settled.
+async fn next_unsettled(link: &MqttLink) -> (Inbound, Receipt) {
     let events = timeout(WAIT, link.recv(1))
         .await
         .expect("a request reaches the service")
         .expect("link open");
     match events.into_iter().next() {
-        Some(LinkEvent::Request(i)) => i,
+        Some(LinkEvent::Request(i, r)) => (i, r),
         other => panic!("unexpected {other:?}"),
     }
 }
@@ -379,12 +386,16 @@ fn respond(
     let task = tokio::spawn(async move {
         while let Ok(events) = link.recv(64).await {
             let mut out = Vec::new();
+            let mut receipts = Vec::new();
             for e in events {
-                if let LinkEvent::Request(i) = e {
+                if let LinkEvent::Request(i, r) = e {
                     log.lock().unwrap().push(i.clone());
                     out.extend(script.lock().unwrap().answer(i));
+                    receipts.push(r);
                 }
             }
+            // Decided: the broker may forget the requests, as the runtime settles them.
+            link.settle(receipts).await;
             // A reply lost to a broker restart is the device's to retry, as with the runtime.
             if let Err(e) = link.send(out).await {
                 eprintln!("responder: reply not delivered: {e}");
@@ -1650,4 +1661,162 @@ async fn a_device_can_leave_notify_out() {
         let seen = notifications_seen(&link, "next-only", &mut next_events).await;
         assert!(!seen.iter().any(is_notify), "notify-next only: {seen:?}");
     }
+}
+
+// ------------------------------------------------------------------ acknowledgements, floods
+
+/// Waits until `f` holds, polling.
+async fn eventually(what: &str, mut f: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !f() {
+        assert!(tokio::time::Instant::now() < deadline, "timed out: {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A request is acknowledged to the broker only once settled: after a crash (no DISCONNECT,
+/// persistent session) the broker delivers the unsettled one again, and only that one.
+#[tokio::test]
+async fn only_settled_requests_are_acknowledged_so_a_crash_loses_none() {
+    let broker = TestBroker::start();
+    let mut config = link_config(&broker, TopicLayout::fleets());
+    config.client_id = "svc-crash".into();
+    let link = MqttLink::connect(config.clone()).await.unwrap();
+    let mut dev = raw(&broker, "dev-1", false).await;
+    for token in ["settled", "unsettled"] {
+        dev.publish(
+            "fleets/things/dev-1/jobs/get",
+            format!(r#"{{"clientToken":"{token}"}}"#),
+        )
+        .await;
+    }
+    let (first, r1) = next_unsettled(&link).await;
+    let (second, _r2) = next_unsettled(&link).await;
+    assert_eq!(first.client_token.as_deref(), Some("settled"));
+    assert_eq!(second.client_token.as_deref(), Some("unsettled"));
+    link.settle(vec![r1]).await;
+    // Let the PUBACK reach the broker, then crash: the connection drops without DISCONNECT.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    drop(link);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let link = MqttLink::connect(config).await.unwrap();
+    let (again, r) = next_unsettled(&link).await;
+    assert_eq!(again.client_token.as_deref(), Some("unsettled"));
+    link.settle(vec![r]).await;
+    let more = timeout(Duration::from_millis(500), link.recv(8)).await;
+    assert!(
+        more.is_err(),
+        "the settled request is not delivered again: {more:?}"
+    );
+}
+
+/// Refusals the transport sends itself are acknowledged by the transport: with a window of
+/// 8, hundreds of malformed QoS 1 requests nobody settles do not stop a valid one.
+#[tokio::test]
+async fn malformed_requests_are_acknowledged_and_their_warnings_rate_limited() {
+    let broker = TestBroker::start();
+    let mut config = link_config(&broker, TopicLayout::fleets());
+    config.receive_maximum = 8;
+    let link = MqttLink::connect(config).await.unwrap();
+    let mut dev = raw(&broker, "noisy-3", false).await;
+    let n = 300;
+    for _ in 0..n {
+        dev.client
+            .publish(
+                "fleets/things/noisy-3/jobs/j/update",
+                QoS::AtLeastOnce,
+                false,
+                &b"not json"[..],
+            )
+            .await
+            .unwrap();
+    }
+    dev.publish(
+        "fleets/things/noisy-3/jobs/get",
+        &br#"{"clientToken":"ok"}"#[..],
+    )
+    .await;
+    let (valid, r) = next_unsettled(&link).await;
+    assert_eq!(valid.client_token.as_deref(), Some("ok"));
+    link.settle(vec![r]).await;
+    let stats = link.stats();
+    assert_eq!(stats.refused, n);
+    // One warning line for the device, the rest counted.
+    assert_eq!(stats.warnings_suppressed, n - 1);
+}
+
+/// A request on a topic whose reply topic would exceed the topic bound gets no reply (a
+/// reply there could become a malformed packet); it is counted, and the link serves on.
+#[tokio::test]
+async fn a_topic_too_long_to_answer_gets_no_reply_and_others_are_served() {
+    let broker = TestBroker::start();
+    let link = service(&broker).await;
+    let script = Arc::new(Mutex::new(Script::new()));
+    let (_responder, seen) = respond(Arc::clone(&link), script);
+    let mut dev = raw(&broker, "long-1", false).await;
+    dev.subscribe("fleets/things/long-1/#").await;
+    let base = "fleets/things/long-1/jobs/";
+    // Just short enough: refused with a reply. Then too long, and far too long.
+    let fits = format!(
+        "{base}{}",
+        "x".repeat(1024 - base.len() - "/rejected".len())
+    );
+    dev.publish(&fits, &b"{}"[..]).await;
+    let reply = dev.message(&format!("{fits}/rejected")).await;
+    assert_eq!(body(&reply)["code"], "InvalidTopic");
+    for len in [1024 - base.len() - "/rejected".len() + 1, 65_000] {
+        let long = format!("{base}{}", "x".repeat(len));
+        dev.publish(&long, &b"{}"[..]).await;
+    }
+    eventually("both long topics counted", || {
+        link.stats().topic_too_long == 2
+    })
+    .await;
+    dev.publish(
+        "fleets/things/long-1/jobs/get",
+        &br#"{"clientToken":"ok"}"#[..],
+    )
+    .await;
+    let b = body(&dev.message("fleets/things/long-1/jobs/get/accepted").await);
+    assert_eq!(b["clientToken"], "ok");
+    let rest = dev.silent_for(Duration::from_millis(300)).await;
+    assert!(
+        rest.is_empty(),
+        "no reply to the long topics: {}",
+        rest.len()
+    );
+    assert_eq!(seen.lock().unwrap().len(), 1);
+    assert!(link.is_connected());
+    assert_eq!(link.stats().refused, 1);
+}
+
+/// QoS 0 has no broker window: beyond `max_queued_qos0` waiting for `recv`, QoS 0
+/// publishes are dropped and counted.
+#[tokio::test]
+async fn queued_qos0_publishes_are_capped_and_drops_counted() {
+    let broker = TestBroker::start();
+    let mut config = link_config(&broker, TopicLayout::fleets());
+    config.max_queued_qos0 = 100;
+    let link = MqttLink::connect(config).await.unwrap();
+    let dev = raw(&broker, "flood-0", false).await;
+    let n: u64 = 5_000;
+    for _ in 0..n {
+        dev.client
+            .publish(
+                "fleets/things/flood-0/jobs/j/update",
+                QoS::AtMostOnce,
+                false,
+                &b"[]"[..],
+            )
+            .await
+            .unwrap();
+    }
+    // Nobody reads yet: all but the first 100 are dropped.
+    eventually("the flood arrived", || link.stats().qos0_dropped == n - 100).await;
+    // Reading now finds the 100 queued, refused by the codec.
+    let _ = timeout(Duration::from_millis(500), link.recv(1000)).await;
+    let stats = link.stats();
+    assert_eq!(stats.refused, 100, "{stats:?}");
+    assert_eq!(stats.qos0_dropped, n - 100);
 }

@@ -25,6 +25,7 @@ mod tests;
 use fleetops_core::device::{ExecutionView, Inbound, Operation, PendingJobs, Reply};
 use fleetops_core::ids::{ExecutionId, IdError, ThingName};
 use fleetops_core::job_execution::ExecutionState;
+use fleetops_core::limits::MAX_TOPIC_BYTES;
 use fleetops_core::rejection::{ErrorCode, Rejection};
 use fleetops_core::time::{Duration, Timestamp};
 use serde_json::Value;
@@ -267,6 +268,9 @@ pub struct Refusal {
     pub reply: Encoded,
 }
 
+/// What a refusal's topic adds to its request's topic.
+const REJECTED_SUFFIX: &str = "/rejected";
+
 /// The wire codec for one topic layout and one set of limits.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Codec {
@@ -288,6 +292,29 @@ impl Codec {
     /// The size limits.
     pub fn limits(&self) -> Limits {
         self.limits
+    }
+
+    /// Whether a refusal of a request received on `topic` could be published: its reply
+    /// topic (`{topic}/rejected`) is at most [`MAX_TOPIC_BYTES`] long. A request on a longer
+    /// topic is never answered ([`Codec::decode_request`] ignores it): MQTT encodes a topic's
+    /// length in two bytes, and a reply to a hostile topic must never become a malformed
+    /// packet.
+    pub fn answerable(topic: &str) -> bool {
+        topic.len() + REJECTED_SUFFIX.len() <= MAX_TOPIC_BYTES
+    }
+
+    /// Refuses a topic the service must not publish to.
+    fn check_topic(topic: &str) -> Result<(), EncodeError> {
+        if topic.len() > MAX_TOPIC_BYTES {
+            return Err(EncodeError::InvalidField {
+                field: "topic",
+                reason: format!(
+                    "is {} bytes, at most {MAX_TOPIC_BYTES} are allowed",
+                    topic.len()
+                ),
+            });
+        }
+        Ok(())
     }
 
     fn check_size(&self, payload: Vec<u8>) -> Result<Vec<u8>, EncodeError> {

@@ -189,6 +189,9 @@ impl Codec {
                 }),
             ),
         };
+        // Built from validated ids under a bounded prefix, so always short: the check keeps
+        // the guarantee local rather than relying on every id bound.
+        Codec::check_topic(&topic)?;
         Ok(Encoded {
             topic,
             payload: self.check_size(payload)?,

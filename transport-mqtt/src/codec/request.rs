@@ -152,7 +152,12 @@ impl Codec {
     /// Decodes a publish received by the service. Never fails and never panics: the outcome
     /// is a request, a refusal with its ready `rejected` reply (timestamped `now`), or
     /// [`Decoded::Ignored`].
+    ///
+    /// A topic too long to answer (see [`Codec::answerable`]) is ignored, whatever it holds.
     pub fn decode_request(&self, topic: &str, payload: &[u8], now: Timestamp) -> Decoded {
+        if !Self::answerable(topic) {
+            return Decoded::Ignored;
+        }
         let Some(parsed) = self.layout.parse(topic) else {
             return Decoded::Ignored;
         };
@@ -314,7 +319,7 @@ impl Codec {
             client_token,
             rejection,
             reply: Encoded {
-                topic: format!("{topic}/rejected"),
+                topic: format!("{topic}{}", super::REJECTED_SUFFIX),
                 payload,
                 qos: Qos::AtLeastOnce,
                 properties: PublishProps::default(),

@@ -1167,3 +1167,91 @@ mod properties {
         }
     }
 }
+
+#[test]
+fn a_request_on_a_topic_too_long_to_answer_is_ignored() {
+    use fleetops_core::limits::MAX_TOPIC_BYTES;
+    let base = "fleets/things/dev-1/jobs/";
+    let longest = MAX_TOPIC_BYTES - "/rejected".len();
+    let fits = format!("{base}{}", "x".repeat(longest - base.len()));
+    assert!(Codec::answerable(&fits));
+    let r = refused(&fits, b"{}");
+    assert_eq!(r.reply.topic.len(), MAX_TOPIC_BYTES);
+    assert_eq!(r.rejection.code(), ErrorCode::InvalidTopic);
+    for extra in [1, 64 * 1024] {
+        let long = format!("{fits}{}", "x".repeat(extra));
+        assert!(!Codec::answerable(&long));
+        assert_eq!(codec().decode_request(&long, b"{}", NOW), Decoded::Ignored);
+        // Even a valid-looking request: the thing level itself is too long.
+        let valid_shape = format!("fleets/things/{}/jobs/get", "a".repeat(extra + 1024));
+        assert_eq!(
+            codec().decode_request(&valid_shape, b"{}", NOW),
+            Decoded::Ignored
+        );
+    }
+}
+
+#[test]
+fn encoded_topics_are_bounded_by_construction() {
+    use fleetops_core::limits::MAX_TOPIC_BYTES;
+    // The longest ids under the longest prefix still fit the bound.
+    let layout = TopicLayout::custom(&"p".repeat(TopicLayout::MAX_PREFIX_LEN)).unwrap();
+    let codec = Codec::new(layout, Limits::default());
+    let thing = ThingName::parse(&"t".repeat(ThingName::MAX_LEN)).unwrap();
+    let id = ExecutionId::parse(&"e".repeat(ExecutionId::MAX_LEN)).unwrap();
+    let m = Outbound::CommandRequest {
+        thing,
+        execution_id: id,
+        command_id: None,
+        action: "a".into(),
+        params: json!({}),
+        timestamp: NOW,
+        ttl: Duration::from_secs(5),
+    };
+    let e = codec.encode(&m).unwrap();
+    assert!(e.topic.len() <= MAX_TOPIC_BYTES);
+    assert!(Codec::check_topic(&"x".repeat(MAX_TOPIC_BYTES)).is_ok());
+    assert!(matches!(
+        Codec::check_topic(&"x".repeat(MAX_TOPIC_BYTES + 1)),
+        Err(EncodeError::InvalidField { field: "topic", .. })
+    ));
+}
+
+#[test]
+fn a_pending_list_capped_per_kind_fits_the_payload_limit() {
+    use fleetops_core::limits::MAX_PENDING_LISTED;
+    // The longest job ids and the largest numbers: the worst case of a capped list.
+    let worst = |i: usize| ExecutionSummary {
+        job_id: JobId::parse(&format!("{i:0>64}")).unwrap(),
+        queued_at: Timestamp::from_millis(u64::MAX / 2),
+        started_at: Some(Timestamp::from_millis(u64::MAX / 2)),
+        last_updated_at: Timestamp::from_millis(u64::MAX / 2),
+        version_number: u64::MAX,
+        execution_number: u32::MAX,
+    };
+    let jobs = PendingJobs {
+        in_progress: (0..MAX_PENDING_LISTED).map(worst).collect(),
+        queued: (MAX_PENDING_LISTED..2 * MAX_PENDING_LISTED)
+            .map(worst)
+            .collect(),
+    };
+    let reply = Outbound::Accepted {
+        thing: ThingName::parse(&"t".repeat(ThingName::MAX_LEN)).unwrap(),
+        operation: Operation::GetPending,
+        client_token: Some("c".repeat(Limits::DEFAULT_MAX_CLIENT_TOKEN)),
+        reply: Reply::Pending(jobs.clone()),
+        timestamp: NOW,
+    };
+    let e = codec().encode(&reply).unwrap();
+    assert!(
+        e.payload.len() < Limits::DEFAULT_MAX_PAYLOAD / 2,
+        "{} bytes",
+        e.payload.len()
+    );
+    let notify = Outbound::Notify {
+        thing: thing(),
+        jobs,
+        timestamp: NOW,
+    };
+    assert!(codec().encode(&notify).unwrap().payload.len() < Limits::DEFAULT_MAX_PAYLOAD / 2);
+}
