@@ -110,7 +110,10 @@ fn refused(answer: &(StatusCode, Value), status: StatusCode, code: &str, field: 
     assert_eq!(*s, status, "{body}");
     assert_eq!(body["code"], code, "{body}");
     let message = body["message"].as_str().unwrap_or_default();
-    assert!(message.contains(field), "message does not name {field}: {body}");
+    assert!(
+        message.contains(field),
+        "message does not name {field}: {body}"
+    );
 }
 
 #[track_caller]
@@ -162,12 +165,20 @@ async fn every_documented_limit_holds_from_both_sides() {
 
     // Job document, in bytes of compact JSON.
     accepted(
-        &post_job(scheduled_job(one.clone(), object_of(MAX_JOB_DOCUMENT_BYTES))).await,
+        &post_job(scheduled_job(
+            one.clone(),
+            object_of(MAX_JOB_DOCUMENT_BYTES),
+        ))
+        .await,
         ok,
     );
     created += 1;
     refused(
-        &post_job(scheduled_job(one.clone(), object_of(MAX_JOB_DOCUMENT_BYTES + 1))).await,
+        &post_job(scheduled_job(
+            one.clone(),
+            object_of(MAX_JOB_DOCUMENT_BYTES + 1),
+        ))
+        .await,
         bad,
         "InvalidRequest",
         "document",
@@ -229,32 +240,50 @@ async fn every_documented_limit_holds_from_both_sides() {
     let send = |params: Value, action: String, command_id: Option<String>| {
         let server = &server;
         async move {
-            let mut body = json!({"thingName": "t1", "action": action, "params": params, "ttl": 86400});
+            let mut body =
+                json!({"thingName": "t1", "action": action, "params": params, "ttl": 86400});
             if let Some(id) = command_id {
                 body["commandId"] = json!(id);
             }
-            server.call(Method::POST, "/api/v1/commands", Some(&body)).await
+            server
+                .call(Method::POST, "/api/v1/commands", Some(&body))
+                .await
         }
     };
     let a = || "a".to_string();
-    accepted(&send(object_of(MAX_COMMAND_PARAMS_BYTES), a(), None).await, ok);
+    accepted(
+        &send(object_of(MAX_COMMAND_PARAMS_BYTES), a(), None).await,
+        ok,
+    );
     refused(
         &send(object_of(MAX_COMMAND_PARAMS_BYTES + 1), a(), None).await,
         bad,
         "InvalidRequest",
         "params",
     );
-    accepted(&send(json!({}), "é".repeat(MAX_COMMAND_ACTION_BYTES / 2), None).await, ok);
+    accepted(
+        &send(json!({}), "é".repeat(MAX_COMMAND_ACTION_BYTES / 2), None).await,
+        ok,
+    );
     refused(
         &send(json!({}), "a".repeat(MAX_COMMAND_ACTION_BYTES + 1), None).await,
         bad,
         "InvalidRequest",
         "action",
     );
-    refused(&send(json!({}), String::new(), None).await, bad, "InvalidRequest", "action");
+    refused(
+        &send(json!({}), String::new(), None).await,
+        bad,
+        "InvalidRequest",
+        "action",
+    );
     let sent = send(json!({}), a(), Some("c".repeat(MAX_COMMAND_ID_LEN))).await;
     accepted(&sent, ok);
-    for bad_id in ["c".repeat(MAX_COMMAND_ID_LEN + 1), String::new(), "a.b".into()] {
+    for bad_id in [
+        "c".repeat(MAX_COMMAND_ID_LEN + 1),
+        String::new(),
+        "a.b".into(),
+    ] {
         refused(
             &send(json!({}), a(), Some(bad_id)).await,
             bad,
@@ -270,7 +299,11 @@ async fn every_documented_limit_holds_from_both_sides() {
     );
     refused(
         &server
-            .call(Method::POST, &cancel_path, Some(&json!({"reason": "é".repeat(1025)})))
+            .call(
+                Method::POST,
+                &cancel_path,
+                Some(&json!({"reason": "é".repeat(1025)})),
+            )
             .await,
         bad,
         "InvalidRequest",
@@ -278,7 +311,11 @@ async fn every_documented_limit_holds_from_both_sides() {
     );
     accepted(
         &server
-            .call(Method::POST, &cancel_path, Some(&json!({"reason": "é".repeat(1024)})))
+            .call(
+                Method::POST,
+                &cancel_path,
+                Some(&json!({"reason": "é".repeat(1024)})),
+            )
             .await,
         StatusCode::OK,
     );
@@ -302,7 +339,9 @@ async fn every_documented_limit_holds_from_both_sides() {
         "thingNames",
     );
     // Neither refusal created the group.
-    let (status, _) = server.call(Method::GET, "/api/v1/thing-groups/g1", None).await;
+    let (status, _) = server
+        .call(Method::GET, "/api/v1/thing-groups/g1", None)
+        .await;
     assert_eq!(status, StatusCode::NOT_FOUND);
     accepted(
         &put(
@@ -340,7 +379,9 @@ async fn every_documented_limit_holds_from_both_sides() {
         "InvalidRequest",
         "thingNames",
     );
-    let (_, group) = server.call(Method::GET, "/api/v1/thing-groups/g1", None).await;
+    let (_, group) = server
+        .call(Method::GET, "/api/v1/thing-groups/g1", None)
+        .await;
     assert_eq!(group["numberOfThings"], MAX_GROUP_MEMBERS, "{group}");
     accepted(&members(vec!["m0".into()]).await, StatusCode::OK);
 
@@ -568,7 +609,11 @@ fn set(body: &mut Value, at: &[Step], value: Value) {
             if !body.is_object() {
                 *body = json!({});
             }
-            let slot = body.as_object_mut().unwrap().entry(k.clone()).or_insert(Value::Null);
+            let slot = body
+                .as_object_mut()
+                .unwrap()
+                .entry(k.clone())
+                .or_insert(Value::Null);
             set(slot, rest, value);
         }
         Some((Step::Item, rest)) => {
@@ -637,7 +682,11 @@ async fn the_openapi_document_states_exactly_what_the_server_accepts() {
         .await;
     assert_eq!(s, StatusCode::CREATED, "{job}");
     let (s, g) = server
-        .call(Method::PUT, "/api/v1/thing-groups/fixture-group", Some(&json!({})))
+        .call(
+            Method::PUT,
+            "/api/v1/thing-groups/fixture-group",
+            Some(&json!({})),
+        )
         .await;
     assert_eq!(s, StatusCode::CREATED, "{g}");
     let (s, c) = server
@@ -955,7 +1004,11 @@ async fn the_bearer_scheme_is_matched_in_any_case() {
             .unwrap();
         assert_eq!(resp.status(), StatusCode::OK, "{scheme}");
     }
-    for value in [format!("Basic {TOKEN}"), format!("Bearer{TOKEN}"), "bearer wrong".into()] {
+    for value in [
+        format!("Basic {TOKEN}"),
+        format!("Bearer{TOKEN}"),
+        "bearer wrong".into(),
+    ] {
         let resp = server
             .client
             .get(format!("{}/api/v1/jobs", server.base))
@@ -1034,5 +1087,8 @@ async fn logs_written_to_a_file_carry_no_colour_codes() {
     let text = std::fs::read(&log_path).unwrap();
     let shown = String::from_utf8_lossy(&text);
     assert!(shown.contains("fleetops serve started"), "{shown}");
-    assert!(!text.contains(&0x1b), "colour codes in a log file:\n{shown}");
+    assert!(
+        !text.contains(&0x1b),
+        "colour codes in a log file:\n{shown}"
+    );
 }
