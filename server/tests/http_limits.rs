@@ -419,6 +419,25 @@ async fn every_documented_limit_holds_from_both_sides() {
     let over: Value = over.json().await.unwrap();
     assert_eq!(over["code"], "PayloadTooLarge");
 
+    // The latest start and end times the document allows are accepted, and the runtime
+    // keeps working with a deadline that far ahead.
+    let max_secs = u64::MAX / 1000;
+    for scheduling in [
+        json!({"startTime": max_secs}),
+        json!({"endTime": max_secs}),
+        json!({"startTime": max_secs - 1, "endTime": max_secs}),
+    ] {
+        let body = json!({"targets": one, "document": {}, "schedulingConfig": scheduling});
+        accepted(&post_job(body).await, ok);
+    }
+    let body =
+        json!({"targets": one, "document": {}, "schedulingConfig": {"startTime": max_secs + 1}});
+    refused(&post_job(body).await, bad, "InvalidJson", "startTime");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let (s, health) = server.call(Method::GET, "/healthz", None).await;
+    assert_eq!(s, StatusCode::OK, "{health}");
+    accepted(&send(json!({}), a(), None).await, ok);
+
     // null is not a value of any optional field, and description is a string.
     for description in [json!(null), json!(5), json!(["x"])] {
         let mut job = scheduled_job(one.clone(), json!({}));
