@@ -621,6 +621,163 @@ fn string_typed(doc: &Doc, schema: &Value, at: Vec<Step>, out: &mut Vec<Vec<Step
     }
 }
 
+/// A numeric bound the document states for one body value.
+#[derive(Debug, Clone)]
+struct NumberRule {
+    integer: bool,
+    min: Option<f64>,
+    max: Option<f64>,
+}
+
+impl NumberRule {
+    fn of(schema: &Value) -> Option<Self> {
+        let integer = match schema.get("type").and_then(Value::as_str) {
+            Some("integer") => true,
+            Some("number") => false,
+            _ => return None,
+        };
+        let min = schema.get("minimum").and_then(Value::as_f64);
+        let max = schema.get("maximum").and_then(Value::as_f64);
+        (min.is_some() || max.is_some()).then_some(Self { integer, min, max })
+    }
+
+    fn value(&self, x: f64) -> Value {
+        if self.integer {
+            json!(x as u64)
+        } else {
+            json!(x)
+        }
+    }
+
+    fn valid(&self) -> Vec<Value> {
+        [self.min, self.max]
+            .into_iter()
+            .flatten()
+            .map(|x| self.value(x))
+            .collect()
+    }
+
+    fn invalid(&self) -> Vec<(Value, &'static str)> {
+        let step = if self.integer { 1.0 } else { 0.1 };
+        let mut out = Vec::new();
+        // Below a minimum of 0 an integer is negative: refused as the wrong type, which is
+        // still a refusal.
+        if let Some(min) = self.min {
+            out.push((json!(min - step), "minimum"));
+        }
+        if let Some(max) = self.max {
+            let over = if self.integer {
+                json!(max as u64 + 1)
+            } else {
+                json!(max + step)
+            };
+            out.push((over, "maximum"));
+        }
+        out
+    }
+}
+
+/// Every number with a bound in `schema`, by where it sits (values under `oneOf`, such as
+/// the start and end times, are left to the limits test).
+fn body_numbers(doc: &Doc, schema: &Value, at: Vec<Step>, out: &mut Vec<(Vec<Step>, NumberRule)>) {
+    let schema = doc.resolve(schema);
+    if let Some(rule) = NumberRule::of(&schema) {
+        out.push((at.clone(), rule));
+    }
+    if let Some(props) = schema.get("properties").and_then(Value::as_object) {
+        for (k, v) in props {
+            let mut next = at.clone();
+            next.push(Step::Key(k.clone()));
+            body_numbers(doc, v, next, out);
+        }
+    }
+    if let Some(items) = schema.get("items") {
+        let mut next = at;
+        next.push(Step::Item);
+        body_numbers(doc, items, next, out);
+    }
+}
+
+/// The smallest value the document allows for `schema`: required properties only, each at
+/// its minimum or first enum value. `toward` is where a probe will be set inside it: where an
+/// object says "exactly one of" (`oneOf` of `required`), the branch naming the probed
+/// property is taken, so the probe does not collide with another branch.
+fn example(doc: &Doc, schema: &Value, toward: &[Step]) -> Value {
+    let schema = doc.resolve(schema);
+    if let Some(first) = schema.get("enum").and_then(|e| e.get(0)) {
+        return first.clone();
+    }
+    if let Some(rule) = StringRule::of(&schema) {
+        return json!(rule.valid()[0]);
+    }
+    let next_key = match toward.first() {
+        Some(Step::Key(k)) => Some(k.as_str()),
+        _ => None,
+    };
+    match schema.get("type").and_then(Value::as_str) {
+        Some("object") => {
+            let names = |r: Option<&Value>| -> Vec<String> {
+                r.and_then(Value::as_array)
+                    .map(|r| r.iter().map(|k| k.as_str().unwrap().to_owned()).collect())
+                    .unwrap_or_default()
+            };
+            let mut required = names(schema.get("required"));
+            if let Some(branches) = schema.get("oneOf").and_then(Value::as_array) {
+                let branch = branches
+                    .iter()
+                    .find(|b| {
+                        next_key.is_some_and(|w| names(b.get("required")).iter().any(|n| n == w))
+                    })
+                    .unwrap_or(&branches[0]);
+                required.extend(names(branch.get("required")));
+            }
+            let mut out = serde_json::Map::new();
+            for k in required {
+                let further = if next_key == Some(k.as_str()) {
+                    &toward[1..]
+                } else {
+                    &[][..]
+                };
+                out.insert(k.clone(), example(doc, &schema["properties"][&k], further));
+            }
+            Value::Object(out)
+        }
+        Some("integer") => json!(schema.get("minimum").and_then(Value::as_u64).unwrap_or(1)),
+        Some("number") => json!(schema.get("minimum").and_then(Value::as_f64).unwrap_or(1.0)),
+        Some("boolean") => json!(false),
+        Some("array") => json!([]),
+        _ => json!({}),
+    }
+}
+
+/// Sets `value` at `at` in `body`, first filling each object on the way that the body does
+/// not have yet with the smallest value the document allows for it.
+fn set_in(doc: &Doc, schema: &Value, body: &mut Value, at: &[Step], value: Value) {
+    let schema = doc.resolve(schema);
+    match at.split_first() {
+        None => *body = value,
+        Some((Step::Key(k), rest)) => {
+            if !body.is_object() {
+                *body = example(doc, &schema, at);
+            }
+            let slot = body
+                .as_object_mut()
+                .unwrap()
+                .entry(k.clone())
+                .or_insert(Value::Null);
+            if slot.is_null() && !rest.is_empty() {
+                *slot = example(doc, &schema["properties"][k], rest);
+            }
+            set_in(doc, &schema["properties"][k], slot, rest, value);
+        }
+        Some((Step::Item, rest)) => {
+            let mut item = example(doc, &schema["items"], rest);
+            set_in(doc, &schema["items"], &mut item, rest, value);
+            *body = json!([item]);
+        }
+    }
+}
+
 fn set(body: &mut Value, at: &[Step], value: Value) {
     match at.split_first() {
         None => *body = value,
@@ -873,6 +1030,40 @@ async fn the_openapi_document_states_exactly_what_the_server_accepts() {
                     );
                 }
             }
+            // Numbers with a bound, from both sides.
+            let mut numbers = Vec::new();
+            body_numbers(&doc, &schema, Vec::new(), &mut numbers);
+            for (at, rule) in numbers {
+                for v in rule.valid() {
+                    counter += 1;
+                    let mut body = base_body(counter);
+                    set_in(&doc, &schema, &mut body, &at, v.clone());
+                    let answer = send(body_path(counter), body.clone()).await;
+                    probes += 1;
+                    assert_ne!(
+                        answer.0,
+                        StatusCode::BAD_REQUEST,
+                        "{method} {template}: {} = {v} is allowed by the document but \
+                         refused: {} (body {body})",
+                        show(&at),
+                        answer.1
+                    );
+                }
+                for (v, broken) in rule.invalid() {
+                    counter += 1;
+                    let mut body = base_body(counter);
+                    set_in(&doc, &schema, &mut body, &at, v.clone());
+                    let answer = send(body_path(counter), body.clone()).await;
+                    probes += 1;
+                    assert_eq!(
+                        answer.0,
+                        StatusCode::BAD_REQUEST,
+                        "{method} {template}: {} = {v} breaks {broken} but got {} (body {body})",
+                        show(&at),
+                        answer.1
+                    );
+                }
+            }
             // A string property is a string: not null, not a number.
             let mut typed = Vec::new();
             string_typed(&doc, &schema, Vec::new(), &mut typed);
@@ -894,8 +1085,9 @@ async fn the_openapi_document_states_exactly_what_the_server_accepts() {
             }
         }
     }
+    eprintln!("{probes} probes of the document's constraints");
     // Guard against a walk that silently found nothing to probe.
-    assert!(probes > 150, "only {probes} probes");
+    assert!(probes > 200, "only {probes} probes");
     server.shutdown().await;
 }
 
