@@ -12,6 +12,10 @@
 //! 4. disconnect from the broker; the persistent session keeps device requests queued there
 //!    until the service is back.
 //!
+//! The HTTP listener serves at most `--max-connections` connections at once (others wait
+//! in the listen backlog) and closes a connection whose request headers do not arrive within
+//! `--header-timeout-secs`, so slow or idle clients cannot exhaust it.
+//!
 //! [`start`] is the same server without the process-wide parts (logging, signals), so tests
 //! run it in-process with any shutdown future.
 
@@ -84,9 +88,6 @@ pub enum ServeError {
         /// Why.
         source: std::io::Error,
     },
-    /// The HTTP server failed while running.
-    #[error("the HTTP server failed: {0}")]
-    Http(std::io::Error),
     /// The final flush of the store failed: the last acknowledged writes may not be on disk.
     #[error("the final flush of the data directory failed: {0}")]
     Flush(StoreError),
@@ -179,10 +180,9 @@ pub async fn start(
             tracing::info!("shutting down: no new requests; finishing those in flight");
             let _ = signal.send(true);
         };
-        let served = serve_http(listener, app, limits, graceful).await;
+        serve_http(listener, app, limits, graceful).await;
         drop(stop_tx);
-        let stopped = stop_everything(fleet, store, link).await;
-        served.and(stopped)
+        stop_everything(fleet, store, link).await
     });
     Ok(Server { addr, task })
 }
@@ -211,7 +211,7 @@ async fn serve_http(
     app: axum::Router,
     limits: ConnectionLimits,
     shutdown: impl Future<Output = ()> + Send,
-) -> Result<(), ServeError> {
+) {
     use hyper::server::conn::http1;
     use hyper_util::rt::{TokioIo, TokioTimer};
     use hyper_util::service::TowerToHyperService;
@@ -277,7 +277,6 @@ async fn serve_http(
     drop(listener);
     let _ = closing_tx.send(true);
     while connections.join_next().await.is_some() {}
-    Ok(())
 }
 
 async fn stop_everything(

@@ -4,6 +4,7 @@
 //! as `server/openapi.json`).
 //!
 //! - Every `/api/v1` route except the OpenAPI document needs `Authorization: Bearer <token>`
+//!   (the scheme name in any case, as HTTP defines it)
 //!   unless authentication was explicitly disabled; a refusal is 401 and happens before the
 //!   body is read, so it never changes anything.
 //! - Every error is `{code, message}` JSON: 400 for malformed JSON, unknown fields, bad ids
