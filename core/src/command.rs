@@ -16,6 +16,7 @@ use crate::aggregate::{foreign, not_found, Aggregate};
 use crate::device::CommandResponse;
 use crate::event::{Event, EvolveError};
 use crate::ids::{ExecutionId, ThingName};
+use crate::limits::{self, MAX_COMMAND_ACTION_BYTES, MAX_COMMAND_ID_LEN, MAX_COMMAND_PARAMS_BYTES};
 use crate::rejection::Rejection;
 use crate::status::CommandStatus;
 use crate::time::{Duration, Timestamp};
@@ -24,10 +25,18 @@ use crate::time::{Duration, Timestamp};
 pub const MIN_TTL: Duration = Duration::from_secs(1);
 /// The longest accepted TTL: one day.
 pub const MAX_TTL: Duration = Duration::from_secs(86_400);
-/// The longest `action`, in bytes.
-pub const MAX_ACTION_LEN: usize = 128;
-/// The longest `statusReason`, in bytes.
+/// The longest `statusReason` or cancel reason, in characters (as JSON Schema's `maxLength`
+/// counts them, so the HTTP API's document can state the limit exactly).
 pub const MAX_REASON_LEN: usize = 1024;
+
+/// Whether `id` is a valid command template id: 1 to [`MAX_COMMAND_ID_LEN`] characters of
+/// `[a-zA-Z0-9_-]`. The id is passed to devices as is, so it keeps to the id alphabet.
+pub fn valid_command_id(id: &str) -> bool {
+    (1..=MAX_COMMAND_ID_LEN).contains(&id.len())
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+}
 
 /// The state of one command execution.
 #[derive(Debug, Clone, PartialEq)]
@@ -71,9 +80,9 @@ pub enum CommandIntent {
         thing: ThingName,
         /// Optional template id.
         command_id: Option<String>,
-        /// What to do (1–128 bytes).
+        /// What to do (1 to [`MAX_COMMAND_ACTION_BYTES`] bytes).
         action: String,
-        /// Arguments.
+        /// Arguments (at most [`MAX_COMMAND_PARAMS_BYTES`] of compact JSON).
         params: Value,
         /// Time to live (1 s to 1 day).
         ttl: Duration,
@@ -110,10 +119,31 @@ impl Aggregate for CommandExecution {
                 if state.is_some() {
                     return Err(Rejection::invalid("executionId", "already exists"));
                 }
-                if action.is_empty() || action.len() > MAX_ACTION_LEN {
+                if action.is_empty() || action.len() > MAX_COMMAND_ACTION_BYTES {
                     return Err(Rejection::invalid(
                         "action",
-                        format!("must be 1 to {MAX_ACTION_LEN} bytes"),
+                        format!("must be 1 to {MAX_COMMAND_ACTION_BYTES} bytes"),
+                    ));
+                }
+                if command_id
+                    .as_deref()
+                    .is_some_and(|id| !valid_command_id(id))
+                {
+                    return Err(Rejection::invalid(
+                        "commandId",
+                        format!("must be 1 to {MAX_COMMAND_ID_LEN} characters of [a-zA-Z0-9_-]"),
+                    ));
+                }
+                // The request carries the params to the device: bounded so it always fits
+                // the transport's payload limit.
+                let params_len = limits::json_len(&params);
+                if params_len > MAX_COMMAND_PARAMS_BYTES {
+                    return Err(Rejection::invalid(
+                        "params",
+                        format!(
+                            "is {params_len} bytes of JSON, at most {MAX_COMMAND_PARAMS_BYTES} \
+                             are allowed"
+                        ),
                     ));
                 }
                 if ttl < MIN_TTL || ttl > MAX_TTL {
@@ -150,11 +180,11 @@ impl Aggregate for CommandExecution {
                 if response
                     .status_reason
                     .as_ref()
-                    .is_some_and(|r| r.len() > MAX_REASON_LEN)
+                    .is_some_and(|r| r.chars().count() > MAX_REASON_LEN)
                 {
                     return Err(Rejection::invalid(
                         "statusReason",
-                        format!("must be at most {MAX_REASON_LEN} bytes"),
+                        format!("must be at most {MAX_REASON_LEN} characters"),
                     ));
                 }
                 ensure_pending(state, now)?;
@@ -173,6 +203,15 @@ impl Aggregate for CommandExecution {
                 _ => Ok(vec![]),
             },
             CommandIntent::Cancel { reason } => {
+                if reason
+                    .as_ref()
+                    .is_some_and(|r| r.chars().count() > MAX_REASON_LEN)
+                {
+                    return Err(Rejection::invalid(
+                        "reason",
+                        format!("must be at most {MAX_REASON_LEN} characters"),
+                    ));
+                }
                 let state = state.ok_or_else(|| not_found("command execution", "unknown"))?;
                 ensure_pending(state, now)?;
                 Ok(vec![Event::CommandCanceled { at: now, reason }])

@@ -5,6 +5,8 @@ use std::collections::BTreeSet;
 use crate::aggregate::{foreign, not_found, Aggregate};
 use crate::event::{Event, EvolveError};
 use crate::ids::{GroupName, ThingName};
+use crate::job::MAX_DESCRIPTION_LEN;
+use crate::limits::MAX_GROUP_MEMBERS;
 use crate::rejection::Rejection;
 use crate::time::Timestamp;
 
@@ -33,10 +35,11 @@ pub enum GroupIntent {
     Create {
         /// Its name.
         name: GroupName,
-        /// Free text.
+        /// Free text (at most [`MAX_DESCRIPTION_LEN`] characters).
         description: Option<String>,
     },
-    /// Add things; those already members are ignored.
+    /// Add things; those already members are ignored. Refused when the group would then
+    /// hold more than [`MAX_GROUP_MEMBERS`].
     AddMembers(Vec<ThingName>),
     /// Remove things; those not members are ignored.
     RemoveMembers(Vec<ThingName>),
@@ -54,6 +57,15 @@ impl Aggregate for Group {
         now: Timestamp,
     ) -> Result<Vec<Event>, Rejection> {
         if let GroupIntent::Create { name, description } = intent {
+            if description
+                .as_ref()
+                .is_some_and(|d| d.chars().count() > MAX_DESCRIPTION_LEN)
+            {
+                return Err(Rejection::invalid(
+                    "description",
+                    format!("must be at most {MAX_DESCRIPTION_LEN} characters"),
+                ));
+            }
             if state.is_some() {
                 return Err(Rejection::invalid(
                     "name",
@@ -90,6 +102,16 @@ impl Aggregate for Group {
                     .collect();
                 if new.is_empty() {
                     return Ok(vec![]);
+                }
+                let total = group.members.len() + new.len();
+                if total > MAX_GROUP_MEMBERS {
+                    return Err(Rejection::invalid(
+                        "thingNames",
+                        format!(
+                            "the group would hold {total} things, at most {MAX_GROUP_MEMBERS} \
+                             are allowed"
+                        ),
+                    ));
                 }
                 Ok(vec![Event::GroupMembersAdded {
                     things: new.into_iter().collect(),

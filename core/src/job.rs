@@ -11,15 +11,17 @@ use crate::aggregate::{foreign, not_found, Aggregate};
 use crate::config::{EndBehavior, JobConfig, TargetSelection, Targets};
 use crate::event::{Event, EvolveError, JobCancelReason};
 use crate::ids::JobId;
+use crate::limits::{self, MAX_JOB_DOCUMENT_BYTES, MAX_JOB_TARGETS};
 use crate::policy::abort;
 use crate::projection::JobCounters;
 use crate::rejection::Rejection;
 use crate::status::JobStatus;
 use crate::time::Timestamp;
 
-/// The longest description, in bytes.
+/// The longest description, in characters (as JSON Schema's `maxLength` counts them, so the
+/// HTTP API's document states the limit exactly).
 pub const MAX_DESCRIPTION_LEN: usize = 2048;
-/// The longest operator comment, in bytes.
+/// The longest operator comment, in characters.
 pub const MAX_COMMENT_LEN: usize = 2048;
 
 /// The state of a job. It serializes (field names in snake case) so a runtime can persist it
@@ -82,13 +84,13 @@ pub enum JobIntent {
     Create {
         /// New id.
         job_id: JobId,
-        /// Free text (≤ 2,048 bytes).
+        /// Free text (at most [`MAX_DESCRIPTION_LEN`] characters).
         description: Option<String>,
-        /// At least one thing or group.
+        /// At least one thing or group; at most [`MAX_JOB_TARGETS`] names in all.
         targets: Targets,
         /// Snapshot or continuous.
         selection: TargetSelection,
-        /// What devices get.
+        /// What devices get: a JSON object of at most [`MAX_JOB_DOCUMENT_BYTES`].
         document: Value,
         /// Options (validated here).
         config: JobConfig,
@@ -146,17 +148,39 @@ impl Aggregate for Job {
                     "name at least one thing or group",
                 ));
             }
+            let target_count = targets.things.len() + targets.groups.len();
+            if target_count > MAX_JOB_TARGETS {
+                return Err(Rejection::invalid(
+                    "targets",
+                    format!(
+                        "names {target_count} things and groups, at most {MAX_JOB_TARGETS} \
+                         are allowed (put more things in a group)"
+                    ),
+                ));
+            }
             if description
                 .as_ref()
-                .is_some_and(|d| d.len() > MAX_DESCRIPTION_LEN)
+                .is_some_and(|d| d.chars().count() > MAX_DESCRIPTION_LEN)
             {
                 return Err(Rejection::invalid(
                     "description",
-                    format!("must be at most {MAX_DESCRIPTION_LEN} bytes"),
+                    format!("must be at most {MAX_DESCRIPTION_LEN} characters"),
                 ));
             }
             if !document.is_object() {
                 return Err(Rejection::invalid("document", "must be a JSON object"));
+            }
+            // Every notification and start-next reply carries the document: bounded so each
+            // fits the transport's payload limit.
+            let document_len = limits::json_len(&document);
+            if document_len > MAX_JOB_DOCUMENT_BYTES {
+                return Err(Rejection::invalid(
+                    "document",
+                    format!(
+                        "is {document_len} bytes of JSON, at most {MAX_JOB_DOCUMENT_BYTES} are \
+                         allowed"
+                    ),
+                ));
             }
             config.validate(now)?;
             let start_now = config.schedule.start_time.is_none_or(|t| t <= now);
@@ -186,10 +210,13 @@ impl Aggregate for Job {
                 all_queued,
             } => Ok(review(job, &counters, all_queued, now)),
             JobIntent::Cancel { force, comment } => {
-                if comment.as_ref().is_some_and(|c| c.len() > MAX_COMMENT_LEN) {
+                if comment
+                    .as_ref()
+                    .is_some_and(|c| c.chars().count() > MAX_COMMENT_LEN)
+                {
                     return Err(Rejection::invalid(
                         "comment",
-                        format!("must be at most {MAX_COMMENT_LEN} bytes"),
+                        format!("must be at most {MAX_COMMENT_LEN} characters"),
                     ));
                 }
                 // Canceling again with force upgrades a plain cancel, as AWS allows.

@@ -43,6 +43,7 @@ use crate::config::{MAX_ATTEMPTS, MAX_TIMEOUT_MINUTES};
 use crate::device::{StepTimeout, UpdateRequest};
 use crate::event::{EndReason, Event, EvolveError, StepTimer, TimeoutCause};
 use crate::ids::{JobId, ThingName};
+use crate::limits::{MAX_STATUS_DETAILS_BYTES, MAX_STATUS_DETAILS_KEYS};
 use crate::rejection::{ErrorCode, Rejection};
 use crate::time::{Duration, Timestamp};
 
@@ -268,12 +269,42 @@ pub enum JobExecutionIntent {
     Retry,
 }
 
+/// The size of a `statusDetails` map as the limit counts it: the UTF-8 bytes of every key
+/// and every value (JSON quoting and punctuation not included).
+pub fn status_details_bytes(details: &StatusDetails) -> usize {
+    details
+        .iter()
+        .map(|(k, v)| k.as_str().len() + v.len())
+        .sum()
+}
+
 /// Checks the device-supplied parts shared by update and start-next.
 fn validate_device_input(
     status_details: Option<&StatusDetails>,
     step: StepTimeout,
 ) -> Result<(), Rejection> {
     if let Some(details) = status_details {
+        // Every reply and notification about the execution carries these: bounded so each
+        // fits the transport's payload limit.
+        if details.len() > MAX_STATUS_DETAILS_KEYS {
+            return Err(Rejection::invalid(
+                "statusDetails",
+                format!(
+                    "has {} keys, at most {MAX_STATUS_DETAILS_KEYS} are allowed",
+                    details.len()
+                ),
+            ));
+        }
+        let bytes = status_details_bytes(details);
+        if bytes > MAX_STATUS_DETAILS_BYTES {
+            return Err(Rejection::invalid(
+                "statusDetails",
+                format!(
+                    "holds {bytes} bytes of keys and values, at most \
+                     {MAX_STATUS_DETAILS_BYTES} are allowed"
+                ),
+            ));
+        }
         if let Some((k, _)) = details
             .iter()
             .find(|(_, v)| v.chars().count() > MAX_DETAIL_VALUE_LEN)

@@ -3,7 +3,7 @@
 mod common;
 
 use common::*;
-use fleetops_core::command::{CommandExecution, CommandIntent};
+use fleetops_core::command::{CommandExecution, CommandIntent, MAX_REASON_LEN};
 use fleetops_core::config::{
     AbortCriterion, EndBehavior, FailureType, JobConfig, Schedule, TargetSelection, Targets,
 };
@@ -13,6 +13,7 @@ use fleetops_core::group::{Group, GroupIntent};
 use fleetops_core::ids::StatusDetailKey;
 use fleetops_core::job::{Job, JobIntent};
 use fleetops_core::job_execution::{JobExecution, JobExecutionIntent as I};
+use fleetops_core::limits;
 use fleetops_core::projection::JobCounters;
 use fleetops_core::rejection::Rejection;
 use fleetops_core::testkit::gwt::given;
@@ -923,4 +924,270 @@ fn rejections_map_one_to_one_onto_wire_codes() {
         result: None,
         status_reason: None,
     };
+}
+
+// ---- size limits -------------------------------------------------------------------------------
+
+/// The field an `InvalidRequest` names.
+#[track_caller]
+fn field_of(r: Rejection) -> &'static str {
+    match r {
+        Rejection::InvalidRequest { field, .. } => field,
+        other => panic!("expected InvalidRequest, got {other:?}"),
+    }
+}
+
+/// A JSON object of exactly `bytes` bytes of compact JSON (at least 8).
+fn object_of(bytes: usize) -> serde_json::Value {
+    let v = json!({ "x": "a".repeat(bytes - 8) });
+    assert_eq!(limits::json_len(&v), bytes);
+    v
+}
+
+fn things(prefix: &str, n: usize) -> Vec<ThingName> {
+    (0..n)
+        .map(|i| ThingName::parse(&format!("{prefix}{i}")).expect("valid"))
+        .collect()
+}
+
+#[test]
+fn the_job_document_is_bounded_in_bytes() {
+    let with_doc = |document| {
+        let mut intent = create(JobConfig::default());
+        if let JobIntent::Create { document: d, .. } = &mut intent {
+            *d = document;
+        }
+        intent
+    };
+    let at = given::<Job>([]).when(with_doc(object_of(limits::MAX_JOB_DOCUMENT_BYTES)), t(100));
+    assert!(at.outcome().is_ok(), "{:?}", at.outcome());
+    let over = given::<Job>([])
+        .when(
+            with_doc(object_of(limits::MAX_JOB_DOCUMENT_BYTES + 1)),
+            t(100),
+        )
+        .then_reject(ErrorCode::InvalidRequest);
+    assert_eq!(field_of(over), "document");
+}
+
+#[test]
+fn a_job_names_at_most_the_target_limit_counting_things_and_groups() {
+    let with_targets = |n_things: usize| {
+        let mut intent = create(JobConfig::default());
+        if let JobIntent::Create { targets, .. } = &mut intent {
+            targets.things = things("t", n_things);
+            targets.groups = vec![GroupName::parse("g").expect("valid")];
+        }
+        intent
+    };
+    let at = given::<Job>([]).when(with_targets(limits::MAX_JOB_TARGETS - 1), t(100));
+    assert!(at.outcome().is_ok(), "{:?}", at.outcome());
+    let over = given::<Job>([])
+        .when(with_targets(limits::MAX_JOB_TARGETS), t(100))
+        .then_reject(ErrorCode::InvalidRequest);
+    assert_eq!(field_of(over), "targets");
+}
+
+#[test]
+fn free_text_is_bounded_in_characters() {
+    use fleetops_core::job::{MAX_COMMENT_LEN, MAX_DESCRIPTION_LEN};
+    let with_description = |n: usize| {
+        let mut intent = create(JobConfig::default());
+        if let JobIntent::Create { description, .. } = &mut intent {
+            // Two bytes per character: the limit counts characters, not bytes.
+            *description = Some("é".repeat(n));
+        }
+        intent
+    };
+    let at = given::<Job>([]).when(with_description(MAX_DESCRIPTION_LEN), t(100));
+    assert!(at.outcome().is_ok(), "{:?}", at.outcome());
+    let over = given::<Job>([])
+        .when(with_description(MAX_DESCRIPTION_LEN + 1), t(100))
+        .then_reject(ErrorCode::InvalidRequest);
+    assert_eq!(field_of(over), "description");
+
+    let h = [
+        created(JobConfig::default()),
+        Event::JobStarted { at: t(100) },
+    ];
+    let cancel = |n: usize| JobIntent::Cancel {
+        force: false,
+        comment: Some("é".repeat(n)),
+    };
+    let at = given::<Job>(h.clone()).when(cancel(MAX_COMMENT_LEN), t(200));
+    assert!(at.outcome().is_ok(), "{:?}", at.outcome());
+    let over = given::<Job>(h)
+        .when(cancel(MAX_COMMENT_LEN + 1), t(200))
+        .then_reject(ErrorCode::InvalidRequest);
+    assert_eq!(field_of(over), "comment");
+
+    let group = |n: usize| GroupIntent::Create {
+        name: GroupName::parse("g").expect("valid"),
+        description: Some("é".repeat(n)),
+    };
+    let at = given::<Group>([]).when(group(MAX_DESCRIPTION_LEN), t(1));
+    assert!(at.outcome().is_ok(), "{:?}", at.outcome());
+    let over = given::<Group>([])
+        .when(group(MAX_DESCRIPTION_LEN + 1), t(1))
+        .then_reject(ErrorCode::InvalidRequest);
+    assert_eq!(field_of(over), "description");
+
+    let reason = |n: usize| CommandIntent::Cancel {
+        reason: Some("é".repeat(n)),
+    };
+    let at = given::<CommandExecution>([sent_event()]).when(reason(MAX_REASON_LEN), t(101));
+    assert!(at.outcome().is_ok(), "{:?}", at.outcome());
+    let over = given::<CommandExecution>([sent_event()])
+        .when(reason(MAX_REASON_LEN + 1), t(101))
+        .then_reject(ErrorCode::InvalidRequest);
+    assert_eq!(field_of(over), "reason");
+}
+
+fn send_with(action: &str, command_id: Option<&str>, params: serde_json::Value) -> CommandIntent {
+    CommandIntent::Send {
+        execution_id: ExecutionId::parse("c1").expect("valid"),
+        thing: thing(),
+        command_id: command_id.map(str::to_owned),
+        action: action.into(),
+        params,
+        ttl: Duration::from_secs(60),
+    }
+}
+
+#[track_caller]
+fn command_refused(intent: CommandIntent) -> &'static str {
+    field_of(
+        given::<CommandExecution>([])
+            .when(intent, t(100))
+            .then_reject(ErrorCode::InvalidRequest),
+    )
+}
+
+#[track_caller]
+fn command_accepted(intent: CommandIntent) {
+    let then = given::<CommandExecution>([]).when(intent, t(100));
+    assert!(then.outcome().is_ok(), "{:?}", then.outcome());
+}
+
+#[test]
+fn command_params_action_and_id_are_bounded() {
+    let max = limits::MAX_COMMAND_PARAMS_BYTES;
+    command_accepted(send_with("a", None, object_of(max)));
+    assert_eq!(
+        command_refused(send_with("a", None, object_of(max + 1))),
+        "params"
+    );
+
+    // The action counts bytes: 64 two-byte characters are exactly the limit.
+    let action_max = limits::MAX_COMMAND_ACTION_BYTES;
+    command_accepted(send_with(&"é".repeat(action_max / 2), None, json!({})));
+    command_accepted(send_with(&"a".repeat(action_max), None, json!({})));
+    assert_eq!(
+        command_refused(send_with(&"a".repeat(action_max + 1), None, json!({}))),
+        "action"
+    );
+    assert_eq!(command_refused(send_with("", None, json!({}))), "action");
+
+    let id_max = limits::MAX_COMMAND_ID_LEN;
+    command_accepted(send_with(
+        "a",
+        Some(&"Az0_-".repeat(13)[..id_max]),
+        json!({}),
+    ));
+    for bad in [
+        String::new(),
+        "a".repeat(id_max + 1),
+        "a/b".into(),
+        "a b".into(),
+        "é".into(),
+    ] {
+        assert_eq!(
+            command_refused(send_with("a", Some(&bad), json!({}))),
+            "commandId",
+            "{bad:?}"
+        );
+    }
+}
+
+/// `n` entries of 3-byte keys whose keys and values hold `bytes` bytes in all.
+fn details_of(n: usize, bytes: usize) -> StatusDetails {
+    let mut left = bytes - 3 * n;
+    (0..n)
+        .map(|i| {
+            let len = (left / (n - i)).min(1024);
+            left -= len;
+            (
+                StatusDetailKey::parse(&format!("k{i:02}")).expect("valid"),
+                "v".repeat(len),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn status_details_are_bounded_in_keys_and_bytes() {
+    let keys = limits::MAX_STATUS_DETAILS_KEYS;
+    let bytes = limits::MAX_STATUS_DETAILS_BYTES;
+    let cases = [
+        (details_of(keys, 3 * keys), true),
+        (details_of(keys + 1, 3 * (keys + 1)), false),
+        (details_of(8, bytes), true),
+        (details_of(9, bytes + 1), false),
+    ];
+    for (d, ok) in cases {
+        let (n, size) = (
+            d.len(),
+            fleetops_core::job_execution::status_details_bytes(&d),
+        );
+        let via_update = I::Update(UpdateRequest {
+            status_details: Some(d.clone()),
+            ..update(S::InProgress)
+        });
+        let via_start = I::Start {
+            status_details: Some(d),
+            step_timeout: StepTimeout::Keep,
+        };
+        for intent in [via_update, via_start] {
+            let then = given::<JobExecution>([queued()]).when(intent, t(120));
+            if ok {
+                assert!(
+                    then.outcome().is_ok(),
+                    "{n} keys, {size} bytes: {:?}",
+                    then.outcome()
+                );
+            } else {
+                let r = then.then_reject(ErrorCode::InvalidRequest);
+                assert_eq!(field_of(r), "statusDetails", "{n} keys, {size} bytes");
+            }
+        }
+    }
+}
+
+#[test]
+fn a_group_holds_at_most_the_member_limit() {
+    let name = GroupName::parse("big").expect("valid");
+    let h = vec![
+        Event::GroupCreated {
+            name,
+            description: None,
+            at: t(1),
+        },
+        Event::GroupMembersAdded {
+            things: things("m", limits::MAX_GROUP_MEMBERS - 1),
+            at: t(2),
+        },
+    ];
+    // A thing already in the group does not count twice.
+    let mut last = things("m", 1);
+    last.extend(things("new", 1));
+    given::<Group>(h.clone())
+        .when(GroupIntent::AddMembers(last), t(3))
+        .then_expect([Event::GroupMembersAdded {
+            things: things("new", 1),
+            at: t(3),
+        }]);
+    let over = given::<Group>(h)
+        .when(GroupIntent::AddMembers(things("new", 2)), t(3))
+        .then_reject(ErrorCode::InvalidRequest);
+    assert_eq!(field_of(over), "thingNames");
 }

@@ -28,6 +28,12 @@ pub const DEFAULT_CLIENT_ID: &str = "fleetops-service";
 /// The largest request body when none is configured: 1 MiB. A job document is at most
 /// 128 KiB on the wire (the codec's payload limit); the rest is room for long target lists.
 pub const DEFAULT_MAX_BODY_BYTES: usize = 1024 * 1024;
+/// The most HTTP connections served at once when none is configured. Connections beyond it
+/// wait in the listen backlog until one closes.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 1024;
+/// How long a client may take to send a request's headers when none is configured, in
+/// seconds; a slower connection is closed. It also ends idle keep-alive connections.
+pub const DEFAULT_HEADER_TIMEOUT_SECS: u64 = 10;
 /// The log filter when neither `--log` nor `RUST_LOG` says otherwise.
 pub const DEFAULT_LOG_FILTER: &str = "info";
 
@@ -148,6 +154,19 @@ pub struct ServeOptions {
     /// refuses to start unless this is given.
     #[arg(long, env = "FLEETOPS_NO_AUTH")]
     pub no_auth: bool,
+    /// Allow `--no-auth` on a listen address that is not loopback. Without it the server
+    /// refuses to start, so an unauthenticated API is never reachable from the network by
+    /// accident.
+    #[arg(long, env = "FLEETOPS_ALLOW_UNAUTHENTICATED_REMOTE")]
+    pub allow_unauthenticated_remote: bool,
+    /// Most HTTP connections served at once; further ones wait in the listen backlog until
+    /// one closes [default: 1024].
+    #[arg(long, env = "FLEETOPS_MAX_CONNECTIONS", value_name = "N")]
+    pub max_connections: Option<usize>,
+    /// Seconds a client may take to send a request's headers (and an idle keep-alive
+    /// connection may stay open) before the connection is closed [default: 10].
+    #[arg(long, env = "FLEETOPS_HEADER_TIMEOUT_SECS", value_name = "SECS")]
+    pub header_timeout_secs: Option<u64>,
     /// Largest accepted request body in bytes; larger ones get 413 [default: 1048576].
     #[arg(long, env = "FLEETOPS_MAX_BODY_BYTES", value_name = "BYTES")]
     pub max_body_bytes: Option<usize>,
@@ -192,6 +211,12 @@ pub struct FileConfig {
     pub api_token: Option<String>,
     /// See [`ServeOptions::no_auth`].
     pub no_auth: Option<bool>,
+    /// See [`ServeOptions::allow_unauthenticated_remote`].
+    pub allow_unauthenticated_remote: Option<bool>,
+    /// See [`ServeOptions::max_connections`].
+    pub max_connections: Option<usize>,
+    /// See [`ServeOptions::header_timeout_secs`].
+    pub header_timeout_secs: Option<u64>,
     /// See [`ServeOptions::max_body_bytes`].
     pub max_body_bytes: Option<usize>,
     /// See [`ServeOptions::log_format`].
@@ -271,6 +296,19 @@ pub enum ConfigError {
     /// A zero body limit.
     #[error("max_body_bytes must be at least 1")]
     BodyLimit,
+    /// `--no-auth` on an address other machines can reach, without the explicit flag.
+    #[error(
+        "--no-auth on {0}, which is not a loopback address, would serve the API to the \
+         network without authentication; listen on 127.0.0.1, set --api-token, or add \
+         --allow-unauthenticated-remote if that is really meant"
+    )]
+    UnauthenticatedRemote(SocketAddr),
+    /// A zero connection cap.
+    #[error("max_connections must be at least 1")]
+    MaxConnections,
+    /// A zero header timeout.
+    #[error("header_timeout_secs must be at least 1")]
+    HeaderTimeout,
 }
 
 /// How API requests are authenticated.
@@ -309,6 +347,10 @@ pub struct Settings {
     pub auth: Auth,
     /// Largest request body in bytes.
     pub max_body_bytes: usize,
+    /// Most HTTP connections served at once.
+    pub max_connections: usize,
+    /// How long a client may take to send a request's headers.
+    pub header_timeout: std::time::Duration,
     /// Log format.
     pub log_format: LogFormat,
     /// Log filter (`RUST_LOG` syntax).
@@ -419,6 +461,25 @@ impl Settings {
             (Some(_), true) => return Err(ConfigError::TokenAndNoAuth),
             (None, false) => return Err(ConfigError::NoToken),
         };
+        let allow_remote =
+            args.allow_unauthenticated_remote || file.allow_unauthenticated_remote.unwrap_or(false);
+        if auth == Auth::Disabled && !listen.ip().is_loopback() && !allow_remote {
+            return Err(ConfigError::UnauthenticatedRemote(listen));
+        }
+        let max_connections = args
+            .max_connections
+            .or(file.max_connections)
+            .unwrap_or(DEFAULT_MAX_CONNECTIONS);
+        if max_connections == 0 {
+            return Err(ConfigError::MaxConnections);
+        }
+        let header_timeout_secs = args
+            .header_timeout_secs
+            .or(file.header_timeout_secs)
+            .unwrap_or(DEFAULT_HEADER_TIMEOUT_SECS);
+        if header_timeout_secs == 0 {
+            return Err(ConfigError::HeaderTimeout);
+        }
 
         let max_body_bytes = args
             .max_body_bytes
@@ -443,6 +504,8 @@ impl Settings {
             listen,
             auth,
             max_body_bytes,
+            max_connections,
+            header_timeout: std::time::Duration::from_secs(header_timeout_secs),
             log_format: args.log_format.or(file.log_format).unwrap_or_default(),
             log_filter: args
                 .log
@@ -474,6 +537,11 @@ mod tests {
         assert_eq!(s.data_dir, PathBuf::from(DEFAULT_DATA_DIR));
         assert_eq!(s.durability, Durability::FlushEveryBatch);
         assert_eq!(s.max_body_bytes, DEFAULT_MAX_BODY_BYTES);
+        assert_eq!(s.max_connections, DEFAULT_MAX_CONNECTIONS);
+        assert_eq!(
+            s.header_timeout,
+            std::time::Duration::from_secs(DEFAULT_HEADER_TIMEOUT_SECS)
+        );
         assert_eq!(s.log_filter, "info");
         assert_eq!(s.auth, Auth::Bearer("t".into()));
     }
@@ -570,6 +638,68 @@ mod tests {
             Settings::resolve(empty, FileConfig::default(), None).unwrap_err(),
             ConfigError::EmptyToken
         );
+    }
+
+    #[test]
+    fn no_auth_on_a_remote_address_needs_the_explicit_flag() {
+        let open = |listen: &str, allow: bool| ServeOptions {
+            no_auth: true,
+            allow_unauthenticated_remote: allow,
+            listen: Some(listen.into()),
+            ..ServeOptions::default()
+        };
+        for remote in ["0.0.0.0:8080", "192.168.1.5:8080", "[::]:8080"] {
+            assert_eq!(
+                Settings::resolve(open(remote, false), FileConfig::default(), None).unwrap_err(),
+                ConfigError::UnauthenticatedRemote(remote.parse().unwrap()),
+                "{remote}"
+            );
+            let s = Settings::resolve(open(remote, true), FileConfig::default(), None).unwrap();
+            assert_eq!(s.auth, Auth::Disabled);
+        }
+        // The file can allow it too.
+        let file = FileConfig {
+            allow_unauthenticated_remote: Some(true),
+            ..FileConfig::default()
+        };
+        assert!(Settings::resolve(open("0.0.0.0:1", false), file, None).is_ok());
+        for local in ["127.0.0.1:8080", "127.0.0.2:0", "[::1]:8080"] {
+            assert!(
+                Settings::resolve(open(local, false), FileConfig::default(), None).is_ok(),
+                "{local}"
+            );
+        }
+        // A token makes any address fine.
+        let remote_token = ServeOptions {
+            listen: Some("0.0.0.0:8080".into()),
+            ..args()
+        };
+        assert!(Settings::resolve(remote_token, FileConfig::default(), None).is_ok());
+    }
+
+    #[test]
+    fn connection_limits_must_be_positive() {
+        let zero_conns = ServeOptions {
+            max_connections: Some(0),
+            ..args()
+        };
+        assert_eq!(
+            Settings::resolve(zero_conns, FileConfig::default(), None).unwrap_err(),
+            ConfigError::MaxConnections
+        );
+        let zero_timeout = ServeOptions {
+            header_timeout_secs: Some(0),
+            ..args()
+        };
+        assert_eq!(
+            Settings::resolve(zero_timeout, FileConfig::default(), None).unwrap_err(),
+            ConfigError::HeaderTimeout
+        );
+        let file: FileConfig =
+            toml::from_str("max_connections = 7\nheader_timeout_secs = 3\n").unwrap();
+        let s = Settings::resolve(args(), file, None).unwrap();
+        assert_eq!(s.max_connections, 7);
+        assert_eq!(s.header_timeout, std::time::Duration::from_secs(3));
     }
 
     #[test]

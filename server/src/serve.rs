@@ -12,6 +12,10 @@
 //! 4. disconnect from the broker; the persistent session keeps device requests queued there
 //!    until the service is back.
 //!
+//! The HTTP listener serves at most `--max-connections` connections at once (others wait
+//! in the listen backlog) and closes a connection whose request headers do not arrive within
+//! `--header-timeout-secs`, so slow or idle clients cannot exhaust it.
+//!
 //! [`start`] is the same server without the process-wide parts (logging, signals), so tests
 //! run it in-process with any shutdown future.
 
@@ -89,9 +93,6 @@ pub enum ServeError {
         /// Why.
         source: std::io::Error,
     },
-    /// The HTTP server failed while running.
-    #[error("the HTTP server failed: {0}")]
-    Http(std::io::Error),
     /// The final flush of the store failed: the last acknowledged writes may not be on disk.
     #[error("the final flush of the data directory failed: {0}")]
     Flush(StoreError),
@@ -173,6 +174,10 @@ pub async fn start(
         stopping: stop_rx,
     };
     let app = http::router(state, settings.auth.clone(), settings.max_body_bytes);
+    let limits = ConnectionLimits {
+        max_connections: settings.max_connections,
+        header_timeout: settings.header_timeout,
+    };
     let task = tokio::spawn(async move {
         let signal = Arc::clone(&stop_tx);
         let graceful = async move {
@@ -180,15 +185,103 @@ pub async fn start(
             tracing::info!("shutting down: no new requests; finishing those in flight");
             let _ = signal.send(true);
         };
-        let served = axum::serve(listener, app)
-            .with_graceful_shutdown(graceful)
-            .await
-            .map_err(ServeError::Http);
+        serve_http(listener, app, limits, graceful).await;
         drop(stop_tx);
-        let stopped = stop_everything(fleet, store, link).await;
-        served.and(stopped)
+        stop_everything(fleet, store, link).await
     });
     Ok(Server { addr, task })
+}
+
+/// The transport-level protection of the HTTP server.
+#[derive(Debug, Clone, Copy)]
+struct ConnectionLimits {
+    /// Connections served at once; the next one is accepted only when one closes, so
+    /// clients beyond the cap wait in the kernel's listen backlog.
+    max_connections: usize,
+    /// How long a client may take to send a request's headers; hyper closes the connection
+    /// after that (this also ends idle keep-alive connections), so a slow or silent client
+    /// cannot hold a connection slot for ever.
+    header_timeout: Duration,
+}
+
+/// Serves `app` on `listener` until `shutdown` completes, then stops accepting, lets every
+/// open connection finish its request in flight (idle ones close at once) and returns.
+///
+/// axum's own `serve` offers neither a header-read timeout nor a connection cap, so the
+/// accept loop is here: each connection takes a permit of a semaphore before it is accepted
+/// and keeps it until it closes, and is served by hyper's HTTP/1 with a timer, which is what
+/// arms hyper's header-read timeout.
+async fn serve_http(
+    listener: tokio::net::TcpListener,
+    app: axum::Router,
+    limits: ConnectionLimits,
+    shutdown: impl Future<Output = ()> + Send,
+) {
+    use hyper::server::conn::http1;
+    use hyper_util::rt::{TokioIo, TokioTimer};
+    use hyper_util::service::TowerToHyperService;
+    use tokio::sync::Semaphore;
+
+    let permits = Arc::new(Semaphore::new(limits.max_connections));
+    let (closing_tx, closing_rx) = watch::channel(false);
+    let mut connections = tokio::task::JoinSet::new();
+    let mut shutdown = std::pin::pin!(shutdown);
+    loop {
+        let permit = tokio::select! {
+            biased;
+            () = &mut shutdown => break,
+            permit = Arc::clone(&permits).acquire_owned() => match permit {
+                Ok(p) => p,
+                // The semaphore is never closed.
+                Err(_) => break,
+            },
+        };
+        let (stream, peer) = tokio::select! {
+            biased;
+            () = &mut shutdown => break,
+            accepted = listener.accept() => match accepted {
+                Ok(pair) => pair,
+                Err(e) => {
+                    // Per-connection failures (reset before accept) and resource exhaustion
+                    // (EMFILE) are transient; back off briefly instead of spinning.
+                    tracing::warn!(error = %e, "cannot accept an HTTP connection");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        // Reap finished connections so the set does not grow with the server's age.
+        while connections.try_join_next().is_some() {}
+        let service = TowerToHyperService::new(app.clone());
+        let mut closing = closing_rx.clone();
+        connections.spawn(async move {
+            let _permit = permit;
+            let mut builder = http1::Builder::new();
+            builder
+                .timer(TokioTimer::new())
+                .header_read_timeout(limits.header_timeout);
+            let conn = builder.serve_connection(TokioIo::new(stream), service);
+            let mut conn = std::pin::pin!(conn);
+            let closed = async move {
+                // The guard `wait_for` returns must not live across an await.
+                let _ = closing.wait_for(|c| *c).await.is_ok();
+            };
+            let result = tokio::select! {
+                result = conn.as_mut() => result,
+                () = closed => {
+                    conn.as_mut().graceful_shutdown();
+                    conn.await
+                }
+            };
+            if let Err(e) = result {
+                // Timeouts and clients that go away are routine: debug, not warn.
+                tracing::debug!(%peer, error = %e, "HTTP connection ended with an error");
+            }
+        });
+    }
+    drop(listener);
+    let _ = closing_tx.send(true);
+    while connections.join_next().await.is_some() {}
 }
 
 async fn stop_everything(
@@ -257,8 +350,10 @@ fn init_tracing(settings: &Settings) -> anyhow::Result<()> {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_new(&settings.log_filter)
         .map_err(|e| anyhow::anyhow!("invalid log filter `{}`: {e}", settings.log_filter))?;
+    // Colour codes only on a terminal: in a file or a log collector they are noise.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr);
     let result = match settings.log_format {
         LogFormat::Text => builder.try_init(),

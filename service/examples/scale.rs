@@ -22,8 +22,9 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use fleetops_core::group::MAX_MEMBERS_PER_CHANGE;
 use fleetops_core::store::EventStore;
-use fleetops_core::{JobId, JobStatus, ThingName};
+use fleetops_core::{GroupName, JobId, JobStatus, ThingName};
 use fleetops_service::link::{simulate, ChannelLink, DeviceEnd, SimAction};
 use fleetops_service::{Fleet, FleetConfig, JobSpec};
 use fleetops_store_memory::MemoryStore;
@@ -84,6 +85,13 @@ async fn run<S: EventStore + Clone>(
     let things: Vec<ThingName> = (0..n)
         .map(|i| ThingName::parse(&format!("dev-{i:06}")))
         .collect::<Result<_, _>>()?;
+    // A job names at most `limits::MAX_JOB_TARGETS` targets, so the fleet joins one group
+    // (added in the largest chunks one request may carry) and the job targets the group.
+    let group = GroupName::parse("scale-fleet")?;
+    fleet.create_group(group.clone(), None).await?;
+    for chunk in things.chunks(MAX_MEMBERS_PER_CHANGE) {
+        fleet.add_group_members(&group, chunk.to_vec()).await?;
+    }
     let rss_before = status_kib("VmRSS:");
     let heap_before = live_heap();
     let job = JobId::parse("scale")?;
@@ -97,7 +105,7 @@ async fn run<S: EventStore + Clone>(
     let (sim, online_at) = if hold {
         let swallow = tokio::spawn(swallow_until_quiet(devices));
         fleet
-            .create_job(JobSpec::new(job.clone(), doc).things(things.clone()))
+            .create_job(JobSpec::new(job.clone(), doc).groups(vec![group.clone()]))
             .await?;
         wait_for(&fleet, &job, |d| d.counters.queued == n as u64).await?;
         println!("create → all queued          {:.2?}", t0.elapsed());
@@ -141,7 +149,7 @@ async fn run<S: EventStore + Clone>(
     } else {
         let sim = simulate(devices, behavior);
         fleet
-            .create_job(JobSpec::new(job.clone(), doc).things(things))
+            .create_job(JobSpec::new(job.clone(), doc).groups(vec![group]))
             .await?;
         wait_for(&fleet, &job, |d| {
             d.counters.queued + d.counters.in_progress + d.counters.succeeded == n as u64

@@ -7,6 +7,7 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
+use fleetops_core::group::MAX_MEMBERS_PER_CHANGE;
 use fleetops_core::link::DeviceLink;
 use fleetops_core::{
     CommandStatus, Duration, EventStore, ExecutionId, GroupName, JobExecutionStatus, JobId,
@@ -28,6 +29,9 @@ type ApiResult<T> = Result<T, ApiError>;
 
 /// The page size when `limit` is absent.
 pub const DEFAULT_PAGE_LIMIT: usize = 100;
+
+/// The longest `nextToken`, in characters: tokens are ids, at most 128 characters long.
+pub const MAX_PAGE_TOKEN_LEN: usize = 128;
 
 /// How much longer than its TTL a `wait=true` request waits for the terminal outcome before
 /// answering with the current (still `SENT`) record: the scheduler fires the timeout at the
@@ -68,6 +72,12 @@ fn page(limit: Option<usize>, next_token: Option<String>) -> ApiResult<Page> {
     }
     Ok(match next_token {
         Some(t) if t.is_empty() => return Err(ApiError::invalid("nextToken", "must not be empty")),
+        Some(t) if t.chars().count() > MAX_PAGE_TOKEN_LEN => {
+            return Err(ApiError::invalid(
+                "nextToken",
+                format!("must be at most {MAX_PAGE_TOKEN_LEN} characters"),
+            ))
+        }
         Some(t) => Page::after(t, limit),
         None => Page::first(limit),
     })
@@ -353,6 +363,13 @@ pub(super) async fn put_group<S: EventStore, L: DeviceLink>(
     OptionalJson(body): OptionalJson<CreateGroupRequest>,
 ) -> ApiResult<Response> {
     let name = group_name(&name)?;
+    // Checked before the group is created: a refused request must not leave an empty group.
+    if body.thing_names.len() > MAX_MEMBERS_PER_CHANGE {
+        return Err(ApiError::invalid(
+            "thingNames",
+            format!("at most {MAX_MEMBERS_PER_CHANGE} per request"),
+        ));
+    }
     if app.fleet.group(&name).is_some() {
         return Err(ApiError::already_exists(format!(
             "thing group {name} already exists; change its members with PUT or DELETE \
@@ -474,6 +491,8 @@ mod tests {
         assert!(page(Some(0), None).is_err());
         assert!(page(Some(Page::MAX_LIMIT + 1), None).is_err());
         assert!(page(None, Some(String::new())).is_err());
+        assert!(page(None, Some("a".repeat(MAX_PAGE_TOKEN_LEN))).is_ok());
+        assert!(page(None, Some("a".repeat(MAX_PAGE_TOKEN_LEN + 1))).is_err());
         assert_eq!(page(None, None).unwrap().limit, DEFAULT_PAGE_LIMIT);
     }
 }

@@ -4,6 +4,7 @@
 //! as `server/openapi.json`).
 //!
 //! - Every `/api/v1` route except the OpenAPI document needs `Authorization: Bearer <token>`
+//!   (the scheme name in any case, as HTTP defines it)
 //!   unless authentication was explicitly disabled; a refusal is 401 and happens before the
 //!   body is read, so it never changes anything.
 //! - Every error is `{code, message}` JSON: 400 for malformed JSON, unknown fields, bad ids
@@ -262,13 +263,25 @@ fn same_secret(given: &[u8], expected: &[u8]) -> bool {
     diff == 0
 }
 
+/// The token of an `Authorization: Bearer <token>` value. The scheme name is matched
+/// case-insensitively and may be followed by several spaces, as HTTP's authentication
+/// syntax allows; `None` for any other scheme or an empty token.
+fn bearer_token(value: &[u8]) -> Option<&[u8]> {
+    const SCHEME: &[u8] = b"bearer";
+    let (scheme, rest) = value.split_at_checked(SCHEME.len())?;
+    if !scheme.eq_ignore_ascii_case(SCHEME) || !rest.starts_with(b" ") {
+        return None;
+    }
+    let token = rest.trim_ascii_start();
+    (!token.is_empty()).then_some(token)
+}
+
 async fn require_token(State(auth): State<Arc<Auth>>, req: Request, next: Next) -> Response {
     if let Auth::Bearer(expected) = &*auth {
         let given = req
             .headers()
             .get(header::AUTHORIZATION)
-            .map(|v| v.as_bytes())
-            .and_then(|v| v.strip_prefix(b"Bearer "));
+            .and_then(|v| bearer_token(v.as_bytes()));
         match given {
             None => {
                 return ApiError::unauthorized(
@@ -288,6 +301,23 @@ async fn require_token(State(auth): State<Arc<Auth>>, req: Request, next: Next) 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_bearer_scheme_is_case_insensitive() {
+        for v in ["Bearer t0k", "bearer t0k", "BEARER t0k", "bEaReR   t0k"] {
+            assert_eq!(bearer_token(v.as_bytes()), Some(&b"t0k"[..]), "{v}");
+        }
+        for v in [
+            "Bearert0k",
+            "Basic t0k",
+            "Bearer",
+            "Bearer ",
+            "Bear t0k",
+            "",
+        ] {
+            assert_eq!(bearer_token(v.as_bytes()), None, "{v}");
+        }
+    }
 
     #[test]
     fn secrets_compare_whole() {

@@ -65,6 +65,18 @@ impl Serialize for WireTime {
     }
 }
 
+/// Reads an optional request field that, when given, must hold a value: `null` is refused as
+/// the wrong type instead of being read as "absent", because the OpenAPI document declares no
+/// field nullable and generated clients rely on that. Used with `#[serde(default)]`, so a
+/// field left out is still `None`.
+fn present<'de, D, T>(d: D) -> Result<Option<T>, D::Error>
+where
+    D: Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    T::deserialize(d).map(Some)
+}
+
 fn secs(t: Timestamp) -> u64 {
     t.as_secs()
 }
@@ -76,8 +88,10 @@ fn secs(t: Timestamp) -> u64 {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct CreateJobRequest {
     /// The new job's id; a UUIDv7 is generated when absent.
+    #[serde(default, deserialize_with = "present")]
     pub job_id: Option<JobId>,
     /// Free text.
+    #[serde(default, deserialize_with = "present")]
     pub description: Option<String>,
     /// Things and groups.
     pub targets: TargetsWire,
@@ -87,14 +101,19 @@ pub struct CreateJobRequest {
     /// What devices get; a JSON object.
     pub document: Value,
     /// In-progress timeout.
+    #[serde(default, deserialize_with = "present")]
     pub timeout_config: Option<TimeoutConfig>,
     /// Rollout rate.
+    #[serde(default, deserialize_with = "present")]
     pub job_executions_rollout_config: Option<RolloutConfig>,
     /// Abort rules.
+    #[serde(default, deserialize_with = "present")]
     pub abort_config: Option<AbortConfig>,
     /// Retry rules.
+    #[serde(default, deserialize_with = "present")]
     pub job_executions_retry_config: Option<RetryConfig>,
     /// Start and end times.
+    #[serde(default, deserialize_with = "present")]
     pub scheduling_config: Option<SchedulingConfig>,
 }
 
@@ -125,9 +144,11 @@ pub struct TimeoutConfig {
 pub struct RolloutConfig {
     /// The fixed rate, or the ceiling of an exponential rate.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, deserialize_with = "present")]
     pub maximum_per_minute: Option<u32>,
     /// An exponential rate.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, deserialize_with = "present")]
     pub exponential_rate: Option<ExponentialRate>,
 }
 
@@ -149,9 +170,11 @@ pub struct ExponentialRate {
 pub struct RateIncreaseCriteria {
     /// Raise the rate every this many more things notified.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, deserialize_with = "present")]
     pub number_of_notified_things: Option<u32>,
     /// Raise the rate every this many more things succeeded.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, deserialize_with = "present")]
     pub number_of_succeeded_things: Option<u32>,
 }
 
@@ -209,9 +232,11 @@ pub struct RetryCriterionWire {
 pub struct SchedulingConfig {
     /// The job stays `SCHEDULED` until then.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, deserialize_with = "present")]
     pub start_time: Option<WireTime>,
     /// What `jobEndBehavior` says happens then.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, deserialize_with = "present")]
     pub end_time: Option<WireTime>,
     /// `STOP_ROLLOUT` (default), `CANCEL` or `FORCE_CANCEL`.
     #[serde(default)]
@@ -627,6 +652,7 @@ pub struct CancelJobRequest {
     #[serde(default)]
     pub force: bool,
     /// A remark kept with the cancellation.
+    #[serde(default, deserialize_with = "present")]
     pub comment: Option<String>,
 }
 
@@ -658,6 +684,7 @@ pub struct SendCommandRequest {
     #[serde(default = "default_ttl")]
     pub ttl: u64,
     /// A command template id, passed to the device.
+    #[serde(default, deserialize_with = "present")]
     pub command_id: Option<String>,
 }
 
@@ -755,6 +782,7 @@ impl From<CommandRow> for CommandSummaryView {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct CancelCommandRequest {
     /// Why.
+    #[serde(default, deserialize_with = "present")]
     pub reason: Option<String>,
 }
 
@@ -765,6 +793,7 @@ pub struct CancelCommandRequest {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct CreateGroupRequest {
     /// Free text.
+    #[serde(default, deserialize_with = "present")]
     pub description: Option<String>,
     /// Initial members.
     #[serde(default)]
