@@ -149,17 +149,11 @@ impl Serve {
                 Ok(a) => break a.parse().expect("a socket address"),
                 Err(_) if Instant::now() > deadline => {
                     let _ = child.kill();
-                    panic!(
-                        "fleetops serve did not start in 60 s:\n{}",
-                        read(&log_path)
-                    );
+                    panic!("fleetops serve did not start in 60 s:\n{}", read(&log_path));
                 }
                 Err(_) => {
                     if let Ok(Some(status)) = child.try_wait() {
-                        panic!(
-                            "fleetops serve exited with {status}:\n{}",
-                            read(&log_path)
-                        );
+                        panic!("fleetops serve exited with {status}:\n{}", read(&log_path));
                     }
                 }
             }

@@ -38,8 +38,9 @@ use serde_json::{json, Value};
 
 const DEVICES: usize = 1000;
 const CONNECTIONS: usize = 10;
-/// Time between two updates of one connection: 1,000 updates over about 3 s.
-const PACE: Duration = Duration::from_millis(30);
+/// Time between two updates of one connection: 10,000 offered per second, more than the
+/// service stores in a debug build, so requests are queued inside it when it is killed.
+const PACE: Duration = Duration::from_millis(1);
 
 /// What a device knows about its one update.
 #[derive(Debug, Default, Clone)]
@@ -73,7 +74,10 @@ async fn connect(
     job: &str,
     ledger: Ledger,
 ) -> Publisher {
-    let service = broker.service_config().credentials.expect("service account");
+    let service = broker
+        .service_config()
+        .credentials
+        .expect("service account");
     let mut options = MqttOptions::new(format!("kill-sim-{conn}"), "127.0.0.1", broker.port());
     options.set_credentials(service.username, service.password);
     options.set_clean_start(true);
@@ -101,9 +105,10 @@ async fn connect(
                     }
                     Ok(MqttEvent::Incoming(Packet::SubAck(ack))) => {
                         assert!(
-                            ack.return_codes
-                                .iter()
-                                .all(|c| matches!(c, rumqttc::v5::mqttbytes::v5::SubscribeReasonCode::Success(_))),
+                            ack.return_codes.iter().all(|c| matches!(
+                                c,
+                                rumqttc::v5::mqttbytes::v5::SubscribeReasonCode::Success(_)
+                            )),
                             "subscriptions refused: {ack:?}"
                         );
                         if let Some(tx) = subscribed_tx.take() {
@@ -204,9 +209,11 @@ async fn kill_once(run: usize) {
         )
         .await;
     assert_eq!(status, 201, "create the job: {body}");
-    wait_for("1,000 queued executions", Duration::from_secs(60), async || {
-        job_counts(&api, &job).await["numberOfQueuedThings"] == DEVICES
-    })
+    wait_for(
+        "1,000 queued executions",
+        Duration::from_secs(60),
+        async || job_counts(&api, &job).await["numberOfQueuedThings"] == DEVICES,
+    )
     .await;
 
     let ledger: Ledger = Arc::new(Mutex::new(vec![Seen::default(); DEVICES]));
@@ -259,7 +266,12 @@ async fn kill_once(run: usize) {
     .await;
     serve.kill();
     let at_kill = accepted(&ledger);
-    let published_at_kill = ledger.lock().unwrap().iter().filter(|s| s.published).count();
+    let published_at_kill = ledger
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|s| s.published)
+        .count();
     // Down for a moment while the devices keep publishing: the broker keeps those for the
     // service's persistent session.
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -309,7 +321,11 @@ async fn kill_once(run: usize) {
         // QUEUED is version 1; one device update makes it 2. More would mean it was applied
         // twice.
         if is_stored && x["versionNumber"] != 2 {
-            problems.push(format!("{}: version {} (applied twice?)", thing(i), x["versionNumber"]));
+            problems.push(format!(
+                "{}: version {} (applied twice?)",
+                thing(i),
+                x["versionNumber"]
+            ));
         }
     }
     let counts = job_counts(&api, &job).await;
@@ -322,7 +338,7 @@ async fn kill_once(run: usize) {
         .await
         .expect("reopen the data directory");
     let job_id = JobId::parse(&job).unwrap();
-    for i in 0..DEVICES {
+    for (i, x) in list.iter().enumerate() {
         let t = ThingName::parse(&thing(i)).unwrap();
         let events = store
             .read_stream(&StreamId::job_execution(&job_id, &t), 1, 100)
@@ -336,7 +352,8 @@ async fn kill_once(run: usize) {
             .iter()
             .filter(|e| matches!(e.event, Event::ExecutionQueued { .. }))
             .count();
-        if (queued, terminal) != (1, 1) {
+        // An update lost before it was stored is reported above already.
+        if queued != 1 || terminal != usize::from(stored(x, &marker)) {
             problems.push(format!(
                 "{}: {queued} queued and {terminal} terminal events stored",
                 thing(i)
