@@ -64,6 +64,14 @@ struct Publisher {
     /// Request indices in the order they were handed to rumqttc: its event loop writes them
     /// in that order, so the n-th `Outgoing::Publish` is the n-th index here.
     order: Arc<Mutex<VecDeque<usize>>>,
+    /// The poll task; the connection ends with it.
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Publisher {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
 }
 
 async fn connect(
@@ -87,7 +95,7 @@ async fn connect(
     let order: Arc<Mutex<VecDeque<usize>>> = Arc::default();
     let (subscribed_tx, subscribed_rx) = tokio::sync::oneshot::channel();
     let mut subscribed_tx = Some(subscribed_tx);
-    {
+    let task = {
         let order = Arc::clone(&order);
         tokio::spawn(async move {
             let mut inflight: HashMap<u16, usize> = HashMap::new();
@@ -142,8 +150,8 @@ async fn connect(
                     }
                 }
             }
-        });
-    }
+        })
+    };
     let filters = (first..first + count).map(|i| {
         Filter::new(
             format!("$aws/things/{}/jobs/{job}/update/+", thing(i)),
@@ -155,7 +163,11 @@ async fn connect(
         .await
         .expect("SUBACK within 10 s")
         .expect("the event loop runs");
-    Publisher { client, order }
+    Publisher {
+        client,
+        order,
+        task,
+    }
 }
 
 async fn wait_for(what: &str, limit: Duration, mut done: impl AsyncFnMut() -> bool) {
