@@ -667,7 +667,7 @@ pub fn render(r: &Report) -> String {
     );
     let _ = writeln!(
         s,
-        "{} run(s) per scenario; medians of each side, ratio = median of the per-run fleetops / raw",
+        "{} run(s) per scenario; medians of each side, ratio = median of the per-run fleetops / raw (flood: during / without a flood)",
         r.runs
     );
     if let Some(c) = &r.commands {
