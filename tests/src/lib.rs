@@ -271,6 +271,18 @@ impl Api {
         (status, value)
     }
 
+    /// `GET path` with `authorization` as the whole `Authorization` header.
+    pub async fn get_authorized_as(&self, path: &str, authorization: &str) -> u16 {
+        self.client
+            .get(format!("{}{path}", self.base))
+            .header("authorization", authorization)
+            .send()
+            .await
+            .expect("the HTTP request completes")
+            .status()
+            .as_u16()
+    }
+
     /// `GET path` (with query): status code and JSON body (`Null` when empty).
     pub async fn get(&self, path: &str) -> (u16, Value) {
         self.send(self.client.get(format!("{}{path}", self.base)))
