@@ -9,6 +9,11 @@
 //!   `SUCCEEDED`. Baseline: the same fan-out with raw rumqttc clients and the same
 //!   connection layout, four messages per device (`notify-next`, `start-next`, `accepted`,
 //!   `update`).
+//! - **flood** (only when asked for by name): a quiet device's command round trips (p50, p99)
+//!   while another device floods `--flood-messages` malformed requests at QoS 0 and at QoS 1,
+//!   beside the same device's round trips without a flood on the same fleet in the same run
+//!   (see [`flood`]). Its baseline is fleetops itself, not raw MQTT: the question is how much
+//!   one noisy device slows the others down.
 //!
 //! Each scenario runs `--runs` times; within a run the raw baseline and fleetops are measured
 //! back to back (alternating which goes first), and the report gives the medians of each
@@ -18,6 +23,7 @@
 
 pub mod broker;
 pub mod fleetops;
+pub mod flood;
 pub mod raw;
 pub mod stats;
 
@@ -73,6 +79,12 @@ pub struct BenchArgs {
     /// Devices that connect at the same time while the fleet is set up.
     #[arg(long, default_value_t = 200, value_parser = clap::value_parser!(u64).range(1..=100_000))]
     pub connect_wave: u64,
+    /// Malformed messages the noisy device sends per flood (flood scenario).
+    #[arg(long, default_value_t = 20_000, value_parser = clap::value_parser!(u64).range(1..=10_000_000))]
+    pub flood_messages: u64,
+    /// The QoS of the flood: `zero`, `one` or `both` (flood scenario).
+    #[arg(long, value_enum, default_value_t = flood::FloodQos::Both)]
+    pub flood_qos: flood::FloodQos,
     /// sled's durability for the service's store.
     #[arg(long, value_enum, default_value_t = DurabilityArg::Flush)]
     pub durability: DurabilityArg,
@@ -96,8 +108,11 @@ pub enum Scenario {
     Commands,
     /// A job fanned out to many devices.
     Job,
-    /// Both.
+    /// Commands and job (not flood).
     All,
+    /// A quiet device's command round trips while another device floods malformed
+    /// messages, beside the same round trips without the flood.
+    Flood,
 }
 
 /// A progress bar on stderr, hidden when stderr is not a terminal.
@@ -240,6 +255,49 @@ pub struct JobReport {
     pub runs: Vec<JobRun>,
 }
 
+/// A flood figure across runs: the medians of both sides and of the per-run ratios.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct FloodCompared {
+    /// Median during the flood.
+    pub during: f64,
+    /// Median of the same device without a flood.
+    pub quiet: f64,
+    /// Median of the per-run `during / quiet`.
+    pub ratio: f64,
+}
+
+/// One flood variant across runs.
+#[derive(Debug, Clone, Serialize)]
+pub struct FloodFigures {
+    /// 0 or 1.
+    pub qos: u8,
+    /// Round trip p50, µs.
+    pub p50_us: FloodCompared,
+    /// Round trip p99, µs.
+    pub p99_us: FloodCompared,
+    /// Median round trips measured during the flood per run.
+    pub round_trips: f64,
+    /// Median flood duration (first noisy publish → last reply to it), s.
+    pub flood_secs: f64,
+    /// Median replies the noisy device received.
+    pub replies: f64,
+}
+
+/// The flood scenario's results.
+#[derive(Debug, Clone, Serialize)]
+pub struct FloodReport {
+    /// Malformed messages per flood.
+    pub messages: u64,
+    /// Their size.
+    pub payload_bytes: usize,
+    /// Quiet round trips per run.
+    pub round_trips: u64,
+    /// Each variant.
+    pub floods: Vec<FloodFigures>,
+    /// Every run.
+    pub runs: Vec<flood::FloodRun>,
+}
+
 /// Everything `fleetops bench` measured.
 #[derive(Debug, Clone, Serialize)]
 pub struct Report {
@@ -257,6 +315,8 @@ pub struct Report {
     pub commands: Option<CommandsReport>,
     /// The job scenario, if run.
     pub job: Option<JobReport>,
+    /// The flood scenario, if run.
+    pub flood: Option<FloodReport>,
 }
 
 /// Runs `fleetops bench`.
@@ -326,6 +386,7 @@ pub async fn measure(
         sizes,
         commands: None,
         job: None,
+        flood: None,
     };
     if matches!(args.scenario, Scenario::Commands | Scenario::All) {
         let mut runs = Vec::new();
@@ -377,7 +438,69 @@ pub async fn measure(
             runs,
         });
     }
+    if args.scenario == Scenario::Flood {
+        report.flood = Some(flood_scenario(args, &broker, &prefix, &setup, limit).await?);
+    }
     Ok(report)
+}
+
+async fn flood_scenario(
+    args: &BenchArgs,
+    broker: &BrokerConfig,
+    prefix: &str,
+    setup: &dyn Fn(u32) -> fleetops::Setup,
+    limit: Duration,
+) -> anyhow::Result<FloodReport> {
+    let levels = args.flood_qos.levels();
+    let mut runs = Vec::new();
+    for run in 0..args.runs {
+        let setup = setup(run);
+        let total = 2 * args.round_trips + args.flood_messages * levels.len() as u64;
+        let progress = Progress::new(total, format!("flood {}/{}", run + 1, args.runs));
+        let cmds = fleetops::Commands::start(&setup).await?;
+        let r = flood::run(
+            &cmds,
+            broker,
+            prefix,
+            &setup.tag,
+            args.round_trips as usize,
+            args.flood_messages,
+            &levels,
+            limit,
+            &progress,
+        )
+        .await;
+        cmds.stop().await;
+        runs.push(r?);
+    }
+    let floods = (0..levels.len())
+        .map(|i| {
+            let side = |r: &flood::FloodRun| r.floods[i].clone();
+            let compared = |during: &dyn Fn(&Latency) -> f64| FloodCompared {
+                during: median(runs.iter().map(|r| during(&side(r).during))),
+                quiet: median(runs.iter().map(|r| during(&r.quiet))),
+                ratio: median(
+                    runs.iter()
+                        .map(|r| during(&side(r).during) / during(&r.quiet)),
+                ),
+            };
+            FloodFigures {
+                qos: runs.first().map_or(0, |r| r.floods[i].qos),
+                p50_us: compared(&|l| l.p50_us),
+                p99_us: compared(&|l| l.p99_us),
+                round_trips: median(runs.iter().map(|r| side(r).during.count as f64)),
+                flood_secs: median(runs.iter().map(|r| side(r).flood_secs)),
+                replies: median(runs.iter().map(|r| side(r).replies as f64)),
+            }
+        })
+        .collect();
+    Ok(FloodReport {
+        messages: args.flood_messages,
+        payload_bytes: flood::MALFORMED.len(),
+        round_trips: args.round_trips,
+        floods,
+        runs,
+    })
 }
 
 /// Each device is a connection: fail early with a clear message rather than after
@@ -544,7 +667,7 @@ pub fn render(r: &Report) -> String {
     );
     let _ = writeln!(
         s,
-        "{} run(s) per scenario; medians of each side, ratio = median of the per-run fleetops / raw",
+        "{} run(s) per scenario; medians of each side, ratio = median of the per-run fleetops / raw (flood: during / without a flood)",
         r.runs
     );
     if let Some(c) = &r.commands {
@@ -625,6 +748,37 @@ pub fn render(r: &Report) -> String {
         }
         if j.device_errors > 0 {
             let _ = writeln!(s, "  device request errors: {}", j.device_errors);
+        }
+    }
+    if let Some(f) = &r.flood {
+        let _ = writeln!(
+            s,
+            "\nflood: a quiet device's sequential command round trips while another device sends {} malformed {}-byte requests, beside {} round trips of the same device without a flood (same fleet, same run)",
+            f.messages, f.payload_bytes, f.round_trips
+        );
+        let _ = writeln!(
+            s,
+            "| figure | during the flood | without a flood | flood / quiet |"
+        );
+        let _ = writeln!(s, "|---|---|---|---|");
+        for v in &f.floods {
+            for (name, c) in [("p50", v.p50_us), ("p99", v.p99_us)] {
+                let _ = writeln!(
+                    s,
+                    "| QoS {} flood, round trip {name} | {} | {} | {} |",
+                    v.qos,
+                    us(c.during),
+                    us(c.quiet),
+                    ratio(c.ratio)
+                );
+            }
+        }
+        for v in &f.floods {
+            let _ = writeln!(
+                s,
+                "  QoS {} flood: {:.2} s until the last reply to the noisy device, {:.0} replies received, {:.0} round trips measured during it",
+                v.qos, v.flood_secs, v.replies, v.round_trips
+            );
         }
     }
     s

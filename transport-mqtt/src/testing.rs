@@ -4,7 +4,9 @@
 //! directory (listener on 127.0.0.1, `set_tcp_nodelay`, raised in-flight and queue limits,
 //! persistence in the same directory, a password file for the service account and an ACL
 //! file with the pattern rules of each topic layout), starts `mosquitto -c` and waits until
-//! it listens. It is killed when dropped; [`TestBroker::restart`] brings it back on the same
+//! it listens. With [`BrokerOptions::client_certificates`] its TLS listener admits only
+//! clients with a certificate of the test CA ([`TestBroker::client_identity`] makes one), as
+//! the production recipe in `docs/operations.md` does. It is killed when dropped; [`TestBroker::restart`] brings it back on the same
 //! port with the same data.
 //!
 //! Where mosquitto is not installed the harness panics with a message naming the package:
@@ -34,6 +36,15 @@ pub struct BrokerOptions {
     /// Also open a TLS listener (certificates made with the `openssl` command line: a test
     /// CA and a server certificate for `127.0.0.1` and `localhost`).
     pub tls: bool,
+    /// With `tls`: the TLS listener requires a client certificate signed by the test CA
+    /// (`require_certificate true`); see [`TestBroker::client_identity`].
+    pub client_certificates: bool,
+    /// Appended to the TLS listener's section, e.g. `use_identity_as_username true` (the
+    /// certificate's common name becomes the username, `%u` in ACL patterns).
+    pub tls_listener_config: String,
+    /// Replaces the device pattern lines of the ACL file (default: each layout's
+    /// `TopicLayout::acl_patterns`, which bind the client id, `%c`).
+    pub device_acl: Option<Vec<String>>,
     /// Log every message flow (`log_type all`); slows the broker down, off for benchmarks.
     pub verbose_log: bool,
     /// Appended verbatim to the configuration.
@@ -50,6 +61,9 @@ impl Default for BrokerOptions {
             },
             service_acl: None,
             tls: false,
+            client_certificates: false,
+            tls_listener_config: String::new(),
+            device_acl: None,
             verbose_log: true,
             extra_config: String::new(),
         }
@@ -172,6 +186,91 @@ impl TestBroker {
         c
     }
 
+    /// A client certificate and its private key (PEM) with common name `cn`, signed by the
+    /// test CA, with [`BrokerOptions::tls`]. On a listener with
+    /// [`BrokerOptions::client_certificates`], `cn` is the client's username.
+    ///
+    /// # Panics
+    /// Without a TLS listener, or when `openssl` fails.
+    pub fn client_identity(&self, cn: &str) -> (Vec<u8>, Vec<u8>) {
+        assert!(
+            self.tls_port.is_some(),
+            "the broker was started without tls"
+        );
+        let d = self.dir.path();
+        // The CN becomes a file name: keep it to the characters thing names use.
+        let file = cn.replace(|c: char| !c.is_ascii_alphanumeric() && c != '-', "_");
+        let (key, csr, pem, ext) = (
+            format!("client-{file}.key"),
+            format!("client-{file}.csr"),
+            format!("client-{file}.pem"),
+            "client.ext",
+        );
+        std::fs::write(
+            d.join(ext),
+            "basicConstraints=CA:FALSE
+keyUsage=critical,digitalSignature
+             extendedKeyUsage=clientAuth
+",
+        )
+        .expect("write client.ext");
+        let subject = format!("/CN={cn}");
+        run_openssl(
+            d,
+            &[
+                "req",
+                "-newkey",
+                "ec",
+                "-pkeyopt",
+                "ec_paramgen_curve:prime256v1",
+                "-nodes",
+                "-keyout",
+                &key,
+                "-out",
+                &csr,
+                "-subj",
+                &subject,
+            ],
+        );
+        run_openssl(
+            d,
+            &[
+                "x509",
+                "-req",
+                "-in",
+                &csr,
+                "-CA",
+                "ca.pem",
+                "-CAkey",
+                "ca.key",
+                "-CAcreateserial",
+                "-out",
+                &pem,
+                "-days",
+                "3",
+                "-extfile",
+                ext,
+            ],
+        );
+        (
+            std::fs::read(d.join(&pem)).expect("the client certificate"),
+            std::fs::read(d.join(&key)).expect("the client key"),
+        )
+    }
+
+    /// Connection settings for a client over TLS that authenticates with `identity` (a
+    /// certificate and key from [`TestBroker::client_identity`]), with [`BrokerOptions::tls`].
+    ///
+    /// # Panics
+    /// Without a TLS listener.
+    pub fn device_config_tls_with(&self, identity: (Vec<u8>, Vec<u8>)) -> BrokerConfig {
+        let mut c = self.device_config_tls();
+        if let Some(tls) = c.tls.as_mut() {
+            tls.client_auth_pem = Some(identity);
+        }
+        c
+    }
+
     /// The temporary directory (configuration, persistence, log).
     pub fn dir(&self) -> &Path {
         self.dir.path()
@@ -273,11 +372,18 @@ impl TestBroker {
         let mut acl = String::from(
             "# Devices connect with client id = thing name and are confined to their own topics.\n",
         );
-        for layout in &self.options.layouts {
-            for line in layout.acl_patterns() {
-                acl.push_str(&line);
-                acl.push('\n');
-            }
+        let patterns = match &self.options.device_acl {
+            Some(lines) => lines.clone(),
+            None => self
+                .options
+                .layouts
+                .iter()
+                .flat_map(TopicLayout::acl_patterns)
+                .collect(),
+        };
+        for line in patterns {
+            acl.push_str(&line);
+            acl.push('\n');
         }
         acl.push_str(&format!(
             "\n# The service account: every thing's topics and the status-change events.\nuser {}\n",
@@ -366,18 +472,7 @@ impl TestBroker {
             ],
         ];
         for args in steps {
-            let out = Command::new("openssl")
-                .args(&args)
-                .current_dir(d)
-                .output()
-                .unwrap_or_else(|e| {
-                    panic!("run openssl (the TLS tests need the openssl command line): {e}")
-                });
-            assert!(
-                out.status.success(),
-                "openssl {args:?} failed: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
+            run_openssl(d, &args);
         }
     }
 
@@ -414,7 +509,14 @@ impl TestBroker {
             tls = match self.tls_port {
                 Some(p) => format!(
                     "listener {p} 127.0.0.1\ncafile {d}/ca.pem\ncertfile {d}/server.pem\n\
-                     keyfile {d}/server.key\n"
+                     keyfile {d}/server.key\n{}",
+                    if self.options.client_certificates {
+                        "require_certificate true\n"
+                    } else {
+                        ""
+                    }
+                    .to_owned()
+                        + &self.options.tls_listener_config
                 ),
                 None => String::new(),
             },
@@ -462,6 +564,21 @@ impl TestBroker {
             std::thread::sleep(Duration::from_millis(5));
         }
     }
+}
+
+fn run_openssl(dir: &Path, args: &[&str]) {
+    let out = Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .unwrap_or_else(|e| {
+            panic!("run openssl (the TLS tests need the openssl command line): {e}")
+        });
+    assert!(
+        out.status.success(),
+        "openssl {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 impl Drop for TestBroker {

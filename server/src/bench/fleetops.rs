@@ -263,6 +263,39 @@ impl Commands {
         Ok(Latency::from_samples(all.concat(), total))
     }
 
+    /// Sequential command round trips until `stop` is set: each one's start and duration.
+    /// Fails if a command does not succeed or the time runs out.
+    pub async fn run_until(
+        &self,
+        stop: Arc<std::sync::atomic::AtomicBool>,
+        limit: Duration,
+    ) -> anyhow::Result<Vec<(Instant, Duration)>> {
+        let started = Instant::now();
+        let mut samples = Vec::new();
+        while !stop.load(Ordering::Relaxed) {
+            if started.elapsed() > limit {
+                bail!("the flood did not end within {limit:?}");
+            }
+            let t0 = Instant::now();
+            let handle = self
+                .service
+                .fleet
+                .send_command(self.thing.clone(), ACTION, params(), COMMAND_TTL)
+                .await
+                .context("send a command")?;
+            let outcome = handle.outcome().await.context("wait for the outcome")?;
+            if outcome.status != CommandStatus::Succeeded {
+                bail!(
+                    "command {} ended {:?}, not SUCCEEDED",
+                    outcome.execution_id,
+                    outcome.status
+                );
+            }
+            samples.push((t0, t0.elapsed()));
+        }
+        Ok(samples)
+    }
+
     /// Shuts the fleet down.
     pub async fn stop(self) {
         self.service.stop().await;

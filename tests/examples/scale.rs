@@ -2,9 +2,9 @@
 //! every execution SUCCEEDED. Not run in CI.
 //!
 //! ```text
-//! cargo run --release -p fleetops-service --example scale -- --devices 100000 --store sled
-//! cargo run --release -p fleetops-service --example scale -- --devices 100000 --store sled --hold
-//! cargo run --release -p fleetops-service --example scale -- --devices 100000 --store memory
+//! cargo run --release -p fleetops-tests --example scale -- --devices 100000 --store sled
+//! cargo run --release -p fleetops-tests --example scale -- --devices 100000 --store sled --hold
+//! cargo run --release -p fleetops-tests --example scale -- --devices 100000 --store memory
 //! ```
 //!
 //! Options: `--buffered` (sled acknowledges before flushing), `--sled-cache-mib N`, `--cache N`
