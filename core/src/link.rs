@@ -117,11 +117,13 @@ pub trait DeviceLink: Send + Sync + 'static {
     ///
     /// Batches submitted one after another go on the wire in that order, so a caller can
     /// hand over its next batch while the broker is still acknowledging this one instead of
-    /// paying a broker round trip per batch. The default sends and waits, which is correct
-    /// for any transport, only slower.
+    /// paying a broker round trip per batch. An error here means nothing of the batch was
+    /// handed over; what happened to each message handed over is the [`Delivery`]'s
+    /// outcome. The default sends and waits, which is correct for any transport, only
+    /// slower; its delivery resolves at once to what `send` returned.
     async fn submit(&self, messages: Vec<Outbound>) -> Result<Delivery, LinkError> {
-        self.send(messages).await?;
-        Ok(Box::pin(std::future::ready(Ok(()))))
+        let outcome = self.send(messages).await;
+        Ok(Box::pin(std::future::ready(outcome)))
     }
 
     /// Waits for the next events from devices, returning at most `max` at once.

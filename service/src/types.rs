@@ -282,6 +282,11 @@ pub struct FleetConfig {
     /// 100,000-device job: peak RSS 572 MiB instead of 457, the job no slower;
     /// `BENCHMARKS.md`).
     pub snapshot_every: u64,
+    /// How long a write waits for the projections to fold it before it fails with
+    /// [`FleetError::Unavailable`](crate::FleetError::Unavailable) (the write is stored; it
+    /// shows once the projections catch up). Writes fail at once, without waiting, while
+    /// [`Fleet::health`](crate::Fleet::health) says the store or the follower failed.
+    pub apply_timeout: std::time::Duration,
 }
 
 impl Default for FleetConfig {
@@ -299,6 +304,7 @@ impl Default for FleetConfig {
             publish_status_changes: true,
             execution_cache: crate::cache::DEFAULT_CAPACITY,
             snapshot_every: 100_000,
+            apply_timeout: std::time::Duration::from_secs(10),
         }
     }
 }
