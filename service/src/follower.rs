@@ -97,6 +97,12 @@ pub(crate) async fn run<S: EventStore, L: DeviceLink>(inner: Arc<Inner<S, L>>) {
                 continue;
             }
         };
+        // Subscribed with nothing left to fold: as good as a fold (a caught-up follower may
+        // wait long for the next event). Behind, only a fold proves it works again.
+        if matches!(inner.store.head_position().await, Ok(head) if head < from) {
+            inner.health.follower_folded();
+            backoff.reset();
+        }
         loop {
             let first = match sub.next().await {
                 Ok(e) => e,
