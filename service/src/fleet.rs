@@ -115,8 +115,8 @@ impl<S: EventStore, L: DeviceLink> FleetBuilder<S, L> {
     /// Catches up with the store, re-derives what is owed, and starts the tasks.
     ///
     /// Every stored event is folded into the in-memory projections before the fleet serves
-    /// anything. Projection checkpoints are not persisted yet, so a start replays the feed
-    /// from position 1; a later step can persist them through store-sled's projection API.
+    /// anything: from the stored snapshot when the store has one that belongs to its
+    /// history, else from position 1 (an unusable snapshot is deleted first).
     pub async fn start(self) -> Result<Fleet<S, L>, FleetError> {
         let shards = self.config.shards.max(1);
         let mut senders = Vec::with_capacity(shards);
@@ -386,7 +386,7 @@ impl<S: EventStore, L: DeviceLink> Fleet<S, L> {
         };
         let checkpoint = self.checkpoint();
         let status = inner.health.follower.borrow().clone();
-        let idle = lock(&inner.health.last_fold).elapsed();
+        let stuck = inner.health.stuck_for(checkpoint, head);
         let follower = if status.failed() {
             HealthStatus::Failed {
                 reason: format!(
@@ -395,11 +395,11 @@ impl<S: EventStore, L: DeviceLink> Fleet<S, L> {
                     status.last_error.as_deref().unwrap_or("unknown")
                 ),
             }
-        } else if head.is_some_and(|h| h > checkpoint) && idle > timeout {
+        } else if let Some(stuck) = stuck.filter(|s| *s > timeout) {
             HealthStatus::Failed {
                 reason: format!(
-                    "{} events behind and nothing folded for {idle:?}",
-                    head.unwrap_or(0) - checkpoint
+                    "{} events behind and nothing folded for {stuck:?}",
+                    head.unwrap_or(0).saturating_sub(checkpoint)
                 ),
             }
         } else if status.failures > 0 {

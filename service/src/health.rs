@@ -56,9 +56,10 @@ impl HealthStatus {
 pub struct Health {
     /// The event store: `Failed` when it did not answer a read of its head in time.
     pub store: HealthStatus,
-    /// The projection follower: `Failed` after several failures in a row, or when it has
-    /// folded nothing for [`FleetConfig::apply_timeout`](crate::FleetConfig::apply_timeout)
-    /// while behind the store's head; `Degraded` while it retries.
+    /// The projection follower: `Failed` after several failures in a row, or when health
+    /// checks saw it behind the store's head without moving for longer than
+    /// [`FleetConfig::apply_timeout`](crate::FleetConfig::apply_timeout); `Degraded` while
+    /// it retries.
     pub follower: HealthStatus,
     /// The device link, as the outbox sees it: `Degraded` while its last delivery failed
     /// for a transient reason (broker away). Never `Failed`: the transport reconnects on its
@@ -151,8 +152,9 @@ const LOG_EVERY: Duration = Duration::from_secs(10);
 /// The runtime's health as its tasks report it.
 pub(crate) struct HealthState {
     pub follower: watch::Sender<FollowerStatus>,
-    /// When the follower last folded a batch (or the start).
-    pub last_fold: Mutex<Instant>,
+    /// The checkpoint at which a health check first saw the projections behind the head,
+    /// and when: the follower counts as stuck once it stays there, behind, for too long.
+    behind_since: Mutex<Option<(u64, Instant)>>,
     /// The last transient delivery failure, until a delivery succeeds.
     pub link: Mutex<Option<String>>,
     pub undeliverable: AtomicU64,
@@ -166,7 +168,7 @@ impl Default for HealthState {
     fn default() -> Self {
         Self {
             follower: watch::Sender::new(FollowerStatus::default()),
-            last_fold: Mutex::new(Instant::now()),
+            behind_since: Mutex::new(None),
             link: Mutex::new(None),
             undeliverable: AtomicU64::new(0),
             given_up: AtomicU64::new(0),
@@ -194,9 +196,28 @@ impl HealthState {
         }
     }
 
+    /// How long the projections have been behind `head` at `checkpoint` without moving, as
+    /// far as health checks saw (`None`: not behind). Sampled: each check that finds the
+    /// checkpoint moved starts counting again.
+    pub fn stuck_for(&self, checkpoint: u64, head: Option<u64>) -> Option<Duration> {
+        let mut behind = lock(&self.behind_since);
+        match head {
+            Some(h) if h > checkpoint => match *behind {
+                Some((cp, since)) if cp == checkpoint => Some(since.elapsed()),
+                _ => {
+                    *behind = Some((checkpoint, Instant::now()));
+                    Some(Duration::ZERO)
+                }
+            },
+            _ => {
+                *behind = None;
+                None
+            }
+        }
+    }
+
     /// The follower folded a batch.
     pub fn follower_folded(&self) {
-        *lock(&self.last_fold) = Instant::now();
         if self.follower.borrow().failures > 0 {
             let was = self.follower.send_replace(FollowerStatus::default());
             tracing::info!(failures = was.failures, "the projection follower recovered");
@@ -289,6 +310,19 @@ mod tests {
         let mut t = Throttle::new(Duration::ZERO);
         assert_eq!(t.admit(), Some(1));
         assert_eq!(t.admit(), Some(1));
+    }
+
+    #[test]
+    fn stuck_counts_only_while_behind_at_the_same_checkpoint() {
+        let h = HealthState::default();
+        assert_eq!(h.stuck_for(5, Some(5)), None);
+        assert_eq!(h.stuck_for(5, Some(9)), Some(Duration::ZERO));
+        std::thread::sleep(Duration::from_millis(20));
+        assert!(h.stuck_for(5, Some(9)).unwrap() >= Duration::from_millis(20));
+        // It moved: counting starts again.
+        assert_eq!(h.stuck_for(6, Some(9)), Some(Duration::ZERO));
+        assert_eq!(h.stuck_for(9, Some(9)), None);
+        assert_eq!(h.stuck_for(9, None), None);
     }
 
     #[test]
