@@ -27,11 +27,13 @@ use serde_json::json;
 /// Whether a message is one the transport can never deliver.
 type Poisoned = Arc<dyn Fn(&Outbound) -> bool + Send + Sync>;
 
-/// A [`ChannelLink`] that fails the poisoned messages of every batch, permanently, and
-/// delivers the others; it counts the attempts at poisoned messages.
+/// A [`ChannelLink`] that fails the poisoned messages of every batch (permanently, or
+/// transiently as a lost acknowledgement would) and delivers the others; it counts the
+/// attempts at poisoned messages.
 struct PoisonLink {
     inner: ChannelLink,
     poisoned: Poisoned,
+    permanent: bool,
     attempts: Arc<AtomicUsize>,
 }
 
@@ -45,8 +47,12 @@ impl DeviceLink for PoisonLink {
                 self.attempts.fetch_add(1, Ordering::SeqCst);
                 failed.push(MessageFailure {
                     index,
-                    permanent: true,
-                    detail: "payload of 300000 bytes exceeds the limit".into(),
+                    permanent: self.permanent,
+                    detail: if self.permanent {
+                        "payload of 300000 bytes exceeds the limit".into()
+                    } else {
+                        "no acknowledgement within 10s".into()
+                    },
                 });
             } else {
                 self.inner.send(vec![m]).await?;
@@ -63,11 +69,19 @@ impl DeviceLink for PoisonLink {
 async fn poisoned_fleet(
     poisoned: Poisoned,
 ) -> (Fleet<MemoryStore, PoisonLink>, DeviceEnd, Arc<AtomicUsize>) {
+    fleet_with(poisoned, true).await
+}
+
+async fn fleet_with(
+    poisoned: Poisoned,
+    permanent: bool,
+) -> (Fleet<MemoryStore, PoisonLink>, DeviceEnd, Arc<AtomicUsize>) {
     let (inner, devices) = ChannelLink::pair(8192);
     let attempts = Arc::new(AtomicUsize::new(0));
     let link = PoisonLink {
         inner,
         poisoned,
+        permanent,
         attempts: Arc::clone(&attempts),
     };
     let fleet = Fleet::builder(MemoryStore::new(), link)
@@ -197,4 +211,55 @@ async fn a_command_whose_request_can_never_be_delivered_ends_failed_with_the_rea
         CommandStatus::Sent
     );
     assert_eq!(fleet.health().await.undeliverable, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_that_keeps_failing_transiently_is_retried_a_bounded_number_of_times() {
+    let poisoned: Poisoned =
+        Arc::new(|m| matches!(m, Outbound::CommandRequest { action, .. } if action == "flaky"));
+    let (fleet, mut devices, attempts) = fleet_with(poisoned, false).await;
+    let lamp = t("lamp-2");
+    let flaky = fleet
+        .send_command(lamp.clone(), "flaky", json!({}), Duration::from_secs(60))
+        .await
+        .unwrap();
+    fleet
+        .send_command(
+            lamp.clone(),
+            "switch-on",
+            json!({}),
+            Duration::from_secs(60),
+        )
+        .await
+        .unwrap();
+    // Three attempts in all (100 ms and 200 ms apart), then it is left to recovery.
+    eventually("the retries are given up", || {
+        attempts.load(Ordering::SeqCst) >= 3
+    })
+    .await;
+    let deadline = std::time::Instant::now() + StdDuration::from_secs(5);
+    while fleet.health().await.given_up == 0 {
+        assert!(std::time::Instant::now() < deadline, "never given up");
+        tokio::time::sleep(StdDuration::from_millis(10)).await;
+    }
+    tokio::time::sleep(StdDuration::from_millis(700)).await;
+    assert_eq!(attempts.load(Ordering::SeqCst), 3, "bounded retries");
+    let h = fleet.health().await;
+    assert_eq!((h.given_up, h.undeliverable), (1, 0), "{h:?}");
+    // A transient failure ends nothing: the command waits for its timeout (or a resend).
+    assert_eq!(
+        fleet
+            .get_command(flaky.execution_id())
+            .await
+            .unwrap()
+            .status,
+        CommandStatus::Sent
+    );
+    // The other request went out once, not again with the retries.
+    let sent: Vec<Outbound> = devices.drain();
+    let on = sent
+        .iter()
+        .filter(|m| matches!(m, Outbound::CommandRequest { action, .. } if action == "switch-on"))
+        .count();
+    assert_eq!(on, 1, "{sent:?}");
 }
