@@ -96,6 +96,31 @@ pub enum CommandIntent {
         /// Why.
         reason: Option<String>,
     },
+    /// The request can never reach the device (the transport cannot encode it, or the
+    /// broker refused it): the command ends `FAILED`, its `statusReason` starting with
+    /// [`UNDELIVERABLE_PREFIX`]. Refused like a cancel once the command has ended or timed
+    /// out, so it never overrides the device's own answer.
+    Undeliverable {
+        /// What the transport said.
+        reason: String,
+    },
+}
+
+/// How the `statusReason` of a command that could not be delivered begins.
+pub const UNDELIVERABLE_PREFIX: &str = "undeliverable: ";
+
+/// `UNDELIVERABLE_PREFIX` and `reason`, cut at a character boundary to fit
+/// [`MAX_REASON_LEN`].
+fn undeliverable_reason(reason: &str) -> String {
+    let mut out = format!("{UNDELIVERABLE_PREFIX}{reason}");
+    if out.len() > MAX_REASON_LEN {
+        let mut end = MAX_REASON_LEN;
+        while !out.is_char_boundary(end) {
+            end -= 1;
+        }
+        out.truncate(end);
+    }
+    out
 }
 
 impl Aggregate for CommandExecution {
@@ -216,6 +241,18 @@ impl Aggregate for CommandExecution {
                 ensure_pending(state, now)?;
                 Ok(vec![Event::CommandCanceled { at: now, reason }])
             }
+            CommandIntent::Undeliverable { reason } => {
+                let state = state.ok_or_else(|| not_found("command execution", "unknown"))?;
+                ensure_pending(state, now)?;
+                // The stored fact is the one a device's FAILED answer records: the command
+                // failed, and the reason says the service, not the device, ended it.
+                Ok(vec![Event::CommandResponded {
+                    status: CommandStatus::Failed,
+                    result: None,
+                    status_reason: Some(undeliverable_reason(&reason)),
+                    at: now,
+                }])
+            }
         }
     }
 
@@ -317,4 +354,69 @@ fn ensure_pending(state: &CommandExecution, now: Timestamp) -> Result<(), Reject
         });
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sent() -> CommandExecution {
+        let intent = CommandIntent::Send {
+            execution_id: ExecutionId::parse("c-1").unwrap(),
+            thing: ThingName::parse("lamp-1").unwrap(),
+            command_id: None,
+            action: "on".into(),
+            params: Value::Null,
+            ttl: Duration::from_secs(10),
+        };
+        CommandExecution::execute(None, intent, Timestamp::from_secs(100))
+            .unwrap()
+            .0
+            .unwrap()
+    }
+
+    #[test]
+    fn an_undeliverable_request_fails_the_command_with_a_bounded_reason() {
+        let reason = "é".repeat(MAX_REASON_LEN);
+        let (state, events) = CommandExecution::execute(
+            Some(sent()),
+            CommandIntent::Undeliverable { reason },
+            Timestamp::from_secs(101),
+        )
+        .unwrap();
+        let state = state.unwrap();
+        assert_eq!(events.len(), 1);
+        assert_eq!(state.status, CommandStatus::Failed);
+        let why = state.status_reason.unwrap();
+        assert!(why.starts_with(UNDELIVERABLE_PREFIX), "{why}");
+        assert!(why.len() <= MAX_REASON_LEN);
+        // Once ended (or past the deadline) it is refused and changes nothing.
+        let again = CommandExecution::execute(
+            Some(CommandExecution {
+                status: CommandStatus::Succeeded,
+                ..sent()
+            }),
+            CommandIntent::Undeliverable { reason: "x".into() },
+            Timestamp::from_secs(101),
+        );
+        assert!(matches!(
+            again,
+            Err(Rejection::TerminalStateReached {
+                status: "SUCCEEDED",
+                ..
+            })
+        ));
+        let late = CommandExecution::execute(
+            Some(sent()),
+            CommandIntent::Undeliverable { reason: "x".into() },
+            Timestamp::from_secs(110),
+        );
+        assert!(matches!(
+            late,
+            Err(Rejection::TerminalStateReached {
+                status: "TIMED_OUT",
+                ..
+            })
+        ));
+    }
 }

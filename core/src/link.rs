@@ -60,6 +60,68 @@ pub enum LinkError {
         /// What failed.
         detail: String,
     },
+    /// Some messages of a batch were not delivered; every message not listed was.
+    ///
+    /// Each message of a batch succeeds or fails on its own: one that cannot be encoded, or
+    /// that the broker refuses, never takes the others down with it.
+    #[error("{} message(s) of the batch not delivered, first: {}", failed.len(), first_detail(failed))]
+    Partial {
+        /// The messages that failed, by their index in the batch, in ascending order.
+        failed: Vec<MessageFailure>,
+    },
+}
+
+fn first_detail(failed: &[MessageFailure]) -> &str {
+    failed.first().map_or("", |f| f.detail.as_str())
+}
+
+/// Why one message of a batch was not delivered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MessageFailure {
+    /// The message's index in the batch handed to the link.
+    pub index: usize,
+    /// Trying the same message again cannot help: it cannot be encoded (too large for the
+    /// transport's limits), or the broker refused it (an ACL, a quota). Otherwise the
+    /// failure was transient (connection lost, no acknowledgement in time).
+    pub permanent: bool,
+    /// What went wrong.
+    pub detail: String,
+}
+
+impl LinkError {
+    /// The failed messages of a batch of `len` messages that ended with this error: the
+    /// listed ones for [`LinkError::Partial`], every message (as transient) otherwise.
+    pub fn failures(&self, len: usize) -> Vec<MessageFailure> {
+        match self {
+            Self::Partial { failed } => failed.iter().filter(|f| f.index < len).cloned().collect(),
+            other => (0..len)
+                .map(|index| MessageFailure {
+                    index,
+                    permanent: false,
+                    detail: other.to_string(),
+                })
+                .collect(),
+        }
+    }
+
+    /// The error for a batch whose messages failed as `failed` says (`None`: all delivered).
+    /// A batch whose every message failed transiently for the same reason is reported as
+    /// that one error rather than a list.
+    pub fn from_failures(len: usize, mut failed: Vec<MessageFailure>) -> Option<Self> {
+        if failed.is_empty() {
+            return None;
+        }
+        failed.sort_by_key(|f| f.index);
+        let uniform = failed.len() == len
+            && failed
+                .iter()
+                .all(|f| !f.permanent && f.detail == failed[0].detail);
+        if uniform {
+            let detail = failed.swap_remove(0).detail;
+            return Some(Self::Transport { detail });
+        }
+        Some(Self::Partial { failed })
+    }
 }
 
 /// The pending delivery of a batch handed over with [`DeviceLink::submit`].
@@ -68,7 +130,9 @@ pub type Delivery = Pin<Box<dyn Future<Output = Result<(), LinkError>> + Send + 
 /// The transport port.
 ///
 /// `send` returns once the transport has handed every message over (for MQTT: the broker
-/// acknowledged each QoS 1 publish), so the runtime can tell delivered from owed.
+/// acknowledged each QoS 1 publish), so the runtime can tell delivered from owed. Messages
+/// of a batch fail one by one: a failure that concerns only some of them is a
+/// [`LinkError::Partial`] naming them, and every message it does not name was delivered.
 #[async_trait]
 pub trait DeviceLink: Send + Sync + 'static {
     /// Delivers a batch of messages.
@@ -79,11 +143,13 @@ pub trait DeviceLink: Send + Sync + 'static {
     ///
     /// Batches submitted one after another go on the wire in that order, so a caller can
     /// hand over its next batch while the broker is still acknowledging this one instead of
-    /// paying a broker round trip per batch. The default sends and waits, which is correct
-    /// for any transport, only slower.
+    /// paying a broker round trip per batch. An error here means nothing of the batch was
+    /// handed over; what happened to each message handed over is the [`Delivery`]'s
+    /// outcome. The default sends and waits, which is correct for any transport, only
+    /// slower; its delivery resolves at once to what `send` returned.
     async fn submit(&self, messages: Vec<Outbound>) -> Result<Delivery, LinkError> {
-        self.send(messages).await?;
-        Ok(Box::pin(std::future::ready(Ok(()))))
+        let outcome = self.send(messages).await;
+        Ok(Box::pin(std::future::ready(outcome)))
     }
 
     /// Waits for the next events from devices, returning at most `max` at once.
@@ -100,5 +166,47 @@ pub trait DeviceLink: Send + Sync + 'static {
     /// transport that acknowledges nothing.
     async fn settle(&self, receipts: Vec<Receipt>) {
         let _ = receipts;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn failure(index: usize, permanent: bool, detail: &str) -> MessageFailure {
+        MessageFailure {
+            index,
+            permanent,
+            detail: detail.into(),
+        }
+    }
+
+    #[test]
+    fn failures_name_the_messages_that_failed_and_nothing_else() {
+        assert_eq!(LinkError::from_failures(3, vec![]), None);
+        let partial = LinkError::from_failures(
+            3,
+            vec![failure(2, false, "timeout"), failure(0, true, "too large")],
+        )
+        .unwrap();
+        assert_eq!(
+            partial.failures(3),
+            vec![failure(0, true, "too large"), failure(2, false, "timeout")]
+        );
+        // A whole batch lost to one transient cause is that cause.
+        let all = LinkError::from_failures(2, vec![failure(0, false, "x"), failure(1, false, "x")]);
+        assert_eq!(all, Some(LinkError::Transport { detail: "x".into() }));
+        // A whole-batch error fails every message, transiently.
+        assert_eq!(
+            LinkError::Closed.failures(2),
+            vec![
+                failure(0, false, "device link closed"),
+                failure(1, false, "device link closed")
+            ]
+        );
+        // Even a whole batch is listed when one of its failures is permanent.
+        let mixed =
+            LinkError::from_failures(2, vec![failure(0, true, "x"), failure(1, false, "x")]);
+        assert!(matches!(mixed, Some(LinkError::Partial { .. })));
     }
 }

@@ -256,14 +256,70 @@ pub enum StoreError {
     Closed,
 }
 
-/// Folded state saved by a runtime beside the feed: an opaque encoding and the global position
-/// it reflects (its persisted checkpoint). See [`EventStore::save_snapshot`].
+/// Folded state saved by a runtime beside the feed: an opaque encoding, the global position
+/// it reflects (its persisted checkpoint), and the key of the event stored at that position,
+/// so a snapshot is only ever used with the history it was folded from. See
+/// [`EventStore::save_snapshot`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Snapshot {
     /// The position of the last event folded into `bytes`.
     pub position: u64,
+    /// [`StoredEvent::fingerprint`] of the event at `position` (0 at position 0): a
+    /// snapshot whose key does not match the stored event there belongs to another history.
+    pub event_key: u64,
     /// The runtime's encoding of its state; the store does not look inside.
     pub bytes: Vec<u8>,
+}
+
+impl StoredEvent {
+    /// A 64-bit hash of the whole stored envelope (FNV-1a over its JSON encoding): id,
+    /// stream, version, position, time, metadata and the fact. Two histories that differ
+    /// at a position differ in it there; it keys a [`Snapshot`] to its history.
+    pub fn fingerprint(&self) -> u64 {
+        const OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
+        const PRIME: u64 = 0x0000_0100_0000_01b3;
+        // Serializing plain data into a Vec cannot fail (every map key is a string).
+        let bytes = serde_json::to_vec(self).unwrap_or_default();
+        bytes
+            .iter()
+            .fold(OFFSET, |h, b| (h ^ u64::from(*b)).wrapping_mul(PRIME))
+    }
+}
+
+/// Why a snapshot does not belong to the history a store holds, or `None` when it does:
+/// its position must be within the feed and its [`Snapshot::event_key`] the fingerprint of
+/// the event stored there. Stores check it when saving and loading; runtimes may check again.
+pub async fn snapshot_mismatch<S: EventStore + ?Sized>(
+    store: &S,
+    snapshot: &Snapshot,
+) -> Result<Option<String>, StoreError> {
+    let head = store.head_position().await?;
+    if snapshot.position > head {
+        return Ok(Some(format!(
+            "snapshot position {} is past the feed head {head}",
+            snapshot.position
+        )));
+    }
+    let key = if snapshot.position == 0 {
+        0
+    } else {
+        match store.read_all(snapshot.position, 1).await?.first() {
+            Some(e) if e.position == snapshot.position => e.fingerprint(),
+            _ => {
+                return Ok(Some(format!(
+                    "no event at snapshot position {}",
+                    snapshot.position
+                )))
+            }
+        }
+    };
+    Ok((key != snapshot.event_key).then(|| {
+        format!(
+            "snapshot at position {} was taken from another history (event key {:016x}, \
+             stored event {key:016x})",
+            snapshot.position, snapshot.event_key
+        )
+    }))
 }
 
 /// A live, ordered feed of events from a position on.
@@ -304,18 +360,31 @@ pub trait EventStore: Send + Sync + 'static {
     /// Snapshots persist a runtime's projection checkpoints: folded state plus the position
     /// it reflects, so a restart folds only the events after it. They are a cache of the
     /// feed, never a source of truth: a runtime that finds none, or cannot decode one, folds
-    /// from position 1, and one whose position is past [`head_position`](Self::head_position)
-    /// must be ignored. The default keeps none (every start folds the whole feed).
+    /// from position 1. A store returns only a snapshot that belongs to its history (see
+    /// [`snapshot_mismatch`]): one past [`head_position`](Self::head_position) or keyed to
+    /// another event than the one stored at its position is deleted, with a warning where
+    /// the store logs, and `None` returned. The default keeps none (every start folds the
+    /// whole feed).
     async fn load_snapshot(&self, name: &str) -> Result<Option<Snapshot>, StoreError> {
         let _ = name;
         Ok(None)
     }
 
-    /// Replaces the snapshot saved under `name`. A store that keeps snapshots must make the
-    /// events up to `snapshot.position` at least as durable as the snapshot. The default
-    /// keeps none and drops it.
+    /// Replaces the snapshot saved under `name`. A store that keeps snapshots refuses one
+    /// that does not belong to its history ([`snapshot_mismatch`]), leaving the saved one in
+    /// place, and makes the events up to `snapshot.position` durable before the snapshot:
+    /// a snapshot is never newer than the durable events. The default keeps none and drops
+    /// it.
     async fn save_snapshot(&self, name: &str, snapshot: Snapshot) -> Result<(), StoreError> {
         let _ = (name, snapshot);
+        Ok(())
+    }
+
+    /// Deletes the snapshot saved under `name`, if any: a runtime that cannot use it (it
+    /// cannot decode it, or it does not match) removes it so it is never taken up later.
+    /// The default keeps none, so there is nothing to delete.
+    async fn delete_snapshot(&self, name: &str) -> Result<(), StoreError> {
+        let _ = name;
         Ok(())
     }
 }

@@ -39,6 +39,16 @@ pub enum FleetError {
         /// The thing.
         thing: ThingName,
     },
+    /// The runtime cannot serve the request now: its store or its projection follower is
+    /// failing, or the projections did not fold a write within
+    /// [`FleetConfig::apply_timeout`](crate::FleetConfig::apply_timeout). A write refused
+    /// before it reached the store stored nothing; one whose fold timed out was stored and
+    /// shows once the projections catch up. Worth retrying later.
+    #[error("fleet unavailable: {reason}")]
+    Unavailable {
+        /// What is failing.
+        reason: String,
+    },
     /// The runtime was shut down.
     #[error("fleet runtime stopped")]
     Stopped,

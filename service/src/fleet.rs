@@ -27,6 +27,7 @@ use tokio::task::JoinHandle;
 use crate::cache::{CommandCache, ExecCache, COMMAND_CAPACITY};
 use crate::clock::{Clock, SystemClock};
 use crate::error::FleetError;
+use crate::health::{Health, HealthState, HealthStatus};
 use crate::ids::{IdSource, UuidV7Ids};
 use crate::runtime::{lock, Inner, OutboxQueue};
 use crate::state::State;
@@ -114,8 +115,8 @@ impl<S: EventStore, L: DeviceLink> FleetBuilder<S, L> {
     /// Catches up with the store, re-derives what is owed, and starts the tasks.
     ///
     /// Every stored event is folded into the in-memory projections before the fleet serves
-    /// anything. Projection checkpoints are not persisted yet, so a start replays the feed
-    /// from position 1; a later step can persist them through store-sled's projection API.
+    /// anything: from the stored snapshot when the store has one that belongs to its
+    /// history, else from position 1 (an unusable snapshot is deleted first).
     pub async fn start(self) -> Result<Fleet<S, L>, FleetError> {
         let shards = self.config.shards.max(1);
         let mut senders = Vec::with_capacity(shards);
@@ -151,6 +152,7 @@ impl<S: EventStore, L: DeviceLink> FleetBuilder<S, L> {
             handed: Mutex::new(Vec::new()),
             snapshot_at: AtomicU64::new(0),
             snapshotting: AtomicBool::new(false),
+            health: HealthState::default(),
         });
         // Resume from the persisted checkpoint when there is a usable one, then fold the rest.
         inner.restore_snapshot().await;
@@ -359,6 +361,73 @@ impl<S: EventStore, L: DeviceLink> Fleet<S, L> {
         self.inner.read().checkpoint()
     }
 
+    /// How the runtime is doing: the store is probed (a read of its head, bounded by
+    /// [`FleetConfig::apply_timeout`]), the follower's and the link's last reports are read.
+    /// While [`Health::is_serving`] is false, writes fail at once with
+    /// [`FleetError::Unavailable`].
+    pub async fn health(&self) -> Health {
+        let inner = &self.inner;
+        let timeout = inner.config.apply_timeout;
+        let probe = tokio::time::timeout(timeout, inner.store.head_position()).await;
+        let (store, head) = match probe {
+            Ok(Ok(head)) => (HealthStatus::Ok, Some(head)),
+            Ok(Err(e)) => (
+                HealthStatus::Failed {
+                    reason: e.to_string(),
+                },
+                None,
+            ),
+            Err(_) => (
+                HealthStatus::Failed {
+                    reason: format!("no answer within {timeout:?}"),
+                },
+                None,
+            ),
+        };
+        let checkpoint = self.checkpoint();
+        let status = inner.health.follower.borrow().clone();
+        let stuck = inner.health.stuck_for(checkpoint, head);
+        let follower = if status.failed() {
+            HealthStatus::Failed {
+                reason: format!(
+                    "{} failures in a row, last: {}",
+                    status.failures,
+                    status.last_error.as_deref().unwrap_or("unknown")
+                ),
+            }
+        } else if let Some(stuck) = stuck.filter(|s| *s > timeout) {
+            HealthStatus::Failed {
+                reason: format!(
+                    "{} events behind and nothing folded for {stuck:?}",
+                    head.unwrap_or(0).saturating_sub(checkpoint)
+                ),
+            }
+        } else if status.failures > 0 {
+            HealthStatus::Degraded {
+                reason: format!(
+                    "retrying after {} failure(s), last: {}",
+                    status.failures,
+                    status.last_error.as_deref().unwrap_or("unknown")
+                ),
+            }
+        } else {
+            HealthStatus::Ok
+        };
+        let link = match lock(&inner.health.link).clone() {
+            None => HealthStatus::Ok,
+            Some(reason) => HealthStatus::Degraded { reason },
+        };
+        Health {
+            store,
+            follower,
+            link,
+            checkpoint,
+            head,
+            undeliverable: inner.health.undeliverable.load(Ordering::Relaxed),
+            given_up: inner.health.given_up.load(Ordering::Relaxed),
+        }
+    }
+
     /// Waits until the projections have folded everything stored so far, so that queries see
     /// every write made before the call.
     pub async fn caught_up(&self) -> Result<(), FleetError> {
@@ -389,6 +458,7 @@ impl<S: EventStore, L: DeviceLink> Fleet<S, L> {
         params: Value,
         ttl: Duration,
     ) -> Result<CommandHandle, FleetError> {
+        self.inner.ensure_serving()?;
         if self.inner.config.fail_commands_when_offline
             && lock(&self.inner.presence).get(&thing) == Some(&false)
         {
@@ -482,6 +552,7 @@ impl<S: EventStore, L: DeviceLink> Fleet<S, L> {
         id: &ExecutionId,
         reason: Option<String>,
     ) -> Result<CommandExecution, FleetError> {
+        self.inner.ensure_serving()?;
         let done = self
             .inner
             .execute_command(&StreamId::command(id), CommandIntent::Cancel { reason })
@@ -495,6 +566,7 @@ impl<S: EventStore, L: DeviceLink> Fleet<S, L> {
     /// Creates a job. It starts at once unless its schedule says later; executions are then
     /// queued by the rollout driver at the configured rate.
     pub async fn create_job(&self, spec: JobSpec) -> Result<Job, FleetError> {
+        self.inner.ensure_serving()?;
         let stream = StreamId::job(&spec.job_id);
         let intent = JobIntent::Create {
             job_id: spec.job_id.clone(),
@@ -615,6 +687,7 @@ impl<S: EventStore, L: DeviceLink> Fleet<S, L> {
         force: bool,
         comment: Option<String>,
     ) -> Result<Job, FleetError> {
+        self.inner.ensure_serving()?;
         let done = self
             .inner
             .execute::<Job>(&StreamId::job(id), JobIntent::Cancel { force, comment })
@@ -625,6 +698,7 @@ impl<S: EventStore, L: DeviceLink> Fleet<S, L> {
 
     /// Deletes a job (a tombstone; history stays). Its pending executions are removed.
     pub async fn delete_job(&self, id: &JobId, force: bool) -> Result<(), FleetError> {
+        self.inner.ensure_serving()?;
         self.inner
             .execute::<Job>(&StreamId::job(id), JobIntent::Delete { force })
             .await
@@ -666,6 +740,7 @@ impl<S: EventStore, L: DeviceLink> Fleet<S, L> {
         thing: &ThingName,
         intent: JobExecutionIntent,
     ) -> Result<JobExecution, FleetError> {
+        self.inner.ensure_serving()?;
         let id = format!("{job}/{thing}");
         let done = self
             .inner
@@ -683,6 +758,7 @@ impl<S: EventStore, L: DeviceLink> Fleet<S, L> {
         name: GroupName,
         description: Option<String>,
     ) -> Result<Group, FleetError> {
+        self.inner.ensure_serving()?;
         let stream = StreamId::group(&name);
         let done = self
             .inner
@@ -742,6 +818,7 @@ impl<S: EventStore, L: DeviceLink> Fleet<S, L> {
         name: &GroupName,
         intent: GroupIntent,
     ) -> Result<Group, FleetError> {
+        self.inner.ensure_serving()?;
         let stream = StreamId::group(name);
         for _ in 0..self.inner.config.max_conflict_retries.max(1) {
             let state = self.inner.read().groups.get(name).cloned();

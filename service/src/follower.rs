@@ -2,13 +2,13 @@
 //! new events imply to the other tasks (job driver, outbox, scheduler, command waiters).
 
 use std::sync::Arc;
-use std::time::Duration as StdDuration;
 
 use fleetops_core::link::DeviceLink;
 use fleetops_core::store::{EventStore, StoredEvent};
 use futures::FutureExt;
 
 use crate::error::FleetError;
+use crate::health::Backoff;
 use crate::runtime::Inner;
 use crate::state::Effects;
 
@@ -39,11 +39,11 @@ impl<S: EventStore, L: DeviceLink> Inner<S, L> {
         }
     }
 
-    /// Folds one batch and distributes its effects; returns whether the fold stopped on an
-    /// error (then the caller resubscribes from the checkpoint).
-    fn fold(&self, batch: &[StoredEvent]) -> bool {
+    /// Folds one batch and distributes its effects; returns why the fold stopped on an
+    /// error, if it did (then the caller resubscribes from the checkpoint, after a backoff).
+    fn fold(&self, batch: &[StoredEvent]) -> Option<String> {
         let mut fx = Effects::default();
-        let mut failed = false;
+        let mut failed = None;
         let cp = {
             let mut st = self.write();
             for e in batch {
@@ -52,8 +52,7 @@ impl<S: EventStore, L: DeviceLink> Inner<S, L> {
                         // A gap means events were lost between the store and us: start over
                         // from the checkpoint rather than fold past a hole.
                         FleetError::Projection(_) => {
-                            tracing::warn!(position = e.position, %err, "projection fold failed");
-                            failed = true;
+                            failed = Some(format!("position {}: {err}", e.position));
                             break;
                         }
                         // Corrupt history of one stream: report it and go on, so one bad
@@ -81,30 +80,40 @@ impl<S: EventStore, L: DeviceLink> Inner<S, L> {
 }
 
 /// The follower task: a store subscription from the checkpoint, folded in batches.
+///
+/// Whatever fails (subscribing, reading the feed, folding it) is reported to the runtime's
+/// health and retried from the checkpoint after an exponential backoff (10 ms doubling up
+/// to 5 s), reset only once a batch folds: a feed that keeps failing is retried a few
+/// times a second at first and then every 5 s, never in a tight loop.
 pub(crate) async fn run<S: EventStore, L: DeviceLink>(inner: Arc<Inner<S, L>>) {
-    let mut backoff = StdDuration::from_millis(10);
+    let mut backoff = Backoff::new();
     loop {
         let from = inner.read().checkpoint() + 1;
         let mut sub = match inner.store.subscribe(from).await {
             Ok(sub) => sub,
             Err(err) => {
-                tracing::warn!(%err, "cannot subscribe to the event feed; retrying");
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(StdDuration::from_secs(2));
+                inner.health.follower_failed("subscribe", &err.to_string());
+                tokio::time::sleep(backoff.next_delay()).await;
                 continue;
             }
         };
+        // Subscribed with nothing left to fold: as good as a fold (a caught-up follower may
+        // wait long for the next event). Behind, only a fold proves it works again.
+        if matches!(inner.store.head_position().await, Ok(head) if head < from) {
+            inner.health.follower_folded();
+            backoff.reset();
+        }
         loop {
             let first = match sub.next().await {
                 Ok(e) => e,
                 Err(err) => {
-                    tracing::warn!(%err, "event feed failed; resubscribing");
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(StdDuration::from_secs(2));
+                    inner
+                        .health
+                        .follower_failed("read the feed", &err.to_string());
+                    tokio::time::sleep(backoff.next_delay()).await;
                     break;
                 }
             };
-            backoff = StdDuration::from_millis(10);
             let mut batch = vec![first];
             let mut broken = false;
             while batch.len() < FOLD_BATCH {
@@ -113,6 +122,7 @@ pub(crate) async fn run<S: EventStore, L: DeviceLink>(inner: Arc<Inner<S, L>>) {
                 match sub.next().now_or_never() {
                     Some(Ok(e)) => batch.push(e),
                     Some(Err(_)) => {
+                        // Folded up to here first; the error shows again on resubscribing.
                         broken = true;
                         break;
                     }
@@ -121,7 +131,14 @@ pub(crate) async fn run<S: EventStore, L: DeviceLink>(inner: Arc<Inner<S, L>>) {
             }
             let failed = inner.fold(&batch);
             inner.maybe_snapshot();
-            if failed || broken {
+            if let Some(err) = failed {
+                inner.health.follower_failed("fold", &err);
+                tokio::time::sleep(backoff.next_delay()).await;
+                break;
+            }
+            inner.health.follower_folded();
+            backoff.reset();
+            if broken {
                 break;
             }
         }

@@ -259,10 +259,10 @@ impl<S: EventStore, L: DeviceLink> Inner<S, L> {
             };
             match self.append(batch).await {
                 Ok(_) => return Ok(true),
-                Err(StoreError::Conflict { stream, .. }) => {
+                Err(FleetError::Store(StoreError::Conflict { stream, .. })) => {
                     parts.retain(|p| p.stream != stream);
                 }
-                Err(e) => return Err(e.into()),
+                Err(e) => return Err(e),
             }
         }
         // Everything conflicted: the projection is behind; let it catch up first.

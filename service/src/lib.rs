@@ -103,6 +103,7 @@ mod delivery;
 pub mod error;
 mod fleet;
 mod follower;
+mod health;
 pub mod ids;
 mod jobs;
 pub mod link;
@@ -117,6 +118,7 @@ mod worker;
 
 pub use error::FleetError;
 pub use fleet::{CommandFilter, CommandHandle, EventStream, Fleet, FleetBuilder};
+pub use health::{Health, HealthStatus};
 pub use types::{
     CommandRow, ExecutionRow, FleetConfig, JobDescription, JobSpec, JobSummary, Page, Paged,
     StatusChange,

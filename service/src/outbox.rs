@@ -12,13 +12,14 @@
 use std::sync::Arc;
 use std::time::Duration as StdDuration;
 
-use fleetops_core::command::CommandExecution;
+use fleetops_core::command::{CommandExecution, CommandIntent};
 use fleetops_core::device::Outbound;
 use fleetops_core::link::DeviceLink;
 use fleetops_core::store::EventStore;
 use fleetops_core::{CommandStatus, ExecutionId, JobId, StreamId, ThingName};
 
 use crate::delivery::{Finished, InFlight};
+use crate::error::FleetError;
 use crate::runtime::{lock, Inner};
 use crate::state::NotifyFlags;
 
@@ -74,24 +75,98 @@ pub(crate) async fn run<S: EventStore, L: DeviceLink>(inner: Arc<Inner<S, L>>) {
 }
 
 impl<S: EventStore, L: DeviceLink> Inner<S, L> {
-    /// Looks at a finished delivery: a failed one is sent again (and waited for) a few times
-    /// before it is left to recovery.
+    /// Looks at a finished delivery, message by message: a message that can never be
+    /// delivered is recorded (see [`Inner::undeliverable`]) and never retried; the ones
+    /// that failed for a transient reason are sent again (and waited for) a few times, then
+    /// left to recovery with a counted warning. Messages that went through are done, whatever
+    /// happened to the others of their batch.
     async fn redeliver(&self, finished: Finished) {
-        let Finished {
-            mut result,
-            messages,
-        } = finished;
+        let Finished { result, messages } = finished;
+        let mut result = result.map_err(|e| (e, messages));
         let mut attempt = 1;
-        while let Err(err) = result {
-            if attempt >= SEND_ATTEMPTS {
-                tracing::warn!(%err, dropped = messages.len(), "outbox delivery failed; leaving it to recovery");
+        loop {
+            let (err, batch) = match result {
+                Ok(()) => {
+                    self.health.link_result(None);
+                    return;
+                }
+                Err(failed) => failed,
+            };
+            let failures = err.failures(batch.len());
+            let whole = failures.len() == batch.len() && failures.iter().all(|f| !f.permanent);
+            self.health.link_result(whole.then(|| err.to_string()));
+            let mut retry = Vec::new();
+            for f in failures {
+                let message = &batch[f.index];
+                if f.permanent {
+                    self.undeliverable(message, &f.detail).await;
+                } else {
+                    retry.push(message.clone());
+                }
+            }
+            if retry.is_empty() {
                 return;
             }
-            tracing::warn!(%err, attempt, "outbox delivery failed; retrying");
+            if attempt >= SEND_ATTEMPTS {
+                let n = retry.len() as u64;
+                let (total, due) = self.health.count_given_up(n);
+                if let Some(lines) = due {
+                    tracing::warn!(%err, dropped = n, total, lines, "outbox delivery failed; leaving it to recovery");
+                }
+                return;
+            }
+            tracing::debug!(%err, attempt, messages = retry.len(), "outbox delivery failed; retrying");
             tokio::time::sleep(StdDuration::from_millis(100) * attempt).await;
             attempt += 1;
-            result = self.link.send(messages.clone()).await;
+            result = self.link.send(retry.clone()).await.map_err(|e| (e, retry));
         }
+    }
+
+    /// Records a message the link can never deliver (it cannot be encoded, or the broker
+    /// refused it). A command request ends its command `FAILED` with the reason (an event,
+    /// so the operator and the command's handle see why); any other message is counted and
+    /// logged, rate-limited. Its execution stays as stored: a device that asks again gets
+    /// the same state through its own request.
+    async fn undeliverable(&self, message: &Outbound, detail: &str) {
+        let (total, due) = self.health.count_undeliverable();
+        if let Outbound::CommandRequest { execution_id, .. } = message {
+            let stream = StreamId::command(execution_id);
+            let intent = CommandIntent::Undeliverable {
+                reason: detail.to_owned(),
+            };
+            match self.execute_command(&stream, intent).await {
+                Ok(_) => {
+                    tracing::warn!(%execution_id, reason = detail, total, "command request undeliverable; the command failed")
+                }
+                // Answered, canceled or timed out meanwhile: nothing left to end.
+                Err(FleetError::Rejected(_)) => {}
+                Err(err) => {
+                    tracing::warn!(%execution_id, %err, "cannot record an undeliverable command request; its timeout ends it");
+                }
+            }
+            return;
+        }
+        if let Some(lines) = due {
+            tracing::warn!(
+                kind = kind(message),
+                thing = %message.thing(),
+                reason = detail,
+                total,
+                lines,
+                "dropped a message that can never be delivered"
+            );
+        }
+    }
+}
+
+/// The kind of a device message, for logs.
+fn kind(message: &Outbound) -> &'static str {
+    match message {
+        Outbound::Notify { .. } => "notify",
+        Outbound::NotifyNext { .. } => "notify-next",
+        Outbound::CommandRequest { .. } => "command-request",
+        Outbound::StatusChange { .. } => "status-change",
+        Outbound::Accepted { .. } | Outbound::Rejected { .. } => "reply",
     }
 }
 

@@ -19,6 +19,7 @@ use tokio::sync::{broadcast, mpsc, oneshot, watch, Notify};
 use crate::cache::{Cache, CommandCache, ExecCache};
 use crate::clock::Clock;
 use crate::error::FleetError;
+use crate::health::HealthState;
 use crate::ids::IdSource;
 use crate::state::{Effects, NotifyFlags, State};
 use crate::types::{FleetConfig, StatusChange};
@@ -90,6 +91,8 @@ pub(crate) struct Inner<S, L> {
     pub snapshot_at: AtomicU64,
     /// A snapshot save is under way.
     pub snapshotting: AtomicBool,
+    /// What the tasks report about their health.
+    pub health: HealthState,
 }
 
 /// The message that publishes `change`: job execution changes only.
@@ -143,18 +146,45 @@ impl<S: EventStore, L: DeviceLink> Inner<S, L> {
         &self.shards[i.min(self.shards.len() - 1)]
     }
 
-    /// Waits until the projections have folded position `pos`.
-    pub async fn wait_applied(&self, pos: u64) {
+    /// Waits until the projections have folded position `pos`: `Unavailable` at once while
+    /// the follower is failing (or as soon as it fails), and after
+    /// [`FleetConfig::apply_timeout`] otherwise, so a write never hangs on a fold that is
+    /// not coming.
+    pub async fn wait_applied(&self, pos: u64) -> Result<(), FleetError> {
         let mut rx = self.applied.subscribe();
-        // The sender lives in `self`, so the wait cannot fail while we hold `self`.
-        let _ = rx.wait_for(|c| *c >= pos).await;
+        if *rx.borrow_and_update() >= pos {
+            return Ok(());
+        }
+        self.health.ensure_serving()?;
+        let mut follower = self.health.follower.subscribe();
+        let timeout = self.config.apply_timeout;
+        tokio::select! {
+            biased;
+            // The sender lives in `self`, so the wait cannot fail while we hold `self`.
+            _ = rx.wait_for(|c| *c >= pos) => Ok(()),
+            _ = follower.wait_for(crate::health::FollowerStatus::failed) => {
+                self.health.ensure_serving()
+            }
+            () = tokio::time::sleep(timeout) => Err(FleetError::Unavailable {
+                reason: format!(
+                    "the projections did not fold position {pos} within {timeout:?} \
+                     (the write is stored)"
+                ),
+            }),
+        }
+    }
+
+    /// `Unavailable` while the runtime cannot serve writes (its follower is failing), so
+    /// a write fails before it stores anything rather than waiting for a fold that will
+    /// not come.
+    pub fn ensure_serving(&self) -> Result<(), FleetError> {
+        self.health.ensure_serving()
     }
 
     /// Waits until the projections have folded everything stored so far.
     pub async fn catch_up(&self) -> Result<(), FleetError> {
         let head = self.store.head_position().await?;
-        self.wait_applied(head).await;
-        Ok(())
+        self.wait_applied(head).await
     }
 
     /// Envelopes for `events` decided at `now`.
@@ -195,9 +225,10 @@ impl<S: EventStore, L: DeviceLink> Inner<S, L> {
     }
 
     /// Appends and waits until the projections have folded the batch.
-    pub async fn append(&self, batch: AppendBatch) -> Result<Appended, StoreError> {
+    pub async fn append(&self, batch: AppendBatch) -> Result<Appended, FleetError> {
+        self.ensure_serving()?;
         let appended = self.store.append(batch).await?;
-        self.wait_applied(appended.last_position).await;
+        self.wait_applied(appended.last_position).await?;
         Ok(appended)
     }
 
@@ -260,7 +291,7 @@ impl<S: EventStore, L: DeviceLink> Inner<S, L> {
         match self.store.append(batch).await {
             Ok(appended) => {
                 stored(&done);
-                self.wait_applied(appended.last_position).await;
+                self.wait_applied(appended.last_position).await?;
                 Ok(Some(done))
             }
             Err(StoreError::Conflict { .. }) => Ok(None),
@@ -386,7 +417,7 @@ impl<S: EventStore, L: DeviceLink> Inner<S, L> {
                 self.owe_request(command.execution_id.clone());
             }
         }
-        self.wait_applied(appended.last_position).await;
+        self.wait_applied(appended.last_position).await?;
         Ok(Executed {
             state: Some(command),
             events,

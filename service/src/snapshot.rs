@@ -21,7 +21,7 @@ use fleetops_core::group::Group;
 use fleetops_core::job::Job;
 use fleetops_core::link::DeviceLink;
 use fleetops_core::projection::{Projections, ProjectionsSnapshot};
-use fleetops_core::store::{EventStore, Snapshot};
+use fleetops_core::store::{snapshot_mismatch, EventStore, Snapshot, StoreError};
 use fleetops_core::{ExecutionId, GroupName, JobId, ThingName, Timestamp};
 use serde::{Deserialize, Serialize};
 
@@ -94,8 +94,8 @@ pub(crate) enum SnapshotError {
     Schema { found: u16 },
     #[error("records position {inner} inside a snapshot saved at position {outer}")]
     Position { inner: u64, outer: u64 },
-    #[error("position {position} is past the feed head {head}")]
-    PastHead { position: u64, head: u64 },
+    #[error("{0}")]
+    Mismatch(String),
     #[error(transparent)]
     Projections(#[from] fleetops_core::projection::SnapshotError),
     #[error("job {0} is listed twice")]
@@ -216,22 +216,34 @@ impl<S: EventStore, L: DeviceLink> Inner<S, L> {
                 );
                 cp
             }
+            Err(SnapshotError::Store(err)) => {
+                tracing::warn!(%err, "cannot read the stored snapshot; folding the feed from position 1");
+                0
+            }
             Err(err) => {
-                tracing::warn!(%err, "ignoring the stored snapshot; folding the feed from position 1");
+                // Unusable for good: delete it, so it is never taken up later (against a
+                // history it may happen to fit by position).
+                tracing::warn!(%err, "deleting the stored snapshot; folding the feed from position 1");
+                if let Err(err) = self.store.delete_snapshot(SNAPSHOT_NAME).await {
+                    tracing::warn!(%err, "cannot delete the unusable snapshot");
+                }
                 0
             }
         }
     }
 
     async fn load_snapshot(&self) -> Result<Option<State>, SnapshotError> {
-        let Some(Snapshot { position, bytes }) = self.store.load_snapshot(SNAPSHOT_NAME).await?
-        else {
+        let Some(snapshot) = self.store.load_snapshot(SNAPSHOT_NAME).await? else {
             return Ok(None);
         };
-        let head = self.store.head_position().await?;
-        if position > head {
-            return Err(SnapshotError::PastHead { position, head });
+        // The store checked it already; checked again here, so a store that does not (an
+        // adapter, an older one) cannot hand over a snapshot of another history.
+        if let Some(reason) = snapshot_mismatch(&self.store, &snapshot).await? {
+            return Err(SnapshotError::Mismatch(reason));
         }
+        let Snapshot {
+            position, bytes, ..
+        } = snapshot;
         let state = tokio::task::spawn_blocking(move || State::decode(&bytes, position))
             .await
             .map_err(|e| {
@@ -255,6 +267,20 @@ impl<S: EventStore, L: DeviceLink> Inner<S, L> {
     }
 }
 
+/// The key of a snapshot at `position`: the fingerprint of the event stored there.
+async fn event_key<S: EventStore>(store: &S, position: u64) -> Result<u64, StoreError> {
+    if position == 0 {
+        return Ok(0);
+    }
+    match store.read_all(position, 1).await?.first() {
+        Some(e) if e.position == position => Ok(e.fingerprint()),
+        _ => Err(StoreError::Corrupt {
+            location: format!("position {position}"),
+            detail: "the event a snapshot reflects is missing".into(),
+        }),
+    }
+}
+
 /// Saves a snapshot of the current state unless one is being saved; errors are logged (the
 /// next save or a full fold at start covers them).
 pub(crate) async fn save<S: EventStore, L: DeviceLink>(inner: Arc<Inner<S, L>>) {
@@ -273,11 +299,18 @@ pub(crate) async fn save<S: EventStore, L: DeviceLink>(inner: Arc<Inner<S, L>>) 
     match encoded {
         Ok((position, bytes)) if position > inner.snapshot_at.load(Ordering::Relaxed) => {
             let size = bytes.len();
-            match inner
-                .store
-                .save_snapshot(SNAPSHOT_NAME, Snapshot { position, bytes })
-                .await
-            {
+            let saved = match event_key(&inner.store, position).await {
+                Ok(event_key) => {
+                    let snapshot = Snapshot {
+                        position,
+                        event_key,
+                        bytes,
+                    };
+                    inner.store.save_snapshot(SNAPSHOT_NAME, snapshot).await
+                }
+                Err(e) => Err(e),
+            };
+            match saved {
                 Ok(()) => {
                     inner.snapshot_at.store(position, Ordering::Relaxed);
                     tracing::debug!(
@@ -569,6 +602,7 @@ mod tests {
                 SNAPSHOT_NAME,
                 Snapshot {
                     position: now,
+                    event_key: event_key(&store, now).await.unwrap(),
                     bytes: b"{\"format\":1,".to_vec(),
                 },
             )

@@ -298,6 +298,11 @@ pub struct FleetConfig {
     pub retry_replies_per_thing: usize,
     /// The most answers remembered for retries in all (split evenly across the shards).
     pub retry_replies: usize,
+    /// How long a write waits for the projections to fold it before it fails with
+    /// [`FleetError::Unavailable`](crate::FleetError::Unavailable) (the write is stored; it
+    /// shows once the projections catch up). Writes fail at once, without waiting, while
+    /// [`Fleet::health`](crate::Fleet::health) says the store or the follower failed.
+    pub apply_timeout: std::time::Duration,
 }
 
 impl Default for FleetConfig {
@@ -319,6 +324,7 @@ impl Default for FleetConfig {
             retry_window: std::time::Duration::from_secs(600),
             retry_replies_per_thing: 16,
             retry_replies: 100_000,
+            apply_timeout: std::time::Duration::from_secs(10),
         }
     }
 }

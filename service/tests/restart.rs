@@ -238,3 +238,117 @@ async fn live_commands_are_sent_again_and_overdue_ones_time_out_after_a_restart(
         CommandStatus::Sent
     );
 }
+
+/// A store that hands out a snapshot saved elsewhere, unchecked (as an adapter that does not
+/// check keys would), and records deletions.
+#[derive(Clone)]
+struct Transplant {
+    inner: MemoryStore,
+    foreign: Option<fleetops_core::store::Snapshot>,
+    deleted: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+#[async_trait::async_trait]
+impl EventStore for Transplant {
+    async fn append(
+        &self,
+        b: fleetops_core::store::AppendBatch,
+    ) -> Result<fleetops_core::store::Appended, fleetops_core::StoreError> {
+        self.inner.append(b).await
+    }
+    async fn read_stream(
+        &self,
+        s: &StreamId,
+        from: u64,
+        limit: usize,
+    ) -> Result<Vec<fleetops_core::store::StoredEvent>, fleetops_core::StoreError> {
+        self.inner.read_stream(s, from, limit).await
+    }
+    async fn stream_version(&self, s: &StreamId) -> Result<Option<u64>, fleetops_core::StoreError> {
+        self.inner.stream_version(s).await
+    }
+    async fn read_all(
+        &self,
+        from: u64,
+        limit: usize,
+    ) -> Result<Vec<fleetops_core::store::StoredEvent>, fleetops_core::StoreError> {
+        self.inner.read_all(from, limit).await
+    }
+    async fn head_position(&self) -> Result<u64, fleetops_core::StoreError> {
+        self.inner.head_position().await
+    }
+    async fn subscribe(
+        &self,
+        from: u64,
+    ) -> Result<Box<dyn fleetops_core::store::Subscription>, fleetops_core::StoreError> {
+        self.inner.subscribe(from).await
+    }
+    async fn load_snapshot(
+        &self,
+        _name: &str,
+    ) -> Result<Option<fleetops_core::store::Snapshot>, fleetops_core::StoreError> {
+        Ok(self.foreign.clone())
+    }
+    async fn delete_snapshot(&self, _name: &str) -> Result<(), fleetops_core::StoreError> {
+        self.deleted
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Ok(())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_snapshot_of_another_history_is_deleted_and_the_start_folds_the_whole_feed() {
+    // History A, with a snapshot saved at its shutdown.
+    let a = MemoryStore::new();
+    let clock = fleetops_service::clock::ManualClock::new(T0);
+    let (fleet, _devices) = start(&a, &clock, FleetConfig::default()).await;
+    fleet
+        .create_job(JobSpec::new(j("job-a"), json!({"op": "a"})).things(things("a", 3)))
+        .await
+        .unwrap();
+    settle(&fleet).await;
+    fleet.shutdown().await;
+    let snapshot = a.load_snapshot("fleet").await.unwrap().expect("saved");
+
+    // History B: other events, at least as long, so the position fits its feed.
+    let b = MemoryStore::new();
+    let (fleet, _devices) = start(&b, &clock, FleetConfig::default()).await;
+    fleet
+        .create_job(JobSpec::new(j("job-b"), json!({"op": "b"})).things(things("b", 5)))
+        .await
+        .unwrap();
+    settle(&fleet).await;
+    fleet.abort().await;
+    assert!(b.head_position().await.unwrap() >= snapshot.position);
+
+    let deleted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let store = Transplant {
+        inner: b.clone(),
+        foreign: Some(snapshot),
+        deleted: Arc::clone(&deleted),
+    };
+    let (link, _devices) = fleetops_service::link::ChannelLink::pair(64);
+    let fleet = fleetops_service::Fleet::builder(store, link)
+        .clock(clock.clone())
+        .start()
+        .await
+        .unwrap();
+    assert_eq!(
+        fleet.snapshot_position(),
+        0,
+        "the foreign snapshot was not used"
+    );
+    assert_eq!(
+        deleted.load(std::sync::atomic::Ordering::SeqCst),
+        1,
+        "and it was deleted"
+    );
+    // The full fold of B: its own job, and nothing of A's.
+    assert_eq!(
+        fleet.checkpoint(),
+        b.head_position().await.unwrap(),
+        "folded the whole feed"
+    );
+    assert!(fleet.describe_job(&j("job-b")).is_ok());
+    assert!(fleet.describe_job(&j("job-a")).is_err());
+}

@@ -28,8 +28,8 @@ use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard, Wea
 
 use async_trait::async_trait;
 use fleetops_core::store::{
-    AppendBatch, Appended, EventStore, ExpectedVersion, IdempotencyKey, Snapshot, StoreError,
-    StoredEvent, Subscription,
+    snapshot_mismatch, AppendBatch, Appended, EventStore, ExpectedVersion, IdempotencyKey,
+    Snapshot, StoreError, StoredEvent, Subscription,
 };
 use fleetops_core::StreamId;
 use tokio::sync::watch;
@@ -306,23 +306,36 @@ impl EventStore for MemoryStore {
         Ok(Box::new(self.subscribe_from(from)))
     }
 
+    /// A snapshot that no longer matches the history is deleted and not returned (this
+    /// cannot happen to one saved here, as saves are checked and the history only grows;
+    /// the check keeps the port's contract all the same).
     async fn load_snapshot(&self, name: &str) -> Result<Option<Snapshot>, StoreError> {
-        Ok(self.shared.read()?.snapshots.get(name).cloned())
+        let Some(snapshot) = self.shared.read()?.snapshots.get(name).cloned() else {
+            return Ok(None);
+        };
+        if snapshot_mismatch(self, &snapshot).await?.is_some() {
+            self.shared.write()?.snapshots.remove(name);
+            return Ok(None);
+        }
+        Ok(Some(snapshot))
     }
 
-    /// Kept for the store's life, like its events; refused past the head, as the port asks.
+    /// Kept for the store's life, like its events; refused past the head or keyed to
+    /// another event than the one at its position, as the port asks. Memory has no
+    /// durability to order.
     async fn save_snapshot(&self, name: &str, snapshot: Snapshot) -> Result<(), StoreError> {
-        let mut state = self.shared.write()?;
-        let head = state.log.len() as u64;
-        if snapshot.position > head {
-            return Err(StoreError::InvalidBatch {
-                reason: format!(
-                    "snapshot position {} is past the feed head {head}",
-                    snapshot.position
-                ),
-            });
+        if let Some(reason) = snapshot_mismatch(self, &snapshot).await? {
+            return Err(StoreError::InvalidBatch { reason });
         }
-        state.snapshots.insert(name.to_owned(), snapshot);
+        self.shared
+            .write()?
+            .snapshots
+            .insert(name.to_owned(), snapshot);
+        Ok(())
+    }
+
+    async fn delete_snapshot(&self, name: &str) -> Result<(), StoreError> {
+        self.shared.write()?.snapshots.remove(name);
         Ok(())
     }
 }

@@ -10,7 +10,8 @@ use std::thread::JoinHandle;
 use async_trait::async_trait;
 use fleetops_core::ids::StreamId;
 use fleetops_core::store::{
-    AppendBatch, Appended, EventStore, Snapshot, StoreError, StoredEvent, Subscription,
+    snapshot_mismatch, AppendBatch, Appended, EventStore, Snapshot, StoreError, StoredEvent,
+    Subscription,
 };
 use tokio::sync::{mpsc, oneshot, watch};
 
@@ -839,31 +840,61 @@ impl EventStore for SledStore {
         Ok(self.inner.shared.head())
     }
 
+    /// Read from its file and checked against the feed: a snapshot that does not belong
+    /// to this history (past the head, or keyed to another event than the one stored at
+    /// its position), a damaged one and one of an older layout are deleted with a warning
+    /// and `None` is returned, so none of them can be taken up later.
     async fn load_snapshot(&self, name: &str) -> Result<Option<Snapshot>, StoreError> {
         let path = crate::snapshot::file(&self.inner.path, name);
-        blocking(&self.inner, "load_snapshot", move |_| {
-            crate::snapshot::read(&path)
+        let read_path = path.clone();
+        let read = blocking(&self.inner, "load_snapshot", move |_| {
+            crate::snapshot::read(&read_path)
+        })
+        .await;
+        let reason = match read {
+            Ok(None) => return Ok(None),
+            Ok(Some(snapshot)) => match snapshot_mismatch(self, &snapshot).await? {
+                None => return Ok(Some(snapshot)),
+                Some(reason) => reason,
+            },
+            Err(StoreError::Corrupt { detail, .. }) => detail,
+            Err(e) => return Err(e),
+        };
+        tracing::warn!(
+            snapshot = name,
+            path = %path.display(),
+            %reason,
+            "deleting a snapshot that cannot be used"
+        );
+        blocking(&self.inner, "delete_snapshot", move |_| {
+            crate::snapshot::delete(&path)
+        })
+        .await?;
+        Ok(None)
+    }
+
+    /// Kept as a file beside the database (`crate::snapshot`), written on the blocking pool
+    /// so the writer thread never carries the large blob. Refused unless it belongs to this
+    /// history. Before the file is written, sled is flushed and its files `fsync`ed
+    /// (`crate::snapshot::sync_database`): sled's own flush is only `sync_file_range`, and
+    /// the snapshot must never be newer than the durable events.
+    async fn save_snapshot(&self, name: &str, snapshot: Snapshot) -> Result<(), StoreError> {
+        if let Some(reason) = snapshot_mismatch(self, &snapshot).await? {
+            return Err(StoreError::InvalidBatch { reason });
+        }
+        self.flush().await?;
+        let path = crate::snapshot::file(&self.inner.path, name);
+        blocking(&self.inner, "save_snapshot", move |inner| {
+            crate::snapshot::sync_database(&inner.path)?;
+            crate::snapshot::write(&path, &snapshot)
         })
         .await
     }
 
-    /// Kept as a file beside the database (`crate::snapshot`), written on the blocking pool
-    /// after a flush, so the events it reflects are on disk first and the writer thread
-    /// never carries the large blob.
-    async fn save_snapshot(&self, name: &str, snapshot: Snapshot) -> Result<(), StoreError> {
-        let head = self.inner.shared.head();
-        if snapshot.position > head {
-            return Err(StoreError::InvalidBatch {
-                reason: format!(
-                    "snapshot position {} is past the feed head {head}",
-                    snapshot.position
-                ),
-            });
-        }
-        self.flush().await?;
+    async fn delete_snapshot(&self, name: &str) -> Result<(), StoreError> {
         let path = crate::snapshot::file(&self.inner.path, name);
-        blocking(&self.inner, "save_snapshot", move |_| {
-            crate::snapshot::write(&path, &snapshot)
+        blocking(&self.inner, "delete_snapshot", move |_| {
+            crate::snapshot::delete(&path)
         })
         .await
     }

@@ -265,11 +265,7 @@ async fn a_store_in_use_cannot_be_opened_twice() {
 async fn snapshots_survive_reopen_and_stay_per_name() {
     use fleetops_core::store::Snapshot;
     let dir = tempfile::tempdir().unwrap();
-    let saved = Snapshot {
-        position: 2,
-        bytes: b"folded state".to_vec(),
-    };
-    {
+    let (saved, other) = {
         let store = open(&dir, Durability::Buffered).await;
         store
             .append(AppendBatch::single(
@@ -279,28 +275,28 @@ async fn snapshots_survive_reopen_and_stay_per_name() {
             ))
             .await
             .unwrap();
+        let feed = read_feed(&store).await;
+        let saved = Snapshot {
+            position: 2,
+            event_key: feed[1].fingerprint(),
+            bytes: b"folded state".to_vec(),
+        };
+        let other = Snapshot {
+            position: 1,
+            event_key: feed[0].fingerprint(),
+            bytes: vec![7],
+        };
         store.save_snapshot("fleet", saved.clone()).await.unwrap();
         // A name outside the projection alphabet is still accepted (hashed), and distinct.
         store
-            .save_snapshot(
-                "fleet/a b",
-                Snapshot {
-                    position: 1,
-                    bytes: vec![7],
-                },
-            )
+            .save_snapshot("fleet/a b", other.clone())
             .await
             .unwrap();
         store.flush().await.unwrap();
-    }
+        (saved, other)
+    };
     let store = open(&dir, Durability::Buffered).await;
     assert_eq!(store.load_snapshot("fleet").await.unwrap(), Some(saved));
-    assert_eq!(
-        store.load_snapshot("fleet/a b").await.unwrap(),
-        Some(Snapshot {
-            position: 1,
-            bytes: vec![7]
-        })
-    );
+    assert_eq!(store.load_snapshot("fleet/a b").await.unwrap(), Some(other));
     assert_eq!(store.load_snapshot("none").await.unwrap(), None);
 }

@@ -7,7 +7,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
 use fleetops_core::device::Outbound;
-use fleetops_core::link::{Delivery, DeviceLink, LinkError, LinkEvent, Receipt};
+use fleetops_core::link::{Delivery, DeviceLink, LinkError, LinkEvent, MessageFailure, Receipt};
 use fleetops_core::time::Timestamp;
 use rumqttc::v5::mqttbytes::v5::Filter;
 use rumqttc::v5::mqttbytes::QoS;
@@ -131,7 +131,9 @@ pub struct LinkStats {
 /// The `DeviceLink` over MQTT 5.
 ///
 /// - `send` publishes every message at QoS 1 and returns once the broker acknowledged each
-///   one (PUBACKs are matched by packet id), or with an error naming why not.
+///   one (PUBACKs are matched by packet id), or with an error naming why not. Messages fail
+///   one by one (`LinkError::Partial`): one that cannot be encoded or that the broker
+///   refuses is marked permanent and never stops the rest of its batch.
 /// - `recv` decodes device requests; malformed ones are answered with the codec's
 ///   `rejected` reply and a rate-limited `tracing` warning and never reach the runtime.
 ///   Presence is not reported (mosquitto does not tell).
@@ -278,43 +280,59 @@ impl MqttLink {
         self.conn.disconnect().await;
     }
 
-    /// `send` with the crate's error type.
+    /// `send` with the crate's error type: every message is published, and the first
+    /// failure (in batch order) is returned; [`MqttLink::publish_each`] tells them apart.
     pub async fn publish_all(&self, messages: &[Outbound]) -> Result<(), Error> {
-        self.enqueue_all(messages).await?.await
+        self.publish_each(messages)
+            .await
+            .into_iter()
+            .find_map(Result::err)
+            .map_or(Ok(()), Err)
     }
 
-    /// Encodes and queues every message in order, and returns a future that waits for the
-    /// broker's acknowledgements (bounded by the link's ack timeout, counted from now).
+    /// Publishes every message and returns each one's outcome, in batch order.
+    pub async fn publish_each(&self, messages: &[Outbound]) -> Vec<Result<(), Error>> {
+        self.enqueue_all(messages).await.await
+    }
+
+    /// Encodes and queues every message in order, and returns a future that resolves to each
+    /// message's outcome, in batch order, once the broker acknowledged (or refused) each
+    /// publish (bounded by the link's ack timeout, counted from now).
     ///
-    /// Everything is encoded first: a message that can never be encoded fails the batch
-    /// before anything of it is published.
+    /// Messages fail one by one: one that cannot be encoded is never published and fails
+    /// alone with [`Error::Encode`], one the broker refuses fails alone with
+    /// [`Error::PublishRefused`], and every other message of the batch is still published.
     pub async fn enqueue_all(
         &self,
         messages: &[Outbound],
-    ) -> Result<impl std::future::Future<Output = Result<(), Error>> + Send + 'static, Error> {
-        let encoded = messages
-            .iter()
-            .map(|m| self.codec.encode(m))
-            .collect::<Result<Vec<_>, _>>()?;
-        let mut acks = Vec::with_capacity(encoded.len());
-        for e in encoded {
-            acks.push(self.conn.publish(e).await?);
+    ) -> impl std::future::Future<Output = Vec<Result<(), Error>>> + Send + 'static {
+        let mut acks = Vec::with_capacity(messages.len());
+        for m in messages {
+            let queued = match self.codec.encode(m) {
+                Ok(encoded) => self.conn.publish(encoded).await,
+                Err(e) => Err(Error::Encode(e)),
+            };
+            acks.push(queued);
         }
         let ack_timeout = self.ack_timeout;
         let deadline = tokio::time::Instant::now() + ack_timeout;
-        Ok(async move {
-            let mut first_error = None;
+        async move {
+            let mut outcomes = Vec::with_capacity(acks.len());
             for ack in acks {
-                let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-                if let Err(e) = wait_ack(ack, left).await {
-                    first_error.get_or_insert(match e {
-                        Error::Timeout(_) => Error::Timeout(ack_timeout),
-                        other => other,
-                    });
-                }
+                let outcome = match ack {
+                    Err(e) => Err(e),
+                    Ok(ack) => {
+                        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+                        wait_ack(ack, left).await.map_err(|e| match e {
+                            Error::Timeout(_) => Error::Timeout(ack_timeout),
+                            other => other,
+                        })
+                    }
+                };
+                outcomes.push(outcome);
             }
-            first_error.map_or(Ok(()), Err)
-        })
+            outcomes
+        }
     }
 
     /// `recv` with the crate's error type. Requests come with their receipts; what the
@@ -396,17 +414,49 @@ impl MqttLink {
     }
 }
 
+/// Whether retrying the message can help: not when it cannot be encoded or the broker
+/// refused it, as the same message would meet the same answer.
+fn permanent(e: &Error) -> bool {
+    matches!(e, Error::Encode(_) | Error::PublishRefused { .. })
+}
+
+/// The port's view of a batch's outcomes: `Ok` when every message was delivered, the one
+/// error when all failed alike and transiently (the link closed, the broker away), else the
+/// failed messages by index.
+fn outcome(outcomes: Vec<Result<(), Error>>) -> Result<(), LinkError> {
+    let len = outcomes.len();
+    let errors: Vec<(usize, Error)> = outcomes
+        .into_iter()
+        .enumerate()
+        .filter_map(|(i, o)| o.err().map(|e| (i, e)))
+        .collect();
+    let Some((_, first)) = errors.first() else {
+        return Ok(());
+    };
+    if errors.len() == len && errors.iter().all(|(_, e)| e == first && !permanent(e)) {
+        return Err(LinkError::from(first.clone()));
+    }
+    Err(LinkError::Partial {
+        failed: errors
+            .into_iter()
+            .map(|(index, e)| MessageFailure {
+                index,
+                permanent: permanent(&e),
+                detail: e.to_string(),
+            })
+            .collect(),
+    })
+}
+
 #[async_trait]
 impl DeviceLink for MqttLink {
     async fn send(&self, messages: Vec<Outbound>) -> Result<(), LinkError> {
-        self.publish_all(&messages).await.map_err(LinkError::from)
+        outcome(self.publish_each(&messages).await)
     }
 
     async fn submit(&self, messages: Vec<Outbound>) -> Result<Delivery, LinkError> {
-        let acked = self.enqueue_all(&messages).await?;
-        Ok(Box::pin(
-            async move { acked.await.map_err(LinkError::from) },
-        ))
+        let acked = self.enqueue_all(&messages).await;
+        Ok(Box::pin(async move { outcome(acked.await) }))
     }
 
     async fn recv(&self, max: usize) -> Result<Vec<LinkEvent>, LinkError> {

@@ -1542,6 +1542,17 @@ async fn clean_session_sends_across_a_restart_fail_cleanly_and_stay_aligned() {
                     assert!(detail.contains("lost"), "{detail}");
                     lost += 1;
                 }
+                // Part of a batch acknowledged before the restart, the rest lost: only the
+                // lost ones are listed, each as transient.
+                Err(fleetops_core::link::LinkError::Partial { failed }) => {
+                    assert!(
+                        failed
+                            .iter()
+                            .all(|f| !f.permanent && f.detail.contains("lost")),
+                        "{failed:?}"
+                    );
+                    lost += 1;
+                }
                 Err(other) => panic!("{other:?}"),
             }
         }

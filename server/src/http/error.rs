@@ -112,6 +112,9 @@ impl From<FleetError> for ApiError {
                 tracing::warn!(error = %e, "a request failed: the store or link is down");
                 Self::unavailable(message)
             }
+            // The runtime refused to wait on a failing store or follower: a retry later
+            // may succeed.
+            FleetError::Unavailable { .. } => Self::unavailable(message),
             FleetError::Offline { .. } => Self::new(StatusCode::CONFLICT, "ThingOffline", message),
             FleetError::Projection(_) => {
                 tracing::error!(error = %e, "projection failure");

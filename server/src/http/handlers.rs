@@ -117,7 +117,20 @@ pub(super) async fn healthz<S: EventStore, L: DeviceLink>(
     if !(app.link_up)() {
         return ApiError::unavailable("the broker connection is down").into_response();
     }
-    Json(serde_json::json!({"status": "ok", "checkpoint": app.fleet.checkpoint()})).into_response()
+    // The store is probed and the follower's reports read: either failing means writes
+    // fail with 503 too, so the service is not healthy.
+    let health = app.fleet.health().await;
+    if let Some(problem) = health.problem() {
+        return ApiError::unavailable(problem).into_response();
+    }
+    Json(serde_json::json!({
+        "status": "ok",
+        "checkpoint": health.checkpoint,
+        "behind": health.behind(),
+        "undeliverable": health.undeliverable,
+        "givenUp": health.given_up,
+    }))
+    .into_response()
 }
 
 pub(super) async fn openapi() -> Response {
