@@ -10,7 +10,11 @@ use fleetops_core::device::Operation;
 use fleetops_core::device::{
     CommandResponse, DeviceRequest, ExecutionView, Outbound, Reply, StartNextRequest, UpdateRequest,
 };
-use fleetops_core::{CommandStatus, ExecutionId, JobExecutionStatus, JobId, ThingName, Timestamp};
+use fleetops_core::group::MAX_MEMBERS_PER_CHANGE;
+use fleetops_core::limits;
+use fleetops_core::{
+    CommandStatus, ExecutionId, GroupName, JobExecutionStatus, JobId, ThingName, Timestamp,
+};
 use fleetops_service::{Fleet, FleetConfig, JobSpec};
 use fleetops_store_sled::{Durability, SledConfig, SledStore};
 use fleetops_transport_mqtt::codec::{Codec, CommandRequest, Limits, TopicLayout};
@@ -424,7 +428,25 @@ impl Job {
         let id = JobId::parse(&format!("bench-{millis}-{}", self.jobs))?;
         self.jobs += 1;
         let fleet = &self.service.fleet;
-        let spec = JobSpec::new(id.clone(), document()).things(self.things.iter().cloned());
+        let spec = JobSpec::new(id.clone(), document());
+        // A job names at most `MAX_JOB_TARGETS` targets: a larger fleet goes into a group
+        // first (untimed), as an operator would do it.
+        let spec = if self.things.len() <= limits::MAX_JOB_TARGETS {
+            spec.things(self.things.iter().cloned())
+        } else {
+            let group = GroupName::parse(&format!("bench-{millis}-{}", self.jobs))?;
+            fleet
+                .create_group(group.clone(), None)
+                .await
+                .context("create the bench group")?;
+            for chunk in self.things.chunks(MAX_MEMBERS_PER_CHANGE) {
+                fleet
+                    .add_group_members(&group, chunk.to_vec())
+                    .await
+                    .context("fill the bench group")?;
+            }
+            spec.groups([group])
+        };
         let started = Instant::now();
         fleet.create_job(spec).await.context("create the job")?;
         let mut shown = 0;
