@@ -4,11 +4,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use async_trait::async_trait;
-use fleetops_core::store::{
-    AppendBatch, Appended, EventStore, Snapshot, StoreError, StoredEvent, Subscription,
-};
-use fleetops_core::StreamId;
+use fleetops_core::testkit::FaultyStore;
 use fleetops_server::config::Auth;
 use fleetops_server::http::{router, ApiState};
 use fleetops_service::link::ChannelLink;
@@ -16,87 +12,6 @@ use fleetops_service::{Fleet, FleetConfig};
 use fleetops_store_sled::{SledConfig, SledStore};
 use serde_json::{json, Value};
 use tokio::sync::watch;
-
-/// A `SledStore` that can be told to fail every call, as one whose disk went away.
-#[derive(Clone)]
-struct Flaky {
-    inner: SledStore,
-    failing: watch::Sender<bool>,
-}
-
-impl Flaky {
-    fn check(&self) -> Result<(), StoreError> {
-        if *self.failing.borrow() {
-            return Err(StoreError::Backend {
-                detail: "disk gone".into(),
-            });
-        }
-        Ok(())
-    }
-}
-
-struct FlakySub {
-    inner: Box<dyn Subscription>,
-    failing: watch::Receiver<bool>,
-}
-
-#[async_trait]
-impl Subscription for FlakySub {
-    async fn next(&mut self) -> Result<StoredEvent, StoreError> {
-        let failed = || StoreError::Backend {
-            detail: "disk gone".into(),
-        };
-        if *self.failing.borrow_and_update() {
-            return Err(failed());
-        }
-        tokio::select! {
-            e = self.inner.next() => e,
-            _ = self.failing.wait_for(|f| *f) => Err(failed()),
-        }
-    }
-}
-
-#[async_trait]
-impl EventStore for Flaky {
-    async fn append(&self, batch: AppendBatch) -> Result<Appended, StoreError> {
-        self.check()?;
-        self.inner.append(batch).await
-    }
-    async fn read_stream(
-        &self,
-        stream: &StreamId,
-        from: u64,
-        limit: usize,
-    ) -> Result<Vec<StoredEvent>, StoreError> {
-        self.check()?;
-        self.inner.read_stream(stream, from, limit).await
-    }
-    async fn stream_version(&self, stream: &StreamId) -> Result<Option<u64>, StoreError> {
-        self.check()?;
-        self.inner.stream_version(stream).await
-    }
-    async fn read_all(&self, from: u64, limit: usize) -> Result<Vec<StoredEvent>, StoreError> {
-        self.check()?;
-        self.inner.read_all(from, limit).await
-    }
-    async fn head_position(&self) -> Result<u64, StoreError> {
-        self.check()?;
-        self.inner.head_position().await
-    }
-    async fn subscribe(&self, from: u64) -> Result<Box<dyn Subscription>, StoreError> {
-        self.check()?;
-        Ok(Box::new(FlakySub {
-            inner: self.inner.subscribe(from).await?,
-            failing: self.failing.subscribe(),
-        }))
-    }
-    async fn load_snapshot(&self, name: &str) -> Result<Option<Snapshot>, StoreError> {
-        self.inner.load_snapshot(name).await
-    }
-    async fn save_snapshot(&self, name: &str, snapshot: Snapshot) -> Result<(), StoreError> {
-        self.inner.save_snapshot(name, snapshot).await
-    }
-}
 
 async fn get(client: &reqwest::Client, url: &str) -> (u16, Value) {
     let r = client.get(url).send().await.unwrap();
@@ -118,14 +33,15 @@ async fn until(client: &reqwest::Client, url: &str, want: u16) -> Value {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn healthz_is_503_and_writes_fail_fast_while_the_store_fails() {
     let dir = tempfile::tempdir().unwrap();
-    let store = Flaky {
-        inner: SledStore::open_async(SledConfig::new(dir.path()))
+    // A `SledStore` that can be told to fail every call, as one whose disk went away.
+    let store = FaultyStore::new(
+        SledStore::open_async(SledConfig::new(dir.path()))
             .await
             .unwrap(),
-        failing: watch::Sender::new(false),
-    };
+    );
+    let faults = store.handle();
     let (link, _devices) = ChannelLink::pair(64);
-    let fleet = Fleet::builder(store.clone(), link)
+    let fleet = Fleet::builder(store, link)
         .config(FleetConfig {
             apply_timeout: Duration::from_secs(2),
             ..FleetConfig::default()
@@ -149,7 +65,7 @@ async fn healthz_is_503_and_writes_fail_fast_while_the_store_fails() {
     let ok = until(&client, &health, 200).await;
     assert_eq!(ok["status"], "ok", "{ok}");
 
-    store.failing.send_replace(true);
+    faults.fail();
     let down = until(&client, &health, 503).await;
     assert!(
         down["message"].as_str().unwrap_or("").contains("disk gone"),
@@ -170,7 +86,7 @@ async fn healthz_is_503_and_writes_fail_fast_while_the_store_fails() {
         started.elapsed()
     );
 
-    store.failing.send_replace(false);
+    faults.heal();
     until(&client, &health, 200).await;
     let r = client
         .post(format!("{base}/api/v1/jobs"))
