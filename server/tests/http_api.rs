@@ -1,14 +1,17 @@
 //! The HTTP API end to end: `fleetops serve` in-process (and once as the real binary) on a
 //! private mosquitto, a sled directory on disk and `DeviceClient` devices, driven with reqwest.
 
+mod common;
+
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use common::{broker, options, Running, TOKEN};
 use fleetops_core::device::{CommandResponse, ExecutionView, StartNextRequest, UpdateRequest};
 use fleetops_core::{CommandStatus, JobExecutionStatus, ThingName};
-use fleetops_server::config::{DurabilityArg, FileConfig, ServeOptions, Settings};
-use fleetops_server::serve::{self, Server};
+use fleetops_server::config::{DurabilityArg, FileConfig, Settings};
+use fleetops_server::serve;
 use fleetops_transport_mqtt::codec::CommandRequest;
 use fleetops_transport_mqtt::testing::{BrokerOptions, TestBroker};
 use fleetops_transport_mqtt::{
@@ -16,120 +19,7 @@ use fleetops_transport_mqtt::{
 };
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
-use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
-
-const TOKEN: &str = "test-token-123";
-
-fn broker() -> TestBroker {
-    TestBroker::start_with(BrokerOptions {
-        verbose_log: false,
-        // The harness waits for an information-level "running" line.
-        extra_config: "log_type information\n".into(),
-        ..BrokerOptions::default()
-    })
-}
-
-fn options(broker: &TestBroker, data_dir: &Path) -> ServeOptions {
-    let service = broker
-        .service_config()
-        .credentials
-        .expect("service account");
-    ServeOptions {
-        broker: Some(format!("mqtt://127.0.0.1:{}", broker.port())),
-        broker_username: Some(service.username),
-        broker_password: Some(service.password),
-        data_dir: Some(data_dir.to_owned()),
-        listen: Some("127.0.0.1:0".into()),
-        api_token: Some(TOKEN.into()),
-        ..ServeOptions::default()
-    }
-}
-
-/// A server in this process, stopped by sending on `stop`.
-struct Running {
-    base: String,
-    stop: Option<oneshot::Sender<()>>,
-    server: Option<Server>,
-}
-
-impl Running {
-    async fn start(options: ServeOptions) -> Self {
-        let settings =
-            Settings::resolve(options, FileConfig::default(), None).expect("valid settings");
-        let (stop, stopped) = oneshot::channel::<()>();
-        let server = serve::start(settings, async move {
-            let _ = stopped.await;
-        })
-        .await
-        .expect("server starts");
-        Self {
-            base: format!("http://{}", server.local_addr()),
-            stop: Some(stop),
-            server: Some(server),
-        }
-    }
-
-    /// Signals shutdown and waits for the whole sequence (drain, runtime, flush, disconnect).
-    async fn shutdown(mut self) {
-        let _ = self.stop.take().expect("running").send(());
-        let server = self.server.take().expect("running");
-        tokio::time::timeout(Duration::from_secs(20), server.wait())
-            .await
-            .expect("shutdown finishes in time")
-            .expect("clean shutdown");
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("{}{path}", self.base)
-    }
-
-    async fn call(&self, method: Method, path: &str, body: Option<Value>) -> (StatusCode, Value) {
-        let mut req = reqwest::Client::new()
-            .request(method, self.url(path))
-            .bearer_auth(TOKEN);
-        if let Some(b) = body {
-            req = req.json(&b);
-        }
-        let resp = req.send().await.expect("request sent");
-        let status = resp.status();
-        let text = resp.text().await.expect("body read");
-        let value = if text.is_empty() {
-            Value::Null
-        } else {
-            serde_json::from_str(&text).unwrap_or_else(|_| panic!("not JSON: {text}"))
-        };
-        (status, value)
-    }
-
-    async fn get(&self, path: &str) -> (StatusCode, Value) {
-        self.call(Method::GET, path, None).await
-    }
-
-    async fn post(&self, path: &str, body: Value) -> (StatusCode, Value) {
-        self.call(Method::POST, path, Some(body)).await
-    }
-
-    /// Raw request with any headers and body, no token unless given.
-    async fn raw(
-        &self,
-        method: Method,
-        path: &str,
-        headers: &[(&str, &str)],
-        body: impl Into<reqwest::Body>,
-    ) -> (StatusCode, reqwest::header::HeaderMap, Value) {
-        let mut req = reqwest::Client::new().request(method, self.url(path));
-        for (k, v) in headers {
-            req = req.header(*k, *v);
-        }
-        let resp = req.body(body).send().await.expect("request sent");
-        let status = resp.status();
-        let headers = resp.headers().clone();
-        let text = resp.text().await.expect("body read");
-        let value = serde_json::from_str(&text).unwrap_or(Value::String(text));
-        (status, headers, value)
-    }
-}
 
 fn things(prefix: &str, n: usize) -> Vec<ThingName> {
     (0..n)
@@ -717,7 +607,7 @@ async fn thing_groups_and_a_job_to_a_group() {
         .call(
             Method::PUT,
             "/api/v1/thing-groups/lamps",
-            Some(json!({"description": "all lamps", "thingNames": ["l1", "l2"]})),
+            Some(&json!({"description": "all lamps", "thingNames": ["l1", "l2"]})),
         )
         .await;
     assert_eq!(status, StatusCode::CREATED, "{g}");
@@ -734,7 +624,7 @@ async fn thing_groups_and_a_job_to_a_group() {
         .call(
             Method::PUT,
             "/api/v1/thing-groups/lamps/members",
-            Some(json!({"thingNames": ["l3"]})),
+            Some(&json!({"thingNames": ["l3"]})),
         )
         .await;
     assert_eq!(status, StatusCode::OK, "{g}");
@@ -743,7 +633,7 @@ async fn thing_groups_and_a_job_to_a_group() {
         .call(
             Method::DELETE,
             "/api/v1/thing-groups/lamps/members",
-            Some(json!({"thingNames": ["l1"]})),
+            Some(&json!({"thingNames": ["l1"]})),
         )
         .await;
     assert_eq!(g["numberOfThings"], 2);

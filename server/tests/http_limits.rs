@@ -8,100 +8,15 @@
 //! - the header-read timeout, the connection cap, the bearer scheme in any case;
 //! - plain logs when stderr is not a terminal.
 
+mod common;
+
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::path::Path;
 use std::time::{Duration, Instant};
 
-use fleetops_server::config::{FileConfig, ServeOptions, Settings};
-use fleetops_server::serve::{self, Server};
-use fleetops_transport_mqtt::testing::{BrokerOptions, TestBroker};
+use common::{broker, options, Running, TOKEN};
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
-use tokio::sync::oneshot;
-
-const TOKEN: &str = "test-token-123";
-
-fn broker() -> TestBroker {
-    TestBroker::start_with(BrokerOptions {
-        verbose_log: false,
-        // The harness waits for an information-level "running" line.
-        extra_config: "log_type information\n".into(),
-        ..BrokerOptions::default()
-    })
-}
-
-fn options(broker: &TestBroker, data_dir: &Path) -> ServeOptions {
-    let service = broker
-        .service_config()
-        .credentials
-        .expect("service account");
-    ServeOptions {
-        broker: Some(format!("mqtt://127.0.0.1:{}", broker.port())),
-        broker_username: Some(service.username),
-        broker_password: Some(service.password),
-        data_dir: Some(data_dir.to_owned()),
-        listen: Some("127.0.0.1:0".into()),
-        api_token: Some(TOKEN.into()),
-        ..ServeOptions::default()
-    }
-}
-
-/// A server in this process, stopped by sending on `stop`.
-struct Running {
-    base: String,
-    addr: std::net::SocketAddr,
-    stop: Option<oneshot::Sender<()>>,
-    server: Option<Server>,
-    client: reqwest::Client,
-}
-
-impl Running {
-    async fn start(options: ServeOptions) -> Self {
-        let settings =
-            Settings::resolve(options, FileConfig::default(), None).expect("valid settings");
-        let (stop, stopped) = oneshot::channel::<()>();
-        let server = serve::start(settings, async move {
-            let _ = stopped.await;
-        })
-        .await
-        .expect("server starts");
-        Self {
-            base: format!("http://{}", server.local_addr()),
-            addr: server.local_addr(),
-            stop: Some(stop),
-            server: Some(server),
-            client: reqwest::Client::new(),
-        }
-    }
-
-    async fn shutdown(mut self) {
-        let _ = self.stop.take().expect("running").send(());
-        let server = self.server.take().expect("running");
-        tokio::time::timeout(Duration::from_secs(20), server.wait())
-            .await
-            .expect("shutdown finishes in time")
-            .expect("clean shutdown");
-    }
-
-    /// A request with the token; `path` may carry a query string and is sent as is.
-    async fn call(&self, method: Method, path: &str, body: Option<&Value>) -> (StatusCode, Value) {
-        let mut req = self
-            .client
-            .request(method, format!("{}{path}", self.base))
-            .bearer_auth(TOKEN);
-        if let Some(b) = body {
-            req = req
-                .header("content-type", "application/json")
-                .body(b.to_string());
-        }
-        let resp = req.send().await.expect("request sent");
-        let status = resp.status();
-        let text = resp.text().await.expect("body read");
-        let value = serde_json::from_str(&text).unwrap_or(Value::String(text));
-        (status, value)
-    }
-}
 
 /// Asserts a refusal with `status` and `code` whose message names `field`.
 #[track_caller]
