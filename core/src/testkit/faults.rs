@@ -238,3 +238,225 @@ impl<S: EventStore> EventStore for FaultyStore<S> {
         self.inner.delete_snapshot(name).await
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+    use std::sync::Mutex;
+    use std::time::Duration as StdDuration;
+
+    use tokio::sync::mpsc;
+    use tokio::time::timeout;
+    use uuid::Uuid;
+
+    use super::*;
+    use crate::event::Event;
+    use crate::store::{ExpectedVersion, NewEvent};
+    use crate::time::Timestamp;
+
+    /// A store whose one subscription delivers what the test sends, and which keeps
+    /// snapshots; the feed calls answer as an empty store.
+    struct Probe {
+        feed: Mutex<Option<mpsc::UnboundedReceiver<StoredEvent>>>,
+        snapshots: Mutex<HashMap<String, Snapshot>>,
+    }
+
+    /// Slow to hand over an event it already took: a read dropped in that window loses the
+    /// event, so the wrapper must never cancel a read that may have taken one.
+    struct ProbeSubscription(mpsc::UnboundedReceiver<StoredEvent>);
+
+    const HANDOVER: StdDuration = StdDuration::from_millis(300);
+
+    #[async_trait]
+    impl Subscription for ProbeSubscription {
+        async fn next(&mut self) -> Result<StoredEvent, StoreError> {
+            let e = self.0.recv().await.ok_or(StoreError::Closed);
+            tokio::time::sleep(HANDOVER).await;
+            e
+        }
+    }
+
+    #[async_trait]
+    impl EventStore for Probe {
+        async fn append(&self, batch: AppendBatch) -> Result<Appended, StoreError> {
+            batch.validate()?;
+            Ok(Appended {
+                first_position: 1,
+                last_position: 1,
+                versions: Vec::new(),
+            })
+        }
+        async fn read_stream(
+            &self,
+            _: &StreamId,
+            _: u64,
+            _: usize,
+        ) -> Result<Vec<StoredEvent>, StoreError> {
+            Ok(Vec::new())
+        }
+        async fn stream_version(&self, _: &StreamId) -> Result<Option<u64>, StoreError> {
+            Ok(None)
+        }
+        async fn read_all(&self, _: u64, _: usize) -> Result<Vec<StoredEvent>, StoreError> {
+            Ok(Vec::new())
+        }
+        async fn head_position(&self) -> Result<u64, StoreError> {
+            Ok(0)
+        }
+        async fn subscribe(&self, _: u64) -> Result<Box<dyn Subscription>, StoreError> {
+            let rx = self.feed.lock().unwrap().take().expect("one subscription");
+            Ok(Box::new(ProbeSubscription(rx)))
+        }
+        async fn load_snapshot(&self, name: &str) -> Result<Option<Snapshot>, StoreError> {
+            Ok(self.snapshots.lock().unwrap().get(name).cloned())
+        }
+        async fn save_snapshot(&self, name: &str, snapshot: Snapshot) -> Result<(), StoreError> {
+            self.snapshots
+                .lock()
+                .unwrap()
+                .insert(name.to_owned(), snapshot);
+            Ok(())
+        }
+        async fn delete_snapshot(&self, name: &str) -> Result<(), StoreError> {
+            self.snapshots.lock().unwrap().remove(name);
+            Ok(())
+        }
+    }
+
+    fn probe() -> (FaultyStore<Probe>, mpsc::UnboundedSender<StoredEvent>) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let store = FaultyStore::new(Probe {
+            feed: Mutex::new(Some(rx)),
+            snapshots: Mutex::new(HashMap::new()),
+        });
+        (store, tx)
+    }
+
+    fn stored(position: u64) -> StoredEvent {
+        let at = Timestamp::from_secs(1_700_000_000 + position);
+        StoredEvent {
+            event_id: Uuid::from_u128(u128::from(position)),
+            stream: StreamId::custom("probe").unwrap(),
+            stream_version: position,
+            position,
+            recorded_at: at,
+            schema_version: 1,
+            correlation_id: None,
+            causation_id: None,
+            idempotency_key: None,
+            event: Event::CommandTimedOut { at },
+        }
+    }
+
+    const SHORT: StdDuration = StdDuration::from_millis(100);
+
+    #[tokio::test]
+    async fn failing_fails_every_feed_call_and_healing_restores_them() {
+        let (store, _tx) = probe();
+        let faults = store.handle();
+        let stream = StreamId::custom("probe").unwrap();
+        assert_eq!(store.head_position().await, Ok(0));
+
+        faults.fail();
+        assert_eq!(faults.fault(), Fault::Fail);
+        let backend = Err::<(), _>(injected());
+        assert_eq!(store.head_position().await.map(drop), backend);
+        assert_eq!(store.read_all(1, 10).await.map(drop), backend);
+        assert_eq!(store.read_stream(&stream, 1, 10).await.map(drop), backend);
+        assert_eq!(store.stream_version(&stream).await.map(drop), backend);
+        let e = stored(1);
+        let new = NewEvent::new(e.event_id, e.event, e.recorded_at);
+        let batch = AppendBatch::single(stream.clone(), ExpectedVersion::Any, vec![new]);
+        assert_eq!(store.append(batch.clone()).await.map(drop), backend);
+        assert_eq!(store.subscribe(1).await.map(drop).err(), Some(injected()));
+        assert_eq!(faults.subscribes(), 1, "a failed subscribe counts");
+
+        faults.heal();
+        assert_eq!(store.head_position().await, Ok(0));
+        assert!(store.append(batch).await.is_ok());
+    }
+
+    #[tokio::test]
+    async fn snapshots_pass_through_while_failing() {
+        let (store, _tx) = probe();
+        store.handle().fail();
+        let snapshot = Snapshot {
+            position: 0,
+            event_key: 0,
+            bytes: vec![1, 2, 3],
+        };
+        store.save_snapshot("p", snapshot.clone()).await.unwrap();
+        assert_eq!(store.load_snapshot("p").await, Ok(Some(snapshot)));
+        store.delete_snapshot("p").await.unwrap();
+        assert_eq!(store.load_snapshot("p").await, Ok(None));
+        assert!(store.inner().snapshots.lock().unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_failure_ends_a_waiting_subscription_for_good() {
+        let (store, tx) = probe();
+        let faults = store.handle();
+        let mut sub = store.subscribe(1).await.unwrap();
+        tx.send(stored(1)).unwrap();
+        assert_eq!(sub.next().await, Ok(stored(1)));
+
+        // Waiting for an event that never comes: the failure ends the wait.
+        let waiting = tokio::spawn(async move {
+            let r = sub.next().await;
+            (r, sub)
+        });
+        tokio::time::sleep(SHORT).await;
+        faults.fail();
+        let (r, mut sub) = timeout(StdDuration::from_secs(5), waiting)
+            .await
+            .expect("the failure wakes the waiting read")
+            .unwrap();
+        assert_eq!(r, Err(injected()));
+
+        // Healing does not revive it, even with events waiting.
+        faults.heal();
+        tx.send(stored(2)).unwrap();
+        assert_eq!(sub.next().await, Err(injected()));
+        assert_eq!(faults.subscribes(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_stall_holds_events_back_and_loses_none() {
+        let (store, tx) = probe();
+        let faults = store.handle();
+        let mut sub = store.subscribe(1).await.unwrap();
+
+        // Stalled before the event: nothing is delivered.
+        faults.stall();
+        tx.send(stored(1)).unwrap();
+        assert!(timeout(SHORT, sub.next()).await.is_err(), "stalled");
+        faults.heal();
+        assert_eq!(sub.next().await, Ok(stored(1)));
+
+        // Stalled while a read is handing an event over: the read is not cancelled (the
+        // event would be lost) but its event held back, then delivered.
+        let waiting = tokio::spawn(async move {
+            let r = sub.next().await;
+            (r, sub)
+        });
+        tokio::time::sleep(SHORT).await;
+        tx.send(stored(2)).unwrap();
+        tokio::time::sleep(HANDOVER / 10).await;
+        faults.stall();
+        tokio::time::sleep(HANDOVER + SHORT).await;
+        assert!(!waiting.is_finished(), "delivered while stalled");
+        faults.heal();
+        let (r, mut sub) = timeout(StdDuration::from_secs(5), waiting)
+            .await
+            .expect("delivered once healed")
+            .unwrap();
+        assert_eq!(r, Ok(stored(2)));
+
+        // Calls keep working while stalled.
+        faults.stall();
+        assert_eq!(store.head_position().await, Ok(0));
+        faults.heal();
+        tx.send(stored(3)).unwrap();
+        assert_eq!(sub.next().await, Ok(stored(3)));
+    }
+}
