@@ -7,7 +7,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{broker, options, Running, TOKEN};
+use common::{broker, listening_line, options, Running, TOKEN};
 use fleetops_core::device::{CommandResponse, ExecutionView, StartNextRequest, UpdateRequest};
 use fleetops_core::{CommandStatus, JobExecutionStatus, ThingName};
 use fleetops_server::config::{DurabilityArg, FileConfig, Settings};
@@ -791,7 +791,6 @@ async fn graceful_shutdown_keeps_everything_and_the_data_dir_reopens() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_binary_serves_and_stops_on_sigterm() {
-    use std::io::{BufRead, BufReader};
     use std::process::{Command, Stdio};
 
     let broker = broker();
@@ -809,14 +808,7 @@ async fn the_binary_serves_and_stops_on_sigterm() {
         .stderr(Stdio::inherit())
         .spawn()
         .expect("spawn fleetops");
-    let stdout = child.stdout.take().unwrap();
-    let line = tokio::task::spawn_blocking(move || {
-        let mut line = String::new();
-        BufReader::new(stdout).read_line(&mut line).map(|_| line)
-    })
-    .await
-    .unwrap()
-    .expect("read the listening line");
+    let line = listening_line(&mut child).await;
     let base = line
         .trim()
         .strip_prefix("listening on ")

@@ -14,7 +14,7 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
-use common::{broker, options, Running, TOKEN};
+use common::{broker, listening_line, options, Running, TOKEN};
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 
@@ -1170,7 +1170,6 @@ async fn the_binary_refuses_no_auth_on_a_remote_address_without_the_flag() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn logs_written_to_a_file_carry_no_colour_codes() {
-    use std::io::{BufRead, BufReader};
     use std::process::{Command, Stdio};
 
     let broker = broker();
@@ -1191,14 +1190,7 @@ async fn logs_written_to_a_file_carry_no_colour_codes() {
         .stderr(Stdio::from(log))
         .spawn()
         .expect("spawn fleetops");
-    let stdout = child.stdout.take().unwrap();
-    let line = tokio::task::spawn_blocking(move || {
-        let mut line = String::new();
-        BufReader::new(stdout).read_line(&mut line).map(|_| line)
-    })
-    .await
-    .unwrap()
-    .expect("read the listening line");
+    let line = listening_line(&mut child).await;
     assert!(line.starts_with("listening on "), "{line:?}");
     let killed = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])

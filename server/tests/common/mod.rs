@@ -3,8 +3,10 @@
 
 #![allow(dead_code)]
 
+use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::Path;
+use std::process::Child;
 use std::time::Duration;
 
 use fleetops_server::config::{FileConfig, ServeOptions, Settings};
@@ -42,6 +44,19 @@ pub fn options(broker: &TestBroker, data_dir: &Path) -> ServeOptions {
         api_token: Some(TOKEN.into()),
         ..ServeOptions::default()
     }
+}
+
+/// The first line the `fleetops` binary, spawned with its stdout piped, prints: the one that
+/// says where it listens.
+pub async fn listening_line(child: &mut Child) -> String {
+    let stdout = child.stdout.take().expect("stdout piped");
+    tokio::task::spawn_blocking(move || {
+        let mut line = String::new();
+        BufReader::new(stdout).read_line(&mut line).map(|_| line)
+    })
+    .await
+    .unwrap()
+    .expect("read the listening line")
 }
 
 /// A server in this process, stopped by sending on `stop`.
