@@ -16,7 +16,7 @@ use crate::aggregate::{foreign, not_found, Aggregate};
 use crate::device::CommandResponse;
 use crate::event::{Event, EvolveError};
 use crate::ids::{ExecutionId, ThingName};
-use crate::limits::{self, MAX_COMMAND_ACTION_BYTES, MAX_COMMAND_ID_LEN, MAX_COMMAND_PARAMS_BYTES};
+use crate::limits::{self, MAX_COMMAND_ACTION_LEN, MAX_COMMAND_ID_LEN, MAX_COMMAND_PARAMS_BYTES};
 use crate::rejection::Rejection;
 use crate::status::CommandStatus;
 use crate::time::{Duration, Timestamp};
@@ -80,7 +80,7 @@ pub enum CommandIntent {
         thing: ThingName,
         /// Optional template id.
         command_id: Option<String>,
-        /// What to do (1 to [`MAX_COMMAND_ACTION_BYTES`] bytes).
+        /// What to do (1 to [`MAX_COMMAND_ACTION_LEN`] characters).
         action: String,
         /// Arguments (at most [`MAX_COMMAND_PARAMS_BYTES`] of compact JSON).
         params: Value,
@@ -144,10 +144,10 @@ impl Aggregate for CommandExecution {
                 if state.is_some() {
                     return Err(Rejection::invalid("executionId", "already exists"));
                 }
-                if action.is_empty() || action.len() > MAX_COMMAND_ACTION_BYTES {
+                if action.is_empty() || action.chars().count() > MAX_COMMAND_ACTION_LEN {
                     return Err(Rejection::invalid(
                         "action",
-                        format!("must be 1 to {MAX_COMMAND_ACTION_BYTES} bytes"),
+                        format!("must be 1 to {MAX_COMMAND_ACTION_LEN} characters"),
                     ));
                 }
                 if command_id

@@ -19,8 +19,9 @@ pub const MAX_JOB_DOCUMENT_BYTES: usize = 32 * 1024;
 /// The largest command `params`, in bytes of compact JSON.
 pub const MAX_COMMAND_PARAMS_BYTES: usize = 32 * 1024;
 
-/// The longest command `action`, in bytes.
-pub const MAX_COMMAND_ACTION_BYTES: usize = 128;
+/// The longest command `action`, in characters (so the HTTP API's schema can state it exactly;
+/// at most 512 bytes of UTF-8).
+pub const MAX_COMMAND_ACTION_LEN: usize = 128;
 
 /// The longest command `commandId` (a template id), in characters of `[a-zA-Z0-9_-]`.
 pub const MAX_COMMAND_ID_LEN: usize = 64;

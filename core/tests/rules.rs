@@ -1078,10 +1078,14 @@ fn command_params_action_and_id_are_bounded() {
         "params"
     );
 
-    // The action counts bytes: 64 two-byte characters are exactly the limit.
-    let action_max = limits::MAX_COMMAND_ACTION_BYTES;
-    command_accepted(send_with(&"é".repeat(action_max / 2), None, json!({})));
+    // The action counts characters, whatever their size in bytes.
+    let action_max = limits::MAX_COMMAND_ACTION_LEN;
+    command_accepted(send_with(&"é".repeat(action_max), None, json!({})));
     command_accepted(send_with(&"a".repeat(action_max), None, json!({})));
+    assert_eq!(
+        command_refused(send_with(&"é".repeat(action_max + 1), None, json!({}))),
+        "action"
+    );
     assert_eq!(
         command_refused(send_with(&"a".repeat(action_max + 1), None, json!({}))),
         "action"

@@ -177,11 +177,11 @@ async fn every_documented_limit_holds_from_both_sides() {
         "params",
     );
     accepted(
-        &send(json!({}), "é".repeat(MAX_COMMAND_ACTION_BYTES / 2), None).await,
+        &send(json!({}), "é".repeat(MAX_COMMAND_ACTION_LEN), None).await,
         ok,
     );
     refused(
-        &send(json!({}), "a".repeat(MAX_COMMAND_ACTION_BYTES + 1), None).await,
+        &send(json!({}), "a".repeat(MAX_COMMAND_ACTION_LEN + 1), None).await,
         bad,
         "InvalidRequest",
         "action",
