@@ -84,6 +84,26 @@ fn connect(
     options.set_clean_start(true);
     AsyncClient::new(options, 64)
 }
+/// Subscribes to the replies to `thing`'s updates of `job` and returns the broker's codes.
+async fn subscribe_updates(
+    client: &AsyncClient,
+    events: &mut EventLoop,
+    thing: &str,
+    job: &str,
+) -> Vec<SubscribeReasonCode> {
+    client
+        .subscribe(
+            format!("fleets/things/{thing}/jobs/{job}/update/+"),
+            QoS::AtLeastOnce,
+        )
+        .await
+        .unwrap();
+    next(events, |p| match p {
+        Packet::SubAck(a) => Some(a.return_codes.clone()),
+        _ => None,
+    })
+    .await
+}
 
 /// Polls until `pick` returns something, failing after 10 s.
 async fn next<T>(events: &mut EventLoop, mut pick: impl FnMut(&Packet) -> Option<T>) -> T {
@@ -146,17 +166,7 @@ async fn a_certificate_acts_only_for_its_own_thing_whatever_the_client_id() {
     };
     // lamp-2's real device, online with its own certificate and client id.
     let (real, mut real_events) = connect(&broker, broker.client_identity("lamp-2"), "lamp-2");
-    real.subscribe(
-        format!("fleets/things/lamp-2/jobs/{job}/update/+"),
-        QoS::AtLeastOnce,
-    )
-    .await
-    .unwrap();
-    let codes = next(&mut real_events, |p| match p {
-        Packet::SubAck(a) => Some(a.return_codes.clone()),
-        _ => None,
-    })
-    .await;
+    let codes = subscribe_updates(&real, &mut real_events, "lamp-2", job).await;
     assert!(
         matches!(codes[..], [SubscribeReasonCode::Success(_)]),
         "lamp-2 reaches its own topics: {codes:?}"
@@ -169,18 +179,7 @@ async fn a_certificate_acts_only_for_its_own_thing_whatever_the_client_id() {
     // Subscribing to lamp-2's replies: mosquitto grants the subscription but checks read
     // access per message, so nothing of lamp-2's may ever arrive (checked below and at the
     // end).
-    client
-        .subscribe(
-            format!("fleets/things/lamp-2/jobs/{job}/update/+"),
-            QoS::AtLeastOnce,
-        )
-        .await
-        .unwrap();
-    let codes = next(&mut events, |p| match p {
-        Packet::SubAck(a) => Some(a.return_codes.clone()),
-        _ => None,
-    })
-    .await;
+    let codes = subscribe_updates(&client, &mut events, "lamp-2", job).await;
     assert_eq!(codes.len(), 1, "{codes:?}");
 
     // Publishing lamp-2's update is refused by the broker.
@@ -205,18 +204,7 @@ async fn a_certificate_acts_only_for_its_own_thing_whatever_the_client_id() {
     );
 
     // The same connection reaches lamp-1's own topics: subscribe, publish, get the answer.
-    client
-        .subscribe(
-            format!("fleets/things/lamp-1/jobs/{job}/update/+"),
-            QoS::AtLeastOnce,
-        )
-        .await
-        .unwrap();
-    let codes = next(&mut events, |p| match p {
-        Packet::SubAck(a) => Some(a.return_codes.clone()),
-        _ => None,
-    })
-    .await;
+    let codes = subscribe_updates(&client, &mut events, "lamp-1", job).await;
     assert!(
         matches!(codes[..], [SubscribeReasonCode::Success(_)]),
         "lamp-1's certificate reaches lamp-1's topics: {codes:?}"
