@@ -169,6 +169,29 @@ pub trait DeviceLink: Send + Sync + 'static {
     }
 }
 
+/// A shared link is a link: an embedder hands `Arc::clone(&link)` to the runtime and keeps
+/// its own handle, to read the transport's statistics or disconnect it cleanly once the
+/// runtime has stopped. Every method forwards, `submit` and `settle` included, so the
+/// transport's own batching and acknowledgements are kept.
+#[async_trait]
+impl<T: DeviceLink + ?Sized> DeviceLink for std::sync::Arc<T> {
+    async fn send(&self, messages: Vec<Outbound>) -> Result<(), LinkError> {
+        (**self).send(messages).await
+    }
+
+    async fn submit(&self, messages: Vec<Outbound>) -> Result<Delivery, LinkError> {
+        (**self).submit(messages).await
+    }
+
+    async fn recv(&self, max: usize) -> Result<Vec<LinkEvent>, LinkError> {
+        (**self).recv(max).await
+    }
+
+    async fn settle(&self, receipts: Vec<Receipt>) {
+        (**self).settle(receipts).await;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -24,9 +24,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use async_trait::async_trait;
-use fleetops_core::device::Outbound;
-use fleetops_core::link::{Delivery, DeviceLink, LinkError, LinkEvent, Receipt};
 use fleetops_core::StoreError;
 use fleetops_service::{Fleet, FleetError};
 use fleetops_store_sled::{SledConfig, SledStore};
@@ -37,31 +34,6 @@ use tokio::task::JoinHandle;
 pub use crate::config::ServeArgs;
 use crate::config::{LogFormat, Settings};
 use crate::http::{self, ApiState};
-
-/// The MQTT link shared between the runtime and the server, so the server can still
-/// disconnect it cleanly after [`Fleet::shutdown`] (which consumes the fleet and its link).
-#[derive(Clone)]
-pub struct SharedLink(pub Arc<MqttLink>);
-
-#[async_trait]
-impl DeviceLink for SharedLink {
-    async fn send(&self, messages: Vec<Outbound>) -> Result<(), LinkError> {
-        self.0.send(messages).await
-    }
-
-    async fn submit(&self, messages: Vec<Outbound>) -> Result<Delivery, LinkError> {
-        self.0.submit(messages).await
-    }
-
-    async fn recv(&self, max: usize) -> Result<Vec<LinkEvent>, LinkError> {
-        self.0.recv(max).await
-    }
-
-    // Without it the broker would never get an acknowledgement and stop delivering.
-    async fn settle(&self, receipts: Vec<Receipt>) {
-        self.0.settle(receipts).await;
-    }
-}
 
 /// Why the server could not start or stop cleanly.
 #[derive(Debug, thiserror::Error)]
@@ -142,7 +114,7 @@ pub async fn start(
             source,
         })?;
     let link = Arc::new(link);
-    let fleet = Fleet::start(store.clone(), SharedLink(Arc::clone(&link))).await?;
+    let fleet = Fleet::start(store.clone(), Arc::clone(&link)).await?;
     let fleet = Arc::new(fleet);
     let listener = tokio::net::TcpListener::bind(settings.listen)
         .await
@@ -285,7 +257,7 @@ async fn serve_http(
 }
 
 async fn stop_everything(
-    fleet: Arc<Fleet<SledStore, SharedLink>>,
+    fleet: Arc<Fleet<SledStore, Arc<MqttLink>>>,
     store: SledStore,
     link: Arc<MqttLink>,
 ) -> Result<(), ServeError> {

@@ -199,7 +199,7 @@ fn endpoints<S: EventStore, L: DeviceLink>() -> Vec<Endpoint<ApiState<S, L>>> {
 
 /// Every `(method, path)` the router serves, in the path syntax of OpenAPI (`{jobId}`).
 pub fn route_table() -> Vec<(Method, &'static str)> {
-    endpoints::<fleetops_store_sled::SledStore, crate::serve::SharedLink>()
+    endpoints::<fleetops_store_sled::SledStore, std::sync::Arc<fleetops_transport_mqtt::MqttLink>>()
         .into_iter()
         .map(|e| (e.method, e.path))
         .collect()
