@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 fn forbidden() -> Vec<String> {
     vec![
         format!("{}{}", "DESIGN", ".md"),
+        format!("{}{}", "DESIGN ", "§"),
         format!("{}{}", "../", "shared"),
         format!("{}{}", "MQTT-", "NOTES"),
     ]

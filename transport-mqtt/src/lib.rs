@@ -1,6 +1,6 @@
 //! # fleetops-transport-mqtt
 //!
-//! Binds fleetops to MQTT 5 (DESIGN §4; `docs/protocol.md` is the wire reference):
+//! Binds fleetops to MQTT 5 (`docs/protocol.md` is the wire reference):
 //!
 //! - [`codec`]: the pure wire codec. Topic layout with the presets `fleets` (default),
 //!   `$emqx` and `$aws`; JSON messages compatible with the AWS IoT Jobs device MQTT API and
