@@ -5,10 +5,14 @@
 //! responses of every status), service intents (queue/send, cancel ± force, remove ± force,
 //! retry, timer checks), clock ticks, re-deliveries of earlier device messages, delivery of
 //! held-back older messages, and restarts — and runs them against the real aggregate and the
-//! reference model of `common/model.rs` side by side. After every step it checks:
+//! public reference model (`fleetops_core::testkit::model`) side by side. Every operation is
+//! one `Op`: the model answers it through `Model::step`, the aggregate decides its
+//! `Op::to_intent`, exactly as an embedder checks its own service. After every step it checks:
 //!
 //! - the model and the aggregate agree on refuse (with the same code) / no-op / new status, and
-//!   on every field the model tracks (versions, attempt, details, deadlines, timestamps);
+//!   on every field the model tracks (versions, attempt, details, deadlines, timestamps, the
+//!   timers due);
+//! - a refusal or a no-op leaves the model exactly as it was;
 //! - every emitted event evolves, and bumps the version by exactly one; a refusal or an empty
 //!   decision leaves the version alone;
 //! - no terminal status is left, except to REMOVED by deletion and to QUEUED by a retry;
@@ -21,19 +25,19 @@
 //! `PROPTEST_CASES` overrides the case count. Failures are saved under
 //! `core/proptest-regressions/` and replayed first on every later run.
 
-#[path = "common/model.rs"]
-mod model;
-
 use fleetops_core::command::{CommandExecution, CommandIntent};
-use fleetops_core::device::{CommandResponse, StepTimeout, UpdateRequest};
-use fleetops_core::event::{EndReason, StatusDetails, TimeoutCause};
+use fleetops_core::event::TimeoutCause;
 use fleetops_core::ids::StatusDetailKey;
 use fleetops_core::job_execution::{JobExecution, JobExecutionIntent};
+use fleetops_core::limits::MAX_COMMAND_PARAMS_BYTES;
+use fleetops_core::testkit::model::{
+    terminal_exit_allowed, CommandOp, Details, Expect, Intent, JobOp, Model, NewCommand, Op,
+    Response, Step, Update,
+};
 use fleetops_core::{
     Aggregate, CommandStatus as C, Duration, Event, ExecutionId, JobExecutionStatus as S, JobId,
     ThingName, Timestamp,
 };
-use model::{terminal_exit_allowed, CmdModel, Details, ExecModel, Expect, Response, Step, Update};
 use proptest::prelude::*;
 use proptest::sample::Index;
 use proptest::test_runner::{Config, FileFailurePersistence, TestCaseError};
@@ -129,8 +133,22 @@ fn step_timeout() -> impl Strategy<Value = Step> {
     ]
 }
 
+fn detail_key(k: &str) -> StatusDetailKey {
+    StatusDetailKey::parse(k).expect("generated keys are valid")
+}
+
+/// `n` entries `k0`, `k1`, … of `len` characters each, the last one `extra` longer.
+fn big_details(n: usize, len: usize, extra: usize) -> Details {
+    (0..n)
+        .map(|i| {
+            let len = if i + 1 == n { len + extra } else { len };
+            (detail_key(&format!("k{i}")), "x".repeat(len))
+        })
+        .collect()
+}
+
 fn details() -> impl Strategy<Value = Option<Details>> {
-    let key = prop::sample::select(vec!["progress", "step", "note:1"]).prop_map(str::to_owned);
+    let key = prop::sample::select(vec!["progress", "step", "note:1"]).prop_map(detail_key);
     let value = prop_oneof![
         8 => prop::sample::select(vec!["", "1", "50%", "done"]).prop_map(str::to_owned),
         // 1,024 characters but 2,048 bytes: the limit counts characters.
@@ -138,8 +156,12 @@ fn details() -> impl Strategy<Value = Option<Details>> {
         1 => Just("x".repeat(1025)),
     ];
     prop_oneof![
-        2 => Just(None),
-        3 => prop::collection::btree_map(key, value, 0..3).prop_map(Some),
+        4 => Just(None),
+        6 => prop::collection::btree_map(key, value, 0..3).prop_map(Some),
+        // Either side of the entry limit (32) and of the size limit (8 entries of 2 + 1,022
+        // bytes are exactly 8,192).
+        1 => prop::sample::select(vec![(32, 1, 0), (33, 1, 0), (8, 1022, 0), (8, 1022, 1)])
+            .prop_map(|(n, len, extra)| Some(big_details(n, len, extra))),
     ]
 }
 
@@ -164,16 +186,6 @@ enum JobMsgGen {
         execution_number: Pick,
         step: Step,
     },
-    StartNext {
-        details: Option<Details>,
-        step: Step,
-    },
-}
-
-/// A device job message as sent.
-#[derive(Debug, Clone)]
-enum JobMsg {
-    Update(Update),
     StartNext {
         details: Option<Details>,
         step: Step,
@@ -281,43 +293,6 @@ fn exec_steps() -> impl Strategy<Value = Vec<ExecStep>> {
     })
 }
 
-fn core_details(d: &Details) -> StatusDetails {
-    d.iter()
-        .map(|(k, v)| {
-            (
-                StatusDetailKey::parse(k).expect("generated keys are valid"),
-                v.clone(),
-            )
-        })
-        .collect()
-}
-
-fn core_step(step: Step) -> StepTimeout {
-    match step {
-        Step::Keep => StepTimeout::Keep,
-        Step::Clear => StepTimeout::Clear,
-        Step::Minutes(m) => StepTimeout::Minutes(m),
-    }
-}
-
-fn job_intent(msg: &JobMsg) -> JobExecutionIntent {
-    match msg {
-        JobMsg::Update(u) => JobExecutionIntent::Update(UpdateRequest {
-            status: u.status,
-            status_details: u.details.as_ref().map(core_details),
-            expected_version: u.expected_version,
-            execution_number: u.execution_number,
-            step_timeout: core_step(u.step),
-            include_job_execution_state: false,
-            include_job_document: false,
-        }),
-        JobMsg::StartNext { details, step } => JobExecutionIntent::Start {
-            status_details: details.as_ref().map(core_details),
-            step_timeout: core_step(*step),
-        },
-    }
-}
-
 /// A delivered device message, remembered for re-delivery.
 #[derive(Debug)]
 struct Delivered<M> {
@@ -340,10 +315,10 @@ enum Kind {
 struct ExecRun {
     now: Timestamp,
     state: Option<JobExecution>,
-    model: Option<ExecModel>,
+    model: Model,
     log: Vec<Event>,
-    delivered: Vec<Delivered<JobMsg>>,
-    held: Vec<JobMsg>,
+    delivered: Vec<Delivered<JobOp>>,
+    held: Vec<JobOp>,
 }
 
 impl ExecRun {
@@ -351,7 +326,7 @@ impl ExecRun {
         Self {
             now: T0,
             state: None,
-            model: None,
+            model: Model::new(),
             log: Vec::new(),
             delivered: Vec::new(),
             held: Vec::new(),
@@ -367,10 +342,10 @@ impl ExecRun {
     }
 
     /// Fixes the numbers of a generated message against what the device last saw.
-    fn resolve(&self, g: &JobMsgGen) -> JobMsg {
+    fn resolve(&self, g: &JobMsgGen) -> JobOp {
         let (version, attempt) = self
             .model
-            .as_ref()
+            .job_execution(&Self::job(), &Self::thing())
             .map_or((0, 0), |m| (m.version, u64::from(m.execution_number)));
         match g {
             JobMsgGen::Update {
@@ -379,7 +354,7 @@ impl ExecRun {
                 expected_version,
                 execution_number,
                 step,
-            } => JobMsg::Update(Update {
+            } => JobOp::Update(Update {
                 status: *status,
                 details: details.clone(),
                 expected_version: expected_version.resolve(version),
@@ -388,26 +363,40 @@ impl ExecRun {
                     .map(|n| u32::try_from(n).expect("small")),
                 step: *step,
             }),
-            JobMsgGen::StartNext { details, step } => JobMsg::StartNext {
+            JobMsgGen::StartNext { details, step } => JobOp::StartNext {
                 details: details.clone(),
                 step: *step,
             },
         }
     }
 
-    fn model_device(&mut self, msg: &JobMsg) -> Expect {
-        match msg {
-            JobMsg::Update(u) => ExecModel::update(&mut self.model, u.clone(), self.now),
-            JobMsg::StartNext { details, step } => {
-                ExecModel::start_next(&mut self.model, details.clone(), *step, self.now)
-            }
+    /// Runs `op` through the model's step API and the aggregate, checks they agree, and
+    /// returns what the model expected.
+    fn apply(&mut self, op: JobOp) -> Result<Expect, TestCaseError> {
+        let kind = match op {
+            JobOp::Update(_) | JobOp::StartNext { .. } => Kind::Device,
+            JobOp::Remove { .. } => Kind::Remove,
+            JobOp::Retry => Kind::Retry,
+            JobOp::Queue { .. } | JobOp::CheckTimeout | JobOp::Cancel { .. } => Kind::Other,
+        };
+        let op = Op::job(Self::job(), Self::thing(), op);
+        prop_assert_eq!(op.is_device(), kind == Kind::Device);
+        let model_before = self.model.clone();
+        let expect = self.model.step(&op, self.now);
+        if !matches!(expect, Expect::Job(_)) {
+            prop_assert_eq!(&self.model, &model_before, "{:?} changed the model", expect);
         }
+        let Intent::Job { job, thing, intent } = op.to_intent() else {
+            return Err(TestCaseError::fail(format!("{op:?} is not a job intent")));
+        };
+        prop_assert_eq!((job, thing), (Self::job(), Self::thing()));
+        self.decide(intent, expect, kind)?;
+        Ok(expect)
     }
 
-    fn deliver(&mut self, msg: JobMsg) -> Result<(), TestCaseError> {
-        let expect = self.model_device(&msg);
+    fn deliver(&mut self, msg: JobOp) -> Result<(), TestCaseError> {
         let before = self.log.len();
-        self.decide(job_intent(&msg), expect, Kind::Device)?;
+        self.apply(msg.clone())?;
         self.delivered.push(Delivered {
             msg,
             changed: self.log.len() > before,
@@ -417,17 +406,12 @@ impl ExecRun {
     }
 
     fn step(&mut self, step: &ExecStep) -> Result<(), TestCaseError> {
-        let now = self.now;
         match step {
-            ExecStep::Queue { timeout } => {
-                let expect = ExecModel::queue(&mut self.model, *timeout, now);
-                let intent = JobExecutionIntent::Queue {
-                    job_id: Self::job(),
-                    thing: Self::thing(),
+            ExecStep::Queue { timeout } => self
+                .apply(JobOp::Queue {
                     in_progress_timeout: *timeout,
-                };
-                self.decide(intent, expect, Kind::Other)
-            }
+                })
+                .map(drop),
             ExecStep::Deliver(g) => {
                 let msg = self.resolve(g);
                 self.deliver(msg)
@@ -452,11 +436,9 @@ impl ExecRun {
                 let msg = d.msg.clone();
                 let right_after = d.log_len_after == self.log.len();
                 let versioned_change =
-                    d.changed && matches!(&msg, JobMsg::Update(u) if u.expected_version.is_some());
+                    d.changed && matches!(&msg, JobOp::Update(u) if u.expected_version.is_some());
                 let status_before = self.state.as_ref().map(|s| s.status);
-                let expect = self.model_device(&msg);
-                let outcome = self.decide(job_intent(&msg), expect, Kind::Device);
-                outcome?;
+                let expect = self.apply(msg.clone())?;
                 if right_after {
                     prop_assert_eq!(
                         self.state.as_ref().map(|s| s.status),
@@ -474,41 +456,13 @@ impl ExecRun {
                 }
                 Ok(())
             }
-            ExecStep::CheckTimeout => {
-                let expect = ExecModel::check_timeout(&mut self.model, now);
-                self.decide(JobExecutionIntent::CheckTimeout, expect, Kind::Other)
-            }
-            ExecStep::Cancel { force } => {
-                let expect = ExecModel::cancel(&mut self.model, *force, now);
-                let intent = JobExecutionIntent::Cancel {
-                    force: *force,
-                    reason: EndReason::Operator,
-                };
-                self.decide(intent, expect, Kind::Other)
-            }
-            ExecStep::Remove { force } => {
-                let expect = ExecModel::remove(&mut self.model, *force, now);
-                let intent = JobExecutionIntent::Remove {
-                    force: *force,
-                    reason: EndReason::Operator,
-                };
-                self.decide(intent, expect, Kind::Remove)
-            }
-            ExecStep::Retry => {
-                let expect = ExecModel::retry(&mut self.model, now);
-                self.decide(JobExecutionIntent::Retry, expect, Kind::Retry)
-            }
+            ExecStep::CheckTimeout => self.apply(JobOp::CheckTimeout).map(drop),
+            ExecStep::Cancel { force } => self.apply(JobOp::Cancel { force: *force }).map(drop),
+            ExecStep::Remove { force } => self.apply(JobOp::Remove { force: *force }).map(drop),
+            ExecStep::Retry => self.apply(JobOp::Retry).map(drop),
             ExecStep::FailThenRetry => {
-                let failed = JobMsg::Update(Update {
-                    status: Some(S::Failed),
-                    details: None,
-                    expected_version: None,
-                    execution_number: None,
-                    step: Step::Keep,
-                });
-                self.deliver(failed)?;
-                let expect = ExecModel::retry(&mut self.model, now);
-                self.decide(JobExecutionIntent::Retry, expect, Kind::Retry)
+                self.deliver(JobOp::Update(Update::new(S::Failed)))?;
+                self.apply(JobOp::Retry).map(drop)
             }
             ExecStep::Tick(dt) => {
                 self.now = self.now + *dt;
@@ -616,14 +570,26 @@ impl ExecRun {
             prop_assert!(a.version_number >= b.version_number);
             prop_assert!(a.execution_number >= b.execution_number);
         }
-        prop_assert_eq!(self.state.is_some(), self.model.is_some());
-        if let (Some(s), Some(m)) = (&self.state, &self.model) {
-            prop_assert_eq!(s.status, m.status);
-            prop_assert_eq!(s.version_number, m.version);
+        let (job, thing) = (Self::job(), Self::thing());
+        let model = self.model.job_execution(&job, &thing);
+        prop_assert_eq!(self.state.is_some(), model.is_some());
+        prop_assert_eq!(
+            self.model.job_executions().count(),
+            usize::from(model.is_some())
+        );
+        if let (Some(s), Some(m)) = (&self.state, model) {
+            prop_assert_eq!(Some(s.status), self.model.job_status(&job, &thing));
+            prop_assert_eq!(Some(s.version_number), self.model.job_version(&job, &thing));
             // One event per version: the version counts the stored history.
             prop_assert_eq!(s.version_number, self.log.len() as u64);
-            prop_assert_eq!(s.execution_number, m.execution_number);
-            prop_assert_eq!(&s.status_details, &core_details(&m.details));
+            prop_assert_eq!(
+                Some(s.execution_number),
+                self.model.job_attempt(&job, &thing)
+            );
+            prop_assert_eq!(
+                Some(&s.status_details),
+                self.model.job_details(&job, &thing)
+            );
             prop_assert_eq!(s.queued_at, m.queued_at);
             prop_assert_eq!(s.started_at, m.started_at);
             prop_assert_eq!(s.last_updated_at, m.last_updated_at);
@@ -639,6 +605,18 @@ impl ExecRun {
                 .min()
                 .filter(|_| m.status == S::InProgress);
             prop_assert_eq!(s.next_deadline(), earliest);
+            prop_assert_eq!(self.model.next_deadline(), earliest);
+            // The model's timer list names this execution exactly when its deadline is due.
+            let due = earliest.is_some_and(|d| d <= self.now);
+            let timers = self.model.timers_due(self.now);
+            prop_assert_eq!(
+                timers,
+                if due {
+                    vec![Op::job(job, thing, JobOp::CheckTimeout)]
+                } else {
+                    vec![]
+                }
+            );
         }
         let replayed = JobExecution::replay(&self.log)
             .map_err(|e| TestCaseError::fail(format!("stored history does not replay: {e}")))?;
@@ -651,12 +629,9 @@ impl ExecRun {
 
 #[derive(Debug, Clone)]
 enum CmdStep {
-    Send {
-        ttl: Duration,
-        action_len: usize,
-    },
-    Deliver(CommandResponse),
-    Hold(CommandResponse),
+    Send(NewCommand),
+    Deliver(Response),
+    Hold(Response),
     ReleaseHeld(Index),
     Duplicate(Index),
     CheckTimeout,
@@ -676,7 +651,66 @@ fn ttl() -> impl Strategy<Value = Duration> {
     ]
 }
 
-fn response() -> impl Strategy<Value = CommandResponse> {
+/// Either side of the action limit (128 characters), in one-byte and two-byte characters.
+fn action() -> impl Strategy<Value = String> {
+    (
+        prop::sample::select(vec![0usize, 1, 8, 128, 129]),
+        prop::bool::weighted(0.3),
+    )
+        .prop_map(|(n, wide)| if wide { "é" } else { "a" }.repeat(n))
+}
+
+fn command_id() -> impl Strategy<Value = Option<String>> {
+    prop_oneof![
+        6 => Just(None),
+        2 => Just(Some("tpl_1-a".to_owned())),
+        // Empty, outside the alphabet, 64 and 65 characters.
+        1 => prop::sample::select(vec![
+            String::new(),
+            "bad id".to_owned(),
+            "x".repeat(64),
+            "x".repeat(65),
+        ])
+        .prop_map(Some),
+    ]
+}
+
+/// Params either side of the size limit: a JSON string of `n` characters is `n + 2` bytes.
+fn params() -> impl Strategy<Value = serde_json::Value> {
+    prop_oneof![
+        6 => Just(json!({"level": 3})),
+        1 => prop::sample::select(vec![MAX_COMMAND_PARAMS_BYTES - 2, MAX_COMMAND_PARAMS_BYTES - 1])
+            .prop_map(|n| json!("p".repeat(n))),
+    ]
+}
+
+fn new_command(ttl: Duration, action: String, command_id: Option<String>) -> NewCommand {
+    NewCommand {
+        command_id,
+        ..NewCommand::new(CmdRun::thing(), action, ttl)
+    }
+}
+
+fn send() -> impl Strategy<Value = NewCommand> {
+    (ttl(), action(), command_id(), params()).prop_map(|(ttl, action, command_id, params)| {
+        NewCommand {
+            params,
+            ..new_command(ttl, action, command_id)
+        }
+    })
+}
+
+/// A cancel reason either side of its limit (1,024 characters, counted as characters).
+fn cancel_reason() -> impl Strategy<Value = Option<String>> {
+    prop_oneof![
+        4 => Just(None),
+        4 => Just(Some("operator".to_owned())),
+        1 => Just(Some("é".repeat(1024))),
+        1 => Just(Some("r".repeat(1025))),
+    ]
+}
+
+fn response() -> impl Strategy<Value = Response> {
     let status = prop_oneof![
         3 => Just(C::Succeeded),
         2 => Just(C::Failed),
@@ -690,24 +724,25 @@ fn response() -> impl Strategy<Value = CommandResponse> {
         2 => Just(Some("because".to_owned())),
         1 => Just(Some("r".repeat(1024))),
         1 => Just(Some("r".repeat(1025))),
+        // 1,024 characters but 2,048 bytes: the limit counts characters.
+        1 => Just(Some("é".repeat(1024))),
     ];
-    (status, result, reason).prop_map(|(status, result, status_reason)| CommandResponse {
+    (status, result, reason).prop_map(|(status, result, reason)| Response {
         status,
         result,
-        status_reason,
+        reason,
     })
 }
 
 fn cmd_step() -> impl Strategy<Value = CmdStep> {
     prop_oneof![
-        1 => (ttl(), prop::sample::select(vec![0usize, 1, 8, 128, 129]))
-            .prop_map(|(ttl, action_len)| CmdStep::Send { ttl, action_len }),
+        1 => send().prop_map(CmdStep::Send),
         4 => response().prop_map(CmdStep::Deliver),
         1 => response().prop_map(CmdStep::Hold),
         1 => any::<Index>().prop_map(CmdStep::ReleaseHeld),
         2 => any::<Index>().prop_map(CmdStep::Duplicate),
         2 => Just(CmdStep::CheckTimeout),
-        1 => prop::option::of(Just("operator".to_owned())).prop_map(CmdStep::Cancel),
+        1 => cancel_reason().prop_map(CmdStep::Cancel),
         3 => tick().prop_map(CmdStep::Tick),
         2 => deadline_offset().prop_map(CmdStep::TickToDeadline),
         1 => Just(CmdStep::Restart),
@@ -721,26 +756,19 @@ fn cmd_steps() -> impl Strategy<Value = Vec<CmdStep>> {
     )
         .prop_map(|(first, mut steps)| {
             if let Some(ttl) = first {
-                steps.insert(0, CmdStep::Send { ttl, action_len: 8 });
+                steps.insert(0, CmdStep::Send(new_command(ttl, "a".repeat(8), None)));
             }
             steps
         })
 }
 
-fn model_response(r: &CommandResponse) -> Response {
-    Response {
-        status: r.status,
-        reason: r.status_reason.clone(),
-    }
-}
-
 struct CmdRun {
     now: Timestamp,
     state: Option<CommandExecution>,
-    model: Option<CmdModel>,
+    model: Model,
     log: Vec<Event>,
-    delivered: Vec<Delivered<CommandResponse>>,
-    held: Vec<CommandResponse>,
+    delivered: Vec<Delivered<Response>>,
+    held: Vec<Response>,
 }
 
 impl CmdRun {
@@ -748,17 +776,43 @@ impl CmdRun {
         Self {
             now: T0,
             state: None,
-            model: None,
+            model: Model::new(),
             log: Vec::new(),
             delivered: Vec::new(),
             held: Vec::new(),
         }
     }
 
-    fn deliver(&mut self, r: CommandResponse) -> Result<(), TestCaseError> {
-        let expect = CmdModel::respond(&mut self.model, &model_response(&r), self.now);
+    fn id() -> ExecutionId {
+        ExecutionId::parse("cmd-1").expect("valid")
+    }
+
+    fn thing() -> ThingName {
+        ThingName::parse("thing-1").expect("valid")
+    }
+
+    /// Runs `op` through the model's step API and the aggregate, checks they agree, and
+    /// returns what the model expected.
+    fn apply(&mut self, op: CommandOp) -> Result<Expect, TestCaseError> {
+        let op = Op::command(Self::id(), op);
+        let model_before = self.model.clone();
+        let expect = self.model.step(&op, self.now);
+        if !matches!(expect, Expect::Command(_)) {
+            prop_assert_eq!(&self.model, &model_before, "{:?} changed the model", expect);
+        }
+        let Intent::Command { id, intent } = op.to_intent() else {
+            return Err(TestCaseError::fail(format!(
+                "{op:?} is not a command intent"
+            )));
+        };
+        prop_assert_eq!(id, Self::id());
+        self.decide(intent, expect)?;
+        Ok(expect)
+    }
+
+    fn deliver(&mut self, r: Response) -> Result<(), TestCaseError> {
         let before = self.log.len();
-        self.decide(CommandIntent::Respond(r.clone()), expect)?;
+        self.apply(CommandOp::Respond(r.clone()))?;
         self.delivered.push(Delivered {
             msg: r,
             changed: self.log.len() > before,
@@ -768,20 +822,8 @@ impl CmdRun {
     }
 
     fn step(&mut self, step: &CmdStep) -> Result<(), TestCaseError> {
-        let now = self.now;
         match step {
-            CmdStep::Send { ttl, action_len } => {
-                let expect = CmdModel::send(&mut self.model, *ttl, *action_len, now);
-                let intent = CommandIntent::Send {
-                    execution_id: ExecutionId::parse("cmd-1").expect("valid"),
-                    thing: ThingName::parse("thing-1").expect("valid"),
-                    command_id: None,
-                    action: "a".repeat(*action_len),
-                    params: json!({"level": 3}),
-                    ttl: *ttl,
-                };
-                self.decide(intent, expect)
-            }
+            CmdStep::Send(cmd) => self.apply(CommandOp::Send(cmd.clone())).map(drop),
             CmdStep::Deliver(r) => self.deliver(r.clone()),
             CmdStep::Hold(r) => {
                 self.held.push(r.clone());
@@ -800,8 +842,7 @@ impl CmdRun {
                 }
                 let d = i.get(&self.delivered);
                 let (r, changed) = (d.msg.clone(), d.changed);
-                let expect = CmdModel::respond(&mut self.model, &model_response(&r), now);
-                self.decide(CommandIntent::Respond(r.clone()), expect)?;
+                let expect = self.apply(CommandOp::Respond(r.clone()))?;
                 // A command is answered once: a repeated answer never lands again.
                 prop_assert!(
                     !changed || matches!(expect, Expect::Refused(_)),
@@ -810,17 +851,12 @@ impl CmdRun {
                 );
                 Ok(())
             }
-            CmdStep::CheckTimeout => {
-                let expect = CmdModel::check_timeout(&mut self.model, now);
-                self.decide(CommandIntent::CheckTimeout, expect)
-            }
-            CmdStep::Cancel(reason) => {
-                let expect = CmdModel::cancel(&mut self.model, reason.clone(), now);
-                let intent = CommandIntent::Cancel {
+            CmdStep::CheckTimeout => self.apply(CommandOp::CheckTimeout).map(drop),
+            CmdStep::Cancel(reason) => self
+                .apply(CommandOp::Cancel {
                     reason: reason.clone(),
-                };
-                self.decide(intent, expect)
-            }
+                })
+                .map(drop),
             CmdStep::Tick(dt) => {
                 self.now = self.now + *dt;
                 Ok(())
@@ -889,14 +925,28 @@ impl CmdRun {
             );
             prop_assert!(a.version >= b.version);
         }
-        prop_assert_eq!(self.state.is_some(), self.model.is_some());
-        if let (Some(s), Some(m)) = (&self.state, &self.model) {
-            prop_assert_eq!(s.status, m.status);
-            prop_assert_eq!(s.version, m.version);
+        let id = Self::id();
+        let model = self.model.command(&id);
+        prop_assert_eq!(self.state.is_some(), model.is_some());
+        prop_assert_eq!(self.model.commands().count(), usize::from(model.is_some()));
+        if let (Some(s), Some(m)) = (&self.state, model) {
+            prop_assert_eq!(Some(s.status), self.model.command_status(&id));
+            prop_assert_eq!(Some(s.version), self.model.command_version(&id));
             prop_assert_eq!(s.version, self.log.len() as u64);
             prop_assert_eq!(s.deadline, m.deadline);
             prop_assert_eq!(s.completed_at, m.completed_at);
-            prop_assert_eq!(&s.status_reason, &m.reason);
+            prop_assert_eq!(s.status_reason.as_deref(), self.model.command_reason(&id));
+            let pending = (s.status == C::Sent).then_some(s.deadline);
+            prop_assert_eq!(self.model.next_deadline(), pending);
+            let due = pending.is_some_and(|d| d <= self.now);
+            prop_assert_eq!(
+                self.model.timers_due(self.now),
+                if due {
+                    vec![Op::command(id, CommandOp::CheckTimeout)]
+                } else {
+                    vec![]
+                }
+            );
         }
         let replayed = CommandExecution::replay(&self.log)
             .map_err(|e| TestCaseError::fail(format!("stored history does not replay: {e}")))?;
