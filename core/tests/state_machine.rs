@@ -22,8 +22,14 @@
 //! - a device message re-delivered right after its first delivery never changes the status,
 //!   and one that changed the state and named its `expectedVersion` is refused when repeated.
 //!
+//! A third property drives a small fleet (several job executions and commands) through the
+//! step API alone, as an embedder would drive its service, and checks that the model and the
+//! aggregates agree on every answer, every execution's state and the timers due.
+//!
 //! `PROPTEST_CASES` overrides the case count. Failures are saved under
 //! `core/proptest-regressions/` and replayed first on every later run.
+
+use std::collections::BTreeMap;
 
 use fleetops_core::command::{CommandExecution, CommandIntent};
 use fleetops_core::event::TimeoutCause;
@@ -955,6 +961,147 @@ impl CmdRun {
     }
 }
 
+// ---- a fleet, through the step API alone ---------------------------------------------------------
+
+/// One generated fleet step: an operation on one of a few executions, or the clock moving on
+/// (after which every timer the model says is due fires on both sides).
+#[derive(Debug, Clone)]
+enum FleetStep {
+    Op(Op),
+    Tick(Duration),
+}
+
+fn fleet_job_op() -> impl Strategy<Value = JobOp> {
+    let update = (
+        job_status(),
+        details(),
+        prop::option::of(1u64..5),
+        prop::option::of(1u32..3),
+        step_timeout(),
+    )
+        .prop_map(
+            |(status, details, expected_version, execution_number, step)| {
+                JobOp::Update(Update {
+                    status,
+                    details,
+                    expected_version,
+                    execution_number,
+                    step,
+                })
+            },
+        );
+    prop_oneof![
+        2 => in_progress_timeout().prop_map(|t| JobOp::Queue { in_progress_timeout: t }),
+        6 => update,
+        2 => (details(), step_timeout())
+            .prop_map(|(details, step)| JobOp::StartNext { details, step }),
+        1 => Just(JobOp::CheckTimeout),
+        1 => any::<bool>().prop_map(|force| JobOp::Cancel { force }),
+        1 => any::<bool>().prop_map(|force| JobOp::Remove { force }),
+        2 => Just(JobOp::Retry),
+    ]
+}
+
+fn fleet_command_op() -> impl Strategy<Value = CommandOp> {
+    prop_oneof![
+        2 => send().prop_map(CommandOp::Send),
+        3 => response().prop_map(CommandOp::Respond),
+        1 => Just(CommandOp::CheckTimeout),
+        1 => cancel_reason().prop_map(|reason| CommandOp::Cancel { reason }),
+    ]
+}
+
+fn fleet_step() -> impl Strategy<Value = FleetStep> {
+    let job = prop::sample::select(vec!["job-1", "job-2"]).prop_map(|j| JobId::parse(j).unwrap());
+    let thing =
+        prop::sample::select(vec!["thing-1", "thing-2"]).prop_map(|t| ThingName::parse(t).unwrap());
+    let id =
+        prop::sample::select(vec!["cmd-1", "cmd-2"]).prop_map(|i| ExecutionId::parse(i).unwrap());
+    prop_oneof![
+        6 => (job, thing, fleet_job_op())
+            .prop_map(|(job, thing, op)| FleetStep::Op(Op::job(job, thing, op))),
+        3 => (id, fleet_command_op()).prop_map(|(id, op)| FleetStep::Op(Op::command(id, op))),
+        2 => tick().prop_map(FleetStep::Tick),
+    ]
+}
+
+/// The aggregates of a small fleet, kept in memory: the "system" the model is checked
+/// against, as an embedder would put its own service here.
+#[derive(Default)]
+struct Fleet {
+    jobs: BTreeMap<(JobId, ThingName), JobExecution>,
+    commands: BTreeMap<ExecutionId, CommandExecution>,
+}
+
+impl Fleet {
+    /// Runs `op` and reads the answer as an `Expect`, as an embedder reads its service's.
+    fn run(&mut self, op: &Op, now: Timestamp) -> Result<Expect, TestCaseError> {
+        fn answer<A: Aggregate>(
+            before: Option<A>,
+            intent: A::Intent,
+            now: Timestamp,
+        ) -> Result<Option<A>, Expect> {
+            match A::execute(before, intent, now) {
+                Err(refusal) => Err(Expect::Refused(refusal.code())),
+                Ok((_, events)) if events.is_empty() => Err(Expect::Unchanged),
+                Ok((after, _)) => Ok(after),
+            }
+        }
+        Ok(match op.to_intent() {
+            Intent::Job { job, thing, intent } => {
+                let key = (job, thing);
+                match answer(self.jobs.get(&key).cloned(), intent, now) {
+                    Err(expect) => expect,
+                    Ok(after) => {
+                        let after = after.ok_or_else(|| TestCaseError::fail("no state"))?;
+                        let status = after.status;
+                        self.jobs.insert(key, after);
+                        Expect::Job(status)
+                    }
+                }
+            }
+            Intent::Command { id, intent } => {
+                match answer(self.commands.get(&id).cloned(), intent, now) {
+                    Err(expect) => expect,
+                    Ok(after) => {
+                        let after = after.ok_or_else(|| TestCaseError::fail("no state"))?;
+                        let status = after.status;
+                        self.commands.insert(id, after);
+                        Expect::Command(status)
+                    }
+                }
+            }
+        })
+    }
+
+    /// Checks every execution the model knows against the fleet's, and the other way round.
+    fn agrees_with(&self, model: &Model) -> Result<(), TestCaseError> {
+        prop_assert_eq!(model.job_executions().count(), self.jobs.len());
+        for ((job, thing), s) in &self.jobs {
+            let m = model.job_execution(job, thing);
+            prop_assert!(m.is_some(), "the model lost {}/{}", job, thing);
+            prop_assert_eq!(Some(s.status), model.job_status(job, thing));
+            prop_assert_eq!(Some(s.version_number), model.job_version(job, thing));
+            prop_assert_eq!(Some(s.execution_number), model.job_attempt(job, thing));
+            prop_assert_eq!(Some(&s.status_details), model.job_details(job, thing));
+        }
+        prop_assert_eq!(model.commands().count(), self.commands.len());
+        for (id, s) in &self.commands {
+            prop_assert_eq!(Some(s.status), model.command_status(id));
+            prop_assert_eq!(Some(s.version), model.command_version(id));
+            prop_assert_eq!(s.status_reason.as_deref(), model.command_reason(id));
+        }
+        let jobs = self.jobs.values().filter_map(JobExecution::next_deadline);
+        let commands = self
+            .commands
+            .values()
+            .filter(|c| c.status == C::Sent)
+            .map(|c| c.deadline);
+        prop_assert_eq!(model.next_deadline(), jobs.chain(commands).min());
+        Ok(())
+    }
+}
+
 proptest! {
     #![proptest_config(config(1000))]
 
@@ -978,6 +1125,42 @@ proptest! {
         let mut run = CmdRun::new();
         for step in &steps {
             run.step(step)?;
+        }
+    }
+}
+
+proptest! {
+    #![proptest_config(config(256))]
+
+    /// A fleet of job and command executions, driven only through `Op`, `Model::step` and
+    /// `Op::to_intent` — the loop an embedder runs — agrees with the aggregates on every
+    /// answer and every execution's state, operations on one execution never touch another,
+    /// and the timers the model says are due are exactly the ones that time something out.
+    #[test]
+    fn a_fleet_driven_through_the_step_api_agrees_with_the_aggregates(
+        steps in prop::collection::vec(fleet_step(), 1..60)
+    ) {
+        let (mut model, mut fleet, mut now) = (Model::new(), Fleet::default(), T0);
+        for step in &steps {
+            match step {
+                FleetStep::Op(op) => {
+                    let expected = model.step(op, now);
+                    prop_assert_eq!(fleet.run(op, now)?, expected, "{:?} at {:?}", op, now);
+                }
+                FleetStep::Tick(dt) => {
+                    now = now + *dt;
+                    for op in model.timers_due(now) {
+                        let expected = model.step(&op, now);
+                        prop_assert!(
+                            matches!(expected, Expect::Job(S::TimedOut) | Expect::Command(C::TimedOut)),
+                            "a due timer {:?} did not time out: {:?}", op, expected
+                        );
+                        prop_assert_eq!(fleet.run(&op, now)?, expected, "{:?} at {:?}", op, now);
+                    }
+                    prop_assert!(model.next_deadline().is_none_or(|d| d > now));
+                }
+            }
+            fleet.agrees_with(&model)?;
         }
     }
 }
