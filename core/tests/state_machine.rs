@@ -961,7 +961,7 @@ impl CmdRun {
     }
 }
 
-// ---- a fleet, through the step API alone ---------------------------------------------------------
+// ---- a fleet, through the step API alone --------------------------------------------------------
 
 /// One generated fleet step: an operation on one of a few executions, or the clock moving on
 /// (after which every timer the model says is due fires on both sides).
@@ -1151,10 +1151,11 @@ proptest! {
                     now = now + *dt;
                     for op in model.timers_due(now) {
                         let expected = model.step(&op, now);
-                        prop_assert!(
-                            matches!(expected, Expect::Job(S::TimedOut) | Expect::Command(C::TimedOut)),
-                            "a due timer {:?} did not time out: {:?}", op, expected
+                        let timed_out = matches!(
+                            expected,
+                            Expect::Job(S::TimedOut) | Expect::Command(C::TimedOut)
                         );
+                        prop_assert!(timed_out, "due timer {:?} answered {:?}", op, expected);
                         prop_assert_eq!(fleet.run(&op, now)?, expected, "{:?} at {:?}", op, now);
                     }
                     prop_assert!(model.next_deadline().is_none_or(|d| d > now));

@@ -21,8 +21,8 @@
 //! sequence of [`Op`]s and compare after every step:
 //!
 //! 1. build the operation, e.g. `Op::job(job, thing, JobOp::Update(..))`;
-//! 2. ask the model: [`Model::step`] returns the [`Expect`]ed outcome and updates the model only
-//!    when it predicts acceptance;
+//! 2. ask the model: [`Model::step`] returns the [`Expect`]ed outcome, and changes the model
+//!    only when that outcome is a stored change;
 //! 3. perform the same operation on your system (over its API, MQTT, or by handing
 //!    [`Op::to_intent`] to the runtime) and turn its answer into an [`Expect`]: a refusal is
 //!    [`Expect::Refused`] with its [`ErrorCode`]; an accepted request that stored nothing (the
@@ -83,7 +83,9 @@
 //! use fleetops_core::command::CommandExecution;
 //! use fleetops_core::job_execution::JobExecution;
 //! use fleetops_core::testkit::model::{CommandOp, Expect, Intent, JobOp, Model, NewCommand, Op};
-//! use fleetops_core::{Aggregate, CommandStatus, Duration, ExecutionId, JobId, ThingName, Timestamp};
+//! use fleetops_core::{
+//!     Aggregate, CommandStatus, Duration, ExecutionId, JobId, ThingName, Timestamp,
+//! };
 //!
 //! /// Runs `op` on the system and reads its answer as an `Expect`.
 //! fn run(
@@ -127,11 +129,12 @@
 //! let job = JobId::parse("ota-42").unwrap();
 //! let cmd = ExecutionId::parse("cmd-1").unwrap();
 //! let t0 = Timestamp::from_secs(1_700_000_000);
+//! let reboot = NewCommand::new(thing.clone(), "reboot", Duration::from_secs(30));
 //! let ops = [
 //!     (Op::job(job.clone(), thing.clone(), JobOp::Queue { in_progress_timeout: None }), t0),
 //!     (Op::job(job.clone(), thing.clone(), JobOp::Cancel { force: false }), t0),
 //!     (Op::job(job.clone(), thing.clone(), JobOp::Retry), t0),
-//!     (Op::command(cmd.clone(), CommandOp::Send(NewCommand::new(thing.clone(), "reboot", Duration::from_secs(30)))), t0),
+//!     (Op::command(cmd.clone(), CommandOp::Send(reboot)), t0),
 //!     (Op::command(cmd.clone(), CommandOp::CheckTimeout), t0 + Duration::from_secs(30)),
 //! ];
 //!
@@ -659,7 +662,7 @@ impl CmdModel {
     }
 }
 
-// ---- the step API --------------------------------------------------------------------------------
+// ---- the step API -------------------------------------------------------------------------------
 
 /// An operation on one job execution.
 #[derive(Debug, Clone, PartialEq, Eq)]
