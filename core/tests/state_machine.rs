@@ -5,10 +5,14 @@
 //! responses of every status), service intents (queue/send, cancel ± force, remove ± force,
 //! retry, timer checks), clock ticks, re-deliveries of earlier device messages, delivery of
 //! held-back older messages, and restarts — and runs them against the real aggregate and the
-//! reference model of `common/model.rs` side by side. After every step it checks:
+//! public reference model (`fleetops_core::testkit::model`) side by side. Every operation is
+//! one `Op`: the model answers it through `Model::step`, the aggregate decides its
+//! `Op::to_intent`, exactly as an embedder checks its own service. After every step it checks:
 //!
 //! - the model and the aggregate agree on refuse (with the same code) / no-op / new status, and
-//!   on every field the model tracks (versions, attempt, details, deadlines, timestamps);
+//!   on every field the model tracks (versions, attempt, details, deadlines, timestamps, the
+//!   timers due);
+//! - a refusal or a no-op leaves the model exactly as it was;
 //! - every emitted event evolves, and bumps the version by exactly one; a refusal or an empty
 //!   decision leaves the version alone;
 //! - no terminal status is left, except to REMOVED by deletion and to QUEUED by a retry;
@@ -18,22 +22,28 @@
 //! - a device message re-delivered right after its first delivery never changes the status,
 //!   and one that changed the state and named its `expectedVersion` is refused when repeated.
 //!
+//! A third property drives a small fleet (several job executions and commands) through the
+//! step API alone, as an embedder would drive its service, and checks that the model and the
+//! aggregates agree on every answer, every execution's state and the timers due.
+//!
 //! `PROPTEST_CASES` overrides the case count. Failures are saved under
 //! `core/proptest-regressions/` and replayed first on every later run.
 
-#[path = "common/model.rs"]
-mod model;
+use std::collections::BTreeMap;
 
 use fleetops_core::command::{CommandExecution, CommandIntent};
-use fleetops_core::device::{CommandResponse, StepTimeout, UpdateRequest};
-use fleetops_core::event::{EndReason, StatusDetails, TimeoutCause};
+use fleetops_core::event::TimeoutCause;
 use fleetops_core::ids::StatusDetailKey;
 use fleetops_core::job_execution::{JobExecution, JobExecutionIntent};
+use fleetops_core::limits::MAX_COMMAND_PARAMS_BYTES;
+use fleetops_core::testkit::model::{
+    terminal_exit_allowed, CommandOp, Details, Expect, Intent, JobOp, Model, NewCommand, Op,
+    Response, Step, Update,
+};
 use fleetops_core::{
     Aggregate, CommandStatus as C, Duration, Event, ExecutionId, JobExecutionStatus as S, JobId,
     ThingName, Timestamp,
 };
-use model::{terminal_exit_allowed, CmdModel, Details, ExecModel, Expect, Response, Step, Update};
 use proptest::prelude::*;
 use proptest::sample::Index;
 use proptest::test_runner::{Config, FileFailurePersistence, TestCaseError};
@@ -129,8 +139,22 @@ fn step_timeout() -> impl Strategy<Value = Step> {
     ]
 }
 
+fn detail_key(k: &str) -> StatusDetailKey {
+    StatusDetailKey::parse(k).expect("generated keys are valid")
+}
+
+/// `n` entries `k0`, `k1`, … of `len` characters each, the last one `extra` longer.
+fn big_details(n: usize, len: usize, extra: usize) -> Details {
+    (0..n)
+        .map(|i| {
+            let len = if i + 1 == n { len + extra } else { len };
+            (detail_key(&format!("k{i}")), "x".repeat(len))
+        })
+        .collect()
+}
+
 fn details() -> impl Strategy<Value = Option<Details>> {
-    let key = prop::sample::select(vec!["progress", "step", "note:1"]).prop_map(str::to_owned);
+    let key = prop::sample::select(vec!["progress", "step", "note:1"]).prop_map(detail_key);
     let value = prop_oneof![
         8 => prop::sample::select(vec!["", "1", "50%", "done"]).prop_map(str::to_owned),
         // 1,024 characters but 2,048 bytes: the limit counts characters.
@@ -138,8 +162,12 @@ fn details() -> impl Strategy<Value = Option<Details>> {
         1 => Just("x".repeat(1025)),
     ];
     prop_oneof![
-        2 => Just(None),
-        3 => prop::collection::btree_map(key, value, 0..3).prop_map(Some),
+        4 => Just(None),
+        6 => prop::collection::btree_map(key, value, 0..3).prop_map(Some),
+        // Either side of the entry limit (32) and of the size limit (8 entries of 2 + 1,022
+        // bytes are exactly 8,192).
+        1 => prop::sample::select(vec![(32, 1, 0), (33, 1, 0), (8, 1022, 0), (8, 1022, 1)])
+            .prop_map(|(n, len, extra)| Some(big_details(n, len, extra))),
     ]
 }
 
@@ -164,16 +192,6 @@ enum JobMsgGen {
         execution_number: Pick,
         step: Step,
     },
-    StartNext {
-        details: Option<Details>,
-        step: Step,
-    },
-}
-
-/// A device job message as sent.
-#[derive(Debug, Clone)]
-enum JobMsg {
-    Update(Update),
     StartNext {
         details: Option<Details>,
         step: Step,
@@ -281,43 +299,6 @@ fn exec_steps() -> impl Strategy<Value = Vec<ExecStep>> {
     })
 }
 
-fn core_details(d: &Details) -> StatusDetails {
-    d.iter()
-        .map(|(k, v)| {
-            (
-                StatusDetailKey::parse(k).expect("generated keys are valid"),
-                v.clone(),
-            )
-        })
-        .collect()
-}
-
-fn core_step(step: Step) -> StepTimeout {
-    match step {
-        Step::Keep => StepTimeout::Keep,
-        Step::Clear => StepTimeout::Clear,
-        Step::Minutes(m) => StepTimeout::Minutes(m),
-    }
-}
-
-fn job_intent(msg: &JobMsg) -> JobExecutionIntent {
-    match msg {
-        JobMsg::Update(u) => JobExecutionIntent::Update(UpdateRequest {
-            status: u.status,
-            status_details: u.details.as_ref().map(core_details),
-            expected_version: u.expected_version,
-            execution_number: u.execution_number,
-            step_timeout: core_step(u.step),
-            include_job_execution_state: false,
-            include_job_document: false,
-        }),
-        JobMsg::StartNext { details, step } => JobExecutionIntent::Start {
-            status_details: details.as_ref().map(core_details),
-            step_timeout: core_step(*step),
-        },
-    }
-}
-
 /// A delivered device message, remembered for re-delivery.
 #[derive(Debug)]
 struct Delivered<M> {
@@ -340,10 +321,10 @@ enum Kind {
 struct ExecRun {
     now: Timestamp,
     state: Option<JobExecution>,
-    model: Option<ExecModel>,
+    model: Model,
     log: Vec<Event>,
-    delivered: Vec<Delivered<JobMsg>>,
-    held: Vec<JobMsg>,
+    delivered: Vec<Delivered<JobOp>>,
+    held: Vec<JobOp>,
 }
 
 impl ExecRun {
@@ -351,7 +332,7 @@ impl ExecRun {
         Self {
             now: T0,
             state: None,
-            model: None,
+            model: Model::new(),
             log: Vec::new(),
             delivered: Vec::new(),
             held: Vec::new(),
@@ -367,10 +348,10 @@ impl ExecRun {
     }
 
     /// Fixes the numbers of a generated message against what the device last saw.
-    fn resolve(&self, g: &JobMsgGen) -> JobMsg {
+    fn resolve(&self, g: &JobMsgGen) -> JobOp {
         let (version, attempt) = self
             .model
-            .as_ref()
+            .job_execution(&Self::job(), &Self::thing())
             .map_or((0, 0), |m| (m.version, u64::from(m.execution_number)));
         match g {
             JobMsgGen::Update {
@@ -379,7 +360,7 @@ impl ExecRun {
                 expected_version,
                 execution_number,
                 step,
-            } => JobMsg::Update(Update {
+            } => JobOp::Update(Update {
                 status: *status,
                 details: details.clone(),
                 expected_version: expected_version.resolve(version),
@@ -388,26 +369,40 @@ impl ExecRun {
                     .map(|n| u32::try_from(n).expect("small")),
                 step: *step,
             }),
-            JobMsgGen::StartNext { details, step } => JobMsg::StartNext {
+            JobMsgGen::StartNext { details, step } => JobOp::StartNext {
                 details: details.clone(),
                 step: *step,
             },
         }
     }
 
-    fn model_device(&mut self, msg: &JobMsg) -> Expect {
-        match msg {
-            JobMsg::Update(u) => ExecModel::update(&mut self.model, u.clone(), self.now),
-            JobMsg::StartNext { details, step } => {
-                ExecModel::start_next(&mut self.model, details.clone(), *step, self.now)
-            }
+    /// Runs `op` through the model's step API and the aggregate, checks they agree, and
+    /// returns what the model expected.
+    fn apply(&mut self, op: JobOp) -> Result<Expect, TestCaseError> {
+        let kind = match op {
+            JobOp::Update(_) | JobOp::StartNext { .. } => Kind::Device,
+            JobOp::Remove { .. } => Kind::Remove,
+            JobOp::Retry => Kind::Retry,
+            JobOp::Queue { .. } | JobOp::CheckTimeout | JobOp::Cancel { .. } => Kind::Other,
+        };
+        let op = Op::job(Self::job(), Self::thing(), op);
+        prop_assert_eq!(op.is_device(), kind == Kind::Device);
+        let model_before = self.model.clone();
+        let expect = self.model.step(&op, self.now);
+        if !matches!(expect, Expect::Job(_)) {
+            prop_assert_eq!(&self.model, &model_before, "{:?} changed the model", expect);
         }
+        let Intent::Job { job, thing, intent } = op.to_intent() else {
+            return Err(TestCaseError::fail(format!("{op:?} is not a job intent")));
+        };
+        prop_assert_eq!((job, thing), (Self::job(), Self::thing()));
+        self.decide(intent, expect, kind)?;
+        Ok(expect)
     }
 
-    fn deliver(&mut self, msg: JobMsg) -> Result<(), TestCaseError> {
-        let expect = self.model_device(&msg);
+    fn deliver(&mut self, msg: JobOp) -> Result<(), TestCaseError> {
         let before = self.log.len();
-        self.decide(job_intent(&msg), expect, Kind::Device)?;
+        self.apply(msg.clone())?;
         self.delivered.push(Delivered {
             msg,
             changed: self.log.len() > before,
@@ -417,17 +412,12 @@ impl ExecRun {
     }
 
     fn step(&mut self, step: &ExecStep) -> Result<(), TestCaseError> {
-        let now = self.now;
         match step {
-            ExecStep::Queue { timeout } => {
-                let expect = ExecModel::queue(&mut self.model, *timeout, now);
-                let intent = JobExecutionIntent::Queue {
-                    job_id: Self::job(),
-                    thing: Self::thing(),
+            ExecStep::Queue { timeout } => self
+                .apply(JobOp::Queue {
                     in_progress_timeout: *timeout,
-                };
-                self.decide(intent, expect, Kind::Other)
-            }
+                })
+                .map(drop),
             ExecStep::Deliver(g) => {
                 let msg = self.resolve(g);
                 self.deliver(msg)
@@ -452,11 +442,9 @@ impl ExecRun {
                 let msg = d.msg.clone();
                 let right_after = d.log_len_after == self.log.len();
                 let versioned_change =
-                    d.changed && matches!(&msg, JobMsg::Update(u) if u.expected_version.is_some());
+                    d.changed && matches!(&msg, JobOp::Update(u) if u.expected_version.is_some());
                 let status_before = self.state.as_ref().map(|s| s.status);
-                let expect = self.model_device(&msg);
-                let outcome = self.decide(job_intent(&msg), expect, Kind::Device);
-                outcome?;
+                let expect = self.apply(msg.clone())?;
                 if right_after {
                     prop_assert_eq!(
                         self.state.as_ref().map(|s| s.status),
@@ -474,41 +462,13 @@ impl ExecRun {
                 }
                 Ok(())
             }
-            ExecStep::CheckTimeout => {
-                let expect = ExecModel::check_timeout(&mut self.model, now);
-                self.decide(JobExecutionIntent::CheckTimeout, expect, Kind::Other)
-            }
-            ExecStep::Cancel { force } => {
-                let expect = ExecModel::cancel(&mut self.model, *force, now);
-                let intent = JobExecutionIntent::Cancel {
-                    force: *force,
-                    reason: EndReason::Operator,
-                };
-                self.decide(intent, expect, Kind::Other)
-            }
-            ExecStep::Remove { force } => {
-                let expect = ExecModel::remove(&mut self.model, *force, now);
-                let intent = JobExecutionIntent::Remove {
-                    force: *force,
-                    reason: EndReason::Operator,
-                };
-                self.decide(intent, expect, Kind::Remove)
-            }
-            ExecStep::Retry => {
-                let expect = ExecModel::retry(&mut self.model, now);
-                self.decide(JobExecutionIntent::Retry, expect, Kind::Retry)
-            }
+            ExecStep::CheckTimeout => self.apply(JobOp::CheckTimeout).map(drop),
+            ExecStep::Cancel { force } => self.apply(JobOp::Cancel { force: *force }).map(drop),
+            ExecStep::Remove { force } => self.apply(JobOp::Remove { force: *force }).map(drop),
+            ExecStep::Retry => self.apply(JobOp::Retry).map(drop),
             ExecStep::FailThenRetry => {
-                let failed = JobMsg::Update(Update {
-                    status: Some(S::Failed),
-                    details: None,
-                    expected_version: None,
-                    execution_number: None,
-                    step: Step::Keep,
-                });
-                self.deliver(failed)?;
-                let expect = ExecModel::retry(&mut self.model, now);
-                self.decide(JobExecutionIntent::Retry, expect, Kind::Retry)
+                self.deliver(JobOp::Update(Update::new(S::Failed)))?;
+                self.apply(JobOp::Retry).map(drop)
             }
             ExecStep::Tick(dt) => {
                 self.now = self.now + *dt;
@@ -616,14 +576,26 @@ impl ExecRun {
             prop_assert!(a.version_number >= b.version_number);
             prop_assert!(a.execution_number >= b.execution_number);
         }
-        prop_assert_eq!(self.state.is_some(), self.model.is_some());
-        if let (Some(s), Some(m)) = (&self.state, &self.model) {
-            prop_assert_eq!(s.status, m.status);
-            prop_assert_eq!(s.version_number, m.version);
+        let (job, thing) = (Self::job(), Self::thing());
+        let model = self.model.job_execution(&job, &thing);
+        prop_assert_eq!(self.state.is_some(), model.is_some());
+        prop_assert_eq!(
+            self.model.job_executions().count(),
+            usize::from(model.is_some())
+        );
+        if let (Some(s), Some(m)) = (&self.state, model) {
+            prop_assert_eq!(Some(s.status), self.model.job_status(&job, &thing));
+            prop_assert_eq!(Some(s.version_number), self.model.job_version(&job, &thing));
             // One event per version: the version counts the stored history.
             prop_assert_eq!(s.version_number, self.log.len() as u64);
-            prop_assert_eq!(s.execution_number, m.execution_number);
-            prop_assert_eq!(&s.status_details, &core_details(&m.details));
+            prop_assert_eq!(
+                Some(s.execution_number),
+                self.model.job_attempt(&job, &thing)
+            );
+            prop_assert_eq!(
+                Some(&s.status_details),
+                self.model.job_details(&job, &thing)
+            );
             prop_assert_eq!(s.queued_at, m.queued_at);
             prop_assert_eq!(s.started_at, m.started_at);
             prop_assert_eq!(s.last_updated_at, m.last_updated_at);
@@ -639,6 +611,18 @@ impl ExecRun {
                 .min()
                 .filter(|_| m.status == S::InProgress);
             prop_assert_eq!(s.next_deadline(), earliest);
+            prop_assert_eq!(self.model.next_deadline(), earliest);
+            // The model's timer list names this execution exactly when its deadline is due.
+            let due = earliest.is_some_and(|d| d <= self.now);
+            let timers = self.model.timers_due(self.now);
+            prop_assert_eq!(
+                timers,
+                if due {
+                    vec![Op::job(job, thing, JobOp::CheckTimeout)]
+                } else {
+                    vec![]
+                }
+            );
         }
         let replayed = JobExecution::replay(&self.log)
             .map_err(|e| TestCaseError::fail(format!("stored history does not replay: {e}")))?;
@@ -651,12 +635,9 @@ impl ExecRun {
 
 #[derive(Debug, Clone)]
 enum CmdStep {
-    Send {
-        ttl: Duration,
-        action_len: usize,
-    },
-    Deliver(CommandResponse),
-    Hold(CommandResponse),
+    Send(NewCommand),
+    Deliver(Response),
+    Hold(Response),
     ReleaseHeld(Index),
     Duplicate(Index),
     CheckTimeout,
@@ -676,7 +657,66 @@ fn ttl() -> impl Strategy<Value = Duration> {
     ]
 }
 
-fn response() -> impl Strategy<Value = CommandResponse> {
+/// Either side of the action limit (128 characters), in one-byte and two-byte characters.
+fn action() -> impl Strategy<Value = String> {
+    (
+        prop::sample::select(vec![0usize, 1, 8, 128, 129]),
+        prop::bool::weighted(0.3),
+    )
+        .prop_map(|(n, wide)| if wide { "é" } else { "a" }.repeat(n))
+}
+
+fn command_id() -> impl Strategy<Value = Option<String>> {
+    prop_oneof![
+        6 => Just(None),
+        2 => Just(Some("tpl_1-a".to_owned())),
+        // Empty, outside the alphabet, 64 and 65 characters.
+        1 => prop::sample::select(vec![
+            String::new(),
+            "bad id".to_owned(),
+            "x".repeat(64),
+            "x".repeat(65),
+        ])
+        .prop_map(Some),
+    ]
+}
+
+/// Params either side of the size limit: a JSON string of `n` characters is `n + 2` bytes.
+fn params() -> impl Strategy<Value = serde_json::Value> {
+    prop_oneof![
+        6 => Just(json!({"level": 3})),
+        1 => prop::sample::select(vec![MAX_COMMAND_PARAMS_BYTES - 2, MAX_COMMAND_PARAMS_BYTES - 1])
+            .prop_map(|n| json!("p".repeat(n))),
+    ]
+}
+
+fn new_command(ttl: Duration, action: String, command_id: Option<String>) -> NewCommand {
+    NewCommand {
+        command_id,
+        ..NewCommand::new(CmdRun::thing(), action, ttl)
+    }
+}
+
+fn send() -> impl Strategy<Value = NewCommand> {
+    (ttl(), action(), command_id(), params()).prop_map(|(ttl, action, command_id, params)| {
+        NewCommand {
+            params,
+            ..new_command(ttl, action, command_id)
+        }
+    })
+}
+
+/// A cancel reason either side of its limit (1,024 characters, counted as characters).
+fn cancel_reason() -> impl Strategy<Value = Option<String>> {
+    prop_oneof![
+        4 => Just(None),
+        4 => Just(Some("operator".to_owned())),
+        1 => Just(Some("é".repeat(1024))),
+        1 => Just(Some("r".repeat(1025))),
+    ]
+}
+
+fn response() -> impl Strategy<Value = Response> {
     let status = prop_oneof![
         3 => Just(C::Succeeded),
         2 => Just(C::Failed),
@@ -690,24 +730,25 @@ fn response() -> impl Strategy<Value = CommandResponse> {
         2 => Just(Some("because".to_owned())),
         1 => Just(Some("r".repeat(1024))),
         1 => Just(Some("r".repeat(1025))),
+        // 1,024 characters but 2,048 bytes: the limit counts characters.
+        1 => Just(Some("é".repeat(1024))),
     ];
-    (status, result, reason).prop_map(|(status, result, status_reason)| CommandResponse {
+    (status, result, reason).prop_map(|(status, result, reason)| Response {
         status,
         result,
-        status_reason,
+        reason,
     })
 }
 
 fn cmd_step() -> impl Strategy<Value = CmdStep> {
     prop_oneof![
-        1 => (ttl(), prop::sample::select(vec![0usize, 1, 8, 128, 129]))
-            .prop_map(|(ttl, action_len)| CmdStep::Send { ttl, action_len }),
+        1 => send().prop_map(CmdStep::Send),
         4 => response().prop_map(CmdStep::Deliver),
         1 => response().prop_map(CmdStep::Hold),
         1 => any::<Index>().prop_map(CmdStep::ReleaseHeld),
         2 => any::<Index>().prop_map(CmdStep::Duplicate),
         2 => Just(CmdStep::CheckTimeout),
-        1 => prop::option::of(Just("operator".to_owned())).prop_map(CmdStep::Cancel),
+        1 => cancel_reason().prop_map(CmdStep::Cancel),
         3 => tick().prop_map(CmdStep::Tick),
         2 => deadline_offset().prop_map(CmdStep::TickToDeadline),
         1 => Just(CmdStep::Restart),
@@ -721,26 +762,19 @@ fn cmd_steps() -> impl Strategy<Value = Vec<CmdStep>> {
     )
         .prop_map(|(first, mut steps)| {
             if let Some(ttl) = first {
-                steps.insert(0, CmdStep::Send { ttl, action_len: 8 });
+                steps.insert(0, CmdStep::Send(new_command(ttl, "a".repeat(8), None)));
             }
             steps
         })
 }
 
-fn model_response(r: &CommandResponse) -> Response {
-    Response {
-        status: r.status,
-        reason: r.status_reason.clone(),
-    }
-}
-
 struct CmdRun {
     now: Timestamp,
     state: Option<CommandExecution>,
-    model: Option<CmdModel>,
+    model: Model,
     log: Vec<Event>,
-    delivered: Vec<Delivered<CommandResponse>>,
-    held: Vec<CommandResponse>,
+    delivered: Vec<Delivered<Response>>,
+    held: Vec<Response>,
 }
 
 impl CmdRun {
@@ -748,17 +782,43 @@ impl CmdRun {
         Self {
             now: T0,
             state: None,
-            model: None,
+            model: Model::new(),
             log: Vec::new(),
             delivered: Vec::new(),
             held: Vec::new(),
         }
     }
 
-    fn deliver(&mut self, r: CommandResponse) -> Result<(), TestCaseError> {
-        let expect = CmdModel::respond(&mut self.model, &model_response(&r), self.now);
+    fn id() -> ExecutionId {
+        ExecutionId::parse("cmd-1").expect("valid")
+    }
+
+    fn thing() -> ThingName {
+        ThingName::parse("thing-1").expect("valid")
+    }
+
+    /// Runs `op` through the model's step API and the aggregate, checks they agree, and
+    /// returns what the model expected.
+    fn apply(&mut self, op: CommandOp) -> Result<Expect, TestCaseError> {
+        let op = Op::command(Self::id(), op);
+        let model_before = self.model.clone();
+        let expect = self.model.step(&op, self.now);
+        if !matches!(expect, Expect::Command(_)) {
+            prop_assert_eq!(&self.model, &model_before, "{:?} changed the model", expect);
+        }
+        let Intent::Command { id, intent } = op.to_intent() else {
+            return Err(TestCaseError::fail(format!(
+                "{op:?} is not a command intent"
+            )));
+        };
+        prop_assert_eq!(id, Self::id());
+        self.decide(intent, expect)?;
+        Ok(expect)
+    }
+
+    fn deliver(&mut self, r: Response) -> Result<(), TestCaseError> {
         let before = self.log.len();
-        self.decide(CommandIntent::Respond(r.clone()), expect)?;
+        self.apply(CommandOp::Respond(r.clone()))?;
         self.delivered.push(Delivered {
             msg: r,
             changed: self.log.len() > before,
@@ -768,20 +828,8 @@ impl CmdRun {
     }
 
     fn step(&mut self, step: &CmdStep) -> Result<(), TestCaseError> {
-        let now = self.now;
         match step {
-            CmdStep::Send { ttl, action_len } => {
-                let expect = CmdModel::send(&mut self.model, *ttl, *action_len, now);
-                let intent = CommandIntent::Send {
-                    execution_id: ExecutionId::parse("cmd-1").expect("valid"),
-                    thing: ThingName::parse("thing-1").expect("valid"),
-                    command_id: None,
-                    action: "a".repeat(*action_len),
-                    params: json!({"level": 3}),
-                    ttl: *ttl,
-                };
-                self.decide(intent, expect)
-            }
+            CmdStep::Send(cmd) => self.apply(CommandOp::Send(cmd.clone())).map(drop),
             CmdStep::Deliver(r) => self.deliver(r.clone()),
             CmdStep::Hold(r) => {
                 self.held.push(r.clone());
@@ -800,8 +848,7 @@ impl CmdRun {
                 }
                 let d = i.get(&self.delivered);
                 let (r, changed) = (d.msg.clone(), d.changed);
-                let expect = CmdModel::respond(&mut self.model, &model_response(&r), now);
-                self.decide(CommandIntent::Respond(r.clone()), expect)?;
+                let expect = self.apply(CommandOp::Respond(r.clone()))?;
                 // A command is answered once: a repeated answer never lands again.
                 prop_assert!(
                     !changed || matches!(expect, Expect::Refused(_)),
@@ -810,17 +857,12 @@ impl CmdRun {
                 );
                 Ok(())
             }
-            CmdStep::CheckTimeout => {
-                let expect = CmdModel::check_timeout(&mut self.model, now);
-                self.decide(CommandIntent::CheckTimeout, expect)
-            }
-            CmdStep::Cancel(reason) => {
-                let expect = CmdModel::cancel(&mut self.model, reason.clone(), now);
-                let intent = CommandIntent::Cancel {
+            CmdStep::CheckTimeout => self.apply(CommandOp::CheckTimeout).map(drop),
+            CmdStep::Cancel(reason) => self
+                .apply(CommandOp::Cancel {
                     reason: reason.clone(),
-                };
-                self.decide(intent, expect)
-            }
+                })
+                .map(drop),
             CmdStep::Tick(dt) => {
                 self.now = self.now + *dt;
                 Ok(())
@@ -889,18 +931,173 @@ impl CmdRun {
             );
             prop_assert!(a.version >= b.version);
         }
-        prop_assert_eq!(self.state.is_some(), self.model.is_some());
-        if let (Some(s), Some(m)) = (&self.state, &self.model) {
-            prop_assert_eq!(s.status, m.status);
-            prop_assert_eq!(s.version, m.version);
+        let id = Self::id();
+        let model = self.model.command(&id);
+        prop_assert_eq!(self.state.is_some(), model.is_some());
+        prop_assert_eq!(self.model.commands().count(), usize::from(model.is_some()));
+        if let (Some(s), Some(m)) = (&self.state, model) {
+            prop_assert_eq!(Some(s.status), self.model.command_status(&id));
+            prop_assert_eq!(Some(s.version), self.model.command_version(&id));
             prop_assert_eq!(s.version, self.log.len() as u64);
             prop_assert_eq!(s.deadline, m.deadline);
             prop_assert_eq!(s.completed_at, m.completed_at);
-            prop_assert_eq!(&s.status_reason, &m.reason);
+            prop_assert_eq!(s.status_reason.as_deref(), self.model.command_reason(&id));
+            let pending = (s.status == C::Sent).then_some(s.deadline);
+            prop_assert_eq!(self.model.next_deadline(), pending);
+            let due = pending.is_some_and(|d| d <= self.now);
+            prop_assert_eq!(
+                self.model.timers_due(self.now),
+                if due {
+                    vec![Op::command(id, CommandOp::CheckTimeout)]
+                } else {
+                    vec![]
+                }
+            );
         }
         let replayed = CommandExecution::replay(&self.log)
             .map_err(|e| TestCaseError::fail(format!("stored history does not replay: {e}")))?;
         prop_assert_eq!(&replayed, &self.state, "replay differs from the live state");
+        Ok(())
+    }
+}
+
+// ---- a fleet, through the step API alone --------------------------------------------------------
+
+/// One generated fleet step: an operation on one of a few executions, or the clock moving on
+/// (after which every timer the model says is due fires on both sides).
+#[derive(Debug, Clone)]
+enum FleetStep {
+    Op(Op),
+    Tick(Duration),
+}
+
+fn fleet_job_op() -> impl Strategy<Value = JobOp> {
+    let update = (
+        job_status(),
+        details(),
+        prop::option::of(1u64..5),
+        prop::option::of(1u32..3),
+        step_timeout(),
+    )
+        .prop_map(
+            |(status, details, expected_version, execution_number, step)| {
+                JobOp::Update(Update {
+                    status,
+                    details,
+                    expected_version,
+                    execution_number,
+                    step,
+                })
+            },
+        );
+    prop_oneof![
+        2 => in_progress_timeout().prop_map(|t| JobOp::Queue { in_progress_timeout: t }),
+        6 => update,
+        2 => (details(), step_timeout())
+            .prop_map(|(details, step)| JobOp::StartNext { details, step }),
+        1 => Just(JobOp::CheckTimeout),
+        1 => any::<bool>().prop_map(|force| JobOp::Cancel { force }),
+        1 => any::<bool>().prop_map(|force| JobOp::Remove { force }),
+        2 => Just(JobOp::Retry),
+    ]
+}
+
+fn fleet_command_op() -> impl Strategy<Value = CommandOp> {
+    prop_oneof![
+        2 => send().prop_map(CommandOp::Send),
+        3 => response().prop_map(CommandOp::Respond),
+        1 => Just(CommandOp::CheckTimeout),
+        1 => cancel_reason().prop_map(|reason| CommandOp::Cancel { reason }),
+    ]
+}
+
+fn fleet_step() -> impl Strategy<Value = FleetStep> {
+    let job = prop::sample::select(vec!["job-1", "job-2"]).prop_map(|j| JobId::parse(j).unwrap());
+    let thing =
+        prop::sample::select(vec!["thing-1", "thing-2"]).prop_map(|t| ThingName::parse(t).unwrap());
+    let id =
+        prop::sample::select(vec!["cmd-1", "cmd-2"]).prop_map(|i| ExecutionId::parse(i).unwrap());
+    prop_oneof![
+        6 => (job, thing, fleet_job_op())
+            .prop_map(|(job, thing, op)| FleetStep::Op(Op::job(job, thing, op))),
+        3 => (id, fleet_command_op()).prop_map(|(id, op)| FleetStep::Op(Op::command(id, op))),
+        2 => tick().prop_map(FleetStep::Tick),
+    ]
+}
+
+/// The aggregates of a small fleet, kept in memory: the "system" the model is checked
+/// against, as an embedder would put its own service here.
+#[derive(Default)]
+struct Fleet {
+    jobs: BTreeMap<(JobId, ThingName), JobExecution>,
+    commands: BTreeMap<ExecutionId, CommandExecution>,
+}
+
+impl Fleet {
+    /// Runs `op` and reads the answer as an `Expect`, as an embedder reads its service's.
+    fn run(&mut self, op: &Op, now: Timestamp) -> Result<Expect, TestCaseError> {
+        fn answer<A: Aggregate>(
+            before: Option<A>,
+            intent: A::Intent,
+            now: Timestamp,
+        ) -> Result<Option<A>, Expect> {
+            match A::execute(before, intent, now) {
+                Err(refusal) => Err(Expect::Refused(refusal.code())),
+                Ok((_, events)) if events.is_empty() => Err(Expect::Unchanged),
+                Ok((after, _)) => Ok(after),
+            }
+        }
+        Ok(match op.to_intent() {
+            Intent::Job { job, thing, intent } => {
+                let key = (job, thing);
+                match answer(self.jobs.get(&key).cloned(), intent, now) {
+                    Err(expect) => expect,
+                    Ok(after) => {
+                        let after = after.ok_or_else(|| TestCaseError::fail("no state"))?;
+                        let status = after.status;
+                        self.jobs.insert(key, after);
+                        Expect::Job(status)
+                    }
+                }
+            }
+            Intent::Command { id, intent } => {
+                match answer(self.commands.get(&id).cloned(), intent, now) {
+                    Err(expect) => expect,
+                    Ok(after) => {
+                        let after = after.ok_or_else(|| TestCaseError::fail("no state"))?;
+                        let status = after.status;
+                        self.commands.insert(id, after);
+                        Expect::Command(status)
+                    }
+                }
+            }
+        })
+    }
+
+    /// Checks every execution the model knows against the fleet's, and the other way round.
+    fn agrees_with(&self, model: &Model) -> Result<(), TestCaseError> {
+        prop_assert_eq!(model.job_executions().count(), self.jobs.len());
+        for ((job, thing), s) in &self.jobs {
+            let m = model.job_execution(job, thing);
+            prop_assert!(m.is_some(), "the model lost {}/{}", job, thing);
+            prop_assert_eq!(Some(s.status), model.job_status(job, thing));
+            prop_assert_eq!(Some(s.version_number), model.job_version(job, thing));
+            prop_assert_eq!(Some(s.execution_number), model.job_attempt(job, thing));
+            prop_assert_eq!(Some(&s.status_details), model.job_details(job, thing));
+        }
+        prop_assert_eq!(model.commands().count(), self.commands.len());
+        for (id, s) in &self.commands {
+            prop_assert_eq!(Some(s.status), model.command_status(id));
+            prop_assert_eq!(Some(s.version), model.command_version(id));
+            prop_assert_eq!(s.status_reason.as_deref(), model.command_reason(id));
+        }
+        let jobs = self.jobs.values().filter_map(JobExecution::next_deadline);
+        let commands = self
+            .commands
+            .values()
+            .filter(|c| c.status == C::Sent)
+            .map(|c| c.deadline);
+        prop_assert_eq!(model.next_deadline(), jobs.chain(commands).min());
         Ok(())
     }
 }
@@ -928,6 +1125,43 @@ proptest! {
         let mut run = CmdRun::new();
         for step in &steps {
             run.step(step)?;
+        }
+    }
+}
+
+proptest! {
+    #![proptest_config(config(256))]
+
+    /// A fleet of job and command executions, driven only through `Op`, `Model::step` and
+    /// `Op::to_intent` — the loop an embedder runs — agrees with the aggregates on every
+    /// answer and every execution's state, operations on one execution never touch another,
+    /// and the timers the model says are due are exactly the ones that time something out.
+    #[test]
+    fn a_fleet_driven_through_the_step_api_agrees_with_the_aggregates(
+        steps in prop::collection::vec(fleet_step(), 1..60)
+    ) {
+        let (mut model, mut fleet, mut now) = (Model::new(), Fleet::default(), T0);
+        for step in &steps {
+            match step {
+                FleetStep::Op(op) => {
+                    let expected = model.step(op, now);
+                    prop_assert_eq!(fleet.run(op, now)?, expected, "{:?} at {:?}", op, now);
+                }
+                FleetStep::Tick(dt) => {
+                    now = now + *dt;
+                    for op in model.timers_due(now) {
+                        let expected = model.step(&op, now);
+                        let timed_out = matches!(
+                            expected,
+                            Expect::Job(S::TimedOut) | Expect::Command(C::TimedOut)
+                        );
+                        prop_assert!(timed_out, "due timer {:?} answered {:?}", op, expected);
+                        prop_assert_eq!(fleet.run(&op, now)?, expected, "{:?} at {:?}", op, now);
+                    }
+                    prop_assert!(model.next_deadline().is_none_or(|d| d > now));
+                }
+            }
+            fleet.agrees_with(&model)?;
         }
     }
 }
