@@ -56,6 +56,9 @@ struct Args {
     listen: SocketAddr,
 }
 
+const USAGE: &str = "usage: embed_axum [--broker HOST:PORT] [--username U --password P] \
+                     [--data-dir DIR] [--listen ADDR]";
+
 fn args() -> Result<Args, String> {
     let mut args = Args {
         broker: "127.0.0.1:1883".into(),
@@ -66,6 +69,10 @@ fn args() -> Result<Args, String> {
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
+        if flag == "--help" || flag == "-h" {
+            println!("{USAGE}");
+            std::process::exit(0);
+        }
         let value = it.next().ok_or_else(|| format!("{flag} needs a value"))?;
         match flag.as_str() {
             "--broker" => args.broker = value,
@@ -93,7 +100,7 @@ struct App {
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let args = args().map_err(|e| format!("{e}\nusage: embed_axum [--broker HOST:PORT] [--username U --password P] [--data-dir DIR] [--listen ADDR]"))?;
+    let args = args().map_err(|e| format!("{e}\n{USAGE}"))?;
 
     // 1. Storage and transport, configured by this service.
     let store = SledStore::open_async(SledConfig::new(&args.data_dir)).await?;
