@@ -12,6 +12,20 @@
 //! - [`mod@bench`]: end-to-end load through a real broker beside the raw-MQTT baseline.
 //!
 //! Library logic lives in the other crates; this one only wires them together.
+//!
+//! Running the service in-process, as the tests do, with a shutdown future of your choice
+//! (`config::Settings::from_args` builds the settings from the same arguments `serve` takes):
+//!
+//! ```no_run
+//! # async fn run(settings: fleetops_server::config::Settings) -> Result<(), fleetops_server::serve::ServeError> {
+//! let server = fleetops_server::serve::start(settings, fleetops_server::serve::shutdown_signal()).await?;
+//! println!("listening on http://{}", server.local_addr());
+//! server.wait().await
+//! # }
+//! ```
+//!
+//! Features: none. To embed fleetops in your own service rather than run this one, see
+//! `docs/embedding.md`.
 
 pub mod bench;
 pub mod broker;

@@ -96,6 +96,16 @@
 //! }
 //! # Ok(()) }
 //! ```
+//!
+//! In production the store is `fleetops-store-sled` and the link `fleetops-transport-mqtt`'s
+//! `MqttLink`: `examples/embed_axum.rs` is a whole axum service built that way, and
+//! `docs/embedding.md` walks through it and through testing an embedding with the reference
+//! model, the in-process link and the [`clock::ManualClock`].
+//!
+//! ## Features
+//!
+//! None: test support lives in `fleetops-core`'s `testkit` and `proptest` features and in
+//! [`link::ChannelLink`].
 
 mod cache;
 pub mod clock;

@@ -22,6 +22,27 @@
 //! the events after releasing it.
 //!
 //! Nothing survives the process: the store lives as long as its last handle.
+//!
+//! ```
+//! use fleetops_core::store::{AppendBatch, EventStore, ExpectedVersion, NewEvent};
+//! # use fleetops_core::{Event, JobId, StreamId, ThingName, Timestamp};
+//! use fleetops_store_memory::MemoryStore;
+//!
+//! # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let store = MemoryStore::new();
+//! # let (job, thing) = (JobId::parse("job-1")?, ThingName::parse("lamp-1")?);
+//! # let queued = Event::ExecutionQueued { job_id: job.clone(), thing: thing.clone(),
+//! #     execution_number: 1, queued_at: Timestamp::from_secs(1), in_progress_timeout: None };
+//! let stream = StreamId::job_execution(&job, &thing);
+//! let event = NewEvent::new(uuid::Uuid::now_v7(), queued, Timestamp::from_secs(1));
+//! store.append(AppendBatch::single(stream.clone(), ExpectedVersion::NoStream, vec![event])).await?;
+//! assert_eq!(store.stream_version(&stream).await?, Some(1));
+//! # Ok(()) }
+//! ```
+//!
+//! ## Features
+//!
+//! None.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard, Weak};

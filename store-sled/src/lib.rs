@@ -15,6 +15,8 @@
 //! # Ok(()) }
 //! ```
 //!
+//! Features: none. `docs/embedding.md` shows it inside a service, with the MQTT link.
+//!
 //! ## Threads
 //!
 //! Writes go through one dedicated writer thread (see *Group commit*), with one exception: in

@@ -11,6 +11,11 @@
 //!
 //! The crate maps; it never decides. Every business rule lives in `fleetops-core`.
 //!
+//! ## Features
+//!
+//! - `test-broker`: the `testing` module, a real mosquitto per test on a free loopback
+//!   port with its own configuration, ACLs and optional TLS. For tests only.
+//!
 //! ```no_run
 //! use fleetops_core::link::{DeviceLink, LinkEvent};
 //! use fleetops_transport_mqtt::{BrokerConfig, Credentials, MqttLink, MqttLinkConfig};
