@@ -41,3 +41,6 @@ pub use time::{Duration, Timestamp};
 
 #[cfg(feature = "testkit")]
 pub mod testkit;
+
+#[cfg(feature = "proptest")]
+pub mod strategies;
