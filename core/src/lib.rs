@@ -44,3 +44,6 @@ pub mod testkit;
 
 #[cfg(feature = "proptest")]
 pub mod strategies;
+
+#[cfg(feature = "arbitrary")]
+mod fuzzing;
