@@ -12,6 +12,65 @@
 //! Every aggregate follows the same shape:
 //! - `decide(&state, intent, now) -> Result<Vec<Event>, Rejection>` holds every rule;
 //! - `evolve(state, &event) -> Result<state, EvolveError>` only applies facts.
+//!
+//! # Features
+//!
+//! None is on by default, and none adds a dependency to a default build.
+//!
+//! - `testkit` — module `testkit`: the store conformance suite, a fault-injecting store and a
+//!   given/when/then harness for aggregates, for store crates and tests.
+//!
+//!   ```
+//!   # #[cfg(feature = "testkit")] {
+//!   use fleetops_core::group::{Group, GroupIntent};
+//!   use fleetops_core::testkit::gwt::given;
+//!   use fleetops_core::{ErrorCode, Timestamp};
+//!
+//!   given::<Group>([])
+//!       .when(GroupIntent::Delete, Timestamp::from_secs(1))
+//!       .then_reject(ErrorCode::ResourceNotFound);
+//!   # }
+//!   ```
+//!
+//! - `proptest` — module `strategies`: proptest strategies of valid values of every public type
+//!   (ids, statuses, times, status details, configs, events, intents, device requests), and of
+//!   invalid ones each boundary refuses (`invalid_thing_name()`, `oversized_job_document()`,
+//!   `invalid_status_details()`, …).
+//!
+//!   ```
+//!   # #[cfg(feature = "proptest")] {
+//!   use fleetops_core::strategies;
+//!   use proptest::prelude::*;
+//!
+//!   // A config drawn for `now` passes validation at `now`.
+//!   let configs = strategies::timestamp()
+//!       .prop_flat_map(|now| (Just(now), strategies::job_config(now)));
+//!   proptest!(|((now, config) in configs)| {
+//!       prop_assert_eq!(config.validate(now), Ok(()));
+//!   });
+//!   # }
+//!   ```
+//!
+//! - `arbitrary` — `arbitrary::Arbitrary` for the same types, for fuzz targets. Every value
+//!   is valid: ids keep to their alphabet and length, texts, JSON and status details to their
+//!   limits, configs pass validation (at any `now` before their end time). A `StatusDetails`
+//!   drawn on its own is the generic `BTreeMap` impl, unbounded; those inside intents, requests
+//!   and events are bounded.
+//!
+//!   ```
+//!   # #[cfg(feature = "arbitrary")] {
+//!   use arbitrary::{Arbitrary, Unstructured};
+//!   use fleetops_core::job_execution::{JobExecution, JobExecutionIntent};
+//!   use fleetops_core::{Aggregate, ThingName, Timestamp};
+//!
+//!   let mut u = Unstructured::new(b"some fuzzer bytes: sensor-7");
+//!   let thing = ThingName::arbitrary(&mut u).unwrap();
+//!   assert_eq!(ThingName::parse(thing.as_str()), Ok(thing));
+//!   let intent = JobExecutionIntent::arbitrary(&mut u).unwrap();
+//!   // Whatever it is, deciding it never panics.
+//!   let _ = JobExecution::decide(None, intent, Timestamp::from_secs(1));
+//!   # }
+//!   ```
 
 pub mod aggregate;
 pub mod command;
@@ -41,3 +100,9 @@ pub use time::{Duration, Timestamp};
 
 #[cfg(feature = "testkit")]
 pub mod testkit;
+
+#[cfg(feature = "proptest")]
+pub mod strategies;
+
+#[cfg(feature = "arbitrary")]
+mod fuzzing;

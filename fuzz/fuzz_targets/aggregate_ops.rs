@@ -17,7 +17,6 @@ use fleetops_core::config::{
 use fleetops_core::device::{CommandResponse, StepTimeout, UpdateRequest};
 use fleetops_core::event::{EndReason, StatusDetails};
 use fleetops_core::group::{Group, GroupIntent};
-use fleetops_core::ids::StatusDetailKey;
 use fleetops_core::job::{Job, JobIntent};
 use fleetops_core::job_execution::{JobExecution, JobExecutionIntent};
 use fleetops_core::projection::JobCounters;
@@ -37,11 +36,12 @@ enum Num<T> {
     Raw(T),
 }
 
+/// A step timer: a valid one (the core's `Arbitrary`), or any number of minutes, so the
+/// range check is exercised too.
 #[derive(Arbitrary, Debug, Clone)]
 enum Step {
-    Keep,
-    Clear,
-    Minutes(u64),
+    Valid(StepTimeout),
+    RawMinutes(u64),
 }
 
 #[derive(Arbitrary, Debug, Clone)]
@@ -58,11 +58,11 @@ struct RolloutIn {
 struct ConfigIn {
     in_progress_timeout_ms: Option<u64>,
     rollout: RolloutIn,
-    abort: Vec<(u8, u32, f64)>,
-    retry: Vec<(u8, u32)>,
+    abort: Vec<(FailureType, u32, f64)>,
+    retry: Vec<(FailureType, u32)>,
     start_in_ms: Option<u64>,
     end_in_ms: Option<u64>,
-    end_behavior: u8,
+    end_behavior: EndBehavior,
 }
 
 #[derive(Arbitrary, Debug)]
@@ -72,14 +72,15 @@ enum Op {
         timeout_ms: Option<u64>,
     },
     Update {
-        status: Option<u8>,
-        details: Option<Vec<(String, String)>>,
+        status: Option<JobExecutionStatus>,
+        /// Unbounded: the generic map impl, so over-limit details are exercised too.
+        details: Option<StatusDetails>,
         expected_version: Num<u64>,
         execution_number: Num<u32>,
         step: Step,
     },
     StartNext {
-        details: Option<Vec<(String, String)>>,
+        details: Option<StatusDetails>,
         step: Step,
     },
     ExecCheckTimeout,
@@ -93,7 +94,7 @@ enum Op {
         command_id: Option<String>,
     },
     Respond {
-        status: u8,
+        status: CommandStatus,
         reason: Option<String>,
     },
     CmdCheckTimeout,
@@ -101,14 +102,14 @@ enum Op {
     // ---- job
     JobCreate {
         description: Option<String>,
-        things: Vec<String>,
-        groups: Vec<String>,
+        things: Vec<ThingName>,
+        groups: Vec<GroupName>,
         continuous: bool,
         document_is_object: bool,
         config: ConfigIn,
     },
     JobReview {
-        counters: [u32; 8],
+        counters: JobCounters,
         all_queued: bool,
     },
     JobCancel {
@@ -118,8 +119,8 @@ enum Op {
     JobDelete(bool),
     // ---- group
     GroupCreate(Option<String>),
-    GroupAdd(Vec<String>),
-    GroupRemove(Vec<String>),
+    GroupAdd(Vec<ThingName>),
+    GroupRemove(Vec<ThingName>),
     GroupDelete,
     // ---- time and crashes
     Tick(u32),
@@ -242,30 +243,11 @@ impl<A: Probe> Stream<A> {
     }
 }
 
-fn details(pairs: Option<Vec<(String, String)>>) -> Option<StatusDetails> {
-    pairs.map(|pairs| {
-        pairs
-            .into_iter()
-            .filter_map(|(k, v)| Some((StatusDetailKey::parse(&k).ok()?, v)))
-            .collect()
-    })
-}
-
 fn step(s: Step) -> StepTimeout {
     match s {
-        Step::Keep => StepTimeout::Keep,
-        Step::Clear => StepTimeout::Clear,
-        Step::Minutes(m) => StepTimeout::Minutes(m),
+        Step::Valid(step) => step,
+        Step::RawMinutes(m) => StepTimeout::Minutes(m),
     }
-}
-
-fn failure_type(b: u8) -> FailureType {
-    [
-        FailureType::Failed,
-        FailureType::Rejected,
-        FailureType::TimedOut,
-        FailureType::All,
-    ][usize::from(b % 4)]
 }
 
 fn config(c: ConfigIn, now: Timestamp) -> JobConfig {
@@ -290,52 +272,28 @@ fn config(c: ConfigIn, now: Timestamp) -> JobConfig {
         abort: c
             .abort
             .into_iter()
-            .map(|(t, min_executed, threshold_percent)| AbortCriterion {
-                failure_type: failure_type(t),
-                min_executed,
-                threshold_percent,
-            })
+            .map(
+                |(failure_type, min_executed, threshold_percent)| AbortCriterion {
+                    failure_type,
+                    min_executed,
+                    threshold_percent,
+                },
+            )
             .collect(),
         retry: c
             .retry
             .into_iter()
-            .map(|(t, number_of_retries)| RetryCriterion {
-                failure_type: failure_type(t),
+            .map(|(failure_type, number_of_retries)| RetryCriterion {
+                failure_type,
                 number_of_retries,
             })
             .collect(),
         schedule: Schedule {
             start_time: c.start_in_ms.map(|d| now + Duration::from_millis(d)),
             end_time: c.end_in_ms.map(|d| now + Duration::from_millis(d)),
-            end_behavior: [
-                EndBehavior::StopRollout,
-                EndBehavior::Cancel,
-                EndBehavior::ForceCancel,
-            ][usize::from(c.end_behavior % 3)],
+            end_behavior: c.end_behavior,
         },
     }
-}
-
-fn counters(c: [u32; 8]) -> JobCounters {
-    let [queued, in_progress, succeeded, failed, rejected, timed_out, canceled, removed] =
-        c.map(u64::from);
-    JobCounters {
-        queued,
-        in_progress,
-        succeeded,
-        failed,
-        rejected,
-        timed_out,
-        canceled,
-        removed,
-    }
-}
-
-fn things(names: Vec<String>) -> Vec<ThingName> {
-    names
-        .iter()
-        .filter_map(|n| ThingName::parse(n).ok())
-        .collect()
 }
 
 fuzz_target!(|data: &[u8]| {
@@ -386,10 +344,8 @@ fuzz_target!(|data: &[u8]| {
                     Num::Raw(n) => Some(*n),
                 };
                 let request = UpdateRequest {
-                    status: status.map(|b| {
-                        JobExecutionStatus::ALL[usize::from(b) % JobExecutionStatus::ALL.len()]
-                    }),
-                    status_details: self::details(details.clone()),
+                    status,
+                    status_details: details.clone(),
                     expected_version,
                     execution_number,
                     step_timeout: self::step(step.clone()),
@@ -403,7 +359,7 @@ fuzz_target!(|data: &[u8]| {
                 ref step,
             } => {
                 let intent = JobExecutionIntent::Start {
-                    status_details: self::details(details.clone()),
+                    status_details: details.clone(),
                     step_timeout: self::step(step.clone()),
                 };
                 exec.apply(intent, now, o)
@@ -444,8 +400,8 @@ fuzz_target!(|data: &[u8]| {
             ),
             Op::Respond { status, ref reason } => cmd.apply(
                 CommandIntent::Respond(CommandResponse {
-                    status: CommandStatus::ALL[usize::from(status) % CommandStatus::ALL.len()],
-                    result: Some(json!({ "status": status })),
+                    status,
+                    result: Some(json!({ "status": status.as_str() })),
                     status_reason: reason.clone(),
                 }),
                 now,
@@ -471,11 +427,8 @@ fuzz_target!(|data: &[u8]| {
                     job_id: job_id.clone(),
                     description: description.clone(),
                     targets: Targets {
-                        things: self::things(things.clone()),
-                        groups: groups
-                            .iter()
-                            .filter_map(|g| GroupName::parse(g).ok())
-                            .collect(),
+                        things: things.clone(),
+                        groups: groups.clone(),
                     },
                     selection: if continuous {
                         TargetSelection::Continuous
@@ -496,7 +449,7 @@ fuzz_target!(|data: &[u8]| {
                 all_queued,
             } => job.apply(
                 JobIntent::Review {
-                    counters: self::counters(counters),
+                    counters,
                     all_queued,
                 },
                 now,
@@ -519,11 +472,9 @@ fuzz_target!(|data: &[u8]| {
                 now,
                 o,
             ),
-            Op::GroupAdd(ref names) => {
-                group.apply(GroupIntent::AddMembers(things(names.clone())), now, o)
-            }
+            Op::GroupAdd(ref names) => group.apply(GroupIntent::AddMembers(names.clone()), now, o),
             Op::GroupRemove(ref names) => {
-                group.apply(GroupIntent::RemoveMembers(things(names.clone())), now, o)
+                group.apply(GroupIntent::RemoveMembers(names.clone()), now, o)
             }
             Op::GroupDelete => group.apply(GroupIntent::Delete, now, o),
             Op::Tick(ms) => now = now + Duration::from_millis(u64::from(ms)),

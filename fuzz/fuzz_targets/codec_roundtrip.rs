@@ -5,9 +5,10 @@
 #![no_main]
 
 use arbitrary::Unstructured;
-use fleetops_core::device::Inbound;
+use fleetops_core::device::{DeviceRequest, Inbound};
+use fleetops_core::ids::ThingName;
 use fleetops_core::time::Timestamp;
-use fleetops_fuzz::{device_request, layout, limits, outbound, thing};
+use fleetops_fuzz::{layout, limits, outbound};
 use fleetops_transport_mqtt::codec::{Codec, Decoded, DeviceMessage, EncodeError};
 use libfuzzer_sys::fuzz_target;
 
@@ -35,8 +36,8 @@ fuzz_target!(|data: &[u8]| {
         }
     }
     let (Ok(thing), Ok(request), Ok(token)) = (
-        thing(&mut u),
-        device_request(&mut u),
+        u.arbitrary::<ThingName>(),
+        u.arbitrary::<DeviceRequest>(),
         u.arbitrary::<Option<String>>(),
     ) else {
         return;

@@ -1,19 +1,16 @@
-//! Input generators shared by the fuzz targets: `arbitrary` mirrors of the wire-facing core
-//! types, turned into valid core values (ids are parsed, falling back to fixed valid ones).
-
-use std::collections::BTreeMap;
+//! Input generators shared by the fuzz targets, for what fleetops-core's `arbitrary` feature
+//! does not cover: transport settings, the messages the service hands the transport
+//! (`Outbound`, with replies that answer their operation, and refusals), topic levels.
+//! Every core value inside them (ids, statuses, times, requests, execution views) comes from
+//! the core's own `Arbitrary` impls.
 
 use arbitrary::{Arbitrary, Unstructured};
-use fleetops_core::device::{
-    CommandResponse, DescribeRequest, DeviceRequest, ExecutionSummary, ExecutionView, JobTarget,
-    Operation, Outbound, PendingJobs, Reply, StartNextRequest, StepTimeout, UpdateRequest,
-};
-use fleetops_core::event::StatusDetails;
-use fleetops_core::ids::{ExecutionId, JobId, StatusDetailKey, ThingName};
+use fleetops_core::device::{Operation, Outbound, Reply};
+use fleetops_core::ids::ThingName;
 use fleetops_core::job_execution::ExecutionState;
 use fleetops_core::rejection::Rejection;
-use fleetops_core::status::{CommandStatus, JobExecutionStatus};
-use fleetops_core::time::{Duration, Timestamp};
+use fleetops_core::status::JobExecutionStatus;
+use fleetops_core::time::Duration;
 use fleetops_transport_mqtt::codec::{Limits, TopicLayout};
 use serde_json::{Map, Value};
 
@@ -40,34 +37,9 @@ pub fn limits(u: &mut Unstructured<'_>) -> arbitrary::Result<Limits> {
     })
 }
 
-fn pick<T>(
-    u: &mut Unstructured<'_>,
-    parse: impl Fn(&str) -> Option<T>,
-    fallback: &str,
-) -> arbitrary::Result<T> {
-    let s: &str = u.arbitrary()?;
-    Ok(parse(s).unwrap_or_else(|| parse(fallback).expect("fallback is valid")))
-}
-
-/// A valid thing name.
-pub fn thing(u: &mut Unstructured<'_>) -> arbitrary::Result<ThingName> {
-    pick(u, |s| ThingName::parse(s).ok(), "thing-1")
-}
-
-fn job(u: &mut Unstructured<'_>) -> arbitrary::Result<JobId> {
-    pick(u, |s| JobId::parse(s).ok(), "job-1")
-}
-
-fn execution(u: &mut Unstructured<'_>) -> arbitrary::Result<ExecutionId> {
-    pick(u, |s| ExecutionId::parse(s).ok(), "exec-1")
-}
-
-fn time(u: &mut Unstructured<'_>) -> arbitrary::Result<Timestamp> {
-    Ok(Timestamp::from_millis(u.arbitrary()?))
-}
-
-/// JSON of bounded depth. Numbers are integers or dyadic fractions, which serde_json prints
-/// and parses back exactly (arbitrary floats may move by one ULP in its default parser).
+/// JSON of bounded depth for the bodies of outbound messages (command params, an update
+/// reply's document): any shape, `null` included, as the service may pass them through.
+/// Numbers are integers or dyadic fractions, which print and parse back exactly.
 pub fn json(u: &mut Unstructured<'_>, depth: u8) -> arbitrary::Result<Value> {
     let leaf_only = depth == 0;
     Ok(match u.int_in_range(0..=if leaf_only { 5 } else { 7 })? {
@@ -96,82 +68,9 @@ pub fn json(u: &mut Unstructured<'_>, depth: u8) -> arbitrary::Result<Value> {
     })
 }
 
-fn details(u: &mut Unstructured<'_>) -> arbitrary::Result<StatusDetails> {
-    let n = u.int_in_range(0..=4)?;
-    let mut d = BTreeMap::new();
-    for _ in 0..n {
-        let k = pick(u, |s| StatusDetailKey::parse(s).ok(), "step")?;
-        d.insert(k, u.arbitrary()?);
-    }
-    Ok(d)
-}
-
-fn job_status(u: &mut Unstructured<'_>) -> arbitrary::Result<JobExecutionStatus> {
-    Ok(*u.choose(&JobExecutionStatus::ALL)?)
-}
-
-fn step(u: &mut Unstructured<'_>) -> arbitrary::Result<StepTimeout> {
-    Ok(match u.int_in_range(0..=2)? {
-        0 => StepTimeout::Keep,
-        1 => StepTimeout::Clear,
-        _ => StepTimeout::Minutes(u.arbitrary()?),
-    })
-}
-
-fn summary(u: &mut Unstructured<'_>) -> arbitrary::Result<ExecutionSummary> {
-    Ok(ExecutionSummary {
-        job_id: job(u)?,
-        queued_at: time(u)?,
-        started_at: if u.arbitrary()? { Some(time(u)?) } else { None },
-        last_updated_at: time(u)?,
-        version_number: u.arbitrary()?,
-        execution_number: u.arbitrary()?,
-    })
-}
-
-fn pending(u: &mut Unstructured<'_>) -> arbitrary::Result<PendingJobs> {
-    let a = u.int_in_range(0..=3)?;
-    let b = u.int_in_range(0..=3)?;
-    Ok(PendingJobs {
-        in_progress: (0..a).map(|_| summary(u)).collect::<Result<_, _>>()?,
-        queued: (0..b).map(|_| summary(u)).collect::<Result<_, _>>()?,
-    })
-}
-
-fn view(u: &mut Unstructured<'_>) -> arbitrary::Result<ExecutionView> {
-    Ok(ExecutionView {
-        job_id: job(u)?,
-        thing_name: thing(u)?,
-        status: job_status(u)?,
-        status_details: details(u)?,
-        queued_at: time(u)?,
-        started_at: if u.arbitrary()? { Some(time(u)?) } else { None },
-        last_updated_at: time(u)?,
-        version_number: u.arbitrary()?,
-        execution_number: u.arbitrary()?,
-        job_document: if u.arbitrary()? {
-            Some(json(u, 3)?)
-        } else {
-            None
-        },
-    })
-}
-
-fn state(u: &mut Unstructured<'_>) -> arbitrary::Result<Option<Box<ExecutionState>>> {
-    Ok(if u.arbitrary()? {
-        Some(Box::new(ExecutionState {
-            status: job_status(u)?,
-            status_details: details(u)?,
-            version_number: u.arbitrary()?,
-        }))
-    } else {
-        None
-    })
-}
-
 fn rejection(u: &mut Unstructured<'_>) -> arbitrary::Result<Rejection> {
     let name = |u: &mut Unstructured<'_>| -> arbitrary::Result<&'static str> {
-        Ok(job_status(u)?.as_str())
+        Ok(u.arbitrary::<JobExecutionStatus>()?.as_str())
     };
     Ok(match u.int_in_range(0..=8)? {
         0 => Rejection::InvalidTopic {
@@ -184,7 +83,7 @@ fn rejection(u: &mut Unstructured<'_>) -> arbitrary::Result<Rejection> {
         3 => Rejection::InvalidStateTransition {
             from: name(u)?,
             to: name(u)?,
-            execution_state: state(u)?,
+            execution_state: u.arbitrary()?,
         },
         4 => Rejection::ResourceNotFound {
             kind: "job",
@@ -193,7 +92,7 @@ fn rejection(u: &mut Unstructured<'_>) -> arbitrary::Result<Rejection> {
         5 => Rejection::VersionMismatch {
             expected: u.arbitrary()?,
             actual: u.arbitrary()?,
-            execution_state: state(u)?,
+            execution_state: u.arbitrary()?,
         },
         6 => Rejection::InternalError {
             detail: u.arbitrary()?,
@@ -201,32 +100,19 @@ fn rejection(u: &mut Unstructured<'_>) -> arbitrary::Result<Rejection> {
         7 => Rejection::RequestThrottled,
         _ => Rejection::TerminalStateReached {
             status: name(u)?,
-            execution_state: state(u)?,
+            execution_state: u.arbitrary()?,
         },
-    })
-}
-
-fn operation(u: &mut Unstructured<'_>) -> arbitrary::Result<Operation> {
-    Ok(match u.int_in_range(0..=5)? {
-        0 => Operation::GetPending,
-        1 => Operation::StartNext,
-        2 => Operation::Describe(JobTarget::Next),
-        3 => Operation::Describe(JobTarget::Job(job(u)?)),
-        4 => Operation::Update(job(u)?),
-        _ => Operation::CommandResponse(execution(u)?),
     })
 }
 
 /// The body that answers `operation`.
 fn reply_for(u: &mut Unstructured<'_>, operation: &Operation) -> arbitrary::Result<Reply> {
     Ok(match operation {
-        Operation::GetPending => Reply::Pending(pending(u)?),
-        Operation::StartNext => {
-            Reply::StartNext(if u.arbitrary()? { Some(view(u)?) } else { None })
-        }
-        Operation::Describe(_) => Reply::Describe(view(u)?),
+        Operation::GetPending => Reply::Pending(u.arbitrary()?),
+        Operation::StartNext => Reply::StartNext(u.arbitrary()?),
+        Operation::Describe(_) => Reply::Describe(u.arbitrary()?),
         Operation::Update(_) => Reply::Update {
-            execution_state: state(u)?.map(|b| *b),
+            execution_state: u.arbitrary::<Option<ExecutionState>>()?,
             job_document: if u.arbitrary()? {
                 Some(json(u, 3)?)
             } else {
@@ -244,112 +130,52 @@ fn token(u: &mut Unstructured<'_>) -> arbitrary::Result<Option<String>> {
 /// Any message the service hands the transport: owed to a device (accepted replies answer
 /// their operation) or a status change for operators.
 pub fn outbound(u: &mut Unstructured<'_>) -> arbitrary::Result<Outbound> {
-    let thing = thing(u)?;
+    let thing: ThingName = u.arbitrary()?;
     Ok(match u.int_in_range(0..=5)? {
         0 => {
-            let operation = operation(u)?;
+            let operation: Operation = u.arbitrary()?;
             let reply = reply_for(u, &operation)?;
             Outbound::Accepted {
                 thing,
                 operation,
                 client_token: token(u)?,
                 reply,
-                timestamp: time(u)?,
+                timestamp: u.arbitrary()?,
             }
         }
         1 => Outbound::Rejected {
             thing,
-            operation: operation(u)?,
+            operation: u.arbitrary()?,
             client_token: token(u)?,
             rejection: rejection(u)?,
-            timestamp: time(u)?,
+            timestamp: u.arbitrary()?,
         },
         2 => Outbound::Notify {
             thing,
-            jobs: pending(u)?,
-            timestamp: time(u)?,
+            jobs: u.arbitrary()?,
+            timestamp: u.arbitrary()?,
         },
         3 => Outbound::NotifyNext {
             thing,
-            execution: if u.arbitrary()? { Some(view(u)?) } else { None },
-            timestamp: time(u)?,
+            execution: u.arbitrary()?,
+            timestamp: u.arbitrary()?,
         },
         5 => Outbound::StatusChange {
-            job_id: job(u)?,
+            job_id: u.arbitrary()?,
             thing,
-            status: job_status(u)?,
+            status: u.arbitrary()?,
             execution_number: u.arbitrary()?,
             version_number: u.arbitrary()?,
-            timestamp: time(u)?,
+            timestamp: u.arbitrary()?,
         },
         _ => Outbound::CommandRequest {
             thing,
-            execution_id: execution(u)?,
+            execution_id: u.arbitrary()?,
             command_id: u.arbitrary()?,
             action: u.arbitrary()?,
             params: json(u, 3)?,
-            timestamp: time(u)?,
+            timestamp: u.arbitrary()?,
             ttl: Duration::from_millis(u.arbitrary()?),
-        },
-    })
-}
-
-/// Any request a device may send; command responses carry a device-settable status.
-pub fn device_request(u: &mut Unstructured<'_>) -> arbitrary::Result<DeviceRequest> {
-    Ok(match u.int_in_range(0..=4)? {
-        0 => DeviceRequest::GetPending,
-        1 => DeviceRequest::StartNext(StartNextRequest {
-            status_details: if u.arbitrary()? {
-                Some(details(u)?)
-            } else {
-                None
-            },
-            step_timeout: step(u)?,
-        }),
-        2 => DeviceRequest::Describe(DescribeRequest {
-            job: if u.arbitrary()? {
-                JobTarget::Next
-            } else {
-                JobTarget::Job(job(u)?)
-            },
-            execution_number: u.arbitrary()?,
-            include_job_document: u.arbitrary()?,
-        }),
-        3 => DeviceRequest::Update {
-            job_id: job(u)?,
-            request: UpdateRequest {
-                status: if u.arbitrary()? {
-                    Some(job_status(u)?)
-                } else {
-                    None
-                },
-                status_details: if u.arbitrary()? {
-                    Some(details(u)?)
-                } else {
-                    None
-                },
-                expected_version: u.arbitrary()?,
-                execution_number: u.arbitrary()?,
-                step_timeout: step(u)?,
-                include_job_execution_state: u.arbitrary()?,
-                include_job_document: u.arbitrary()?,
-            },
-        },
-        _ => DeviceRequest::CommandResponse {
-            execution_id: execution(u)?,
-            response: CommandResponse {
-                status: *u.choose(&[
-                    CommandStatus::Succeeded,
-                    CommandStatus::Failed,
-                    CommandStatus::Rejected,
-                ])?,
-                result: if u.arbitrary()? {
-                    Some(json(u, 3)?)
-                } else {
-                    None
-                },
-                status_reason: u.arbitrary()?,
-            },
         },
     })
 }
