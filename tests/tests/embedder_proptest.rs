@@ -213,8 +213,10 @@ async fn run(
     let timeout = Duration::from_minutes(IN_PROGRESS_MINUTES);
 
     // The job queues one execution per thing, at the time it is created.
-    let mut config = JobConfig::default();
-    config.in_progress_timeout = Some(timeout);
+    let config = JobConfig {
+        in_progress_timeout: Some(timeout),
+        ..JobConfig::default()
+    };
     let mut spec = JobSpec::new(job.clone(), json!({"operation": "update"})).things(things.clone());
     spec.config = config;
     service
