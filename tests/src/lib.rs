@@ -20,8 +20,11 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+use fleetops_core::device::UpdateRequest;
+use fleetops_core::JobExecutionStatus;
 use fleetops_transport_mqtt::codec::TopicLayout;
 use fleetops_transport_mqtt::testing::{BrokerOptions, TestBroker};
+use fleetops_transport_mqtt::{DeviceClient, DeviceEvent, DeviceEvents};
 use serde_json::Value;
 
 /// The bearer token every [`Serve`] is started with.
@@ -42,6 +45,30 @@ pub fn quiet_broker(layouts: Vec<TopicLayout>) -> TestBroker {
         layouts,
         verbose_log: false,
         ..BrokerOptions::default()
+    })
+}
+
+/// A well-behaved device: whenever it is told of its next execution, it reports it
+/// SUCCEEDED. The task owns the client (and so its connection) until its events end.
+pub fn succeed_whatever_is_next(
+    client: DeviceClient,
+    mut events: DeviceEvents,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        while let Some(event) = events.next().await {
+            if let DeviceEvent::NotifyNext {
+                execution: Some(v), ..
+            } = event
+            {
+                let request = UpdateRequest {
+                    status: Some(JobExecutionStatus::Succeeded),
+                    execution_number: Some(v.execution_number),
+                    ..UpdateRequest::default()
+                };
+                // A refused report is the service's business; the test checks the outcome.
+                let _ = client.update(v.job_id, request).await;
+            }
+        }
     })
 }
 

@@ -8,13 +8,12 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use fleetops_core::device::UpdateRequest;
 use fleetops_core::store::EventStore;
 use fleetops_core::{Event, JobExecutionStatus, JobId, StreamId, ThingName};
 use fleetops_store_sled::{SledConfig, SledStore};
-use fleetops_tests::{quiet_broker, Api};
+use fleetops_tests::{quiet_broker, succeed_whatever_is_next, Api};
 use fleetops_transport_mqtt::codec::TopicLayout;
-use fleetops_transport_mqtt::{DeviceClient, DeviceConfig, DeviceEvent};
+use fleetops_transport_mqtt::{DeviceClient, DeviceConfig};
 use serde_json::json;
 
 /// `cargo test` builds a package's examples before running its tests, next to the test
@@ -120,27 +119,13 @@ async fn the_embedding_example_serves_its_routes_and_stops_cleanly() {
 
     // A device online before the rollout, running whatever it is told.
     let thing = ThingName::parse("lamp-1").unwrap();
-    let (device, mut events) = DeviceClient::connect(
+    let (device, events) = DeviceClient::connect(
         DeviceConfig::new(broker.device_config(), thing.clone()),
         None,
     )
     .await
     .expect("the device connects");
-    let worker = tokio::spawn(async move {
-        while let Some(event) = events.next().await {
-            if let DeviceEvent::NotifyNext {
-                execution: Some(v), ..
-            } = event
-            {
-                let request = UpdateRequest {
-                    status: Some(JobExecutionStatus::Succeeded),
-                    execution_number: Some(v.execution_number),
-                    ..UpdateRequest::default()
-                };
-                let _ = device.update(v.job_id, request).await;
-            }
-        }
-    });
+    let worker = succeed_whatever_is_next(device, events);
 
     let (status, body) = api
         .post("/rollouts/v2", &json!({"things": ["lamp-1", "lamp-2"]}))

@@ -4,12 +4,12 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use fleetops_core::device::{CommandResponse, UpdateRequest};
-use fleetops_core::{CommandStatus, JobExecutionStatus, ThingName};
-use fleetops_tests::{binary, quiet_broker, Serve, ServeConfig};
+use fleetops_core::device::CommandResponse;
+use fleetops_core::{CommandStatus, ThingName};
+use fleetops_tests::{binary, quiet_broker, succeed_whatever_is_next, Serve, ServeConfig};
 use fleetops_transport_mqtt::codec::{CommandRequest, TopicLayout};
 use fleetops_transport_mqtt::testing::TestBroker;
-use fleetops_transport_mqtt::{CommandHandler, DeviceClient, DeviceConfig, DeviceEvent};
+use fleetops_transport_mqtt::{CommandHandler, DeviceClient, DeviceConfig};
 use serde_json::json;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -40,31 +40,10 @@ async fn a_job_and_a_command_over_http_reach_devices_and_come_back() {
             ThingName::parse(&format!("lamp-{i}")).unwrap(),
         );
         config.layout = TopicLayout::aws();
-        let (client, mut events) = DeviceClient::connect(config, Some(Arc::clone(&handler)))
+        let (client, events) = DeviceClient::connect(config, Some(Arc::clone(&handler)))
             .await
             .expect("the device connects");
-        let client = Arc::new(client);
-        let c = Arc::clone(&client);
-        devices.push(tokio::spawn(async move {
-            while let Some(event) = events.next().await {
-                if let DeviceEvent::NotifyNext {
-                    execution: Some(v), ..
-                } = event
-                {
-                    let request = UpdateRequest {
-                        status: Some(JobExecutionStatus::Succeeded),
-                        execution_number: Some(v.execution_number),
-                        ..UpdateRequest::default()
-                    };
-                    let _ = c.update(v.job_id, request).await;
-                }
-            }
-        }));
-        devices.push(tokio::spawn(async move {
-            // Keeps the client (and its connection) alive with the task.
-            let _keep = client;
-            std::future::pending::<()>().await;
-        }));
+        devices.push(succeed_whatever_is_next(client, events));
     }
 
     let (status, body) = api
