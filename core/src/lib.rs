@@ -17,8 +17,9 @@
 //!
 //! None is on by default, and none adds a dependency to a default build.
 //!
-//! - `testkit` — module `testkit`: the store conformance suite, a fault-injecting store and a
-//!   given/when/then harness for aggregates, for store crates and tests.
+//! - `testkit` — module `testkit`: the reference model of job executions and commands
+//!   (`testkit::model`, for checking an embedding system against), the store conformance
+//!   suite, a fault-injecting store and a given/when/then harness for aggregates.
 //!
 //!   ```
 //!   # #[cfg(feature = "testkit")] {
