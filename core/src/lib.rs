@@ -73,6 +73,10 @@
 //!   # }
 //!   ```
 
+// On docs.rs-style builds (`--cfg docsrs`, nightly), items behind a feature are marked
+// with the feature that enables them.
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
 pub mod aggregate;
 pub mod command;
 pub mod config;

@@ -59,6 +59,10 @@
 //! # }
 //! ```
 
+// On docs.rs-style builds (`--cfg docsrs`, nightly), items behind a feature are marked
+// with the feature that enables them.
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
 mod acks;
 pub mod codec;
 mod config;
