@@ -99,9 +99,25 @@ struct App {
 }
 
 #[tokio::main]
-async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let args = args().map_err(|e| format!("{e}\n{USAGE}"))?;
+async fn main() -> std::process::ExitCode {
+    let args = match args() {
+        Ok(args) => args,
+        Err(e) => {
+            eprintln!("error: {e}\n{USAGE}");
+            return std::process::ExitCode::from(2);
+        }
+    };
+    match run(args).await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            // Display, not Debug: an operator reads this.
+            eprintln!("error: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
 
+async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     // 1. Storage and transport, configured by this service.
     let store = SledStore::open_async(SledConfig::new(&args.data_dir)).await?;
     let (host, port) = args
