@@ -501,39 +501,51 @@ enum Step {
     Item,
 }
 
-/// Every string value in `schema` with a rule, by where it sits.
-fn body_strings(doc: &Doc, schema: &Value, at: Vec<Step>, out: &mut Vec<(Vec<Step>, StringRule)>) {
+/// Visits every value of `schema` with where it sits: its properties, and the (single) item
+/// of its arrays when `into_items`.
+fn walk(
+    doc: &Doc,
+    schema: &Value,
+    at: Vec<Step>,
+    into_items: bool,
+    visit: &mut dyn FnMut(&[Step], &Value),
+) {
     let schema = doc.resolve(schema);
-    if let Some(rule) = StringRule::of(&schema) {
-        out.push((at.clone(), rule));
-    }
+    visit(&at, &schema);
     if let Some(props) = schema.get("properties").and_then(Value::as_object) {
         for (k, v) in props {
             let mut next = at.clone();
             next.push(Step::Key(k.clone()));
-            body_strings(doc, v, next, out);
+            walk(doc, v, next, into_items, visit);
         }
     }
-    if let Some(items) = schema.get("items") {
+    if let Some(items) = schema.get("items").filter(|_| into_items) {
         let mut next = at;
         next.push(Step::Item);
-        body_strings(doc, items, next, out);
+        walk(doc, items, next, into_items, visit);
     }
 }
 
-/// Every `type: string` property of `schema`, for the type checks.
-fn string_typed(doc: &Doc, schema: &Value, at: Vec<Step>, out: &mut Vec<Vec<Step>>) {
-    let schema = doc.resolve(schema);
-    if schema.get("type") == Some(&json!("string")) && !at.is_empty() {
-        out.push(at.clone());
-    }
-    if let Some(props) = schema.get("properties").and_then(Value::as_object) {
-        for (k, v) in props {
-            let mut next = at.clone();
-            next.push(Step::Key(k.clone()));
-            string_typed(doc, v, next, out);
+/// Every string value in `schema` with a rule, by where it sits.
+fn body_strings(doc: &Doc, schema: &Value) -> Vec<(Vec<Step>, StringRule)> {
+    let mut out = Vec::new();
+    walk(doc, schema, Vec::new(), true, &mut |at, s| {
+        if let Some(rule) = StringRule::of(s) {
+            out.push((at.to_vec(), rule));
         }
-    }
+    });
+    out
+}
+
+/// Every `type: string` property of `schema` (not array items), for the type checks.
+fn string_typed(doc: &Doc, schema: &Value) -> Vec<Vec<Step>> {
+    let mut out = Vec::new();
+    walk(doc, schema, Vec::new(), false, &mut |at, s| {
+        if s.get("type") == Some(&json!("string")) && !at.is_empty() {
+            out.push(at.to_vec());
+        }
+    });
+    out
 }
 
 /// A numeric bound the document states for one body value.
@@ -594,23 +606,14 @@ impl NumberRule {
 
 /// Every number with a bound in `schema`, by where it sits (values under `oneOf`, such as
 /// the start and end times, are left to the limits test).
-fn body_numbers(doc: &Doc, schema: &Value, at: Vec<Step>, out: &mut Vec<(Vec<Step>, NumberRule)>) {
-    let schema = doc.resolve(schema);
-    if let Some(rule) = NumberRule::of(&schema) {
-        out.push((at.clone(), rule));
-    }
-    if let Some(props) = schema.get("properties").and_then(Value::as_object) {
-        for (k, v) in props {
-            let mut next = at.clone();
-            next.push(Step::Key(k.clone()));
-            body_numbers(doc, v, next, out);
+fn body_numbers(doc: &Doc, schema: &Value) -> Vec<(Vec<Step>, NumberRule)> {
+    let mut out = Vec::new();
+    walk(doc, schema, Vec::new(), true, &mut |at, s| {
+        if let Some(rule) = NumberRule::of(s) {
+            out.push((at.to_vec(), rule));
         }
-    }
-    if let Some(items) = schema.get("items") {
-        let mut next = at;
-        next.push(Step::Item);
-        body_numbers(doc, items, next, out);
-    }
+    });
+    out
 }
 
 /// The smallest value the document allows for `schema`: required properties only, each at
@@ -912,9 +915,7 @@ async fn the_openapi_document_states_exactly_what_the_server_accepts() {
                     path_with("", "")
                 }
             };
-            let mut strings = Vec::new();
-            body_strings(&doc, &schema, Vec::new(), &mut strings);
-            for (at, rule) in strings {
+            for (at, rule) in body_strings(&doc, &schema) {
                 for v in rule.valid() {
                     counter += 1;
                     let mut body = base_body(counter);
@@ -946,9 +947,7 @@ async fn the_openapi_document_states_exactly_what_the_server_accepts() {
                 }
             }
             // Numbers with a bound, from both sides.
-            let mut numbers = Vec::new();
-            body_numbers(&doc, &schema, Vec::new(), &mut numbers);
-            for (at, rule) in numbers {
+            for (at, rule) in body_numbers(&doc, &schema) {
                 for v in rule.valid() {
                     counter += 1;
                     let mut body = base_body(counter);
@@ -980,9 +979,7 @@ async fn the_openapi_document_states_exactly_what_the_server_accepts() {
                 }
             }
             // A string property is a string: not null, not a number.
-            let mut typed = Vec::new();
-            string_typed(&doc, &schema, Vec::new(), &mut typed);
-            for at in typed {
+            for at in string_typed(&doc, &schema) {
                 for wrong in [json!(null), json!(5)] {
                     counter += 1;
                     let mut body = base_body(counter);
