@@ -9,38 +9,12 @@ use std::sync::Arc;
 use common::*;
 use fleetops_core::config::{FailureType, JobConfig, RetryCriterion, Rollout};
 use fleetops_core::store::EventStore;
-use fleetops_core::{Event, JobExecutionStatus as S, JobId, JobStatus, StreamId, ThingName};
+use fleetops_core::testkit::histories::check_execution_histories;
+use fleetops_core::{JobExecutionStatus as S, JobStatus, StreamId};
 use fleetops_service::link::{simulate, SimAction};
 use fleetops_service::{FleetConfig, JobSpec};
 use fleetops_store_memory::MemoryStore;
 use serde_json::json;
-
-/// Checks every execution's history: queued once, and at most one terminal event per attempt.
-async fn check_histories(store: &MemoryStore, job: &JobId, targets: &[ThingName]) {
-    for th in targets {
-        let stream = StreamId::job_execution(job, th);
-        let events = store.read_stream(&stream, 1, 1000).await.unwrap();
-        let queued = events
-            .iter()
-            .filter(|e| matches!(e.event, Event::ExecutionQueued { .. }))
-            .count();
-        assert_eq!(queued, 1, "{stream} queued {queued} times");
-        let mut terminal_in_attempt = 0;
-        for e in &events {
-            match &e.event {
-                Event::ExecutionRequeued { .. } => terminal_in_attempt = 0,
-                ev if ev.execution_status().is_some_and(|s| s.is_terminal()) => {
-                    terminal_in_attempt += 1;
-                    assert!(
-                        terminal_in_attempt <= 1,
-                        "{stream}: two terminal events in one attempt"
-                    );
-                }
-                _ => {}
-            }
-        }
-    }
-}
 
 fn config() -> JobConfig {
     JobConfig {
@@ -111,7 +85,7 @@ async fn a_restart_mid_job_loses_nothing_and_leaves_nothing_stuck() {
     assert_eq!(d.job.status, JobStatus::Completed, "{d:?}");
     assert_eq!(d.counters.total(), 50);
     assert_eq!(d.counters.succeeded, 50, "{:?}", d.counters);
-    check_histories(&store, &job, &targets).await;
+    check_execution_histories(&store, &job, &targets).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -178,7 +152,7 @@ async fn repeated_kills_at_arbitrary_moments_still_finish_the_job() {
         d.counters.succeeded + d.counters.failed + d.counters.timed_out,
         60
     );
-    check_histories(&store, &job, &targets).await;
+    check_execution_histories(&store, &job, &targets).await;
     for th in &targets {
         let x = fleet.get_job_execution(&job, th).await.unwrap();
         assert!(

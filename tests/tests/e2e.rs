@@ -10,9 +10,8 @@ use std::time::{Duration as StdDuration, Instant};
 use fleetops_core::config::{FailureType, JobConfig, RetryCriterion, Rollout};
 use fleetops_core::device::{ExecutionView, StartNextRequest, UpdateRequest};
 use fleetops_core::store::EventStore;
-use fleetops_core::{
-    Duration, Event, JobExecutionStatus as S, JobId, JobStatus, StreamId, ThingName,
-};
+use fleetops_core::testkit::histories::check_execution_histories;
+use fleetops_core::{Duration, JobExecutionStatus as S, JobId, JobStatus, ThingName};
 use fleetops_service::clock::{Clock, ManualClock, SystemClock};
 use fleetops_service::{Fleet, FleetConfig, JobSpec};
 use fleetops_store_sled::{SledConfig, SledStore};
@@ -152,32 +151,6 @@ async fn wait_until<St: EventStore>(
     }
 }
 
-async fn check_histories(store: &SledStore, job: &JobId, targets: &[ThingName]) {
-    for th in targets {
-        let stream = StreamId::job_execution(job, th);
-        let events = store.read_stream(&stream, 1, 1000).await.unwrap();
-        let queued = events
-            .iter()
-            .filter(|e| matches!(e.event, Event::ExecutionQueued { .. }))
-            .count();
-        assert_eq!(queued, 1, "{stream} queued {queued} times");
-        let mut terminal = 0;
-        for e in &events {
-            match &e.event {
-                Event::ExecutionRequeued { .. } => terminal = 0,
-                ev if ev.execution_status().is_some_and(|s| s.is_terminal()) => {
-                    terminal += 1;
-                    assert!(
-                        terminal <= 1,
-                        "{stream}: two terminal events in one attempt"
-                    );
-                }
-                _ => {}
-            }
-        }
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_thousand_devices_run_a_job_with_rollout_and_retries() {
     let broker = broker();
@@ -242,7 +215,7 @@ async fn a_thousand_devices_run_a_job_with_rollout_and_retries() {
         .filter(|r| r.execution_number == 2)
         .count();
     assert_eq!(retried, 100);
-    check_histories(&store, &job, &targets).await;
+    check_execution_histories(&store, &job, &targets).await;
     eprintln!(
         "1000 devices: connected in {connected:.2?}, job done in {:.2?}",
         started.elapsed() - connected
@@ -351,7 +324,7 @@ async fn kill_and_restart_once(run: usize) {
     .await;
     assert_eq!(d.counters.succeeded, 200, "run {run}: {d:?}");
     assert_eq!(d.counters.total(), 200);
-    check_histories(&store, &job, &targets).await;
+    check_execution_histories(&store, &job, &targets).await;
     for th in &targets {
         let x = fleet.get_job_execution(&job, th).await.unwrap();
         assert_eq!(x.status, S::Succeeded, "run {run}: {th}");
