@@ -29,8 +29,9 @@ use crate::clock::{Clock, SystemClock};
 use crate::error::FleetError;
 use crate::health::{Health, HealthState, HealthStatus};
 use crate::ids::{IdSource, UuidV7Ids};
-use crate::runtime::{lock, Inner, OutboxQueue};
+use crate::runtime::{Inner, OutboxQueue};
 use crate::state::State;
+use crate::sync::lock;
 use crate::types::{
     CommandRow, ExecutionRow, FleetConfig, JobDescription, JobSpec, JobSummary, Page, Paged,
     StatusChange,

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::watch;
 
 use crate::error::FleetError;
-use crate::runtime::lock;
+use crate::sync::lock;
 
 /// Consecutive follower failures after which the follower counts as failed (and writes fail
 /// fast): one failure is retried at once, a few in a row mean the store or the feed is broken.

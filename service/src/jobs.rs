@@ -28,7 +28,8 @@ use fleetops_core::{
 };
 
 use crate::error::FleetError;
-use crate::runtime::{lock, Inner};
+use crate::runtime::Inner;
+use crate::sync::lock;
 
 /// One step a tick decided on.
 enum Step {

@@ -123,6 +123,7 @@ mod runtime;
 mod scheduler;
 mod snapshot;
 mod state;
+mod sync;
 mod types;
 mod worker;
 

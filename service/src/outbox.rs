@@ -20,8 +20,9 @@ use fleetops_core::{CommandStatus, ExecutionId, JobId, StreamId, ThingName};
 
 use crate::delivery::{Finished, InFlight};
 use crate::error::FleetError;
-use crate::runtime::{lock, Inner};
+use crate::runtime::Inner;
 use crate::state::NotifyFlags;
+use crate::sync::lock;
 
 /// Delivery attempts per batch before the outbox gives it up (and leaves it to recovery).
 const SEND_ATTEMPTS: u32 = 3;

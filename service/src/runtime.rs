@@ -4,12 +4,12 @@
 use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 use std::hash::{BuildHasher, RandomState};
 use std::sync::atomic::{AtomicBool, AtomicU64};
-use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use fleetops_core::command::{CommandExecution, CommandIntent};
-use fleetops_core::device::Outbound;
+use fleetops_core::device::{Inbound, Outbound};
 use fleetops_core::job_execution::{JobExecution, JobExecutionIntent};
-use fleetops_core::link::{Delivery, DeviceLink};
+use fleetops_core::link::{Delivery, DeviceLink, Receipt};
 use fleetops_core::store::{
     AppendBatch, Appended, EventStore, ExpectedVersion, NewEvent, StoreError, StoredEvent,
 };
@@ -22,8 +22,8 @@ use crate::error::FleetError;
 use crate::health::HealthState;
 use crate::ids::IdSource;
 use crate::state::{Effects, NotifyFlags, State};
+use crate::sync::lock;
 use crate::types::{FleetConfig, StatusChange};
-use crate::worker::Work;
 
 /// How many events a stream read fetches per call while loading an aggregate.
 const LOAD_PAGE: usize = 1024;
@@ -118,10 +118,16 @@ fn published_change(change: &StatusChange) -> Option<Outbound> {
     }
 }
 
-/// Locks a mutex, recovering the data if a panicking thread poisoned it: every value behind
-/// these mutexes is a queue or a map that stays consistent after any single operation.
-pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+/// A unit of work for a shard.
+#[derive(Debug)]
+pub(crate) enum Work {
+    /// A device request, answered on the link, with the receipt the link gets back once the
+    /// request is decided (and its effect stored).
+    Device(Inbound, Receipt),
+    /// A command's TTL may have passed.
+    CommandTimer(ExecutionId),
+    /// A job execution's in-progress or step timer may have expired.
+    ExecutionTimer(JobId, ThingName),
 }
 
 impl<S: EventStore, L: DeviceLink> Inner<S, L> {

@@ -17,7 +17,7 @@ use fleetops_core::store::EventStore;
 use fleetops_core::{StreamId, Timestamp};
 
 use crate::runtime::Inner;
-use crate::worker::Work;
+use crate::runtime::Work;
 
 /// How long a fired deadline may stay due before it is fired again.
 const GRACE: StdDuration = StdDuration::from_secs(2);

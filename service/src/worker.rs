@@ -30,20 +30,9 @@ use tokio::sync::mpsc;
 use crate::delivery::{Finished, InFlight};
 use crate::error::FleetError;
 use crate::replies::{remembered, ReplyCache};
-use crate::runtime::{lock, Inner};
+use crate::runtime::{Inner, Work};
 use crate::state::NotifyFlags;
-
-/// A unit of work for a shard.
-#[derive(Debug)]
-pub(crate) enum Work {
-    /// A device request, answered on the link, with the receipt the link gets back once the
-    /// request is decided (and its effect stored).
-    Device(Inbound, Receipt),
-    /// A command's TTL may have passed.
-    CommandTimer(ExecutionId),
-    /// A job execution's in-progress or step timer may have expired.
-    ExecutionTimer(JobId, ThingName),
-}
+use crate::sync::lock;
 
 /// What a shard serializes on within a batch: one thing's job traffic stays in arrival order,
 /// while each command execution is its own stream and needs no order with the thing's other

@@ -106,7 +106,11 @@ fn raw(segments: &[String]) -> Option<RawPath> {
 }
 
 /// Flattens a use tree into (local name, full path) pairs; globs give a path without a name.
-fn flatten_use(tree: &UseTree, prefix: &mut Vec<String>, out: &mut Vec<(Option<String>, Vec<String>)>) {
+fn flatten_use(
+    tree: &UseTree,
+    prefix: &mut Vec<String>,
+    out: &mut Vec<(Option<String>, Vec<String>)>,
+) {
     match tree {
         UseTree::Path(p) => {
             prefix.push(p.ident.to_string());
@@ -156,7 +160,9 @@ impl Refs {
         while i < trees.len() {
             match &trees[i] {
                 TokenTree::Group(g) => self.scan_tokens(g.stream()),
-                TokenTree::Ident(id) if matches!(id.to_string().as_str(), "crate" | "super" | "self") => {
+                TokenTree::Ident(id)
+                    if matches!(id.to_string().as_str(), "crate" | "super" | "self") =>
+                {
                     let mut segs = vec![id.to_string()];
                     let mut j = i + 1;
                     // `::` is two `:` puncts, then an identifier.
@@ -301,9 +307,7 @@ impl CrateModules {
                     let mut refs = Refs::default();
                     refs.visit_item(other);
                     let module = self.modules.get_mut(path).expect("inserted above");
-                    module
-                        .refs
-                        .extend(refs.paths.iter().filter_map(|p| raw(p)));
+                    module.refs.extend(refs.paths.iter().filter_map(|p| raw(p)));
                 }
             }
         }
@@ -358,9 +362,9 @@ impl CrateModules {
                 }
                 let a = from[..=common].to_vec();
                 let b = to[..=common].to_vec();
-                edges.entry((a, b)).or_insert_with(|| {
-                    format!("{} names {:?}", show(from), r.segments.join("::"))
-                });
+                edges
+                    .entry((a, b))
+                    .or_insert_with(|| format!("{} names {:?}", show(from), r.segments.join("::")));
             }
         }
         edges
@@ -517,8 +521,14 @@ fn the_checker_finds_a_cycle_through_imports_macros_and_super() {
     );
     write("a.rs", "pub fn f() -> crate::Thing { todo!() }");
     write("b/mod.rs", "mod inner; pub use inner::Thing;");
-    write("b/inner.rs", "pub struct Thing;\nfn g() { format!(\"{}\", super::super::c::X); }");
-    write("c.rs", "pub const X: u8 = 1; fn h() { let _ = vec![crate::a::f()]; }");
+    write(
+        "b/inner.rs",
+        "pub struct Thing;\nfn g() { format!(\"{}\", super::super::c::X); }",
+    );
+    write(
+        "c.rs",
+        "pub const X: u8 = 1; fn h() { let _ = vec![crate::a::f()]; }",
+    );
     let found = crate_cycles(src);
     assert_eq!(found.len(), 1, "{found:?}");
     assert!(found[0].starts_with("a ↔ b ↔ c"), "{}", found[0]);
