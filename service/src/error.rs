@@ -98,3 +98,14 @@ impl FleetError {
         }
     }
 }
+
+impl From<fleetops_machine::FoldError> for FleetError {
+    fn from(e: fleetops_machine::FoldError) -> Self {
+        match e {
+            fleetops_machine::FoldError::Projection(p) => Self::Projection(p),
+            fleetops_machine::FoldError::Corrupt { stream, source } => {
+                Self::Corrupt { stream, source }
+            }
+        }
+    }
+}

@@ -30,13 +30,13 @@ use crate::error::FleetError;
 use crate::health::{Health, HealthState, HealthStatus};
 use crate::ids::{IdSource, UuidV7Ids};
 use crate::runtime::{Inner, OutboxQueue};
-use crate::state::State;
 use crate::sync::lock;
 use crate::types::{
     CommandRow, ExecutionRow, FleetConfig, JobDescription, JobSpec, JobSummary, Page, Paged,
     StatusChange,
 };
 use crate::{follower, jobs, outbox, scheduler, snapshot, worker};
+use fleetops_machine::ReadModel;
 
 /// A stream of stored events with their envelopes, from [`Fleet::events`].
 pub type EventStream = BoxStream<'static, Result<StoredEvent, FleetError>>;
@@ -135,7 +135,7 @@ impl<S: EventStore, L: DeviceLink> FleetBuilder<S, L> {
             clock: self.clock,
             ids: self.ids,
             config: self.config,
-            state: RwLock::new(State::default()),
+            state: RwLock::new(ReadModel::default()),
             applied: watch::Sender::new(0),
             dirty_jobs: Mutex::new(BTreeSet::new()),
             jobs_wake: Notify::new(),
@@ -504,14 +504,15 @@ impl<S: EventStore, L: DeviceLink> Fleet<S, L> {
     /// Command executions, by id (UUIDv7 ids sort by send time), filtered by thing and status.
     pub fn list_commands(&self, filter: &CommandFilter, page_req: &Page) -> Paged<CommandRow> {
         let st = self.inner.read();
-        let row = |id: &ExecutionId, c: &crate::state::CommandEntry| CommandRow {
+        let row = |id: &ExecutionId, c: &fleetops_machine::model::CommandEntry| CommandRow {
             execution_id: id.clone(),
             thing: c.thing.clone(),
             status: c.status,
             sent_at: c.sent_at,
             deadline: c.deadline,
         };
-        let keep = |c: &crate::state::CommandEntry| filter.status.is_none_or(|s| s == c.status);
+        let keep =
+            |c: &fleetops_machine::model::CommandEntry| filter.status.is_none_or(|s| s == c.status);
         match &filter.thing {
             Some(thing) => {
                 let mut ids: Vec<&ExecutionId> = st
@@ -866,7 +867,7 @@ impl<S: EventStore, L: DeviceLink> Fleet<S, L> {
     }
 }
 
-fn row(job: &JobId, thing: &ThingName, m: &crate::state::ExecMeta) -> ExecutionRow {
+fn row(job: &JobId, thing: &ThingName, m: &fleetops_machine::model::ExecMeta) -> ExecutionRow {
     ExecutionRow {
         job_id: job.clone(),
         thing: thing.clone(),

@@ -10,7 +10,7 @@ use futures::FutureExt;
 use crate::error::FleetError;
 use crate::health::Backoff;
 use crate::runtime::Inner;
-use crate::state::Effects;
+use fleetops_machine::Effects;
 
 /// Events folded per write-lock acquisition: large enough to amortize the lock, small enough
 /// that readers never wait long.
@@ -51,7 +51,7 @@ impl<S: EventStore, L: DeviceLink> Inner<S, L> {
                     match err {
                         // A gap means events were lost between the store and us: start over
                         // from the checkpoint rather than fold past a hole.
-                        FleetError::Projection(_) => {
+                        fleetops_machine::FoldError::Projection(_) => {
                             failed = Some(format!("position {}: {err}", e.position));
                             break;
                         }

@@ -122,7 +122,6 @@ mod replies;
 mod runtime;
 mod scheduler;
 mod snapshot;
-mod state;
 mod sync;
 mod types;
 mod worker;

@@ -21,8 +21,8 @@ use fleetops_core::{CommandStatus, ExecutionId, JobId, StreamId, ThingName};
 use crate::delivery::{Finished, InFlight};
 use crate::error::FleetError;
 use crate::runtime::Inner;
-use crate::state::NotifyFlags;
 use crate::sync::lock;
+use fleetops_machine::NotifyFlags;
 
 /// Delivery attempts per batch before the outbox gives it up (and leaves it to recovery).
 const SEND_ATTEMPTS: u32 = 3;

@@ -21,9 +21,9 @@ use crate::clock::Clock;
 use crate::error::FleetError;
 use crate::health::HealthState;
 use crate::ids::IdSource;
-use crate::state::{Effects, NotifyFlags, State};
 use crate::sync::lock;
 use crate::types::{FleetConfig, StatusChange};
+use fleetops_machine::{Effects, NotifyFlags, ReadModel};
 
 /// How many events a stream read fetches per call while loading an aggregate.
 const LOAD_PAGE: usize = 1024;
@@ -65,7 +65,7 @@ pub(crate) struct Inner<S, L> {
     pub clock: Arc<dyn Clock>,
     pub ids: Arc<dyn IdSource>,
     pub config: FleetConfig,
-    pub state: RwLock<State>,
+    pub state: RwLock<ReadModel>,
     /// The checkpoint of `state`, for read-your-writes waits.
     pub applied: watch::Sender<u64>,
     pub dirty_jobs: Mutex<BTreeSet<JobId>>,
@@ -95,29 +95,6 @@ pub(crate) struct Inner<S, L> {
     pub health: HealthState,
 }
 
-/// The message that publishes `change`: job execution changes only.
-fn published_change(change: &StatusChange) -> Option<Outbound> {
-    match change {
-        StatusChange::JobExecution {
-            job_id,
-            thing,
-            status,
-            execution_number,
-            version_number,
-            at,
-            ..
-        } => Some(Outbound::StatusChange {
-            job_id: job_id.clone(),
-            thing: thing.clone(),
-            status: *status,
-            execution_number: *execution_number,
-            version_number: *version_number,
-            timestamp: *at,
-        }),
-        StatusChange::Command { .. } => None,
-    }
-}
-
 /// A unit of work for a shard.
 #[derive(Debug)]
 pub(crate) enum Work {
@@ -131,13 +108,13 @@ pub(crate) enum Work {
 }
 
 impl<S: EventStore, L: DeviceLink> Inner<S, L> {
-    pub fn read(&self) -> RwLockReadGuard<'_, State> {
+    pub fn read(&self) -> RwLockReadGuard<'_, ReadModel> {
         self.state
             .read()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    pub fn write(&self) -> RwLockWriteGuard<'_, State> {
+    pub fn write(&self) -> RwLockWriteGuard<'_, ReadModel> {
         self.state
             .write()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -491,7 +468,10 @@ impl<S: EventStore, L: DeviceLink> Inner<S, L> {
             self.jobs_wake.notify_one();
         }
         let published: Vec<Outbound> = if self.config.publish_status_changes {
-            fx.changes.iter().filter_map(published_change).collect()
+            fx.changes
+                .iter()
+                .filter_map(StatusChange::published)
+                .collect()
         } else {
             Vec::new()
         };

@@ -11,187 +11,28 @@
 //! [`FleetConfig::snapshot_every`](crate::FleetConfig::snapshot_every) folded events and at
 //! [`Fleet::shutdown`](crate::Fleet::shutdown).
 
-use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
 
-use fleetops_core::event::SCHEMA_VERSION;
-use fleetops_core::group::Group;
-use fleetops_core::job::Job;
 use fleetops_core::link::DeviceLink;
-use fleetops_core::projection::{Projections, ProjectionsSnapshot};
 use fleetops_core::store::{snapshot_mismatch, EventStore, Snapshot, StoreError};
-use fleetops_core::{ExecutionId, GroupName, JobId, ThingName, Timestamp};
-use serde::{Deserialize, Serialize};
+use fleetops_machine::image::ImageError;
+use fleetops_machine::ReadModel;
 
 use crate::runtime::Inner;
-use crate::state::{CommandEntry, ExecMeta, JobEntry, State};
 
 /// The name the fleet's snapshot is saved under.
 pub(crate) const SNAPSHOT_NAME: &str = "fleet";
-/// Version of the encoding below; a snapshot of another version is ignored.
-const FORMAT: u32 = 1;
-
-/// The state as written: sorted lists, so equal states encode to equal bytes.
-#[derive(Serialize)]
-struct ImageRef<'a> {
-    format: u32,
-    schema: u16,
-    proj: ProjectionsSnapshot,
-    jobs: Vec<JobImageRef<'a>>,
-    groups: Vec<&'a Group>,
-    group_jobs: BTreeMap<&'a GroupName, &'a Vec<JobId>>,
-    thing_jobs: BTreeMap<&'a ThingName, &'a Vec<JobId>>,
-    commands: &'a BTreeMap<ExecutionId, CommandEntry>,
-    thing_commands: BTreeMap<&'a ThingName, &'a Vec<ExecutionId>>,
-}
-
-#[derive(Serialize)]
-struct JobImageRef<'a> {
-    job: &'a Job,
-    executions: &'a BTreeMap<ThingName, ExecMeta>,
-    to_queue: &'a BTreeSet<ThingName>,
-    retry_owed: &'a BTreeSet<ThingName>,
-    leave_owed: &'a BTreeSet<ThingName>,
-    window: Option<(Timestamp, u64)>,
-}
-
-/// The state as read back.
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct Image {
-    format: u32,
-    schema: u16,
-    proj: ProjectionsSnapshot,
-    jobs: Vec<JobImage>,
-    groups: Vec<Group>,
-    group_jobs: BTreeMap<GroupName, Vec<JobId>>,
-    thing_jobs: BTreeMap<ThingName, Vec<JobId>>,
-    commands: BTreeMap<ExecutionId, CommandEntry>,
-    thing_commands: BTreeMap<ThingName, Vec<ExecutionId>>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct JobImage {
-    job: Job,
-    executions: BTreeMap<ThingName, ExecMeta>,
-    to_queue: BTreeSet<ThingName>,
-    retry_owed: BTreeSet<ThingName>,
-    leave_owed: BTreeSet<ThingName>,
-    window: Option<(Timestamp, u64)>,
-}
-
 /// Why a stored snapshot was not used.
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum SnapshotError {
-    #[error("cannot decode: {0}")]
-    Decode(#[from] serde_json::Error),
-    #[error("written by format {found}, this runtime reads format {FORMAT}")]
-    Format { found: u32 },
-    #[error("written for event schema {found}, this runtime folds schema {SCHEMA_VERSION}")]
-    Schema { found: u16 },
-    #[error("records position {inner} inside a snapshot saved at position {outer}")]
-    Position { inner: u64, outer: u64 },
+    #[error(transparent)]
+    Image(#[from] ImageError),
     #[error("{0}")]
     Mismatch(String),
-    #[error(transparent)]
-    Projections(#[from] fleetops_core::projection::SnapshotError),
-    #[error("job {0} is listed twice")]
-    DuplicateJob(JobId),
-    #[error("group {0} is listed twice")]
-    DuplicateGroup(GroupName),
     #[error("the store failed: {0}")]
     Store(#[from] fleetops_core::StoreError),
-}
-
-/// A hash map's entries in key order, for a stable encoding.
-fn sorted<K: Ord, V>(m: &std::collections::HashMap<K, V>) -> BTreeMap<&K, &V> {
-    m.iter().collect()
-}
-
-impl State {
-    /// Encodes the whole state.
-    pub(crate) fn encode(&self) -> Vec<u8> {
-        let image = ImageRef {
-            format: FORMAT,
-            schema: SCHEMA_VERSION,
-            proj: self.proj.snapshot(),
-            jobs: self
-                .jobs
-                .values()
-                .map(|e| JobImageRef {
-                    job: &e.job,
-                    executions: &e.executions,
-                    to_queue: &e.to_queue,
-                    retry_owed: &e.retry_owed,
-                    leave_owed: &e.leave_owed,
-                    window: e.window,
-                })
-                .collect(),
-            groups: self.groups.values().collect(),
-            group_jobs: sorted(&self.group_jobs),
-            thing_jobs: sorted(&self.thing_jobs),
-            commands: &self.commands,
-            thing_commands: sorted(&self.thing_commands),
-        };
-        // Serializing plain data into a Vec cannot fail (no map has non-string keys).
-        serde_json::to_vec(&image).unwrap_or_default()
-    }
-
-    /// Decodes a state saved at `position`.
-    pub(crate) fn decode(bytes: &[u8], position: u64) -> Result<State, SnapshotError> {
-        let image: Image = serde_json::from_slice(bytes)?;
-        if image.format != FORMAT {
-            return Err(SnapshotError::Format {
-                found: image.format,
-            });
-        }
-        if image.schema != SCHEMA_VERSION {
-            return Err(SnapshotError::Schema {
-                found: image.schema,
-            });
-        }
-        if image.proj.checkpoint != position {
-            return Err(SnapshotError::Position {
-                inner: image.proj.checkpoint,
-                outer: position,
-            });
-        }
-        let proj = Projections::restore(image.proj)?;
-        let mut jobs = BTreeMap::new();
-        for j in image.jobs {
-            let id = j.job.job_id.clone();
-            let entry = JobEntry {
-                job: Arc::new(j.job),
-                executions: j.executions,
-                to_queue: j.to_queue,
-                retry_owed: j.retry_owed,
-                leave_owed: j.leave_owed,
-                window: j.window,
-            };
-            if jobs.insert(id.clone(), entry).is_some() {
-                return Err(SnapshotError::DuplicateJob(id));
-            }
-        }
-        let mut groups = BTreeMap::new();
-        for g in image.groups {
-            let name = g.name.clone();
-            if groups.insert(name.clone(), g).is_some() {
-                return Err(SnapshotError::DuplicateGroup(name));
-            }
-        }
-        Ok(State {
-            proj,
-            jobs,
-            groups,
-            group_jobs: image.group_jobs.into_iter().collect(),
-            thing_jobs: image.thing_jobs.into_iter().collect(),
-            commands: image.commands,
-            thing_commands: image.thing_commands.into_iter().collect(),
-        })
-    }
 }
 
 impl<S: EventStore, L: DeviceLink> Inner<S, L> {
@@ -232,7 +73,7 @@ impl<S: EventStore, L: DeviceLink> Inner<S, L> {
         }
     }
 
-    async fn load_snapshot(&self) -> Result<Option<State>, SnapshotError> {
+    async fn load_snapshot(&self) -> Result<Option<ReadModel>, SnapshotError> {
         let Some(snapshot) = self.store.load_snapshot(SNAPSHOT_NAME).await? else {
             return Ok(None);
         };
@@ -244,7 +85,7 @@ impl<S: EventStore, L: DeviceLink> Inner<S, L> {
         let Snapshot {
             position, bytes, ..
         } = snapshot;
-        let state = tokio::task::spawn_blocking(move || State::decode(&bytes, position))
+        let state = tokio::task::spawn_blocking(move || ReadModel::decode(&bytes, position))
             .await
             .map_err(|e| {
                 SnapshotError::Store(fleetops_core::StoreError::Backend {
@@ -333,11 +174,11 @@ pub(crate) async fn save<S: EventStore, L: DeviceLink>(inner: Arc<Inner<S, L>>) 
 mod tests {
     use super::*;
     use crate::link::{simulate, ChannelLink, SimAction};
-    use crate::state::Effects;
     use crate::{Fleet, FleetConfig, JobSpec};
     use fleetops_core::config::{FailureType, JobConfig, RetryCriterion};
     use fleetops_core::store::StoredEvent;
-    use fleetops_core::{Duration, JobExecutionStatus};
+    use fleetops_core::{Duration, GroupName, JobExecutionStatus, JobId, ThingName};
+    use fleetops_machine::Effects;
     use fleetops_store_memory::MemoryStore;
 
     fn thing(i: usize) -> ThingName {
@@ -478,7 +319,7 @@ mod tests {
         }
     }
 
-    fn fold(state: &mut State, events: &[StoredEvent]) {
+    fn fold(state: &mut ReadModel, events: &[StoredEvent]) {
         let mut fx = Effects::default();
         for e in events {
             state.apply(e, &mut fx).unwrap();
@@ -488,20 +329,20 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_snapshot_plus_the_tail_folds_to_the_same_state_at_every_cut() {
         let (_store, feed) = history().await;
-        let mut full = State::default();
+        let mut full = ReadModel::default();
         fold(&mut full, &feed);
         let expected = full.encode();
         assert_eq!(
-            State::decode(&expected, feed.len() as u64)
+            ReadModel::decode(&expected, feed.len() as u64)
                 .unwrap()
                 .encode(),
             expected,
             "decode(encode(s)) must encode to the same bytes"
         );
         for cut in (0..=feed.len()).step_by(7).chain([feed.len()]) {
-            let mut head = State::default();
+            let mut head = ReadModel::default();
             fold(&mut head, &feed[..cut]);
-            let mut resumed = State::decode(&head.encode(), cut as u64)
+            let mut resumed = ReadModel::decode(&head.encode(), cut as u64)
                 .unwrap_or_else(|e| panic!("decoding the snapshot at {cut}: {e}"));
             fold(&mut resumed, &feed[cut..]);
             assert!(
@@ -514,29 +355,32 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn damaged_or_foreign_snapshots_are_refused_without_panicking() {
         let (_store, feed) = history().await;
-        let mut state = State::default();
+        let mut state = ReadModel::default();
         fold(&mut state, &feed);
         let bytes = state.encode();
         let at = feed.len() as u64;
         // Every truncation, and a flipped byte every few positions.
         for n in (0..bytes.len()).step_by(13) {
-            assert!(State::decode(&bytes[..n], at).is_err(), "truncated to {n}");
+            assert!(
+                ReadModel::decode(&bytes[..n], at).is_err(),
+                "truncated to {n}"
+            );
         }
         for i in (0..bytes.len()).step_by(29) {
             let mut b = bytes.clone();
             b[i] ^= 0x55;
             // Some flips still decode (a digit inside a timestamp); none may panic.
-            let _ = State::decode(&b, at);
+            let _ = ReadModel::decode(&b, at);
         }
         assert!(matches!(
-            State::decode(&bytes, at - 1),
-            Err(SnapshotError::Position { .. })
+            ReadModel::decode(&bytes, at - 1),
+            Err(ImageError::Position { .. })
         ));
         let text = String::from_utf8(bytes.clone()).unwrap();
         let other_format = text.replacen("\"format\":1", "\"format\":99", 1);
         assert!(matches!(
-            State::decode(other_format.as_bytes(), at),
-            Err(SnapshotError::Format { found: 99 })
+            ReadModel::decode(other_format.as_bytes(), at),
+            Err(ImageError::Format { found: 99 })
         ));
     }
 
@@ -635,12 +479,12 @@ mod checked {
     use super::*;
     use crate::clock::ManualClock;
     use crate::link::{simulate, ChannelLink, SimAction};
-    use crate::state::Effects;
     use crate::{Fleet, FleetConfig, JobSpec};
     use async_trait::async_trait;
     use fleetops_core::config::{FailureType, JobConfig, RetryCriterion, Rollout};
     use fleetops_core::store::{AppendBatch, Appended, StoredEvent, Subscription};
-    use fleetops_core::{Duration, JobStatus, StoreError, StreamId};
+    use fleetops_core::{Duration, JobId, JobStatus, StoreError, StreamId, ThingName, Timestamp};
+    use fleetops_machine::Effects;
     use fleetops_store_memory::MemoryStore;
     use std::sync::atomic::AtomicUsize;
 
@@ -651,7 +495,7 @@ mod checked {
         bad: Arc<std::sync::Mutex<Vec<String>>>,
     }
 
-    fn normalized(mut s: State) -> Vec<u8> {
+    fn normalized(mut s: ReadModel) -> Vec<u8> {
         let jobs: Vec<StreamId> = s.jobs.keys().map(StreamId::job).collect();
         for j in jobs {
             s.proj.arm(&j, None);
@@ -689,13 +533,13 @@ mod checked {
         }
         async fn save_snapshot(&self, name: &str, s: Snapshot) -> Result<(), StoreError> {
             let feed = self.inner.read_all(1, s.position as usize).await?;
-            let mut full = State::default();
+            let mut full = ReadModel::default();
             let mut fx = Effects::default();
             for e in &feed {
                 full.apply(e, &mut fx).unwrap();
             }
             let expected = normalized(full);
-            let problem = match State::decode(&s.bytes, s.position) {
+            let problem = match ReadModel::decode(&s.bytes, s.position) {
                 Ok(saved) => (normalized(saved) != expected)
                     .then(|| format!("snapshot at {} differs", s.position)),
                 Err(e) => Some(format!("snapshot at {}: {e}", s.position)),

@@ -10,46 +10,7 @@ use fleetops_core::{
 };
 use serde_json::Value;
 
-/// A status change, as embedders see it.
-///
-/// Emitted once per stored transition, in feed order, from
-/// [`Fleet::status_changes`](crate::Fleet::status_changes). Job execution changes are also
-/// handed to the link as [`Outbound::StatusChange`](fleetops_core::device::Outbound::StatusChange)
-/// when [`FleetConfig::publish_status_changes`] is set (MQTT:
-/// `{prefix}/events/jobExecution/{jobId}/{status}`); command changes are not published.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum StatusChange {
-    /// A job execution reached a new status, or a new attempt was queued.
-    JobExecution {
-        /// The job.
-        job_id: JobId,
-        /// The device.
-        thing: ThingName,
-        /// The new status.
-        status: JobExecutionStatus,
-        /// The attempt.
-        execution_number: u32,
-        /// The execution's version after the change.
-        version_number: u64,
-        /// When it changed.
-        at: Timestamp,
-        /// The global position of the event that changed it.
-        position: u64,
-    },
-    /// A command execution was sent or reached its terminal status.
-    Command {
-        /// The command execution.
-        execution_id: ExecutionId,
-        /// The device.
-        thing: ThingName,
-        /// The new status.
-        status: CommandStatus,
-        /// When it changed.
-        at: Timestamp,
-        /// The global position of the event that changed it.
-        position: u64,
-    },
-}
+pub use fleetops_machine::StatusChange;
 
 /// A request to create a job.
 ///

@@ -31,8 +31,8 @@ use crate::delivery::{Finished, InFlight};
 use crate::error::FleetError;
 use crate::replies::{remembered, ReplyCache};
 use crate::runtime::{Inner, Work};
-use crate::state::NotifyFlags;
 use crate::sync::lock;
+use fleetops_machine::NotifyFlags;
 
 /// What a shard serializes on within a batch: one thing's job traffic stays in arrival order,
 /// while each command execution is its own stream and needs no order with the thing's other

@@ -20,6 +20,7 @@ use syn::{Attribute, Item, UseTree};
 /// The crates checked: package folder, and the root file of its library.
 const CRATES: &[&str] = &[
     "core",
+    "machine",
     "store-memory",
     "store-sled",
     "transport-mqtt",

@@ -32,6 +32,7 @@ use syn::{Attribute, Fields, GenericParam, Generics, ImplItem, Item, Meta, Trait
 /// The library crates whose API embedders depend on: package name and folder.
 const CRATES: &[(&str, &str)] = &[
     ("fleetops-core", "core"),
+    ("fleetops-machine", "machine"),
     ("fleetops-store-memory", "store-memory"),
     ("fleetops-store-sled", "store-sled"),
     ("fleetops-transport-mqtt", "transport-mqtt"),

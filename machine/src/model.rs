@@ -1,5 +1,5 @@
-//! The runtime's read side: core's [`Projections`] plus the service's own indexes, folded
-//! together from the global feed by one writer (the projection follower).
+//! The runtime's read side: core's [`Projections`] plus the runtime's own indexes, folded
+//! together from the global feed by one writer.
 //!
 //! Everything here is a pure fold of stored events, so a restarted runtime that replays the
 //! feed from position 1 ends in exactly the state the old one had, including what is still
@@ -25,24 +25,30 @@ use fleetops_core::{
     StreamId, ThingName, Timestamp,
 };
 
-use crate::error::FleetError;
-use crate::types::StatusChange;
+use crate::change::StatusChange;
+use crate::error::FoldError;
 
-/// What the service remembers of one job execution besides core's projection entry: enough
-/// to answer `get`/`notify` and to decide service-side intents (cancel, remove, retry) without
+/// What the runtime remembers of one job execution besides core's projection entry: enough
+/// to answer `get`/`notify` and to decide runtime intents (cancel, remove, retry) without
 /// reading the stream.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub(crate) struct ExecMeta {
+pub struct ExecMeta {
+    /// Current status.
     pub status: JobExecutionStatus,
+    /// Current attempt.
     pub execution_number: u32,
     /// The stream version, which is also the execution's `versionNumber` (every event bumps it).
     pub version: u64,
+    /// When the current attempt was queued.
     pub queued_at: Timestamp,
+    /// When the current attempt started.
     pub started_at: Option<Timestamp>,
+    /// The last change.
     pub last_updated_at: Timestamp,
 }
 
 impl ExecMeta {
+    /// The execution as `jobs/get` and `notify` list it.
     pub fn summary(&self, job_id: &JobId) -> ExecutionSummary {
         ExecutionSummary {
             job_id: job_id.clone(),
@@ -54,7 +60,7 @@ impl ExecMeta {
         }
     }
 
-    /// A job execution state good enough for service intents (cancel, remove, retry), whose
+    /// A job execution state good enough for runtime intents (cancel, remove, retry), whose
     /// rules read only status, attempt and version. Status details are not kept here; they
     /// only appear in refusals, which the caller turns into "stale, reload".
     pub fn to_state(&self, job_id: &JobId, thing: &ThingName) -> JobExecution {
@@ -77,7 +83,8 @@ impl ExecMeta {
 
 /// One job and what its rollout still owes.
 #[derive(Debug, Clone)]
-pub(crate) struct JobEntry {
+pub struct JobEntry {
+    /// The job as folded (its document held once, here).
     pub job: Arc<Job>,
     /// Every execution of the job, by thing (ordered for paging).
     pub executions: BTreeMap<ThingName, ExecMeta>,
@@ -91,28 +98,36 @@ pub(crate) struct JobEntry {
     pub window: Option<(Timestamp, u64)>,
 }
 
-/// What the service remembers of one command execution.
+/// What the runtime remembers of one command execution.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub(crate) struct CommandEntry {
+pub struct CommandEntry {
+    /// The device.
     pub thing: ThingName,
+    /// Current status.
     pub status: CommandStatus,
+    /// When it was sent.
     pub sent_at: Timestamp,
+    /// When it times out.
     pub deadline: Timestamp,
 }
 
 /// Flags of what a thing is owed after a fold: `notify` when its pending list changed,
 /// `next` when its next pending execution changed.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub(crate) struct NotifyFlags {
+pub struct NotifyFlags {
+    /// Its pending list changed: `notify` is owed.
     pub notify: bool,
+    /// Its next pending execution changed: `notify-next` is owed.
     pub next: bool,
 }
 
 impl NotifyFlags {
+    /// Whether anything is owed.
     pub fn any(self) -> bool {
         self.notify || self.next
     }
 
+    /// Owes what either owes.
     pub fn merge(&mut self, other: NotifyFlags) {
         self.notify |= other.notify;
         self.next |= other.next;
@@ -122,36 +137,47 @@ impl NotifyFlags {
 /// What a fold asks the live runtime to do; ignored while catching up at start, where the
 /// recovery pass derives what is owed from the final state instead.
 #[derive(Debug, Default)]
-pub(crate) struct Effects {
+pub struct Effects {
+    /// Jobs whose next step may have changed.
     pub dirty_jobs: Vec<JobId>,
+    /// Things owed a notification.
     pub things: Vec<(ThingName, NotifyFlags)>,
+    /// New commands, whose request is owed.
     pub commands_sent: Vec<ExecutionId>,
+    /// Commands that reached a terminal status.
     pub commands_done: Vec<ExecutionId>,
+    /// Status changes, in feed order.
     pub changes: Vec<StatusChange>,
 }
 
-/// The read models, behind one lock in the runtime.
+/// The read model: core's projections and the runtime's own indexes, folded together in one
+/// pass over the feed.
 #[derive(Debug, Default, Clone)]
-pub(crate) struct State {
+pub struct ReadModel {
+    /// Core's projections: counters, pending queues, deadlines.
     pub proj: Projections,
+    /// Every job.
     pub jobs: BTreeMap<JobId, JobEntry>,
+    /// Every group.
     pub groups: BTreeMap<GroupName, Group>,
     /// Jobs that name each group, to follow membership for continuous jobs.
     pub group_jobs: HashMap<GroupName, Vec<JobId>>,
     /// The jobs each thing has an execution of (few per thing, so a vector).
     pub thing_jobs: HashMap<ThingName, Vec<JobId>>,
+    /// Every command execution.
     pub commands: BTreeMap<ExecutionId, CommandEntry>,
+    /// The command executions of each thing.
     pub thing_commands: HashMap<ThingName, Vec<ExecutionId>>,
 }
 
-fn corrupt(stream: &StreamId, source: fleetops_core::EvolveError) -> FleetError {
-    FleetError::Corrupt {
+fn corrupt(stream: &StreamId, source: fleetops_core::EvolveError) -> FoldError {
+    FoldError::Corrupt {
         stream: stream.clone(),
         source,
     }
 }
 
-impl State {
+impl ReadModel {
     /// The position of the last folded event.
     pub fn checkpoint(&self) -> u64 {
         self.proj.checkpoint()
@@ -208,7 +234,7 @@ impl State {
     }
 
     /// Folds one stored event. Events at or below the checkpoint are skipped.
-    pub fn apply(&mut self, stored: &StoredEvent, fx: &mut Effects) -> Result<(), FleetError> {
+    pub fn apply(&mut self, stored: &StoredEvent, fx: &mut Effects) -> Result<(), FoldError> {
         if stored.position <= self.proj.checkpoint() {
             return Ok(());
         }
@@ -299,7 +325,7 @@ impl State {
         job_id: JobId,
         stored: &StoredEvent,
         fx: &mut Effects,
-    ) -> Result<(), FleetError> {
+    ) -> Result<(), FoldError> {
         let event = &stored.event;
         if let Event::JobCreated { targets, .. } = event {
             let job = Job::evolve(None, event).map_err(|e| corrupt(&stored.stream, e))?;
@@ -491,7 +517,7 @@ impl State {
         name: GroupName,
         stored: &StoredEvent,
         fx: &mut Effects,
-    ) -> Result<(), FleetError> {
+    ) -> Result<(), FoldError> {
         let old = self.groups.remove(&name);
         let old_members: Vec<ThingName> = match (&stored.event, &old) {
             (Event::GroupDeleted { .. }, Some(g)) => g.members.iter().cloned().collect(),

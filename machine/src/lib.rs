@@ -1,0 +1,34 @@
+//! # fleetops-machine
+//!
+//! The part of the fleetops runtime that decides, without doing: the read model folded from
+//! the store's global feed and the decisions the runtime takes from it, as synchronous code
+//! with no async runtime, lock, clock, randomness or I/O. Time comes in as a parameter and
+//! what to store or send goes out as data; `fleetops-service` is the tokio driver that moves
+//! data between the ports (the store, the device link, the operators' API) and this crate.
+//! CI checks that no runtime, storage or network crate is in its dependency tree, as it does
+//! for `fleetops-core`.
+//!
+//! - [`ReadModel`]: core's projections (job counters, each thing's pending queue, the
+//!   deadline index) plus the runtime's indexes (jobs with what their rollout still owes,
+//!   executions, groups, commands), folded once per event by [`ReadModel::apply`], which
+//!   also reports the [`Effects`] a live runtime acts on: jobs to look at again, things
+//!   owed a `notify` or `notify-next`, command requests owed, [`StatusChange`]s.
+//! - [`image`]: the read model as bytes, for the snapshots a start resumes from.
+//! - [`jobs`]: what a job needs next (retries, removals, cancel cleanup, review, the next
+//!   rollout batch) as a [`jobs::JobStep`], and the appends that carry it out.
+//!
+//! ## Layers
+//!
+//! `error` and `change` are leaves; `model` folds; `image` encodes the model; `jobs` plans
+//! from it. Nothing
+//! here names `fleetops-service`.
+
+mod change;
+mod error;
+pub mod image;
+pub mod jobs;
+pub mod model;
+
+pub use change::StatusChange;
+pub use error::FoldError;
+pub use model::{Effects, NotifyFlags, ReadModel};
