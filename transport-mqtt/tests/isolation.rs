@@ -2,33 +2,24 @@
 //! broker refuses (an ACL) and one too large to encode fail alone, marked permanent, while
 //! every other message of the same batch is published and acknowledged.
 
+// Each test file compiles its own copy of `common` and uses only part of it; without this,
+// every helper another file needs would be reported as dead code here.
+#[allow(dead_code)]
+mod common;
+
 use std::time::Duration;
 
+use common::raw::{raw, Raw};
+use common::{command, link_config, now, thing};
 use fleetops_core::device::{ExecutionSummary, Outbound, PendingJobs};
-use fleetops_core::ids::{ExecutionId, JobId, ThingName};
+use fleetops_core::ids::JobId;
 use fleetops_core::link::{DeviceLink, LinkError};
-use fleetops_core::time::{Duration as Span, Timestamp};
 use fleetops_transport_mqtt::codec::{Limits, TopicLayout};
 use fleetops_transport_mqtt::testing::{BrokerOptions, TestBroker};
-use fleetops_transport_mqtt::{Error, MqttLink, MqttLinkConfig};
-use rumqttc::v5::mqttbytes::v5::{Filter, Packet};
-use rumqttc::v5::mqttbytes::QoS;
-use rumqttc::v5::{AsyncClient, Event, MqttOptions};
-use serde_json::json;
-use tokio::sync::mpsc;
-use tokio::time::timeout;
+use fleetops_transport_mqtt::{Error, MqttLink};
 
-const WAIT: Duration = Duration::from_secs(5);
 /// Small enough that a notify listing a few dozen jobs cannot be encoded.
 const SMALL_PAYLOAD: usize = 1024;
-
-fn thing(s: &str) -> ThingName {
-    ThingName::parse(s).unwrap()
-}
-
-fn now() -> Timestamp {
-    Timestamp::from_millis(1_700_000_000_000)
-}
 
 fn notify(name: &str, jobs: usize) -> Outbound {
     let summary = |i: usize| ExecutionSummary {
@@ -49,56 +40,14 @@ fn notify(name: &str, jobs: usize) -> Outbound {
     }
 }
 
-fn command(name: &str) -> Outbound {
-    Outbound::CommandRequest {
-        thing: thing(name),
-        execution_id: ExecutionId::parse("c-1").unwrap(),
-        command_id: None,
-        action: "reboot".into(),
-        params: json!({}),
-        timestamp: now(),
-        ttl: Span::from_secs(30),
-    }
-}
-
-/// A plain MQTT client with the service account, reporting the topics it receives.
-async fn watcher(broker: &TestBroker, filter: &str) -> mpsc::UnboundedReceiver<String> {
-    let mut o = MqttOptions::new("watcher", "127.0.0.1", broker.port());
-    let c = broker.service_config().credentials.unwrap();
-    o.set_credentials(c.username, c.password);
-    let (client, mut eventloop) = AsyncClient::new(o, 64);
-    let (tx, rx) = mpsc::unbounded_channel();
-    let (ready_tx, mut ready) = mpsc::unbounded_channel();
-    tokio::spawn(async move {
-        loop {
-            match eventloop.poll().await {
-                Ok(Event::Incoming(Packet::Publish(p))) => {
-                    let _ = tx.send(String::from_utf8_lossy(&p.topic).into_owned());
-                }
-                Ok(Event::Incoming(Packet::SubAck(_))) => {
-                    let _ = ready_tx.send(());
-                }
-                Ok(_) => {}
-                Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
-            }
-        }
-    });
-    client
-        .subscribe_many([Filter::new(filter, QoS::AtLeastOnce)])
+/// The topics `client` receives within `d`, sorted.
+async fn topics_within(client: &mut Raw, d: Duration) -> Vec<String> {
+    let mut got: Vec<String> = client
+        .silent_for(d)
         .await
-        .unwrap();
-    timeout(WAIT, ready.recv()).await.expect("subscribed");
-    rx
-}
-
-async fn topics_within(rx: &mut mpsc::UnboundedReceiver<String>, d: Duration) -> Vec<String> {
-    let mut got = vec![];
-    let _ = timeout(d, async {
-        while let Some(t) = rx.recv().await {
-            got.push(t);
-        }
-    })
-    .await;
+        .iter()
+        .map(|p| String::from_utf8_lossy(&p.topic).into_owned())
+        .collect();
     got.sort();
     got
 }
@@ -113,19 +62,18 @@ async fn a_refused_or_unencodable_message_fails_alone_and_the_rest_is_delivered(
         ]),
         ..BrokerOptions::default()
     });
-    let mut config = MqttLinkConfig::new(broker.service_config());
-    config.layout = TopicLayout::fleets();
-    config.ack_timeout = WAIT;
+    let mut config = link_config(&broker, TopicLayout::fleets());
     config.limits = Limits {
         max_payload: SMALL_PAYLOAD,
         ..Limits::default()
     };
     let link = MqttLink::connect(config).await.expect("service connects");
-    let mut seen = watcher(&broker, "fleets/things/+/jobs/notify").await;
+    let mut seen = raw(&broker, "watcher", true).await;
+    seen.subscribe("fleets/things/+/jobs/notify").await;
 
     let batch = vec![
         notify("a-1", 0),
-        command("b-1"), // refused by the broker's ACL
+        command(&thing("b-1"), "c-1", "reboot", 30_000), // refused by the broker's ACL
         notify("c-1", 1),
         notify("d-1", 100), // too large to encode
         notify("e-1", 0),
