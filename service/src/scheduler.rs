@@ -7,14 +7,14 @@
 //! deadlines are remembered for a grace period instead of being fired again on every wake;
 //! one that is still due after the grace period (its intent failed) is fired again.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration as StdDuration, Instant};
 
-use fleetops_core::ids::StreamKind;
 use fleetops_core::link::DeviceLink;
 use fleetops_core::store::EventStore;
 use fleetops_core::{StreamId, Timestamp};
+use fleetops_machine::timers::{Due, DueTimers, Timer};
 
 use crate::runtime::Inner;
 use crate::runtime::Work;
@@ -26,67 +26,47 @@ const FIRE_BATCH: usize = 1024;
 /// Due entries looked at per pass.
 const SCAN_LIMIT: usize = 8192;
 
-/// Where a due deadline goes.
-enum Target {
-    Shard(Work),
-    Job(fleetops_core::JobId),
-}
-
 /// The scheduler task.
 pub(crate) async fn run<S: EventStore, L: DeviceLink>(inner: Arc<Inner<S, L>>) {
     let mut inflight: HashMap<StreamId, (Timestamp, Instant)> = HashMap::new();
     loop {
         let now = inner.clock.now();
-        let mut fire: Vec<(StreamId, Timestamp, Target)> = Vec::new();
-        let mut seen: HashSet<StreamId> = HashSet::new();
-        let mut truncated = false;
-        let next = {
-            let st = inner.read();
-            for (at, stream) in st.proj.due(now) {
-                if seen.len() >= SCAN_LIMIT || fire.len() >= FIRE_BATCH {
-                    truncated = true;
-                    break;
-                }
-                seen.insert(stream.clone());
-                if let Some((d, until)) = inflight.get(stream) {
-                    if d == at && Instant::now() < *until {
-                        continue;
-                    }
-                }
-                let target = match stream.kind() {
-                    StreamKind::Command(id) => match st.command(&id) {
-                        Some(_) => Target::Shard(Work::CommandTimer(id)),
-                        None => continue,
-                    },
-                    StreamKind::JobExecution(job, thing) => {
-                        Target::Shard(Work::ExecutionTimer(job, thing))
-                    }
-                    StreamKind::Job(job) => Target::Job(job),
-                    StreamKind::Group(_) | StreamKind::Custom(_) => continue,
-                };
-                fire.push((stream.clone(), *at, target));
-            }
-            st.proj.next_deadline()
-        };
+        let DueTimers {
+            fire,
+            seen,
+            truncated,
+            next,
+        } = inner.read().due_timers(
+            now,
+            |stream, at| {
+                inflight
+                    .get(stream)
+                    .is_some_and(|(d, until)| *d == at && Instant::now() < *until)
+            },
+            SCAN_LIMIT,
+            FIRE_BATCH,
+        );
         if !truncated {
             inflight.retain(|s, _| seen.contains(s));
         }
-        for (stream, at, target) in fire {
+        for Due { stream, at, timer } in fire {
             inflight.insert(stream, (at, Instant::now() + GRACE));
-            match target {
-                Target::Shard(work) => {
-                    let thing = match &work {
-                        Work::ExecutionTimer(_, t) => Some(t.clone()),
-                        Work::CommandTimer(id) => inner.read().command(id).map(|c| c.thing.clone()),
-                        Work::Device(i, _) => Some(i.thing.clone()),
-                    };
-                    let Some(thing) = thing else { continue };
-                    let shard = inner.shard(&thing).clone();
-                    if shard.send(work).await.is_err() {
-                        return;
-                    }
+            let (thing, work) = match timer {
+                Timer::Command {
+                    execution_id,
+                    thing,
+                } => (thing, Work::CommandTimer(execution_id)),
+                Timer::Execution { job_id, thing } => {
+                    (thing.clone(), Work::ExecutionTimer(job_id, thing))
                 }
-                Target::Job(job) => inner.mark_job(job),
+                Timer::Job(job) => {
+                    inner.mark_job(job);
+                    continue;
+                }
+            };
+            let shard = inner.shard(&thing).clone();
+            if shard.send(work).await.is_err() {
+                return;
             }
         }
         if truncated {
