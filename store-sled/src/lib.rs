@@ -142,6 +142,7 @@
 
 mod codec;
 mod config;
+mod guard;
 mod projection;
 mod snapshot;
 mod store;

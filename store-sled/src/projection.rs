@@ -27,7 +27,8 @@
 use std::sync::Arc;
 
 use crate::codec;
-use crate::store::{blocking, sled_error, Inner};
+use crate::guard::{blocking, sled_error};
+use crate::store::Inner;
 use crate::writer::{ProjectionUpdate, Request};
 use fleetops_core::store::StoreError;
 use tokio::sync::oneshot;

@@ -1,7 +1,6 @@
 //! [`SledStore`]: opening, the read paths and the [`EventStore`] implementation.
 
 use std::collections::VecDeque;
-use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -17,6 +16,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::codec::{self, PreEncoded};
 use crate::config::{Durability, SledConfig};
+use crate::guard::{blocking, guarded, panic_message, sled_error};
 use crate::projection::{Projection, ProjectionError};
 use crate::tail::{Tail, TailEvent};
 use crate::writer::{append_inline, PreparedBatch, PreparedStream, Request, State, Writer};
@@ -247,70 +247,6 @@ impl std::fmt::Debug for SledStore {
             .field("durability", &self.inner.durability)
             .field("head", &self.inner.shared.head())
             .finish()
-    }
-}
-
-/// Maps a sled error: its own corruption report stays `Corrupt`, the rest is `Backend`.
-pub(crate) fn sled_error(e: sled::Error) -> StoreError {
-    match e {
-        sled::Error::Corruption { at, .. } => StoreError::Corrupt {
-            location: match at {
-                Some(at) => format!("sled log at {at:?}"),
-                None => "sled log".into(),
-            },
-            detail: "sled reported corruption".into(),
-        },
-        other => StoreError::Backend {
-            detail: other.to_string(),
-        },
-    }
-}
-
-/// The text of a caught panic.
-pub(crate) fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
-    if let Some(s) = payload.downcast_ref::<&str>() {
-        (*s).to_owned()
-    } else if let Some(s) = payload.downcast_ref::<String>() {
-        s.clone()
-    } else {
-        "unknown panic".into()
-    }
-}
-
-/// Runs sled code, turning a panic inside sled into an error: sled 0.34 has assertions that
-/// fire on some damaged files, and the store promises an error, never a panic.
-pub(crate) fn guarded<T>(
-    what: &str,
-    f: impl FnOnce() -> Result<T, StoreError>,
-) -> Result<T, StoreError> {
-    catch_unwind(AssertUnwindSafe(f)).unwrap_or_else(|panic| {
-        Err(StoreError::Corrupt {
-            location: what.to_owned(),
-            detail: format!("panicked: {}", panic_message(&*panic)),
-        })
-    })
-}
-
-/// Runs a read off the async worker threads: on tokio's blocking pool when a runtime is
-/// present, inline otherwise (a thread without a runtime is not a worker).
-pub(crate) async fn blocking<T, F>(
-    inner: &Arc<Inner>,
-    what: &'static str,
-    f: F,
-) -> Result<T, StoreError>
-where
-    T: Send + 'static,
-    F: FnOnce(&Inner) -> Result<T, StoreError> + Send + 'static,
-{
-    let inner = Arc::clone(inner);
-    match tokio::runtime::Handle::try_current() {
-        Ok(handle) => handle
-            .spawn_blocking(move || guarded(what, || f(&inner)))
-            .await
-            .map_err(|e| StoreError::Backend {
-                detail: format!("{what}: blocking task failed: {e}"),
-            })?,
-        Err(_) => guarded(what, || f(&inner)),
     }
 }
 

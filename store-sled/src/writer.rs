@@ -63,8 +63,9 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::codec::{self, PreEncoded};
 use crate::config::{Durability, SledConfig};
+use crate::guard::{panic_message, sled_error};
 use crate::projection::ProjectionError;
-use crate::store::{panic_message, sled_error, Shared};
+use crate::store::Shared;
 use crate::tail::TailEvent;
 
 /// The writer forgets cached stream heads past this many streams (it re-reads them from sled).
