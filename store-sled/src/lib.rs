@@ -143,7 +143,9 @@
 mod codec;
 mod config;
 mod guard;
+mod prepare;
 mod projection;
+mod shared;
 mod snapshot;
 mod store;
 mod tail;

@@ -2,7 +2,7 @@
 
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::thread::JoinHandle;
 
@@ -14,12 +14,14 @@ use fleetops_core::store::{
 };
 use tokio::sync::{mpsc, oneshot, watch};
 
-use crate::codec::{self, PreEncoded};
+use crate::codec;
 use crate::config::{Durability, SledConfig};
 use crate::guard::{blocking, guarded, panic_message, sled_error};
+use crate::prepare::prepare;
 use crate::projection::{Projection, ProjectionError};
-use crate::tail::{Tail, TailEvent};
-use crate::writer::{append_inline, PreparedBatch, PreparedStream, Request, State, Writer};
+use crate::shared::Shared;
+use crate::tail::Tail;
+use crate::writer::{append_inline, Request, Writer};
 
 /// The name of the sled tree that holds the store.
 pub(crate) const TREE_NAME: &str = "fleetops/v1";
@@ -61,68 +63,6 @@ pub struct FeedStats {
     pub from_tail: u64,
     /// Events subscriptions read from sled: catching up, or too far behind for the tail.
     pub from_sled: u64,
-}
-
-#[derive(Default)]
-pub(crate) struct Stats {
-    pub(crate) appends: AtomicU64,
-    pub(crate) events: AtomicU64,
-    pub(crate) groups: AtomicU64,
-    pub(crate) flushes: AtomicU64,
-    pub(crate) inline_appends: AtomicU64,
-    pub(crate) from_tail: AtomicU64,
-    pub(crate) from_sled: AtomicU64,
-}
-
-/// State shared by the writer thread, inline appenders and the readers.
-pub(crate) struct Shared {
-    /// What every group is checked against; locked by whoever commits a group (the writer
-    /// thread, or an inline appender in `Buffered` mode: see `crate::writer`).
-    pub(crate) state: std::sync::Mutex<State>,
-    /// Requests handed to the writer thread (queued, or waiting for room in the queue) and
-    /// not yet handled: while there are any, appends do not commit inline.
-    pub(crate) pending: AtomicUsize,
-    /// The last position readers may see: applied, and flushed when the mode asks for it.
-    visible_head: AtomicU64,
-    /// Wakes subscribers when the visible head moves (or the writer fails).
-    head_tx: watch::Sender<u64>,
-    /// Why the writer stopped accepting writes, once it has.
-    failure: OnceLock<String>,
-    /// Groups handed to the flusher and not yet answered.
-    pub(crate) in_flight: AtomicUsize,
-    pub(crate) stats: Stats,
-    /// The last committed events, for subscriptions that keep up.
-    pub(crate) tail: Tail,
-}
-
-impl Shared {
-    /// Makes a committed group visible: puts its events (`..=head`, in position order) into
-    /// the live tail, then moves the visible head forward and wakes subscribers.
-    ///
-    /// The writer calls this only once the events may be seen (flushed, or applied in
-    /// `Buffered` mode). The tail is filled first so that a reader that sees the new head
-    /// finds every event up to it in the tail; readers never take from the tail beyond the
-    /// head they loaded, so filling it early shows nothing early.
-    pub(crate) fn publish(&self, head: u64, events: Vec<TailEvent>) {
-        self.tail.push(events);
-        self.visible_head.store(head, Ordering::Release);
-        self.head_tx.send_replace(head);
-    }
-
-    /// Records the writer's failure and wakes subscribers so they can report it.
-    pub(crate) fn fail(&self, reason: String) {
-        let _ = self.failure.set(reason);
-        self.head_tx.send_modify(|_| {});
-    }
-
-    /// Why the store failed, if it has.
-    pub(crate) fn failure(&self) -> Option<String> {
-        self.failure.get().cloned()
-    }
-
-    fn head(&self) -> u64 {
-        self.visible_head.load(Ordering::Acquire)
-    }
 }
 
 /// The parts of an open store; dropped when the last [`SledStore`] clone, [`Projection`] or
@@ -275,17 +215,10 @@ impl SledStore {
             Ok((db, tree, head))
         })?;
 
-        let (head_tx, _) = watch::channel(head);
-        let shared = Arc::new(Shared {
-            state: std::sync::Mutex::new(State::new(head)),
-            pending: AtomicUsize::new(0),
-            visible_head: AtomicU64::new(head),
-            head_tx,
-            failure: OnceLock::new(),
-            in_flight: AtomicUsize::new(0),
-            stats: Stats::default(),
-            tail: Tail::new(config.tail_events, config.tail_bytes),
-        });
+        let shared = Arc::new(Shared::new(
+            head,
+            Tail::new(config.tail_events, config.tail_bytes),
+        ));
         let (tx, rx) = mpsc::channel(QUEUE_CAPACITY);
         let writer = Writer::new(db, tree.clone(), Arc::clone(&shared), &config);
         let handle = std::thread::Builder::new()
@@ -687,46 +620,6 @@ fn stream_version_blocking(inner: &Inner, stream: &StreamId) -> Result<Option<u6
     Ok(None)
 }
 
-/// Encodes a batch on the caller's task, so the writer only checks versions and writes.
-/// With `tail`, also builds the events as reads will return them, for the live tail, from
-/// the events themselves (they are moved, not cloned).
-fn prepare(batch: AppendBatch, tail: bool) -> Result<PreparedBatch, StoreError> {
-    batch.validate()?;
-    let events = batch.len();
-    let idem = batch.idempotency_key;
-    let mut streams = Vec::with_capacity(batch.streams.len());
-    for s in batch.streams {
-        let encoded = s
-            .events
-            .iter()
-            .map(|e| PreEncoded::new(&s.stream, e, idem.as_ref()))
-            .collect::<Result<Vec<_>, _>>()?;
-        let read_back = if tail {
-            s.events
-                .into_iter()
-                .zip(&encoded)
-                .map(|(e, record)| TailEvent {
-                    bytes: record.len(),
-                    event: Arc::new(codec::read_back(&s.stream, e, idem.as_ref())),
-                })
-                .collect()
-        } else {
-            Vec::new()
-        };
-        streams.push(PreparedStream {
-            stream: s.stream,
-            expected: s.expected,
-            events: encoded,
-            read_back,
-        });
-    }
-    Ok(PreparedBatch {
-        streams,
-        idempotency_key: idem,
-        events,
-    })
-}
-
 #[async_trait]
 impl EventStore for SledStore {
     async fn append(&self, batch: AppendBatch) -> Result<Appended, StoreError> {
@@ -836,7 +729,7 @@ impl EventStore for SledStore {
     }
 
     async fn subscribe(&self, from: u64) -> Result<Box<dyn Subscription>, StoreError> {
-        let mut head_rx = self.inner.shared.head_tx.subscribe();
+        let mut head_rx = self.inner.shared.watch_head();
         head_rx.mark_changed();
         Ok(Box::new(SledSubscription {
             inner: Arc::clone(&self.inner),
@@ -914,7 +807,7 @@ impl Subscription for SledSubscription {
                 self.buffer.extend(events.into_iter().map(Arc::new));
                 continue;
             }
-            if let Some(reason) = self.inner.shared.failure.get() {
+            if let Some(reason) = self.inner.shared.failure() {
                 return Err(StoreError::Backend {
                     detail: format!("the store failed and must be reopened: {reason}"),
                 });
