@@ -44,7 +44,7 @@
 //! written key by key, each event before its index entry and idempotency key, because sled
 //! 0.34's `apply_batch` rolls its log buffer and starts a disk write on every batch; sled
 //! recovers a prefix of its log, so a crash can cut off at most the entries after the last
-//! event, and opening the store restores them from that event (`store::repair_last`).
+//! event, and opening the store restores them from that event (`recovery::repair_last`).
 //! The global position and the stream heads are not separate counters that could disagree:
 //! the head is the last `E` key, a stream's version its last index entry, both written with
 //! the events (in the same batch, or right after them and restored at open).
@@ -143,11 +143,15 @@
 mod codec;
 mod config;
 mod guard;
+mod inner;
 mod prepare;
 mod projection;
+mod read;
+mod recovery;
 mod shared;
 mod snapshot;
 mod store;
+mod subscription;
 mod tail;
 mod writer;
 

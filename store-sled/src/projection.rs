@@ -28,7 +28,7 @@ use std::sync::Arc;
 
 use crate::codec;
 use crate::guard::{blocking, sled_error};
-use crate::store::Inner;
+use crate::inner::Inner;
 use crate::writer::{ProjectionUpdate, Request};
 use fleetops_core::store::StoreError;
 use tokio::sync::oneshot;

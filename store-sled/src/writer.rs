@@ -530,7 +530,7 @@ impl Committer<'_> {
     /// rolls its log buffer and hands a write to its I/O threads on every batch, which made
     /// a lone append several times dearer (measured in `BENCHMARKS.md`). sled recovers a
     /// prefix of its log, so a crash can cut off at most the run and idempotency entry of
-    /// the last event, and `store::repair_last` restores them from that event at open.
+    /// the last event, and `recovery::repair_last` restores them from that event at open.
     /// Anything that must change together (an append of several events, a projection's
     /// entries and checkpoint) is one batch, and so is a group of more than
     /// `KEY_BY_KEY_MAX_WRITES` writes, where one log write for the group is cheaper.
@@ -698,7 +698,7 @@ impl Committer<'_> {
                 version += 1;
             }
             // The run after its events: cut off by a crash, it is restored from the last
-            // event at open (`store::repair_last`); the other way round it could not be.
+            // event at open (`recovery::repair_last`); the other way round it could not be.
             staged
                 .writes_in_order
                 .push((sled::IVec::from(run_key), Some(sled::IVec::from(run_value))));
