@@ -156,10 +156,8 @@ mod tail;
 mod writer;
 
 pub use config::{Durability, SledConfig};
-pub use projection::{
-    Projection, ProjectionBatch, ProjectionEntry, ProjectionError, MAX_PROJECTION_NAME,
-};
-pub use store::{FeedStats, SledStore, WriterStats};
+pub use projection::{ProjectionBatch, ProjectionEntry, ProjectionError, MAX_PROJECTION_NAME};
+pub use store::{FeedStats, Projection, SledStore, WriterStats};
 
 /// Helpers for this crate's benchmarks and tests; not part of the API.
 #[doc(hidden)]

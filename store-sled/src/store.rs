@@ -1,5 +1,5 @@
-//! [`SledStore`]: opening, its counters and the [`EventStore`] implementation, which hands
-//! each call to the module that does the work.
+//! The handles on an open store: [`SledStore`] (opening, its counters and the [`EventStore`]
+//! implementation) and [`Projection`]. Both hand each call to the module that does the work.
 
 use std::path::Path;
 use std::sync::atomic::Ordering;
@@ -13,11 +13,14 @@ use fleetops_core::store::{
 };
 use tokio::sync::oneshot;
 
+use crate::codec;
 use crate::config::{Durability, SledConfig};
 use crate::guard::{blocking, guarded, sled_error};
 use crate::inner::Inner;
 use crate::prepare::prepare;
-use crate::projection::{Projection, ProjectionError};
+use crate::projection::{
+    validate_name, ProjectionBatch, ProjectionEntry, ProjectionError, ProjectionUpdate,
+};
 use crate::read::{read_all_blocking, read_stream_blocking, stream_version_blocking};
 use crate::recovery::{check_format, recover_head, repair_last};
 use crate::subscription::SledSubscription;
@@ -278,5 +281,137 @@ impl EventStore for SledStore {
             Arc::clone(&self.inner),
             from,
         )))
+    }
+}
+
+/// A named key-value space with a checkpoint, kept in the store's database.
+///
+/// Get one with [`SledStore::projection`]. Cheap to clone; it keeps the store open while it
+/// lives.
+#[derive(Clone)]
+pub struct Projection {
+    inner: Arc<Inner>,
+    name: Arc<str>,
+    prefix: Arc<[u8]>,
+}
+
+impl std::fmt::Debug for Projection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Projection")
+            .field("name", &self.name)
+            .finish()
+    }
+}
+
+/// Decodes the entries of a scan, stripping the projection prefix from the keys.
+fn collect(
+    iter: sled::Iter,
+    strip: usize,
+    limit: usize,
+) -> Result<Vec<ProjectionEntry>, StoreError> {
+    let mut out = Vec::new();
+    for item in iter.take(limit) {
+        let (k, v) = item.map_err(sled_error)?;
+        let value = codec::decode_proj_value(&k, &v)?;
+        out.push((k[strip..].to_vec(), value));
+    }
+    Ok(out)
+}
+
+impl Projection {
+    pub(crate) fn new(inner: Arc<Inner>, name: &str) -> Result<Self, ProjectionError> {
+        validate_name(name)?;
+        Ok(Self {
+            inner,
+            name: name.into(),
+            prefix: codec::proj_prefix(name).into(),
+        })
+    }
+
+    /// The projection's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The position of the last event applied; 0 when nothing was applied yet.
+    pub async fn checkpoint(&self) -> Result<u64, ProjectionError> {
+        let key = codec::checkpoint_key(&self.name);
+        Ok(blocking(
+            &self.inner,
+            "projection checkpoint",
+            move |inner| match inner.tree()?.get(&key).map_err(sled_error)? {
+                Some(v) => codec::decode_checkpoint(&key, &v),
+                None => Ok(0),
+            },
+        )
+        .await?)
+    }
+
+    fn full_key(&self, key: &[u8]) -> Vec<u8> {
+        let mut k = Vec::with_capacity(self.prefix.len() + key.len());
+        k.extend_from_slice(&self.prefix);
+        k.extend_from_slice(key);
+        k
+    }
+
+    /// The value of `key`, if set.
+    pub async fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, ProjectionError> {
+        let key = self.full_key(key);
+        Ok(blocking(&self.inner, "projection get", move |inner| {
+            match inner.tree()?.get(&key).map_err(sled_error)? {
+                Some(v) => codec::decode_proj_value(&key, &v).map(Some),
+                None => Ok(None),
+            }
+        })
+        .await?)
+    }
+
+    /// Up to `limit` entries whose key starts with `prefix`, in key order.
+    pub async fn scan_prefix(
+        &self,
+        prefix: &[u8],
+        limit: usize,
+    ) -> Result<Vec<ProjectionEntry>, ProjectionError> {
+        let full = self.full_key(prefix);
+        let strip = self.prefix.len();
+        Ok(blocking(&self.inner, "projection scan", move |inner| {
+            collect(inner.tree()?.scan_prefix(&full), strip, limit)
+        })
+        .await?)
+    }
+
+    /// Up to `limit` entries with `start <= key < end`, in key order.
+    pub async fn scan_range(
+        &self,
+        start: &[u8],
+        end: &[u8],
+        limit: usize,
+    ) -> Result<Vec<ProjectionEntry>, ProjectionError> {
+        if start >= end {
+            return Ok(Vec::new());
+        }
+        let (lo, hi) = (self.full_key(start), self.full_key(end));
+        let strip = self.prefix.len();
+        Ok(blocking(&self.inner, "projection scan", move |inner| {
+            collect(inner.tree()?.range(lo..hi), strip, limit)
+        })
+        .await?)
+    }
+
+    /// Applies `batch` and moves the checkpoint from `from` to `to`, atomically, if the stored
+    /// checkpoint is `from` and `from <= to <= head`. Returns once the update is as durable as
+    /// the store's [`Durability`] makes appends.
+    pub async fn apply(
+        &self,
+        from: u64,
+        to: u64,
+        batch: ProjectionBatch,
+    ) -> Result<(), ProjectionError> {
+        let (reply, rx) = oneshot::channel();
+        let update = ProjectionUpdate::new(&self.name, from, to, batch);
+        self.inner
+            .submit(Request::Project { update, reply })
+            .await?;
+        rx.await.map_err(|_| StoreError::Closed)?
     }
 }

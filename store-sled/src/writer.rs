@@ -65,7 +65,7 @@ use crate::codec;
 use crate::config::{Durability, SledConfig};
 use crate::guard::{panic_message, sled_error};
 use crate::prepare::PreparedBatch;
-use crate::projection::ProjectionError;
+use crate::projection::{ProjectionError, ProjectionUpdate};
 use crate::shared::{Shared, State};
 use crate::tail::TailEvent;
 
@@ -79,14 +79,6 @@ const HEAD_CACHE_LIMIT: usize = 256 * 1024;
 const MAX_GROUP_REQUESTS: usize = 4096;
 /// Groups applied but not yet flushed before the writer waits for the flusher.
 pub(crate) const MAX_IN_FLIGHT: usize = 2;
-
-/// One projection update.
-pub(crate) struct ProjectionUpdate {
-    pub(crate) name: String,
-    pub(crate) from: u64,
-    pub(crate) to: u64,
-    pub(crate) writes: Vec<(Vec<u8>, Option<Vec<u8>>)>,
-}
 
 /// What the writer thread is asked to do.
 pub(crate) enum Request {
