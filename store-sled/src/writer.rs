@@ -69,11 +69,10 @@ use crate::projection::{ProjectionError, ProjectionUpdate};
 use crate::shared::{Shared, State};
 use crate::tail::TailEvent;
 
-/// The writer forgets cached stream heads past this many streams (it re-reads them from sled).
 /// The most writes a group of single-event appends makes key by key; a larger group is
 /// written as one batch (see `Committer::apply`).
 const KEY_BY_KEY_MAX_WRITES: usize = 32;
-
+/// The writer forgets cached stream heads past this many streams (it re-reads them from sled).
 const HEAD_CACHE_LIMIT: usize = 256 * 1024;
 /// Most requests in one group, whatever their size.
 const MAX_GROUP_REQUESTS: usize = 4096;
