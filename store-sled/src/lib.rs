@@ -44,7 +44,7 @@
 //! written key by key, each event before its index entry and idempotency key, because sled
 //! 0.34's `apply_batch` rolls its log buffer and starts a disk write on every batch; sled
 //! recovers a prefix of its log, so a crash can cut off at most the entries after the last
-//! event, and opening the store restores them from that event (`store::repair_last`).
+//! event, and opening the store restores them from that event (`recovery::repair_last`).
 //! The global position and the stream heads are not separate counters that could disagree:
 //! the head is the last `E` key, a stream's version its last index entry, both written with
 //! the events (in the same batch, or right after them and restored at open).
@@ -139,20 +139,47 @@
 //! One sled tree, `fleetops/v1`, with one-byte key spaces: events by big-endian position,
 //! one stream-index entry per stream per append, idempotency keys, projections and their
 //! checkpoints. The `codec` module has the table.
+//!
+//! ## Modules
+//!
+//! Layered, bottom up; a module names only modules of the layers below its own, so none of
+//! them depends on another in a circle (the workspace's `tests/tests/modules.rs` checks it):
+//!
+//! 1. Leaves, which name no other module: `guard` (sled errors and caught panics as
+//!    `StoreError`s, reads on the blocking pool), `codec` (the on-disk layout), `config`,
+//!    `tail` (the live tail), `snapshot` (snapshot files) and `projection` (what the writer
+//!    checks and applies for a projection: batch, update, errors, name rules).
+//! 2. `prepare` (appends encoded on the appending task) and `shared` (what the writer,
+//!    inline appenders and readers share: the committed state, the visible head, the
+//!    counters, the tail).
+//! 3. `writer`: the writer and flusher threads, and inline appends.
+//! 4. `inner`: the parts of an open store every handle holds; starts the writer thread and
+//!    closes the store.
+//! 5. `read` (the read paths), then `recovery` (what opening checks and mends) and
+//!    `subscription`, which use it.
+//! 6. `store`: the handles, [`SledStore`] with its [`EventStore`] implementation and
+//!    [`Projection`], which hand each call to the layers below.
+//!
+//! [`EventStore`]: fleetops_core::store::EventStore
 
 mod codec;
 mod config;
+mod guard;
+mod inner;
+mod prepare;
 mod projection;
+mod read;
+mod recovery;
+mod shared;
 mod snapshot;
 mod store;
+mod subscription;
 mod tail;
 mod writer;
 
 pub use config::{Durability, SledConfig};
-pub use projection::{
-    Projection, ProjectionBatch, ProjectionEntry, ProjectionError, MAX_PROJECTION_NAME,
-};
-pub use store::{FeedStats, SledStore, WriterStats};
+pub use projection::{ProjectionBatch, ProjectionEntry, ProjectionError, MAX_PROJECTION_NAME};
+pub use store::{FeedStats, Projection, SledStore, WriterStats};
 
 /// Helpers for this crate's benchmarks and tests; not part of the API.
 #[doc(hidden)]

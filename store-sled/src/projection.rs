@@ -3,9 +3,9 @@
 //! The service keeps its indexes (executions by job, by thing and by status; pending deadlines
 //! as due time → stream; per-job counters) as projections of the global feed rather than in
 //! the append transaction, so that appends stay O(1) and no index becomes a hot key. What makes
-//! that safe is [`Projection::apply`]: the index writes derived from events `from+1..=to` and
-//! the new checkpoint `to` are written in **one** atomic sled batch, and only if the stored
-//! checkpoint is still `from`. So:
+//! that safe is [`Projection::apply`](crate::Projection::apply): the index writes derived from
+//! events `from+1..=to` and the new checkpoint `to` are written in **one** atomic sled batch,
+//! and only if the stored checkpoint is still `from`. So:
 //!
 //! - after a crash, the checkpoint and the index agree: either both include the update or
 //!   neither does, and the projector resumes from the checkpoint with
@@ -23,14 +23,13 @@
 //! Keys are the caller's bytes; an ordered encoding (big-endian integers, `/`-separated
 //! names) turns "executions of job J" or "deadlines due before T" into a prefix or range scan.
 //! `tests/projection.rs` builds such indexes from the feed as an example.
+//!
+//! This module is what the writer checks and applies (the batch, the update, its errors and
+//! the name rules) and names no other module of the crate. The
+//! [`Projection`](crate::Projection) handle, which reads entries and sends updates to the
+//! writer, lives with `SledStore` in `store`.
 
-use std::sync::Arc;
-
-use crate::codec;
-use crate::store::{blocking, sled_error, Inner};
-use crate::writer::{ProjectionUpdate, Request};
 use fleetops_core::store::StoreError;
-use tokio::sync::oneshot;
 
 /// One key-value pair of a projection scan, the key without the projection's prefix.
 pub type ProjectionEntry = (Vec<u8>, Vec<u8>);
@@ -117,26 +116,30 @@ impl ProjectionBatch {
     }
 }
 
-/// A named key-value space with a checkpoint, kept in the store's database.
-///
-/// Get one with [`SledStore::projection`](crate::SledStore::projection). Cheap to clone; it
-/// keeps the store open while it lives.
-#[derive(Clone)]
-pub struct Projection {
-    inner: Arc<Inner>,
-    name: Arc<str>,
-    prefix: Arc<[u8]>,
+/// One projection update, as the writer checks and applies it.
+pub(crate) struct ProjectionUpdate {
+    pub(crate) name: String,
+    pub(crate) from: u64,
+    pub(crate) to: u64,
+    pub(crate) writes: Vec<(Vec<u8>, Option<Vec<u8>>)>,
 }
 
-impl std::fmt::Debug for Projection {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Projection")
-            .field("name", &self.name)
-            .finish()
+impl ProjectionUpdate {
+    /// The update that applies `batch` to projection `name` and moves its checkpoint from
+    /// `from` to `to`.
+    pub(crate) fn new(name: &str, from: u64, to: u64, batch: ProjectionBatch) -> Self {
+        Self {
+            name: name.to_owned(),
+            from,
+            to,
+            writes: batch.writes,
+        }
     }
 }
 
-fn validate_name(name: &str) -> Result<(), ProjectionError> {
+/// Checks a projection name against the rules of [`MAX_PROJECTION_NAME`] and
+/// [`ProjectionError::InvalidName`].
+pub(crate) fn validate_name(name: &str) -> Result<(), ProjectionError> {
     let bad = |reason| {
         Err(ProjectionError::InvalidName {
             name: name.to_owned(),
@@ -156,124 +159,6 @@ fn validate_name(name: &str) -> Result<(), ProjectionError> {
         return bad("only [a-zA-Z0-9_.-] is allowed");
     }
     Ok(())
-}
-
-/// Decodes the entries of a scan, stripping the projection prefix from the keys.
-fn collect(
-    iter: sled::Iter,
-    strip: usize,
-    limit: usize,
-) -> Result<Vec<ProjectionEntry>, StoreError> {
-    let mut out = Vec::new();
-    for item in iter.take(limit) {
-        let (k, v) = item.map_err(sled_error)?;
-        let value = codec::decode_proj_value(&k, &v)?;
-        out.push((k[strip..].to_vec(), value));
-    }
-    Ok(out)
-}
-
-impl Projection {
-    pub(crate) fn new(inner: Arc<Inner>, name: &str) -> Result<Self, ProjectionError> {
-        validate_name(name)?;
-        Ok(Self {
-            inner,
-            name: name.into(),
-            prefix: codec::proj_prefix(name).into(),
-        })
-    }
-
-    /// The projection's name.
-    pub fn name(&self) -> &str {
-        &self.name
-    }
-
-    /// The position of the last event applied; 0 when nothing was applied yet.
-    pub async fn checkpoint(&self) -> Result<u64, ProjectionError> {
-        let key = codec::checkpoint_key(&self.name);
-        Ok(blocking(
-            &self.inner,
-            "projection checkpoint",
-            move |inner| match inner.tree()?.get(&key).map_err(sled_error)? {
-                Some(v) => codec::decode_checkpoint(&key, &v),
-                None => Ok(0),
-            },
-        )
-        .await?)
-    }
-
-    fn full_key(&self, key: &[u8]) -> Vec<u8> {
-        let mut k = Vec::with_capacity(self.prefix.len() + key.len());
-        k.extend_from_slice(&self.prefix);
-        k.extend_from_slice(key);
-        k
-    }
-
-    /// The value of `key`, if set.
-    pub async fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, ProjectionError> {
-        let key = self.full_key(key);
-        Ok(blocking(&self.inner, "projection get", move |inner| {
-            match inner.tree()?.get(&key).map_err(sled_error)? {
-                Some(v) => codec::decode_proj_value(&key, &v).map(Some),
-                None => Ok(None),
-            }
-        })
-        .await?)
-    }
-
-    /// Up to `limit` entries whose key starts with `prefix`, in key order.
-    pub async fn scan_prefix(
-        &self,
-        prefix: &[u8],
-        limit: usize,
-    ) -> Result<Vec<ProjectionEntry>, ProjectionError> {
-        let full = self.full_key(prefix);
-        let strip = self.prefix.len();
-        Ok(blocking(&self.inner, "projection scan", move |inner| {
-            collect(inner.tree()?.scan_prefix(&full), strip, limit)
-        })
-        .await?)
-    }
-
-    /// Up to `limit` entries with `start <= key < end`, in key order.
-    pub async fn scan_range(
-        &self,
-        start: &[u8],
-        end: &[u8],
-        limit: usize,
-    ) -> Result<Vec<ProjectionEntry>, ProjectionError> {
-        if start >= end {
-            return Ok(Vec::new());
-        }
-        let (lo, hi) = (self.full_key(start), self.full_key(end));
-        let strip = self.prefix.len();
-        Ok(blocking(&self.inner, "projection scan", move |inner| {
-            collect(inner.tree()?.range(lo..hi), strip, limit)
-        })
-        .await?)
-    }
-
-    /// Applies `batch` and moves the checkpoint from `from` to `to`, atomically, if the stored
-    /// checkpoint is `from` and `from <= to <= head`. Returns once the update is as durable as
-    /// the store's [`Durability`](crate::Durability) makes appends.
-    pub async fn apply(
-        &self,
-        from: u64,
-        to: u64,
-        batch: ProjectionBatch,
-    ) -> Result<(), ProjectionError> {
-        let (reply, rx) = oneshot::channel();
-        let update = ProjectionUpdate {
-            name: self.name.to_string(),
-            from,
-            to,
-            writes: batch.writes,
-        };
-        self.inner
-            .submit(Request::Project { update, reply })
-            .await?;
-        rx.await.map_err(|_| StoreError::Closed)?
-    }
 }
 
 #[cfg(test)]

@@ -1,11 +1,9 @@
-//! [`SledStore`]: opening, the read paths and the [`EventStore`] implementation.
+//! The handles on an open store: [`SledStore`] (opening, its counters and the [`EventStore`]
+//! implementation) and [`Projection`]. Both hand each call to the module that does the work.
 
-use std::collections::VecDeque;
-use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
-use std::thread::JoinHandle;
+use std::path::Path;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
 
 use async_trait::async_trait;
 use fleetops_core::ids::StreamId;
@@ -13,27 +11,23 @@ use fleetops_core::store::{
     snapshot_mismatch, AppendBatch, Appended, EventStore, Snapshot, StoreError, StoredEvent,
     Subscription,
 };
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::oneshot;
 
-use crate::codec::{self, PreEncoded};
+use crate::codec;
 use crate::config::{Durability, SledConfig};
-use crate::projection::{Projection, ProjectionError};
-use crate::tail::{Tail, TailEvent};
-use crate::writer::{append_inline, PreparedBatch, PreparedStream, Request, State, Writer};
+use crate::guard::{blocking, guarded, sled_error};
+use crate::inner::Inner;
+use crate::prepare::prepare;
+use crate::projection::{
+    validate_name, ProjectionBatch, ProjectionEntry, ProjectionError, ProjectionUpdate,
+};
+use crate::read::{read_all_blocking, read_stream_blocking, stream_version_blocking};
+use crate::recovery::{check_format, recover_head, repair_last};
+use crate::subscription::SledSubscription;
+use crate::writer::{append_inline, Request};
 
 /// The name of the sled tree that holds the store.
 pub(crate) const TREE_NAME: &str = "fleetops/v1";
-/// Requests that may wait for the writer before appenders are held back.
-const QUEUE_CAPACITY: usize = 8192;
-/// Events a subscription reads ahead per trip to sled (large enough to decode in parallel
-/// while catching up; when following live it reads whatever is new).
-const SUBSCRIPTION_CHUNK: usize = 4096;
-/// Reads of at least this many events are split over several threads.
-const PARALLEL_DECODE_MIN: u64 = 2048;
-/// Most threads one read is split over.
-const MAX_DECODE_THREADS: usize = 4;
-/// Most events one read allocates room for up front, whatever `limit` says.
-const MAX_PREALLOCATED: usize = 16 * 1024;
 
 /// Counters of the writer, to see group commit at work.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -63,173 +57,6 @@ pub struct FeedStats {
     pub from_sled: u64,
 }
 
-#[derive(Default)]
-pub(crate) struct Stats {
-    pub(crate) appends: AtomicU64,
-    pub(crate) events: AtomicU64,
-    pub(crate) groups: AtomicU64,
-    pub(crate) flushes: AtomicU64,
-    pub(crate) inline_appends: AtomicU64,
-    pub(crate) from_tail: AtomicU64,
-    pub(crate) from_sled: AtomicU64,
-}
-
-/// State shared by the writer thread, inline appenders and the readers.
-pub(crate) struct Shared {
-    /// What every group is checked against; locked by whoever commits a group (the writer
-    /// thread, or an inline appender in `Buffered` mode: see `crate::writer`).
-    pub(crate) state: std::sync::Mutex<State>,
-    /// Requests handed to the writer thread (queued, or waiting for room in the queue) and
-    /// not yet handled: while there are any, appends do not commit inline.
-    pub(crate) pending: AtomicUsize,
-    /// The last position readers may see: applied, and flushed when the mode asks for it.
-    visible_head: AtomicU64,
-    /// Wakes subscribers when the visible head moves (or the writer fails).
-    head_tx: watch::Sender<u64>,
-    /// Why the writer stopped accepting writes, once it has.
-    failure: OnceLock<String>,
-    /// Groups handed to the flusher and not yet answered.
-    pub(crate) in_flight: AtomicUsize,
-    pub(crate) stats: Stats,
-    /// The last committed events, for subscriptions that keep up.
-    pub(crate) tail: Tail,
-}
-
-impl Shared {
-    /// Makes a committed group visible: puts its events (`..=head`, in position order) into
-    /// the live tail, then moves the visible head forward and wakes subscribers.
-    ///
-    /// The writer calls this only once the events may be seen (flushed, or applied in
-    /// `Buffered` mode). The tail is filled first so that a reader that sees the new head
-    /// finds every event up to it in the tail; readers never take from the tail beyond the
-    /// head they loaded, so filling it early shows nothing early.
-    pub(crate) fn publish(&self, head: u64, events: Vec<TailEvent>) {
-        self.tail.push(events);
-        self.visible_head.store(head, Ordering::Release);
-        self.head_tx.send_replace(head);
-    }
-
-    /// Records the writer's failure and wakes subscribers so they can report it.
-    pub(crate) fn fail(&self, reason: String) {
-        let _ = self.failure.set(reason);
-        self.head_tx.send_modify(|_| {});
-    }
-
-    /// Why the store failed, if it has.
-    pub(crate) fn failure(&self) -> Option<String> {
-        self.failure.get().cloned()
-    }
-
-    fn head(&self) -> u64 {
-        self.visible_head.load(Ordering::Acquire)
-    }
-}
-
-/// The parts of an open store; dropped when the last [`SledStore`] clone, [`Projection`] or
-/// subscription is gone.
-pub(crate) struct Inner {
-    /// `None` only while dropping.
-    tree: Option<sled::Tree>,
-    /// `None` only while dropping.
-    tx: Option<mpsc::Sender<Request>>,
-    writer: Mutex<Option<JoinHandle<()>>>,
-    pub(crate) shared: Arc<Shared>,
-    path: PathBuf,
-    durability: Durability,
-    /// Whether appends may commit on the caller's thread (`Buffered` and
-    /// `SledConfig::inline_appends`).
-    inline: bool,
-    /// Declared last so a temporary directory is removed after sled has closed.
-    _temp: Option<Arc<tempfile::TempDir>>,
-}
-
-impl Inner {
-    pub(crate) fn tree(&self) -> Result<&sled::Tree, StoreError> {
-        self.tree.as_ref().ok_or(StoreError::Closed)
-    }
-
-    /// Hands a request to the writer thread.
-    pub(crate) async fn submit(&self, req: Request) -> Result<(), StoreError> {
-        let tx = self.tx.as_ref().ok_or(StoreError::Closed)?;
-        // Counted before it is sent (the writer may handle it at once and uncount it), and
-        // uncounted here if it never is: refused, or the caller dropped this future while
-        // the queue was full. Once sent, the writer uncounts it when it is handled.
-        let counted = Pending::count(&self.shared.pending);
-        tx.send(req).await.map_err(|_| StoreError::Closed)?;
-        counted.handed_over();
-        Ok(())
-    }
-}
-
-/// One request counted in `Shared::pending` until it reaches the writer thread.
-struct Pending<'a>(Option<&'a AtomicUsize>);
-
-impl<'a> Pending<'a> {
-    fn count(pending: &'a AtomicUsize) -> Self {
-        pending.fetch_add(1, Ordering::AcqRel);
-        Self(Some(pending))
-    }
-
-    /// The writer has the request: it uncounts it.
-    fn handed_over(mut self) {
-        self.0 = None;
-    }
-}
-
-impl Drop for Pending<'_> {
-    fn drop(&mut self) {
-        if let Some(pending) = self.0 {
-            pending.fetch_sub(1, Ordering::AcqRel);
-        }
-    }
-}
-
-impl Drop for Inner {
-    fn drop(&mut self) {
-        // Readers are gone (they hold an `Arc<Inner>`). Drop our tree handle, then close the
-        // channel: the writer drains it, flushes, and drops the last sled handle on its own
-        // thread, so sled closes there rather than on whatever thread drops the store.
-        self.tree = None;
-        self.tx = None;
-        let handle = self.writer.get_mut().ok().and_then(Option::take);
-        if let Some(handle) = handle {
-            if handle.join().is_err() {
-                tracing::error!("the sled writer thread panicked");
-            }
-        }
-        wait_for_release(&self.path);
-    }
-}
-
-/// Waits (at most a second) until no one holds sled's lock on the database file.
-///
-/// sled 0.34 hands log writes and file truncations to its own I/O thread pool, whose tasks
-/// keep the file open for a moment after the last `Db` handle is dropped. Without this wait a
-/// store reopened right after being dropped (a restart in the same process, a test) can find
-/// the file still locked.
-fn wait_for_release(path: &Path) {
-    use fs2::FileExt;
-    let Ok(file) = std::fs::File::open(path.join("db")) else {
-        return;
-    };
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(1);
-    loop {
-        match file.try_lock_exclusive() {
-            Ok(()) => {
-                let _ = FileExt::unlock(&file);
-                return;
-            }
-            Err(_) if std::time::Instant::now() < deadline => {
-                std::thread::sleep(std::time::Duration::from_millis(1));
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "sled still holds the database file after closing");
-                return;
-            }
-        }
-    }
-}
-
 /// The durable [`EventStore`] on sled 0.34.7.
 ///
 /// Cloning is cheap and shares the store. The database closes (after a final flush, on the
@@ -247,70 +74,6 @@ impl std::fmt::Debug for SledStore {
             .field("durability", &self.inner.durability)
             .field("head", &self.inner.shared.head())
             .finish()
-    }
-}
-
-/// Maps a sled error: its own corruption report stays `Corrupt`, the rest is `Backend`.
-pub(crate) fn sled_error(e: sled::Error) -> StoreError {
-    match e {
-        sled::Error::Corruption { at, .. } => StoreError::Corrupt {
-            location: match at {
-                Some(at) => format!("sled log at {at:?}"),
-                None => "sled log".into(),
-            },
-            detail: "sled reported corruption".into(),
-        },
-        other => StoreError::Backend {
-            detail: other.to_string(),
-        },
-    }
-}
-
-/// The text of a caught panic.
-pub(crate) fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
-    if let Some(s) = payload.downcast_ref::<&str>() {
-        (*s).to_owned()
-    } else if let Some(s) = payload.downcast_ref::<String>() {
-        s.clone()
-    } else {
-        "unknown panic".into()
-    }
-}
-
-/// Runs sled code, turning a panic inside sled into an error: sled 0.34 has assertions that
-/// fire on some damaged files, and the store promises an error, never a panic.
-pub(crate) fn guarded<T>(
-    what: &str,
-    f: impl FnOnce() -> Result<T, StoreError>,
-) -> Result<T, StoreError> {
-    catch_unwind(AssertUnwindSafe(f)).unwrap_or_else(|panic| {
-        Err(StoreError::Corrupt {
-            location: what.to_owned(),
-            detail: format!("panicked: {}", panic_message(&*panic)),
-        })
-    })
-}
-
-/// Runs a read off the async worker threads: on tokio's blocking pool when a runtime is
-/// present, inline otherwise (a thread without a runtime is not a worker).
-pub(crate) async fn blocking<T, F>(
-    inner: &Arc<Inner>,
-    what: &'static str,
-    f: F,
-) -> Result<T, StoreError>
-where
-    T: Send + 'static,
-    F: FnOnce(&Inner) -> Result<T, StoreError> + Send + 'static,
-{
-    let inner = Arc::clone(inner);
-    match tokio::runtime::Handle::try_current() {
-        Ok(handle) => handle
-            .spawn_blocking(move || guarded(what, || f(&inner)))
-            .await
-            .map_err(|e| StoreError::Backend {
-                detail: format!("{what}: blocking task failed: {e}"),
-            })?,
-        Err(_) => guarded(what, || f(&inner)),
     }
 }
 
@@ -339,36 +102,8 @@ impl SledStore {
             Ok((db, tree, head))
         })?;
 
-        let (head_tx, _) = watch::channel(head);
-        let shared = Arc::new(Shared {
-            state: std::sync::Mutex::new(State::new(head)),
-            pending: AtomicUsize::new(0),
-            visible_head: AtomicU64::new(head),
-            head_tx,
-            failure: OnceLock::new(),
-            in_flight: AtomicUsize::new(0),
-            stats: Stats::default(),
-            tail: Tail::new(config.tail_events, config.tail_bytes),
-        });
-        let (tx, rx) = mpsc::channel(QUEUE_CAPACITY);
-        let writer = Writer::new(db, tree.clone(), Arc::clone(&shared), &config);
-        let handle = std::thread::Builder::new()
-            .name("fleetops-sled-writer".into())
-            .spawn(move || writer.run(rx))
-            .map_err(|e| StoreError::Backend {
-                detail: format!("cannot start the writer thread: {e}"),
-            })?;
         Ok(Self {
-            inner: Arc::new(Inner {
-                tree: Some(tree),
-                tx: Some(tx),
-                writer: Mutex::new(Some(handle)),
-                shared,
-                path,
-                durability: config.durability,
-                inline: config.inline_appends && config.durability == Durability::Buffered,
-                _temp: config.temp,
-            }),
+            inner: Arc::new(Inner::start(db, tree, head, config)?),
         })
     }
 
@@ -431,364 +166,6 @@ impl SledStore {
     pub fn projection(&self, name: &str) -> Result<Projection, ProjectionError> {
         Projection::new(Arc::clone(&self.inner), name)
     }
-}
-
-/// Refuses a database written by an unknown layout; stamps a new one.
-fn check_format(tree: &sled::Tree) -> Result<(), StoreError> {
-    match tree.get(codec::FORMAT_KEY).map_err(sled_error)? {
-        Some(v) if v.as_ref() == codec::FORMAT_MARKER => Ok(()),
-        Some(v) => Err(StoreError::Backend {
-            detail: format!(
-                "unsupported store format {:?}, this build reads {:?}",
-                String::from_utf8_lossy(&v),
-                String::from_utf8_lossy(codec::FORMAT_MARKER)
-            ),
-        }),
-        None => {
-            if let Some(first) = tree.first().map_err(sled_error)? {
-                return Err(StoreError::Corrupt {
-                    location: "store metadata".into(),
-                    detail: format!(
-                        "format marker missing from a non-empty store (first key {})",
-                        codec::show_key(&first.0)
-                    ),
-                });
-            }
-            tree.insert(codec::FORMAT_KEY, codec::FORMAT_MARKER)
-                .map_err(sled_error)?;
-            tree.flush().map_err(sled_error)?;
-            Ok(())
-        }
-    }
-}
-
-/// The last stored position, from the last `E` key; checks the feed starts at 1.
-fn recover_head(tree: &sled::Tree) -> Result<u64, StoreError> {
-    let events = || tree.range(codec::event_key(0)..=codec::event_key(u64::MAX));
-    let Some(last) = events().next_back() else {
-        return Ok(0);
-    };
-    let head = codec::event_key_position(&last.map_err(sled_error)?.0)?;
-    let first = match events().next() {
-        Some(item) => codec::event_key_position(&item.map_err(sled_error)?.0)?,
-        None => head,
-    };
-    if first != 1 {
-        return Err(StoreError::Corrupt {
-            location: "event at position 1".into(),
-            detail: format!("the feed starts at position {first}"),
-        });
-    }
-    Ok(head)
-}
-
-/// Restores what a crash may have cut off after the last event: single-event appends are
-/// written key by key — the event, then its run, then its idempotency entry (see
-/// `Committer::apply` in the writer) — and sled recovers a prefix of its log, so only the
-/// last event can lack the entries written after it. Both are derived from the event record
-/// itself. Anything else that does not fit is reported as corrupt, never guessed at.
-pub(crate) fn repair_last(tree: &sled::Tree, head: u64) -> Result<bool, StoreError> {
-    if head == 0 {
-        return Ok(false);
-    }
-    let key = codec::event_key(head);
-    let value = tree
-        .get(key)
-        .map_err(sled_error)?
-        .ok_or_else(|| missing(head))?;
-    let event = codec::decode_event(head, &key, &value)?;
-    let prefix = codec::run_prefix(&event.stream);
-    let last_version = match tree.scan_prefix(&prefix).next_back() {
-        None => 0,
-        Some(item) => {
-            let (k, v) = item.map_err(sled_error)?;
-            codec::decode_run(&prefix, &k, &v)?.last_version()
-        }
-    };
-    let mut repaired = false;
-    if last_version < event.stream_version {
-        if last_version + 1 != event.stream_version {
-            return Err(StoreError::Corrupt {
-                location: format!("event at position {head}"),
-                detail: format!(
-                    "version {} of stream {} follows version {last_version}",
-                    event.stream_version, event.stream
-                ),
-            });
-        }
-        let run_key = codec::run_key(&prefix, event.stream_version);
-        let run = codec::encode_run(&run_key, head, 1);
-        tree.insert(run_key, run).map_err(sled_error)?;
-        repaired = true;
-    }
-    if let Some(idem) = &event.idempotency_key {
-        let k = codec::idem_key(idem);
-        if tree.get(&k).map_err(sled_error)?.is_none() {
-            let appended = fleetops_core::store::Appended {
-                first_position: head,
-                last_position: head,
-                versions: vec![(event.stream.clone(), event.stream_version)],
-            };
-            let v = codec::encode_appended(&k, &appended);
-            tree.insert(k, v).map_err(sled_error)?;
-            repaired = true;
-        }
-    }
-    if repaired {
-        tracing::warn!(
-            position = head,
-            stream = %event.stream,
-            "restored the index entries of the last event, cut off by a crash"
-        );
-        tree.flush().map_err(sled_error)?;
-    }
-    Ok(repaired)
-}
-
-fn missing(position: u64) -> StoreError {
-    StoreError::Corrupt {
-        location: format!("event at position {position}"),
-        detail: "missing from the feed".into(),
-    }
-}
-
-/// Events `from..=to` of the feed, checked to be all there.
-///
-/// Decoding (JSON, mostly) costs more than reading the records from sled, so a large range is
-/// split into a few consecutive sub-ranges, each scanned and decoded by its own scoped thread
-/// (sled serves concurrent readers without locking). Errors name the first bad position in
-/// feed order either way.
-fn read_positions(
-    tree: &sled::Tree,
-    from: u64,
-    to: u64,
-    out: &mut Vec<StoredEvent>,
-) -> Result<(), StoreError> {
-    static THREADS: OnceLock<u64> = OnceLock::new();
-    let threads = *THREADS.get_or_init(|| {
-        std::thread::available_parallelism().map_or(1, |n| n.get().min(MAX_DECODE_THREADS) as u64)
-    });
-    let count = to - from + 1;
-    if threads <= 1 || count < PARALLEL_DECODE_MIN {
-        return read_range(tree, from, to, out);
-    }
-    let per_thread = count.div_ceil(threads);
-    let ranges: Vec<(u64, u64)> = (0..threads)
-        .map(|i| {
-            (
-                from + i * per_thread,
-                to.min(from + (i + 1) * per_thread - 1),
-            )
-        })
-        .filter(|(lo, hi)| lo <= hi)
-        .collect();
-    let results: Vec<Result<Vec<StoredEvent>, StoreError>> = std::thread::scope(|s| {
-        let helpers: Vec<_> = ranges[1..]
-            .iter()
-            .map(|&(lo, hi)| {
-                s.spawn(move || {
-                    let mut v = Vec::new();
-                    read_range(tree, lo, hi, &mut v).map(|()| v)
-                })
-            })
-            .collect();
-        let (lo, hi) = ranges[0];
-        let mut first = Vec::new();
-        let mut results = vec![read_range(tree, lo, hi, &mut first).map(|()| first)];
-        for h in helpers {
-            results.push(h.join().unwrap_or_else(|panic| {
-                Err(StoreError::Corrupt {
-                    location: format!("feed from position {from}"),
-                    detail: format!("reader panicked: {}", panic_message(&*panic)),
-                })
-            }));
-        }
-        results
-    });
-    out.reserve(
-        usize::try_from(count)
-            .unwrap_or(0)
-            .min(MAX_PREALLOCATED * 8),
-    );
-    for r in results {
-        out.extend(r?);
-    }
-    Ok(())
-}
-
-/// Events `from..=to`, scanned and decoded on this thread.
-fn read_range(
-    tree: &sled::Tree,
-    from: u64,
-    to: u64,
-    out: &mut Vec<StoredEvent>,
-) -> Result<(), StoreError> {
-    let mut expect = from;
-    let mut last_stream = None;
-    out.reserve(
-        usize::try_from(to - from + 1).map_or(MAX_PREALLOCATED, |n| n.min(MAX_PREALLOCATED)),
-    );
-    for item in tree.range(codec::event_key(from)..=codec::event_key(to)) {
-        let (k, v) = item.map_err(sled_error)?;
-        let pos = codec::event_key_position(&k)?;
-        if pos != expect {
-            return Err(missing(expect));
-        }
-        out.push(codec::decode_event_cached(pos, &k, &v, &mut last_stream)?);
-        expect += 1;
-    }
-    if expect <= to {
-        return Err(missing(expect));
-    }
-    Ok(())
-}
-
-pub(crate) fn read_all_blocking(
-    inner: &Inner,
-    from: u64,
-    limit: usize,
-) -> Result<Vec<StoredEvent>, StoreError> {
-    let head = inner.shared.head();
-    let from = from.max(1);
-    if limit == 0 || from > head {
-        return Ok(Vec::new());
-    }
-    let to = head.min(from.saturating_add(limit as u64 - 1));
-    let mut out = Vec::with_capacity(((to - from + 1) as usize).min(MAX_PREALLOCATED));
-    read_positions(inner.tree()?, from, to, &mut out)?;
-    Ok(out)
-}
-
-fn read_stream_blocking(
-    inner: &Inner,
-    stream: &StreamId,
-    from: u64,
-    limit: usize,
-) -> Result<Vec<StoredEvent>, StoreError> {
-    let tree = inner.tree()?;
-    let head = inner.shared.head();
-    let from = from.max(1);
-    let mut out = Vec::new();
-    if limit == 0 {
-        return Ok(out);
-    }
-    let prefix = codec::run_prefix(stream);
-    // Start at the last run that begins at or before `from`, or at the stream's first run.
-    let start = match tree
-        .range(prefix.clone()..=codec::run_key(&prefix, from))
-        .next_back()
-    {
-        Some(item) => item.map_err(sled_error)?.0.to_vec(),
-        None => prefix.clone(),
-    };
-    let mut next_version = if start == prefix { Some(1) } else { None };
-    for item in tree.range(start..) {
-        let (k, v) = item.map_err(sled_error)?;
-        if !k.starts_with(&prefix) {
-            break;
-        }
-        let run = codec::decode_run(&prefix, &k, &v)?;
-        if run.first_position > head {
-            break; // staged by a group that is not visible yet
-        }
-        let location = || format!("stream {stream} at version {}", run.first_version);
-        if run.last_position() > head {
-            return Err(StoreError::Corrupt {
-                location: location(),
-                detail: "a run straddles the feed head".into(),
-            });
-        }
-        if let Some(expected) = next_version {
-            if run.first_version != expected {
-                return Err(StoreError::Corrupt {
-                    location: location(),
-                    detail: format!("versions jump from {expected} to {}", run.first_version),
-                });
-            }
-        }
-        next_version = Some(run.last_version() + 1);
-        if run.last_version() < from {
-            continue;
-        }
-        let first_v = from.max(run.first_version);
-        let lo = run.first_position + (first_v - run.first_version);
-        let room = (limit - out.len()) as u64;
-        let hi = run.last_position().min(lo.saturating_add(room - 1));
-        let before = out.len();
-        read_positions(tree, lo, hi, &mut out)?;
-        for (i, e) in out[before..].iter().enumerate() {
-            if &e.stream != stream || e.stream_version != first_v + i as u64 {
-                return Err(StoreError::Corrupt {
-                    location: format!("event at position {}", e.position),
-                    detail: format!(
-                        "the index of stream {stream} expects version {} here, the record is \
-                         {} version {}",
-                        first_v + i as u64,
-                        e.stream,
-                        e.stream_version
-                    ),
-                });
-            }
-        }
-        if out.len() >= limit {
-            break;
-        }
-    }
-    Ok(out)
-}
-
-fn stream_version_blocking(inner: &Inner, stream: &StreamId) -> Result<Option<u64>, StoreError> {
-    let tree = inner.tree()?;
-    let head = inner.shared.head();
-    let prefix = codec::run_prefix(stream);
-    for item in tree.scan_prefix(&prefix).rev() {
-        let (k, v) = item.map_err(sled_error)?;
-        let run = codec::decode_run(&prefix, &k, &v)?;
-        if run.first_position <= head {
-            return Ok(Some(run.last_version()));
-        }
-    }
-    Ok(None)
-}
-
-/// Encodes a batch on the caller's task, so the writer only checks versions and writes.
-/// With `tail`, also builds the events as reads will return them, for the live tail, from
-/// the events themselves (they are moved, not cloned).
-fn prepare(batch: AppendBatch, tail: bool) -> Result<PreparedBatch, StoreError> {
-    batch.validate()?;
-    let events = batch.len();
-    let idem = batch.idempotency_key;
-    let mut streams = Vec::with_capacity(batch.streams.len());
-    for s in batch.streams {
-        let encoded = s
-            .events
-            .iter()
-            .map(|e| PreEncoded::new(&s.stream, e, idem.as_ref()))
-            .collect::<Result<Vec<_>, _>>()?;
-        let read_back = if tail {
-            s.events
-                .into_iter()
-                .zip(&encoded)
-                .map(|(e, record)| TailEvent {
-                    bytes: record.len(),
-                    event: Arc::new(codec::read_back(&s.stream, e, idem.as_ref())),
-                })
-                .collect()
-        } else {
-            Vec::new()
-        };
-        streams.push(PreparedStream {
-            stream: s.stream,
-            expected: s.expected,
-            events: encoded,
-            read_back,
-        });
-    }
-    Ok(PreparedBatch {
-        streams,
-        idempotency_key: idem,
-        events,
-    })
 }
 
 #[async_trait]
@@ -900,186 +277,141 @@ impl EventStore for SledStore {
     }
 
     async fn subscribe(&self, from: u64) -> Result<Box<dyn Subscription>, StoreError> {
-        let mut head_rx = self.inner.shared.head_tx.subscribe();
-        head_rx.mark_changed();
-        Ok(Box::new(SledSubscription {
-            inner: Arc::clone(&self.inner),
-            next: from.max(1),
-            buffer: VecDeque::new(),
-            head_rx,
-            careful: false,
-        }))
+        Ok(Box::new(SledSubscription::new(
+            Arc::clone(&self.inner),
+            from,
+        )))
     }
 }
 
-/// A subscription: takes the feed by position, from the live tail when it holds the next
-/// position and from sled in chunks otherwise, then waits for the head to move.
+/// A named key-value space with a checkpoint, kept in the store's database.
 ///
-/// Events are pulled by position, never pushed through a channel, so a slow subscriber
-/// cannot lag out or skip: it simply reads further behind (from sled once the tail has moved
-/// on), and catching up after a restart is the same code path as following live.
-struct SledSubscription {
+/// Get one with [`SledStore::projection`]. Cheap to clone; it keeps the store open while it
+/// lives.
+#[derive(Clone)]
+pub struct Projection {
     inner: Arc<Inner>,
-    next: u64,
-    /// Shared with the tail when they came from it; unwrapped (or cloned) when delivered.
-    buffer: VecDeque<Arc<StoredEvent>>,
-    head_rx: watch::Receiver<u64>,
-    /// Set after a chunk failed to read: from then on events are read one by one.
-    careful: bool,
+    name: Arc<str>,
+    prefix: Arc<[u8]>,
 }
 
-#[async_trait]
-impl Subscription for SledSubscription {
-    async fn next(&mut self) -> Result<StoredEvent, StoreError> {
-        loop {
-            if let Some(e) = self.buffer.pop_front() {
-                return Ok(Arc::unwrap_or_clone(e));
-            }
-            // Mark the current value seen before reading, so a head published during the
-            // read still wakes `changed` below.
-            let _ = self.head_rx.borrow_and_update();
-            let head = self.inner.shared.head();
-            if self.next <= head {
-                let from = self.next;
-                // Memory first: the tail holds everything up to `head` from its first
-                // position on (it is filled before the head moves), and is never read past
-                // `head`. It does not hold `from` when we are behind it: then read sled.
-                let to = head.min(from.saturating_add(SUBSCRIPTION_CHUNK as u64 - 1));
-                let taken = self.inner.shared.tail.read(from, to, &mut self.buffer);
-                if taken > 0 {
-                    self.next = from + taken as u64;
-                    let stats = &self.inner.shared.stats;
-                    stats.from_tail.fetch_add(taken as u64, Ordering::Relaxed);
-                    continue;
-                }
-                let chunk = if self.careful { 1 } else { SUBSCRIPTION_CHUNK };
-                let read = blocking(&self.inner, "subscription", move |inner| {
-                    read_all_blocking(inner, from, chunk)
-                })
-                .await;
-                let events = match read {
-                    Ok(events) => events,
-                    // Deliver every good event before the damaged one: read one at a time
-                    // from here, so the error surfaces exactly at the damaged position.
-                    Err(_) if chunk > 1 => {
-                        self.careful = true;
-                        continue;
-                    }
-                    Err(e) => return Err(e),
-                };
-                match events.last() {
-                    Some(last) => self.next = last.position + 1,
-                    None => return Err(missing(from)),
-                }
-                let stats = &self.inner.shared.stats;
-                stats
-                    .from_sled
-                    .fetch_add(events.len() as u64, Ordering::Relaxed);
-                self.buffer.extend(events.into_iter().map(Arc::new));
-                continue;
-            }
-            if let Some(reason) = self.inner.shared.failure.get() {
-                return Err(StoreError::Backend {
-                    detail: format!("the store failed and must be reopened: {reason}"),
-                });
-            }
-            if self.head_rx.changed().await.is_err() {
-                return Err(StoreError::Closed);
-            }
-        }
+impl std::fmt::Debug for Projection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Projection")
+            .field("name", &self.name)
+            .finish()
     }
 }
 
-#[cfg(test)]
-mod repair_tests {
-    use fleetops_core::event::Event;
-    use fleetops_core::store::{
-        AppendBatch, EventStore, ExpectedVersion, IdempotencyKey, NewEvent,
-    };
-    use fleetops_core::time::Timestamp;
-    use fleetops_core::StreamId;
+/// Decodes the entries of a scan, stripping the projection prefix from the keys.
+fn collect(
+    iter: sled::Iter,
+    strip: usize,
+    limit: usize,
+) -> Result<Vec<ProjectionEntry>, StoreError> {
+    let mut out = Vec::new();
+    for item in iter.take(limit) {
+        let (k, v) = item.map_err(sled_error)?;
+        let value = codec::decode_proj_value(&k, &v)?;
+        out.push((k[strip..].to_vec(), value));
+    }
+    Ok(out)
+}
 
-    use super::*;
+impl Projection {
+    pub(crate) fn new(inner: Arc<Inner>, name: &str) -> Result<Self, ProjectionError> {
+        validate_name(name)?;
+        Ok(Self {
+            inner,
+            name: name.into(),
+            prefix: codec::proj_prefix(name).into(),
+        })
+    }
 
-    fn event(n: u64) -> NewEvent {
-        NewEvent::new(
-            uuid::Uuid::from_u128(u128::from(n) + 1),
-            Event::CommandCanceled {
-                at: Timestamp::from_millis(n),
-                reason: Some(format!("e{n}")),
+    /// The projection's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The position of the last event applied; 0 when nothing was applied yet.
+    pub async fn checkpoint(&self) -> Result<u64, ProjectionError> {
+        let key = codec::checkpoint_key(&self.name);
+        Ok(blocking(
+            &self.inner,
+            "projection checkpoint",
+            move |inner| match inner.tree()?.get(&key).map_err(sled_error)? {
+                Some(v) => codec::decode_checkpoint(&key, &v),
+                None => Ok(0),
             },
-            Timestamp::from_millis(n),
         )
+        .await?)
     }
 
-    async fn open(dir: &Path, durability: Durability) -> SledStore {
-        SledStore::open_async(SledConfig::new(dir).durability(durability))
-            .await
-            .expect("open")
+    fn full_key(&self, key: &[u8]) -> Vec<u8> {
+        let mut k = Vec::with_capacity(self.prefix.len() + key.len());
+        k.extend_from_slice(&self.prefix);
+        k.extend_from_slice(key);
+        k
     }
 
-    /// A crash between the last event and the entries written after it (simulated by
-    /// removing them from sled): reopening restores them, so versions, reads and the
-    /// idempotent retry are as if the append had been whole.
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn what_a_crash_cut_off_after_the_last_event_is_restored_at_open() {
-        for durability in [Durability::FlushEveryBatch, Durability::Buffered] {
-            let dir = tempfile::tempdir().unwrap();
-            let a = StreamId::custom("a").unwrap();
-            let key = IdempotencyKey("the-last-append".into());
-            let last = {
-                let store = open(dir.path(), durability).await;
-                let single = |v, n| AppendBatch::single(a.clone(), v, vec![event(n)]);
-                store
-                    .append(single(ExpectedVersion::NoStream, 1))
-                    .await
-                    .unwrap();
-                let last = store
-                    .append(single(ExpectedVersion::Exact(1), 2).idempotent(key.clone()))
-                    .await
-                    .unwrap();
-                store.flush().await.unwrap();
-                last
-            };
-            {
-                let db = sled::Config::new().path(dir.path()).open().unwrap();
-                let tree = db.open_tree(TREE_NAME).unwrap();
-                let prefix = codec::run_prefix(&a);
-                assert!(tree.remove(codec::run_key(&prefix, 2)).unwrap().is_some());
-                assert!(tree.remove(codec::idem_key(&key)).unwrap().is_some());
-                db.flush().unwrap();
+    /// The value of `key`, if set.
+    pub async fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, ProjectionError> {
+        let key = self.full_key(key);
+        Ok(blocking(&self.inner, "projection get", move |inner| {
+            match inner.tree()?.get(&key).map_err(sled_error)? {
+                Some(v) => codec::decode_proj_value(&key, &v).map(Some),
+                None => Ok(None),
             }
+        })
+        .await?)
+    }
 
-            let store = open(dir.path(), durability).await;
-            assert_eq!(store.stream_version(&a).await.unwrap(), Some(2));
-            let read: Vec<(u64, u64)> = store
-                .read_stream(&a, 1, 10)
-                .await
-                .unwrap()
-                .iter()
-                .map(|e| (e.stream_version, e.position))
-                .collect();
-            assert_eq!(read, vec![(1, 1), (2, 2)]);
-            // The retry answers with the first result and stores nothing.
-            let again = store
-                .append(
-                    AppendBatch::single(a.clone(), ExpectedVersion::Exact(1), vec![event(3)])
-                        .idempotent(key.clone()),
-                )
-                .await
-                .unwrap();
-            assert_eq!(again, last);
-            assert_eq!(store.head_position().await.unwrap(), 2);
-            // The stream goes on at version 3.
-            let next = store
-                .append(AppendBatch::single(
-                    a.clone(),
-                    ExpectedVersion::Exact(2),
-                    vec![event(4)],
-                ))
-                .await
-                .unwrap();
-            assert_eq!((next.first_position, next.versions[0].1), (3, 3));
+    /// Up to `limit` entries whose key starts with `prefix`, in key order.
+    pub async fn scan_prefix(
+        &self,
+        prefix: &[u8],
+        limit: usize,
+    ) -> Result<Vec<ProjectionEntry>, ProjectionError> {
+        let full = self.full_key(prefix);
+        let strip = self.prefix.len();
+        Ok(blocking(&self.inner, "projection scan", move |inner| {
+            collect(inner.tree()?.scan_prefix(&full), strip, limit)
+        })
+        .await?)
+    }
+
+    /// Up to `limit` entries with `start <= key < end`, in key order.
+    pub async fn scan_range(
+        &self,
+        start: &[u8],
+        end: &[u8],
+        limit: usize,
+    ) -> Result<Vec<ProjectionEntry>, ProjectionError> {
+        if start >= end {
+            return Ok(Vec::new());
         }
+        let (lo, hi) = (self.full_key(start), self.full_key(end));
+        let strip = self.prefix.len();
+        Ok(blocking(&self.inner, "projection scan", move |inner| {
+            collect(inner.tree()?.range(lo..hi), strip, limit)
+        })
+        .await?)
+    }
+
+    /// Applies `batch` and moves the checkpoint from `from` to `to`, atomically, if the stored
+    /// checkpoint is `from` and `from <= to <= head`. Returns once the update is as durable as
+    /// the store's [`Durability`] makes appends.
+    pub async fn apply(
+        &self,
+        from: u64,
+        to: u64,
+        batch: ProjectionBatch,
+    ) -> Result<(), ProjectionError> {
+        let (reply, rx) = oneshot::channel();
+        let update = ProjectionUpdate::new(&self.name, from, to, batch);
+        self.inner
+            .submit(Request::Project { update, reply })
+            .await?;
+        rx.await.map_err(|_| StoreError::Closed)?
     }
 }

@@ -61,47 +61,23 @@ use fleetops_core::ids::StreamId;
 use fleetops_core::store::{Appended, ExpectedVersion, IdempotencyKey, StoreError};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::codec::{self, PreEncoded};
+use crate::codec;
 use crate::config::{Durability, SledConfig};
-use crate::projection::ProjectionError;
-use crate::store::{panic_message, sled_error, Shared};
+use crate::guard::{panic_message, sled_error};
+use crate::prepare::PreparedBatch;
+use crate::projection::{ProjectionError, ProjectionUpdate};
+use crate::shared::{Shared, State};
 use crate::tail::TailEvent;
 
-/// The writer forgets cached stream heads past this many streams (it re-reads them from sled).
 /// The most writes a group of single-event appends makes key by key; a larger group is
 /// written as one batch (see `Committer::apply`).
 const KEY_BY_KEY_MAX_WRITES: usize = 32;
-
+/// The writer forgets cached stream heads past this many streams (it re-reads them from sled).
 const HEAD_CACHE_LIMIT: usize = 256 * 1024;
 /// Most requests in one group, whatever their size.
 const MAX_GROUP_REQUESTS: usize = 4096;
 /// Groups applied but not yet flushed before the writer waits for the flusher.
 pub(crate) const MAX_IN_FLIGHT: usize = 2;
-
-/// The events of one stream in an append, already encoded.
-pub(crate) struct PreparedStream {
-    pub(crate) stream: StreamId,
-    pub(crate) expected: ExpectedVersion,
-    pub(crate) events: Vec<PreEncoded>,
-    /// The same events as reads will return them, position and version still 0; one per
-    /// entry of `events`, or none when the store keeps no live tail.
-    pub(crate) read_back: Vec<TailEvent>,
-}
-
-/// An append, encoded on the caller's task.
-pub(crate) struct PreparedBatch {
-    pub(crate) streams: Vec<PreparedStream>,
-    pub(crate) idempotency_key: Option<IdempotencyKey>,
-    pub(crate) events: usize,
-}
-
-/// One projection update.
-pub(crate) struct ProjectionUpdate {
-    pub(crate) name: String,
-    pub(crate) from: u64,
-    pub(crate) to: u64,
-    pub(crate) writes: Vec<(Vec<u8>, Option<Vec<u8>>)>,
-}
 
 /// What the writer thread is asked to do.
 pub(crate) enum Request {
@@ -262,33 +238,6 @@ struct Staged {
     events: u64,
     /// The staged events for the live tail, positions and versions filled in.
     read_back: Vec<TailEvent>,
-}
-
-/// The committed state every group is checked against: the next position and a cache of
-/// stream heads.
-///
-/// It lives in `Shared::state`, behind a lock, because two kinds of thread commit groups:
-/// the writer thread, which takes the lock for each group it stages and applies, and, in
-/// [`Durability::Buffered`] mode, an appender that finds the writer idle and commits its own
-/// append on its own thread (see [`append_inline`]). Whoever holds the lock stages, applies
-/// and (in `Buffered` mode) publishes, so positions are handed out without gaps, heads are
-/// published in position order and every version check sees every committed append. The
-/// lock is never held across an `.await`, and only for CPU work and sled calls.
-pub(crate) struct State {
-    /// The position the next stored event gets.
-    next_position: u64,
-    /// Committed stream versions, so most version checks need no sled read.
-    heads: HashMap<StreamId, u64>,
-}
-
-impl State {
-    /// The state of a store whose last event is at `head`.
-    pub(crate) fn new(head: u64) -> Self {
-        Self {
-            next_position: head + 1,
-            heads: HashMap::new(),
-        }
-    }
 }
 
 /// Locks the committed state. A panic while it was held (none is expected: sled calls are
@@ -572,7 +521,7 @@ impl Committer<'_> {
     /// rolls its log buffer and hands a write to its I/O threads on every batch, which made
     /// a lone append several times dearer (measured in `BENCHMARKS.md`). sled recovers a
     /// prefix of its log, so a crash can cut off at most the run and idempotency entry of
-    /// the last event, and `store::repair_last` restores them from that event at open.
+    /// the last event, and `recovery::repair_last` restores them from that event at open.
     /// Anything that must change together (an append of several events, a projection's
     /// entries and checkpoint) is one batch, and so is a group of more than
     /// `KEY_BY_KEY_MAX_WRITES` writes, where one log write for the group is cheaper.
@@ -740,7 +689,7 @@ impl Committer<'_> {
                 version += 1;
             }
             // The run after its events: cut off by a crash, it is restored from the last
-            // event at open (`store::repair_last`); the other way round it could not be.
+            // event at open (`recovery::repair_last`); the other way round it could not be.
             staged
                 .writes_in_order
                 .push((sled::IVec::from(run_key), Some(sled::IVec::from(run_value))));
