@@ -6,11 +6,9 @@
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::event::StatusDetails;
 use crate::ids::{ExecutionId, JobId, ThingName};
-use crate::job_execution::ExecutionState;
 use crate::rejection::Rejection;
-use crate::status::{CommandStatus, JobExecutionStatus};
+use crate::status::{CommandStatus, ExecutionState, JobExecutionStatus, StatusDetails};
 use crate::time::{Duration, Timestamp};
 
 /// Which job a describe request is about.

@@ -5,18 +5,16 @@
 //! format: the `type` tag and field names are frozen by golden tests in `tests/golden.rs`;
 //! a change of meaning gets a new schema version and an upcaster, never a silent rename.
 
-use std::collections::BTreeMap;
-
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::config::{JobConfig, TargetSelection, Targets};
-use crate::ids::{ExecutionId, GroupName, JobId, StatusDetailKey, ThingName};
+use crate::ids::{ExecutionId, GroupName, JobId, ThingName};
 use crate::status::{CommandStatus, JobExecutionStatus};
 use crate::time::{Duration, Timestamp};
 
-/// A job execution's `statusDetails`: short strings keyed by validated names.
-pub type StatusDetails = BTreeMap<StatusDetailKey, String>;
+// Defined with the statuses, below refusals, which carry it too; kept reachable here.
+pub use crate::status::StatusDetails;
 
 /// The schema version every event kind is written with today.
 pub const SCHEMA_VERSION: u16 = 1;

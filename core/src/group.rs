@@ -5,8 +5,7 @@ use std::collections::BTreeSet;
 use crate::aggregate::{foreign, not_found, Aggregate};
 use crate::event::{Event, EvolveError};
 use crate::ids::{GroupName, ThingName};
-use crate::job::MAX_DESCRIPTION_LEN;
-use crate::limits::MAX_GROUP_MEMBERS;
+use crate::limits::{MAX_DESCRIPTION_LEN, MAX_GROUP_MEMBERS};
 use crate::rejection::Rejection;
 use crate::time::Timestamp;
 

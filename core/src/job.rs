@@ -18,9 +18,10 @@ use crate::rejection::Rejection;
 use crate::status::JobStatus;
 use crate::time::Timestamp;
 
-/// The longest description, in characters (as JSON Schema's `maxLength` counts them, so the
-/// HTTP API's document states the limit exactly).
-pub const MAX_DESCRIPTION_LEN: usize = 2048;
+// Groups share the limit, and aggregates do not name each other (see the crate docs' layers):
+// it lives in `limits` and stays reachable here.
+pub use crate::limits::MAX_DESCRIPTION_LEN;
+
 /// The longest operator comment, in characters.
 pub const MAX_COMMENT_LEN: usize = 2048;
 

@@ -21,23 +21,6 @@
 //! start-next (`JobExecutionIntent::Start`) on an execution already IN_PROGRESS returns it
 //! unchanged with no events, past its deadline or not; it is not refused.
 
-use serde::{Deserialize, Serialize};
-
-use crate::event::StatusDetails;
-use crate::status::JobExecutionStatus;
-
-/// The state a device sees in replies and refusals (`executionState` on the wire).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct ExecutionState {
-    /// Current status.
-    pub status: JobExecutionStatus,
-    /// Current status details.
-    pub status_details: StatusDetails,
-    /// Current version number.
-    pub version_number: u64,
-}
-
 use crate::aggregate::{foreign, not_found, Aggregate};
 use crate::config::{MAX_ATTEMPTS, MAX_TIMEOUT_MINUTES};
 use crate::device::{StepTimeout, UpdateRequest};
@@ -45,7 +28,12 @@ use crate::event::{EndReason, Event, EvolveError, StepTimer, TimeoutCause};
 use crate::ids::{JobId, ThingName};
 use crate::limits::{MAX_STATUS_DETAILS_BYTES, MAX_STATUS_DETAILS_KEYS};
 use crate::rejection::{ErrorCode, Rejection};
+use crate::status::{JobExecutionStatus, StatusDetails};
 use crate::time::{Duration, Timestamp};
+
+// Defined with the statuses, below refusals and device messages, which carry it too; kept
+// reachable here.
+pub use crate::status::ExecutionState;
 
 /// The longest value in `statusDetails`, in characters.
 pub const MAX_DETAIL_VALUE_LEN: usize = 1024;

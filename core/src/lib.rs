@@ -13,6 +13,25 @@
 //! - `decide(&state, intent, now) -> Result<Vec<Event>, Rejection>` holds every rule;
 //! - `evolve(state, &event) -> Result<state, EvolveError>` only applies facts.
 //!
+//! # Layers
+//!
+//! The modules are layered so each can be read and tested with only what is below it. A
+//! module names only modules listed before it here, never one after it (re-exports count);
+//! the workspace's `modules` test fails on any cycle.
+//!
+//! 1. **Values**: `time`, `ids`, `status` (statuses, `StatusDetails`, `ExecutionState`),
+//!    `limits`. Plain data and figures that everything above carries.
+//! 2. **Vocabulary**: `rejection`, `config`, `event`, `device`. What is refused, configured,
+//!    stored, and exchanged with devices.
+//! 3. **Ports and read models**: `aggregate` (the trait), `store`, `link`, `projection`,
+//!    `policy`. What aggregates are, where events go, and the folds and pure rules the job
+//!    decides with.
+//! 4. **Aggregates**: `command`, `job`, `job_execution`, `group`. None names another: what two
+//!    of them share (a limit, a value type) moves down a layer, and stays reachable from its
+//!    old path by a `pub use`.
+//! 5. **Kits**: `testkit`, `strategies` and the `arbitrary` impls, behind features. They may
+//!    name anything; nothing names them.
+//!
 //! # Features
 //!
 //! None is on by default, and none adds a dependency to a default build.

@@ -32,6 +32,10 @@ pub const MAX_STATUS_DETAILS_KEYS: usize = 32;
 /// The largest `statusDetails` map: keys plus values, in bytes.
 pub const MAX_STATUS_DETAILS_BYTES: usize = 8 * 1024;
 
+/// The longest job or group description, in characters (as JSON Schema's `maxLength` counts
+/// them, so the HTTP API's document states the limit exactly).
+pub const MAX_DESCRIPTION_LEN: usize = 2048;
+
 /// The most targets (thing names plus group names) one job may name.
 pub const MAX_JOB_TARGETS: usize = 10_000;
 

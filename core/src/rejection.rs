@@ -2,7 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::job_execution::ExecutionState;
+use crate::status::ExecutionState;
 
 /// The error codes of the device protocol (AWS IoT Jobs compatible).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]

@@ -1,6 +1,29 @@
-//! The status sets of the three aggregates, with their wire names.
+//! The status sets of the three aggregates, with their wire names, and what a device is shown
+//! of its execution's status ([`ExecutionState`], [`StatusDetails`]).
+//!
+//! These sit in the bottom layer (see the crate docs) because refusals, events, device
+//! messages and the job execution aggregate all carry them.
+
+use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
+
+use crate::ids::StatusDetailKey;
+
+/// A job execution's `statusDetails`: short strings keyed by validated names.
+pub type StatusDetails = BTreeMap<StatusDetailKey, String>;
+
+/// The state a device sees in replies and refusals (`executionState` on the wire).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ExecutionState {
+    /// Current status.
+    pub status: JobExecutionStatus,
+    /// Current status details.
+    pub status_details: StatusDetails,
+    /// Current version number.
+    pub version_number: u64,
+}
 
 /// Status of a command execution. `SENT` is the only non-terminal one.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
