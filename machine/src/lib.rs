@@ -16,12 +16,14 @@
 //! - [`image`]: the read model as bytes, for the snapshots a start resumes from.
 //! - [`jobs`]: what a job needs next (retries, removals, cancel cleanup, review, the next
 //!   rollout batch) as a [`jobs::JobStep`], and the appends that carry it out.
+//! - [`requests`]: where each device request goes ([`requests::Route`]) and the reply built
+//!   from the state its decision left.
 //! - [`timers`]: which deadlines are due and what decides each.
 //!
 //! ## Layers
 //!
-//! `error` and `change` are leaves; `model` folds; `image` encodes the model; `jobs` and `timers`
-//! decide from it. Nothing
+//! `error` and `change` are leaves; `model` folds; `image` encodes the model; `jobs`, `requests`
+//! and `timers` decide from it. Nothing
 //! here names `fleetops-service`.
 
 mod change;
@@ -29,6 +31,7 @@ mod error;
 pub mod image;
 pub mod jobs;
 pub mod model;
+pub mod requests;
 pub mod timers;
 
 pub use change::StatusChange;

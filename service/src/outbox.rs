@@ -205,7 +205,7 @@ impl<S: EventStore, L: DeviceLink> Inner<S, L> {
                 Some(job) => {
                     let stream = StreamId::job_execution(&job, &thing);
                     match self.load_execution(&stream).await {
-                        Ok(Some(s)) if s.status.is_pending() => Some(self.view(&s, true)),
+                        Ok(Some(s)) if s.status.is_pending() => Some(self.read().view(&s, true)),
                         Ok(_) => None,
                         Err(err) => {
                             tracing::warn!(%stream, %err, "cannot build notify-next");

@@ -15,16 +15,11 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration as StdDuration;
 
 use fleetops_core::command::CommandIntent;
-use fleetops_core::device::{
-    CommandResponse, DescribeRequest, DeviceRequest, ExecutionView, Inbound, JobTarget, Outbound,
-    Reply, StartNextRequest, UpdateRequest,
-};
-use fleetops_core::job_execution::{JobExecution, JobExecutionIntent};
+use fleetops_core::device::{DeviceRequest, Inbound, Outbound, Reply};
+use fleetops_core::job_execution::JobExecutionIntent;
 use fleetops_core::link::{DeviceLink, LinkError, LinkEvent, Receipt};
 use fleetops_core::store::EventStore;
-use fleetops_core::{
-    Aggregate, Event, ExecutionId, JobExecutionStatus, JobId, Rejection, StreamId, ThingName,
-};
+use fleetops_core::{ExecutionId, JobId, Rejection, StreamId, ThingName};
 use tokio::sync::mpsc;
 
 use crate::delivery::{Finished, InFlight};
@@ -32,6 +27,7 @@ use crate::error::FleetError;
 use crate::replies::{remembered, ReplyCache};
 use crate::runtime::{Inner, Work};
 use crate::sync::lock;
+use fleetops_machine::requests::{self, Answer, Route};
 use fleetops_machine::NotifyFlags;
 
 /// What a shard serializes on within a batch: one thing's job traffic stays in arrival order,
@@ -338,21 +334,7 @@ impl<S: EventStore, L: DeviceLink> Inner<S, L> {
             request,
         } = inbound;
         let operation = request.operation();
-        let result = match request {
-            // Capped per kind, so the reply fits the payload bound however many are pending.
-            DeviceRequest::GetPending => {
-                Ok(Reply::Pending(self.read().pending_jobs(&thing, usize::MAX)))
-            }
-            DeviceRequest::StartNext(req) => self.start_next(&thing, req).await,
-            DeviceRequest::Describe(req) => self.describe(&thing, req).await,
-            DeviceRequest::Update { job_id, request } => {
-                self.update(&thing, &job_id, request).await
-            }
-            DeviceRequest::CommandResponse {
-                execution_id,
-                response,
-            } => self.command_response(&thing, &execution_id, response).await,
-        };
+        let result = self.decide_request(&thing, request).await;
         let timestamp = self.clock.now();
         match result {
             Ok(reply) => Outbound::Accepted {
@@ -380,161 +362,81 @@ impl<S: EventStore, L: DeviceLink> Inner<S, L> {
         }
     }
 
-    /// The execution as a device sees it, with the job document when asked.
-    pub(crate) fn view(&self, s: &JobExecution, with_document: bool) -> ExecutionView {
-        let job_document = if with_document {
-            self.read()
-                .jobs
-                .get(&s.job_id)
-                .map(|e| e.job.document.clone())
-        } else {
-            None
-        };
-        ExecutionView {
-            job_id: s.job_id.clone(),
-            thing_name: s.thing.clone(),
-            status: s.status,
-            status_details: s.status_details.clone(),
-            queued_at: s.queued_at,
-            started_at: s.started_at,
-            last_updated_at: s.last_updated_at,
-            version_number: s.version_number,
-            execution_number: s.execution_number,
-            job_document,
-        }
-    }
-
-    async fn start_next(
+    /// Decides one device request where the machine routes it: the rules decide, the store
+    /// records, then the machine builds the reply from the stored state.
+    async fn decide_request(
         &self,
         thing: &ThingName,
-        req: StartNextRequest,
+        request: DeviceRequest,
     ) -> Result<Reply, FleetError> {
+        // Only start-next is routed again (after a catch-up), so only it keeps a copy.
+        let mut again = matches!(request, DeviceRequest::StartNext(_)).then(|| request.clone());
+        let mut route = self.read().route(thing, request, usize::MAX);
         for _ in 0..START_NEXT_ATTEMPTS {
-            let next = self
-                .read()
-                .proj
-                .next_pending(thing)
-                .map(|k| k.job_id.clone());
-            let Some(job_id) = next else {
-                return Ok(Reply::StartNext(None));
-            };
-            let stream = StreamId::job_execution(&job_id, thing);
-            let intent = JobExecutionIntent::Start {
-                status_details: req.status_details.clone(),
-                step_timeout: req.step_timeout,
-            };
-            match self.execute_execution(&stream, intent).await {
-                Ok(done) => {
-                    let state = done.state.ok_or_else(|| not_found(&job_id, thing))?;
-                    return Ok(Reply::StartNext(Some(self.view(&state, true))));
+            match route {
+                Route::Answered(answer) => return answer.map_err(FleetError::Rejected),
+                Route::Execution {
+                    job_id,
+                    stream,
+                    intent,
+                    answer,
+                } => match self.execute_execution(&stream, intent).await {
+                    Ok(done) => {
+                        let state = done.state.ok_or_else(|| not_found(&job_id, thing))?;
+                        return Ok(self.read().answer(answer, &state));
+                    }
+                    // The read model had not yet seen a change another writer made (a cancel,
+                    // a timeout) to the execution it offered: catch up and look again.
+                    Err(FleetError::Rejected(Rejection::TerminalStateReached { .. }))
+                        if answer == Answer::StartNext =>
+                    {
+                        self.catch_up().await?;
+                    }
+                    Err(e) => return Err(name_unknown(e, &job_id, thing)),
+                },
+                Route::Describe {
+                    job_id,
+                    stream,
+                    execution_number,
+                    include_document,
+                } => {
+                    let history = self.read_stream(&stream).await?;
+                    return self
+                        .read()
+                        .describe(
+                            &job_id,
+                            thing,
+                            history.iter().map(|e| &e.event),
+                            execution_number,
+                            include_document,
+                        )
+                        .map_err(|source| FleetError::Corrupt { stream, source })?
+                        .map_err(FleetError::Rejected);
                 }
-                // The projection had not yet seen a change another writer made (a cancel, a
-                // timeout): catch up and look again.
-                Err(FleetError::Rejected(Rejection::TerminalStateReached { .. })) => {
-                    self.catch_up().await?;
+                Route::Command {
+                    execution_id,
+                    stream,
+                    intent,
+                } => {
+                    return match self.execute_command(&stream, intent).await {
+                        Ok(_) => Ok(Reply::CommandResponse),
+                        Err(FleetError::Rejected(Rejection::ResourceNotFound { .. })) => Err(
+                            FleetError::Rejected(requests::command_not_found(&execution_id)),
+                        ),
+                        Err(e) => Err(e),
+                    };
                 }
-                Err(e) => return Err(e),
             }
+            let Some(request) = again.take() else { break };
+            again = Some(request.clone());
+            route = self.read().route(thing, request, usize::MAX);
         }
         Err(FleetError::Rejected(Rejection::RequestThrottled))
-    }
-
-    async fn describe(&self, thing: &ThingName, req: DescribeRequest) -> Result<Reply, FleetError> {
-        let job_id = match &req.job {
-            JobTarget::Job(id) => id.clone(),
-            JobTarget::Next => self
-                .read()
-                .proj
-                .next_pending(thing)
-                .map(|k| k.job_id.clone())
-                .ok_or_else(|| {
-                    FleetError::Rejected(Rejection::ResourceNotFound {
-                        kind: "job execution",
-                        id: format!("$next/{thing}"),
-                    })
-                })?,
-        };
-        let stream = StreamId::job_execution(&job_id, thing);
-        let history = self.read_stream(&stream).await?;
-        let wanted = req.execution_number;
-        // An earlier attempt: replay up to the requeue that began the attempt after it.
-        let cut = history
-            .iter()
-            .position(|e| {
-                matches!(e.event, Event::ExecutionRequeued { execution_number, .. }
-                    if wanted.is_some_and(|n| execution_number > n))
-            })
-            .unwrap_or(history.len());
-        let state = JobExecution::replay(history[..cut].iter().map(|e| &e.event))
-            .map_err(|source| FleetError::Corrupt {
-                stream: stream.clone(),
-                source,
-            })?
-            .filter(|s| s.status != JobExecutionStatus::Removed)
-            .filter(|s| wanted.is_none_or(|n| n == s.execution_number))
-            .ok_or_else(|| not_found(&job_id, thing))?;
-        Ok(Reply::Describe(self.view(&state, req.include_job_document)))
-    }
-
-    async fn update(
-        &self,
-        thing: &ThingName,
-        job_id: &JobId,
-        req: UpdateRequest,
-    ) -> Result<Reply, FleetError> {
-        let stream = StreamId::job_execution(job_id, thing);
-        let include_state = req.include_job_execution_state;
-        let include_document = req.include_job_document;
-        let done = self
-            .execute_execution(&stream, JobExecutionIntent::Update(req))
-            .await
-            .map_err(|e| name_unknown(e, job_id, thing))?;
-        let state = done.state.ok_or_else(|| not_found(job_id, thing))?;
-        let job_document = if include_document {
-            self.read().jobs.get(job_id).map(|e| e.job.document.clone())
-        } else {
-            None
-        };
-        Ok(Reply::Update {
-            execution_state: include_state.then(|| state.state()),
-            job_document,
-        })
-    }
-
-    async fn command_response(
-        &self,
-        thing: &ThingName,
-        id: &ExecutionId,
-        response: CommandResponse,
-    ) -> Result<Reply, FleetError> {
-        let unknown = || {
-            FleetError::Rejected(Rejection::ResourceNotFound {
-                kind: "command execution",
-                id: id.to_string(),
-            })
-        };
-        // A device may only answer its own commands.
-        let owner = self.read().command(id).map(|c| c.thing.clone());
-        if owner.as_ref().is_some_and(|o| o != thing) {
-            return Err(unknown());
-        }
-        let stream = StreamId::command(id);
-        match self
-            .execute_command(&stream, CommandIntent::Respond(response))
-            .await
-        {
-            Ok(_) => Ok(Reply::CommandResponse),
-            Err(FleetError::Rejected(Rejection::ResourceNotFound { .. })) => Err(unknown()),
-            Err(e) => Err(e),
-        }
     }
 }
 
 fn not_found(job: &JobId, thing: &ThingName) -> FleetError {
-    FleetError::Rejected(Rejection::ResourceNotFound {
-        kind: "job execution",
-        id: format!("{job}/{thing}"),
-    })
+    FleetError::Rejected(requests::execution_not_found(job, thing))
 }
 
 /// Core names an unknown execution "unknown"; tell the device which one it asked for.

@@ -1,0 +1,980 @@
+//! The deterministic fleet simulator shared by `simulator.rs` (seeded runs) and
+//! `runtime_props.rs` (a proptest state-machine test): one thread, the machine's read model
+//! and decisions, the in-memory reference store, simulated devices and a simulated broker
+//! that drops, duplicates, delays and reorders device requests and replies. The service
+//! crashes and restarts (from a snapshot image or from position 1), devices forget what they
+//! were doing, and the clock jumps. Every step is an [`Op`]; after each one the invariants
+//! are checked (see [`Sim::check`]).
+//!
+//! The simulated service does what `fleetops-service`'s tasks do, through the same machine
+//! calls: the fold, the routing of device requests and their replies, the job planning and
+//! the deadline scan; decisions are core's aggregates on the replayed stream.
+
+// Each test binary uses part of the simulator.
+#![allow(dead_code)]
+
+use std::collections::{BTreeSet, HashMap, VecDeque};
+
+use fleetops_core::command::{CommandExecution, CommandIntent};
+use fleetops_core::config::{
+    FailureType, JobConfig, RetryCriterion, Rollout, TargetSelection, Targets,
+};
+use fleetops_core::device::{
+    CommandResponse, DeviceRequest, Reply, StartNextRequest, UpdateRequest,
+};
+use fleetops_core::job::{Job, JobIntent};
+use fleetops_core::job_execution::{JobExecution, JobExecutionIntent};
+use fleetops_core::projection::JobCounters;
+use fleetops_core::store::{
+    AppendBatch, EventStore, ExpectedVersion, NewEvent, StoreError, StoredEvent, StreamAppend,
+};
+use fleetops_core::{
+    Aggregate, CommandStatus, Duration, Event, ExecutionId, JobExecutionStatus, JobId, StreamId,
+    ThingName, Timestamp,
+};
+use fleetops_machine::jobs::{self, JobStep, PlannedAppend};
+use fleetops_machine::requests::Route;
+use fleetops_machine::timers::Timer;
+use fleetops_machine::{Effects, ReadModel};
+use fleetops_store_memory::MemoryStore;
+
+/// splitmix64: small, fast and the same on every machine.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n.max(1)
+    }
+
+    fn chance(&mut self, percent: u64) -> bool {
+        self.below(100) < percent
+    }
+
+    fn pick<'a, T>(&mut self, items: &'a [T]) -> Option<&'a T> {
+        if items.is_empty() {
+            return None;
+        }
+        let i = usize::try_from(self.below(items.len() as u64)).unwrap_or(0);
+        items.get(i)
+    }
+}
+
+/// A message on its way through the broker: a device's request, or the service's reply.
+#[derive(Debug, Clone)]
+enum Message {
+    Request(ThingName, DeviceRequest),
+    Reply(ThingName, Result<Reply, String>),
+}
+
+/// What a device remembers: the execution it is working on, and commands it was sent.
+#[derive(Debug, Default, Clone)]
+struct Device {
+    current: Option<(JobId, u64)>,
+    commands: Vec<ExecutionId>,
+}
+
+/// The knobs of one run, drawn from the seed.
+#[derive(Debug, Clone)]
+pub struct Shape {
+    things: usize,
+    steps: usize,
+    drop: u64,
+    duplicate: u64,
+    crash: u64,
+    silent: u64,
+}
+
+pub struct Sim {
+    seed: u64,
+    rng: Rng,
+    rt: tokio::runtime::Runtime,
+    store: MemoryStore,
+    model: ReadModel,
+    now: Timestamp,
+    next_id: u128,
+    /// The run's size and fault rates.
+    pub shape: Shape,
+    things: Vec<ThingName>,
+    devices: HashMap<ThingName, Device>,
+    broker: VecDeque<Message>,
+    dirty: BTreeSet<JobId>,
+    jobs: Vec<JobId>,
+    /// A snapshot image and the position it reflects, as the service saves them.
+    image: Option<(Vec<u8>, u64)>,
+    /// Events a device saw accepted: stream, version, event.
+    accepted: Vec<(StreamId, u64, Event)>,
+    /// The terminal status first seen for each attempt.
+    pub terminal: HashMap<(JobId, ThingName, u32), JobExecutionStatus>,
+    trace: VecDeque<String>,
+    step: usize,
+    /// Attempts that reached a terminal status.
+    pub finished_executions: u64,
+}
+
+const TRACE: usize = 40;
+
+impl Sim {
+    /// A fleet drawn from `seed`.
+    pub fn new(seed: u64) -> Self {
+        let mut rng = Rng(seed);
+        let shape = Shape {
+            things: 2 + usize::try_from(rng.below(12)).unwrap_or(0),
+            steps: 150 + usize::try_from(rng.below(250)).unwrap_or(0),
+            drop: rng.below(15),
+            duplicate: rng.below(15),
+            crash: rng.below(4),
+            silent: rng.below(25),
+        };
+        let things: Vec<ThingName> = (0..shape.things)
+            .map(|i| ThingName::parse(&format!("dev-{i}")).expect("a valid name"))
+            .collect();
+        let devices = things
+            .iter()
+            .map(|t| (t.clone(), Device::default()))
+            .collect();
+        Sim {
+            seed,
+            rng,
+            rt: tokio::runtime::Builder::new_current_thread()
+                .build()
+                .expect("a current-thread runtime"),
+            store: MemoryStore::new(),
+            model: ReadModel::default(),
+            now: Timestamp::from_millis(1_800_000_000_000),
+            next_id: 1,
+            shape,
+            things,
+            devices,
+            broker: VecDeque::new(),
+            dirty: BTreeSet::new(),
+            jobs: Vec::new(),
+            image: None,
+            accepted: Vec::new(),
+            terminal: HashMap::new(),
+            trace: VecDeque::new(),
+            step: 0,
+            finished_executions: 0,
+        }
+    }
+
+    fn note(&mut self, what: String) {
+        if self.trace.len() == TRACE {
+            self.trace.pop_front();
+        }
+        self.trace
+            .push_back(format!("step {} at {}: {what}", self.step, self.now));
+    }
+
+    fn fail(&self, why: &str) -> ! {
+        let trace: Vec<&str> = self.trace.iter().map(String::as_str).collect();
+        panic!(
+            "seed {} failed at step {}: {why}\n{:?}\nlast steps:\n  {}\nreproduce: \
+             FLEETOPS_SIM_SEED={} cargo test -p fleetops-machine --test simulator -- --nocapture",
+            self.seed,
+            self.step,
+            self.shape,
+            trace.join("\n  "),
+            self.seed
+        );
+    }
+
+    fn envelopes(&mut self, events: &[Event]) -> Vec<NewEvent> {
+        events
+            .iter()
+            .map(|e| {
+                self.next_id += 1;
+                NewEvent::new(uuid::Uuid::from_u128(self.next_id), e.clone(), self.now)
+            })
+            .collect()
+    }
+
+    // ---- the service side: store, fold, decisions ----
+
+    fn load<A: Aggregate>(&self, stream: &StreamId) -> (Option<A>, Option<u64>) {
+        let history = self
+            .rt
+            .block_on(self.store.read_stream(stream, 1, usize::MAX))
+            .unwrap_or_else(|e| self.fail(&format!("read {stream}: {e}")));
+        let version = history.last().map(|e| e.stream_version);
+        let state = A::replay(history.iter().map(|e| &e.event))
+            .unwrap_or_else(|e| self.fail(&format!("{stream} does not replay: {e}")));
+        (state, version)
+    }
+
+    /// Appends and folds; `Err` only on a version conflict.
+    fn append(&mut self, parts: Vec<PlannedAppend>) -> Result<(), StreamId> {
+        let mut streams = Vec::with_capacity(parts.len());
+        for p in parts {
+            let events = self.envelopes(&p.events);
+            streams.push(StreamAppend {
+                stream: p.stream,
+                expected: p.expected,
+                events,
+            });
+        }
+        let batch = AppendBatch {
+            streams,
+            idempotency_key: None,
+        };
+        match self.rt.block_on(self.store.append(batch)) {
+            Ok(_) => {
+                self.fold();
+                Ok(())
+            }
+            Err(StoreError::Conflict { stream, .. }) => Err(stream),
+            Err(e) => self.fail(&format!("append: {e}")),
+        }
+    }
+
+    fn decide_append<A: Aggregate>(
+        &mut self,
+        stream: &StreamId,
+        intent: A::Intent,
+    ) -> Result<Vec<Event>, String> {
+        let (state, version) = self.load::<A>(stream);
+        let events = A::decide(state.as_ref(), intent, self.now).map_err(|r| r.to_string())?;
+        if events.is_empty() {
+            return Ok(events);
+        }
+        let part = PlannedAppend {
+            stream: stream.clone(),
+            expected: ExpectedVersion::from_current(version),
+            events: events.clone(),
+        };
+        self.append(vec![part])
+            .map_err(|s| format!("conflict on {s}"))?;
+        Ok(events)
+    }
+
+    fn fold(&mut self) {
+        let from = self.model.checkpoint() + 1;
+        let page: Vec<StoredEvent> = self
+            .rt
+            .block_on(self.store.read_all(from, usize::MAX))
+            .unwrap_or_else(|e| self.fail(&format!("read the feed: {e}")));
+        let mut fx = Effects::default();
+        for e in &page {
+            if let Err(err) = self.model.apply(e, &mut fx) {
+                self.fail(&format!("fold position {}: {err}", e.position));
+            }
+        }
+        self.dirty.extend(fx.dirty_jobs);
+        for id in fx.commands_sent {
+            if let Some(c) = self.model.command(&id) {
+                let thing = c.thing.clone();
+                if let Some(d) = self.devices.get_mut(&thing) {
+                    d.commands.push(id);
+                }
+            }
+        }
+    }
+
+    /// One step of the job driver, for one dirty job.
+    fn job_step(&mut self, job: &JobId) {
+        let step = self.model.plan_job(job, self.now, 4);
+        let progressed = match step {
+            JobStep::Executions(items, intent) => {
+                self.note(format!(
+                    "job {job}: {intent:?} on {} executions",
+                    items.len()
+                ));
+                let parts = jobs::decide_executions(items, &intent, self.now);
+                self.append_dropping_conflicts(parts)
+            }
+            JobStep::Review(j) => {
+                let intent = self.model.review_intent(job);
+                self.note(format!("job {job}: review"));
+                let events = Job::decide(Some(&j), intent, self.now).unwrap_or_default();
+                let part = PlannedAppend {
+                    stream: StreamId::job(job),
+                    expected: ExpectedVersion::Exact(j.version),
+                    events,
+                };
+                let _ = self.append(vec![part]);
+                true
+            }
+            JobStep::Queue(j, things) => {
+                self.note(format!("job {job}: queue {}", things.len()));
+                let (parts, _) = jobs::decide_queue(&j, things, self.now)
+                    .unwrap_or_else(|r| self.fail(&format!("queue refused: {r}")));
+                self.append_dropping_conflicts(parts)
+            }
+            JobStep::Idle => false,
+        };
+        let again = self.model.arm_job(job, self.now, progressed);
+        if progressed || again {
+            self.dirty.insert(job.clone());
+        }
+    }
+
+    fn append_dropping_conflicts(&mut self, mut parts: Vec<PlannedAppend>) -> bool {
+        while !parts.is_empty() {
+            match self.append(parts.clone()) {
+                Ok(()) => return true,
+                Err(stream) => parts.retain(|p| p.stream != stream),
+            }
+        }
+        false
+    }
+
+    /// Fires every due deadline, as the scheduler does.
+    fn timers(&mut self) {
+        loop {
+            let due = self.model.due_timers(self.now, |_, _| false, 1024, 1024);
+            if due.fire.is_empty() {
+                return;
+            }
+            let mut progressed = false;
+            for d in due.fire {
+                match d.timer {
+                    Timer::Command { execution_id, .. } => {
+                        let stream = StreamId::command(&execution_id);
+                        let r = self.decide_append::<CommandExecution>(
+                            &stream,
+                            CommandIntent::CheckTimeout,
+                        );
+                        progressed |= r.is_ok_and(|e| !e.is_empty());
+                    }
+                    Timer::Execution { job_id, thing } => {
+                        let stream = StreamId::job_execution(&job_id, &thing);
+                        let r = self.decide_append::<JobExecution>(
+                            &stream,
+                            JobExecutionIntent::CheckTimeout,
+                        );
+                        progressed |= r.is_ok_and(|e| !e.is_empty());
+                    }
+                    Timer::Job(job) => {
+                        self.job_step(&job);
+                        progressed = true;
+                    }
+                }
+            }
+            if !progressed {
+                return;
+            }
+        }
+    }
+
+    /// The service answers one device request, routed by the machine.
+    fn handle(&mut self, thing: &ThingName, request: DeviceRequest) -> Result<Reply, String> {
+        match self.model.route(thing, request, usize::MAX) {
+            Route::Answered(answer) => answer.map_err(|r| r.to_string()),
+            Route::Execution {
+                stream,
+                intent,
+                answer,
+                ..
+            } => {
+                let (_, before) = self.load::<JobExecution>(&stream);
+                let events = self.decide_append::<JobExecution>(&stream, intent)?;
+                let mut v = before.unwrap_or(0);
+                for e in events {
+                    v += 1;
+                    self.accepted.push((stream.clone(), v, e));
+                }
+                let (state, _) = self.load::<JobExecution>(&stream);
+                let state = state.ok_or_else(|| format!("{stream} vanished"))?;
+                Ok(self.model.answer(answer, &state))
+            }
+            Route::Describe { .. } => Err("the simulated devices never describe".to_owned()),
+            Route::Command { stream, intent, .. } => {
+                self.decide_append::<CommandExecution>(&stream, intent)?;
+                Ok(Reply::CommandResponse)
+            }
+        }
+    }
+
+    // ---- the world: operators, devices, broker, crashes, the clock ----
+
+    fn thing(&self, i: u8) -> ThingName {
+        self.things[usize::from(i) % self.things.len()].clone()
+    }
+
+    fn create_job(&mut self, first: u8, count: u8, retries: u8, timeout: u8, per_minute: u8) {
+        let n = self.jobs.len();
+        let job_id = JobId::parse(&format!("job-{n}")).expect("a valid id");
+        let k = 1 + usize::from(count) % self.things.len();
+        let targets: BTreeSet<ThingName> = (0..k)
+            .map(|i| self.thing(first.wrapping_add(u8::try_from(i).unwrap_or(0))))
+            .collect();
+        let config = JobConfig {
+            retry: if retries > 0 {
+                vec![RetryCriterion {
+                    failure_type: FailureType::All,
+                    number_of_retries: u32::from(retries),
+                }]
+            } else {
+                Vec::new()
+            },
+            in_progress_timeout: (timeout > 0).then(|| Duration::from_minutes(u64::from(timeout))),
+            rollout: if per_minute > 0 {
+                Rollout::Fixed {
+                    per_minute: u32::from(per_minute),
+                }
+            } else {
+                Rollout::default()
+            },
+            ..JobConfig::default()
+        };
+        let intent = JobIntent::Create {
+            job_id: job_id.clone(),
+            description: None,
+            targets: Targets {
+                things: targets.into_iter().collect(),
+                groups: Vec::new(),
+            },
+            selection: TargetSelection::Snapshot,
+            document: serde_json::json!({"op": "sim"}),
+            config,
+        };
+        match self.decide_append::<Job>(&StreamId::job(&job_id), intent) {
+            Ok(_) => {
+                self.note(format!("created {job_id} on {k} things"));
+                self.jobs.push(job_id.clone());
+                self.dirty.insert(job_id);
+            }
+            Err(why) => self.fail(&format!("create job refused: {why}")),
+        }
+    }
+
+    fn send_command(&mut self, thing: u8, ttl_secs: u8) {
+        let thing = self.thing(thing);
+        self.next_id += 1;
+        let id = ExecutionId::parse(&format!("cmd-{}", self.next_id)).expect("a valid id");
+        let intent = CommandIntent::Send {
+            execution_id: id.clone(),
+            thing: thing.clone(),
+            command_id: None,
+            action: "reboot".to_owned(),
+            params: serde_json::json!({}),
+            ttl: Duration::from_secs(1 + u64::from(ttl_secs)),
+        };
+        match self.decide_append::<CommandExecution>(&StreamId::command(&id), intent) {
+            Ok(_) => self.note(format!("sent {id} to {thing}")),
+            Err(why) => self.fail(&format!("send refused: {why}")),
+        }
+    }
+
+    fn cancel_job(&mut self, job: u8, force: bool) {
+        if self.jobs.is_empty() {
+            return;
+        }
+        let job = self.jobs[usize::from(job) % self.jobs.len()].clone();
+        let intent = JobIntent::Cancel {
+            force,
+            comment: None,
+        };
+        match self.decide_append::<Job>(&StreamId::job(&job), intent) {
+            Ok(_) => self.note(format!("canceled {job} (force {force})")),
+            Err(why) => self.note(format!("cancel {job} refused: {why}")),
+        }
+    }
+
+    /// A device acts: answers a command it was sent, reports on the execution it works on,
+    /// or asks for work. `choice` picks the outcome; `silent` keeps it quiet.
+    fn device_acts(&mut self, thing: u8, choice: u8, silent: bool) {
+        let thing = self.thing(thing);
+        let device = self.devices.get(&thing).cloned().unwrap_or_default();
+        if let Some(id) = device.commands.first().cloned() {
+            if let Some(d) = self.devices.get_mut(&thing) {
+                d.commands.remove(0);
+            }
+            if !silent {
+                let status = if choice % 5 == 4 {
+                    CommandStatus::Failed
+                } else {
+                    CommandStatus::Succeeded
+                };
+                let request = DeviceRequest::CommandResponse {
+                    execution_id: id,
+                    response: CommandResponse {
+                        status,
+                        result: None,
+                        status_reason: None,
+                    },
+                };
+                self.broker.push_back(Message::Request(thing, request));
+            }
+            return;
+        }
+        let request = match device.current {
+            Some(_) if silent => return,
+            Some((job_id, version)) => {
+                let status = match choice % 10 {
+                    0..=5 => JobExecutionStatus::Succeeded,
+                    6..=7 => JobExecutionStatus::Failed,
+                    8 => JobExecutionStatus::Rejected,
+                    _ => JobExecutionStatus::InProgress,
+                };
+                DeviceRequest::Update {
+                    job_id,
+                    request: UpdateRequest {
+                        status: Some(status),
+                        expected_version: Some(version),
+                        include_job_execution_state: true,
+                        ..UpdateRequest::default()
+                    },
+                }
+            }
+            None => DeviceRequest::StartNext(StartNextRequest::default()),
+        };
+        self.broker.push_back(Message::Request(thing, request));
+    }
+
+    /// A device receives the answer to one of its requests. A refusal means what it holds
+    /// is stale: it forgets its execution and asks `start-next` again (which offers the one in
+    /// progress first).
+    fn device_hears(&mut self, thing: &ThingName, reply: &Result<Reply, String>) {
+        let Some(device) = self.devices.get_mut(thing) else {
+            return;
+        };
+        let Ok(reply) = reply else {
+            device.current = None;
+            return;
+        };
+        match reply {
+            Reply::StartNext(Some(view)) => {
+                device.current = Some((view.job_id.clone(), view.version_number));
+            }
+            Reply::StartNext(None) => device.current = None,
+            Reply::Update {
+                execution_state: Some(state),
+                ..
+            } => {
+                device.current = (state.status == JobExecutionStatus::InProgress)
+                    .then(|| device.current.take())
+                    .flatten()
+                    .map(|(job, _)| (job, state.version_number));
+            }
+            _ => {}
+        }
+    }
+
+    /// The broker delivers one message: the oldest, or one of the next few (`pick`), maybe
+    /// twice, maybe not at all.
+    fn deliver(&mut self, pick: u8, drop: bool, duplicate: bool) {
+        if self.broker.is_empty() {
+            return;
+        }
+        let i = usize::from(pick) % self.broker.len().min(4);
+        let Some(message) = self.broker.remove(i) else {
+            return;
+        };
+        if drop {
+            self.note(format!("broker dropped {message:?}"));
+            return;
+        }
+        if duplicate {
+            self.broker.push_back(message.clone());
+        }
+        match message {
+            Message::Request(thing, request) => {
+                let what = format!("{request:?}");
+                match self.handle(&thing, request) {
+                    Ok(reply) => {
+                        self.note(format!("{thing}: {} accepted", short(&what)));
+                        self.broker.push_back(Message::Reply(thing, Ok(reply)));
+                    }
+                    // A refusal changes nothing; the device hears it and asks again.
+                    Err(why) => {
+                        self.note(format!("{thing}: {} refused: {why}", short(&what)));
+                        self.broker.push_back(Message::Reply(thing, Err(why)));
+                    }
+                }
+            }
+            Message::Reply(thing, reply) => self.device_hears(&thing, &reply),
+        }
+    }
+
+    /// The service crashes: everything in memory is gone; it resumes from the snapshot
+    /// image (or position 1) and the feed, then looks at every job again, as the service's
+    /// recovery does.
+    fn crash_service(&mut self, from_image: bool) {
+        let before = self.model.encode();
+        let mut model = match &self.image {
+            Some((bytes, at)) if from_image => ReadModel::decode(bytes, *at)
+                .unwrap_or_else(|e| self.fail(&format!("image does not decode: {e}"))),
+            _ => ReadModel::default(),
+        };
+        let page = self
+            .rt
+            .block_on(self.store.read_all(model.checkpoint() + 1, usize::MAX))
+            .unwrap_or_else(|e| self.fail(&format!("read the feed: {e}")));
+        for e in &page {
+            if let Err(err) = model.apply(e, &mut Effects::default()) {
+                self.fail(&format!(
+                    "fold after restart, position {}: {err}",
+                    e.position
+                ));
+            }
+        }
+        // Job deadlines armed by the driver (rollout windows) are not facts of the feed; the
+        // recovery pass's ticks arm them again. Everything else must be exactly as before.
+        let (was, is) = (
+            without_job_deadlines(&before),
+            without_job_deadlines(&model.encode()),
+        );
+        if was != is {
+            self.fail(&format!(
+                "the model folded after a restart differs from the one before: {}",
+                first_difference(&was, &is, String::new())
+            ));
+        }
+        self.model = model;
+        self.note(format!("service restarted (from image: {from_image})"));
+        for job in self.jobs.clone() {
+            self.job_step(&job);
+        }
+    }
+
+    fn save_image(&mut self) {
+        self.image = Some((self.model.encode(), self.model.checkpoint()));
+    }
+
+    /// Performs one step, fires what is due, and checks every invariant.
+    pub fn apply(&mut self, op: &Op) {
+        self.step += 1;
+        match *op {
+            Op::CreateJob {
+                first,
+                count,
+                retries,
+                timeout,
+                per_minute,
+            } => self.create_job(first, count, retries, timeout, per_minute),
+            Op::SendCommand { thing, ttl_secs } => self.send_command(thing, ttl_secs),
+            Op::CancelJob { job, force } => self.cancel_job(job, force),
+            Op::DeviceActs {
+                thing,
+                choice,
+                silent,
+            } => self.device_acts(thing, choice, silent),
+            Op::Deliver {
+                pick,
+                drop,
+                duplicate,
+            } => self.deliver(pick, drop, duplicate),
+            Op::JobTick => {
+                if let Some(job) = self.dirty.pop_first() {
+                    self.job_step(&job);
+                }
+            }
+            Op::Advance { millis } => {
+                self.now = self.now + Duration::from_millis(u64::from(millis))
+            }
+            Op::Jump { secs } => {
+                self.note(format!("clock jumps {secs} s"));
+                self.now = self.now + Duration::from_secs(u64::from(secs));
+            }
+            Op::DeviceRestart { thing } => {
+                let t = self.thing(thing);
+                self.note(format!("{t} restarts and forgets"));
+                self.devices.insert(t, Device::default());
+            }
+            Op::SaveImage => self.save_image(),
+            Op::CrashService { from_image } => self.crash_service(from_image),
+        }
+        self.timers();
+        self.check();
+    }
+
+    /// A step drawn from the seed, with the run's fault rates.
+    pub fn random_op(&mut self) -> Op {
+        let shape = self.shape.clone();
+        let r = &mut self.rng;
+        let byte = |r: &mut Rng| u8::try_from(r.below(256)).unwrap_or(0);
+        match r.below(100) {
+            0..=5 => Op::CreateJob {
+                first: byte(r),
+                count: byte(r),
+                retries: if r.chance(50) {
+                    1 + u8::try_from(r.below(3)).unwrap_or(0)
+                } else {
+                    0
+                },
+                timeout: if r.chance(60) {
+                    1 + u8::try_from(r.below(10)).unwrap_or(0)
+                } else {
+                    0
+                },
+                per_minute: if r.chance(30) {
+                    1 + u8::try_from(r.below(5)).unwrap_or(0)
+                } else {
+                    0
+                },
+            },
+            6..=9 => Op::SendCommand {
+                thing: byte(r),
+                ttl_secs: 4 + u8::try_from(r.below(60)).unwrap_or(0),
+            },
+            10 => Op::CancelJob {
+                job: byte(r),
+                force: r.chance(50),
+            },
+            11..=45 => Op::DeviceActs {
+                thing: byte(r),
+                choice: byte(r),
+                silent: r.chance(shape.silent),
+            },
+            46..=75 => Op::Deliver {
+                pick: byte(r),
+                drop: r.chance(shape.drop),
+                duplicate: r.chance(shape.duplicate),
+            },
+            76..=85 => Op::JobTick,
+            86..=93 => Op::Advance {
+                millis: u16::try_from(r.below(3_000)).unwrap_or(0),
+            },
+            94 => Op::Jump {
+                secs: 60 + u16::try_from(r.below(900)).unwrap_or(0),
+            },
+            95..=96 => Op::DeviceRestart { thing: byte(r) },
+            97 => Op::SaveImage,
+            _ if r.chance(shape.crash * 25) => Op::CrashService {
+                from_image: r.chance(50),
+            },
+            _ => Op::Advance { millis: 0 },
+        }
+    }
+
+    // ---- invariants ----
+
+    /// The invariants that hold after every step: a terminal attempt never changes (and a
+    /// restart loses none), a job's counters equal a fold of its executions, and no command
+    /// is still `SENT` past its TTL.
+    pub fn check(&mut self) {
+        for (job_id, entry) in &self.model.jobs {
+            let folded: JobCounters = entry.executions.values().map(|m| m.status).collect();
+            let counters = self.model.proj.counters(job_id);
+            if folded != counters {
+                self.fail(&format!(
+                    "counters of {job_id} are {counters:?}, the executions fold to {folded:?}"
+                ));
+            }
+            for (thing, m) in &entry.executions {
+                if !m.status.is_terminal() {
+                    continue;
+                }
+                let key = (job_id.clone(), thing.clone(), m.execution_number);
+                match self.terminal.get(&key) {
+                    Some(s) if *s != m.status && m.status != JobExecutionStatus::Removed => self
+                        .fail(&format!(
+                            "{job_id} on {thing} attempt {} was {s:?}, now {:?}",
+                            m.execution_number, m.status
+                        )),
+                    Some(_) => {}
+                    None => {
+                        self.finished_executions += 1;
+                        self.terminal.insert(key, m.status);
+                    }
+                }
+            }
+        }
+        for (id, c) in &self.model.commands {
+            if c.status == CommandStatus::Sent && c.deadline < self.now {
+                self.fail(&format!(
+                    "command {id} is still SENT past its TTL ({})",
+                    c.deadline
+                ));
+            }
+        }
+        for ((job, thing, n), s) in &self.terminal {
+            let m = self.model.exec(job, thing);
+            let same_attempt = m.is_some_and(|m| m.execution_number == *n);
+            if same_attempt
+                && m.is_some_and(|m| m.status != *s && m.status != JobExecutionStatus::Removed)
+            {
+                self.fail(&format!(
+                    "{job} on {thing} attempt {n} lost its terminal {s:?}"
+                ));
+            }
+        }
+    }
+
+    /// Every event a device saw accepted is in the store at the version it was given.
+    pub fn check_accepted_are_stored(&self) {
+        for (stream, version, event) in &self.accepted {
+            let stored = self
+                .rt
+                .block_on(self.store.read_stream(stream, *version, 1))
+                .unwrap_or_else(|e| self.fail(&format!("read {stream}: {e}")));
+            if stored.first().map(|e| &e.event) != Some(event) {
+                self.fail(&format!(
+                    "{stream} v{version}: accepted {event:?}, stored {stored:?}"
+                ));
+            }
+        }
+    }
+
+    /// The seeded run: the seed's steps, then [`Sim::finish`].
+    pub fn run(&mut self) {
+        for _ in 0..self.shape.steps {
+            let op = self.random_op();
+            self.apply(&op);
+        }
+        self.finish();
+    }
+
+    /// No more operators, faults or silence: devices answer, the broker delivers, time moves
+    /// on, until every job has ended (or it fails); then every accepted update must be
+    /// stored.
+    pub fn finish(&mut self) {
+        self.note("drain".to_owned());
+        for round in 0..400u32 {
+            while let Some(job) = self.dirty.pop_first() {
+                self.job_step(&job);
+            }
+            let n = u8::try_from(self.things.len()).unwrap_or(u8::MAX);
+            for i in 0..n {
+                let choice = u8::try_from((round + u32::from(i)) % 256).unwrap_or(0);
+                self.device_acts(i, choice, false);
+            }
+            while !self.broker.is_empty() {
+                self.deliver(0, false, false);
+            }
+            self.apply(&Op::Advance { millis: 30_000 });
+            let open = self
+                .model
+                .jobs
+                .values()
+                .any(|e| !e.job.status.is_terminal());
+            if !open && self.broker.is_empty() {
+                self.check_accepted_are_stored();
+                return;
+            }
+        }
+        let open: Vec<String> = self
+            .model
+            .jobs
+            .iter()
+            .filter(|(_, e)| !e.job.status.is_terminal())
+            .map(|(id, e)| format!("{id} {:?} {:?}", e.job.status, self.model.proj.counters(id)))
+            .collect();
+        self.fail(&format!("jobs never ended: {open:?}"));
+    }
+}
+
+/// One step of a simulated fleet. The byte fields pick things, jobs and outcomes modulo
+/// what exists, so any value is a valid step (which proptest relies on when it shrinks).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Op {
+    /// An operator creates a snapshot job on `count` things from `first`.
+    CreateJob {
+        /// The first target.
+        first: u8,
+        /// How many targets (modulo the fleet's size, plus one).
+        count: u8,
+        /// Retries of failed or timed-out executions (0: none).
+        retries: u8,
+        /// In-progress timeout in minutes (0: none).
+        timeout: u8,
+        /// Rollout rate per minute (0: unlimited).
+        per_minute: u8,
+    },
+    /// An operator sends a command.
+    SendCommand {
+        /// The device.
+        thing: u8,
+        /// Its TTL in seconds, less one.
+        ttl_secs: u8,
+    },
+    /// An operator cancels a job.
+    CancelJob {
+        /// Which job.
+        job: u8,
+        /// Cancel in-progress executions too.
+        force: bool,
+    },
+    /// A device acts.
+    DeviceActs {
+        /// The device.
+        thing: u8,
+        /// The outcome it picks.
+        choice: u8,
+        /// It stays quiet.
+        silent: bool,
+    },
+    /// The broker delivers a message.
+    Deliver {
+        /// Which of the next few.
+        pick: u8,
+        /// Drops it instead.
+        drop: bool,
+        /// Delivers it again later too.
+        duplicate: bool,
+    },
+    /// The job driver takes a step.
+    JobTick,
+    /// Time passes.
+    Advance {
+        /// How much.
+        millis: u16,
+    },
+    /// The clock jumps.
+    Jump {
+        /// How far.
+        secs: u16,
+    },
+    /// A device restarts and forgets what it was doing.
+    DeviceRestart {
+        /// The device.
+        thing: u8,
+    },
+    /// The service saves a snapshot image.
+    SaveImage,
+    /// The service crashes and restarts.
+    CrashService {
+        /// From the last image (else from position 1).
+        from_image: bool,
+    },
+}
+
+fn short(what: &str) -> &str {
+    what.split(['(', ' ', '{']).next().unwrap_or(what)
+}
+
+/// A model image without the deadlines of job streams.
+fn without_job_deadlines(bytes: &[u8]) -> serde_json::Value {
+    let mut v: serde_json::Value = serde_json::from_slice(bytes).unwrap_or_default();
+    if let Some(list) = v
+        .pointer_mut("/proj/deadlines")
+        .and_then(serde_json::Value::as_array_mut)
+    {
+        list.retain(|e| !e.to_string().starts_with("[\"job/"));
+    }
+    v
+}
+
+/// Where two JSON values first differ, for a failure message.
+fn first_difference(a: &serde_json::Value, b: &serde_json::Value, at: String) -> String {
+    use serde_json::Value;
+    match (a, b) {
+        (Value::Object(x), Value::Object(y)) => {
+            for (k, v) in x {
+                match y.get(k) {
+                    Some(w) if w == v => {}
+                    Some(w) => return first_difference(v, w, format!("{at}/{k}")),
+                    None => return format!("{at}/{k} only before"),
+                }
+            }
+            format!("{at}: keys only after")
+        }
+        (Value::Array(x), Value::Array(y)) if x.len() == y.len() => {
+            for (i, (v, w)) in x.iter().zip(y).enumerate() {
+                if v != w {
+                    return first_difference(v, w, format!("{at}/{i}"));
+                }
+            }
+            format!("{at}: equal")
+        }
+        _ => format!("{at}: before {a}, after {b}"),
+    }
+}
