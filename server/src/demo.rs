@@ -16,7 +16,7 @@
 //! Every device's role is fixed up front from `--seed`, so the demo knows what each count
 //! must be; it exits non-zero if any count differs.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::io::IsTerminal;
 use std::sync::Arc;
 use std::time::{Duration as StdDuration, Instant};
@@ -28,6 +28,7 @@ use fleetops_core::{
     CommandStatus, Duration, JobExecutionStatus, JobId, JobStatus, ThingName, Timestamp,
 };
 use fleetops_service::clock::{Clock, SystemClock};
+use fleetops_service::sim::{device_key, draw, unit, Behaviour, ExecTime, Outcome, Task};
 use fleetops_service::{CommandFilter, Fleet, JobSpec, Page};
 use fleetops_store_sled::{SledConfig, SledStore};
 use fleetops_transport_mqtt::{MqttLink, MqttLinkConfig};
@@ -37,7 +38,7 @@ use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde_json::json;
 
 use crate::broker::EmbeddedBroker;
-use crate::devices::{draw, Behaviour, ExecTime, Outcome, SimConfig, Simulation, Task};
+use crate::devices::{SimConfig, Simulation};
 
 /// How long a command waits for its answer, in wall-clock milliseconds.
 const COMMAND_TTL_WALL_MS: u64 = 3000;
@@ -77,6 +78,8 @@ enum JobRole {
 
 /// The demo's devices: roles fixed per device from the seed.
 struct DemoBehaviour {
+    /// Each thing's number, which the roles are indexed by.
+    index: HashMap<ThingName, usize>,
     commands: Vec<Outcome>,
     jobs: Vec<JobRole>,
     exec_time: ExecTime,
@@ -84,7 +87,8 @@ struct DemoBehaviour {
 }
 
 impl DemoBehaviour {
-    fn new(n: usize, seed: u64) -> Self {
+    fn new(things: &[ThingName], seed: u64) -> Self {
+        let n = things.len();
         // Shuffle the devices by a seeded draw, then hand out roles in fixed proportions,
         // so the counts are exact and the choice of devices depends on the seed.
         let mut order: Vec<usize> = (0..n).collect();
@@ -115,6 +119,7 @@ impl DemoBehaviour {
             k += count;
         }
         Self {
+            index: things.iter().cloned().zip(0..).collect(),
             commands,
             jobs,
             exec_time: ExecTime::Uniform {
@@ -132,7 +137,7 @@ impl DemoBehaviour {
                 Outcome::Succeed => CommandStatus::Succeeded,
                 Outcome::Fail => CommandStatus::Failed,
                 Outcome::Reject => CommandStatus::Rejected,
-                Outcome::Silent => CommandStatus::TimedOut,
+                Outcome::Silent | Outcome::Ignore => CommandStatus::TimedOut,
             };
             *m.entry(status.as_str()).or_insert(0) += 1;
         }
@@ -159,7 +164,8 @@ impl DemoBehaviour {
 }
 
 impl Behaviour for DemoBehaviour {
-    fn outcome(&self, device: usize, task: Task<'_>) -> Outcome {
+    fn outcome(&self, thing: &ThingName, task: Task<'_>) -> Outcome {
+        let device = self.index.get(thing).copied().unwrap_or(usize::MAX);
         match task {
             Task::Command(_) => self
                 .commands
@@ -176,13 +182,9 @@ impl Behaviour for DemoBehaviour {
         }
     }
 
-    fn exec_time(&self, device: usize, task: Task<'_>) -> StdDuration {
-        self.exec_time.at(crate::devices::unit(draw(
-            self.seed,
-            device as u64,
-            task.key(),
-            2,
-        )))
+    fn exec_time(&self, thing: &ThingName, task: Task<'_>) -> StdDuration {
+        self.exec_time
+            .at(unit(draw(self.seed, device_key(thing), task.key(), 2)))
     }
 }
 
@@ -340,8 +342,8 @@ async fn demo(args: &DemoArgs) -> anyhow::Result<()> {
     );
 
     let progress = Progress::new();
-    let behaviour = Arc::new(DemoBehaviour::new(n, args.seed));
     let targets = things(n)?;
+    let behaviour = Arc::new(DemoBehaviour::new(&targets, args.seed));
 
     // Devices.
     let t = Instant::now();
@@ -594,7 +596,8 @@ mod tests {
 
     #[test]
     fn roles_have_exact_proportions_and_follow_the_seed() {
-        let b = DemoBehaviour::new(300, 42);
+        let things = things(300).unwrap();
+        let b = DemoBehaviour::new(&things, 42);
         let c = b.expected_commands();
         assert_eq!(c["SUCCEEDED"], 240);
         assert_eq!(c["FAILED"], 30);
@@ -603,9 +606,9 @@ mod tests {
         assert_eq!(j["SUCCEEDED"], 255);
         assert_eq!((j["FAILED"], j["REJECTED"], j["TIMED_OUT"]), (15, 15, 15));
         assert_eq!(retried, 45);
-        let other = DemoBehaviour::new(300, 43);
+        let other = DemoBehaviour::new(&things, 43);
         assert_ne!(b.jobs, other.jobs);
-        assert_eq!(b.jobs, DemoBehaviour::new(300, 42).jobs);
+        assert_eq!(b.jobs, DemoBehaviour::new(&things, 42).jobs);
     }
 
     #[tokio::test]

@@ -1,12 +1,12 @@
 //! `fleetops simulate`: simulated devices against a broker, until Ctrl-C or `--duration`.
 //!
-//! Devices are named `{prefix}{n:04}` (`sim-0000`, `sim-0001`, …) and run the shared
-//! behaviour of [`crate::devices`]: each command and each job attempt ends `SUCCEEDED`,
-//! `FAILED`, `REJECTED` or silent (a command left unanswered, a job left `IN_PROGRESS` with a
+//! Devices are named `{prefix}{n:04}` (`sim-0000`, `sim-0001`, …) and run a
+//! [`RandomBehaviour`] over MQTT ([`crate::devices`]): each command and each job attempt ends
+//! `SUCCEEDED`, `FAILED`, `REJECTED` or silent (a command left unanswered, a job left `IN_PROGRESS` with a
 //! one-minute step timeout) with the given weights, after an execution time drawn from the
 //! given distribution; with `--churn`, devices go offline now and then and come back (their
 //! persistent sessions keep what the service sent meanwhile). Draws depend only on
-//! `--seed`, the device and the task, so runs are reproducible.
+//! `--seed`, the device's name and the task, so runs are reproducible.
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
@@ -17,13 +17,12 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use clap::Args;
 use fleetops_core::ThingName;
+use fleetops_service::sim::{ExecTime, RandomBehaviour, Ratios, Stats};
 use fleetops_transport_mqtt::codec::TopicLayout;
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 use crate::broker_url::BrokerUrl;
-use crate::devices::{
-    parse_duration, Churn, ExecTime, RandomBehaviour, Ratios, SimConfig, Simulation, Stats,
-};
+use crate::devices::{Churn, Connections, SimConfig, Simulation};
 
 /// Arguments of `fleetops simulate`.
 #[derive(Debug, Args)]
@@ -89,7 +88,7 @@ pub struct BehaviourArgs {
     #[arg(long, default_value_t = 0.0)]
     pub silent: f64,
     /// Execution time: fixed (`200ms`) or uniform in a range (`50ms..500ms`).
-    #[arg(long, default_value = "50ms..500ms", value_parser = parse_exec_time)]
+    #[arg(long, default_value = "50ms..500ms", value_parser = parse_exec_time_arg)]
     pub exec_time: ExecTime,
     /// Chance (0 to 1) that an online device goes offline in each --churn-interval.
     #[arg(long, default_value_t = 0.0)]
@@ -105,9 +104,61 @@ pub struct BehaviourArgs {
     pub seed: u64,
 }
 
-fn parse_exec_time(s: &str) -> Result<ExecTime, String> {
-    s.parse()
-        .map_err(|e: crate::devices::SpecError| e.to_string())
+/// Why a duration, range or probability given on the command line was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SpecError {
+    /// Not a duration like `250ms`, `2s`, `1m`.
+    #[error("`{0}` is not a duration (use e.g. 250ms, 2s, 1m)")]
+    Duration(String),
+    /// A range whose low end is above its high end.
+    #[error("range `{0}` ends before it starts")]
+    Range(String),
+    /// A probability outside 0..=1.
+    #[error("probability must be between 0 and 1, got {0}")]
+    Probability(String),
+}
+
+/// Parses `250ms`, `2s`, `1.5s`, `1m` (a bare number means milliseconds).
+pub fn parse_duration(text: &str) -> Result<Duration, SpecError> {
+    let t = text.trim();
+    let err = || SpecError::Duration(text.to_string());
+    let (number, unit_ms) = if let Some(n) = t.strip_suffix("ms") {
+        (n, 1.0)
+    } else if let Some(n) = t.strip_suffix('s') {
+        (n, 1000.0)
+    } else if let Some(n) = t.strip_suffix('m') {
+        (n, 60_000.0)
+    } else {
+        (t, 1.0)
+    };
+    let value: f64 = number.trim().parse().map_err(|_| err())?;
+    if !value.is_finite() || value < 0.0 {
+        return Err(err());
+    }
+    let ms = value * unit_ms;
+    // A week is far beyond any simulated execution; larger values are typos.
+    if ms > 7.0 * 24.0 * 3600.0 * 1000.0 {
+        return Err(err());
+    }
+    Ok(Duration::from_micros((ms * 1000.0).round() as u64))
+}
+
+/// Parses an execution time: `200ms` (fixed) or `50ms..500ms` (uniform).
+pub fn parse_exec_time(s: &str) -> Result<ExecTime, SpecError> {
+    match s.split_once("..") {
+        None => Ok(ExecTime::Fixed(parse_duration(s)?)),
+        Some((a, b)) => {
+            let (low, high) = (parse_duration(a)?, parse_duration(b)?);
+            if low > high {
+                return Err(SpecError::Range(s.to_string()));
+            }
+            Ok(ExecTime::Uniform { low, high })
+        }
+    }
+}
+
+fn parse_exec_time_arg(s: &str) -> Result<ExecTime, String> {
+    parse_exec_time(s).map_err(|e| e.to_string())
 }
 
 fn parse_std_duration(s: &str) -> Result<Duration, String> {
@@ -128,7 +179,7 @@ fn plan(args: &SimulateArgs) -> anyhow::Result<SimConfig> {
         .with_context(|| format!("--topic-prefix `{}`", args.topic_prefix))?;
     let ratios = Ratios::new(b.success, b.failure, b.reject, b.silent)?;
     if !(0.0..=1.0).contains(&b.churn) {
-        return Err(crate::devices::SpecError::Probability(b.churn.to_string()).into());
+        return Err(SpecError::Probability(b.churn.to_string()).into());
     }
     let last = u64::from(args.first) + u64::from(args.devices);
     let things = (u64::from(args.first)..last)
@@ -204,6 +255,7 @@ pub async fn run(args: SimulateArgs) -> anyhow::Result<()> {
     let commands = bar("commands", None);
     let jobs = bar("jobs", None);
     let stats = Arc::clone(sim.stats());
+    let conns = Arc::clone(sim.connections());
     let stop = stop_signal(args.duration);
     tokio::pin!(stop);
     let mut tick = tokio::time::interval(Duration::from_millis(250));
@@ -211,14 +263,14 @@ pub async fn run(args: SimulateArgs) -> anyhow::Result<()> {
     loop {
         tokio::select! {
             reason = &mut stop => {
-                println!("stopping ({reason}): {}", line(&stats));
+                println!("stopping ({reason}): {}", line(&stats, &conns));
                 break;
             }
             _ = tick.tick() => {
-                online.set_position(stats.online.load(Ordering::Relaxed));
+                online.set_position(conns.online.load(Ordering::Relaxed));
                 online.set_message(format!(
                     "churned {}",
-                    stats.churned.load(Ordering::Relaxed)
+                    conns.churned.load(Ordering::Relaxed)
                 ));
                 commands.set_position(stats.commands_answered());
                 commands.set_message(command_line(&stats));
@@ -226,7 +278,7 @@ pub async fn run(args: SimulateArgs) -> anyhow::Result<()> {
                 jobs.set_message(job_line(&stats));
                 if !tty && last_line.elapsed() >= Duration::from_secs(5) {
                     last_line = Instant::now();
-                    println!("{}", line(&stats));
+                    println!("{}", line(&stats, &conns));
                 }
             }
         }
@@ -256,11 +308,11 @@ fn job_line(s: &Stats) -> String {
     )
 }
 
-fn line(s: &Stats) -> String {
+fn line(s: &Stats, c: &Connections) -> String {
     format!(
         "online {} (churned {}); commands {}; jobs {}",
-        s.online.load(Ordering::Relaxed),
-        s.churned.load(Ordering::Relaxed),
+        c.online.load(Ordering::Relaxed),
+        c.churned.load(Ordering::Relaxed),
         command_line(s),
         job_line(s)
     )
@@ -307,6 +359,29 @@ mod tests {
         Cli::try_parse_from(std::iter::once("simulate").chain(argv.iter().copied()))
             .map(|c| c.args)
             .map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn durations_and_ranges_parse_or_say_why_not() {
+        let ms = Duration::from_millis;
+        assert_eq!(parse_duration("250ms"), Ok(ms(250)));
+        assert_eq!(parse_duration("1.5s"), Ok(ms(1500)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(parse_duration("40"), Ok(ms(40)));
+        for bad in ["", "x", "-1s", "NaNs", "1h", "9999999m"] {
+            assert!(parse_duration(bad).is_err(), "{bad}");
+        }
+        assert_eq!(
+            parse_exec_time("50ms..500ms"),
+            Ok(ExecTime::Uniform {
+                low: ms(50),
+                high: ms(500)
+            })
+        );
+        assert_eq!(
+            parse_exec_time("1s..10ms"),
+            Err(SpecError::Range("1s..10ms".into()))
+        );
     }
 
     #[test]

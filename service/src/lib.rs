@@ -78,14 +78,13 @@
 //!
 //! ```
 //! use fleetops_core::{JobId, ThingName, JobExecutionStatus};
-//! use fleetops_service::{Fleet, JobSpec, link::{simulate, ChannelLink, SimAction}};
+//! use fleetops_service::{Fleet, JobSpec, link::ChannelLink, sim::{simulate, Outcome}};
 //! use fleetops_store_memory::MemoryStore;
-//! use std::sync::Arc;
 //!
 //! # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! let (link, devices) = ChannelLink::pair(256);
 //! let fleet = Fleet::start(MemoryStore::new(), link).await?;
-//! let _sim = simulate(devices, Arc::new(|_, _| SimAction::Succeed));
+//! let _sim = simulate(devices, Outcome::Succeed);
 //! let things: Vec<ThingName> = (0..10).map(|i| ThingName::parse(&format!("t{i}"))).collect::<Result<_, _>>()?;
 //! let job = JobId::parse("hello")?;
 //! fleet.create_job(JobSpec::new(job.clone(), serde_json::json!({"op": "hello"})).things(things)).await?;
@@ -121,6 +120,7 @@ mod outbox;
 mod replies;
 mod runtime;
 mod scheduler;
+pub mod sim;
 mod snapshot;
 mod sync;
 mod types;

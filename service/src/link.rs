@@ -1,5 +1,5 @@
-//! An in-process [`DeviceLink`]: [`ChannelLink`] with its device side, [`DeviceEnd`], and a
-//! simulator of many devices ([`simulate`]) for fast tests and benchmarks.
+//! An in-process [`DeviceLink`]: [`ChannelLink`] with its device side, [`DeviceEnd`], for fast
+//! tests and benchmarks ([`crate::sim::simulate`] runs simulated devices on that side).
 //!
 //! Both directions are bounded channels, so a slow device side slows the fleet down instead
 //! of growing a queue.
@@ -24,14 +24,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex as StdMutex};
 
 use async_trait::async_trait;
-use fleetops_core::device::{
-    CommandResponse, DeviceRequest, ExecutionView, Inbound, Outbound, Reply, StartNextRequest,
-    UpdateRequest,
-};
+use fleetops_core::device::{DeviceRequest, Inbound, Outbound};
 use fleetops_core::link::{DeviceLink, LinkError, LinkEvent, Receipt};
-use fleetops_core::{CommandStatus, JobExecutionStatus, ThingName};
+use fleetops_core::ThingName;
 use tokio::sync::{mpsc, Mutex};
-use tokio::task::JoinHandle;
 
 /// The fleet's side of an in-process link.
 #[derive(Debug)]
@@ -142,6 +138,11 @@ impl DeviceSender {
 }
 
 impl DeviceEnd {
+    /// The channel itself, for a sender that must not wait (it reserves a slot first).
+    pub(crate) fn raw_sender(&self) -> mpsc::Sender<LinkEvent> {
+        self.tx.clone()
+    }
+
     /// A sending handle that can live in another task.
     pub fn sender(&self) -> DeviceSender {
         DeviceSender {
@@ -256,170 +257,5 @@ impl DeviceEnd {
             }
             self.stash.push_back(m);
         }
-    }
-}
-
-/// What a simulated device does with a job execution it started.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SimAction {
-    /// Report `SUCCEEDED`.
-    Succeed,
-    /// Report `FAILED`.
-    Fail,
-    /// Report `REJECTED`.
-    Reject,
-    /// Never answer (timers will end it).
-    Ignore,
-}
-
-/// Decides a simulated device's outcome for an execution (by thing, job, attempt…).
-pub type Behavior = Arc<dyn Fn(&ThingName, &ExecutionView) -> SimAction + Send + Sync>;
-
-/// Counters of a running simulation.
-#[derive(Debug, Default)]
-pub struct SimStats {
-    /// `start-next` requests sent.
-    pub start_next: AtomicU64,
-    /// Updates sent.
-    pub updates: AtomicU64,
-    /// Rejected replies received.
-    pub rejected: AtomicU64,
-    /// Command requests answered.
-    pub commands: AtomicU64,
-    /// Messages received from the fleet (status changes, which no device receives, left out).
-    pub received: AtomicU64,
-}
-
-/// A running simulation; dropping it stops the devices.
-#[derive(Debug)]
-pub struct Simulation {
-    /// Live counters.
-    pub stats: Arc<SimStats>,
-    task: JoinHandle<()>,
-}
-
-impl Drop for Simulation {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
-
-/// Simulates every device behind `end`: on `notify-next` a device sends `start-next` (or, if
-/// the execution is already in progress, its update), then reports what `behavior` says; it
-/// answers every command request with `SUCCEEDED`.
-///
-/// Requests are queued locally and sent as the fleet takes them, so the simulator never
-/// blocks the fleet's sends; the queue holds at most a request or two per device.
-pub fn simulate(mut end: DeviceEnd, behavior: Behavior) -> Simulation {
-    let stats = Arc::new(SimStats::default());
-    let s = Arc::clone(&stats);
-    let task = tokio::spawn(async move {
-        let mut queue: VecDeque<LinkEvent> = VecDeque::new();
-        let tx = end.tx.clone();
-        loop {
-            tokio::select! {
-                biased;
-                m = end.rx.recv() => {
-                    let Some(m) = m else { return };
-                    // Status changes are for operators; no device receives them.
-                    if m.is_device_bound() {
-                        s.received.fetch_add(1, Ordering::Relaxed);
-                        react(m, &behavior, &s, &mut queue);
-                    }
-                }
-                permit = tx.reserve(), if !queue.is_empty() => {
-                    let Ok(permit) = permit else { return };
-                    if let Some(e) = queue.pop_front() {
-                        permit.send(e);
-                    }
-                }
-            }
-        }
-    });
-    Simulation { stats, task }
-}
-
-fn req(thing: &ThingName, request: DeviceRequest) -> LinkEvent {
-    LinkEvent::Request(
-        Inbound {
-            thing: thing.clone(),
-            client_token: None,
-            request,
-        },
-        Receipt::NONE,
-    )
-}
-
-fn finish(
-    thing: &ThingName,
-    view: &ExecutionView,
-    behavior: &Behavior,
-    stats: &SimStats,
-    queue: &mut VecDeque<LinkEvent>,
-) {
-    let status = match behavior(thing, view) {
-        SimAction::Succeed => JobExecutionStatus::Succeeded,
-        SimAction::Fail => JobExecutionStatus::Failed,
-        SimAction::Reject => JobExecutionStatus::Rejected,
-        SimAction::Ignore => return,
-    };
-    stats.updates.fetch_add(1, Ordering::Relaxed);
-    queue.push_back(req(
-        thing,
-        DeviceRequest::Update {
-            job_id: view.job_id.clone(),
-            request: UpdateRequest {
-                status: Some(status),
-                execution_number: Some(view.execution_number),
-                ..UpdateRequest::default()
-            },
-        },
-    ));
-}
-
-fn react(m: Outbound, behavior: &Behavior, stats: &SimStats, queue: &mut VecDeque<LinkEvent>) {
-    match m {
-        Outbound::NotifyNext {
-            thing,
-            execution: Some(view),
-            ..
-        } => {
-            if view.status == JobExecutionStatus::InProgress {
-                finish(&thing, &view, behavior, stats, queue);
-            } else {
-                stats.start_next.fetch_add(1, Ordering::Relaxed);
-                queue.push_back(req(
-                    &thing,
-                    DeviceRequest::StartNext(StartNextRequest::default()),
-                ));
-            }
-        }
-        Outbound::Accepted {
-            thing,
-            reply: Reply::StartNext(Some(view)),
-            ..
-        } => finish(&thing, &view, behavior, stats, queue),
-        Outbound::Rejected { .. } => {
-            stats.rejected.fetch_add(1, Ordering::Relaxed);
-        }
-        Outbound::CommandRequest {
-            thing,
-            execution_id,
-            ..
-        } => {
-            stats.commands.fetch_add(1, Ordering::Relaxed);
-            queue.push_back(req(
-                &thing,
-                DeviceRequest::CommandResponse {
-                    execution_id,
-                    response: CommandResponse {
-                        status: CommandStatus::Succeeded,
-                        result: None,
-                        status_reason: None,
-                    },
-                },
-            ));
-        }
-        _ => {}
     }
 }

@@ -173,7 +173,8 @@ pub(crate) async fn save<S: EventStore, L: DeviceLink>(inner: Arc<Inner<S, L>>) 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::link::{simulate, ChannelLink, SimAction};
+    use crate::link::ChannelLink;
+    use crate::sim::{from_fn, simulate, Outcome, Task};
     use crate::{Fleet, FleetConfig, JobSpec};
     use fleetops_core::config::{FailureType, JobConfig, RetryCriterion};
     use fleetops_core::store::StoredEvent;
@@ -201,12 +202,13 @@ mod tests {
         // Odd things fail their first attempt; thing 7 never answers.
         let _sim = simulate(
             devices,
-            Arc::new(|t, v| match t.as_str() {
-                "dev-007" => SimAction::Ignore,
-                s if s.ends_with(['1', '3', '5', '9']) && v.execution_number == 1 => {
-                    SimAction::Fail
+            from_fn(|t, task| match (t.as_str(), task) {
+                (_, Task::Command(_)) => Outcome::Succeed,
+                ("dev-007", _) => Outcome::Ignore,
+                (s, Task::Job { attempt: 1, .. }) if s.ends_with(['1', '3', '5', '9']) => {
+                    Outcome::Fail
                 }
-                _ => SimAction::Succeed,
+                _ => Outcome::Succeed,
             }),
         );
         let group = GroupName::parse("floor-1").unwrap();
@@ -478,7 +480,8 @@ mod checked {
     //! position (apart from the job deadlines the job driver arms, which no event states).
     use super::*;
     use crate::clock::ManualClock;
-    use crate::link::{simulate, ChannelLink, SimAction};
+    use crate::link::ChannelLink;
+    use crate::sim::{from_fn, simulate, Outcome, Task};
     use crate::{Fleet, FleetConfig, JobSpec};
     use async_trait::async_trait;
     use fleetops_core::config::{FailureType, JobConfig, RetryCriterion, Rollout};
@@ -578,12 +581,12 @@ mod checked {
                 .unwrap();
             let _sim = simulate(
                 devices,
-                Arc::new(|t, v| {
+                from_fn(|t, task| {
                     let n: usize = t.as_str()[1..].parse().unwrap_or(0);
-                    match (n % 5, n % 7, v.execution_number) {
-                        (0, _, 1) => SimAction::Ignore,
-                        (_, 0, 1) => SimAction::Fail,
-                        _ => SimAction::Succeed,
+                    match (n % 5, n % 7, task) {
+                        (0, _, Task::Job { attempt: 1, .. }) => Outcome::Ignore,
+                        (_, 0, Task::Job { attempt: 1, .. }) => Outcome::Fail,
+                        _ => Outcome::Succeed,
                     }
                 }),
             );
@@ -623,7 +626,7 @@ mod checked {
             .start()
             .await
             .unwrap();
-        let _sim = simulate(devices, Arc::new(|_, _| SimAction::Succeed));
+        let _sim = simulate(devices, Outcome::Succeed);
         for _ in 0..100 {
             if fleet.describe_job(&job).unwrap().job.status == JobStatus::Completed {
                 break;

@@ -3,8 +3,6 @@
 
 mod common;
 
-use std::sync::Arc;
-
 use common::*;
 use fleetops_core::config::{
     AbortCriterion, EndBehavior, FailureType, IncreaseCriterion, JobConfig, RetryCriterion,
@@ -15,7 +13,7 @@ use fleetops_core::event::{JobCancelReason, TimeoutCause};
 use fleetops_core::{
     Duration, ErrorCode, Event, GroupName, JobExecutionStatus as S, JobStatus, StreamId,
 };
-use fleetops_service::link::{simulate, SimAction};
+use fleetops_service::sim::{from_fn, simulate, Outcome, Task};
 use fleetops_service::{JobSpec, Page};
 use serde_json::json;
 
@@ -80,7 +78,7 @@ async fn a_fixed_rollout_queues_at_most_its_rate_per_minute() {
 async fn an_exponential_rollout_speeds_up_as_things_succeed() {
     let env = env().await;
     let job = j("expo");
-    let _sim = simulate(env.devices, Arc::new(|_, _| SimAction::Succeed));
+    let _sim = simulate(env.devices, Outcome::Succeed);
     env.fleet
         .create_job(
             JobSpec::new(job.clone(), doc())
@@ -126,10 +124,10 @@ async fn failed_executions_are_retried_up_to_the_limit_then_the_job_completes() 
     // f0000 fails its first two attempts, f0001 always fails, the rest succeed.
     let _sim = simulate(
         env.devices,
-        Arc::new(|thing, view| match thing.as_str() {
-            "f0000" if view.execution_number <= 2 => SimAction::Fail,
-            "f0001" => SimAction::Fail,
-            _ => SimAction::Succeed,
+        from_fn(|thing, task| match (thing.as_str(), task) {
+            ("f0000", Task::Job { attempt, .. }) if attempt <= 2 => Outcome::Fail,
+            ("f0001", Task::Job { .. }) => Outcome::Fail,
+            _ => Outcome::Succeed,
         }),
     );
     env.fleet

@@ -11,7 +11,7 @@ use fleetops_core::config::{FailureType, JobConfig, RetryCriterion, Rollout};
 use fleetops_core::store::EventStore;
 use fleetops_core::testkit::histories::check_execution_histories;
 use fleetops_core::{JobExecutionStatus as S, JobStatus, StreamId};
-use fleetops_service::link::{simulate, SimAction};
+use fleetops_service::sim::{from_fn, simulate, Outcome, Task};
 use fleetops_service::{FleetConfig, JobSpec};
 use fleetops_store_memory::MemoryStore;
 use serde_json::json;
@@ -46,12 +46,12 @@ async fn a_restart_mid_job_loses_nothing_and_leaves_nothing_stuck() {
         let (fleet, devices) = start(&store, &clock, FleetConfig::default()).await;
         let _sim = simulate(
             devices,
-            Arc::new(|thing, view| {
+            from_fn(|thing, task| {
                 let n: usize = thing.as_str()[1..].parse().unwrap_or(0);
-                match (n % 3, view.execution_number) {
-                    (0, 1) => SimAction::Ignore,
-                    (1, 1) => SimAction::Fail,
-                    _ => SimAction::Succeed,
+                match (n % 3, task) {
+                    (0, Task::Job { attempt: 1, .. }) => Outcome::Ignore,
+                    (1, Task::Job { attempt: 1, .. }) => Outcome::Fail,
+                    _ => Outcome::Succeed,
                 }
             }),
         );
@@ -72,7 +72,7 @@ async fn a_restart_mid_job_loses_nothing_and_leaves_nothing_stuck() {
     let before = store.len().unwrap();
     // Second life: devices behave; time moves on past windows and timeouts.
     let (fleet, devices) = start(&store, &clock, FleetConfig::default()).await;
-    let _sim = simulate(devices, Arc::new(|_, _| SimAction::Succeed));
+    let _sim = simulate(devices, Outcome::Succeed);
     for _ in 0..30 {
         clock.advance(mins(1));
         settle(&fleet).await;
@@ -107,12 +107,12 @@ async fn repeated_kills_at_arbitrary_moments_still_finish_the_job() {
         resumed += fleet.snapshot_position();
         let _sim = simulate(
             devices,
-            Arc::new(move |thing, view| {
+            from_fn(move |thing, task| {
                 let n: usize = thing.as_str()[1..].parse().unwrap_or(0);
-                match (n % 4, view.execution_number) {
-                    (0, 1) => SimAction::Ignore,
-                    (1, 1) => SimAction::Fail,
-                    _ => SimAction::Succeed,
+                match (n % 4, task) {
+                    (0, Task::Job { attempt: 1, .. }) => Outcome::Ignore,
+                    (1, Task::Job { attempt: 1, .. }) => Outcome::Fail,
+                    _ => Outcome::Succeed,
                 }
             }),
         );
@@ -136,7 +136,7 @@ async fn repeated_kills_at_arbitrary_moments_still_finish_the_job() {
     let (fleet, devices) = start(&store, &clock, snapshots(7)).await;
     resumed += fleet.snapshot_position();
     assert!(resumed > 0, "some lives resumed from a snapshot");
-    let _sim = simulate(devices, Arc::new(|_, _| SimAction::Succeed));
+    let _sim = simulate(devices, Outcome::Succeed);
     for _ in 0..40 {
         clock.advance(mins(1));
         settle(&fleet).await;

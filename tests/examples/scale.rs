@@ -19,13 +19,13 @@
 
 use std::alloc::System;
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use fleetops_core::group::MAX_MEMBERS_PER_CHANGE;
 use fleetops_core::store::EventStore;
 use fleetops_core::{GroupName, JobId, JobStatus, ThingName};
-use fleetops_service::link::{simulate, ChannelLink, DeviceEnd, SimAction};
+use fleetops_service::link::{ChannelLink, DeviceEnd};
+use fleetops_service::sim::{simulate, Outcome};
 use fleetops_service::{Fleet, FleetConfig, JobSpec};
 use fleetops_store_memory::MemoryStore;
 use fleetops_store_sled::{Durability, SledConfig, SledStore};
@@ -100,7 +100,6 @@ async fn run<S: EventStore + Clone>(
         "url": "https://example.invalid/fw-2.bin",
         "sha256": "0".repeat(64),
     });
-    let behavior = Arc::new(|_: &ThingName, _: &_| SimAction::Succeed);
     let t0 = Instant::now();
     let (sim, online_at) = if hold {
         let swallow = tokio::spawn(swallow_until_quiet(devices));
@@ -138,7 +137,7 @@ async fn run<S: EventStore + Clone>(
             );
         }
         let sender = end.sender();
-        let sim = simulate(end, behavior);
+        let sim = simulate(end, Outcome::Succeed);
         let online = Instant::now();
         tokio::spawn(async move {
             for t in &things {
@@ -147,7 +146,7 @@ async fn run<S: EventStore + Clone>(
         });
         (sim, Some(online))
     } else {
-        let sim = simulate(devices, behavior);
+        let sim = simulate(devices, Outcome::Succeed);
         fleet
             .create_job(JobSpec::new(job.clone(), doc).groups(vec![group]))
             .await?;
@@ -175,10 +174,10 @@ async fn run<S: EventStore + Clone>(
         status_kib("VmHWM:") / 1024
     );
     println!(
-        "device requests              start-next {} updates {} rejected {}",
-        sim.stats.start_next.load(Ordering::Relaxed),
-        sim.stats.updates.load(Ordering::Relaxed),
-        sim.stats.rejected.load(Ordering::Relaxed)
+        "device requests              start-next {} updates {} errors {}",
+        sim.stats().start_next.load(Ordering::Relaxed),
+        sim.stats().jobs_done(),
+        sim.stats().errors.load(Ordering::Relaxed)
     );
     let store = fleet.store().clone();
     drop(sim);
