@@ -7,6 +7,7 @@
 mod sim;
 
 use proptest::prelude::*;
+use proptest::test_runner::FileFailurePersistence;
 use sim::{Op, Sim};
 
 fn op() -> impl Strategy<Value = Op> {
@@ -44,6 +45,10 @@ proptest! {
         // reported within a minute or so, already much shorter than it was found.
         max_shrink_iters: 300,
         max_shrink_time: 60_000,
+        // Integration tests have no lib.rs for the default persistence to find.
+        failure_persistence: Some(Box::new(FileFailurePersistence::Direct(
+            "tests/runtime_props.regressions",
+        ))),
         ..ProptestConfig::default()
     })]
 
@@ -52,7 +57,7 @@ proptest! {
         fleet in 1u64..1_000,
         ops in prop::collection::vec(op(), 1..160),
     ) {
-        let mut sim = Sim::new(fleet);
+        let mut sim = Sim::for_steps(fleet);
         for op in &ops {
             sim.apply(op);
         }

@@ -117,13 +117,34 @@ pub struct Sim {
     step: usize,
     /// Attempts that reached a terminal status.
     pub finished_executions: u64,
+    /// How to run this fleet again, for a failure message.
+    replay: String,
 }
 
 const TRACE: usize = 40;
 
 impl Sim {
-    /// A fleet drawn from `seed`.
+    /// A fleet drawn from `seed`, for a seeded run.
     pub fn new(seed: u64) -> Self {
+        let mut sim = Self::fleet(seed);
+        sim.replay = format!(
+            "FLEETOPS_SIM_SEED={seed} cargo test -p fleetops-machine --test simulator -- \
+             --nocapture"
+        );
+        sim
+    }
+
+    /// A fleet drawn from `seed`, for steps chosen elsewhere (the proptest, which prints the
+    /// steps of a failure itself).
+    pub fn for_steps(seed: u64) -> Self {
+        let mut sim = Self::fleet(seed);
+        sim.replay = "cargo test -p fleetops-machine --test runtime_props (proptest prints the \
+                      minimal failing steps and keeps them in tests/runtime_props.regressions)"
+            .to_owned();
+        sim
+    }
+
+    fn fleet(seed: u64) -> Self {
         let mut rng = Rng(seed);
         let shape = Shape {
             things: 2 + usize::try_from(rng.below(12)).unwrap_or(0),
@@ -162,6 +183,7 @@ impl Sim {
             trace: VecDeque::new(),
             step: 0,
             finished_executions: 0,
+            replay: String::new(),
         }
     }
 
@@ -176,13 +198,12 @@ impl Sim {
     fn fail(&self, why: &str) -> ! {
         let trace: Vec<&str> = self.trace.iter().map(String::as_str).collect();
         panic!(
-            "seed {} failed at step {}: {why}\n{:?}\nlast steps:\n  {}\nreproduce: \
-             FLEETOPS_SIM_SEED={} cargo test -p fleetops-machine --test simulator -- --nocapture",
+            "seed {} failed at step {}: {why}\n{:?}\nlast steps:\n  {}\nreproduce: {}",
             self.seed,
             self.step,
             self.shape,
             trace.join("\n  "),
-            self.seed
+            self.replay
         );
     }
 
