@@ -10,10 +10,13 @@
 //! module naming its own ancestor or descendant is no edge. Any strongly connected set of two
 //! or more siblings fails the test, with the names that make it up.
 
+mod source;
+
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use proc_macro2::{TokenStream, TokenTree};
+use source::{item_attrs, path_attr, workspace_root};
 use syn::visit::Visit;
 use syn::{Attribute, Item, UseTree};
 
@@ -69,22 +72,6 @@ fn is_cfg_test(attrs: &[Attribute]) -> bool {
             && a.meta
                 .require_list()
                 .is_ok_and(|l| l.tokens.to_string().trim() == "test")
-    })
-}
-
-fn path_attr(attrs: &[Attribute]) -> Option<String> {
-    attrs.iter().find_map(|a| {
-        if !a.path().is_ident("path") {
-            return None;
-        }
-        let nv = a.meta.require_name_value().ok()?;
-        match &nv.value {
-            syn::Expr::Lit(syn::ExprLit {
-                lit: syn::Lit::Str(s),
-                ..
-            }) => Some(s.value()),
-            _ => None,
-        }
     })
 }
 
@@ -222,27 +209,6 @@ impl<'ast> Visit<'ast> for Refs {
     }
 
     fn visit_attribute(&mut self, _: &'ast Attribute) {}
-}
-
-fn item_attrs(item: &Item) -> &[Attribute] {
-    match item {
-        Item::Const(i) => &i.attrs,
-        Item::Enum(i) => &i.attrs,
-        Item::ExternCrate(i) => &i.attrs,
-        Item::Fn(i) => &i.attrs,
-        Item::ForeignMod(i) => &i.attrs,
-        Item::Impl(i) => &i.attrs,
-        Item::Macro(i) => &i.attrs,
-        Item::Mod(i) => &i.attrs,
-        Item::Static(i) => &i.attrs,
-        Item::Struct(i) => &i.attrs,
-        Item::Trait(i) => &i.attrs,
-        Item::TraitAlias(i) => &i.attrs,
-        Item::Type(i) => &i.attrs,
-        Item::Union(i) => &i.attrs,
-        Item::Use(i) => &i.attrs,
-        _ => &[],
-    }
 }
 
 impl CrateModules {
@@ -479,13 +445,6 @@ fn crate_cycles(src: &Path) -> Vec<String> {
             )
         })
         .collect()
-}
-
-fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("tests/ has a parent")
-        .to_path_buf()
 }
 
 #[test]

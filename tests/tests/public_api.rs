@@ -21,12 +21,15 @@
 //! If the change is intended, `FLEETOPS_BLESS_API=1 cargo test -p fleetops-tests --test
 //! public_api` rewrites the files; commit `tests/api/` with the change.
 
+mod source;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use proc_macro2::{Delimiter, Spacing, TokenStream, TokenTree};
 use quote::ToTokens;
+use source::{item_attrs, path_attr, workspace_root};
 use syn::{Attribute, Fields, GenericParam, Generics, ImplItem, Item, Meta, TraitItem, UseTree};
 
 /// The library crates whose API embedders depend on: package name and folder.
@@ -45,13 +48,6 @@ const BLESS_VAR: &str = "FLEETOPS_BLESS_API";
 
 /// Lines of each kind (added, removed) shown in a failure.
 const SHOWN: usize = 50;
-
-fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("tests/ has a parent")
-        .to_path_buf()
-}
 
 fn hint() -> String {
     format!(
@@ -631,27 +627,6 @@ fn is_pub(vis: &syn::Visibility) -> bool {
     matches!(vis, syn::Visibility::Public(_))
 }
 
-fn item_attrs(item: &Item) -> &[Attribute] {
-    match item {
-        Item::Const(i) => &i.attrs,
-        Item::Enum(i) => &i.attrs,
-        Item::ExternCrate(i) => &i.attrs,
-        Item::Fn(i) => &i.attrs,
-        Item::ForeignMod(i) => &i.attrs,
-        Item::Impl(i) => &i.attrs,
-        Item::Macro(i) => &i.attrs,
-        Item::Mod(i) => &i.attrs,
-        Item::Static(i) => &i.attrs,
-        Item::Struct(i) => &i.attrs,
-        Item::Trait(i) => &i.attrs,
-        Item::TraitAlias(i) => &i.attrs,
-        Item::Type(i) => &i.attrs,
-        Item::Union(i) => &i.attrs,
-        Item::Use(i) => &i.attrs,
-        _ => &[],
-    }
-}
-
 fn trait_item_attrs(item: &TraitItem) -> &[Attribute] {
     match item {
         TraitItem::Const(i) => &i.attrs,
@@ -704,19 +679,6 @@ fn only_under_test(pred: &Meta) -> bool {
             .is_ok_and(|args| args.iter().any(only_under_test)),
         _ => false,
     }
-}
-
-fn path_attr(attrs: &[Attribute]) -> Option<String> {
-    attrs.iter().find_map(|a| match &a.meta {
-        Meta::NameValue(nv) if nv.path.is_ident("path") => match &nv.value {
-            syn::Expr::Lit(syn::ExprLit {
-                lit: syn::Lit::Str(s),
-                ..
-            }) => Some(s.value()),
-            _ => None,
-        },
-        _ => None,
-    })
 }
 
 /// The attributes of a type that are part of its API, as a suffix: derives (sorted, merged),
