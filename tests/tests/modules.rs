@@ -16,7 +16,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
 use proc_macro2::{TokenStream, TokenTree};
-use source::{item_attrs, path_attr, workspace_root};
+use source::{item_attrs, module_file, parse_file, workspace_root};
 use syn::visit::Visit;
 use syn::{Attribute, Item, UseTree};
 
@@ -212,8 +212,9 @@ impl<'ast> Visit<'ast> for Refs {
 }
 
 impl CrateModules {
-    /// Reads the module at `path` from `file`'s items; `dir` is where its child files live.
-    fn walk(&mut self, path: &ModPath, items: &[Item], dir: &Path) {
+    /// Reads the module at `path` from its items; `dir` is where its `mod x;` files live,
+    /// `path_base` what its `#[path]` attributes are relative to.
+    fn walk(&mut self, path: &ModPath, items: &[Item], dir: &Path, path_base: &Path) {
         self.modules.entry(path.clone()).or_default();
         for item in items {
             if is_cfg_test(item_attrs(item)) {
@@ -230,30 +231,12 @@ impl CrateModules {
                         .children
                         .insert(name.clone());
                     if let Some((_, inner)) = &m.content {
-                        self.walk(&child, inner, &dir.join(&name));
+                        let sub = dir.join(&name);
+                        self.walk(&child, inner, &sub, &sub);
                         continue;
                     }
-                    let file = match path_attr(&m.attrs) {
-                        Some(p) => dir.join(p),
-                        None => {
-                            let flat = dir.join(format!("{name}.rs"));
-                            if flat.exists() {
-                                flat
-                            } else {
-                                dir.join(&name).join("mod.rs")
-                            }
-                        }
-                    };
-                    let text = std::fs::read_to_string(&file)
-                        .unwrap_or_else(|e| panic!("{}: {e}", file.display()));
-                    let parsed = syn::parse_file(&text)
-                        .unwrap_or_else(|e| panic!("{}: {e}", file.display()));
-                    let child_dir = if file.file_name().is_some_and(|f| f == "mod.rs") {
-                        file.parent().expect("a file has a folder").to_path_buf()
-                    } else {
-                        dir.join(&name)
-                    };
-                    self.walk(&child, &parsed.items, &child_dir);
+                    let module = module_file(m, dir, path_base);
+                    self.walk(&child, &module.file.items, &module.dir, &module.path_base);
                 }
                 Item::Use(u) => {
                     let mut out = Vec::new();
@@ -417,11 +400,9 @@ fn cycles(edges: &BTreeMap<(ModPath, ModPath), String>) -> Vec<Vec<ModPath>> {
 }
 
 fn read_crate(src: &Path) -> CrateModules {
-    let root = src.join("lib.rs");
-    let text = std::fs::read_to_string(&root).unwrap_or_else(|e| panic!("{}: {e}", root.display()));
-    let parsed = syn::parse_file(&text).unwrap_or_else(|e| panic!("{}: {e}", root.display()));
+    let parsed = parse_file(&src.join("lib.rs"));
     let mut m = CrateModules::default();
-    m.walk(&Vec::new(), &parsed.items, src);
+    m.walk(&Vec::new(), &parsed.items, src, src);
     m
 }
 

@@ -29,7 +29,7 @@ use std::path::Path;
 
 use proc_macro2::{Delimiter, Spacing, TokenStream, TokenTree};
 use quote::ToTokens;
-use source::{item_attrs, path_attr, workspace_root};
+use source::{item_attrs, module_file, parse_file, workspace_root};
 use syn::{Attribute, Fields, GenericParam, Generics, ImplItem, Item, Meta, TraitItem, UseTree};
 
 /// The library crates whose API embedders depend on: package name and folder.
@@ -156,11 +156,6 @@ fn extract_source(name: &str, source: &str) -> Vec<String> {
     ex.finish()
 }
 
-fn parse_file(path: &Path) -> syn::File {
-    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("read {path:?}: {e}"));
-    syn::parse_file(&text).unwrap_or_else(|e| panic!("parse {path:?}: {e}"))
-}
-
 /// Where the walk is: module path, the `cfg`s that gate it, and the macro whose template it
 /// reads (if any).
 #[derive(Clone)]
@@ -239,27 +234,8 @@ impl Extractor {
                     self.items(content, &child, &sub, &sub);
                     return;
                 }
-                let file = match path_attr(&m.attrs) {
-                    Some(p) => path_base.join(p),
-                    None => {
-                        let flat = dir.join(format!("{name}.rs"));
-                        if flat.exists() {
-                            flat
-                        } else {
-                            dir.join(&name).join("mod.rs")
-                        }
-                    }
-                };
-                let parsed = parse_file(&file);
-                let parent = file.parent().expect("a module file has a folder");
-                let is_mod_rs = path_attr(&m.attrs).is_some()
-                    || file.file_name().is_some_and(|n| n == "mod.rs");
-                let sub = if is_mod_rs {
-                    parent.to_path_buf()
-                } else {
-                    parent.join(&name)
-                };
-                self.items(&parsed.items, &child, &sub, parent);
+                let module = module_file(m, dir, path_base);
+                self.items(&module.file.items, &child, &module.dir, &module.path_base);
             }
             Item::Fn(f) if is_pub(&f.vis) => {
                 let line = signature(&f.sig, &scope.path(&f.sig.ident));

@@ -48,3 +48,53 @@ pub fn path_attr(attrs: &[Attribute]) -> Option<String> {
         _ => None,
     })
 }
+
+/// Reads and parses one source file; a file that cannot be read or parsed fails the test.
+pub fn parse_file(path: &Path) -> syn::File {
+    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("read {path:?}: {e}"));
+    syn::parse_file(&text).unwrap_or_else(|e| panic!("parse {path:?}: {e}"))
+}
+
+/// Where the file module `m` (`mod name;`, no body) is read from.
+pub struct ModuleFile {
+    /// The parsed file.
+    pub file: syn::File,
+    /// Where its own `mod x;` files live.
+    pub dir: PathBuf,
+    /// What its own `#[path]` attributes are relative to.
+    pub path_base: PathBuf,
+}
+
+/// Finds and parses the file of `mod name;` declared in a module whose `mod x;` files live
+/// in `dir` and whose `#[path]` attributes are relative to `path_base`: `#[path]`, else
+/// `name.rs`, else `name/mod.rs`.
+pub fn module_file(m: &syn::ItemMod, dir: &Path, path_base: &Path) -> ModuleFile {
+    let name = m.ident.to_string();
+    let attr = path_attr(&m.attrs);
+    let file = match &attr {
+        Some(p) => path_base.join(p),
+        None => {
+            let flat = dir.join(format!("{name}.rs"));
+            if flat.exists() {
+                flat
+            } else {
+                dir.join(&name).join("mod.rs")
+            }
+        }
+    };
+    let parent = file
+        .parent()
+        .expect("a module file has a folder")
+        .to_path_buf();
+    // A `#[path]` file, like a `mod.rs`, keeps its children beside it.
+    let beside = attr.is_some() || file.file_name().is_some_and(|n| n == "mod.rs");
+    ModuleFile {
+        file: parse_file(&file),
+        dir: if beside {
+            parent.clone()
+        } else {
+            parent.join(&name)
+        },
+        path_base: parent,
+    }
+}
