@@ -74,6 +74,14 @@ enum Message {
     Reply(ThingName, Result<Reply, String>),
 }
 
+/// A decision that went through: the new state, what was stored, and the stream version
+/// before it.
+struct Decided<A> {
+    state: Option<A>,
+    events: Vec<Event>,
+    before: u64,
+}
+
 /// What a device remembers: the execution it is working on, and commands it was sent.
 #[derive(Debug, Default, Clone)]
 struct Device {
@@ -255,24 +263,29 @@ impl Sim {
         }
     }
 
+    /// Loads, decides and appends, as the service's `execute` does: one read of the stream.
     fn decide_append<A: Aggregate>(
         &mut self,
         stream: &StreamId,
         intent: A::Intent,
-    ) -> Result<Vec<Event>, String> {
+    ) -> Result<Decided<A>, String> {
         let (state, version) = self.load::<A>(stream);
-        let events = A::decide(state.as_ref(), intent, self.now).map_err(|r| r.to_string())?;
-        if events.is_empty() {
-            return Ok(events);
+        let (state, events) = A::execute(state, intent, self.now).map_err(|r| r.to_string())?;
+        let before = version.unwrap_or(0);
+        if !events.is_empty() {
+            let part = PlannedAppend {
+                stream: stream.clone(),
+                expected: ExpectedVersion::from_current(version),
+                events: events.clone(),
+            };
+            self.append(vec![part])
+                .map_err(|s| format!("conflict on {s}"))?;
         }
-        let part = PlannedAppend {
-            stream: stream.clone(),
-            expected: ExpectedVersion::from_current(version),
-            events: events.clone(),
-        };
-        self.append(vec![part])
-            .map_err(|s| format!("conflict on {s}"))?;
-        Ok(events)
+        Ok(Decided {
+            state,
+            events,
+            before,
+        })
     }
 
     fn fold(&mut self) {
@@ -362,7 +375,7 @@ impl Sim {
                             &stream,
                             CommandIntent::CheckTimeout,
                         );
-                        progressed |= r.is_ok_and(|e| !e.is_empty());
+                        progressed |= r.is_ok_and(|d| !d.events.is_empty());
                     }
                     Timer::Execution { job_id, thing } => {
                         let stream = StreamId::job_execution(&job_id, &thing);
@@ -370,7 +383,7 @@ impl Sim {
                             &stream,
                             JobExecutionIntent::CheckTimeout,
                         );
-                        progressed |= r.is_ok_and(|e| !e.is_empty());
+                        progressed |= r.is_ok_and(|d| !d.events.is_empty());
                     }
                     Timer::Job(job) => {
                         self.job_step(&job);
@@ -394,15 +407,13 @@ impl Sim {
                 answer,
                 ..
             } => {
-                let (_, before) = self.load::<JobExecution>(&stream);
-                let events = self.decide_append::<JobExecution>(&stream, intent)?;
-                let mut v = before.unwrap_or(0);
-                for e in events {
-                    v += 1;
+                let done = self.decide_append::<JobExecution>(&stream, intent)?;
+                let state = done
+                    .state
+                    .ok_or_else(|| format!("{stream} does not exist"))?;
+                for (v, e) in (done.before + 1..).zip(done.events) {
                     self.accepted.push((stream.clone(), v, e));
                 }
-                let (state, _) = self.load::<JobExecution>(&stream);
-                let state = state.ok_or_else(|| format!("{stream} vanished"))?;
                 Ok(self.model.answer(answer, &state))
             }
             Route::Describe { .. } => Err("the simulated devices never describe".to_owned()),
