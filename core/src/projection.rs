@@ -8,14 +8,16 @@
 //! [`Projections::apply`] skips events at or below its checkpoint, so a caller that persists
 //! the checkpoint with the state resumes without seeing an event twice.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use serde::{Deserialize, Serialize};
 
 use crate::config::FailureType;
+use crate::device::ExecutionSummary;
 use crate::event::Event;
 use crate::ids::{JobId, StreamId, StreamKind, ThingName};
-use crate::status::JobExecutionStatus;
+use crate::job_execution::JobExecution;
+use crate::status::{JobExecutionStatus, StatusDetails};
 use crate::store::StoredEvent;
 use crate::time::{Duration, Timestamp};
 
@@ -120,13 +122,23 @@ pub struct PendingKey {
     pub job_id: JobId,
 }
 
-/// What the projection keeps per execution: a few words, whatever the job document's size.
+/// The one record the read side keeps per execution: a few words, whatever the job
+/// document's size. Listings, `jobs/get`, `notify`, the pending queues, the deadline index
+/// and the runtime's decisions all read it; only the status details (which need the stream)
+/// are left out.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ExecutionEntry {
     /// Current status.
     pub status: JobExecutionStatus,
     /// When the current attempt was queued.
     pub queued_at: Timestamp,
+    /// When the current attempt started.
+    pub started_at: Option<Timestamp>,
+    /// The last change.
+    pub last_updated_at: Timestamp,
+    /// The stream version, which is also the execution's `versionNumber` (every event bumps
+    /// it).
+    pub version: u64,
     /// Current attempt.
     pub execution_number: u32,
     /// In-progress deadline.
@@ -138,6 +150,39 @@ pub struct ExecutionEntry {
 }
 
 impl ExecutionEntry {
+    /// The execution as `jobs/get` and `notify` list it.
+    pub fn summary(&self, job_id: &JobId) -> ExecutionSummary {
+        ExecutionSummary {
+            job_id: job_id.clone(),
+            queued_at: self.queued_at,
+            started_at: self.started_at,
+            last_updated_at: self.last_updated_at,
+            version_number: self.version,
+            execution_number: self.execution_number,
+        }
+    }
+
+    /// The execution's aggregate state without its status details, which only the stream
+    /// holds: enough for the runtime's own intents (cancel, remove, retry, time out), whose
+    /// rules never read the details. A refusal that would quote them is the caller's cue to
+    /// load the stream.
+    pub fn to_state(&self, job_id: &JobId, thing: &ThingName) -> JobExecution {
+        JobExecution {
+            job_id: job_id.clone(),
+            thing: thing.clone(),
+            status: self.status,
+            status_details: StatusDetails::new(),
+            queued_at: self.queued_at,
+            started_at: self.started_at,
+            last_updated_at: self.last_updated_at,
+            version_number: self.version,
+            execution_number: self.execution_number,
+            in_progress_timeout: self.in_progress_timeout,
+            in_progress_deadline: self.in_progress_deadline,
+            step_deadline: self.step_deadline,
+        }
+    }
+
     fn deadline(&self) -> Option<Timestamp> {
         if self.status != JobExecutionStatus::InProgress {
             return None;
@@ -227,7 +272,11 @@ pub struct ProjectionsSnapshot {
 #[derive(Debug, Clone, Default)]
 pub struct Projections {
     checkpoint: u64,
-    executions: HashMap<(JobId, ThingName), ExecutionEntry>,
+    /// Every execution, by job, then by thing in order (so a job's executions page by
+    /// thing name without a second index).
+    executions: HashMap<JobId, BTreeMap<ThingName, ExecutionEntry>>,
+    /// How many entries `executions` holds.
+    execution_count: usize,
     counters: HashMap<JobId, JobCounters>,
     pending: HashMap<ThingName, BTreeSet<PendingKey>>,
     deadlines: BTreeSet<(Timestamp, StreamId)>,
@@ -257,7 +306,7 @@ impl Projections {
                 got: stored.position,
             });
         }
-        self.apply_event(&stored.stream, &stored.event, stored.position)?;
+        self.apply_event(stored)?;
         self.checkpoint = stored.position;
         Ok(())
     }
@@ -272,13 +321,9 @@ impl Projections {
         }
     }
 
-    fn apply_event(
-        &mut self,
-        stream: &StreamId,
-        event: &Event,
-        position: u64,
-    ) -> Result<(), ProjectionError> {
-        match event {
+    fn apply_event(&mut self, stored: &StoredEvent) -> Result<(), ProjectionError> {
+        let stream = &stored.stream;
+        match &stored.event {
             Event::CommandSent { ttl, sent_at, .. } => {
                 self.set_deadline(stream, Some(*sent_at + *ttl))
             }
@@ -307,17 +352,13 @@ impl Projections {
             | Event::GroupMembersAdded { .. }
             | Event::GroupMembersRemoved { .. }
             | Event::GroupDeleted { .. } => {}
-            _ => self.apply_execution(stream, event, position)?,
+            _ => self.apply_execution(stored)?,
         }
         Ok(())
     }
 
-    fn apply_execution(
-        &mut self,
-        stream: &StreamId,
-        event: &Event,
-        position: u64,
-    ) -> Result<(), ProjectionError> {
+    fn apply_execution(&mut self, stored: &StoredEvent) -> Result<(), ProjectionError> {
+        let (stream, event, position) = (&stored.stream, &stored.event, stored.position);
         let Some(to) = event.execution_status() else {
             return Ok(());
         };
@@ -328,8 +369,11 @@ impl Projections {
                 stream: stream.clone(),
             });
         };
-        let key = (job_id, thing);
-        let old = self.executions.get(&key).cloned();
+        let old = self
+            .executions
+            .get(&job_id)
+            .and_then(|m| m.get(&thing))
+            .cloned();
         let mut entry = match (&old, event) {
             (
                 None,
@@ -342,6 +386,9 @@ impl Projections {
             ) => ExecutionEntry {
                 status: to,
                 queued_at: *queued_at,
+                started_at: None,
+                last_updated_at: *queued_at,
+                version: 0,
                 execution_number: *execution_number,
                 in_progress_deadline: None,
                 step_deadline: None,
@@ -357,28 +404,45 @@ impl Projections {
             }
         };
         entry.status = to;
+        entry.version = stored.stream_version;
         match event {
             Event::ExecutionStarted {
+                at,
                 in_progress_deadline,
                 step,
                 ..
             } => {
+                entry.started_at = Some(*at);
+                entry.last_updated_at = *at;
                 entry.in_progress_deadline = *in_progress_deadline;
                 apply_step(&mut entry, *step);
             }
-            Event::ExecutionProgressed { step, .. } => apply_step(&mut entry, *step),
+            Event::ExecutionProgressed { at, step, .. } => {
+                entry.last_updated_at = *at;
+                apply_step(&mut entry, *step);
+            }
+            Event::ExecutionFinished { at, .. }
+            | Event::ExecutionTimedOut { at, .. }
+            | Event::ExecutionCanceled { at, .. }
+            | Event::ExecutionRemoved { at, .. } => entry.last_updated_at = *at,
             Event::ExecutionRequeued {
                 execution_number,
                 queued_at,
             } => {
                 entry.execution_number = *execution_number;
                 entry.queued_at = *queued_at;
-                entry.in_progress_deadline = None;
-                entry.step_deadline = None;
+                entry.started_at = None;
+                entry.last_updated_at = *queued_at;
             }
             _ => {}
         }
-        let (job_id, thing) = &key;
+        // Timers run only while in progress, as in the aggregate.
+        if to != JobExecutionStatus::InProgress {
+            entry.in_progress_deadline = None;
+            entry.step_deadline = None;
+        }
+        let key = (job_id, thing);
+        let (job_id, thing) = (&key.0, &key.1);
         self.counters
             .entry(job_id.clone())
             .or_default()
@@ -399,7 +463,14 @@ impl Projections {
             }
         }
         self.set_deadline(stream, entry.deadline());
-        self.executions.insert(key, entry);
+        if old.is_none() {
+            self.execution_count += 1;
+        }
+        let (job_id, thing) = key;
+        self.executions
+            .entry(job_id)
+            .or_default()
+            .insert(thing, entry);
         Ok(())
     }
 
@@ -441,7 +512,35 @@ impl Projections {
 
     /// The projected entry of one execution.
     pub fn execution(&self, job: &JobId, thing: &ThingName) -> Option<&ExecutionEntry> {
-        self.executions.get(&(job.clone(), thing.clone()))
+        self.executions.get(job)?.get(thing)
+    }
+
+    /// Every execution of a job, by thing name (empty for an unknown job).
+    pub fn executions_of(
+        &self,
+        job: &JobId,
+    ) -> impl DoubleEndedIterator<Item = (&ThingName, &ExecutionEntry)> + '_ {
+        self.executions.get(job).into_iter().flatten()
+    }
+
+    /// The executions of a job on things after `after` (exclusive), by thing name: one
+    /// page of a listing without walking the ones before it.
+    pub fn executions_after<'a>(
+        &'a self,
+        job: &JobId,
+        after: Option<&'a ThingName>,
+    ) -> impl Iterator<Item = (&'a ThingName, &'a ExecutionEntry)> + 'a {
+        use std::ops::Bound;
+        let lower = after.map_or(Bound::Unbounded, Bound::Excluded);
+        self.executions
+            .get(job)
+            .into_iter()
+            .flat_map(move |m| m.range::<ThingName, _>((lower, Bound::Unbounded)))
+    }
+
+    /// How many executions a job has (removed ones included).
+    pub fn execution_count_of(&self, job: &JobId) -> usize {
+        self.executions.get(job).map_or(0, BTreeMap::len)
     }
 
     /// Streams whose deadline is at or before `now`, earliest first.
@@ -462,17 +561,17 @@ impl Projections {
 
     /// Number of executions tracked.
     pub fn execution_count(&self) -> usize {
-        self.executions.len()
+        self.execution_count
     }
 
     /// An image of the projections at their checkpoint, sorted for a stable encoding.
     pub fn snapshot(&self) -> ProjectionsSnapshot {
-        let mut executions: Vec<_> = self
-            .executions
-            .iter()
-            .map(|((j, t), e)| (j.clone(), t.clone(), e.clone()))
+        let mut jobs: Vec<_> = self.executions.iter().collect();
+        jobs.sort_by(|a, b| a.0.cmp(b.0));
+        let executions: Vec<_> = jobs
+            .into_iter()
+            .flat_map(|(j, m)| m.iter().map(|(t, e)| (j.clone(), t.clone(), e.clone())))
             .collect();
-        executions.sort_by(|a, b| (&a.0, &a.1).cmp(&(&b.0, &b.1)));
         let mut counters: Vec<_> = self.counters.iter().map(|(j, c)| (j.clone(), *c)).collect();
         counters.sort_by(|a, b| a.0.cmp(&b.0));
         let mut deadlines: Vec<_> = self
@@ -497,17 +596,19 @@ impl Projections {
             checkpoint: snapshot.checkpoint,
             ..Projections::default()
         };
-        p.executions.reserve(snapshot.executions.len());
         for (job, thing, entry) in snapshot.executions {
             if let Some(k) = entry.pending_key(&job) {
                 p.pending.entry(thing.clone()).or_default().insert(k);
             }
             if p.executions
-                .insert((job.clone(), thing.clone()), entry)
+                .entry(job.clone())
+                .or_default()
+                .insert(thing.clone(), entry)
                 .is_some()
             {
                 return Err(SnapshotError::DuplicateExecution { job, thing });
             }
+            p.execution_count += 1;
         }
         for (job, c) in snapshot.counters {
             if p.counters.insert(job.clone(), c).is_some() {
