@@ -12,10 +12,11 @@ use fleetops_core::projection::{Projections, ProjectionsSnapshot};
 use fleetops_core::{ExecutionId, GroupName, JobId, ThingName, Timestamp};
 use serde::{Deserialize, Serialize};
 
-use crate::model::{CommandEntry, ExecMeta, JobEntry, ReadModel};
+use crate::model::{CommandEntry, JobEntry, ReadModel};
 
-/// Version of the encoding below; a snapshot of another version is ignored.
-const FORMAT: u32 = 1;
+/// Version of the encoding below; a snapshot of another version is ignored. Format 2 keeps
+/// each execution once, in core's projection entry.
+const FORMAT: u32 = 2;
 
 /// The state as written: sorted lists, so equal states encode to equal bytes.
 #[derive(Serialize)]
@@ -34,7 +35,6 @@ struct ImageRef<'a> {
 #[derive(Serialize)]
 struct JobImageRef<'a> {
     job: &'a Job,
-    executions: &'a BTreeMap<ThingName, ExecMeta>,
     to_queue: &'a BTreeSet<ThingName>,
     retry_owed: &'a BTreeSet<ThingName>,
     leave_owed: &'a BTreeSet<ThingName>,
@@ -60,7 +60,6 @@ struct Image {
 #[serde(deny_unknown_fields)]
 struct JobImage {
     job: Job,
-    executions: BTreeMap<ThingName, ExecMeta>,
     to_queue: BTreeSet<ThingName>,
     retry_owed: BTreeSet<ThingName>,
     leave_owed: BTreeSet<ThingName>,
@@ -122,7 +121,6 @@ impl ReadModel {
                 .values()
                 .map(|e| JobImageRef {
                     job: &e.job,
-                    executions: &e.executions,
                     to_queue: &e.to_queue,
                     retry_owed: &e.retry_owed,
                     leave_owed: &e.leave_owed,
@@ -164,7 +162,6 @@ impl ReadModel {
             let id = j.job.job_id.clone();
             let entry = JobEntry {
                 job: Arc::new(j.job),
-                executions: j.executions,
                 to_queue: j.to_queue,
                 retry_owed: j.retry_owed,
                 leave_owed: j.leave_owed,

@@ -66,9 +66,8 @@ impl ReadModel {
                     keep: &dyn Fn(JobExecutionStatus) -> bool| {
             things
                 .filter_map(|t| {
-                    entry
-                        .executions
-                        .get(t)
+                    self.proj
+                        .execution(job_id, t)
                         .filter(|m| keep(m.status))
                         .map(|m| (t.clone(), m.to_state(job_id, t)))
                 })
@@ -104,7 +103,7 @@ impl ReadModel {
             let keep = |s: JobExecutionStatus| {
                 s == JobExecutionStatus::Queued || (forced && s == JobExecutionStatus::InProgress)
             };
-            let items = take(&mut entry.executions.keys(), &keep);
+            let items = take(&mut self.proj.executions_of(job_id).map(|(t, _)| t), &keep);
             let intent = if job.deleted {
                 JobExecutionIntent::Remove {
                     force: true,
@@ -134,7 +133,7 @@ impl ReadModel {
             return JobStep::Review(job);
         }
         if job.is_rolling_out() && !entry.to_queue.is_empty() {
-            let n = allowance(entry, &counters, now).now;
+            let n = allowance(entry, &counters, self.proj.execution_count_of(job_id), now).now;
             let n = usize::try_from(n).unwrap_or(usize::MAX).min(batch);
             if n > 0 {
                 let things = entry.to_queue.iter().take(n).cloned().collect();
@@ -164,7 +163,7 @@ impl ReadModel {
         let mut again = false;
         if entry.job.is_rolling_out() && !entry.to_queue.is_empty() {
             let counters = self.proj.counters(job_id);
-            let allowance = allowance(entry, &counters, now);
+            let allowance = allowance(entry, &counters, self.proj.execution_count_of(job_id), now);
             if allowance.now > 0 {
                 again = !progressed;
             } else if let Some(w) = allowance.next_window {
@@ -177,7 +176,12 @@ impl ReadModel {
 }
 
 /// What the rollout rate allows at `now`.
-fn allowance(entry: &JobEntry, counters: &JobCounters, now: Timestamp) -> rollout::Allowance {
+fn allowance(
+    entry: &JobEntry,
+    counters: &JobCounters,
+    queued_ever: usize,
+    now: Timestamp,
+) -> rollout::Allowance {
     let started = entry.job.started_at.unwrap_or(now);
     let window = rollout::window_start(started, now);
     let in_window = match entry.window {
@@ -189,7 +193,7 @@ fn allowance(entry: &JobEntry, counters: &JobCounters, now: Timestamp) -> rollou
         started,
         now,
         in_window,
-        entry.executions.len() as u64,
+        queued_ever as u64,
         counters.succeeded,
     )
 }

@@ -11,14 +11,13 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
 use fleetops_core::config::TargetSelection;
-use fleetops_core::device::{ExecutionSummary, PendingJobs};
+use fleetops_core::device::PendingJobs;
 use fleetops_core::group::Group;
 use fleetops_core::ids::StreamKind;
 use fleetops_core::job::Job;
-use fleetops_core::job_execution::JobExecution;
 use fleetops_core::limits::MAX_PENDING_LISTED;
 use fleetops_core::policy::{retry, rollout};
-use fleetops_core::projection::Projections;
+use fleetops_core::projection::{ExecutionEntry, Projections};
 use fleetops_core::store::StoredEvent;
 use fleetops_core::{
     Aggregate, CommandStatus, Event, ExecutionId, GroupName, JobExecutionStatus, JobId, JobStatus,
@@ -28,66 +27,11 @@ use fleetops_core::{
 use crate::change::StatusChange;
 use crate::error::FoldError;
 
-/// What the runtime remembers of one job execution besides core's projection entry: enough
-/// to answer `get`/`notify` and to decide runtime intents (cancel, remove, retry) without
-/// reading the stream.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct ExecMeta {
-    /// Current status.
-    pub status: JobExecutionStatus,
-    /// Current attempt.
-    pub execution_number: u32,
-    /// The stream version, which is also the execution's `versionNumber` (every event bumps it).
-    pub version: u64,
-    /// When the current attempt was queued.
-    pub queued_at: Timestamp,
-    /// When the current attempt started.
-    pub started_at: Option<Timestamp>,
-    /// The last change.
-    pub last_updated_at: Timestamp,
-}
-
-impl ExecMeta {
-    /// The execution as `jobs/get` and `notify` list it.
-    pub fn summary(&self, job_id: &JobId) -> ExecutionSummary {
-        ExecutionSummary {
-            job_id: job_id.clone(),
-            queued_at: self.queued_at,
-            started_at: self.started_at,
-            last_updated_at: self.last_updated_at,
-            version_number: self.version,
-            execution_number: self.execution_number,
-        }
-    }
-
-    /// A job execution state good enough for runtime intents (cancel, remove, retry), whose
-    /// rules read only status, attempt and version. Status details are not kept here; they
-    /// only appear in refusals, which the caller turns into "stale, reload".
-    pub fn to_state(&self, job_id: &JobId, thing: &ThingName) -> JobExecution {
-        JobExecution {
-            job_id: job_id.clone(),
-            thing: thing.clone(),
-            status: self.status,
-            status_details: Default::default(),
-            queued_at: self.queued_at,
-            started_at: self.started_at,
-            last_updated_at: self.last_updated_at,
-            version_number: self.version,
-            execution_number: self.execution_number,
-            in_progress_timeout: None,
-            in_progress_deadline: None,
-            step_deadline: None,
-        }
-    }
-}
-
 /// One job and what its rollout still owes.
 #[derive(Debug, Clone)]
 pub struct JobEntry {
     /// The job as folded (its document held once, here).
     pub job: Arc<Job>,
-    /// Every execution of the job, by thing (ordered for paging).
-    pub executions: BTreeMap<ThingName, ExecMeta>,
     /// Targets that have no execution yet and may still get one, in rollout order.
     pub to_queue: BTreeSet<ThingName>,
     /// Failed or timed-out executions the retry policy gives another attempt.
@@ -183,9 +127,10 @@ impl ReadModel {
         self.proj.checkpoint()
     }
 
-    /// The execution meta of `job` on `thing`.
-    pub fn exec(&self, job: &JobId, thing: &ThingName) -> Option<&ExecMeta> {
-        self.jobs.get(job)?.executions.get(thing)
+    /// The folded record of `job`'s execution on `thing`: core's projection entry, the one
+    /// execution record the read side keeps.
+    pub fn exec(&self, job: &JobId, thing: &ThingName) -> Option<&ExecutionEntry> {
+        self.proj.execution(job, thing)
     }
 
     /// The pending key of `thing`'s next execution: job and attempt.
@@ -241,12 +186,15 @@ impl ReadModel {
         let kind = stored.stream.kind();
         // What the thing's pending list looked like before, to tell notify from notify-next.
         let before = match &kind {
-            StreamKind::JobExecution(job, thing) => Some((
-                self.front(thing),
-                self.exec(job, thing)
-                    .filter(|m| m.status.is_pending())
-                    .map(|m| m.execution_number),
-            )),
+            StreamKind::JobExecution(job, thing) => {
+                let old = self.exec(job, thing);
+                Some((
+                    self.front(thing),
+                    old.filter(|m| m.status.is_pending())
+                        .map(|m| m.execution_number),
+                    old.map(|m| m.status),
+                ))
+            }
             _ => None,
         };
         self.proj.apply(stored)?;
@@ -254,8 +202,9 @@ impl ReadModel {
             StreamKind::Command(id) => self.apply_command(id, stored, fx),
             StreamKind::Job(job_id) => self.apply_job(job_id, stored, fx)?,
             StreamKind::JobExecution(job_id, thing) => {
-                self.apply_execution(&job_id, &thing, stored, fx);
-                if let Some((front_before, member_before)) = before {
+                let old_status = before.as_ref().and_then(|b| b.2);
+                self.apply_execution(&job_id, &thing, old_status, stored, fx);
+                if let Some((front_before, member_before, _)) = before {
                     let member_after = self
                         .exec(&job_id, &thing)
                         .filter(|m| m.status.is_pending())
@@ -339,7 +288,6 @@ impl ReadModel {
                 job_id.clone(),
                 JobEntry {
                     job: Arc::new(job),
-                    executions: BTreeMap::new(),
                     to_queue: BTreeSet::new(),
                     retry_owed: BTreeSet::new(),
                     leave_owed: BTreeSet::new(),
@@ -372,8 +320,8 @@ impl ReadModel {
                             targets.extend(group.members.iter().cloned());
                         }
                     }
+                    targets.retain(|t| self.proj.execution(&job_id, t).is_none());
                     if let Some(entry) = self.jobs.get_mut(&job_id) {
-                        targets.retain(|t| !entry.executions.contains_key(t));
                         entry.to_queue = targets;
                     }
                 }
@@ -393,100 +341,43 @@ impl ReadModel {
         Ok(())
     }
 
+    /// The runtime's indexes after core's projection folded an execution event (`old`:
+    /// the execution's status before it).
     fn apply_execution(
         &mut self,
         job_id: &JobId,
         thing: &ThingName,
+        old: Option<JobExecutionStatus>,
         stored: &StoredEvent,
         fx: &mut Effects,
     ) {
         let Some(entry) = self.jobs.get_mut(job_id) else {
             // An execution of an unknown job cannot be queued by this runtime; core's projection
-            // still tracks it, the service indexes skip it.
+            // still tracks it, the runtime's indexes skip it.
             return;
         };
-        let version = stored.stream_version;
-        let old_status = entry.executions.get(thing).map(|m| m.status);
-        match &stored.event {
-            Event::ExecutionQueued {
-                execution_number,
-                queued_at,
-                ..
-            } => {
-                entry.executions.insert(
-                    thing.clone(),
-                    ExecMeta {
-                        status: JobExecutionStatus::Queued,
-                        execution_number: *execution_number,
-                        version,
-                        queued_at: *queued_at,
-                        started_at: None,
-                        last_updated_at: *queued_at,
-                    },
-                );
-                entry.to_queue.remove(thing);
-                if let Some(started) = entry.job.started_at {
-                    let w = rollout::window_start(started, *queued_at);
-                    entry.window = match entry.window {
-                        Some((cur, n)) if cur == w => Some((cur, n + 1)),
-                        _ => Some((w, 1)),
-                    };
-                }
-                // Most things have one execution at a time: start with room for one rather
-                // than a default growth of four.
-                let jobs = self
-                    .thing_jobs
-                    .entry(thing.clone())
-                    .or_insert_with(|| Vec::with_capacity(1));
-                if !jobs.contains(job_id) {
-                    jobs.push(job_id.clone());
-                }
-            }
-            other => {
-                let Some(meta) = entry.executions.get_mut(thing) else {
-                    return;
+        let Some(meta) = self.proj.execution(job_id, thing) else {
+            return;
+        };
+        if let Event::ExecutionQueued { queued_at, .. } = &stored.event {
+            entry.to_queue.remove(thing);
+            if let Some(started) = entry.job.started_at {
+                let w = rollout::window_start(started, *queued_at);
+                entry.window = match entry.window {
+                    Some((cur, n)) if cur == w => Some((cur, n + 1)),
+                    _ => Some((w, 1)),
                 };
-                meta.version = version;
-                match other {
-                    Event::ExecutionStarted { at, .. } => {
-                        meta.status = JobExecutionStatus::InProgress;
-                        meta.started_at = Some(*at);
-                        meta.last_updated_at = *at;
-                    }
-                    Event::ExecutionProgressed { at, .. } => meta.last_updated_at = *at,
-                    Event::ExecutionFinished { status, at, .. } => {
-                        meta.status = *status;
-                        meta.last_updated_at = *at;
-                    }
-                    Event::ExecutionTimedOut { at, .. } => {
-                        meta.status = JobExecutionStatus::TimedOut;
-                        meta.last_updated_at = *at;
-                    }
-                    Event::ExecutionCanceled { at, .. } => {
-                        meta.status = JobExecutionStatus::Canceled;
-                        meta.last_updated_at = *at;
-                    }
-                    Event::ExecutionRemoved { at, .. } => {
-                        meta.status = JobExecutionStatus::Removed;
-                        meta.last_updated_at = *at;
-                    }
-                    Event::ExecutionRequeued {
-                        execution_number,
-                        queued_at,
-                    } => {
-                        meta.status = JobExecutionStatus::Queued;
-                        meta.execution_number = *execution_number;
-                        meta.queued_at = *queued_at;
-                        meta.started_at = None;
-                        meta.last_updated_at = *queued_at;
-                    }
-                    _ => {}
-                }
+            }
+            // Most things have one execution at a time: start with room for one rather
+            // than a default growth of four.
+            let jobs = self
+                .thing_jobs
+                .entry(thing.clone())
+                .or_insert_with(|| Vec::with_capacity(1));
+            if !jobs.contains(job_id) {
+                jobs.push(job_id.clone());
             }
         }
-        let Some(meta) = entry.executions.get(thing).cloned() else {
-            return;
-        };
         entry.retry_owed.remove(thing);
         if meta.status != JobExecutionStatus::Queued {
             entry.leave_owed.remove(thing);
@@ -498,7 +389,7 @@ impl ReadModel {
             entry.retry_owed.insert(thing.clone());
         }
         let renewed = matches!(stored.event, Event::ExecutionRequeued { .. });
-        if old_status != Some(meta.status) || renewed {
+        if old != Some(meta.status) || renewed {
             fx.dirty_jobs.push(job_id.clone());
             fx.changes.push(StatusChange::JobExecution {
                 job_id: job_id.clone(),
@@ -555,22 +446,22 @@ impl ReadModel {
                     .cloned()
                     .collect()
             };
+            let proj = &self.proj;
             let Some(entry) = self.jobs.get_mut(&job_id) else {
                 continue;
             };
             if added {
                 for t in things {
                     entry.leave_owed.remove(t);
-                    if !entry.executions.contains_key(t) {
+                    if proj.execution(&job_id, t).is_none() {
                         entry.to_queue.insert(t.clone());
                     }
                 }
             } else {
                 for t in leaving {
                     entry.to_queue.remove(&t);
-                    if entry
-                        .executions
-                        .get(&t)
+                    if proj
+                        .execution(&job_id, &t)
                         .is_some_and(|m| m.status == JobExecutionStatus::Queued)
                     {
                         entry.leave_owed.insert(t);

@@ -12,6 +12,7 @@ use fleetops_core::group::{Group, GroupIntent};
 use fleetops_core::job::{Job, JobIntent};
 use fleetops_core::job_execution::{JobExecution, JobExecutionIntent};
 use fleetops_core::link::DeviceLink;
+use fleetops_core::projection::ExecutionEntry;
 use fleetops_core::store::{EventStore, StoredEvent};
 use fleetops_core::{
     CommandStatus, Duration, ExecutionId, GroupName, JobExecutionStatus, JobId, JobStatus,
@@ -632,13 +633,13 @@ impl<S: EventStore, L: DeviceLink> Fleet<S, L> {
             .get(job)
             .filter(|e| !e.job.deleted)
             .ok_or_else(|| not_found("job", job))?;
-        let start = match page_req.after.as_deref().map(ThingName::parse) {
-            Some(Ok(t)) => Bound::Excluded(t),
-            _ => Bound::Unbounded,
+        let after = match page_req.after.as_deref().map(ThingName::parse) {
+            Some(Ok(t)) => Some(t),
+            _ => None,
         };
-        let items = entry
-            .executions
-            .range((start, Bound::Unbounded))
+        let items = st
+            .proj
+            .executions_after(&entry.job.job_id, after.as_ref())
             .filter(|(_, m)| status.is_none_or(|s| s == m.status))
             .map(|(t, m)| (t.clone(), row(job, t, m)));
         Ok(page(items, page_req))
@@ -867,16 +868,11 @@ impl<S: EventStore, L: DeviceLink> Fleet<S, L> {
     }
 }
 
-fn row(job: &JobId, thing: &ThingName, m: &fleetops_machine::model::ExecMeta) -> ExecutionRow {
+fn row(job: &JobId, thing: &ThingName, m: &ExecutionEntry) -> ExecutionRow {
     ExecutionRow {
         job_id: job.clone(),
         thing: thing.clone(),
-        status: m.status,
-        execution_number: m.execution_number,
-        version_number: m.version,
-        queued_at: m.queued_at,
-        started_at: m.started_at,
-        last_updated_at: m.last_updated_at,
+        execution: m.clone(),
     }
 }
 

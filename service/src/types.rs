@@ -6,7 +6,7 @@ use fleetops_core::config::{JobConfig, TargetSelection, Targets};
 use fleetops_core::job::Job;
 use fleetops_core::projection::JobCounters;
 use fleetops_core::{
-    CommandStatus, ExecutionId, GroupName, JobExecutionStatus, JobId, ThingName, Timestamp,
+    CommandStatus, ExecutionId, GroupName, JobId, ThingName, Timestamp,
 };
 use serde_json::Value;
 
@@ -110,25 +110,16 @@ pub struct JobSummary {
 
 pub use fleetops_core::JobStatus;
 
-/// A job execution in a listing.
+/// A job execution in a listing: the read side's one record of it
+/// ([`ExecutionEntry`](fleetops_core::projection::ExecutionEntry)) with its keys.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ExecutionRow {
     /// The job.
     pub job_id: JobId,
     /// The device.
     pub thing: ThingName,
-    /// Its status.
-    pub status: JobExecutionStatus,
-    /// The current attempt.
-    pub execution_number: u32,
-    /// Its version.
-    pub version_number: u64,
-    /// When the current attempt was queued.
-    pub queued_at: Timestamp,
-    /// When it started.
-    pub started_at: Option<Timestamp>,
-    /// Last change.
-    pub last_updated_at: Timestamp,
+    /// The execution as folded: status, attempt, version, times and deadlines.
+    pub execution: fleetops_core::projection::ExecutionEntry,
 }
 
 /// A command execution in a listing.

@@ -158,7 +158,7 @@ async fn failed_executions_are_retried_up_to_the_limit_then_the_job_completes() 
         rows.items
             .iter()
             .find(|r| r.thing.as_str() == name)
-            .map(|r| (r.status, r.execution_number))
+            .map(|r| (r.execution.status, r.execution.execution_number))
     };
     assert_eq!(number("f0000"), Some((S::Succeeded, 3)));
     assert_eq!(number("f0001"), Some((S::Failed, 4)));

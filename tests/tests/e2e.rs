@@ -212,7 +212,7 @@ async fn a_thousand_devices_run_a_job_with_rollout_and_retries() {
         .unwrap()
         .items
         .iter()
-        .filter(|r| r.execution_number == 2)
+        .filter(|r| r.execution.execution_number == 2)
         .count();
     assert_eq!(retried, 100);
     check_execution_histories(&store, &job, &targets).await;

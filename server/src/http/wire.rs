@@ -586,15 +586,16 @@ pub struct ExecutionSummaryView {
 
 impl From<ExecutionRow> for ExecutionSummaryView {
     fn from(r: ExecutionRow) -> Self {
+        let e = r.execution;
         Self {
             job_id: r.job_id,
             thing_name: r.thing,
-            status: r.status,
-            execution_number: r.execution_number,
-            version_number: r.version_number,
-            queued_at: secs(r.queued_at),
-            started_at: r.started_at.map(secs),
-            last_updated_at: secs(r.last_updated_at),
+            status: e.status,
+            execution_number: e.execution_number,
+            version_number: e.version,
+            queued_at: secs(e.queued_at),
+            started_at: e.started_at.map(secs),
+            last_updated_at: secs(e.last_updated_at),
         }
     }
 }

@@ -160,5 +160,5 @@ pub fn status_of(fleet: &TestFleet, job: &JobId, thing: &ThingName) -> Option<Jo
         .items
         .into_iter()
         .find(|r| &r.job_id == job)
-        .map(|r| r.status)
+        .map(|r| r.execution.status)
 }
