@@ -783,15 +783,20 @@ impl Sim {
     /// restart loses none), a job's counters equal a fold of its executions, and no command
     /// is still `SENT` past its TTL.
     pub fn check(&mut self) {
-        for (job_id, entry) in &self.model.jobs {
-            let folded: JobCounters = entry.executions.values().map(|m| m.status).collect();
+        for job_id in self.model.jobs.keys() {
+            let folded: JobCounters = self
+                .model
+                .proj
+                .executions_of(job_id)
+                .map(|(_, m)| m.status)
+                .collect();
             let counters = self.model.proj.counters(job_id);
             if folded != counters {
                 self.fail(&format!(
                     "counters of {job_id} are {counters:?}, the executions fold to {folded:?}"
                 ));
             }
-            for (thing, m) in &entry.executions {
+            for (thing, m) in self.model.proj.executions_of(job_id) {
                 if !m.status.is_terminal() {
                     continue;
                 }
@@ -827,6 +832,41 @@ impl Sim {
                 self.fail(&format!(
                     "{job} on {thing} attempt {n} lost its terminal {s:?}"
                 ));
+            }
+        }
+    }
+
+    /// The read model's record of every execution is what its stream replays to: the fold
+    /// the runtime decides on and the aggregate the store holds never drift apart.
+    pub fn check_records_match_streams(&self) {
+        for job_id in self.model.jobs.keys() {
+            for (thing, m) in self.model.proj.executions_of(job_id) {
+                let stream = StreamId::job_execution(job_id, thing);
+                let (state, version) = self.load::<JobExecution>(&stream);
+                let Some(s) = state else {
+                    self.fail(&format!("{stream} is folded but not stored"));
+                };
+                let stored = (
+                    s.status,
+                    s.execution_number,
+                    version.unwrap_or(0),
+                    s.queued_at,
+                    s.started_at,
+                    s.last_updated_at,
+                );
+                let folded = (
+                    m.status,
+                    m.execution_number,
+                    m.version,
+                    m.queued_at,
+                    m.started_at,
+                    m.last_updated_at,
+                );
+                if stored != folded {
+                    self.fail(&format!(
+                        "{stream} folds to {folded:?}, its stream replays to {stored:?}"
+                    ));
+                }
             }
         }
     }
@@ -880,6 +920,7 @@ impl Sim {
                 .any(|e| !e.job.status.is_terminal());
             if !open && self.broker.is_empty() {
                 self.check_accepted_are_stored();
+                self.check_records_match_streams();
                 return;
             }
         }
