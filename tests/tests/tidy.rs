@@ -112,3 +112,26 @@ fn the_issue_number_check_tells_a_citation_from_ordinary_words() {
     assert!(!cites_an_issue_number("issued 3 commands"));
     assert!(!cites_an_issue_number("issue12"));
 }
+
+/// The LICENSE file is the license every crate declares, so what a user reads and what the
+/// package metadata says never disagree.
+#[test]
+fn the_license_file_matches_the_declared_license() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("the tests crate sits in the workspace");
+    let manifest = std::fs::read_to_string(root.join("Cargo.toml")).expect("the root manifest");
+    let declared = manifest
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("license = "))
+        .map(|v| v.trim_matches('"'))
+        .expect("the workspace declares a license");
+    let text = std::fs::read_to_string(root.join("LICENSE")).expect("a LICENSE file");
+    let heading: Vec<&str> = text.split_whitespace().take(4).collect();
+    let expected = match declared {
+        "Apache-2.0" => ["Apache", "License", "Version", "2.0,"],
+        other => panic!("no check for license {other}: add its heading here"),
+    };
+    assert_eq!(heading, expected, "LICENSE does not hold the {declared} text");
+    assert!(text.contains("TERMS AND CONDITIONS FOR USE, REPRODUCTION, AND DISTRIBUTION"));
+}
