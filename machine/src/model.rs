@@ -114,6 +114,16 @@ pub struct ReadModel {
     pub thing_commands: HashMap<ThingName, Vec<ExecutionId>>,
 }
 
+/// How a batch of the feed folded (see [`ReadModel::fold_batch`]).
+#[derive(Debug, Default)]
+pub struct Folded {
+    /// Events skipped because their stream's history does not replay, with their positions.
+    pub skipped: Vec<(u64, FoldError)>,
+    /// The event the fold stopped at, because the feed itself is broken (a gap, an
+    /// execution never queued); the events after it in the batch were not folded.
+    pub stopped: Option<(u64, FoldError)>,
+}
+
 fn corrupt(stream: &StreamId, source: fleetops_core::EvolveError) -> FoldError {
     FoldError::Corrupt {
         stream: stream.clone(),
@@ -176,6 +186,25 @@ impl ReadModel {
                         .get(g)
                         .is_some_and(|gr| !gr.deleted && gr.members.contains(thing))
             })
+    }
+
+    /// Folds a batch of the feed in order. An event whose stream does not replay is skipped
+    /// and reported, so one corrupt record does not stop the fleet; a broken feed stops the
+    /// fold at that event, so the driver resubscribes from the checkpoint instead of folding
+    /// past a hole.
+    pub fn fold_batch(&mut self, batch: &[StoredEvent], fx: &mut Effects) -> Folded {
+        let mut out = Folded::default();
+        for e in batch {
+            match self.apply(e, fx) {
+                Ok(()) => {}
+                Err(err @ FoldError::Projection(_)) => {
+                    out.stopped = Some((e.position, err));
+                    break;
+                }
+                Err(err @ FoldError::Corrupt { .. }) => out.skipped.push((e.position, err)),
+            }
+        }
+        out
     }
 
     /// Folds one stored event. Events at or below the checkpoint are skipped.
@@ -507,5 +536,78 @@ fn placeholder_job(job_id: &JobId) -> Job {
         cancel_reason: None,
         deleted: true,
         version: 0,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use fleetops_core::event::SCHEMA_VERSION;
+    use fleetops_core::projection::ProjectionError;
+
+    fn stored(position: u64, stream: StreamId, version: u64, event: Event) -> StoredEvent {
+        StoredEvent {
+            event_id: uuid::Uuid::nil(),
+            stream,
+            stream_version: version,
+            position,
+            recorded_at: Timestamp::EPOCH,
+            schema_version: SCHEMA_VERSION,
+            correlation_id: None,
+            causation_id: None,
+            idempotency_key: None,
+            event,
+        }
+    }
+
+    fn group(name: &str, position: u64) -> StoredEvent {
+        let name = GroupName::parse(name).unwrap();
+        stored(
+            position,
+            StreamId::group(&name),
+            1,
+            Event::GroupCreated {
+                name,
+                description: None,
+                at: Timestamp::EPOCH,
+            },
+        )
+    }
+
+    #[test]
+    fn a_corrupt_stream_is_skipped_and_a_broken_feed_stops_the_fold() {
+        let mut model = ReadModel::default();
+        let mut fx = Effects::default();
+        let job = JobId::parse("never-created").unwrap();
+        // A job stream that starts with JobStarted does not replay: skipped, the rest folds.
+        let corrupt = stored(
+            2,
+            StreamId::job(&job),
+            1,
+            Event::JobStarted {
+                at: Timestamp::EPOCH,
+            },
+        );
+        let batch = [group("a", 1), corrupt, group("b", 3)];
+        let folded = model.fold_batch(&batch, &mut fx);
+        assert_eq!(folded.skipped.len(), 1);
+        assert_eq!(folded.skipped[0].0, 2);
+        assert!(folded.stopped.is_none());
+        assert_eq!(model.checkpoint(), 3);
+        assert_eq!(model.groups.len(), 2);
+        // A gap stops the fold at the event past it; nothing after it is folded.
+        let folded = model.fold_batch(&[group("d", 5), group("e", 6)], &mut fx);
+        assert!(matches!(
+            folded.stopped,
+            Some((
+                5,
+                FoldError::Projection(ProjectionError::Gap {
+                    expected: 4,
+                    got: 5
+                })
+            ))
+        ));
+        assert_eq!(model.checkpoint(), 3);
+        assert_eq!(model.groups.len(), 2);
     }
 }

@@ -43,32 +43,20 @@ impl<S: EventStore, L: DeviceLink> Inner<S, L> {
     /// error, if it did (then the caller resubscribes from the checkpoint, after a backoff).
     fn fold(&self, batch: &[StoredEvent]) -> Option<String> {
         let mut fx = Effects::default();
-        let mut failed = None;
-        let cp = {
+        let (folded, cp) = {
             let mut st = self.write();
-            for e in batch {
-                if let Err(err) = st.apply(e, &mut fx) {
-                    match err {
-                        // A gap means events were lost between the store and us: start over
-                        // from the checkpoint rather than fold past a hole.
-                        fleetops_machine::FoldError::Projection(_) => {
-                            failed = Some(format!("position {}: {err}", e.position));
-                            break;
-                        }
-                        // Corrupt history of one stream: report it and go on, so one bad
-                        // record does not stop the whole fleet.
-                        other => {
-                            tracing::error!(position = e.position, err = %other, "skipping an event that does not fold");
-                        }
-                    }
-                }
-            }
-            st.checkpoint()
+            let folded = st.fold_batch(batch, &mut fx);
+            (folded, st.checkpoint())
         };
+        for (position, err) in &folded.skipped {
+            tracing::error!(position, %err, "skipping an event that does not fold");
+        }
         self.applied.send_replace(cp);
         self.distribute(fx);
         self.scheduler_wake.notify_one();
-        failed
+        folded
+            .stopped
+            .map(|(position, err)| format!("position {position}: {err}"))
     }
 
     /// Starts a snapshot save in the background when enough events were folded since the last.

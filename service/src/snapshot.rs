@@ -383,10 +383,7 @@ mod tests {
         let digits = text["{\"format\":".len()..]
             .find(|c: char| !c.is_ascii_digit())
             .expect("the format number is followed by more fields");
-        let other_format = format!(
-            "{{\"format\":99{}",
-            &text["{\"format\":".len() + digits..]
-        );
+        let other_format = format!("{{\"format\":99{}", &text["{\"format\":".len() + digits..]);
         assert!(matches!(
             ReadModel::decode(other_format.as_bytes(), at),
             Err(ImageError::Format { found: 99 })

@@ -5,9 +5,7 @@ use std::sync::Arc;
 use fleetops_core::config::{JobConfig, TargetSelection, Targets};
 use fleetops_core::job::Job;
 use fleetops_core::projection::JobCounters;
-use fleetops_core::{
-    CommandStatus, ExecutionId, GroupName, JobId, ThingName, Timestamp,
-};
+use fleetops_core::{CommandStatus, ExecutionId, GroupName, JobId, ThingName, Timestamp};
 use serde_json::Value;
 
 pub use fleetops_machine::StatusChange;
