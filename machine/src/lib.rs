@@ -19,11 +19,14 @@
 //! - [`requests`]: where each device request goes ([`requests::Route`]) and the reply built
 //!   from the state its decision left.
 //! - [`timers`]: which deadlines are due and what decides each.
+//! - [`replies`]: the answers a retried request (same thing, `clientToken` and operation)
+//!   gets again instead of a fresh decision.
 //!
 //! ## Layers
 //!
 //! `error` and `change` are leaves; `model` folds; `image` encodes the model; `jobs`,
-//! `requests` and `timers` decide from it. Nothing here names `fleetops-service`.
+//! `requests` and `timers` decide from it; `replies` is a leaf
+//! beside them. Nothing here names `fleetops-service`.
 //!
 //! ## The fleet simulator
 //!
@@ -38,6 +41,7 @@ mod error;
 pub mod image;
 pub mod jobs;
 pub mod model;
+pub mod replies;
 pub mod requests;
 pub mod timers;
 

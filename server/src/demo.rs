@@ -582,7 +582,11 @@ fn retried_count(fleet: &Fleet<SledStore, MqttLink>, job: &JobId) -> anyhow::Res
         let p = fleet
             .list_job_executions(job, None, &page)
             .context("list the job's executions")?;
-        retried += p.items.iter().filter(|r| r.execution.execution_number > 1).count() as u64;
+        retried += p
+            .items
+            .iter()
+            .filter(|r| r.execution.execution_number > 1)
+            .count() as u64;
         match p.next {
             Some(next) => page = Page::after(next, Page::MAX_LIMIT),
             None => return Ok(retried),

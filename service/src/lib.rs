@@ -117,7 +117,6 @@ pub mod ids;
 mod jobs;
 pub mod link;
 mod outbox;
-mod replies;
 mod runtime;
 mod scheduler;
 pub mod sim;

@@ -8,7 +8,7 @@
 //! hold its shard. Once a batch is decided and stored, its device requests are settled with
 //! the link (`DeviceLink::settle`), which is when MQTT acknowledges them to the broker. Each
 //! shard remembers the answers to state-changing requests that carried a `clientToken`, so
-//! a retry gets the answer it missed (`crate::replies`).
+//! a retry gets the answer it missed (`fleetops_machine::replies`).
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
@@ -24,9 +24,9 @@ use tokio::sync::mpsc;
 
 use crate::delivery::{Finished, InFlight};
 use crate::error::FleetError;
-use crate::replies::{remembered, ReplyCache};
 use crate::runtime::{Inner, Work};
 use crate::sync::lock;
+use fleetops_machine::replies::{remembered, ReplyCache};
 use fleetops_machine::requests::{self, Answer, Route};
 use fleetops_machine::NotifyFlags;
 

@@ -132,6 +132,9 @@ fn the_license_file_matches_the_declared_license() {
         "Apache-2.0" => ["Apache", "License", "Version", "2.0,"],
         other => panic!("no check for license {other}: add its heading here"),
     };
-    assert_eq!(heading, expected, "LICENSE does not hold the {declared} text");
+    assert_eq!(
+        heading, expected,
+        "LICENSE does not hold the {declared} text"
+    );
     assert!(text.contains("TERMS AND CONDITIONS FOR USE, REPRODUCTION, AND DISTRIBUTION"));
 }

@@ -25,9 +25,10 @@ struct Entry {
     seq: u64,
 }
 
-/// Remembered answers of one worker shard (every request of a thing goes to one shard).
+/// Remembered answers, kept by whoever serializes a thing's requests (the service keeps one
+/// per worker shard: every request of a thing goes to one shard).
 #[derive(Debug)]
-pub(crate) struct ReplyCache {
+pub struct ReplyCache {
     window: Duration,
     per_thing: usize,
     max: usize,
@@ -39,7 +40,7 @@ pub(crate) struct ReplyCache {
 }
 
 /// Whether the answer to `request` is remembered: only requests that change state.
-pub(crate) fn remembered(request: &DeviceRequest) -> bool {
+pub fn remembered(request: &DeviceRequest) -> bool {
     matches!(
         request,
         DeviceRequest::StartNext(_)
