@@ -10,6 +10,7 @@
 
 mod common;
 
+use fleetops_core::testkit::rng::SplitMix64;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
 
@@ -204,27 +205,6 @@ fn damaged_records_are_reported_as_corrupt() {
 
 // ---- damaged files ---------------------------------------------------------------------------
 
-/// A small deterministic generator (splitmix64).
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        if n == 0 {
-            0
-        } else {
-            self.next() % n
-        }
-    }
-}
-
 fn files(dir: &Path) -> Vec<PathBuf> {
     let mut out = Vec::new();
     for entry in std::fs::read_dir(dir).unwrap() {
@@ -248,7 +228,7 @@ fn copy_dir(from: &Path, to: &Path) {
 }
 
 /// Damages one file of the copy; returns a description for failure messages.
-fn damage(dir: &Path, rng: &mut Rng) -> String {
+fn damage(dir: &Path, rng: &mut SplitMix64) -> String {
     let all = files(dir);
     let file = &all[rng.below(all.len() as u64) as usize];
     let mut bytes = std::fs::read(file).unwrap();
@@ -398,7 +378,7 @@ fn damaged_files_give_errors_or_original_data_and_never_panic() {
     });
     assert_eq!(original.len(), 2000);
 
-    let mut rng = Rng(seed);
+    let mut rng = SplitMix64::new(seed);
     let mut tally = Tally::default();
     for copy in 0..copies {
         let dir = tempfile::tempdir().unwrap();

@@ -12,6 +12,7 @@
 
 mod common;
 
+use fleetops_core::testkit::rng::SplitMix64;
 use std::collections::{BTreeMap, HashMap};
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Command, Stdio};
@@ -30,23 +31,6 @@ const DIR_VAR: &str = "FLEETOPS_CRASH_DIR";
 const RUN_VAR: &str = "FLEETOPS_CRASH_RUN";
 const APPENDERS: usize = 48;
 const SHARED_STREAMS: usize = 4;
-
-/// A small deterministic generator (splitmix64); the tests need no cryptographic quality.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-}
 
 fn env_u64(name: &str, default: u64) -> u64 {
     std::env::var(name)
@@ -127,7 +111,7 @@ fn batch_events(batch: &str, size: usize, seq: &mut u128) -> Vec<fleetops_core::
 }
 
 async fn appender(store: Arc<SledStore>, run: u64, task: usize) {
-    let mut rng = Rng(run.wrapping_mul(1000).wrapping_add(task as u64));
+    let mut rng = SplitMix64::new(run.wrapping_mul(1000).wrapping_add(task as u64));
     let own = stream(&format!("r{run}/t{task}"));
     let mut own_version = 0u64;
     let mut seq = (u128::from(run) << 64) | ((task as u128) << 40);
@@ -214,7 +198,7 @@ fn crash_child() {
 // ---- the parent ------------------------------------------------------------------------------
 
 /// Runs one child and kills it; returns its complete output lines.
-fn run_child(dir: &std::path::Path, run: u64, rng: &mut Rng) -> Vec<String> {
+fn run_child(dir: &std::path::Path, run: u64, rng: &mut SplitMix64) -> Vec<String> {
     let exe = std::env::current_exe().expect("path of the test binary");
     let mut child = Command::new(exe)
         .args([
@@ -283,7 +267,7 @@ fn run_child(dir: &std::path::Path, run: u64, rng: &mut Rng) -> Vec<String> {
 }
 
 /// Checks the reopened store against every acknowledgement so far; returns the event count.
-async fn verify(store: &SledStore, acks: &[Ack], rng: &mut Rng) -> usize {
+async fn verify(store: &SledStore, acks: &[Ack], rng: &mut SplitMix64) -> usize {
     let feed = read_feed(store).await;
     let head = store.head_position().await.unwrap();
     assert_eq!(
@@ -398,7 +382,7 @@ fn crash_test() {
             .map_or(0, |d| d.as_nanos() as u64),
     );
     eprintln!("crash test seed {seed} (set FLEETOPS_CRASH_SEED to repeat)");
-    let mut rng = Rng(seed);
+    let mut rng = SplitMix64::new(seed);
     let dir = tempfile::tempdir().unwrap();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

@@ -1,6 +1,6 @@
 //! Test support shared by every crate: the store conformance suite, a fault-injecting store
 //! wrapper, the given/when/then harness for aggregates, checks of stored execution histories,
-//! and a reference model of the
+//! a seeded generator for deterministic runs, and a reference model of the
 //! execution lifecycles with a step API, against which the core's aggregates — or an
 //! embedding service — are checked operation by operation. Behind the `testkit` feature so it
 //! never reaches production builds.
@@ -10,6 +10,7 @@ pub mod faults;
 pub mod gwt;
 pub mod histories;
 pub mod model;
+pub mod rng;
 
 pub use faults::{Fault, FaultHandle, FaultyStore};
 pub use model::{CommandOp, Expect, Intent, JobOp, Model, NewCommand, Op, Response, Step, Update};
