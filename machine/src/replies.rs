@@ -12,8 +12,8 @@
 
 use std::collections::{HashMap, VecDeque};
 
-use fleetops_core::device::{DeviceRequest, Operation, Outbound};
-use fleetops_core::{Duration, ThingName, Timestamp};
+use fleetops_core::device::{DeviceRequest, Inbound, Operation, Outbound};
+use fleetops_core::{Duration, Rejection, ThingName, Timestamp};
 
 /// One remembered answer.
 #[derive(Debug)]
@@ -49,7 +49,67 @@ pub fn remembered(request: &DeviceRequest) -> bool {
     )
 }
 
+/// Which request a remembered answer belongs to: the same thing, token and operation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RequestKey {
+    thing: ThingName,
+    token: String,
+    operation: Operation,
+}
+
+/// What to do with a device request before deciding it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Recall {
+    /// A retry of a request answered within the window: send this answer again.
+    Answered(Outbound),
+    /// Decide it; with a key, [`ReplyCache::record`] the answer under it afterwards.
+    Decide(Option<RequestKey>),
+}
+
+/// Whether an answer is worth giving again to a retry: an acceptance, or a refusal by the
+/// rules (which stands). A failure inside the service, or a request throttled while the
+/// read model caught up, may go through when retried, so it is decided again.
+pub fn worth_remembering(reply: &Outbound) -> bool {
+    match reply {
+        Outbound::Accepted { .. } => true,
+        Outbound::Rejected { rejection, .. } => !matches!(
+            rejection,
+            Rejection::RequestThrottled | Rejection::InternalError { .. }
+        ),
+        _ => false,
+    }
+}
+
 impl ReplyCache {
+    /// Whether `inbound` is a retry answered within the window before `now`, or must be
+    /// decided (and under which key its answer is then recorded, if at all).
+    pub fn recall(&self, inbound: &Inbound, now: Timestamp) -> Recall {
+        let Some(token) = inbound
+            .client_token
+            .as_ref()
+            .filter(|_| remembered(&inbound.request))
+        else {
+            return Recall::Decide(None);
+        };
+        let key = RequestKey {
+            thing: inbound.thing.clone(),
+            token: token.clone(),
+            operation: inbound.request.operation(),
+        };
+        match self.get(&key.thing, &key.token, &key.operation, now) {
+            Some(reply) => Recall::Answered(reply),
+            None => Recall::Decide(Some(key)),
+        }
+    }
+
+    /// Records the answer given at `now` to the request under `key`, if it is
+    /// [worth remembering](worth_remembering).
+    pub fn record(&mut self, key: RequestKey, reply: &Outbound, now: Timestamp) {
+        if worth_remembering(reply) {
+            self.put(&key.thing, key.token, key.operation, reply.clone(), now);
+        }
+    }
+
     /// Remembers answers for `window`, at most `per_thing` per thing and `max` in all.
     pub fn new(window: Duration, per_thing: usize, max: usize) -> Self {
         Self {
@@ -192,6 +252,55 @@ mod tests {
         assert_eq!(c.get(&t("a"), "x", &op("j1"), late), None);
         c.put(&t("b"), "z".into(), op("j1"), reply("b", 2), late);
         assert_eq!(c.len(), 1, "the expired answer is dropped");
+    }
+
+    #[test]
+    fn only_state_changing_requests_with_a_token_are_recalled_and_only_lasting_answers_kept() {
+        use fleetops_core::device::{StartNextRequest, UpdateRequest};
+        let mut c = ReplyCache::new(Duration::from_secs(600), 4, 100);
+        let request = |token: Option<&str>, request: DeviceRequest| Inbound {
+            thing: t("a"),
+            client_token: token.map(str::to_owned),
+            request,
+        };
+        let start = || DeviceRequest::StartNext(StartNextRequest::default());
+        // No token, or a read: decided every time, nothing recorded.
+        assert_eq!(c.recall(&request(None, start()), T0), Recall::Decide(None));
+        let read = DeviceRequest::GetPending;
+        assert_eq!(
+            c.recall(&request(Some("x"), read), T0),
+            Recall::Decide(None)
+        );
+        // A throttled answer is decided again; an accepted one is given again.
+        let Recall::Decide(Some(key)) = c.recall(&request(Some("x"), start()), T0) else {
+            panic!("a start-next with a token is recorded");
+        };
+        let throttled = Outbound::Rejected {
+            thing: t("a"),
+            operation: Operation::StartNext,
+            client_token: Some("x".into()),
+            rejection: Rejection::RequestThrottled,
+            timestamp: T0,
+        };
+        c.record(key.clone(), &throttled, T0);
+        assert_eq!(
+            c.recall(&request(Some("x"), start()), T0),
+            Recall::Decide(Some(key.clone()))
+        );
+        c.record(key, &reply("a", 1), T0);
+        assert_eq!(
+            c.recall(&request(Some("x"), start()), T0),
+            Recall::Answered(reply("a", 1))
+        );
+        // The same token for another operation is another request.
+        let update = DeviceRequest::Update {
+            job_id: JobId::parse("j").unwrap(),
+            request: UpdateRequest::default(),
+        };
+        assert!(matches!(
+            c.recall(&request(Some("x"), update), T0),
+            Recall::Decide(Some(_))
+        ));
     }
 
     #[test]

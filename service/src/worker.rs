@@ -26,7 +26,7 @@ use crate::delivery::{Finished, InFlight};
 use crate::error::FleetError;
 use crate::runtime::{Inner, Work};
 use crate::sync::lock;
-use fleetops_machine::replies::{remembered, ReplyCache};
+use fleetops_machine::replies::{Recall, ReplyCache};
 use fleetops_machine::requests::{self, Answer, Route};
 use fleetops_machine::NotifyFlags;
 
@@ -293,35 +293,17 @@ impl<S: EventStore, L: DeviceLink> Inner<S, L> {
     /// Answers one device request; a retry (same thing, `clientToken` and operation) of a
     /// state-changing request gets the answer remembered from the first time.
     async fn answer(&self, inbound: Inbound, replies: &Mutex<ReplyCache>) -> Outbound {
-        let key = match &inbound.client_token {
-            Some(token) if remembered(&inbound.request) => Some((
-                inbound.thing.clone(),
-                token.clone(),
-                inbound.request.operation(),
-            )),
-            _ => None,
+        let recall = lock(replies).recall(&inbound, self.clock.now());
+        let key = match recall {
+            Recall::Answered(reply) => {
+                tracing::debug!(thing = %inbound.thing, "answered a retried request as the first time");
+                return reply;
+            }
+            Recall::Decide(key) => key,
         };
-        let Some((thing, token, operation)) = key else {
-            return self.device_request(inbound).await;
-        };
-        let now = self.clock.now();
-        if let Some(reply) = lock(replies).get(&thing, &token, &operation, now) {
-            tracing::debug!(%thing, token, "answered a retried request as the first time");
-            return reply;
-        }
         let reply = self.device_request(inbound).await;
-        let keep = match &reply {
-            Outbound::Accepted { .. } => true,
-            // A refusal by the rules stands; a failure inside the service, or a request
-            // throttled while the projection caught up, may go through when retried.
-            Outbound::Rejected { rejection, .. } => !matches!(
-                rejection,
-                Rejection::RequestThrottled | Rejection::InternalError { .. }
-            ),
-            _ => false,
-        };
-        if keep {
-            lock(replies).put(&thing, token, operation, reply.clone(), self.clock.now());
+        if let Some(key) = key {
+            lock(replies).record(key, &reply, self.clock.now());
         }
         reply
     }
