@@ -19,11 +19,14 @@
 //! - [`requests`]: where each device request goes ([`requests::Route`]) and the reply built
 //!   from the state its decision left.
 //! - [`timers`]: which deadlines are due and what decides each.
+//! - [`outbox`]: what the runtime owes the devices (notifications, command requests, status
+//!   changes to publish) as an [`outbox::Outbox`] the driver polls, what a restart owes
+//!   again, and the messages built from the state current when they are sent.
 //!
 //! ## Layers
 //!
 //! `error` and `change` are leaves; `model` folds; `image` encodes the model; `jobs`,
-//! `requests` and `timers` decide from it. Nothing here names `fleetops-service`.
+//! `requests`, `timers` and `outbox` decide from it. Nothing here names `fleetops-service`.
 //!
 //! ## The fleet simulator
 //!
@@ -38,6 +41,7 @@ mod error;
 pub mod image;
 pub mod jobs;
 pub mod model;
+pub mod outbox;
 pub mod requests;
 pub mod timers;
 
