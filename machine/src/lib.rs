@@ -21,12 +21,15 @@
 //! - [`timers`]: which deadlines are due and what decides each.
 //! - [`replies`]: the answers a retried request (same thing, `clientToken` and operation)
 //!   gets again instead of a fresh decision.
+//! - [`outbox`]: what the runtime owes the devices (notifications, command requests, status
+//!   changes to publish) as an [`outbox::Outbox`] the driver polls, what a restart owes
+//!   again, and the messages built from the state current when they are sent.
 //!
 //! ## Layers
 //!
 //! `error` and `change` are leaves; `model` folds; `image` encodes the model; `jobs`,
-//! `requests` and `timers` decide from it; `replies` is a leaf
-//! beside them. Nothing here names `fleetops-service`.
+//! `requests`, `timers` and `outbox` decide from it; `replies` is a leaf beside them.
+//! Nothing here names `fleetops-service`.
 //!
 //! ## The fleet simulator
 //!
@@ -41,6 +44,7 @@ mod error;
 pub mod image;
 pub mod jobs;
 pub mod model;
+pub mod outbox;
 pub mod replies;
 pub mod requests;
 pub mod timers;

@@ -21,7 +21,9 @@ fn op() -> impl Strategy<Value = Op> {
                 per_minute,
             }
         ),
-        1 => (any::<u8>(), 2u8..60).prop_map(|(thing, ttl_secs)| Op::SendCommand { thing, ttl_secs }),
+        1 => (any::<u8>(), 2u8..60, prop::bool::weighted(0.2)).prop_map(
+            |(thing, ttl_secs, sender_gone)| Op::SendCommand { thing, ttl_secs, sender_gone }
+        ),
         1 => (any::<u8>(), any::<bool>()).prop_map(|(job, force)| Op::CancelJob { job, force }),
         8 => (any::<u8>(), any::<u8>(), prop::bool::weighted(0.15)).prop_map(
             |(thing, choice, silent)| Op::DeviceActs { thing, choice, silent }
@@ -29,6 +31,7 @@ fn op() -> impl Strategy<Value = Op> {
         8 => (any::<u8>(), prop::bool::weighted(0.1), prop::bool::weighted(0.1)).prop_map(
             |(pick, drop, duplicate)| Op::Deliver { pick, drop, duplicate }
         ),
+        2 => any::<u8>().prop_map(|batch| Op::Publish { batch }),
         3 => Just(Op::JobTick),
         2 => (0u16..5_000).prop_map(|millis| Op::Advance { millis }),
         1 => (30u16..1_200).prop_map(|secs| Op::Jump { secs }),

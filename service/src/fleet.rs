@@ -1,6 +1,6 @@
 //! [`Fleet`]: the runtime handle and its API.
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap};
 use std::hash::RandomState;
 use std::ops::Bound;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -30,13 +30,14 @@ use crate::clock::{Clock, SystemClock};
 use crate::error::FleetError;
 use crate::health::{Health, HealthState, HealthStatus};
 use crate::ids::{IdSource, UuidV7Ids};
-use crate::runtime::{Inner, OutboxQueue};
+use crate::runtime::Inner;
 use crate::sync::lock;
 use crate::types::{
     CommandRow, ExecutionRow, FleetConfig, JobDescription, JobSpec, JobSummary, Page, Paged,
     StatusChange,
 };
 use crate::{follower, jobs, outbox, scheduler, snapshot, worker};
+use fleetops_machine::outbox::Outbox;
 use fleetops_machine::ReadModel;
 
 /// A stream of stored events with their envelopes, from [`Fleet::events`].
@@ -130,6 +131,10 @@ impl<S: EventStore, L: DeviceLink> FleetBuilder<S, L> {
         }
         let (changes, _) = broadcast::channel(self.config.status_change_buffer.max(1));
         let cache_capacity = self.config.execution_cache;
+        let owed = Outbox::new(
+            self.config.status_change_buffer,
+            self.config.publish_status_changes,
+        );
         let inner = Arc::new(Inner {
             store: self.store,
             link: self.link,
@@ -140,7 +145,7 @@ impl<S: EventStore, L: DeviceLink> FleetBuilder<S, L> {
             applied: watch::Sender::new(0),
             dirty_jobs: Mutex::new(BTreeSet::new()),
             jobs_wake: Notify::new(),
-            outbox: Mutex::new(OutboxQueue::default()),
+            outbox: Mutex::new(owed),
             outbox_wake: Notify::new(),
             scheduler_wake: Notify::new(),
             shards: senders,
@@ -150,7 +155,6 @@ impl<S: EventStore, L: DeviceLink> FleetBuilder<S, L> {
             presence: Mutex::new(HashMap::new()),
             cache: Mutex::new(ExecCache::new(cache_capacity)),
             command_cache: Mutex::new(CommandCache::new(COMMAND_CAPACITY)),
-            sending: Mutex::new(HashSet::new()),
             handed: Mutex::new(Vec::new()),
             snapshot_at: AtomicU64::new(0),
             snapshotting: AtomicBool::new(false),

@@ -29,7 +29,8 @@
 //!   end, abort, complete) and the rollout, queuing executions in batches at the configured
 //!   rate, each batch one atomic multi-stream append;
 //! - **outbox**: publishes `notify`, `notify-next` and command requests that stored events
-//!   imply, built from the current state when sent.
+//!   imply, built from the current state when sent; what is owed is decided by
+//!   `fleetops-machine`'s `Outbox`, which the follower feeds and this task polls.
 //!
 //! Every decision loads the aggregate (replaying its stream, or from the folded state for
 //! jobs and groups), decides with `now` from the injected [`clock::Clock`], and appends with

@@ -1,13 +1,16 @@
 //! The outbox: publishes what stored events imply, after they are stored.
 //!
-//! The follower records, per thing, that a `notify` or `notify-next` is owed, which command
-//! requests are owed, and (with `FleetConfig::publish_status_changes`) the job execution
-//! status changes to publish. The outbox builds each device message from the current read
-//! models when it sends (so a burst of changes to one thing becomes one message with the
-//! latest state), adds the status changes as they happened, batches them, and hands them to
-//! the link. Nothing here is the truth: a message lost
-//! on the way is healed by the device pulling on reconnect, by the recovery pass after a
-//! restart, and by the timers that end whatever stays stuck.
+//! What is owed is the machine's [`Outbox`](fleetops_machine::outbox::Outbox), shared by the
+//! tasks: the follower hands it each fold's effects (per thing, that a `notify` or
+//! `notify-next` is owed; which command requests are owed; with
+//! `FleetConfig::publish_status_changes`, the job execution status changes to publish), and
+//! this task polls it a batch at a time. Here the data only moves: the task loads the
+//! streams a message needs, has the machine build each device message from the current
+//! read models when it sends (so a burst of changes to one thing becomes one message with
+//! the latest state), adds the status changes as they happened, and hands the batch to the
+//! link. Nothing here is the truth: a message lost on the way is healed by the device
+//! pulling on reconnect, by the recovery pass after a restart, and by the timers that end
+//! whatever stays stuck.
 
 use std::sync::Arc;
 use std::time::Duration as StdDuration;
@@ -16,12 +19,13 @@ use fleetops_core::command::{CommandExecution, CommandIntent};
 use fleetops_core::device::Outbound;
 use fleetops_core::link::DeviceLink;
 use fleetops_core::store::EventStore;
-use fleetops_core::{CommandStatus, ExecutionId, JobId, StreamId, ThingName};
+use fleetops_core::{ExecutionId, JobId, StreamId, ThingName};
 
 use crate::delivery::{Finished, InFlight};
 use crate::error::FleetError;
 use crate::runtime::Inner;
 use crate::sync::lock;
+use fleetops_machine::outbox::command_request;
 use fleetops_machine::NotifyFlags;
 
 /// Delivery attempts per batch before the outbox gives it up (and leaves it to recovery).
@@ -38,23 +42,8 @@ pub(crate) async fn run<S: EventStore, L: DeviceLink>(inner: Arc<Inner<S, L>>) {
         for f in in_flight.reap() {
             inner.redeliver(f).await;
         }
-        let (things, commands, changes) = {
-            let mut q = lock(&inner.outbox);
-            let n = inner.config.outbox_batch.max(1);
-            let mut things = Vec::new();
-            while things.len() < n {
-                let Some(t) = q.order.pop_front() else { break };
-                if let Some(f) = q.things.remove(&t) {
-                    things.push((t, f));
-                }
-            }
-            let m = q.commands.len().min(n);
-            let commands: Vec<ExecutionId> = q.commands.drain(..m).collect();
-            let k = q.status_changes.len().min(n);
-            let changes: Vec<Outbound> = q.status_changes.drain(..k).collect();
-            (things, commands, changes)
-        };
-        if things.is_empty() && commands.is_empty() && changes.is_empty() {
+        let owed = lock(&inner.outbox).poll(inner.config.outbox_batch);
+        if owed.is_empty() {
             // `Notify` keeps a wake-up that came before we wait, so none is lost here.
             tokio::select! {
                 () = inner.outbox_wake.notified() => {}
@@ -62,9 +51,9 @@ pub(crate) async fn run<S: EventStore, L: DeviceLink>(inner: Arc<Inner<S, L>>) {
             }
             continue;
         }
-        let mut messages = inner.build(things, commands).await;
+        let mut messages = inner.build(owed.things, owed.commands).await;
         // Status changes are facts already built by the follower, in feed order.
-        messages.extend(changes);
+        messages.extend(owed.status_changes);
         if messages.is_empty() {
             continue;
         }
@@ -185,14 +174,10 @@ impl<S: EventStore, L: DeviceLink> Inner<S, L> {
             let st = self.read();
             for (thing, flags) in things {
                 if flags.notify {
-                    out.push(Outbound::Notify {
-                        thing: thing.clone(),
-                        jobs: st.pending_jobs(&thing, self.config.notify_max),
-                        timestamp: now,
-                    });
+                    out.push(st.notify(&thing, now, self.config.notify_max));
                 }
                 if flags.next {
-                    let job = st.proj.next_pending(&thing).map(|k| k.job_id.clone());
+                    let job = st.next_pending_job(&thing);
                     next.push((thing, job));
                 }
             }
@@ -200,13 +185,12 @@ impl<S: EventStore, L: DeviceLink> Inner<S, L> {
         // The next execution's full view needs its status details: read the streams
         // concurrently, a batch at a time.
         let views = futures::future::join_all(next.into_iter().map(|(thing, job)| async move {
-            let execution = match job {
+            let state = match job {
                 None => None,
                 Some(job) => {
                     let stream = StreamId::job_execution(&job, &thing);
                     match self.load_execution(&stream).await {
-                        Ok(Some(s)) if s.status.is_pending() => Some(self.read().view(&s, true)),
-                        Ok(_) => None,
+                        Ok(state) => state,
                         Err(err) => {
                             tracing::warn!(%stream, %err, "cannot build notify-next");
                             return None;
@@ -214,11 +198,7 @@ impl<S: EventStore, L: DeviceLink> Inner<S, L> {
                     }
                 }
             };
-            Some(Outbound::NotifyNext {
-                thing,
-                execution,
-                timestamp: now,
-            })
+            Some(self.read().notify_next(thing, state.as_ref(), now))
         }))
         .await;
         out.extend(views.into_iter().flatten());
@@ -227,26 +207,13 @@ impl<S: EventStore, L: DeviceLink> Inner<S, L> {
             // The request's fields never change; whether it is still owed is the folded
             // status, so a stale cached state cannot resend a finished command.
             let cached = lock(&self.command_cache).get(&stream).map(|(_, c)| c);
-            let live = self
-                .read()
-                .command(&id)
-                .is_some_and(|c| c.status == CommandStatus::Sent);
+            let live = self.read().command_live(&id, now);
             let loaded = match cached {
                 Some(c) if live => Ok((Some(c), None)),
                 _ => self.load::<CommandExecution>(&stream).await,
             };
             match loaded {
-                Ok((Some(c), _)) if c.status == CommandStatus::Sent && c.deadline > now => {
-                    Some(Outbound::CommandRequest {
-                        thing: c.thing,
-                        execution_id: c.execution_id,
-                        command_id: c.command_id,
-                        action: c.action,
-                        params: c.params,
-                        timestamp: c.sent_at,
-                        ttl: c.deadline.saturating_since(now),
-                    })
-                }
+                Ok((Some(c), _)) => command_request(&c, now),
                 Ok(_) => None,
                 Err(err) => {
                     tracing::warn!(%stream, %err, "cannot build a command request");
@@ -259,33 +226,15 @@ impl<S: EventStore, L: DeviceLink> Inner<S, L> {
         out
     }
 
-    /// What a restarted runtime still owes: notifications for every thing with pending
-    /// executions, and the requests of live commands. Duplicates are harmless by design.
+    /// What a restarted runtime still owes (the machine's `Outbox::recover`): notifications
+    /// for every thing with pending executions, and the requests of live commands.
+    /// Duplicates are harmless by design.
     pub(crate) fn queue_recovery(&self) {
         let now = self.clock.now();
-        let (things, commands) = {
+        {
             let st = self.read();
-            let things = st.things_with_pending();
-            let commands: Vec<ExecutionId> = st
-                .commands
-                .iter()
-                .filter(|(_, c)| c.status == CommandStatus::Sent && c.deadline > now)
-                .map(|(id, _)| id.clone())
-                .collect();
-            (things, commands)
-        };
-        let mut q = lock(&self.outbox);
-        for t in things {
-            q.push_thing(
-                t,
-                NotifyFlags {
-                    notify: true,
-                    next: true,
-                },
-            );
+            lock(&self.outbox).recover(&st, now);
         }
-        q.commands.extend(commands);
-        drop(q);
         self.outbox_wake.notify_one();
     }
 }

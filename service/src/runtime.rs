@@ -1,7 +1,7 @@
 //! The shared heart of the runtime: the ports, the read models, and the small pieces every
 //! task uses (load, decide, append, wait for the projection).
 
-use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeSet, HashMap};
 use std::hash::{BuildHasher, RandomState};
 use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
@@ -23,32 +23,11 @@ use crate::health::HealthState;
 use crate::ids::IdSource;
 use crate::sync::lock;
 use crate::types::{FleetConfig, StatusChange};
-use fleetops_machine::{Effects, NotifyFlags, ReadModel};
+use fleetops_machine::outbox::{command_request, Outbox};
+use fleetops_machine::{Effects, ReadModel};
 
 /// How many events a stream read fetches per call while loading an aggregate.
 const LOAD_PAGE: usize = 1024;
-
-/// What the outbox still has to send: per thing, the notifications owed (coalesced, so at
-/// most one entry per thing), the command requests owed, in order, and the job execution
-/// status changes to publish, in feed order.
-#[derive(Debug, Default)]
-pub(crate) struct OutboxQueue {
-    pub things: HashMap<ThingName, NotifyFlags>,
-    pub order: VecDeque<ThingName>,
-    pub commands: VecDeque<ExecutionId>,
-    pub status_changes: VecDeque<Outbound>,
-}
-
-impl OutboxQueue {
-    pub fn push_thing(&mut self, thing: ThingName, flags: NotifyFlags) {
-        if let Some(f) = self.things.get_mut(&thing) {
-            f.merge(flags);
-        } else {
-            self.things.insert(thing.clone(), flags);
-            self.order.push_back(thing);
-        }
-    }
-}
 
 /// A decision that went through: the new state, the stored events, and where they landed.
 #[derive(Debug)]
@@ -70,7 +49,9 @@ pub(crate) struct Inner<S, L> {
     pub applied: watch::Sender<u64>,
     pub dirty_jobs: Mutex<BTreeSet<JobId>>,
     pub jobs_wake: Notify,
-    pub outbox: Mutex<OutboxQueue>,
+    /// What the outbox task still has to send, and the new commands whose sender publishes
+    /// the request itself (the machine decides what is owed; the tasks only move data).
+    pub outbox: Mutex<Outbox>,
     pub outbox_wake: Notify,
     pub scheduler_wake: Notify,
     pub shards: Vec<mpsc::Sender<Work>>,
@@ -81,9 +62,6 @@ pub(crate) struct Inner<S, L> {
     pub cache: Mutex<ExecCache>,
     /// Command states, so a round trip reads no command stream back from the store.
     pub command_cache: Mutex<CommandCache>,
-    /// New commands whose sender publishes the request itself, as soon as the store holds
-    /// it: the fold leaves them out of the outbox (and takes them out of this set).
-    pub sending: Mutex<HashSet<ExecutionId>>,
     /// Requests the senders handed to the link, whose acknowledgement the outbox awaits (and
     /// retries on failure), so a sender never waits for the broker.
     pub handed: Mutex<Vec<(Delivery, Vec<Outbound>)>>,
@@ -377,28 +355,25 @@ impl<S: EventStore, L: DeviceLink> Inner<S, L> {
             return Ok(Executed { state, events });
         };
         lock(&self.command_cache).put(stream.clone(), events.len() as u64, command.clone());
-        let request = Outbound::CommandRequest {
-            thing: command.thing.clone(),
-            execution_id: command.execution_id.clone(),
-            command_id: command.command_id.clone(),
-            action: command.action.clone(),
-            params: command.params.clone(),
-            timestamp: command.sent_at,
-            ttl: command.deadline.saturating_since(now),
-        };
-        let delivery = self.link.submit(vec![request.clone()]).await;
-        guard.disarm();
-        match delivery {
-            // The outbox awaits the acknowledgement: a sender never waits for the broker
-            // (which may be away), and a failed delivery is retried there.
-            Ok(d) => {
-                lock(&self.handed).push((d, vec![request]));
-                self.outbox_wake.notify_one();
+        // Just sent, so live (a TTL is never zero); were it not, nothing would be owed and
+        // the fold would clear the mark.
+        if let Some(request) = command_request(&command, now) {
+            let delivery = self.link.submit(vec![request.clone()]).await;
+            guard.disarm();
+            match delivery {
+                // The outbox awaits the acknowledgement: a sender never waits for the broker
+                // (which may be away), and a failed delivery is retried there.
+                Ok(d) => {
+                    lock(&self.handed).push((d, vec![request]));
+                    self.outbox_wake.notify_one();
+                }
+                Err(err) => {
+                    tracing::warn!(%err, execution_id = %command.execution_id, "command request not handed to the link; the outbox retries");
+                    self.owe_request(command.execution_id.clone());
+                }
             }
-            Err(err) => {
-                tracing::warn!(%err, execution_id = %command.execution_id, "command request not handed to the link; the outbox retries");
-                self.owe_request(command.execution_id.clone());
-            }
+        } else {
+            guard.disarm();
         }
         self.wait_applied(appended.last_position).await?;
         Ok(Executed {
@@ -409,7 +384,7 @@ impl<S: EventStore, L: DeviceLink> Inner<S, L> {
 
     /// Hands a command request to the outbox.
     fn owe_request(&self, id: ExecutionId) {
-        lock(&self.outbox).commands.push_back(id);
+        lock(&self.outbox).owe_request(id);
         self.outbox_wake.notify_one();
     }
 
@@ -462,43 +437,21 @@ impl<S: EventStore, L: DeviceLink> Inner<S, L> {
     }
 
     /// Hands the effects of a fold to the tasks that act on them.
-    pub fn distribute(&self, fx: Effects) {
+    pub fn distribute(&self, mut fx: Effects) {
         if !fx.dirty_jobs.is_empty() {
-            lock(&self.dirty_jobs).extend(fx.dirty_jobs);
+            lock(&self.dirty_jobs).extend(std::mem::take(&mut fx.dirty_jobs));
             self.jobs_wake.notify_one();
         }
-        let published: Vec<Outbound> = if self.config.publish_status_changes {
-            fx.changes
-                .iter()
-                .filter_map(StatusChange::published)
-                .collect()
-        } else {
-            Vec::new()
-        };
-        let mut commands_sent = fx.commands_sent;
-        if !commands_sent.is_empty() {
-            let mut sending = lock(&self.sending);
-            if !sending.is_empty() {
-                commands_sent.retain(|id| !sending.remove(id));
-            }
+        // The outbox takes the things and new commands it owes; the changes stay for the
+        // broadcast below.
+        let owing = lock(&self.outbox).owe(&mut fx);
+        if owing.dropped > 0 {
+            tracing::warn!(
+                dropped = owing.dropped,
+                "the link is behind; dropped the oldest unpublished status changes"
+            );
         }
-        if !fx.things.is_empty() || !commands_sent.is_empty() || !published.is_empty() {
-            let mut q = lock(&self.outbox);
-            for (t, f) in fx.things {
-                q.push_thing(t, f);
-            }
-            q.commands.extend(commands_sent);
-            q.status_changes.extend(published);
-            let cap = self.config.status_change_buffer.max(1);
-            let excess = q.status_changes.len().saturating_sub(cap);
-            if excess > 0 {
-                q.status_changes.drain(..excess);
-                tracing::warn!(
-                    dropped = excess,
-                    "the link is behind; dropped the oldest unpublished status changes"
-                );
-            }
-            drop(q);
+        if owing.owed {
             self.outbox_wake.notify_one();
         }
         if !fx.commands_done.is_empty() {
@@ -522,9 +475,9 @@ impl<S: EventStore, L: DeviceLink> Inner<S, L> {
     }
 }
 
-/// A new command's request, owed by its sender until handed to the link: marked in
-/// `Inner::sending` before the append (so the fold, which can only come after, leaves it to
-/// the sender), and handed to the outbox if the sender goes away before publishing.
+/// A new command's request, owed by its sender until handed to the link: marked in the
+/// outbox before the append (so the fold, which can only come after, leaves it to the
+/// sender), and handed to the outbox if the sender goes away before publishing.
 struct OwedRequest<'a, S: EventStore, L: DeviceLink> {
     inner: &'a Inner<S, L>,
     id: Option<ExecutionId>,
@@ -532,7 +485,7 @@ struct OwedRequest<'a, S: EventStore, L: DeviceLink> {
 
 impl<'a, S: EventStore, L: DeviceLink> OwedRequest<'a, S, L> {
     fn arm(inner: &'a Inner<S, L>, id: &ExecutionId) -> Self {
-        lock(&inner.sending).insert(id.clone());
+        lock(&inner.outbox).sender_owes(id.clone());
         Self {
             inner,
             id: Some(id.clone()),
@@ -547,7 +500,7 @@ impl<'a, S: EventStore, L: DeviceLink> OwedRequest<'a, S, L> {
     /// Nothing was stored: no request is owed.
     fn release(&mut self) {
         if let Some(id) = self.id.take() {
-            lock(&self.inner.sending).remove(&id);
+            lock(&self.inner.outbox).sender_stored_nothing(&id);
         }
     }
 }
@@ -558,8 +511,8 @@ impl<S: EventStore, L: DeviceLink> Drop for OwedRequest<'_, S, L> {
         // unknown whether the command was stored): the outbox publishes it if the store
         // holds it and it is still live, and skips it otherwise.
         if let Some(id) = self.id.take() {
-            lock(&self.inner.sending).remove(&id);
-            self.inner.owe_request(id);
+            lock(&self.inner.outbox).sender_gave_up(id);
+            self.inner.outbox_wake.notify_one();
         }
     }
 }

@@ -28,7 +28,6 @@ use crate::runtime::{Inner, Work};
 use crate::sync::lock;
 use fleetops_machine::replies::{Recall, ReplyCache};
 use fleetops_machine::requests::{self, Answer, Route};
-use fleetops_machine::NotifyFlags;
 
 /// What a shard serializes on within a batch: one thing's job traffic stays in arrival order,
 /// while each command execution is its own stream and needs no order with the thing's other
@@ -247,15 +246,13 @@ pub(crate) async fn run_inbound<S: EventStore, L: DeviceLink>(inner: Arc<Inner<S
                     lock(&inner.presence).insert(thing.clone(), online);
                     // A thing that comes back gets its pending list at once, in case the
                     // notifications sent while it was away were dropped.
-                    if online && inner.read().proj.next_pending(&thing).is_some() {
-                        lock(&inner.outbox).push_thing(
-                            thing,
-                            NotifyFlags {
-                                notify: true,
-                                next: true,
-                            },
-                        );
-                        inner.outbox_wake.notify_one();
+                    if online {
+                        let st = inner.read();
+                        let owed = lock(&inner.outbox).reconnected(&st, &thing);
+                        drop(st);
+                        if owed {
+                            inner.outbox_wake.notify_one();
+                        }
                     }
                 }
             }

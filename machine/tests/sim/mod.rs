@@ -1,26 +1,30 @@
 //! The deterministic fleet simulator shared by `simulator.rs` (seeded runs) and
 //! `runtime_props.rs` (a proptest state-machine test): one thread, the machine's read model
 //! and decisions, the in-memory reference store, simulated devices and a simulated broker
-//! that drops, duplicates, delays and reorders device requests and replies. The service
-//! crashes and restarts (from a snapshot image or from position 1), devices forget what they
-//! were doing, and the clock jumps. Every step is an [`Op`]; after each one the invariants
-//! are checked (see [`Sim::check`]).
+//! that drops, duplicates, delays and reorders device requests, replies and the messages the
+//! service publishes. The service crashes and restarts (from a snapshot image or from
+//! position 1), devices forget what they were doing, and the clock jumps. Every step is an
+//! [`Op`]; after each one the invariants are checked (see [`Sim::check`]).
 //!
 //! The simulated service does what `fleetops-service`'s tasks do, through the same machine
-//! calls: the fold, the routing of device requests and their replies, the job planning and
-//! the deadline scan; decisions are core's aggregates on the replayed stream.
+//! calls: the fold, whose effects go to the machine's [`Outbox`]; the outbox task, which
+//! polls it and puts `notify`, `notify-next` and command requests on the broker; a new
+//! command's sender, which publishes the request itself; the routing of device requests and
+//! their replies; the job planning and the deadline scan; decisions are core's aggregates on
+//! the replayed stream. A crash loses the outbox; the restarted service owes again what
+//! [`Outbox::recover`] derives from the folded model.
 
 // Each test binary uses part of the simulator.
 #![allow(dead_code)]
 
-use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 
 use fleetops_core::command::{CommandExecution, CommandIntent};
 use fleetops_core::config::{
     FailureType, JobConfig, RetryCriterion, Rollout, TargetSelection, Targets,
 };
 use fleetops_core::device::{
-    CommandResponse, DeviceRequest, Reply, StartNextRequest, UpdateRequest,
+    CommandResponse, DeviceRequest, Outbound, Reply, StartNextRequest, UpdateRequest,
 };
 use fleetops_core::job::{Job, JobIntent};
 use fleetops_core::job_execution::{JobExecution, JobExecutionIntent};
@@ -28,51 +32,32 @@ use fleetops_core::projection::JobCounters;
 use fleetops_core::store::{
     AppendBatch, EventStore, ExpectedVersion, NewEvent, StoreError, StoredEvent, StreamAppend,
 };
+use fleetops_core::testkit::rng::SplitMix64;
 use fleetops_core::{
     Aggregate, CommandStatus, Duration, Event, ExecutionId, JobExecutionStatus, JobId, StreamId,
     ThingName, Timestamp,
 };
 use fleetops_machine::jobs::{self, JobStep, PlannedAppend};
+use fleetops_machine::outbox::{command_request, Outbox};
 use fleetops_machine::requests::Route;
 use fleetops_machine::timers::Timer;
 use fleetops_machine::{Effects, ReadModel};
 use fleetops_store_memory::MemoryStore;
 
-/// splitmix64: small, fast and the same on every machine.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n.max(1)
-    }
-
-    fn chance(&mut self, percent: u64) -> bool {
-        self.below(100) < percent
-    }
-
-    fn pick<'a, T>(&mut self, items: &'a [T]) -> Option<&'a T> {
-        if items.is_empty() {
-            return None;
-        }
-        let i = usize::try_from(self.below(items.len() as u64)).unwrap_or(0);
-        items.get(i)
-    }
-}
-
-/// A message on its way through the broker: a device's request, or the service's reply.
+/// A message on its way through the broker: a device's request, the service's reply, or a
+/// message the service's outbox publishes to a device.
 #[derive(Debug, Clone)]
 enum Message {
     Request(ThingName, DeviceRequest),
     Reply(ThingName, Result<Reply, String>),
+    Push(Outbound),
 }
+
+/// How many entries a simulated `notify` lists, as the service's default.
+const NOTIFY_MAX: usize = 10;
+
+/// Unpublished status changes the simulated service keeps: small, so the cap drops some.
+const STATUS_CHANGES_KEPT: usize = 16;
 
 /// A decision that went through: the new state, what was stored, and the stream version
 /// before it.
@@ -82,11 +67,13 @@ struct Decided<A> {
     before: u64,
 }
 
-/// What a device remembers: the execution it is working on, and commands it was sent.
+/// What a device remembers: the execution it is working on, the commands it was sent and
+/// has yet to take up, and those it took up (so a request heard again is not answered twice).
 #[derive(Debug, Default, Clone)]
 struct Device {
     current: Option<(JobId, u64)>,
     commands: Vec<ExecutionId>,
+    taken: HashSet<ExecutionId>,
 }
 
 /// The knobs of one run, drawn from the seed.
@@ -102,7 +89,7 @@ pub struct Shape {
 
 pub struct Sim {
     seed: u64,
-    rng: Rng,
+    rng: SplitMix64,
     rt: tokio::runtime::Runtime,
     store: MemoryStore,
     model: ReadModel,
@@ -113,6 +100,14 @@ pub struct Sim {
     things: Vec<ThingName>,
     devices: HashMap<ThingName, Device>,
     broker: VecDeque<Message>,
+    /// What the service owes the devices; lost when it crashes.
+    outbox: Outbox,
+    /// The next execution (job and attempt) the service last published a `notify-next`
+    /// for, per thing (in the order of `things`), since it started: what the devices were
+    /// last told.
+    told_next: Vec<Option<(JobId, u32)>>,
+    /// Command requests the service published since it started.
+    requested: BTreeSet<ExecutionId>,
     dirty: BTreeSet<JobId>,
     jobs: Vec<JobId>,
     /// A snapshot image and the position it reflects, as the service saves them.
@@ -125,6 +120,8 @@ pub struct Sim {
     step: usize,
     /// Attempts that reached a terminal status.
     pub finished_executions: u64,
+    /// Messages the service's outbox (and new commands' senders) put on the broker.
+    pub published: u64,
     /// How to run this fleet again, for a failure message.
     replay: String,
 }
@@ -153,7 +150,7 @@ impl Sim {
     }
 
     fn fleet(seed: u64) -> Self {
-        let mut rng = Rng(seed);
+        let mut rng = SplitMix64::new(seed);
         let shape = Shape {
             things: 2 + usize::try_from(rng.below(12)).unwrap_or(0),
             steps: 150 + usize::try_from(rng.below(250)).unwrap_or(0),
@@ -179,10 +176,13 @@ impl Sim {
             model: ReadModel::default(),
             now: Timestamp::from_millis(1_800_000_000_000),
             next_id: 1,
+            told_next: vec![None; shape.things],
             shape,
             things,
             devices,
             broker: VecDeque::new(),
+            outbox: Outbox::new(STATUS_CHANGES_KEPT, true),
+            requested: BTreeSet::new(),
             dirty: BTreeSet::new(),
             jobs: Vec::new(),
             image: None,
@@ -191,6 +191,7 @@ impl Sim {
             trace: VecDeque::new(),
             step: 0,
             finished_executions: 0,
+            published: 0,
             replay: String::new(),
         }
     }
@@ -300,15 +301,60 @@ impl Sim {
                 self.fail(&format!("fold position {}: {err}", e.position));
             }
         }
+        // As the service's follower: the outbox takes what it owes, the job driver the rest.
+        let _ = self.outbox.owe(&mut fx);
         self.dirty.extend(fx.dirty_jobs);
-        for id in fx.commands_sent {
-            if let Some(c) = self.model.command(&id) {
-                let thing = c.thing.clone();
-                if let Some(d) = self.devices.get_mut(&thing) {
-                    d.commands.push(id);
-                }
+    }
+
+    /// The next execution of `thing` as the fold tells a change of it: job and attempt.
+    fn front(&self, thing: &ThingName) -> Option<(JobId, u32)> {
+        let job = self.model.next_pending_job(thing)?;
+        let n = self
+            .model
+            .exec(&job, thing)
+            .map_or(0, |m| m.execution_number);
+        Some((job, n))
+    }
+
+    /// One round of the service's outbox task: polls a batch of at most `max` of each kind,
+    /// builds the messages from the state now (loading the streams they need) and puts them
+    /// on the broker. Status changes go to followers, not devices: they are only taken.
+    fn publish(&mut self, max: usize) {
+        let owed = self.outbox.poll(max);
+        if owed.is_empty() {
+            return;
+        }
+        let mut out = Vec::with_capacity(owed.things.len() * 2 + owed.commands.len());
+        let mut next = Vec::new();
+        for (thing, flags) in owed.things {
+            if flags.notify {
+                out.push(self.model.notify(&thing, self.now, NOTIFY_MAX));
+            }
+            if flags.next {
+                next.push(thing);
             }
         }
+        for thing in next {
+            let state = self.model.next_pending_job(&thing).and_then(|job| {
+                self.load::<JobExecution>(&StreamId::job_execution(&job, &thing))
+                    .0
+            });
+            let front = self.front(&thing);
+            if let Some(i) = self.things.iter().position(|t| *t == thing) {
+                self.told_next[i] = front;
+            }
+            out.push(self.model.notify_next(thing, state.as_ref(), self.now));
+        }
+        for id in owed.commands {
+            let (state, _) = self.load::<CommandExecution>(&StreamId::command(&id));
+            if let Some(request) = state.and_then(|c| command_request(&c, self.now)) {
+                self.requested.insert(id);
+                out.push(request);
+            }
+        }
+        self.note(format!("service published {} messages", out.len()));
+        self.published += out.len() as u64;
+        self.broker.extend(out.into_iter().map(Message::Push));
     }
 
     /// One step of the job driver, for one dirty job.
@@ -477,7 +523,10 @@ impl Sim {
         }
     }
 
-    fn send_command(&mut self, thing: u8, ttl_secs: u8) {
+    /// An operator sends a command, as the service's sender does: the request is marked as
+    /// the sender's before the append, and published by the sender once stored, unless it
+    /// goes away first (`sender_gone`), when the outbox owes it instead.
+    fn send_command(&mut self, thing: u8, ttl_secs: u8, sender_gone: bool) {
         let thing = self.thing(thing);
         self.next_id += 1;
         let id = ExecutionId::parse(&format!("cmd-{}", self.next_id)).expect("a valid id");
@@ -489,10 +538,31 @@ impl Sim {
             params: serde_json::json!({}),
             ttl: Duration::from_secs(1 + u64::from(ttl_secs)),
         };
-        match self.decide_append::<CommandExecution>(&StreamId::command(&id), intent) {
-            Ok(_) => self.note(format!("sent {id} to {thing}")),
-            Err(why) => self.fail(&format!("send refused: {why}")),
+        self.outbox.sender_owes(id.clone());
+        let done = match self.decide_append::<CommandExecution>(&StreamId::command(&id), intent) {
+            Ok(done) => done,
+            Err(why) => {
+                self.outbox.sender_stored_nothing(&id);
+                self.fail(&format!("send refused: {why}"))
+            }
+        };
+        if sender_gone {
+            self.note(format!("sent {id} to {thing}; the sender went away"));
+            self.outbox.sender_gave_up(id);
+            return;
         }
+        // The fold came first (append, then fold): it must have left the request to us.
+        if self.outbox.owes_request(&id) {
+            self.fail(&format!("the fold owes {id}, which its sender publishes"));
+        }
+        let request = done.state.and_then(|c| command_request(&c, self.now));
+        let Some(request) = request else {
+            self.fail(&format!("{id} was just sent, yet has no request"));
+        };
+        self.note(format!("sent {id} to {thing}"));
+        self.requested.insert(id);
+        self.published += 1;
+        self.broker.push_back(Message::Push(request));
     }
 
     fn cancel_job(&mut self, job: u8, force: bool) {
@@ -514,10 +584,16 @@ impl Sim {
     /// or asks for work. `choice` picks the outcome; `silent` keeps it quiet.
     fn device_acts(&mut self, thing: u8, choice: u8, silent: bool) {
         let thing = self.thing(thing);
-        let device = self.devices.get(&thing).cloned().unwrap_or_default();
-        if let Some(id) = device.commands.first().cloned() {
+        // What it acts on, without copying all it remembers.
+        let (command, current) = self
+            .devices
+            .get(&thing)
+            .map(|d| (d.commands.first().cloned(), d.current.clone()))
+            .unwrap_or_default();
+        if let Some(id) = command {
             if let Some(d) = self.devices.get_mut(&thing) {
                 d.commands.remove(0);
+                d.taken.insert(id.clone());
             }
             if !silent {
                 let status = if choice % 5 == 4 {
@@ -537,7 +613,7 @@ impl Sim {
             }
             return;
         }
-        let request = match device.current {
+        let request = match current {
             Some(_) if silent => return,
             Some((job_id, version)) => {
                 let status = match choice % 10 {
@@ -590,6 +666,42 @@ impl Sim {
         }
     }
 
+    /// A device receives a message the service published. A command request joins the
+    /// commands it has to answer, unless it heard it before; an idle device told that an
+    /// execution is next asks for it (`start-next`). A `notify` changes nothing: the list it
+    /// carries is what `start-next` picks from anyway.
+    fn device_gets(&mut self, message: Outbound) {
+        match message {
+            Outbound::CommandRequest {
+                thing,
+                execution_id,
+                ..
+            } => {
+                let Some(device) = self.devices.get_mut(&thing) else {
+                    return;
+                };
+                if !device.taken.contains(&execution_id) && !device.commands.contains(&execution_id)
+                {
+                    device.commands.push(execution_id);
+                }
+            }
+            Outbound::NotifyNext {
+                thing,
+                execution: Some(view),
+                ..
+            } if self
+                .devices
+                .get(&thing)
+                .is_some_and(|d| d.current.is_none()) =>
+            {
+                self.note(format!("{thing} told {} is next: start-next", view.job_id));
+                let request = DeviceRequest::StartNext(StartNextRequest::default());
+                self.broker.push_back(Message::Request(thing, request));
+            }
+            _ => {}
+        }
+    }
+
     /// The broker delivers one message: the oldest, or one of the next few (`pick`), maybe
     /// twice, maybe not at all.
     fn deliver(&mut self, pick: u8, drop: bool, duplicate: bool) {
@@ -623,13 +735,17 @@ impl Sim {
                 }
             }
             Message::Reply(thing, reply) => self.device_hears(&thing, &reply),
+            Message::Push(message) => self.device_gets(message),
         }
     }
 
-    /// The service crashes: everything in memory is gone; it resumes from the snapshot
-    /// image (or position 1) and the feed, then looks at every job again, as the service's
-    /// recovery does.
+    /// The service crashes: everything in memory is gone, the outbox too; it resumes from
+    /// the snapshot image (or position 1) and the feed, then owes again what the folded
+    /// model says may be owed and looks at every job again, as the service's recovery does.
     fn crash_service(&mut self, from_image: bool) {
+        self.outbox = Outbox::new(STATUS_CHANGES_KEPT, true);
+        self.told_next.fill(None);
+        self.requested.clear();
         let before = self.model.encode();
         let mut model = match &self.image {
             Some((bytes, at)) if from_image => ReadModel::decode(bytes, *at)
@@ -662,6 +778,8 @@ impl Sim {
         }
         self.model = model;
         self.note(format!("service restarted (from image: {from_image})"));
+        self.outbox.recover(&self.model, self.now);
+        self.check_recovery_owes_everything();
         for job in self.jobs.clone() {
             self.job_step(&job);
         }
@@ -682,7 +800,11 @@ impl Sim {
                 timeout,
                 per_minute,
             } => self.create_job(first, count, retries, timeout, per_minute),
-            Op::SendCommand { thing, ttl_secs } => self.send_command(thing, ttl_secs),
+            Op::SendCommand {
+                thing,
+                ttl_secs,
+                sender_gone,
+            } => self.send_command(thing, ttl_secs, sender_gone),
             Op::CancelJob { job, force } => self.cancel_job(job, force),
             Op::DeviceActs {
                 thing,
@@ -694,6 +816,7 @@ impl Sim {
                 drop,
                 duplicate,
             } => self.deliver(pick, drop, duplicate),
+            Op::Publish { batch } => self.publish(1 + usize::from(batch % 8)),
             Op::JobTick => {
                 if let Some(job) = self.dirty.pop_first() {
                     self.job_step(&job);
@@ -709,6 +832,9 @@ impl Sim {
             Op::DeviceRestart { thing } => {
                 let t = self.thing(thing);
                 self.note(format!("{t} restarts and forgets"));
+                // Back online, it is owed its pending list, as the service's presence
+                // handling does.
+                let _ = self.outbox.reconnected(&self.model, &t);
                 self.devices.insert(t, Device::default());
             }
             Op::SaveImage => self.save_image(),
@@ -722,7 +848,7 @@ impl Sim {
     pub fn random_op(&mut self) -> Op {
         let shape = self.shape.clone();
         let r = &mut self.rng;
-        let byte = |r: &mut Rng| u8::try_from(r.below(256)).unwrap_or(0);
+        let byte = |r: &mut SplitMix64| u8::try_from(r.below(256)).unwrap_or(0);
         match r.below(100) {
             0..=5 => Op::CreateJob {
                 first: byte(r),
@@ -746,16 +872,18 @@ impl Sim {
             6..=9 => Op::SendCommand {
                 thing: byte(r),
                 ttl_secs: 4 + u8::try_from(r.below(60)).unwrap_or(0),
+                sender_gone: r.chance(20),
             },
             10 => Op::CancelJob {
                 job: byte(r),
                 force: r.chance(50),
             },
-            11..=45 => Op::DeviceActs {
+            11..=40 => Op::DeviceActs {
                 thing: byte(r),
                 choice: byte(r),
                 silent: r.chance(shape.silent),
             },
+            41..=45 => Op::Publish { batch: byte(r) },
             46..=75 => Op::Deliver {
                 pick: byte(r),
                 drop: r.chance(shape.drop),
@@ -780,9 +908,10 @@ impl Sim {
     // ---- invariants ----
 
     /// The invariants that hold after every step: a terminal attempt never changes (and a
-    /// restart loses none), a job's counters equal a fold of its executions, and no command
-    /// is still `SENT` past its TTL.
+    /// restart loses none), a job's counters equal a fold of its executions, no command is
+    /// still `SENT` past its TTL, and nothing owed is forgotten (see [`Sim::check_owed`]).
     pub fn check(&mut self) {
+        self.check_owed();
         for job_id in self.model.jobs.keys() {
             let folded: JobCounters = self
                 .model
@@ -831,6 +960,74 @@ impl Sim {
             {
                 self.fail(&format!(
                     "{job} on {thing} attempt {n} lost its terminal {s:?}"
+                ));
+            }
+        }
+    }
+
+    /// Nothing owed is forgotten, since the service (re)started: a thing whose next execution
+    /// is not the one it was last told about is owed a `notify-next`, and a live command
+    /// (`SENT`, its TTL ahead) was published or is owed its request. Whether the broker
+    /// delivers them is another matter: devices pull, and timers end what stays stuck.
+    fn check_owed(&self) {
+        for (thing, told) in self.things.iter().zip(&self.told_next) {
+            // Compared in place: this runs after every step.
+            let told = told.as_ref();
+            let same = match (self.model.proj.next_pending(thing), told) {
+                (None, None) => true,
+                (Some(key), Some((job, n))) => {
+                    key.job_id == *job
+                        && self
+                            .model
+                            .exec(job, thing)
+                            .map_or(0, |m| m.execution_number)
+                            == *n
+                }
+                _ => false,
+            };
+            if !same && !self.outbox.owed(thing).next {
+                self.fail(&format!(
+                    "{thing}'s next execution is {:?}, it was told {told:?}, and no \
+                     notify-next is owed",
+                    self.front(thing)
+                ));
+            }
+        }
+        for (id, c) in &self.model.commands {
+            let live = c.status == CommandStatus::Sent && c.deadline > self.now;
+            if live && !self.requested.contains(id) && !self.outbox.owes_request(id) {
+                self.fail(&format!(
+                    "command {id} is live, yet its request was neither published nor owed"
+                ));
+            }
+        }
+    }
+
+    /// Nothing owed is lost across a restart: right after [`Outbox::recover`], every thing
+    /// with a pending execution is owed both notifications, every live command its request,
+    /// and nothing else is owed.
+    fn check_recovery_owes_everything(&self) {
+        for thing in &self.things {
+            let pending = self.model.next_pending_job(thing).is_some();
+            let owed = self.outbox.owed(thing);
+            if pending && !(owed.notify && owed.next) {
+                self.fail(&format!(
+                    "after the restart {thing} has a pending execution, and is owed only {owed:?}"
+                ));
+            }
+            if !pending && owed.any() {
+                self.fail(&format!(
+                    "after the restart {thing} has nothing pending, yet is owed {owed:?}"
+                ));
+            }
+        }
+        for (id, c) in &self.model.commands {
+            let live = c.status == CommandStatus::Sent && c.deadline > self.now;
+            if live != self.outbox.owes_request(id) {
+                self.fail(&format!(
+                    "after the restart command {id} is {:?} (live: {live}), and its request \
+                     owed: {}",
+                    c.status, !live
                 ));
             }
         }
@@ -909,6 +1106,9 @@ impl Sim {
                 let choice = u8::try_from((round + u32::from(i)) % 256).unwrap_or(0);
                 self.device_acts(i, choice, false);
             }
+            while !self.outbox.is_empty() {
+                self.publish(64);
+            }
             while !self.broker.is_empty() {
                 self.deliver(0, false, false);
             }
@@ -958,6 +1158,9 @@ pub enum Op {
         thing: u8,
         /// Its TTL in seconds, less one.
         ttl_secs: u8,
+        /// The sender goes away once the command is stored, before it publishes the
+        /// request: the outbox owes it instead.
+        sender_gone: bool,
     },
     /// An operator cancels a job.
     CancelJob {
@@ -983,6 +1186,11 @@ pub enum Op {
         drop: bool,
         /// Delivers it again later too.
         duplicate: bool,
+    },
+    /// The service's outbox task publishes a batch of what is owed.
+    Publish {
+        /// At most this many (modulo 8, plus one) of each kind.
+        batch: u8,
     },
     /// The job driver takes a step.
     JobTick,
