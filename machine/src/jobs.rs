@@ -76,7 +76,7 @@ impl ReadModel {
         };
         if !entry.retry_owed.is_empty() {
             let items = take(&mut entry.retry_owed.iter(), &|s| {
-                matches!(s, JobExecutionStatus::Failed)
+                matches!(s, JobExecutionStatus::Failed | JobExecutionStatus::TimedOut)
             });
             return JobStep::Executions(items, JobExecutionIntent::Retry);
         }
