@@ -31,12 +31,14 @@ fn seeded_fleets_keep_every_invariant() {
     let started = Instant::now();
     let mut executions = 0;
     let mut published = 0;
+    let mut described = 0;
     let mut by_status: BTreeMap<String, u64> = BTreeMap::new();
     for seed in base..base + seeds {
         let mut sim = Sim::new(seed);
         sim.run();
         executions += sim.finished_executions;
         published += sim.published;
+        described += sim.described;
         for s in sim.terminal.values() {
             *by_status.entry(format!("{s:?}")).or_default() += 1;
         }
@@ -47,11 +49,15 @@ fn seeded_fleets_keep_every_invariant() {
     let secs = started.elapsed().as_secs_f64();
     println!(
         "{seeds} seeds, {executions} executions finished ({by_status:?}), {published} messages \
-         published, in {secs:.1} s: {:.0} executions/s",
+         published, {described} executions described, in {secs:.1} s: {:.0} executions/s",
         executions as f64 / secs
     );
     // Nor does one whose service never publishes.
     assert!(published > 0, "nothing was published in {seeds} seeds");
+    assert!(
+        described > 0,
+        "no device looked its execution up in {seeds} seeds"
+    );
     // A simulator whose devices never finish anything checks nothing.
     for status in ["Succeeded", "Failed", "Rejected", "TimedOut", "Canceled"] {
         assert!(

@@ -24,7 +24,8 @@ use fleetops_core::config::{
     FailureType, JobConfig, RetryCriterion, Rollout, TargetSelection, Targets,
 };
 use fleetops_core::device::{
-    CommandResponse, DeviceRequest, Outbound, Reply, StartNextRequest, UpdateRequest,
+    CommandResponse, DescribeRequest, DeviceRequest, JobTarget, Outbound, Reply, StartNextRequest,
+    UpdateRequest,
 };
 use fleetops_core::job::{Job, JobIntent};
 use fleetops_core::job_execution::{JobExecution, JobExecutionIntent};
@@ -122,6 +123,8 @@ pub struct Sim {
     pub finished_executions: u64,
     /// Messages the service's outbox (and new commands' senders) put on the broker.
     pub published: u64,
+    /// Executions a device looked up (`jobs/{jobId}/get`) and had described.
+    pub described: u64,
     /// How to run this fleet again, for a failure message.
     replay: String,
 }
@@ -192,6 +195,7 @@ impl Sim {
             step: 0,
             finished_executions: 0,
             published: 0,
+            described: 0,
             replay: String::new(),
         }
     }
@@ -462,7 +466,51 @@ impl Sim {
                 }
                 Ok(self.model.answer(answer, &state))
             }
-            Route::Describe { .. } => Err("the simulated devices never describe".to_owned()),
+            Route::Describe {
+                job_id,
+                stream,
+                execution_number,
+                include_document,
+            } => {
+                let history = self
+                    .rt
+                    .block_on(self.store.read_stream(&stream, 1, usize::MAX))
+                    .unwrap_or_else(|e| self.fail(&format!("read {stream}: {e}")));
+                let reply = self
+                    .model
+                    .describe(
+                        &job_id,
+                        thing,
+                        history.iter().map(|e| &e.event),
+                        execution_number,
+                        include_document,
+                    )
+                    .unwrap_or_else(|e| self.fail(&format!("{stream} does not replay: {e}")));
+                // The current attempt, described from its stream, is what the read model
+                // folded: a device that asks sees the state the runtime decides on.
+                if let Ok(Reply::Describe(view)) = &reply {
+                    self.described += 1;
+                    let folded = self
+                        .model
+                        .exec(&job_id, thing)
+                        .map(|m| (m.status, m.version, m.execution_number, m.last_updated_at));
+                    let described = (
+                        view.status,
+                        view.version_number,
+                        view.execution_number,
+                        view.last_updated_at,
+                    );
+                    if execution_number.is_none() && folded != Some(described) {
+                        self.fail(&format!(
+                            "{stream} is described as {described:?}, folded as {folded:?}"
+                        ));
+                    }
+                    if view.job_document.is_some() != include_document {
+                        self.fail(&format!("{stream}: the job document was not as asked"));
+                    }
+                }
+                reply.map_err(|r| r.to_string())
+            }
             Route::Command { stream, intent, .. } => {
                 self.decide_append::<CommandExecution>(&stream, intent)?;
                 Ok(Reply::CommandResponse)
@@ -615,6 +663,13 @@ impl Sim {
         }
         let request = match current {
             Some(_) if silent => return,
+            // Now and then a device looks its execution up (`jobs/{jobId}/get`), the current
+            // attempt or the first one, with or without the document.
+            Some((job_id, _)) if choice % 16 == 15 => DeviceRequest::Describe(DescribeRequest {
+                job: JobTarget::Job(job_id),
+                execution_number: (choice % 32 == 31).then_some(1),
+                include_job_document: choice % 64 < 32,
+            }),
             Some((job_id, version)) => {
                 let status = match choice % 10 {
                     0..=5 => JobExecutionStatus::Succeeded,
