@@ -124,7 +124,7 @@ impl ReplyCache {
 
     /// The answer given to `thing`'s request with `token` for `operation`, if it was given
     /// within the window before `now`.
-    pub fn get(
+    fn get(
         &self,
         thing: &ThingName,
         token: &str,
@@ -141,7 +141,7 @@ impl ReplyCache {
     }
 
     /// Remembers the answer `reply` given at `now`.
-    pub fn put(
+    fn put(
         &mut self,
         thing: &ThingName,
         token: String,

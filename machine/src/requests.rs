@@ -32,17 +32,8 @@ pub enum Route {
         /// How to answer from the new state.
         answer: Answer,
     },
-    /// Replay the execution's stream and [`ReadModel::describe`] it.
-    Describe {
-        /// The job.
-        job_id: JobId,
-        /// The execution's stream.
-        stream: StreamId,
-        /// The attempt asked for; the current one when absent.
-        execution_number: Option<u32>,
-        /// Answer with the job document.
-        include_document: bool,
-    },
+    /// Read the execution's stream and [`ReadModel::describe`] it.
+    Describe(Describe),
     /// Decide `intent` on a command execution of this thing; answered `CommandResponse`.
     Command {
         /// The command execution.
@@ -52,6 +43,19 @@ pub enum Route {
         /// What to decide.
         intent: CommandIntent,
     },
+}
+
+/// A `jobs/{jobId}/get` to answer from the execution's stream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Describe {
+    /// The job.
+    pub job_id: JobId,
+    /// The execution's stream, to read before [`ReadModel::describe`].
+    pub stream: StreamId,
+    /// The attempt asked for; the current one when absent.
+    pub execution_number: Option<u32>,
+    /// Answer with the job document.
+    pub include_document: bool,
 }
 
 /// How an execution decision is answered.
@@ -119,12 +123,12 @@ impl ReadModel {
                         }
                     },
                 };
-                Route::Describe {
+                Route::Describe(Describe {
                     stream: StreamId::job_execution(&job_id, thing),
                     job_id,
                     execution_number: req.execution_number,
                     include_document: req.include_job_document,
-                }
+                })
             }
             DeviceRequest::Update { job_id, request } => {
                 let answer = Answer::Update {
@@ -176,16 +180,16 @@ impl ReadModel {
         }
     }
 
-    /// Describes an execution from its stream's history: the current attempt, or an
-    /// earlier one (replayed up to the requeue that began the attempt after it).
+    /// Describes an execution from its stream's history (`d.stream`, read by the caller):
+    /// the current attempt, or an earlier one (replayed up to the requeue that began the
+    /// attempt after it).
     pub fn describe<'a>(
         &self,
-        job_id: &JobId,
         thing: &ThingName,
+        d: &Describe,
         history: impl IntoIterator<Item = &'a Event>,
-        execution_number: Option<u32>,
-        include_document: bool,
     ) -> Result<Result<Reply, Rejection>, EvolveError> {
+        let (job_id, execution_number) = (&d.job_id, d.execution_number);
         let history = history.into_iter().take_while(|e| {
             !matches!(e, Event::ExecutionRequeued { execution_number: n, .. }
                 if execution_number.is_some_and(|wanted| *n > wanted))
@@ -194,7 +198,7 @@ impl ReadModel {
             .filter(|s| s.status != JobExecutionStatus::Removed)
             .filter(|s| execution_number.is_none_or(|n| n == s.execution_number));
         Ok(match state {
-            Some(s) => Ok(Reply::Describe(self.view(&s, include_document))),
+            Some(s) => Ok(Reply::Describe(self.view(&s, d.include_document))),
             None => Err(execution_not_found(job_id, thing)),
         })
     }

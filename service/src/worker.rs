@@ -373,23 +373,15 @@ impl<S: EventStore, L: DeviceLink> Inner<S, L> {
                     }
                     Err(e) => return Err(name_unknown(e, &job_id, thing)),
                 },
-                Route::Describe {
-                    job_id,
-                    stream,
-                    execution_number,
-                    include_document,
-                } => {
-                    let history = self.read_stream(&stream).await?;
+                Route::Describe(d) => {
+                    let history = self.read_stream(&d.stream).await?;
                     return self
                         .read()
-                        .describe(
-                            &job_id,
-                            thing,
-                            history.iter().map(|e| &e.event),
-                            execution_number,
-                            include_document,
-                        )
-                        .map_err(|source| FleetError::Corrupt { stream, source })?
+                        .describe(thing, &d, history.iter().map(|e| &e.event))
+                        .map_err(|source| FleetError::Corrupt {
+                            stream: d.stream,
+                            source,
+                        })?
                         .map_err(FleetError::Rejected);
                 }
                 Route::Command {

@@ -466,25 +466,15 @@ impl Sim {
                 }
                 Ok(self.model.answer(answer, &state))
             }
-            Route::Describe {
-                job_id,
-                stream,
-                execution_number,
-                include_document,
-            } => {
+            Route::Describe(d) => {
+                let stream = &d.stream;
                 let history = self
                     .rt
-                    .block_on(self.store.read_stream(&stream, 1, usize::MAX))
+                    .block_on(self.store.read_stream(stream, 1, usize::MAX))
                     .unwrap_or_else(|e| self.fail(&format!("read {stream}: {e}")));
                 let reply = self
                     .model
-                    .describe(
-                        &job_id,
-                        thing,
-                        history.iter().map(|e| &e.event),
-                        execution_number,
-                        include_document,
-                    )
+                    .describe(thing, &d, history.iter().map(|e| &e.event))
                     .unwrap_or_else(|e| self.fail(&format!("{stream} does not replay: {e}")));
                 // The current attempt, described from its stream, is what the read model
                 // folded: a device that asks sees the state the runtime decides on.
@@ -492,7 +482,7 @@ impl Sim {
                     self.described += 1;
                     let folded = self
                         .model
-                        .exec(&job_id, thing)
+                        .exec(&d.job_id, thing)
                         .map(|m| (m.status, m.version, m.execution_number, m.last_updated_at));
                     let described = (
                         view.status,
@@ -500,12 +490,12 @@ impl Sim {
                         view.execution_number,
                         view.last_updated_at,
                     );
-                    if execution_number.is_none() && folded != Some(described) {
+                    if d.execution_number.is_none() && folded != Some(described) {
                         self.fail(&format!(
                             "{stream} is described as {described:?}, folded as {folded:?}"
                         ));
                     }
-                    if view.job_document.is_some() != include_document {
+                    if view.job_document.is_some() != d.include_document {
                         self.fail(&format!("{stream}: the job document was not as asked"));
                     }
                 }
