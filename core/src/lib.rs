@@ -23,9 +23,9 @@
 //!    `limits`. Plain data and figures that everything above carries.
 //! 2. **Vocabulary**: `rejection`, `config`, `event`, `device`. What is refused, configured,
 //!    stored, and exchanged with devices.
-//! 3. **Ports and read models**: `aggregate` (the trait), `store`, `link`, `projection`,
-//!    `policy`. What aggregates are, where events go, and the folds and pure rules the job
-//!    decides with.
+//! 3. **Ports and read models**: `aggregate` (the trait), `store`, `lease`, `link`,
+//!    `projection`, `policy`. What aggregates are, where events go, who leads when several
+//!    runtimes share a store, and the folds and pure rules the job decides with.
 //! 4. **Aggregates**: `command`, `job`, `job_execution`, `group`. None names another: what two
 //!    of them share (a limit, a value type) moves down a layer, and stays reachable from its
 //!    old path by a `pub use`.
@@ -105,6 +105,7 @@ pub mod group;
 pub mod ids;
 pub mod job;
 pub mod job_execution;
+pub mod lease;
 pub mod limits;
 pub mod link;
 pub mod policy;

@@ -11,6 +11,7 @@ use fleetops_core::event::EndReason;
 use fleetops_core::group::{Group, GroupIntent};
 use fleetops_core::job::{Job, JobIntent};
 use fleetops_core::job_execution::{JobExecution, JobExecutionIntent};
+use fleetops_core::lease::Lease;
 use fleetops_core::link::DeviceLink;
 use fleetops_core::projection::ExecutionEntry;
 use fleetops_core::store::{EventStore, StoredEvent};
@@ -36,7 +37,7 @@ use crate::types::{
     CommandRow, ExecutionRow, FleetConfig, JobDescription, JobSpec, JobSummary, Page, Paged,
     StatusChange,
 };
-use crate::{follower, jobs, outbox, scheduler, snapshot, worker};
+use crate::{follower, jobs, leader, outbox, scheduler, snapshot, worker};
 use fleetops_machine::outbox::Outbox;
 use fleetops_machine::ReadModel;
 
@@ -94,9 +95,20 @@ pub struct FleetBuilder<S, L> {
     clock: Arc<dyn Clock>,
     ids: Arc<dyn IdSource>,
     config: FleetConfig,
+    lease: Option<Arc<dyn Lease>>,
 }
 
 impl<S: EventStore, L: DeviceLink> FleetBuilder<S, L> {
+    /// Shares the store with other runtimes: the fleet-wide duties (firing deadlines, rolling
+    /// jobs out, publishing what the folds owe devices) are done only while this runtime holds
+    /// `lease`, and taken over by another runtime when it loses it. Without a lease (the
+    /// default) the runtime assumes it is the store's only user and leads from the start.
+    /// Every runtime answers device requests and API calls either way.
+    pub fn lease(mut self, lease: impl Lease) -> Self {
+        self.lease = Some(Arc::new(lease));
+        self
+    }
+
     /// Uses `clock` for `now` and for sleeping (default: [`SystemClock`]).
     pub fn clock(mut self, clock: impl Clock) -> Self {
         self.clock = Arc::new(clock);
@@ -159,16 +171,17 @@ impl<S: EventStore, L: DeviceLink> FleetBuilder<S, L> {
             snapshot_at: AtomicU64::new(0),
             snapshotting: AtomicBool::new(false),
             health: HealthState::default(),
+            leading: watch::Sender::new(self.lease.is_none()),
         });
         // Resume from the persisted checkpoint when there is a usable one, then fold the rest.
         inner.restore_snapshot().await;
         inner.catch_up_at_start().await?;
-        // Recovery: every job gets a tick (retries, removals, cleanup, review and rollout
-        // are all derived from the folded state), and the outbox re-sends what may be owed.
-        let jobs: Vec<JobId> = inner.read().jobs.keys().cloned().collect();
-        lock(&inner.dirty_jobs).extend(jobs);
-        inner.queue_recovery();
         let mut tasks = Vec::new();
+        match self.lease {
+            // The only runtime on its store leads at once, with the recovery pass.
+            None => inner.take_duties(),
+            Some(lease) => tasks.push(tokio::spawn(leader::run(Arc::clone(&inner), lease))),
+        }
         tasks.push(tokio::spawn(follower::run(Arc::clone(&inner))));
         for rx in receivers {
             tasks.push(tokio::spawn(worker::run_shard(Arc::clone(&inner), rx)));
@@ -312,6 +325,7 @@ impl<S: EventStore, L: DeviceLink> Fleet<S, L> {
             clock: Arc::new(SystemClock),
             ids: Arc::new(UuidV7Ids),
             config: FleetConfig::default(),
+            lease: None,
         }
     }
 
@@ -360,6 +374,12 @@ impl<S: EventStore, L: DeviceLink> Fleet<S, L> {
     /// from (its persisted checkpoint); 0 when there is none yet.
     pub fn snapshot_position(&self) -> u64 {
         self.inner.snapshot_at.load(Ordering::Relaxed)
+    }
+
+    /// Whether this runtime does the fleet-wide duties now: always without a lease, only
+    /// while it holds the lease with one ([`FleetBuilder::lease`]).
+    pub fn is_leading(&self) -> bool {
+        self.inner.leading()
     }
 
     /// The global position the projections have folded.

@@ -22,6 +22,9 @@ use crate::sync::lock;
 /// The job driver task.
 pub(crate) async fn run<S: EventStore, L: DeviceLink>(inner: Arc<Inner<S, L>>) {
     loop {
+        // Rollouts are the leader's; a new leader marks every job, so what piles up meanwhile
+        // (a job id at most once) is only a hint.
+        inner.until_leading().await;
         let batch: Vec<JobId> = std::mem::take(&mut *lock(&inner.dirty_jobs))
             .into_iter()
             .collect();

@@ -116,6 +116,7 @@ mod follower;
 mod health;
 pub mod ids;
 mod jobs;
+mod leader;
 pub mod link;
 mod outbox;
 mod runtime;

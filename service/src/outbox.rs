@@ -43,6 +43,12 @@ pub(crate) async fn run<S: EventStore, L: DeviceLink>(inner: Arc<Inner<S, L>>) {
             inner.redeliver(f).await;
         }
         let owed = lock(&inner.outbox).poll(inner.config.outbox_batch);
+        if !owed.is_empty() && !inner.leading() {
+            // The leader publishes what the folds owe; a runtime that shares its store only
+            // publishes its own new commands (the sender's fast path in `runtime`). A new leader
+            // owes everything again, so nothing dropped here is lost.
+            continue;
+        }
         if owed.is_empty() {
             // `Notify` keeps a wake-up that came before we wait, so none is lost here.
             tokio::select! {

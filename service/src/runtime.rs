@@ -71,6 +71,9 @@ pub(crate) struct Inner<S, L> {
     pub snapshotting: AtomicBool,
     /// What the tasks report about their health.
     pub health: HealthState,
+    /// Whether this runtime does the fleet-wide duties (timers, rollouts, outbox): always
+    /// without a lease, while it holds the lease with one (see `leader`).
+    pub leading: watch::Sender<bool>,
 }
 
 /// A unit of work for a shard.

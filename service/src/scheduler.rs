@@ -30,6 +30,8 @@ const SCAN_LIMIT: usize = 8192;
 pub(crate) async fn run<S: EventStore, L: DeviceLink>(inner: Arc<Inner<S, L>>) {
     let mut inflight: HashMap<StreamId, (Timestamp, Instant)> = HashMap::new();
     loop {
+        // Deadlines are the leader's: a runtime that shares its store waits for the lease.
+        inner.until_leading().await;
         let now = inner.clock.now();
         let DueTimers {
             fire,
