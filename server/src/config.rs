@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use clap::{Args, ValueEnum};
 use fleetops_store_sled::Durability;
 use fleetops_transport_mqtt::codec::{LayoutError, TopicLayout};
-use fleetops_transport_mqtt::{BrokerConfig, Credentials, MqttLinkConfig};
+use fleetops_transport_mqtt::{BrokerConfig, Credentials, MqttLinkConfig, Session};
 use serde::{Deserialize, Serialize};
 
 use crate::broker_url::{redact, BrokerUrl, BrokerUrlError};
@@ -23,6 +23,8 @@ pub const DEFAULT_BROKER: &str = "mqtt://127.0.0.1:1883";
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
 /// The sled directory when none is configured, relative to the working directory.
 pub const DEFAULT_DATA_DIR: &str = "fleetops-data";
+/// How long the broker keeps the session of a service that does not share its traffic.
+pub const DEFAULT_SESSION_EXPIRY_SECS: u64 = 3600;
 /// The MQTT client id when none is configured.
 pub const DEFAULT_CLIENT_ID: &str = "fleetops-service";
 /// The largest request body when none is configured: 1 MiB. A job document is at most
@@ -130,6 +132,21 @@ pub struct ServeOptions {
     /// Subscribe as `$share/{group}/…` so several instances split the device traffic.
     #[arg(long, env = "FLEETOPS_SHARED_GROUP", value_name = "GROUP")]
     pub shared_group: Option<String>,
+    /// How long the broker keeps the service's session (and queues device requests for it)
+    /// after a disconnect; 0 ends it at once [default: 3600, or 0 with --shared-group, where
+    /// a dead instance's session would keep taking its share of the requests].
+    #[arg(long, env = "FLEETOPS_SESSION_EXPIRY_SECS", value_name = "SECS")]
+    pub session_expiry_secs: Option<u64>,
+    /// Where the events are kept: `sled` (embedded, in --data-dir; one instance) or a
+    /// PostgreSQL URL `postgres://user[:password]@host[:port]/database` that several
+    /// instances may share [default: sled].
+    #[arg(
+        long,
+        env = "FLEETOPS_STORE",
+        value_name = "sled|URL",
+        hide_env_values = true
+    )]
+    pub store: Option<String>,
     /// Directory of the sled database [default: fleetops-data].
     #[arg(long, env = "FLEETOPS_DATA_DIR", value_name = "DIR")]
     pub data_dir: Option<PathBuf>,
@@ -201,6 +218,10 @@ pub struct FileConfig {
     pub client_id: Option<String>,
     /// See [`ServeOptions::shared_group`].
     pub shared_group: Option<String>,
+    /// See [`ServeOptions::session_expiry_secs`].
+    pub session_expiry_secs: Option<u64>,
+    /// See [`ServeOptions::store`].
+    pub store: Option<String>,
     /// See [`ServeOptions::data_dir`].
     pub data_dir: Option<PathBuf>,
     /// See [`ServeOptions::durability`].
@@ -309,6 +330,9 @@ pub enum ConfigError {
     /// A zero header timeout.
     #[error("header_timeout_secs must be at least 1")]
     HeaderTimeout,
+    /// The store is neither `sled` nor a PostgreSQL URL (password redacted).
+    #[error("invalid store `{0}`: expected `sled` or postgres://user@host[:port]/database")]
+    Store(String),
 }
 
 /// How API requests are authenticated.
@@ -337,6 +361,8 @@ pub struct Settings {
     pub broker_shown: String,
     /// The MQTT link's settings (broker, TLS, credentials, topics, client id).
     pub link: MqttLinkConfig,
+    /// Where the events are kept.
+    pub store: StoreSetting,
     /// The sled directory.
     pub data_dir: PathBuf,
     /// sled's durability.
@@ -355,6 +381,48 @@ pub struct Settings {
     pub log_format: LogFormat,
     /// Log filter (`RUST_LOG` syntax).
     pub log_filter: String,
+}
+
+/// Where `fleetops serve` keeps its events.
+#[derive(Clone, PartialEq, Eq)]
+pub enum StoreSetting {
+    /// sled in the data directory: embedded, one instance.
+    Sled,
+    /// PostgreSQL: several instances may share it (see `docs/operations.md`).
+    Postgres {
+        /// The connection URL, password included.
+        url: String,
+    },
+}
+
+impl StoreSetting {
+    /// Parses `sled` or a `postgres://` / `postgresql://` URL.
+    pub fn parse(value: &str) -> Result<Self, ConfigError> {
+        if value == "sled" {
+            Ok(Self::Sled)
+        } else if value.starts_with("postgres://") || value.starts_with("postgresql://") {
+            Ok(Self::Postgres {
+                url: value.to_owned(),
+            })
+        } else {
+            Err(ConfigError::Store(redact(value)))
+        }
+    }
+
+    /// What to show in logs: `sled`, or the URL with its password replaced by `***`.
+    pub fn shown(&self) -> String {
+        match self {
+            Self::Sled => "sled".to_owned(),
+            Self::Postgres { url } => redact(url),
+        }
+    }
+}
+
+impl std::fmt::Debug for StoreSetting {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never print the database password into logs.
+        f.write_str(&self.shown())
+    }
 }
 
 /// Parses `fleets`, `emqx`, `aws` (with or without the `$`) or a custom prefix.
@@ -443,6 +511,24 @@ impl Settings {
         link.client_id = client_id;
         link.layout = layout;
         link.shared_group = args.shared_group.or(file.shared_group);
+        // A persistent member of a shared subscription keeps receiving its share of the
+        // device requests while it is down (they wait in its session), so instances that
+        // share the traffic end their sessions when they go: the others then get it all.
+        let expiry = args
+            .session_expiry_secs
+            .or(file.session_expiry_secs)
+            .unwrap_or(if link.shared_group.is_some() {
+                0
+            } else {
+                DEFAULT_SESSION_EXPIRY_SECS
+            });
+        link.session = if expiry == 0 {
+            Session::Clean
+        } else {
+            Session::Persistent {
+                expiry: std::time::Duration::from_secs(expiry),
+            }
+        };
 
         let listen_text = args
             .listen
@@ -489,9 +575,15 @@ impl Settings {
             return Err(ConfigError::BodyLimit);
         }
 
+        let store = match args.store.or(file.store) {
+            Some(value) => StoreSetting::parse(&value)?,
+            None => StoreSetting::Sled,
+        };
+
         Ok(Self {
             broker_shown: redact(&broker),
             link,
+            store,
             data_dir: args
                 .data_dir
                 .or(file.data_dir)

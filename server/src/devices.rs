@@ -345,14 +345,18 @@ impl Device {
         let report = match next {
             Next::Wait => None,
             Next::Report(report) => Some(report),
-            Next::StartNext => match client.start_next(StartNextRequest::default()).await {
-                Ok(view) => self.model.on_started(view.as_ref()),
-                Err(e) => {
-                    bump(&self.sim.stats().errors);
-                    tracing::debug!(thing = %self.thing(), error = %e, "start-next failed");
-                    None
+            Next::StartNext => {
+                let started =
+                    again_on_timeout(|| client.start_next(StartNextRequest::default())).await;
+                match started {
+                    Ok(view) => self.model.on_started(view.as_ref()),
+                    Err(e) => {
+                        bump(&self.sim.stats().errors);
+                        tracing::debug!(thing = %self.thing(), error = %e, "start-next failed");
+                        None
+                    }
                 }
-            },
+            }
         };
         if let Some(report) = report {
             self.report(client, report).await;
@@ -362,15 +366,39 @@ impl Device {
     /// Works for the report's execution time, then sends it.
     async fn report(&mut self, client: &DeviceClient, report: Report) {
         tokio::time::sleep(report.after()).await;
-        match client
-            .update(report.job_id().clone(), report.request().clone())
-            .await
-        {
+        let sent =
+            again_on_timeout(|| client.update(report.job_id().clone(), report.request().clone()))
+                .await;
+        match sent {
             Ok(_) => self.sim.reported(&report),
             Err(e) => {
                 self.model.unreported(&report);
                 tracing::debug!(thing = %self.thing(), error = %e, "update refused");
             }
+        }
+    }
+}
+
+/// Times a request that got no answer is sent again.
+const RETRIES_ON_TIMEOUT: u32 = 2;
+
+/// Sends a request, and sends it again when no answer comes: the service instance that took
+/// it may have died with it (with several instances, the broker ends a dead instance's
+/// session and what it held is gone), and a device cannot tell a lost request from a slow
+/// one. A request that was stored after all is refused the second time (the execution moved
+/// on), which changes nothing.
+async fn again_on_timeout<T, F, Fut>(mut send: F) -> Result<T, fleetops_transport_mqtt::Error>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, fleetops_transport_mqtt::Error>>,
+{
+    let mut tries = 0;
+    loop {
+        match send().await {
+            Err(fleetops_transport_mqtt::Error::Timeout(_)) if tries < RETRIES_ON_TIMEOUT => {
+                tries += 1;
+            }
+            done => return done,
         }
     }
 }

@@ -1,14 +1,16 @@
 //! `fleetops serve`: the service for real use.
 //!
-//! It opens the sled data directory, connects to the broker (TLS and credentials as
-//! configured), starts the [`Fleet`] runtime and serves the HTTP API ([`crate::http`]).
-//! On SIGINT or SIGTERM it shuts down in an order that loses nothing:
+//! It opens the store (the sled data directory by default, or a PostgreSQL database that
+//! several instances share, each leading the fleet-wide duties while it holds the database's
+//! lease), connects to the broker (TLS and credentials as configured), starts the [`Fleet`]
+//! runtime and serves the HTTP API ([`crate::http`]). On SIGINT or SIGTERM it shuts down in
+//! an order that loses nothing:
 //!
 //! 1. stop accepting connections and let in-flight requests finish (`wait=true` command
 //!    requests answer at once with the record as it stands);
 //! 2. stop the runtime ([`Fleet::shutdown`]); every decision it acknowledged is already
 //!    stored, and what it still owed devices is derived again from the store at the next start;
-//! 3. flush sled and close it;
+//! 3. flush sled and close it (PostgreSQL: close the connections, which frees the lease);
 //! 4. disconnect from the broker; the persistent session keeps device requests queued there
 //!    until the service is back.
 //!
@@ -24,15 +26,16 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use fleetops_core::StoreError;
+use fleetops_core::{EventStore, StoreError};
 use fleetops_service::{Fleet, FleetError};
+use fleetops_store_postgres::{PostgresConfig, PostgresLease, PostgresStore};
 use fleetops_store_sled::{SledConfig, SledStore};
 use fleetops_transport_mqtt::MqttLink;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 pub use crate::config::ServeArgs;
-use crate::config::{LogFormat, Settings};
+use crate::config::{LogFormat, Settings, StoreSetting};
 use crate::http::{self, ApiState};
 
 /// Why the server could not start or stop cleanly.
@@ -45,6 +48,14 @@ pub enum ServeError {
         path: String,
         /// Why.
         source: StoreError,
+    },
+    /// The PostgreSQL database could not be reached, or its schema could not be migrated.
+    #[error("cannot open the database {url}: {source}")]
+    Database {
+        /// The URL, password redacted.
+        url: String,
+        /// Why.
+        source: fleetops_store_postgres::PgError,
     },
     /// The broker could not be reached or refused the connection.
     #[error("cannot connect to the broker {broker}: {source}")]
@@ -100,13 +111,59 @@ pub async fn start(
     settings: Settings,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<Server, ServeError> {
-    let store =
-        SledStore::open_async(SledConfig::new(&settings.data_dir).durability(settings.durability))
+    match settings.store.clone() {
+        StoreSetting::Sled => {
+            let store = SledStore::open_async(
+                SledConfig::new(&settings.data_dir).durability(settings.durability),
+            )
             .await
             .map_err(|source| ServeError::Store {
                 path: settings.data_dir.display().to_string(),
                 source,
             })?;
+            start_on(settings, Opened::Sled(store), shutdown).await
+        }
+        StoreSetting::Postgres { url } => {
+            let shown = settings.store.shown();
+            let store = PostgresStore::connect(PostgresConfig::new(url))
+                .await
+                .map_err(|source| ServeError::Database { url: shown, source })?;
+            start_on(settings, Opened::Postgres(store), shutdown).await
+        }
+    }
+}
+
+/// The store `serve` opened, with what each kind needs at the start and at the end.
+#[derive(Clone)]
+enum Opened {
+    /// sled: the process's own directory, locked; this instance leads from the start.
+    Sled(SledStore),
+    /// PostgreSQL: shared; this instance leads while it holds the database's lease.
+    Postgres(PostgresStore),
+}
+
+/// The runtime on one kind of store.
+async fn start_on(
+    settings: Settings,
+    opened: Opened,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<Server, ServeError> {
+    match opened.clone() {
+        Opened::Sled(store) => serve_on(settings, store, None, opened, shutdown).await,
+        Opened::Postgres(store) => {
+            let lease = store.lease();
+            serve_on(settings, store, Some(lease), opened, shutdown).await
+        }
+    }
+}
+
+async fn serve_on<S: EventStore>(
+    settings: Settings,
+    store: S,
+    lease: Option<PostgresLease>,
+    opened: Opened,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<Server, ServeError> {
     let link = MqttLink::connect(settings.link.clone())
         .await
         .map_err(|source| ServeError::Broker {
@@ -114,8 +171,11 @@ pub async fn start(
             source,
         })?;
     let link = Arc::new(link);
-    let fleet = Fleet::start(store.clone(), Arc::clone(&link)).await?;
-    let fleet = Arc::new(fleet);
+    let mut builder = Fleet::builder(store, Arc::clone(&link));
+    if let Some(lease) = lease {
+        builder = builder.lease(lease);
+    }
+    let fleet = Arc::new(builder.start().await?);
     let listener = tokio::net::TcpListener::bind(settings.listen)
         .await
         .map_err(|source| ServeError::Bind {
@@ -129,8 +189,10 @@ pub async fn start(
     tracing::info!(
         %addr,
         broker = %settings.broker_shown,
+        store = %settings.store.shown(),
         data_dir = %settings.data_dir.display(),
         topics = settings.link.layout.prefix(),
+        shared_group = ?settings.link.shared_group,
         auth = ?settings.auth,
         "fleetops serve started"
     );
@@ -159,7 +221,7 @@ pub async fn start(
         };
         serve_http(listener, app, limits, graceful).await;
         drop(stop_tx);
-        stop_everything(fleet, store, link).await
+        stop_everything(fleet, opened, link).await
     });
     Ok(Server { addr, task })
 }
@@ -256,9 +318,9 @@ async fn serve_http(
     while connections.join_next().await.is_some() {}
 }
 
-async fn stop_everything(
-    fleet: Arc<Fleet<SledStore, Arc<MqttLink>>>,
-    store: SledStore,
+async fn stop_everything<S: EventStore>(
+    fleet: Arc<Fleet<S, Arc<MqttLink>>>,
+    opened: Opened,
     link: Arc<MqttLink>,
 ) -> Result<(), ServeError> {
     // The router and every request are gone once serving ended, so this is the last handle;
@@ -281,10 +343,23 @@ async fn stop_everything(
     if let Some(f) = owned {
         f.shutdown().await;
     }
-    tracing::info!("runtime stopped; flushing the data directory");
-    let flushed = store.flush().await.map_err(ServeError::Flush);
-    // Dropping the last store handle joins sled's writer thread: not on an async worker.
-    let _ = tokio::task::spawn_blocking(move || drop(store)).await;
+    let flushed = match opened {
+        Opened::Sled(store) => {
+            tracing::info!("runtime stopped; flushing the data directory");
+            let flushed = store.flush().await.map_err(ServeError::Flush);
+            // Dropping the last store handle joins sled's writer thread: not on an async
+            // worker.
+            let _ = tokio::task::spawn_blocking(move || drop(store)).await;
+            flushed
+        }
+        // Every acknowledged append is committed; closing the connections gives the lease up
+        // at once, so another instance takes the duties over without waiting for a timeout.
+        Opened::Postgres(store) => {
+            tracing::info!("runtime stopped; closing the database connections");
+            drop(store);
+            Ok(())
+        }
+    };
     link.shutdown().await;
     tracing::info!("disconnected from the broker; bye");
     flushed

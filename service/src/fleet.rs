@@ -172,6 +172,7 @@ impl<S: EventStore, L: DeviceLink> FleetBuilder<S, L> {
             snapshotting: AtomicBool::new(false),
             health: HealthState::default(),
             leading: watch::Sender::new(self.lease.is_none()),
+            shares_store: self.lease.is_some(),
         });
         // Resume from the persisted checkpoint when there is a usable one, then fold the rest.
         inner.restore_snapshot().await;

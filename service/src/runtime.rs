@@ -74,6 +74,9 @@ pub(crate) struct Inner<S, L> {
     /// Whether this runtime does the fleet-wide duties (timers, rollouts, outbox): always
     /// without a lease, while it holds the lease with one (see `leader`).
     pub leading: watch::Sender<bool>,
+    /// Other runtimes append to the same store (the fleet was given a lease): what they
+    /// stored must be folded before a device is answered.
+    pub shares_store: bool,
 }
 
 /// A unit of work for a shard.

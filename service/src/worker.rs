@@ -160,6 +160,15 @@ pub(crate) async fn run_shard<S: EventStore, L: DeviceLink>(
                 Err(_) => break,
             }
         }
+        if inner.shares_store {
+            // Another runtime may have stored what the device reacts to (a notification the
+            // leader published): fold everything stored so far before answering, so a device
+            // never hears of an execution from one instance and is told there is none by
+            // another. One read of the head per batch.
+            if let Err(err) = inner.catch_up().await {
+                tracing::warn!(%err, "cannot catch up before answering devices; answering from the read model as it is");
+            }
+        }
         let chains = held.take_batch(batch, per_chain);
         let inner_ref = &inner;
         let cache = &replies_cache;

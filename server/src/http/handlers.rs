@@ -129,6 +129,7 @@ pub(super) async fn healthz<S: EventStore, L: DeviceLink>(
         "behind": health.behind(),
         "undeliverable": health.undeliverable,
         "givenUp": health.given_up,
+        "leading": app.fleet.is_leading(),
     }))
     .into_response()
 }
