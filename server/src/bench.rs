@@ -18,8 +18,8 @@
 //! Each scenario runs `--runs` times; within a run the raw baseline and fleetops are measured
 //! back to back (alternating which goes first), and the report gives the medians of each
 //! side and the median of the per-run ratios, so load changes on a shared machine hit both
-//! sides alike. The service uses the real store (`SledStore` in a temporary directory) and
-//! `MqttLink`.
+//! sides alike. The service uses the real store (`SledStore` in a temporary directory, or
+//! PostgreSQL with `--store`, shared by `--instances` runtimes) and `MqttLink`.
 
 pub mod broker;
 pub mod fleetops;
@@ -40,6 +40,7 @@ use serde::Serialize;
 
 use crate::broker_url::{redact, BrokerUrl};
 pub use crate::config::DurabilityArg;
+use crate::config::StoreSetting;
 use raw::Sizes;
 use stats::{median, Latency};
 
@@ -89,6 +90,15 @@ pub struct BenchArgs {
     /// sled's durability for the service's store.
     #[arg(long, value_enum, default_value_t = DurabilityArg::Flush)]
     pub durability: DurabilityArg,
+    /// The service's store: `sled` (a temporary directory) or a PostgreSQL URL, where every
+    /// run gets a schema of its own (`bench_…`, left in place: use a throwaway database).
+    #[arg(long, value_name = "sled|URL", default_value = "sled")]
+    pub store: String,
+    /// Service instances sharing the store and the device traffic (`$share`), each with its
+    /// own connections; one leads, as with `serve`. More than one needs PostgreSQL. Commands
+    /// are sent and jobs created through the first.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=16))]
+    pub instances: u32,
     /// Don't publish job execution status changes (`FleetConfig::publish_status_changes`
     /// off): three publishes per execution that no device reads. On by default, as in a
     /// default `Fleet`.
@@ -304,7 +314,11 @@ pub struct FloodReport {
 pub struct Report {
     /// Where.
     pub machine: Machine,
-    /// The store's durability.
+    /// The service's store (`sled`, or the PostgreSQL URL without its password).
+    pub store: String,
+    /// Service instances sharing the store.
+    pub instances: u32,
+    /// The store's durability (sled).
     pub durability: DurabilityArg,
     /// Whether the fleet published job execution status changes.
     pub status_changes: bool,
@@ -373,14 +387,22 @@ pub async fn measure(
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_millis() % 1_000_000)
     );
+    let store = StoreSetting::parse(&args.store)?;
+    if args.instances > 1 && store == StoreSetting::Sled {
+        anyhow::bail!("--instances above 1 needs a store they can share: --store postgres://…");
+    }
     let setup = |run: u32| fleetops::Setup {
         broker: broker.clone(),
         durability: args.durability.into(),
         tag: format!("{tag}-{run}"),
         status_changes: !args.no_status_changes,
+        store: store.clone(),
+        instances: args.instances as usize,
     };
     let mut report = Report {
         machine,
+        store: store.shown(),
+        instances: args.instances,
         durability: args.durability,
         status_changes: !args.no_status_changes,
         runs: args.runs,
@@ -658,11 +680,13 @@ pub fn render(r: &Report) -> String {
     let m = &r.machine;
     let _ = writeln!(
         s,
-        "fleetops bench: {} cores ({}), {}, broker: {}, sled durability: {:?}, status-change events: {}",
+        "fleetops bench: {} cores ({}), {}, broker: {}, store: {} ({} instance(s)), sled durability: {:?}, status-change events: {}",
         m.cores,
         m.cpu,
         m.date,
         m.broker,
+        r.store,
+        r.instances,
         r.durability,
         if r.status_changes { "on" } else { "off" }
     );

@@ -37,3 +37,4 @@ pub mod devices;
 pub mod http;
 pub mod serve;
 pub mod simulate;
+pub mod store;

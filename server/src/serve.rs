@@ -26,9 +26,9 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use fleetops_core::{EventStore, StoreError};
+use fleetops_core::StoreError;
 use fleetops_service::{Fleet, FleetError};
-use fleetops_store_postgres::{PostgresConfig, PostgresLease, PostgresStore};
+use fleetops_store_postgres::{PostgresConfig, PostgresStore};
 use fleetops_store_sled::{SledConfig, SledStore};
 use fleetops_transport_mqtt::MqttLink;
 use tokio::sync::watch;
@@ -37,6 +37,7 @@ use tokio::task::JoinHandle;
 pub use crate::config::ServeArgs;
 use crate::config::{LogFormat, Settings, StoreSetting};
 use crate::http::{self, ApiState};
+use crate::store::AnyStore;
 
 /// Why the server could not start or stop cleanly.
 #[derive(Debug, thiserror::Error)]
@@ -111,59 +112,26 @@ pub async fn start(
     settings: Settings,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<Server, ServeError> {
-    match settings.store.clone() {
-        StoreSetting::Sled => {
-            let store = SledStore::open_async(
+    let store = match &settings.store {
+        StoreSetting::Sled => AnyStore::Sled(
+            SledStore::open_async(
                 SledConfig::new(&settings.data_dir).durability(settings.durability),
             )
             .await
             .map_err(|source| ServeError::Store {
                 path: settings.data_dir.display().to_string(),
                 source,
-            })?;
-            start_on(settings, Opened::Sled(store), shutdown).await
-        }
-        StoreSetting::Postgres { url } => {
-            let shown = settings.store.shown();
-            let store = PostgresStore::connect(PostgresConfig::new(url))
+            })?,
+        ),
+        StoreSetting::Postgres { url } => AnyStore::Postgres(
+            PostgresStore::connect(PostgresConfig::new(url.clone()))
                 .await
-                .map_err(|source| ServeError::Database { url: shown, source })?;
-            start_on(settings, Opened::Postgres(store), shutdown).await
-        }
-    }
-}
-
-/// The store `serve` opened, with what each kind needs at the start and at the end.
-#[derive(Clone)]
-enum Opened {
-    /// sled: the process's own directory, locked; this instance leads from the start.
-    Sled(SledStore),
-    /// PostgreSQL: shared; this instance leads while it holds the database's lease.
-    Postgres(PostgresStore),
-}
-
-/// The runtime on one kind of store.
-async fn start_on(
-    settings: Settings,
-    opened: Opened,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> Result<Server, ServeError> {
-    match opened.clone() {
-        Opened::Sled(store) => serve_on(settings, store, None, opened, shutdown).await,
-        Opened::Postgres(store) => {
-            let lease = store.lease();
-            serve_on(settings, store, Some(lease), opened, shutdown).await
-        }
-    }
-}
-
-async fn serve_on<S: EventStore>(
-    settings: Settings,
-    store: S,
-    lease: Option<PostgresLease>,
-    opened: Opened,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> Result<Server, ServeError> {
+                .map_err(|source| ServeError::Database {
+                    url: settings.store.shown(),
+                    source,
+                })?,
+        ),
+    };
     let link = MqttLink::connect(settings.link.clone())
         .await
         .map_err(|source| ServeError::Broker {
@@ -171,8 +139,10 @@ async fn serve_on<S: EventStore>(
             source,
         })?;
     let link = Arc::new(link);
-    let mut builder = Fleet::builder(store, Arc::clone(&link));
-    if let Some(lease) = lease {
+    // sled's directory is locked, so its process leads at once; instances on PostgreSQL lead
+    // while they hold the database's lease.
+    let mut builder = Fleet::builder(store.clone(), Arc::clone(&link));
+    if let Some(lease) = store.lease() {
         builder = builder.lease(lease);
     }
     let fleet = Arc::new(builder.start().await?);
@@ -221,7 +191,7 @@ async fn serve_on<S: EventStore>(
         };
         serve_http(listener, app, limits, graceful).await;
         drop(stop_tx);
-        stop_everything(fleet, opened, link).await
+        stop_everything(fleet, store, link).await
     });
     Ok(Server { addr, task })
 }
@@ -318,9 +288,9 @@ async fn serve_http(
     while connections.join_next().await.is_some() {}
 }
 
-async fn stop_everything<S: EventStore>(
-    fleet: Arc<Fleet<S, Arc<MqttLink>>>,
-    opened: Opened,
+async fn stop_everything(
+    fleet: Arc<Fleet<AnyStore, Arc<MqttLink>>>,
+    store: AnyStore,
     link: Arc<MqttLink>,
 ) -> Result<(), ServeError> {
     // The router and every request are gone once serving ended, so this is the last handle;
@@ -343,23 +313,10 @@ async fn stop_everything<S: EventStore>(
     if let Some(f) = owned {
         f.shutdown().await;
     }
-    let flushed = match opened {
-        Opened::Sled(store) => {
-            tracing::info!("runtime stopped; flushing the data directory");
-            let flushed = store.flush().await.map_err(ServeError::Flush);
-            // Dropping the last store handle joins sled's writer thread: not on an async
-            // worker.
-            let _ = tokio::task::spawn_blocking(move || drop(store)).await;
-            flushed
-        }
-        // Every acknowledged append is committed; closing the connections gives the lease up
-        // at once, so another instance takes the duties over without waiting for a timeout.
-        Opened::Postgres(store) => {
-            tracing::info!("runtime stopped; closing the database connections");
-            drop(store);
-            Ok(())
-        }
-    };
+    // sled is flushed; PostgreSQL's appends are committed when acknowledged, and closing
+    // its connections gives the lease up at once, so another instance need not wait.
+    tracing::info!("runtime stopped; closing the store");
+    let flushed = store.close().await.map_err(ServeError::Flush);
     link.shutdown().await;
     tracing::info!("disconnected from the broker; bye");
     flushed

@@ -1,5 +1,6 @@
 //! The fleetops side of the bench: `Fleet` on `SledStore` (on disk, in a temporary directory)
-//! and `MqttLink`, with simulated devices on `DeviceClient`s, all through the broker.
+//! or on PostgreSQL (one or more instances), and `MqttLink`, with simulated devices on
+//! `DeviceClient`s, all through the broker.
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -16,6 +17,7 @@ use fleetops_core::{
     CommandStatus, ExecutionId, GroupName, JobExecutionStatus, JobId, ThingName, Timestamp,
 };
 use fleetops_service::{Fleet, FleetConfig, JobSpec};
+use fleetops_store_postgres::{PostgresConfig, PostgresStore};
 use fleetops_store_sled::{Durability, SledConfig, SledStore};
 use fleetops_transport_mqtt::codec::{Codec, CommandRequest, Limits, TopicLayout};
 use fleetops_transport_mqtt::{
@@ -26,6 +28,8 @@ use serde_json::{json, Value};
 use tokio::task::JoinHandle;
 
 use super::raw::Sizes;
+use crate::config::StoreSetting;
+use crate::store::AnyStore;
 use super::stats::Latency;
 use super::Progress;
 
@@ -127,51 +131,96 @@ pub struct Setup {
     /// `FleetConfig::publish_status_changes`: three extra publishes per execution (queued,
     /// in progress, succeeded) that no device reads.
     pub status_changes: bool,
+    /// sled, or the PostgreSQL database (each run in a schema of its own).
+    pub store: StoreSetting,
+    /// Runtimes sharing the store and the device traffic.
+    pub instances: usize,
 }
 
-/// A running `Fleet` with its store directory, shut down and removed on [`Service::stop`].
+/// The running service: one `Fleet`, or several sharing a PostgreSQL schema and the device
+/// traffic; shut down (and a sled directory removed) on [`Service::stop`].
 pub struct Service {
-    /// The fleet.
-    pub fleet: Arc<Fleet<SledStore, MqttLink>>,
-    _dir: tempfile::TempDir,
+    /// The fleet commands and jobs go through (the first instance).
+    pub fleet: Arc<Fleet<AnyStore, MqttLink>>,
+    /// The other instances.
+    others: Vec<Arc<Fleet<AnyStore, MqttLink>>>,
+    _dir: Option<tempfile::TempDir>,
 }
 
 impl Service {
-    /// Opens a fresh sled store in a temporary directory and starts a fleet on it.
+    /// Opens a fresh store (a sled directory, or a new PostgreSQL schema) and starts the
+    /// fleets on it; returns once one of them leads.
     pub async fn start(setup: &Setup) -> anyhow::Result<Self> {
-        let dir = tempfile::Builder::new()
-            .prefix("fleetops-bench-sled-")
-            .tempdir()
-            .context("create the store's temporary directory")?;
-        let store = SledStore::open_async(SledConfig::new(dir.path()).durability(setup.durability))
-            .await
-            .context("open the sled store")?;
-        let mut link = MqttLinkConfig::new(setup.broker.clone());
-        link.client_id = format!("fleetops-bench-service-{}", setup.tag);
-        // A persistent session would keep collecting device traffic after the run.
-        link.session = Session::Clean;
-        let link = MqttLink::connect(link)
-            .await
-            .context("connect the service to the broker")?;
-        let config = FleetConfig {
-            publish_status_changes: setup.status_changes,
-            ..FleetConfig::default()
+        let (store, dir) = match &setup.store {
+            StoreSetting::Sled => {
+                let dir = tempfile::Builder::new()
+                    .prefix("fleetops-bench-sled-")
+                    .tempdir()
+                    .context("create the store's temporary directory")?;
+                let store = SledStore::open_async(
+                    SledConfig::new(dir.path()).durability(setup.durability),
+                )
+                .await
+                .context("open the sled store")?;
+                (Some(AnyStore::Sled(store)), Some(dir))
+            }
+            StoreSetting::Postgres { .. } => (None, None),
         };
-        let fleet = Fleet::builder(store, link)
-            .config(config)
-            .start()
-            .await
-            .context("start the fleet")?;
+        let mut fleets = Vec::with_capacity(setup.instances);
+        for i in 0..setup.instances.max(1) {
+            let store = match (&store, &setup.store) {
+                (Some(s), _) => s.clone(),
+                (None, StoreSetting::Postgres { url }) => {
+                    let schema = format!("bench_{}", setup.tag.replace('-', "_"));
+                    AnyStore::Postgres(
+                        PostgresStore::connect(PostgresConfig::new(url.clone()).schema(schema))
+                            .await
+                            .context("open the PostgreSQL store")?,
+                    )
+                }
+                (None, StoreSetting::Sled) => unreachable!("sled is opened above"),
+            };
+            let mut link = MqttLinkConfig::new(setup.broker.clone());
+            link.client_id = format!("fleetops-bench-service-{}-{i}", setup.tag);
+            // A persistent session would keep collecting device traffic after the run.
+            link.session = Session::Clean;
+            if setup.instances > 1 {
+                link.shared_group = Some(format!("fleetops-bench-{}", setup.tag));
+            }
+            let link = MqttLink::connect(link)
+                .await
+                .context("connect the service to the broker")?;
+            let config = FleetConfig {
+                publish_status_changes: setup.status_changes,
+                ..FleetConfig::default()
+            };
+            let mut builder = Fleet::builder(store.clone(), link).config(config);
+            if let Some(lease) = store.lease() {
+                builder = builder.lease(lease);
+            }
+            fleets.push(Arc::new(builder.start().await.context("start the fleet")?));
+        }
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !fleets.iter().any(|f| f.is_leading()) {
+            if Instant::now() > deadline {
+                bail!("no instance took the lease within 30 s");
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let fleet = fleets.remove(0);
         Ok(Self {
-            fleet: Arc::new(fleet),
+            fleet,
+            others: fleets,
             _dir: dir,
         })
     }
 
-    /// Stops the fleet; the store directory goes with `self`.
+    /// Stops the fleets; a sled directory goes with `self`.
     pub async fn stop(self) {
-        if let Ok(fleet) = Arc::try_unwrap(self.fleet) {
-            fleet.shutdown().await;
+        for fleet in std::iter::once(self.fleet).chain(self.others) {
+            if let Ok(fleet) = Arc::try_unwrap(fleet) {
+                fleet.shutdown().await;
+            }
         }
     }
 }
