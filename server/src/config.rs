@@ -639,6 +639,59 @@ mod tests {
     }
 
     #[test]
+    fn the_store_is_sled_unless_a_postgres_url_is_given() {
+        let s = Settings::resolve(args(), FileConfig::default(), None).unwrap();
+        assert_eq!(s.store, StoreSetting::Sled);
+        let file: FileConfig =
+            toml::from_str(r#"store = "postgres://fleetops:secret@db:5432/fleet""#).unwrap();
+        let s = Settings::resolve(args(), file, None).unwrap();
+        assert_eq!(
+            s.store,
+            StoreSetting::Postgres {
+                url: "postgres://fleetops:secret@db:5432/fleet".into()
+            }
+        );
+        // The password never reaches a log line.
+        assert_eq!(format!("{:?}", s.store), "postgres://fleetops:***@db:5432/fleet");
+        let mut a = args();
+        a.store = Some("postgresql://db/fleet".into());
+        assert!(matches!(
+            Settings::resolve(a, FileConfig::default(), None).unwrap().store,
+            StoreSetting::Postgres { .. }
+        ));
+        let mut a = args();
+        a.store = Some("mysql://root:pw@db/fleet".into());
+        let err = Settings::resolve(a, FileConfig::default(), None).unwrap_err();
+        assert_eq!(err, ConfigError::Store("mysql://root:***@db/fleet".into()));
+    }
+
+    #[test]
+    fn a_shared_group_ends_the_session_with_the_connection() {
+        let s = Settings::resolve(args(), FileConfig::default(), None).unwrap();
+        assert_eq!(
+            s.link.session,
+            Session::Persistent {
+                expiry: std::time::Duration::from_secs(DEFAULT_SESSION_EXPIRY_SECS)
+            }
+        );
+        let mut a = args();
+        a.shared_group = Some("fleetops".into());
+        let s = Settings::resolve(a, FileConfig::default(), None).unwrap();
+        assert_eq!(s.link.session, Session::Clean);
+        // An explicit expiry wins, with or without a group.
+        let mut a = args();
+        a.shared_group = Some("fleetops".into());
+        a.session_expiry_secs = Some(30);
+        let s = Settings::resolve(a, FileConfig::default(), None).unwrap();
+        assert_eq!(
+            s.link.session,
+            Session::Persistent {
+                expiry: std::time::Duration::from_secs(30)
+            }
+        );
+    }
+
+    #[test]
     fn flags_win_over_the_file_and_the_file_over_defaults() {
         let file: FileConfig = toml::from_str(
             r#"

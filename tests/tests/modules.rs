@@ -26,6 +26,7 @@ const CRATES: &[&str] = &[
     "machine",
     "store-memory",
     "store-sled",
+    "store-postgres",
     "transport-mqtt",
     "service",
     "server",

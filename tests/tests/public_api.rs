@@ -38,6 +38,7 @@ const CRATES: &[(&str, &str)] = &[
     ("fleetops-machine", "machine"),
     ("fleetops-store-memory", "store-memory"),
     ("fleetops-store-sled", "store-sled"),
+    ("fleetops-store-postgres", "store-postgres"),
     ("fleetops-transport-mqtt", "transport-mqtt"),
     ("fleetops-service", "service"),
     ("fleetops-server", "server"),
