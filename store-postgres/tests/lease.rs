@@ -3,6 +3,7 @@
 
 mod common;
 
+use std::io::Write as _;
 use std::time::{Duration, Instant};
 
 use common::admin;
@@ -153,4 +154,61 @@ async fn a_silent_holder_loses_the_lock_after_the_ttl() {
         "granted while held: {took:?}"
     );
     assert!(took < Duration::from_secs(3), "took {took:?}");
+}
+
+/// A holder process killed with SIGKILL frees the lock as soon as the server sees its socket
+/// close. The holder is `psql` holding the same advisory lock (any client process would do:
+/// the lock belongs to the server session).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_killed_holder_process_frees_the_lock() {
+    let Some(pg) = TestPostgres::start_or_skip() else {
+        return;
+    };
+    // Beside the server binaries, else on PATH (Debian's wrapper in /usr/bin).
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    let psql = fleetops_store_postgres::testing::find_bin_dir()
+        .into_iter()
+        .chain(std::env::split_paths(&path))
+        .map(|d| d.join("psql"))
+        .find(|p| p.is_file());
+    let Some(psql) = psql else {
+        eprintln!("psql not found: skipping the SIGKILL case");
+        return;
+    };
+    let l = lease(&pg, "fleet");
+    let db = admin(&pg).await;
+    // psql takes the lock, then waits for more input with its session idle, as a lease
+    // holder's session is between pings. (A backend busy in a query would notice a dead
+    // client only when the query ends.)
+    let mut holder = std::process::Command::new(psql)
+        .arg(pg.url())
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("start psql");
+    let mut stdin = holder.stdin.take().expect("psql's stdin");
+    writeln!(stdin, "SELECT pg_advisory_lock({});", l.key()).expect("talk to psql");
+    stdin.flush().expect("talk to psql");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while holders(&db, l.key()).await.is_empty() {
+        assert!(Instant::now() < deadline, "psql never took the lock");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let waiting = tokio::spawn(async move { l.acquire().await.map(|_| Instant::now()) });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!waiting.is_finished(), "granted while psql holds the lock");
+    let killed = Instant::now();
+    holder.kill().expect("SIGKILL psql");
+    let _ = holder.wait();
+    drop(stdin);
+    let at = tokio::time::timeout(Duration::from_secs(5), waiting)
+        .await
+        .expect("the lease was not granted after the holder was killed")
+        .unwrap()
+        .expect("acquire");
+    assert!(
+        at - killed < Duration::from_secs(1),
+        "took {:?}",
+        at - killed
+    );
 }

@@ -409,3 +409,67 @@ async fn reopen_keeps_everything() {
         .unwrap();
     assert_eq!((next.first_position, next.versions[0].1), (4, 3));
 }
+
+async fn next_within_5s(sub: &mut dyn fleetops_core::store::Subscription) -> StoredEvent {
+    tokio::time::timeout(Duration::from_secs(5), sub.next())
+        .await
+        .expect("the other instance's append was not delivered within 5 s")
+        .expect("next")
+}
+
+/// A LISTEN session that the server ends is re-established, and the head is read again, so a
+/// subscriber on one instance keeps receiving the other's appends without the poll fallback
+/// (its poll interval here is a minute).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn subscribers_survive_a_lost_listen_session() {
+    let Some(pg) = TestPostgres::start_or_skip() else {
+        return;
+    };
+    let schema = pg.fresh_schema();
+    let open = || async {
+        PostgresStore::connect(pg.config(&schema).poll_interval(Duration::from_secs(60)))
+            .await
+            .expect("open an instance")
+    };
+    let (a, b) = (open().await, open().await);
+    let s = stream("listen");
+    let mut sub = b.subscribe(1).await.unwrap();
+    a.append(AppendBatch::single(
+        s.clone(),
+        ExpectedVersion::NoStream,
+        vec![event(1, "1")],
+    ))
+    .await
+    .unwrap();
+    assert_eq!(next_within_5s(&mut *sub).await.position, 1);
+
+    let db = admin(&pg).await;
+    let killed = db
+        .query(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+             WHERE application_name = 'fleetops-listen'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .len();
+    assert_eq!(killed, 2, "one LISTEN session per instance");
+    // Appended while B may still be reconnecting: the head it reads after LISTEN covers it.
+    a.append(AppendBatch::single(
+        s.clone(),
+        ExpectedVersion::Exact(1),
+        vec![event(2, "2")],
+    ))
+    .await
+    .unwrap();
+    assert_eq!(next_within_5s(&mut *sub).await.position, 2);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    a.append(AppendBatch::single(
+        s,
+        ExpectedVersion::Exact(2),
+        vec![event(3, "3")],
+    ))
+    .await
+    .unwrap();
+    assert_eq!(next_within_5s(&mut *sub).await.position, 3);
+}
