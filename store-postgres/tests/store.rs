@@ -12,7 +12,7 @@ use fleetops_core::ids::StreamId;
 use fleetops_core::store::{
     AppendBatch, EventStore, ExpectedVersion, IdempotencyKey, Snapshot, StoreError, StoredEvent,
 };
-use fleetops_store_postgres::testing::TestPostgres;
+use fleetops_store_postgres::testing::{TestPostgres, TestPostgresOptions};
 use fleetops_store_postgres::{PostgresStore, SCHEMA_VERSION};
 use tokio::sync::Barrier;
 
@@ -472,4 +472,44 @@ async fn subscribers_survive_a_lost_listen_session() {
     .await
     .unwrap();
     assert_eq!(next_within_5s(&mut *sub).await.position, 3);
+}
+
+/// A server whose default isolation is serializable (a DBA's choice) must not make appends of
+/// two instances fail on the feed head: the store's sessions run read committed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn appends_race_on_a_serializable_server() {
+    let Some(pg) = TestPostgres::start_or_skip_with(TestPostgresOptions {
+        settings: vec![(
+            "default_transaction_isolation".into(),
+            "serializable".into(),
+        )],
+        ..TestPostgresOptions::default()
+    }) else {
+        return;
+    };
+    let schema = pg.fresh_schema();
+    let stores = [
+        PostgresStore::connect(pg.config(&schema)).await.unwrap(),
+        PostgresStore::connect(pg.config(&schema)).await.unwrap(),
+    ];
+    let tasks: Vec<_> = (0..16u64)
+        .map(|t| {
+            let store = stores[(t % 2) as usize].clone();
+            tokio::spawn(async move {
+                let s = stream(&format!("ser-{t}"));
+                for i in 0..20u64 {
+                    let expected = ExpectedVersion::from_current((i > 0).then_some(i));
+                    let e = event(u128::from(t * 100 + i), "s");
+                    store
+                        .append(AppendBatch::single(s.clone(), expected, vec![e]))
+                        .await
+                        .expect("append on a serializable server");
+                }
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap();
+    }
+    check_feed(&read_feed(&stores[0]).await, 320, "feed");
 }
