@@ -13,7 +13,7 @@ pub const MAX_SCHEMA_LEN: usize = 48;
 ///
 /// Connections are made without TLS: the store is meant for a database on loopback or a
 /// private network (TLS can be added with a `tokio-postgres` TLS connector later).
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct PostgresConfig {
     pub(crate) url: String,
     pub(crate) schema: String,
@@ -23,6 +23,42 @@ pub struct PostgresConfig {
     pub(crate) connect_timeout: Duration,
     pub(crate) lease_ttl: Duration,
     pub(crate) lease_retry: Duration,
+}
+
+impl std::fmt::Debug for PostgresConfig {
+    /// Without the URL's password: configurations end up in logs.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PostgresConfig")
+            .field("url", &redacted(&self.url))
+            .field("schema", &self.schema)
+            .field("read_connections", &self.read_connections)
+            .field("max_group_events", &self.max_group_events)
+            .field("poll_interval", &self.poll_interval)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("lease_ttl", &self.lease_ttl)
+            .field("lease_retry", &self.lease_retry)
+            .finish()
+    }
+}
+
+/// `url` with the password of a `scheme://user:password@host` URL, or of a `password=` pair,
+/// replaced by `***`.
+fn redacted(url: &str) -> String {
+    if let Some((scheme, rest)) = url.split_once("://") {
+        if let Some((userinfo, host)) = rest.rsplit_once('@') {
+            if let Some((user, _)) = userinfo.split_once(':') {
+                return format!("{scheme}://{user}:***@{host}");
+            }
+        }
+        return url.to_owned();
+    }
+    url.split_whitespace()
+        .map(|pair| match pair.split_once('=') {
+            Some(("password", _)) => "password=***".to_owned(),
+            _ => pair.to_owned(),
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 impl PostgresConfig {
@@ -176,6 +212,18 @@ mod tests {
                 PostgresConfig::new("").schema(bad).check_schema().is_err(),
                 "{bad}"
             );
+        }
+    }
+
+    #[test]
+    fn debug_hides_passwords() {
+        for url in [
+            "postgres://fleet:s3cret@db:5432/fleet",
+            "host=db user=fleet password=s3cret dbname=fleet",
+        ] {
+            let shown = format!("{:?}", PostgresConfig::new(url));
+            assert!(!shown.contains("s3cret"), "{shown}");
+            assert!(shown.contains("fleet"), "{shown}");
         }
     }
 

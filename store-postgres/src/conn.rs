@@ -10,7 +10,7 @@ use crate::error::PgError;
 pub(crate) type Raw = (Client, Connection<Socket, NoTlsStream>);
 
 /// Connects without TLS (see [`PostgresConfig`]), with `search_path` set to the store's
-/// schema at session start (no extra round trip), plus `extra` server settings
+/// schema and read committed isolation at session start (no extra round trip), plus `extra` server settings
 /// (`name=value` pairs, e.g. the lease's `idle_session_timeout`).
 pub(crate) async fn connect_raw(
     config: &PostgresConfig,
@@ -19,7 +19,14 @@ pub(crate) async fn connect_raw(
 ) -> Result<Raw, PgError> {
     let mut pg: Config = config.url.parse().map_err(PgError::Url)?;
     // The schema name is checked to be a plain identifier, so it needs no escaping here.
-    let mut options = format!("-c search_path={}", config.schema);
+    // Read committed whatever the server's or role's default: the append function relies on
+    // each statement seeing what committed before it, and on waiting for the feed head's row
+    // lock rather than failing with a serialization error (a space in an option value is
+    // escaped with a backslash).
+    let mut options = format!(
+        "-c search_path={} -c default_transaction_isolation=read\\ committed",
+        config.schema
+    );
     for (name, value) in extra {
         options.push_str(&format!(" -c {name}={value}"));
     }

@@ -34,11 +34,14 @@
 //!
 //! Layered, bottom up; a module names only modules of the layers below its own:
 //!
-//! 1. `error`, `config`, `codec` (rows and parameters).
-//! 2. `conn` (opening sessions), `migrate`.
-//! 3. `read`, `writer` (group commit), `listen` (the LISTEN session), `lease`.
-//! 4. `subscription`.
-//! 5. `store`, then `testing`.
+//! 1. `error` (the crate's errors, backend failures as `StoreError`s).
+//! 2. `config`, and `codec` (parameters and rows).
+//! 3. `conn` (every session is opened there), `migrate` (the schema and its versions).
+//! 4. `read` (the read connections), `writer` (group commit), `listen` (the LISTEN session),
+//!    `lease`.
+//! 5. `subscription`, over `read`.
+//! 6. `store`: [`PostgresStore`] and its `EventStore` implementation.
+//! 7. `testing` (feature `test-postgres`), over `store`.
 
 // On docs.rs-style builds (`--cfg docsrs`, nightly), items behind a feature are marked
 // with the feature they need.

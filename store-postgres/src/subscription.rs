@@ -56,7 +56,12 @@ impl Subscription for PgSubscription {
             }
             // Marked seen before reading: a head published during the read wakes the wait.
             self.wake.borrow_and_update();
-            let page = self.reader.read_all(self.next, PAGE).await?;
+            let page = match self.reader.read_all(self.next, PAGE).await {
+                // Hand out the good events before a damaged one: read one at a time, so the
+                // error comes exactly at the damaged position.
+                Err(StoreError::Corrupt { .. }) => self.reader.read_all(self.next, 1).await?,
+                other => other?,
+            };
             if page.is_empty() {
                 let _ = tokio::time::timeout(self.poll, self.wake.changed()).await;
             } else {

@@ -64,6 +64,10 @@ pub(crate) async fn run(
     mut conn: Option<WriteConnSlot>,
 ) {
     while let Some(first) = queue.recv().await {
+        // Appenders answered by the last group are being woken right now and are about to
+        // queue their next append: one yield lets them, so groups stay large under steady
+        // load instead of alternating between one append and the rest.
+        tokio::task::yield_now().await;
         let mut events = first.batch.events;
         let mut group = vec![first];
         while events < config.max_group_events {

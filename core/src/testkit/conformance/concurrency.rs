@@ -1,7 +1,7 @@
 //! Racing writers and readers: one winner per version, whole batches, a gap-free global
 //! feed.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration as StdDuration;
@@ -9,10 +9,13 @@ use std::time::Duration as StdDuration;
 use tokio::task::JoinHandle;
 
 use crate::ids::StreamId;
-use crate::store::{AppendBatch, Appended, EventStore, ExpectedVersion, NewEvent, StoreError};
+use crate::store::{
+    AppendBatch, Appended, EventStore, ExpectedVersion, NewEvent, StoreError, StoredEvent,
+};
 
 use super::calls::{
-    append_ok, call, head, join, read_all, read_all_paged, read_stream_paged, version, PAGE,
+    append_ok, call, collect, head, join, read_all, read_all_paged, read_stream_paged, subscribe,
+    version, PAGE,
 };
 use super::checks::{assert_positions_from_one, assert_stream_consistent};
 use super::inputs::{batch, stream, Ids};
@@ -349,6 +352,144 @@ pub async fn concurrent_writers_global_order<S: EventStore>(store: S) {
             }
         }
         assert_stream_consistent(&*store, s, &feed, per_task).await;
+    }
+}
+
+/// Thirty-two tasks append at once, half of them single-stream batches to their own streams,
+/// half two-stream batches (their own stream and one of four shared ones), while live
+/// subscriptions follow the feed (two started before the first append, from 0 and from 1, one
+/// started mid-way from the middle of what is stored by then) and a reader polls `read_all`
+/// from its checkpoint. Every follower sees the positions from where it started on, each
+/// exactly once and in order, every stream's versions one after the other, and in the end
+/// exactly the final feed: a store that makes a position visible before a lower one (a
+/// sequence handed out before commit) fails here.
+pub async fn live_followers_under_concurrent_appends<S: EventStore>(store: S) {
+    const TASKS: u64 = 32;
+    const APPENDS: u64 = 12;
+    const SHARED: u64 = 4;
+    let store = Arc::new(store);
+    let ids = Arc::new(Ids::default());
+    // Own-stream events per append cycle through 1..=3; odd tasks add one shared event.
+    let own_per_task: u64 = (0..APPENDS).map(|i| 1 + i % 3).sum();
+    let total = TASKS * own_per_task + (TASKS / 2) * APPENDS;
+
+    let follow = |sub, from, who| {
+        tokio::spawn(call(who, async move {
+            let (_, got, _) = collect(sub, from, total, who).await;
+            assert_versions_in_order(&got, who);
+            got
+        }))
+    };
+    let before_at_0 = follow(subscribe(&*store, 0).await, 1, "subscription from 0");
+    let before_at_1 = follow(subscribe(&*store, 1).await, 1, "subscription from 1");
+    let poller = {
+        let store = store.clone();
+        tokio::spawn(call("read_all poller", async move {
+            let mut got: Vec<StoredEvent> = Vec::new();
+            while (got.len() as u64) < total {
+                let checkpoint = got.len() as u64;
+                let page = read_all(&*store, checkpoint + 1, PAGE).await;
+                for e in &page {
+                    assert_eq!(
+                        e.position,
+                        got.len() as u64 + 1,
+                        "a read_all poller at checkpoint {checkpoint} got position {}: a \
+                         position was skipped, repeated, or became visible before a lower one",
+                        e.position
+                    );
+                    got.push(e.clone());
+                }
+                if page.is_empty() {
+                    tokio::time::sleep(StdDuration::from_millis(1)).await;
+                }
+            }
+            assert_versions_in_order(&got, "read_all poller");
+            got
+        }))
+    };
+
+    let writers: Vec<JoinHandle<()>> = (0..TASKS)
+        .map(|task| {
+            let (store, ids) = (store.clone(), ids.clone());
+            tokio::spawn(async move {
+                let own = stream(&format!("live/own/{task}"));
+                let shared = stream(&format!("live/shared/{}", task % SHARED));
+                let mut v = None;
+                for i in 0..APPENDS {
+                    let events = ids.small(1 + i % 3);
+                    let n = events.len() as u64;
+                    let mut b = batch(&own, ExpectedVersion::from_current(v), events);
+                    if task % 2 == 1 {
+                        b = b.with(shared.clone(), ExpectedVersion::Any, ids.small(1));
+                    }
+                    let step = format!("live writer {task}, append {i}");
+                    let got = append_ok(&*store, b, &step).await;
+                    let own_version = v.unwrap_or(0) + n;
+                    assert_eq!(got.versions[0], (own.clone(), own_version), "{step}");
+                    v = Some(own_version);
+                    tokio::task::yield_now().await;
+                }
+            })
+        })
+        .collect();
+
+    // Mid-way: once a third of the feed is stored, follow from the middle of what is there,
+    // so the subscription catches up through stored events and then goes live.
+    let mid = loop {
+        let h = head(&*store).await;
+        if h >= total / 3 {
+            break h / 2 + 1;
+        }
+        tokio::time::sleep(StdDuration::from_millis(1)).await;
+    };
+    let midway = follow(
+        subscribe(&*store, mid).await,
+        mid,
+        "subscription from mid-way",
+    );
+
+    join(writers, "live writer").await;
+    let feed = read_all_paged(&*store).await;
+    assert_positions_from_one(&feed, "feed after the live race");
+    assert_eq!(feed.len() as u64, total, "events in the feed");
+    for (handle, from, who) in [
+        (before_at_0, 1, "subscription from 0"),
+        (before_at_1, 1, "subscription from 1"),
+        (midway, mid, "subscription from mid-way"),
+        (poller, 1, "read_all poller"),
+    ] {
+        let got = join(vec![handle], who).await.remove(0);
+        assert!(
+            got[..] == feed[(from - 1) as usize..],
+            "{who} saw other events than the final feed holds"
+        );
+    }
+    for task in 0..TASKS {
+        let own = stream(&format!("live/own/{task}"));
+        assert_stream_consistent(&*store, &own, &feed, own_per_task).await;
+    }
+    for k in 0..SHARED {
+        let shared = stream(&format!("live/shared/{k}"));
+        let writers_of_k = (0..TASKS).filter(|t| t % 2 == 1 && t % SHARED == k).count() as u64;
+        assert_stream_consistent(&*store, &shared, &feed, writers_of_k * APPENDS).await;
+    }
+}
+
+/// Each stream's versions run on by one, in the order a follower saw its events.
+fn assert_versions_in_order(events: &[StoredEvent], who: &str) {
+    let mut last: HashMap<&StreamId, u64> = HashMap::new();
+    for e in events {
+        let prev = last.insert(&e.stream, e.stream_version);
+        if let Some(prev) = prev {
+            assert_eq!(
+                e.stream_version,
+                prev + 1,
+                "{who}: {} went from version {prev} to {} at position {}",
+                e.stream,
+                e.stream_version,
+                e.position
+            );
+        }
     }
 }
 

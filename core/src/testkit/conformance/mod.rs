@@ -46,7 +46,8 @@ mod inputs;
 
 pub use appends::{expected_versions, idempotency_keys, invalid_batches, multi_stream_atomicity};
 pub use concurrency::{
-    concurrent_writers_global_order, racing_appenders_on_one_stream, racing_multi_stream_batches,
+    concurrent_writers_global_order, live_followers_under_concurrent_appends,
+    racing_appenders_on_one_stream, racing_multi_stream_batches,
 };
 pub use reads::{append_and_read, large_stream};
 pub use snapshots::snapshots;
@@ -90,6 +91,7 @@ where
         racing_appenders_on_one_stream,
         racing_multi_stream_batches,
         concurrent_writers_global_order,
+        live_followers_under_concurrent_appends,
         idempotency_keys,
         subscription_from_empty_store,
         subscription_catch_up_then_live,
