@@ -652,11 +652,16 @@ mod tests {
             }
         );
         // The password never reaches a log line.
-        assert_eq!(format!("{:?}", s.store), "postgres://fleetops:***@db:5432/fleet");
+        assert_eq!(
+            format!("{:?}", s.store),
+            "postgres://fleetops:***@db:5432/fleet"
+        );
         let mut a = args();
         a.store = Some("postgresql://db/fleet".into());
         assert!(matches!(
-            Settings::resolve(a, FileConfig::default(), None).unwrap().store,
+            Settings::resolve(a, FileConfig::default(), None)
+                .unwrap()
+                .store,
             StoreSetting::Postgres { .. }
         ));
         let mut a = args();

@@ -28,10 +28,10 @@ use serde_json::{json, Value};
 use tokio::task::JoinHandle;
 
 use super::raw::Sizes;
-use crate::config::StoreSetting;
-use crate::store::AnyStore;
 use super::stats::Latency;
 use super::Progress;
+use crate::config::StoreSetting;
+use crate::store::AnyStore;
 
 /// The action and parameters of every bench command.
 const ACTION: &str = "bench";
@@ -157,11 +157,10 @@ impl Service {
                     .prefix("fleetops-bench-sled-")
                     .tempdir()
                     .context("create the store's temporary directory")?;
-                let store = SledStore::open_async(
-                    SledConfig::new(dir.path()).durability(setup.durability),
-                )
-                .await
-                .context("open the sled store")?;
+                let store =
+                    SledStore::open_async(SledConfig::new(dir.path()).durability(setup.durability))
+                        .await
+                        .context("open the sled store")?;
                 (Some(AnyStore::Sled(store)), Some(dir))
             }
             StoreSetting::Postgres { .. } => (None, None),
