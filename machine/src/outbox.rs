@@ -236,6 +236,12 @@ impl Outbox {
         }
     }
 
+    /// How many messages are owed: things owed a notification, command requests, status
+    /// changes (a thing owed both notifications counts once).
+    pub fn backlog(&self) -> usize {
+        self.order.len() + self.commands.len() + self.status_changes.len()
+    }
+
     /// Whether nothing is owed (new commands marked for their senders are not owed here).
     pub fn is_empty(&self) -> bool {
         self.order.is_empty() && self.commands.is_empty() && self.status_changes.is_empty()

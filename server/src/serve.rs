@@ -36,7 +36,7 @@ use tokio::task::JoinHandle;
 
 pub use crate::config::ServeArgs;
 use crate::config::{LogFormat, Settings, StoreSetting};
-use crate::http::{self, ApiState};
+use crate::http::{self, AdapterFigures, ApiState};
 use crate::store::AnyStore;
 
 /// Why the server could not start or stop cleanly.
@@ -172,10 +172,16 @@ pub async fn start(
     // readable (and `true`) until the last request is done.
     let stop_tx = Arc::new(stop_tx);
     let probe = Arc::clone(&link);
+    let (figures_link, figures_store) = (Arc::clone(&link), store.clone());
     let state = ApiState {
         fleet: Arc::clone(&fleet),
         link_up: Arc::new(move || probe.is_connected()),
         stopping: stop_rx,
+        adapters: Arc::new(move || AdapterFigures {
+            link_up: figures_link.is_connected(),
+            link: Some(figures_link.stats()),
+            store: Some(figures_store.figures()),
+        }),
     };
     let app = http::router(state, settings.auth.clone(), settings.max_body_bytes);
     let limits = ConnectionLimits {

@@ -9,6 +9,8 @@ use fleetops_core::StreamId;
 use fleetops_store_postgres::{PostgresLease, PostgresStore};
 use fleetops_store_sled::SledStore;
 
+use crate::http::StoreFigures;
+
 /// sled or PostgreSQL.
 #[derive(Clone)]
 pub enum AnyStore {
@@ -25,6 +27,30 @@ impl AnyStore {
         match self {
             Self::Sled(_) => None,
             Self::Postgres(p) => Some(p.lease()),
+        }
+    }
+
+    /// What the store's group commit has done, for `/metrics`.
+    pub fn figures(&self) -> StoreFigures {
+        match self {
+            Self::Sled(s) => {
+                let w = s.stats();
+                StoreFigures {
+                    groups: w.groups,
+                    appends: w.appends,
+                    events: w.events,
+                    largest_group: None,
+                }
+            }
+            Self::Postgres(p) => {
+                let w = p.writer_stats();
+                StoreFigures {
+                    groups: w.groups,
+                    appends: w.appends,
+                    events: w.events,
+                    largest_group: Some(w.largest_group),
+                }
+            }
         }
     }
 

@@ -54,6 +54,7 @@ async fn healthz_is_503_and_writes_fail_fast_while_the_store_fails() {
         fleet: Arc::new(fleet),
         link_up: Arc::new(|| true),
         stopping,
+        adapters: Arc::new(Default::default),
     };
     let app = router(state, Auth::Disabled, 1 << 20);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

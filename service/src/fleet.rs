@@ -31,6 +31,7 @@ use crate::clock::{Clock, SystemClock};
 use crate::error::FleetError;
 use crate::health::{Health, HealthState, HealthStatus};
 use crate::ids::{IdSource, UuidV7Ids};
+use crate::metrics::{FleetMetrics, Recorder};
 use crate::runtime::Inner;
 use crate::sync::lock;
 use crate::types::{
@@ -40,6 +41,14 @@ use crate::types::{
 use crate::{follower, jobs, leader, outbox, scheduler, snapshot, worker};
 use fleetops_machine::outbox::Outbox;
 use fleetops_machine::ReadModel;
+
+/// Every job status, in the order metrics list them.
+const JOB_STATUSES: [JobStatus; 4] = [
+    JobStatus::Scheduled,
+    JobStatus::InProgress,
+    JobStatus::Completed,
+    JobStatus::Canceled,
+];
 
 /// A stream of stored events with their envelopes, from [`Fleet::events`].
 pub type EventStream = BoxStream<'static, Result<StoredEvent, FleetError>>;
@@ -173,6 +182,7 @@ impl<S: EventStore, L: DeviceLink> FleetBuilder<S, L> {
             health: HealthState::default(),
             leading: watch::Sender::new(self.lease.is_none()),
             shares_store: self.lease.is_some(),
+            metrics: Recorder::default(),
         });
         // Resume from the persisted checkpoint when there is a usable one, then fold the rest.
         inner.restore_snapshot().await;
@@ -381,6 +391,51 @@ impl<S: EventStore, L: DeviceLink> Fleet<S, L> {
     /// while it holds the lease with one ([`FleetBuilder::lease`]).
     pub fn is_leading(&self) -> bool {
         self.inner.leading()
+    }
+
+    /// The runtime's figures for monitoring: counted ones (device requests, refusals, append
+    /// and command latencies) and ones computed from the read model now (executions, jobs
+    /// and commands by status, the outbox backlog).
+    pub fn metrics(&self) -> FleetMetrics {
+        let inner = &self.inner;
+        let mut m = FleetMetrics::default();
+        {
+            let st = inner.read();
+            let mut executions = [0u64; JobExecutionStatus::ALL.len()];
+            let mut jobs = [0u64; JOB_STATUSES.len()];
+            for (id, entry) in &st.jobs {
+                let c = st.proj.counters(id);
+                for (n, s) in executions.iter_mut().zip(JobExecutionStatus::ALL) {
+                    *n += c.get(s);
+                }
+                if let Some(i) = JOB_STATUSES.iter().position(|s| *s == entry.job.status) {
+                    jobs[i] += 1;
+                }
+            }
+            m.executions_by_status = JobExecutionStatus::ALL
+                .into_iter()
+                .zip(executions)
+                .collect();
+            m.jobs_by_status = JOB_STATUSES.into_iter().zip(jobs).collect();
+            let mut commands = [0u64; CommandStatus::ALL.len()];
+            for c in st.commands.values() {
+                if let Some(i) = CommandStatus::ALL.iter().position(|s| *s == c.status) {
+                    commands[i] += 1;
+                }
+            }
+            m.commands_by_status = CommandStatus::ALL
+                .iter()
+                .zip(commands)
+                .map(|(s, n)| (*s, n))
+                .collect();
+            m.checkpoint = st.checkpoint();
+        }
+        m.outbox_backlog = lock(&inner.outbox).backlog() as u64;
+        m.undeliverable = inner.health.undeliverable.load(Ordering::Relaxed);
+        m.given_up = inner.health.given_up.load(Ordering::Relaxed);
+        m.leading = inner.leading();
+        inner.metrics.fill(&mut m);
+        m
     }
 
     /// The global position the projections have folded.

@@ -118,6 +118,7 @@ pub mod ids;
 mod jobs;
 mod leader;
 pub mod link;
+mod metrics;
 mod outbox;
 mod runtime;
 mod scheduler;
@@ -130,6 +131,7 @@ mod worker;
 pub use error::FleetError;
 pub use fleet::{CommandFilter, CommandHandle, EventStream, Fleet, FleetBuilder};
 pub use health::{Health, HealthStatus};
+pub use metrics::{FleetMetrics, HistogramSnapshot};
 pub use types::{
     CommandRow, ExecutionRow, FleetConfig, JobDescription, JobSpec, JobSummary, Page, Paged,
     StatusChange,

@@ -21,6 +21,7 @@ use crate::clock::Clock;
 use crate::error::FleetError;
 use crate::health::HealthState;
 use crate::ids::IdSource;
+use crate::metrics::Recorder;
 use crate::sync::lock;
 use crate::types::{FleetConfig, StatusChange};
 use fleetops_machine::outbox::{command_request, Outbox};
@@ -77,6 +78,8 @@ pub(crate) struct Inner<S, L> {
     /// Other runtimes append to the same store (the fleet was given a lease): what they
     /// stored must be folded before a device is answered.
     pub shares_store: bool,
+    /// What the tasks count for monitoring.
+    pub metrics: Recorder,
 }
 
 /// A unit of work for a shard.
@@ -154,6 +157,16 @@ impl<S: EventStore, L: DeviceLink> Inner<S, L> {
         self.wait_applied(head).await
     }
 
+    /// Appends through the store, recording how long it took (and a failure other than a
+    /// version conflict) for the metrics.
+    pub async fn timed_append(&self, batch: AppendBatch) -> Result<Appended, StoreError> {
+        let started = std::time::Instant::now();
+        let result = self.store.append(batch).await;
+        let failed = matches!(&result, Err(e) if !matches!(e, StoreError::Conflict { .. }));
+        self.metrics.appended(started.elapsed(), failed);
+        result
+    }
+
     /// Envelopes for `events` decided at `now`.
     pub fn envelopes(&self, events: &[Event], now: Timestamp) -> Vec<NewEvent> {
         events
@@ -194,7 +207,7 @@ impl<S: EventStore, L: DeviceLink> Inner<S, L> {
     /// Appends and waits until the projections have folded the batch.
     pub async fn append(&self, batch: AppendBatch) -> Result<Appended, FleetError> {
         self.ensure_serving()?;
-        let appended = self.store.append(batch).await?;
+        let appended = self.timed_append(batch).await?;
         self.wait_applied(appended.last_position).await?;
         Ok(appended)
     }
@@ -255,7 +268,7 @@ impl<S: EventStore, L: DeviceLink> Inner<S, L> {
             ExpectedVersion::from_current(version),
             self.envelopes(&done.events, now),
         );
-        match self.store.append(batch).await {
+        match self.timed_append(batch).await {
             Ok(appended) => {
                 stored(&done);
                 self.wait_applied(appended.last_position).await?;
@@ -344,7 +357,7 @@ impl<S: EventStore, L: DeviceLink> Inner<S, L> {
             self.envelopes(&events, now),
         );
         let mut guard = OwedRequest::arm(self, execution_id);
-        let appended = match self.store.append(batch).await {
+        let appended = match self.timed_append(batch).await {
             Ok(appended) => appended,
             Err(StoreError::Conflict { .. }) => {
                 guard.release();
@@ -461,6 +474,17 @@ impl<S: EventStore, L: DeviceLink> Inner<S, L> {
             self.outbox_wake.notify_one();
         }
         if !fx.commands_done.is_empty() {
+            let now = self.clock.now();
+            {
+                let st = self.read();
+                for id in &fx.commands_done {
+                    if let Some(c) = st.commands.get(id) {
+                        let took = now.saturating_since(c.sent_at);
+                        self.metrics
+                            .command_done(std::time::Duration::from_millis(took.as_millis()));
+                    }
+                }
+            }
             let mut waiters = lock(&self.waiters);
             for id in fx.commands_done {
                 for w in waiters.remove(&id).unwrap_or_default() {

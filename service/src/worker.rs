@@ -272,7 +272,11 @@ pub(crate) async fn run_inbound<S: EventStore, L: DeviceLink>(inner: Arc<Inner<S
 impl<S: EventStore, L: DeviceLink> Inner<S, L> {
     async fn handle(&self, work: Work, replies: &Mutex<ReplyCache>) -> Option<Outbound> {
         match work {
-            Work::Device(inbound, _) => Some(self.answer(inbound, replies).await),
+            Work::Device(inbound, _) => {
+                let reply = self.answer(inbound, replies).await;
+                self.metrics.answered(&reply);
+                Some(reply)
+            }
             Work::CommandTimer(id) => {
                 let stream = StreamId::command(&id);
                 if let Err(err) = self

@@ -114,7 +114,8 @@ impl MqttLinkConfig {
     }
 }
 
-/// Counters of what [`MqttLink`] received but did not hand to the runtime.
+/// Counters of what [`MqttLink`] received but did not hand to the runtime, and of its
+/// connections.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct LinkStats {
     /// QoS 0 publishes dropped because `max_queued_qos0` were already waiting.
@@ -126,6 +127,9 @@ pub struct LinkStats {
     pub topic_too_long: u64,
     /// Warnings about the two above left out of the log by the per-device rate limit.
     pub warnings_suppressed: u64,
+    /// Connections the broker accepted (ConnAcks), the first included: more than one means
+    /// the link reconnected.
+    pub connects: u64,
 }
 
 /// The `DeviceLink` over MQTT 5.
@@ -234,6 +238,7 @@ impl MqttLink {
             refused: self.refused.load(Ordering::Relaxed),
             topic_too_long: self.topic_too_long.load(Ordering::Relaxed),
             warnings_suppressed: self.suppressed.load(Ordering::Relaxed),
+            connects: self.conn.status().borrow().connects,
         }
     }
 

@@ -16,6 +16,7 @@
 mod error;
 mod extract;
 mod handlers;
+mod metrics;
 pub mod wire;
 
 use std::sync::Arc;
@@ -34,6 +35,7 @@ use tower_http::trace::TraceLayer;
 
 pub use error::ApiError;
 pub use handlers::DEFAULT_PAGE_LIMIT;
+pub use metrics::{AdapterFigures, StoreFigures};
 
 use crate::config::Auth;
 
@@ -49,6 +51,8 @@ pub struct ApiState<S: EventStore, L: DeviceLink> {
     /// Turns `true` when the server starts shutting down: `wait=true` requests then answer
     /// at once with the record as it stands instead of holding the shutdown up.
     pub stopping: watch::Receiver<bool>,
+    /// The link's and the store's figures, for `/metrics`.
+    pub adapters: Arc<dyn Fn() -> AdapterFigures + Send + Sync>,
 }
 
 impl<S: EventStore, L: DeviceLink> Clone for ApiState<S, L> {
@@ -57,6 +61,7 @@ impl<S: EventStore, L: DeviceLink> Clone for ApiState<S, L> {
             fleet: Arc::clone(&self.fleet),
             link_up: Arc::clone(&self.link_up),
             stopping: self.stopping.clone(),
+            adapters: Arc::clone(&self.adapters),
         }
     }
 }
@@ -100,6 +105,7 @@ fn endpoints<S: EventStore, L: DeviceLink>() -> Vec<Endpoint<ApiState<S, L>>> {
     vec![
         ep(M::GET, "/healthz", Public, h::healthz::<S, L>),
         ep(M::GET, "/api/v1/openapi.json", Public, h::openapi),
+        ep(M::GET, "/metrics", Token, metrics::metrics::<S, L>),
         ep(M::POST, "/api/v1/jobs", Token, h::create_job::<S, L>),
         ep(M::GET, "/api/v1/jobs", Token, h::list_jobs::<S, L>),
         ep(

@@ -123,11 +123,19 @@ impl Running {
         }
         let resp = req.send().await.expect("request sent");
         let status = resp.status();
+        let json = resp
+            .headers()
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .is_none_or(|v| v.starts_with("application/json"));
         let text = resp.text().await.expect("body read");
+        // Every JSON answer must parse; `/metrics` answers text, handed back as a string.
         let value = if text.is_empty() {
             Value::Null
-        } else {
+        } else if json {
             serde_json::from_str(&text).unwrap_or_else(|_| panic!("not JSON: {text}"))
+        } else {
+            Value::String(text)
         };
         (status, value)
     }
