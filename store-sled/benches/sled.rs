@@ -20,18 +20,19 @@
 //! the end prints the medians of the rates and of the per-pair ratios. Event construction is
 //! outside the timed sections. Run time is kept modest (10 samples, short windows).
 
-use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use criterion::{Criterion, Throughput};
 use fleetops_core::store::{AppendBatch, EventStore, ExpectedVersion, NewEvent};
-use fleetops_core::{Event, JobExecutionStatus, JobId, StreamId, ThingName, Timestamp};
+use fleetops_core::testkit::workload::{
+    appends_per_task, build_batches, exec_stream, mixed, queued, rate, Recorder,
+};
+use fleetops_core::StreamId;
 use fleetops_store_sled::internals::{encode_event, TREE_NAME};
 use fleetops_store_sled::{Durability, SledConfig, SledStore};
 use tokio::runtime::Runtime;
-use uuid::Uuid;
 
 mod common;
 use common::cpu_time;
@@ -39,112 +40,6 @@ use common::cpu_time;
 const SAMPLES: usize = 10;
 const REPLAY_EVENTS: u64 = 200_000;
 const STREAM_EVENTS: u64 = 10_000;
-
-/// Recorded values (events per second, ratios, group sizes), by name.
-#[derive(Default)]
-struct Recorder(Mutex<BTreeMap<String, Vec<f64>>>);
-
-impl Recorder {
-    fn record(&self, name: &str, value: f64) {
-        let mut map = self.0.lock().unwrap();
-        map.entry(name.to_owned()).or_default().push(value);
-    }
-
-    /// The median of every recorded value but the first (a cold start).
-    fn median(&self, name: &str) -> Option<f64> {
-        let map = self.0.lock().unwrap();
-        let all = map.get(name)?;
-        let mut v = all[usize::from(all.len() > 1)..].to_vec();
-        v.sort_by(f64::total_cmp);
-        Some(v[v.len() / 2])
-    }
-}
-
-fn job() -> JobId {
-    JobId::parse("bench-job").unwrap()
-}
-
-/// The event a rollout appends in bulk.
-fn queued(n: u64) -> NewEvent {
-    let at = Timestamp::from_millis(1_700_000_000_000 + n);
-    NewEvent::new(
-        Uuid::from_u64_pair(0x0190_0000_0000_7000, n),
-        Event::ExecutionQueued {
-            job_id: job(),
-            thing: ThingName::parse(&format!("thing-{n}")).unwrap(),
-            execution_number: 1,
-            queued_at: at,
-            in_progress_timeout: Some(fleetops_core::Duration::from_minutes(30)),
-        },
-        at,
-    )
-}
-
-/// A mix of execution events for the read benchmarks.
-fn mixed(n: u64) -> NewEvent {
-    let at = Timestamp::from_millis(1_700_000_000_000 + n);
-    let event = match n % 3 {
-        0 => return queued(n),
-        1 => Event::ExecutionStarted {
-            at,
-            status_details: None,
-            in_progress_deadline: Some(at + fleetops_core::Duration::from_minutes(30)),
-            step: fleetops_core::event::StepTimer::Unchanged,
-        },
-        _ => Event::ExecutionFinished {
-            status: JobExecutionStatus::Succeeded,
-            at,
-            status_details: None,
-        },
-    };
-    NewEvent::new(Uuid::from_u64_pair(0x0190_0000_0000_7000, n), event, at)
-}
-
-fn exec_stream(n: u64) -> StreamId {
-    StreamId::job_execution(&job(), &ThingName::parse(&format!("thing-{n}")).unwrap())
-}
-
-/// The batches one appender sends in one timed run.
-fn build_batches(events_per_append: u64, appends: u64, unique: &AtomicU64) -> Vec<AppendBatch> {
-    let id = unique.fetch_add(1, Ordering::Relaxed);
-    if events_per_append == 1 {
-        // One event creating a new stream, like queuing one execution.
-        (0..appends)
-            .map(|_| {
-                let n = unique.fetch_add(1, Ordering::Relaxed);
-                AppendBatch::single(exec_stream(n), ExpectedVersion::NoStream, vec![queued(n)])
-            })
-            .collect()
-    } else {
-        // 100 events on one stream with exact expectations, like a busy aggregate.
-        let stream = StreamId::custom(&format!("bench/{id}")).unwrap();
-        (0..appends)
-            .map(|i| {
-                let expected = if i == 0 {
-                    ExpectedVersion::NoStream
-                } else {
-                    ExpectedVersion::Exact(i * events_per_append)
-                };
-                let events = (0..events_per_append)
-                    .map(|_| queued(unique.fetch_add(1, Ordering::Relaxed)))
-                    .collect();
-                AppendBatch::single(stream.clone(), expected, events)
-            })
-            .collect()
-    }
-}
-
-/// Appends per appender per timed run, so each run writes a few thousand events at least.
-fn appends_per_task(events_per_append: u64, appenders: u64) -> u64 {
-    match (events_per_append, appenders) {
-        (1, 1) => 300,
-        (1, 16) => 60,
-        (1, _) => 10,
-        (_, 1) => 40,
-        (_, 16) => 6,
-        _ => 1,
-    }
-}
 
 /// The encoded record of a representative event: the value bytes the raw baselines write.
 fn record_bytes() -> Vec<u8> {
@@ -210,10 +105,6 @@ fn raw_threads(
             });
         }
     });
-}
-
-fn rate(events: u64, d: Duration) -> f64 {
-    events as f64 / d.as_secs_f64()
 }
 
 fn bench_appends(c: &mut Criterion, rt: &Runtime, rec: &Arc<Recorder>) -> Vec<String> {

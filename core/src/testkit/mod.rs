@@ -11,6 +11,7 @@ pub mod gwt;
 pub mod histories;
 pub mod model;
 pub mod rng;
+pub mod workload;
 
 pub use faults::{Fault, FaultHandle, FaultyStore};
 pub use model::{CommandOp, Expect, Intent, JobOp, Model, NewCommand, Op, Response, Step, Update};
