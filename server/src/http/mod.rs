@@ -11,7 +11,10 @@
 //!   and values outside their range (the message names the field), 401, 404 for unknown
 //!   resources and routes, 405, 409 for conflicts with the current state, 413 for bodies over
 //!   the limit, 415 for bodies that are not JSON, 503 when the store or broker link is down.
-//! - Listings page with `?limit=` (1 to 1000, default 100) and `?nextToken=`.
+//! - Listings page with `?limit=` (1 to 1000, default 100) and `?nextToken=`; so do the
+//!   `…/history` routes, which page a stream's stored events.
+//! - `GET /api/v1/events` streams stored events as Server-Sent Events (`events`): filtered,
+//!   resumable with `Last-Event-ID`, at most [`MAX_EVENT_CLIENTS`] at once.
 
 mod error;
 mod events;
