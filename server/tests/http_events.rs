@@ -268,6 +268,12 @@ async fn the_event_stream_sends_stored_events_live_filtered_and_resumes_after_an
     let mut job = EventStream::open(&server, "/api/v1/events?job=fw", &[]).await;
     let health = server.get("/healthz").await.1;
     assert_eq!(health["eventClients"], 2, "{health}");
+    let metrics = server.get("/metrics").await.1;
+    let metrics = metrics.as_str().expect("text");
+    assert!(
+        metrics.lines().any(|l| l == "fleetops_event_clients 2"),
+        "{metrics}"
+    );
 
     let id = send_command(&server, "t1").await;
     let sent = commands.expect().await;
