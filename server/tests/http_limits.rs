@@ -847,6 +847,17 @@ async fn the_openapi_document_states_exactly_what_the_server_accepts() {
                     server.call(method, &path, body.as_ref()).await
                 }
             };
+            // A header parameter goes in its header, the path as it is otherwise.
+            let send_header = |path: String, header: (String, String), body: Value| {
+                let server = &server;
+                let method = method.clone();
+                async move {
+                    let body = (!body.is_null()).then_some(body);
+                    server
+                        .call_with_header(method, &path, (&header.0, &header.1), body.as_ref())
+                        .await
+                }
+            };
 
             // Path and query parameters.
             for p in &params {
@@ -855,7 +866,18 @@ async fn the_openapi_document_states_exactly_what_the_server_accepts() {
                 let probe_path = |v: &str| match p["in"].as_str().unwrap() {
                     "path" => path_with(name, v),
                     "query" => format!("{}?{name}={}", path_with("", ""), encode(v)),
+                    "header" => path_with("", ""),
                     other => panic!("unexpected parameter place {other}"),
+                };
+                let probe = |v: String, body: Value| {
+                    let path = probe_path(&v);
+                    let header = (p["in"] == "header").then(|| (name.to_owned(), v));
+                    async {
+                        match header {
+                            Some(h) => send_header(path, h, body).await,
+                            None => send(path, body).await,
+                        }
+                    }
                 };
                 let mut valid = Vec::new();
                 let mut invalid = Vec::new();
@@ -879,7 +901,7 @@ async fn the_openapi_document_states_exactly_what_the_server_accepts() {
                 }
                 for v in valid {
                     counter += 1;
-                    let answer = send(probe_path(&v), base_body(counter)).await;
+                    let answer = probe(v.clone(), base_body(counter)).await;
                     probes += 1;
                     assert!(
                         answer.0 != StatusCode::BAD_REQUEST
@@ -892,7 +914,7 @@ async fn the_openapi_document_states_exactly_what_the_server_accepts() {
                 }
                 for (v, broken) in invalid {
                     counter += 1;
-                    let answer = send(probe_path(&v), base_body(counter)).await;
+                    let answer = probe(v.clone(), base_body(counter)).await;
                     probes += 1;
                     // An empty path segment matches no route: 404 is the refusal there.
                     let empty_segment = v.is_empty() && p["in"] == "path";

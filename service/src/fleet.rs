@@ -9,6 +9,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use fleetops_core::command::{CommandExecution, CommandIntent};
 use fleetops_core::event::EndReason;
 use fleetops_core::group::{Group, GroupIntent};
+use fleetops_core::ids::StreamKind;
 use fleetops_core::job::{Job, JobIntent};
 use fleetops_core::job_execution::{JobExecution, JobExecutionIntent};
 use fleetops_core::lease::Lease;
@@ -35,8 +36,8 @@ use crate::metrics::{FleetMetrics, Recorder};
 use crate::runtime::Inner;
 use crate::sync::lock;
 use crate::types::{
-    CommandRow, ExecutionRow, FleetConfig, JobDescription, JobSpec, JobSummary, Page, Paged,
-    StatusChange,
+    CommandRow, ExecutionRow, FleetConfig, HistoryPage, JobDescription, JobSpec, JobSummary, Page,
+    Paged, StatusChange,
 };
 use crate::{follower, jobs, leader, outbox, scheduler, snapshot, worker};
 use fleetops_machine::outbox::Outbox;
@@ -935,6 +936,65 @@ impl<S: EventStore, L: DeviceLink> Fleet<S, L> {
         Ok(stream.boxed())
     }
 
+    /// One page of `stream`'s history: up to `limit` stored events (1 to
+    /// [`Page::MAX_LIMIT`]; values outside are clamped) after stream version `after` (0 for
+    /// the first page), oldest first, read from the store rather than the read model, so
+    /// every fact ever stored is there (a deleted job's too). `ResourceNotFound` when the
+    /// stream was never written.
+    pub async fn history(
+        &self,
+        stream: &StreamId,
+        after: u64,
+        limit: usize,
+    ) -> Result<HistoryPage, FleetError> {
+        let limit = limit.clamp(1, Page::MAX_LIMIT);
+        // One more than asked tells whether another page follows without a second read.
+        let from = after.saturating_add(1);
+        let mut events = self
+            .inner
+            .store
+            .read_stream(stream, from, limit + 1)
+            .await?;
+        if events.is_empty() {
+            // Nothing read: the stream does not exist, the page is past its end, or its
+            // first events were appended between the read and now (read again then).
+            match self.inner.store.stream_version(stream).await? {
+                None => {
+                    let (kind, id) = subject(stream);
+                    return Err(not_found(kind, id));
+                }
+                Some(version) if version > after => {
+                    events = self
+                        .inner
+                        .store
+                        .read_stream(stream, from, limit + 1)
+                        .await?;
+                }
+                Some(_) => {}
+            }
+        }
+        let next = if events.len() > limit {
+            events.truncate(limit);
+            events.last().map(|e| e.stream_version)
+        } else {
+            None
+        };
+        Ok(HistoryPage { events, next })
+    }
+
+    /// Up to `limit` events of the global feed from position `from` on (1-based), read from
+    /// the store: the bounded counterpart of [`Fleet::events`], for readers that page
+    /// through the feed at their own pace.
+    pub async fn read_feed(&self, from: u64, limit: usize) -> Result<Vec<StoredEvent>, FleetError> {
+        Ok(self.inner.store.read_all(from, limit).await?)
+    }
+
+    /// The position of the last stored event (0 when the store is empty), as the store says
+    /// now; it may be ahead of [`Fleet::checkpoint`], which is what the projections folded.
+    pub async fn head_position(&self) -> Result<u64, FleetError> {
+        Ok(self.inner.store.head_position().await?)
+    }
+
     /// Status changes of job and command executions, as they are folded. A receiver that
     /// falls more than [`FleetConfig::status_change_buffer`] behind loses the oldest ones
     /// (`RecvError::Lagged`); [`Fleet::events`] never loses any.
@@ -953,6 +1013,17 @@ fn row(job: &JobId, thing: &ThingName, m: &ExecutionEntry) -> ExecutionRow {
         job_id: job.clone(),
         thing: thing.clone(),
         execution: m.clone(),
+    }
+}
+
+/// What a stream holds, named as the API's other refusals name it, and its id.
+fn subject(stream: &StreamId) -> (&'static str, String) {
+    match stream.kind() {
+        StreamKind::Command(id) => ("command execution", id.to_string()),
+        StreamKind::Job(id) => ("job", id.to_string()),
+        StreamKind::JobExecution(job, thing) => ("job execution", format!("{job}/{thing}")),
+        StreamKind::Group(name) => ("group", name.to_string()),
+        StreamKind::Custom(_) => ("stream", stream.to_string()),
     }
 }
 

@@ -187,6 +187,15 @@ pub struct Paged<T> {
     pub next: Option<String>,
 }
 
+/// One page of a stream's history, from [`Fleet::history`](crate::Fleet::history).
+#[derive(Debug, Clone, PartialEq)]
+pub struct HistoryPage {
+    /// The stored events with their envelopes, oldest first.
+    pub events: Vec<fleetops_core::store::StoredEvent>,
+    /// The stream version to pass as `after` for the next page; `None` on the last page.
+    pub next: Option<u64>,
+}
+
 /// Tuning of the runtime; the defaults suit a small server.
 ///
 /// ```

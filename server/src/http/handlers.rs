@@ -1,27 +1,30 @@
 //! The route handlers: parse at the boundary, call one `Fleet` method, shape the answer.
 
 use std::collections::BTreeSet;
+use std::sync::Arc;
 use std::time::Duration as StdDuration;
 
 use axum::extract::State;
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::sse::{KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
-use axum::Json;
+use axum::{Extension, Json};
 use fleetops_core::group::MAX_MEMBERS_PER_CHANGE;
 use fleetops_core::link::DeviceLink;
 use fleetops_core::{
     CommandStatus, Duration, EventStore, ExecutionId, GroupName, JobExecutionStatus, JobId,
-    JobStatus, Rejection, ThingName,
+    JobStatus, Rejection, StreamId, ThingName,
 };
 use fleetops_service::{CommandFilter, FleetError, Page, Paged};
 use serde::Deserialize;
 
 use super::error::ApiError;
+use super::events::{self, EventFilter, EventHub, StreamKindFilter, KEEP_ALIVE};
 use super::extract::{ApiJson, ApiPath, ApiQuery, OptionalJson};
 use super::wire::{
     CancelCommandRequest, CancelJobRequest, CommandSent, CommandSummaryView, CommandView,
     CreateGroupRequest, CreateJobRequest, ExecutionSummaryView, ExecutionView, GroupView,
-    JobCreated, JobSummaryView, JobView, MembersRequest, PageView, SendCommandRequest,
+    HistoryItem, JobCreated, JobSummaryView, JobView, MembersRequest, PageView, SendCommandRequest,
 };
 use super::ApiState;
 
@@ -63,13 +66,7 @@ fn execution_id(value: &str) -> ApiResult<ExecutionId> {
 }
 
 fn page(limit: Option<usize>, next_token: Option<String>) -> ApiResult<Page> {
-    let limit = limit.unwrap_or(DEFAULT_PAGE_LIMIT);
-    if !(1..=Page::MAX_LIMIT).contains(&limit) {
-        return Err(ApiError::invalid(
-            "limit",
-            format!("must be 1 to {}", Page::MAX_LIMIT),
-        ));
-    }
+    let limit = page_limit(limit)?;
     Ok(match next_token {
         Some(t) if t.is_empty() => return Err(ApiError::invalid("nextToken", "must not be empty")),
         Some(t) if t.chars().count() > MAX_PAGE_TOKEN_LEN => {
@@ -106,10 +103,68 @@ pub(super) struct ForceQuery {
     force: bool,
 }
 
+/// The longest history `nextToken`, in characters: a stream version in decimal, and every
+/// 19-digit number fits a `u64`.
+pub const MAX_HISTORY_TOKEN_LEN: usize = 19;
+
+/// The `limit` of a page, 1 to [`Page::MAX_LIMIT`] (default [`DEFAULT_PAGE_LIMIT`]).
+fn page_limit(limit: Option<usize>) -> ApiResult<usize> {
+    let limit = limit.unwrap_or(DEFAULT_PAGE_LIMIT);
+    if !(1..=Page::MAX_LIMIT).contains(&limit) {
+        return Err(ApiError::invalid(
+            "limit",
+            format!("must be 1 to {}", Page::MAX_LIMIT),
+        ));
+    }
+    Ok(limit)
+}
+
+/// A history page request: the stream version to read after (0 for the first page) and the
+/// limit. The token is the decimal stream version of the previous page's last item; clients
+/// treat it as opaque, the server refuses anything else it cannot have issued.
+fn history_page(limit: Option<usize>, next_token: Option<&str>) -> ApiResult<(u64, usize)> {
+    let limit = page_limit(limit)?;
+    let after = match next_token {
+        None => 0,
+        Some(t) => {
+            let digits = !t.is_empty()
+                && t.len() <= MAX_HISTORY_TOKEN_LEN
+                && t.bytes().all(|b| b.is_ascii_digit());
+            if !digits {
+                return Err(ApiError::invalid(
+                    "nextToken",
+                    format!(
+                        "must be the `nextToken` of a previous page (1 to \
+                         {MAX_HISTORY_TOKEN_LEN} digits)"
+                    ),
+                ));
+            }
+            t.parse::<u64>()
+                .map_err(|e| ApiError::invalid("nextToken", e))?
+        }
+    };
+    Ok((after, limit))
+}
+
+/// A page of `stream`'s stored events.
+async fn history_of<S: EventStore, L: DeviceLink>(
+    app: &ApiState<S, L>,
+    stream: &StreamId,
+    q: PageQuery,
+) -> ApiResult<Json<PageView<HistoryItem>>> {
+    let (after, limit) = history_page(q.limit, q.next_token.as_deref())?;
+    let page = app.fleet.history(stream, after, limit).await?;
+    Ok(Json(PageView {
+        items: page.events.iter().map(HistoryItem::from).collect(),
+        next_token: page.next.map(|v| v.to_string()),
+    }))
+}
+
 // ---- health and docs --------------------------------------------------------------------------
 
 pub(super) async fn healthz<S: EventStore, L: DeviceLink>(
     State(app): State<ApiState<S, L>>,
+    Extension(hub): Extension<Arc<EventHub>>,
 ) -> Response {
     if *app.stopping.borrow() {
         return ApiError::unavailable("shutting down").into_response();
@@ -130,6 +185,8 @@ pub(super) async fn healthz<S: EventStore, L: DeviceLink>(
         "undeliverable": health.undeliverable,
         "givenUp": health.given_up,
         "leading": app.fleet.is_leading(),
+        "eventClients": hub.clients(),
+        "eventClientsDropped": hub.slow_disconnects(),
     }))
     .into_response()
 }
@@ -197,6 +254,15 @@ pub(super) async fn describe_job<S: EventStore, L: DeviceLink>(
     Ok(Json(JobView::from(&d)))
 }
 
+pub(super) async fn job_history<S: EventStore, L: DeviceLink>(
+    State(app): State<ApiState<S, L>>,
+    ApiPath(id): ApiPath<String>,
+    ApiQuery(q): ApiQuery<PageQuery>,
+) -> ApiResult<Json<PageView<HistoryItem>>> {
+    let id = job_id(&id)?;
+    history_of(&app, &StreamId::job(&id), q).await
+}
+
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub(super) struct ExecutionsQuery {
@@ -246,6 +312,15 @@ pub(super) async fn get_job_execution<S: EventStore, L: DeviceLink>(
     let (job, thing) = (job_id(&job)?, thing_name(&thing)?);
     let e = app.fleet.get_job_execution(&job, &thing).await?;
     Ok(Json(e.into()))
+}
+
+pub(super) async fn job_execution_history<S: EventStore, L: DeviceLink>(
+    State(app): State<ApiState<S, L>>,
+    ApiPath((job, thing)): ApiPath<(String, String)>,
+    ApiQuery(q): ApiQuery<PageQuery>,
+) -> ApiResult<Json<PageView<HistoryItem>>> {
+    let (job, thing) = (job_id(&job)?, thing_name(&thing)?);
+    history_of(&app, &StreamId::job_execution(&job, &thing), q).await
 }
 
 pub(super) async fn delete_job_execution<S: EventStore, L: DeviceLink>(
@@ -358,6 +433,15 @@ pub(super) async fn get_command<S: EventStore, L: DeviceLink>(
     Ok(Json(app.fleet.get_command(&id).await?.into()))
 }
 
+pub(super) async fn command_history<S: EventStore, L: DeviceLink>(
+    State(app): State<ApiState<S, L>>,
+    ApiPath(id): ApiPath<String>,
+    ApiQuery(q): ApiQuery<PageQuery>,
+) -> ApiResult<Json<PageView<HistoryItem>>> {
+    let id = execution_id(&id)?;
+    history_of(&app, &StreamId::command(&id), q).await
+}
+
 pub(super) async fn cancel_command<S: EventStore, L: DeviceLink>(
     State(app): State<ApiState<S, L>>,
     ApiPath(id): ApiPath<String>,
@@ -367,6 +451,87 @@ pub(super) async fn cancel_command<S: EventStore, L: DeviceLink>(
     Ok(Json(
         app.fleet.cancel_command(&id, body.reason).await?.into(),
     ))
+}
+
+// ---- live events ------------------------------------------------------------------------------
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct EventsQuery {
+    job: Option<String>,
+    thing: Option<String>,
+    kind: Option<StreamKindFilter>,
+    from: Option<u64>,
+}
+
+/// The position a reconnecting EventSource sends: the `id` of the last message it got.
+fn last_event_id(headers: &HeaderMap) -> ApiResult<Option<u64>> {
+    let Some(value) = headers.get("last-event-id") else {
+        return Ok(None);
+    };
+    let text = value.to_str().unwrap_or_default().trim();
+    // The same shape as a history token: every position fits in 19 digits.
+    if text.is_empty()
+        || text.len() > MAX_HISTORY_TOKEN_LEN
+        || !text.bytes().all(|b| b.is_ascii_digit())
+    {
+        return Err(ApiError::invalid(
+            "Last-Event-ID",
+            format!("must be the id of an event: 1 to {MAX_HISTORY_TOKEN_LEN} digits"),
+        ));
+    }
+    text.parse::<u64>()
+        .map(Some)
+        .map_err(|e| ApiError::invalid("Last-Event-ID", e))
+}
+
+pub(super) async fn events<S: EventStore, L: DeviceLink>(
+    State(app): State<ApiState<S, L>>,
+    Extension(hub): Extension<Arc<EventHub>>,
+    headers: HeaderMap,
+    ApiQuery(q): ApiQuery<EventsQuery>,
+) -> ApiResult<Response> {
+    // Everything is checked before the stream starts: a bad value is a plain 400.
+    let filter = EventFilter {
+        job: q
+            .job
+            .as_deref()
+            .map(|v| parse_id("job", v, JobId::parse))
+            .transpose()?,
+        thing: q
+            .thing
+            .as_deref()
+            .map(|v| parse_id("thing", v, ThingName::parse))
+            .transpose()?,
+        kind: q.kind,
+    };
+    // The header wins: a reconnecting EventSource repeats the URL it was opened with (and so
+    // its `from`), and the header says how far it got since.
+    let resume = last_event_id(&headers)?.or(q.from);
+    let slot = hub.admit().ok_or_else(|| {
+        ApiError::unavailable(format!(
+            "too many event streams: at most {} at once; retry later",
+            hub.max_clients()
+        ))
+    })?;
+    let head = app.fleet.head_position().await?;
+    // A position past the head (a store that was replaced, say) is taken as the head: no
+    // stored event is skipped.
+    let after = resume.map_or(head, |p| p.min(head));
+    let stream = events::stream(
+        Arc::clone(&app.fleet),
+        hub,
+        slot,
+        filter,
+        after,
+        app.stopping.clone(),
+    );
+    Ok((
+        // Tells nginx and the like not to buffer the stream.
+        [("x-accel-buffering", "no")],
+        Sse::new(stream).keep_alive(KeepAlive::new().interval(KEEP_ALIVE)),
+    )
+        .into_response())
 }
 
 // ---- thing groups -----------------------------------------------------------------------------
@@ -498,6 +663,23 @@ mod tests {
         let second = members_page(&members, &Page::after("b", 2));
         assert_eq!(second.items, vec![ThingName::parse("c").unwrap()]);
         assert_eq!(second.next_token, None);
+    }
+
+    #[test]
+    fn history_tokens_are_stream_versions() {
+        assert_eq!(history_page(None, None).unwrap(), (0, DEFAULT_PAGE_LIMIT));
+        assert_eq!(history_page(Some(1), Some("7")).unwrap(), (7, 1));
+        assert_eq!(
+            history_page(Some(Page::MAX_LIMIT), Some(&"9".repeat(19))).unwrap(),
+            (9_999_999_999_999_999_999, Page::MAX_LIMIT)
+        );
+        for bad in ["", "a", "-1", "1.5", " 1", "+1", "01x", &"1".repeat(20)] {
+            let e = history_page(None, Some(bad)).unwrap_err();
+            assert_eq!(e.status, StatusCode::BAD_REQUEST, "{bad:?}");
+            assert!(e.message.contains("nextToken"), "{bad:?}: {}", e.message);
+        }
+        assert!(history_page(Some(0), None).is_err());
+        assert!(history_page(Some(Page::MAX_LIMIT + 1), None).is_err());
     }
 
     #[test]

@@ -2,9 +2,12 @@
 //! (which Prometheus scrapes), encoded by the `prometheus-client` crate from a snapshot taken
 //! at each scrape: nothing is formatted by hand, and nothing is kept between scrapes.
 
+use std::sync::Arc;
+
 use axum::extract::State;
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
+use axum::Extension;
 use fleetops_core::link::DeviceLink;
 use fleetops_core::EventStore;
 use fleetops_service::{FleetMetrics, HistogramSnapshot};
@@ -14,6 +17,7 @@ use prometheus_client::encoding::{DescriptorEncoder, NoLabelSet};
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 
+use super::events::EventHub;
 use super::{ApiError, ApiState};
 
 /// The content type of the OpenMetrics text format.
@@ -48,14 +52,18 @@ pub struct StoreFigures {
 struct Scrape {
     fleet: FleetMetrics,
     adapters: AdapterFigures,
+    /// Event stream clients connected now, and dropped for lagging since the start.
+    events: (u64, u64),
 }
 
 pub(super) async fn metrics<S: EventStore, L: DeviceLink>(
     State(app): State<ApiState<S, L>>,
+    Extension(hub): Extension<Arc<EventHub>>,
 ) -> Response {
     let scrape = Scrape {
         fleet: app.fleet.metrics(),
         adapters: (app.adapters)(),
+        events: (hub.clients() as u64, hub.slow_disconnects()),
     };
     let mut registry = Registry::default();
     registry.register_collector(Box::new(scrape));
@@ -258,6 +266,18 @@ impl Collector for Scrape {
                     .encode_counter::<NoLabelSet, _, u64>(&n, None)?;
             }
         }
+        gauge(
+            &mut enc,
+            "fleetops_event_clients",
+            "Clients of GET /api/v1/events connected now.",
+            self.events.0,
+        )?;
+        counter(
+            &mut enc,
+            "fleetops_event_clients_dropped",
+            "Event stream clients disconnected for falling a whole buffer behind.",
+            self.events.1,
+        )?;
         if let Some(store) = &a.store {
             counter(
                 &mut enc,

@@ -11,9 +11,13 @@
 //!   and values outside their range (the message names the field), 401, 404 for unknown
 //!   resources and routes, 405, 409 for conflicts with the current state, 413 for bodies over
 //!   the limit, 415 for bodies that are not JSON, 503 when the store or broker link is down.
-//! - Listings page with `?limit=` (1 to 1000, default 100) and `?nextToken=`.
+//! - Listings page with `?limit=` (1 to 1000, default 100) and `?nextToken=`; so do the
+//!   `…/history` routes, which page a stream's stored events.
+//! - `GET /api/v1/events` streams stored events as Server-Sent Events (`events`): filtered,
+//!   resumable with `Last-Event-ID`, at most [`MAX_EVENT_CLIENTS`] at once.
 
 mod error;
+mod events;
 mod extract;
 mod handlers;
 mod metrics;
@@ -26,7 +30,7 @@ use axum::http::{header, Method, Uri};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{on, MethodFilter, MethodRouter};
-use axum::Router;
+use axum::{Extension, Router};
 use fleetops_core::link::DeviceLink;
 use fleetops_core::EventStore;
 use fleetops_service::Fleet;
@@ -34,6 +38,7 @@ use tokio::sync::watch;
 use tower_http::trace::TraceLayer;
 
 pub use error::ApiError;
+pub use events::{EventHub, EVENT_BUFFER, KEEP_ALIVE, MAX_EVENT_CLIENTS};
 pub use handlers::DEFAULT_PAGE_LIMIT;
 pub use metrics::{AdapterFigures, StoreFigures};
 
@@ -200,6 +205,26 @@ fn endpoints<S: EventStore, L: DeviceLink>() -> Vec<Endpoint<ApiState<S, L>>> {
             Token,
             h::remove_members::<S, L>,
         ),
+        // Histories and live events.
+        ep(
+            M::GET,
+            "/api/v1/jobs/{jobId}/history",
+            Token,
+            h::job_history::<S, L>,
+        ),
+        ep(
+            M::GET,
+            "/api/v1/jobs/{jobId}/things/{thingName}/history",
+            Token,
+            h::job_execution_history::<S, L>,
+        ),
+        ep(
+            M::GET,
+            "/api/v1/commands/{executionId}/history",
+            Token,
+            h::command_history::<S, L>,
+        ),
+        ep(M::GET, "/api/v1/events", Token, h::events::<S, L>),
     ]
 }
 
@@ -243,6 +268,7 @@ pub fn router<S: EventStore, L: DeviceLink>(
         .fallback(no_route)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(max_body_bytes))
+        .layer(Extension(Arc::new(EventHub::default())))
         .layer(TraceLayer::new_for_http())
         .with_state(state)
 }

@@ -10,14 +10,16 @@ use fleetops_core::config::{
     AbortCriterion, EndBehavior, FailureType, IncreaseCriterion, JobConfig, RetryCriterion,
     Rollout, Schedule, TargetSelection, Targets, MAX_RATE_PER_MINUTE,
 };
-use fleetops_core::event::JobCancelReason;
+use fleetops_core::event::{Event, JobCancelReason};
 use fleetops_core::group::Group;
+use fleetops_core::ids::StreamKind;
 use fleetops_core::job::Job;
 use fleetops_core::job_execution::JobExecution;
 use fleetops_core::projection::JobCounters;
+use fleetops_core::store::StoredEvent;
 use fleetops_core::{
     CommandStatus, Duration, ExecutionId, GroupName, JobExecutionStatus, JobId, JobStatus,
-    ThingName, Timestamp,
+    StreamId, ThingName, Timestamp,
 };
 use fleetops_service::{CommandRow, ExecutionRow, JobDescription, JobSpec, JobSummary};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
@@ -828,6 +830,98 @@ impl From<&Group> for GroupView {
             thing_group_name: g.name.clone(),
             description: g.description.clone(),
             number_of_things: g.members.len(),
+        }
+    }
+}
+
+// ---- history and live events ------------------------------------------------------------------
+
+/// One stored event, in `GET …/history` pages: its envelope and the fact.
+///
+/// `type` and `details` come from the stored JSON form of core's `Event` (its `type` tag and
+/// the remaining fields), which golden tests freeze, so this shape is as stable as the stored
+/// format. `details` is that form as is: times inside it are epoch milliseconds and
+/// durations milliseconds, unlike the epoch seconds of `recordedAt` and the rest of the API.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct HistoryItem {
+    /// Its position in the global feed (1-based); increases along every stream.
+    pub position: u64,
+    /// Its version within its stream (1-based, no gaps).
+    pub stream_version: u64,
+    /// The event's id (a UUIDv7).
+    pub event_id: uuid::Uuid,
+    /// When it was decided, in epoch seconds.
+    pub recorded_at: u64,
+    /// The event's kind: core's variant name, such as `ExecutionQueued`.
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    /// The event's fields, as stored.
+    pub details: Value,
+}
+
+impl From<&StoredEvent> for HistoryItem {
+    fn from(e: &StoredEvent) -> Self {
+        Self {
+            position: e.position,
+            stream_version: e.stream_version,
+            event_id: e.event_id,
+            recorded_at: secs(e.recorded_at),
+            kind: e.event.type_name(),
+            details: details(&e.event),
+        }
+    }
+}
+
+/// The stored JSON of `event` without its `type` tag.
+fn details(event: &Event) -> Value {
+    match serde_json::to_value(event) {
+        Ok(Value::Object(mut fields)) => {
+            fields.remove("type");
+            Value::Object(fields)
+        }
+        // An internally tagged enum of plain data with string keys always serializes to an
+        // object; should that ever change, the item still goes out, without details.
+        _ => Value::Object(serde_json::Map::new()),
+    }
+}
+
+/// One message of `GET /api/v1/events`: a [`HistoryItem`] with the stream it belongs to and
+/// the ids that stream's name carries.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct FeedItem {
+    /// The event.
+    #[serde(flatten)]
+    pub item: HistoryItem,
+    /// The stream: `job/{jobId}`, `exec/{jobId}/{thingName}`, `cmd/{executionId}` or
+    /// `group/{name}`.
+    pub stream: StreamId,
+    /// The job, for job and job execution streams.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub job_id: Option<JobId>,
+    /// The thing, for job execution streams.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub thing_name: Option<ThingName>,
+    /// The command execution, for command streams.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub execution_id: Option<ExecutionId>,
+}
+
+impl From<&StoredEvent> for FeedItem {
+    fn from(e: &StoredEvent) -> Self {
+        let (job_id, thing_name, execution_id) = match e.stream.kind() {
+            StreamKind::Job(job) => (Some(job), None, None),
+            StreamKind::JobExecution(job, thing) => (Some(job), Some(thing), None),
+            StreamKind::Command(id) => (None, None, Some(id)),
+            StreamKind::Group(_) | StreamKind::Custom(_) => (None, None, None),
+        };
+        Self {
+            item: HistoryItem::from(e),
+            stream: e.stream.clone(),
+            job_id,
+            thing_name,
+            execution_id,
         }
     }
 }

@@ -122,22 +122,28 @@ impl Running {
                 .body(b.to_string());
         }
         let resp = req.send().await.expect("request sent");
-        let status = resp.status();
-        let json = resp
-            .headers()
-            .get("content-type")
-            .and_then(|v| v.to_str().ok())
-            .is_none_or(|v| v.starts_with("application/json"));
-        let text = resp.text().await.expect("body read");
-        // Every JSON answer must parse; `/metrics` answers text, handed back as a string.
-        let value = if text.is_empty() {
-            Value::Null
-        } else if json {
-            serde_json::from_str(&text).unwrap_or_else(|_| panic!("not JSON: {text}"))
-        } else {
-            Value::String(text)
-        };
-        (status, value)
+        answer(resp).await
+    }
+
+    /// [`Running::call`] with one more header.
+    pub async fn call_with_header(
+        &self,
+        method: Method,
+        path: &str,
+        header: (&str, &str),
+        body: Option<&Value>,
+    ) -> (StatusCode, Value) {
+        let mut req = self
+            .client
+            .request(method, self.url(path))
+            .bearer_auth(TOKEN)
+            .header(header.0, header.1);
+        if let Some(b) = body {
+            req = req
+                .header("content-type", "application/json")
+                .body(b.to_string());
+        }
+        answer(req.send().await.expect("request sent")).await
     }
 
     pub async fn get(&self, path: &str) -> (StatusCode, Value) {
@@ -168,4 +174,36 @@ impl Running {
         let value = serde_json::from_str(&text).unwrap_or(Value::String(text));
         (status, headers, value)
     }
+}
+
+/// Whether `resp` is a Server-Sent Events stream.
+pub fn is_event_stream(resp: &reqwest::Response) -> bool {
+    resp.headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("text/event-stream"))
+}
+
+/// The status and body of an answer: JSON parsed (it must parse), other text as a string,
+/// `Null` when empty or for an event stream, which does not end by itself.
+async fn answer(resp: reqwest::Response) -> (StatusCode, Value) {
+    let status = resp.status();
+    if is_event_stream(&resp) {
+        return (status, Value::Null);
+    }
+    let json = resp
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .is_none_or(|v| v.starts_with("application/json"));
+    let text = resp.text().await.expect("body read");
+    // Every JSON answer must parse; `/metrics` answers text, handed back as a string.
+    let value = if text.is_empty() {
+        Value::Null
+    } else if json {
+        serde_json::from_str(&text).unwrap_or_else(|_| panic!("not JSON: {text}"))
+    } else {
+        Value::String(text)
+    };
+    (status, value)
 }
