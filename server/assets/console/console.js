@@ -376,7 +376,9 @@
     h('label', { for: 'job-rollout' }, 'Rollout per minute'), rollout,
     h('label', { for: 'job-description' }, 'Description'), description,
     h('div', { class: 'actions' }, submit));
-    return card('Create job', box, form);
+    // Folded by default: the list is what an operator looks at most.
+    return h('details', { class: 'card', id: 'create-job-card' },
+      h('summary', { id: 'create-job-toggle' }, 'Create job'), box, form);
   }
 
   function viewJobs() {
@@ -567,7 +569,8 @@
     const body = h('div', { id: 'history' }, h('p', { class: 'muted' }, 'Loading…'));
     const more = h('button', { type: 'button', class: 'secondary', hidden: true },
       'Load more');
-    const reload = h('button', { type: 'button', class: 'secondary' }, 'Refresh');
+    const reload = h('button', { type: 'button', class: 'secondary', id: 'history-refresh' },
+      'Refresh');
     let list;
     let next;
     const gen = generation;
