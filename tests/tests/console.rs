@@ -51,14 +51,18 @@ fn on_path(names: &[&str]) -> Option<PathBuf> {
 
 /// Chromium and chromedriver, or `None` after a loud message (a panic under CI).
 fn browser_or_skip() -> Option<(PathBuf, PathBuf)> {
-    let chromium = std::env::var_os("FLEETOPS_CHROMIUM")
-        .map(PathBuf::from)
-        .or_else(|| on_path(&["chromium", "chromium-browser", "google-chrome"]));
-    let driver = std::env::var_os("FLEETOPS_CHROMEDRIVER")
-        .map(PathBuf::from)
-        .or_else(|| on_path(&["chromedriver"]));
-    if let (Some(c), Some(d)) = (&chromium, &driver) {
-        return Some((c.clone(), d.clone()));
+    // A variable naming a missing file means missing, not "look elsewhere".
+    let find = |var: &str, names: &[&str]| match std::env::var_os(var) {
+        Some(p) => Some(PathBuf::from(p)).filter(|p| p.is_file()),
+        None => on_path(names),
+    };
+    let chromium = find(
+        "FLEETOPS_CHROMIUM",
+        &["chromium", "chromium-browser", "google-chrome"],
+    );
+    let driver = find("FLEETOPS_CHROMEDRIVER", &["chromedriver"]);
+    if let (Some(c), Some(d)) = (chromium, driver) {
+        return Some((c, d));
     }
     let message = "Chromium or chromedriver not found (looked at $FLEETOPS_CHROMIUM, \
          $FLEETOPS_CHROMEDRIVER, PATH and /usr/bin): install them with \
