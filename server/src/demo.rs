@@ -15,6 +15,14 @@
 //!
 //! Every device's role is fixed up front from `--seed`, so the demo knows what each count
 //! must be; it exits non-zero if any count differs.
+//!
+//! The demo also serves the HTTP API and the web console ([`crate::console`]) on a free
+//! loopback port, with a bearer token drawn at random for the run: it prints the console's
+//! URL with the token in its fragment (`http://127.0.0.1:PORT/#token=…`), which logs the
+//! browser in without the token ever reaching a server log. A token rather than no
+//! authentication, because any local user or web page could otherwise drive the fleet.
+//! `--keep-open` keeps the fleet, its devices and the console running after the table until
+//! Ctrl-C, so a newcomer can look around, send commands and run more jobs.
 
 use std::collections::{BTreeMap, HashMap};
 use std::io::IsTerminal;
@@ -36,9 +44,12 @@ use futures::future::BoxFuture;
 use futures::stream::{FuturesUnordered, StreamExt};
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde_json::json;
+use tokio::sync::watch;
 
 use crate::broker::EmbeddedBroker;
+use crate::config::{Auth, DEFAULT_MAX_BODY_BYTES};
 use crate::devices::{SimConfig, Simulation};
+use crate::http::{self, ApiState};
 
 /// How long a command waits for its answer, in wall-clock milliseconds.
 const COMMAND_TTL_WALL_MS: u64 = 3000;
@@ -59,6 +70,9 @@ pub struct DemoArgs {
     /// Give up (and exit non-zero) if the demo has not finished after this many seconds.
     #[arg(long, default_value_t = 180, value_parser = clap::value_parser!(u64).range(10..))]
     pub timeout_secs: u64,
+    /// After the run, keep the fleet, its devices and the web console running until Ctrl-C.
+    #[arg(long)]
+    pub keep_open: bool,
 }
 
 /// What a device does with the demo's job, on every attempt.
@@ -297,18 +311,75 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         )
         .with_writer(std::io::stderr)
         .try_init();
-    let deadline = Instant::now() + StdDuration::from_secs(args.timeout_secs);
-    match tokio::time::timeout_at(deadline.into(), demo(&args)).await {
-        Ok(result) => result,
-        Err(_) => bail!(
-            "the demo did not finish within {} s (--timeout-secs)",
-            args.timeout_secs
-        ),
+    demo(&args).await
+}
+
+/// The HTTP API and the web console of the demo's fleet, on a free loopback port.
+struct Console {
+    url: String,
+    token: String,
+    stop: watch::Sender<bool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Console {
+    async fn start(
+        fleet: &Arc<Fleet<SledStore, Arc<MqttLink>>>,
+        link: &Arc<MqttLink>,
+    ) -> anyhow::Result<Self> {
+        // 122 random bits: unguessable for the minutes the demo lives.
+        let token = uuid::Uuid::new_v4().simple().to_string();
+        let (stop, stopping) = watch::channel(false);
+        let probe = Arc::clone(link);
+        let state = ApiState {
+            fleet: Arc::clone(fleet),
+            link_up: Arc::new(move || probe.is_connected()),
+            stopping: stopping.clone(),
+        };
+        let app = http::router(state, Auth::Bearer(token.clone()), DEFAULT_MAX_BODY_BYTES);
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0))
+            .await
+            .context("cannot listen on a loopback port for the console")?;
+        let addr = listener
+            .local_addr()
+            .context("the console's listening address")?;
+        let mut stopped = stopping;
+        let task = tokio::spawn(async move {
+            let shutdown = async move {
+                let _ = stopped.wait_for(|s| *s).await.is_ok();
+            };
+            if let Err(e) = axum::serve(listener, app)
+                .with_graceful_shutdown(shutdown)
+                .await
+            {
+                tracing::error!(error = %e, "the demo's HTTP server stopped");
+            }
+        });
+        Ok(Self {
+            url: format!("http://{addr}/"),
+            token,
+            stop,
+            task,
+        })
+    }
+
+    /// Stops accepting, lets requests in flight finish, and drops the router's fleet handle.
+    async fn stop(self) {
+        let _ = self.stop.send(true);
+        let _ = self.task.await;
     }
 }
 
 async fn demo(args: &DemoArgs) -> anyhow::Result<()> {
     let started = Instant::now();
+    let deadline =
+        tokio::time::Instant::from_std(started + StdDuration::from_secs(args.timeout_secs));
+    let too_slow = || {
+        anyhow::anyhow!(
+            "the demo did not finish within {} s (--timeout-secs)",
+            args.timeout_secs
+        )
+    };
     let n = args.devices as usize;
     let speed = args.speed;
     let minute_real = StdDuration::from_millis(60_000 / u64::from(speed));
@@ -319,27 +390,90 @@ async fn demo(args: &DemoArgs) -> anyhow::Result<()> {
         secs(minute_real)
     );
 
-    let broker = EmbeddedBroker::start().await?;
-    let dir = tempfile::Builder::new()
-        .prefix("fleetops-demo-")
-        .tempdir()
-        .context("cannot create a temporary directory for sled")?;
-    let store = SledStore::open_async(SledConfig::new(dir.path()))
+    let setup = async {
+        let broker = EmbeddedBroker::start().await?;
+        let dir = tempfile::Builder::new()
+            .prefix("fleetops-demo-")
+            .tempdir()
+            .context("cannot create a temporary directory for sled")?;
+        let store = SledStore::open_async(SledConfig::new(dir.path()))
+            .await
+            .context("cannot open sled")?;
+        let link = MqttLink::connect(MqttLinkConfig::new(broker.config()))
+            .await
+            .context("the service cannot connect to the embedded broker")?;
+        let link = Arc::new(link);
+        let fleet = Fleet::builder(store, Arc::clone(&link))
+            .clock(FastClock::new(speed))
+            .start()
+            .await
+            .context("the fleet does not start")?;
+        let fleet = Arc::new(fleet);
+        let console = Console::start(&fleet, &link).await?;
+        anyhow::Ok((broker, dir, fleet, console))
+    };
+    let (broker, dir, fleet, console) = tokio::time::timeout_at(deadline, setup)
         .await
-        .context("cannot open sled")?;
-    let link = MqttLink::connect(MqttLinkConfig::new(broker.config()))
-        .await
-        .context("the service cannot connect to the embedded broker")?;
-    let fleet = Fleet::builder(store, link)
-        .clock(FastClock::new(speed))
-        .start()
-        .await
-        .context("the fleet does not start")?;
+        .map_err(|_| too_slow())??;
     println!(
         "broker at {}, sled in {}",
         broker.url(),
         dir.path().display()
     );
+    // The fragment logs the browser in; it is never sent to the server.
+    println!(
+        "console at {url}#token={token} (API token {token}; the fleet's clock runs {speed}x \
+         fast, so its times run ahead)",
+        url = console.url,
+        token = console.token
+    );
+
+    let run = scenario(args, &broker, &fleet, started);
+    let (sim, mismatches) = tokio::time::timeout_at(deadline, run)
+        .await
+        .map_err(|_| too_slow())??;
+
+    if args.keep_open {
+        println!();
+        println!(
+            "--keep-open: the fleet, its devices and the console at {} stay up; Ctrl-C to stop",
+            console.url
+        );
+        tokio::signal::ctrl_c()
+            .await
+            .context("cannot wait for Ctrl-C")?;
+        println!("stopping");
+    }
+
+    sim.stop().await;
+    // The router holds a handle on the fleet: stop serving first, then the fleet is ours.
+    console.stop().await;
+    match Arc::try_unwrap(fleet) {
+        Ok(fleet) => fleet.shutdown().await,
+        Err(_) => tracing::warn!("the fleet is still shared; stopping it by dropping it"),
+    }
+    broker.shutdown().await;
+    drop(dir);
+
+    if !mismatches.is_empty() {
+        bail!(
+            "the counts differ from what the devices did: {}",
+            mismatches.join("; ")
+        );
+    }
+    Ok(())
+}
+
+/// The devices, the commands, the job and the table; the devices keep running for
+/// `--keep-open`. Returns the counts that differ from what the devices' roles imply.
+async fn scenario(
+    args: &DemoArgs,
+    broker: &EmbeddedBroker,
+    fleet: &Fleet<SledStore, Arc<MqttLink>>,
+    started: Instant,
+) -> anyhow::Result<(Simulation, Vec<String>)> {
+    let n = args.devices as usize;
+    let speed = args.speed;
 
     let progress = Progress::new();
     let targets = things(n)?;
@@ -366,7 +500,7 @@ async fn demo(args: &DemoArgs) -> anyhow::Result<()> {
         secs(StdDuration::from_millis(COMMAND_TTL_WALL_MS))
     ));
     let bar = progress.bar(n as u64, "commands");
-    let fleet_ref = &fleet;
+    let fleet_ref = fleet;
     let mut sends = futures::stream::iter(targets.iter().cloned())
         .map(|thing| async move {
             fleet_ref
@@ -471,7 +605,7 @@ async fn demo(args: &DemoArgs) -> anyhow::Result<()> {
     progress.say(format!("job completed in {}", secs(job_time)));
 
     // The table, from what the fleet stored.
-    let commands = command_counts(&fleet)?;
+    let commands = command_counts(fleet)?;
     let c = &description.counters;
     let mut job_counts: BTreeMap<&'static str, u64> = BTreeMap::new();
     for (status, count) in [
@@ -488,7 +622,7 @@ async fn demo(args: &DemoArgs) -> anyhow::Result<()> {
             job_counts.insert(status.as_str(), count);
         }
     }
-    let retried = retried_count(&fleet, &job)?;
+    let retried = retried_count(fleet, &job)?;
     let expected_commands = behaviour.expected_commands();
     let (expected_job, expected_retried) = behaviour.expected_job();
 
@@ -537,17 +671,7 @@ async fn demo(args: &DemoArgs) -> anyhow::Result<()> {
         secs(job_time)
     );
 
-    sim.stop().await;
-    fleet.shutdown().await;
-    broker.shutdown().await;
-
-    if !mismatches.is_empty() {
-        bail!(
-            "the counts differ from what the devices did: {}",
-            mismatches.join("; ")
-        );
-    }
-    Ok(())
+    Ok((sim, mismatches))
 }
 
 fn summary(counts: &BTreeMap<&'static str, u64>) -> String {
@@ -559,7 +683,7 @@ fn summary(counts: &BTreeMap<&'static str, u64>) -> String {
 }
 
 fn command_counts(
-    fleet: &Fleet<SledStore, MqttLink>,
+    fleet: &Fleet<SledStore, Arc<MqttLink>>,
 ) -> anyhow::Result<BTreeMap<&'static str, u64>> {
     let mut counts = BTreeMap::new();
     let mut page = Page::first(Page::MAX_LIMIT);
@@ -575,7 +699,7 @@ fn command_counts(
     }
 }
 
-fn retried_count(fleet: &Fleet<SledStore, MqttLink>, job: &JobId) -> anyhow::Result<u64> {
+fn retried_count(fleet: &Fleet<SledStore, Arc<MqttLink>>, job: &JobId) -> anyhow::Result<u64> {
     let mut retried = 0;
     let mut page = Page::first(Page::MAX_LIMIT);
     loop {

@@ -7,7 +7,7 @@
 //! - [`demo`]: an in-process MQTT broker on a free loopback port, sled in a temporary
 //!   directory and a few hundred simulated devices, with live progress;
 //! - [`serve`]: the service for real use — broker connection, sled data directory and the
-//!   HTTP API ([`http`]);
+//!   HTTP API ([`http`]) with the operators' web console ([`console`]);
 //! - [`simulate`]: N simulated devices against a broker;
 //! - [`mod@bench`]: end-to-end load through a real broker beside the raw-MQTT baseline.
 //!
@@ -32,6 +32,7 @@ pub mod broker;
 pub mod broker_url;
 pub mod cli;
 pub mod config;
+pub mod console;
 pub mod demo;
 pub mod devices;
 pub mod http;

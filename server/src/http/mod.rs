@@ -236,7 +236,8 @@ pub fn route_table() -> Vec<(Method, &'static str)> {
         .collect()
 }
 
-/// The router: routes, bearer-token check, body limit, JSON 404/405 and request tracing.
+/// The router: routes, bearer-token check, body limit, JSON 404/405 and request tracing,
+/// with the web console's public pages ([`crate::console`]) beside the API.
 pub fn router<S: EventStore, L: DeviceLink>(
     state: ApiState<S, L>,
     auth: Auth,
@@ -264,6 +265,7 @@ pub fn router<S: EventStore, L: DeviceLink>(
         require_token,
     ));
     to_router(public)
+        .merge(crate::console::routes())
         .merge(protected)
         .fallback(no_route)
         .method_not_allowed_fallback(method_not_allowed)
