@@ -49,7 +49,8 @@ use tokio::sync::watch;
 use crate::broker::EmbeddedBroker;
 use crate::config::{Auth, DEFAULT_MAX_BODY_BYTES};
 use crate::devices::{SimConfig, Simulation};
-use crate::http::{self, ApiState};
+use crate::http::{self, AdapterFigures, ApiState};
+use crate::store::AnyStore;
 
 /// How long a command waits for its answer, in wall-clock milliseconds.
 const COMMAND_TTL_WALL_MS: u64 = 3000;
@@ -331,10 +332,16 @@ impl Console {
         let token = uuid::Uuid::new_v4().simple().to_string();
         let (stop, stopping) = watch::channel(false);
         let probe = Arc::clone(link);
+        let (figures, sled) = (Arc::clone(link), Arc::clone(fleet));
         let state = ApiState {
             fleet: Arc::clone(fleet),
             link_up: Arc::new(move || probe.is_connected()),
             stopping: stopping.clone(),
+            adapters: Arc::new(move || AdapterFigures {
+                link_up: figures.is_connected(),
+                link: Some(figures.stats()),
+                store: Some(AnyStore::Sled(sled.store().clone()).figures()),
+            }),
         };
         let app = http::router(state, Auth::Bearer(token.clone()), DEFAULT_MAX_BODY_BYTES);
         let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0))
