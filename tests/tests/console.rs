@@ -409,37 +409,26 @@ async fn api_get(base: &str, path: &str) -> (u16, Value) {
     (status, r.json().await.unwrap_or(Value::Null))
 }
 
-/// Checks an event-history card against the API's own answer for `path`: the timeline when
-/// the server has the history route, the "not available" notice while it has none.
+/// Checks an event-history card against the API's own answer for `path`: the timeline shows
+/// the first page of events the history route returns, first event first.
 async fn check_history(browser: &Browser, base: &str, path: &str) {
     let (status, body) = api_get(base, path).await;
-    match status {
-        200 => {
-            let items = body["items"].as_array().cloned().unwrap_or_default();
-            assert!(!items.is_empty(), "an execution has events: {body}");
-            browser
-                .wait_count(
-                    "#history .timeline li[data-type]",
-                    items.len(),
-                    "the timeline shows the first page of events",
-                )
-                .await;
-            let first = items[0]["type"].as_str().expect("an event type");
-            browser
-                .wait_text("#history .timeline li .type", "the first event", |t| {
-                    t == first
-                })
-                .await;
-        }
-        404 => {
-            browser
-                .wait_text("#history-unavailable", "the history fallback", |t| {
-                    t.starts_with("History not available")
-                })
-                .await;
-        }
-        other => panic!("GET {path}: {other} {body}"),
-    }
+    assert_eq!(status, 200, "GET {path}: {body}");
+    let items = body["items"].as_array().cloned().unwrap_or_default();
+    assert!(!items.is_empty(), "an execution has events: {body}");
+    browser
+        .wait_count(
+            "#history .timeline li[data-type]",
+            items.len(),
+            "the timeline shows the first page of events",
+        )
+        .await;
+    let first = items[0]["type"].as_str().expect("an event type");
+    browser
+        .wait_text("#history .timeline li .type", "the first event", |t| {
+            t == first
+        })
+        .await;
 }
 
 /// The timeline's rendering, whatever the server: the page's `fetch` answers history requests
