@@ -8,8 +8,9 @@
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use crate::access::{Scope, SecretHash};
 use crate::config::{JobConfig, TargetSelection, Targets};
-use crate::ids::{ExecutionId, GroupName, JobId, ThingName};
+use crate::ids::{ApiKeyId, ExecutionId, GroupName, JobId, ThingName};
 use crate::status::{CommandStatus, JobExecutionStatus};
 use crate::time::{Duration, Timestamp};
 
@@ -302,6 +303,28 @@ pub enum Event {
         /// When.
         at: Timestamp,
     },
+
+    // ---- API key -------------------------------------------------------------------------
+    /// An API key was created. Only the digest of its secret is stored.
+    #[serde(rename_all = "camelCase")]
+    ApiKeyCreated {
+        /// The key.
+        key_id: ApiKeyId,
+        /// Who or what it is for.
+        name: String,
+        /// What it may do.
+        scope: Scope,
+        /// The digest of its secret.
+        secret_hash: SecretHash,
+        /// When.
+        created_at: Timestamp,
+    },
+    /// The key was revoked.
+    #[serde(rename_all = "camelCase")]
+    ApiKeyRevoked {
+        /// When.
+        at: Timestamp,
+    },
 }
 
 impl Event {
@@ -330,6 +353,8 @@ impl Event {
             Self::GroupMembersAdded { .. } => "GroupMembersAdded",
             Self::GroupMembersRemoved { .. } => "GroupMembersRemoved",
             Self::GroupDeleted { .. } => "GroupDeleted",
+            Self::ApiKeyCreated { .. } => "ApiKeyCreated",
+            Self::ApiKeyRevoked { .. } => "ApiKeyRevoked",
         }
     }
 

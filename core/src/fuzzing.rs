@@ -25,8 +25,12 @@ use crate::device::{
     JobTarget, Operation, PendingJobs, StartNextRequest, StepTimeout, UpdateRequest,
 };
 use crate::event::{EndReason, Event, JobCancelReason, StatusDetails, StepTimer, TimeoutCause};
+use crate::api_key::MAX_KEY_NAME_LEN;
 use crate::group::{GroupIntent, MAX_MEMBERS_PER_CHANGE};
-use crate::ids::{ExecutionId, GroupName, JobId, StatusDetailKey, StreamId, ThingName};
+use crate::access::{Scope, SecretHash};
+use crate::ids::{
+    ApiKeyId, ExecutionId, GroupName, JobId, StatusDetailKey, StreamId, ThingName,
+};
 use crate::job::{JobIntent, MAX_COMMENT_LEN, MAX_DESCRIPTION_LEN};
 use crate::job_execution::{ExecutionState, JobExecutionIntent, MAX_DETAIL_VALUE_LEN};
 use crate::limits::{
@@ -187,15 +191,17 @@ arbitrary_id!(ThingName, thing_char);
 arbitrary_id!(JobId, job_char);
 arbitrary_id!(ExecutionId, job_char);
 arbitrary_id!(GroupName, thing_char);
+arbitrary_id!(ApiKeyId, job_char);
 arbitrary_id!(StatusDetailKey, thing_char);
 
 impl<'a> Arbitrary<'a> for StreamId {
     fn arbitrary(u: &mut Unstructured<'a>) -> Result<Self> {
-        Ok(match u.int_in_range(0..=4)? {
+        Ok(match u.int_in_range(0..=5)? {
             0 => Self::command(&u.arbitrary()?),
             1 => Self::job(&u.arbitrary()?),
             2 => Self::job_execution(&u.arbitrary()?, &u.arbitrary()?),
             3 => Self::group(&u.arbitrary()?),
+            4 => Self::api_key(&u.arbitrary()?),
             _ => parsed(Self::custom(&id_text(u, 200, |c| {
                 thing_char(c) || c == '/'
             })?))?,
@@ -496,11 +502,31 @@ fn member_change(u: &mut Unstructured<'_>) -> Result<Vec<ThingName>> {
     Ok(set.into_iter().collect())
 }
 
+/// 1 to [`MAX_KEY_NAME_LEN`] characters without control characters, as `decide` accepts.
+fn key_name(u: &mut Unstructured<'_>) -> Result<String> {
+    let mut name: String = u
+        .arbitrary::<String>()?
+        .chars()
+        .filter(|c| !c.is_control())
+        .take(MAX_KEY_NAME_LEN)
+        .collect();
+    if name.is_empty() {
+        name.push('k');
+    }
+    Ok(name)
+}
+
+impl<'a> Arbitrary<'a> for Scope {
+    fn arbitrary(u: &mut Unstructured<'a>) -> Result<Self> {
+        Ok(*u.choose(&Scope::ALL)?)
+    }
+}
+
 impl<'a> Arbitrary<'a> for Event {
     /// Every variant, with the field values `decide` could have produced.
     fn arbitrary(u: &mut Unstructured<'a>) -> Result<Self> {
         let at: Timestamp = u.arbitrary()?;
-        Ok(match u.int_in_range(0..=21)? {
+        Ok(match u.int_in_range(0..=23)? {
             0 => Self::CommandSent {
                 execution_id: u.arbitrary()?,
                 thing: u.arbitrary()?,
@@ -597,7 +623,15 @@ impl<'a> Arbitrary<'a> for Event {
                 things: member_change(u)?,
                 at,
             },
-            _ => Self::GroupDeleted { at },
+            21 => Self::GroupDeleted { at },
+            22 => Self::ApiKeyCreated {
+                key_id: u.arbitrary()?,
+                name: key_name(u)?,
+                scope: u.arbitrary()?,
+                secret_hash: SecretHash::from_bytes(u.arbitrary()?),
+                created_at: at,
+            },
+            _ => Self::ApiKeyRevoked { at },
         })
     }
 }
@@ -905,6 +939,7 @@ mod tests {
         each(|t: JobId| assert_eq!(JobId::parse(t.as_str()), Ok(t)));
         each(|t: ExecutionId| assert_eq!(ExecutionId::parse(t.as_str()), Ok(t)));
         each(|t: GroupName| assert_eq!(GroupName::parse(t.as_str()), Ok(t)));
+        each(|t: ApiKeyId| assert_eq!(ApiKeyId::parse(t.as_str()), Ok(t)));
         each(|t: StatusDetailKey| assert_eq!(StatusDetailKey::parse(t.as_str()), Ok(t)));
         each(|t: StreamId| assert_eq!(StreamId::try_from(t.as_str()), Ok(t)));
     }
@@ -921,7 +956,7 @@ mod tests {
                 assert!(command_id.as_deref().is_none_or(valid_command_id));
             }
         });
-        assert_eq!(kinds.len(), 22, "{kinds:?}");
+        assert_eq!(kinds.len(), 24, "{kinds:?}");
         each(|r: Inbound| {
             let text = serde_json::to_string(&r).unwrap();
             assert_eq!(serde_json::from_str::<Inbound>(&text).unwrap(), r, "{text}");

@@ -174,14 +174,21 @@ id_type!(
     GroupName, "group name", 128, "[a-zA-Z0-9:_-]", thing_char
 );
 id_type!(
+    /// The id of an API key: 1–64 characters of `[a-zA-Z0-9_-]`. The server draws it; a
+    /// presented key is `{id}.{secret}`, and `.` is outside the alphabet so the two parts
+    /// split unambiguously.
+    ApiKeyId, "API key id", 64, "[a-zA-Z0-9_-]", job_char
+);
+id_type!(
     /// A key of a job execution's `statusDetails` map: 1–128 characters of `[a-zA-Z0-9:_-]`.
     StatusDetailKey, "statusDetails key", 128, "[a-zA-Z0-9:_-]", thing_char
 );
 
-/// The name of an event stream: one per command execution, job, job execution and group.
+/// The name of an event stream: one per command execution, job, job execution, group and API
+/// key.
 ///
-/// Streams are named `cmd/{executionId}`, `job/{jobId}`, `exec/{jobId}/{thingName}` and
-/// `group/{groupName}`. `/` is outside every id alphabet, so the name is unambiguous and the
+/// Streams are named `cmd/{executionId}`, `job/{jobId}`, `exec/{jobId}/{thingName}`,
+/// `group/{groupName}` and `key/{apiKeyId}`. `/` is outside every id alphabet, so the name is unambiguous and the
 /// parts can be recovered with [`StreamId::kind`].
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]
@@ -198,6 +205,8 @@ pub enum StreamKind {
     JobExecution(JobId, ThingName),
     /// A thing group stream.
     Group(GroupName),
+    /// An API key stream.
+    ApiKey(ApiKeyId),
     /// A stream outside the fleetops categories (store tests, embedders' own streams):
     /// `x/` followed by 1–200 characters of `[a-zA-Z0-9:_/-]`.
     Custom(String),
@@ -224,6 +233,11 @@ impl StreamId {
         Self(format!("group/{name}"))
     }
 
+    /// The stream of an API key.
+    pub fn api_key(id: &ApiKeyId) -> Self {
+        Self(format!("key/{id}"))
+    }
+
     /// A custom stream `x/{name}`, for store tests and embedders' own streams.
     pub fn custom(name: &str) -> Result<Self, IdError> {
         let s = format!("x/{name}");
@@ -235,7 +249,7 @@ impl StreamId {
     pub fn parse(s: &str) -> Result<StreamKind, IdError> {
         let bad = || IdError::Malformed {
             kind: "stream id",
-            expected: "cmd/{id}, job/{id}, exec/{job}/{thing}, group/{name} or x/{name}",
+            expected: "cmd/{id}, job/{id}, exec/{job}/{thing}, group/{name}, key/{id} or x/{name}",
         };
         let (prefix, rest) = s.split_once('/').ok_or_else(bad)?;
         Ok(match prefix {
@@ -246,6 +260,7 @@ impl StreamId {
                 StreamKind::JobExecution(JobId::parse(job)?, ThingName::parse(thing)?)
             }
             "group" => StreamKind::Group(GroupName::parse(rest)?),
+            "key" => StreamKind::ApiKey(ApiKeyId::parse(rest)?),
             "x" => {
                 check("custom stream name", rest, 200, "[a-zA-Z0-9:_/-]", |c| {
                     thing_char(c) || c == '/'

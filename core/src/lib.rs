@@ -20,13 +20,13 @@
 //! the workspace's `modules` test fails on any cycle.
 //!
 //! 1. **Values**: `time`, `ids`, `status` (statuses, `StatusDetails`, `ExecutionState`),
-//!    `limits`. Plain data and figures that everything above carries.
+//!    `limits`, `access` (API key scopes and secret digests). Plain data and figures that everything above carries.
 //! 2. **Vocabulary**: `rejection`, `config`, `event`, `device`. What is refused, configured,
 //!    stored, and exchanged with devices.
 //! 3. **Ports and read models**: `aggregate` (the trait), `store`, `lease`, `link`,
 //!    `projection`, `policy`. What aggregates are, where events go, who leads when several
 //!    runtimes share a store, and the folds and pure rules the job decides with.
-//! 4. **Aggregates**: `command`, `job`, `job_execution`, `group`. None names another: what two
+//! 4. **Aggregates**: `command`, `job`, `job_execution`, `group`, `api_key`. None names another: what two
 //!    of them share (a limit, a value type) moves down a layer, and stays reachable from its
 //!    old path by a `pub use`.
 //! 5. **Kits**: `testkit`, `strategies` and the `arbitrary` impls, behind features. They may
@@ -96,7 +96,9 @@
 // with the feature that enables them.
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+pub mod access;
 pub mod aggregate;
+pub mod api_key;
 pub mod command;
 pub mod config;
 pub mod device;

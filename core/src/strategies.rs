@@ -27,6 +27,8 @@ use proptest::sample::select;
 use proptest::string::string_regex;
 use serde_json::{Map, Number, Value};
 
+use crate::access::{Scope, SecretHash};
+use crate::api_key::MAX_KEY_NAME_LEN;
 use crate::command::{CommandIntent, MAX_REASON_LEN, MAX_TTL, MIN_TTL};
 use crate::config::{
     AbortCriterion, EndBehavior, FailureType, IncreaseCriterion, JobConfig, RetryCriterion,
@@ -39,7 +41,9 @@ use crate::device::{
 };
 use crate::event::{EndReason, Event, JobCancelReason, StatusDetails, StepTimer, TimeoutCause};
 use crate::group::GroupIntent;
-use crate::ids::{ExecutionId, GroupName, JobId, StatusDetailKey, StreamId, ThingName};
+use crate::ids::{
+    ApiKeyId, ExecutionId, GroupName, JobId, StatusDetailKey, StreamId, ThingName,
+};
 use crate::job::{JobIntent, MAX_COMMENT_LEN, MAX_DESCRIPTION_LEN};
 use crate::job_execution::{JobExecutionIntent, MAX_DETAIL_VALUE_LEN};
 use crate::limits::{
@@ -136,6 +140,13 @@ id_strategies!(
     GroupName, THING_CLASS, thing_char
 );
 id_strategies!(
+    /// A valid [`ApiKeyId`].
+    api_key_id,
+    /// Text [`ApiKeyId::parse`] refuses.
+    invalid_api_key_id,
+    ApiKeyId, JOB_CLASS, job_char
+);
+id_strategies!(
     /// A valid [`StatusDetailKey`].
     status_detail_key,
     /// Text [`StatusDetailKey::parse`] refuses.
@@ -143,13 +154,14 @@ id_strategies!(
     StatusDetailKey, THING_CLASS, thing_char
 );
 
-/// A valid [`StreamId`] of every kind: command, job, job execution, group and custom.
+/// A valid [`StreamId`] of every kind: command, job, job execution, group, API key and custom.
 pub fn stream_id() -> impl Strategy<Value = StreamId> {
     prop_oneof![
         execution_id().prop_map(|id| StreamId::command(&id)),
         job_id().prop_map(|id| StreamId::job(&id)),
         (job_id(), thing_name()).prop_map(|(j, t)| StreamId::job_execution(&j, &t)),
         group_name().prop_map(|g| StreamId::group(&g)),
+        api_key_id().prop_map(|k| StreamId::api_key(&k)),
         regex(&format!("[a-zA-Z0-9:_/-]{{1,{MAX_CUSTOM_STREAM_LEN}}}"))
             .prop_map(|name| StreamId::custom(&name).expect("drawn from the custom alphabet")),
     ]
@@ -942,6 +954,29 @@ pub fn group_event() -> impl Strategy<Value = Event> {
     ]
 }
 
+/// Any [`Scope`].
+pub fn scope() -> impl Strategy<Value = Scope> {
+    select(Scope::ALL.to_vec())
+}
+
+/// An API key event with valid fields: a name of 1 to [`MAX_KEY_NAME_LEN`] characters without
+/// control characters, any scope and digest.
+pub fn api_key_event() -> impl Strategy<Value = Event> {
+    let name = regex(&format!("[a-zA-Z0-9 ._-]{{1,{MAX_KEY_NAME_LEN}}}"));
+    prop_oneof![
+        (api_key_id(), name, scope(), any::<[u8; 32]>(), timestamp()).prop_map(
+            |(key_id, name, scope, digest, created_at)| Event::ApiKeyCreated {
+                key_id,
+                name,
+                scope,
+                secret_hash: SecretHash::from_bytes(digest),
+                created_at,
+            }
+        ),
+        timestamp().prop_map(|at| Event::ApiKeyRevoked { at }),
+    ]
+}
+
 /// Any [`Event`], every variant, with valid fields.
 pub fn event() -> impl Strategy<Value = Event> {
     prop_oneof![
@@ -949,6 +984,7 @@ pub fn event() -> impl Strategy<Value = Event> {
         job_event(),
         job_execution_event(),
         group_event(),
+        api_key_event(),
     ]
 }
 

@@ -9,9 +9,10 @@ mod common;
 use std::collections::BTreeMap;
 
 use common::*;
+use fleetops_core::access::{Scope, SecretHash};
 use fleetops_core::config::*;
 use fleetops_core::event::{EndReason, JobCancelReason, StepTimer, TimeoutCause};
-use fleetops_core::ids::StatusDetailKey;
+use fleetops_core::ids::{ApiKeyId, StatusDetailKey};
 use fleetops_core::store::StoredEvent;
 use fleetops_core::{
     CommandStatus, Duration, Event, ExecutionId, GroupName, JobExecutionStatus, StreamId,
@@ -148,6 +149,14 @@ fn samples() -> Vec<Event> {
             at: t(12),
         },
         Event::GroupDeleted { at: t(13) },
+        Event::ApiKeyCreated {
+            key_id: ApiKeyId::parse("k-1").expect("valid"),
+            name: "dashboard".into(),
+            scope: Scope::Read,
+            secret_hash: SecretHash::from_bytes([0x5a; 32]),
+            created_at: t(14),
+        },
+        Event::ApiKeyRevoked { at: t(15) },
     ]
 }
 
@@ -176,6 +185,8 @@ fn covered(e: &Event) -> usize {
         Event::GroupMembersAdded { .. } => 19,
         Event::GroupMembersRemoved { .. } => 20,
         Event::GroupDeleted { .. } => 21,
+        Event::ApiKeyCreated { .. } => 22,
+        Event::ApiKeyRevoked { .. } => 23,
     }
 }
 
@@ -183,7 +194,7 @@ const GOLDEN: &str = include_str!("golden/events.jsonl");
 
 #[test]
 fn every_event_kind_has_a_golden_sample() {
-    let mut seen = [false; 22];
+    let mut seen = [false; 24];
     for e in samples() {
         seen[covered(&e)] = true;
     }
