@@ -130,8 +130,18 @@ mod tests {
         let s = String::from(h);
         assert_eq!(s, "ab".repeat(32));
         assert_eq!(SecretHash::try_from(s), Ok(h));
-        for bad in ["", "ab", &"AB".repeat(32), &"zz".repeat(32), &"a".repeat(65)] {
-            assert_eq!(SecretHash::try_from(bad.to_owned()), Err(SecretHashError), "{bad}");
+        for bad in [
+            "",
+            "ab",
+            &"AB".repeat(32),
+            &"zz".repeat(32),
+            &"a".repeat(65),
+        ] {
+            assert_eq!(
+                SecretHash::try_from(bad.to_owned()),
+                Err(SecretHashError),
+                "{bad}"
+            );
         }
     }
 }

@@ -14,6 +14,8 @@ use std::collections::BTreeSet;
 use arbitrary::{Arbitrary, Result, Unstructured};
 use serde_json::{Map, Number, Value};
 
+use crate::access::{Scope, SecretHash};
+use crate::api_key::MAX_KEY_NAME_LEN;
 use crate::command::{CommandIntent, MAX_REASON_LEN, MAX_TTL, MIN_TTL};
 use crate::config::{
     AbortCriterion, EndBehavior, FailureType, IncreaseCriterion, JobConfig, RetryCriterion,
@@ -25,12 +27,8 @@ use crate::device::{
     JobTarget, Operation, PendingJobs, StartNextRequest, StepTimeout, UpdateRequest,
 };
 use crate::event::{EndReason, Event, JobCancelReason, StatusDetails, StepTimer, TimeoutCause};
-use crate::api_key::MAX_KEY_NAME_LEN;
 use crate::group::{GroupIntent, MAX_MEMBERS_PER_CHANGE};
-use crate::access::{Scope, SecretHash};
-use crate::ids::{
-    ApiKeyId, ExecutionId, GroupName, JobId, StatusDetailKey, StreamId, ThingName,
-};
+use crate::ids::{ApiKeyId, ExecutionId, GroupName, JobId, StatusDetailKey, StreamId, ThingName};
 use crate::job::{JobIntent, MAX_COMMENT_LEN, MAX_DESCRIPTION_LEN};
 use crate::job_execution::{ExecutionState, JobExecutionIntent, MAX_DETAIL_VALUE_LEN};
 use crate::limits::{

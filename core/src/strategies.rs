@@ -41,9 +41,7 @@ use crate::device::{
 };
 use crate::event::{EndReason, Event, JobCancelReason, StatusDetails, StepTimer, TimeoutCause};
 use crate::group::GroupIntent;
-use crate::ids::{
-    ApiKeyId, ExecutionId, GroupName, JobId, StatusDetailKey, StreamId, ThingName,
-};
+use crate::ids::{ApiKeyId, ExecutionId, GroupName, JobId, StatusDetailKey, StreamId, ThingName};
 use crate::job::{JobIntent, MAX_COMMENT_LEN, MAX_DESCRIPTION_LEN};
 use crate::job_execution::{JobExecutionIntent, MAX_DETAIL_VALUE_LEN};
 use crate::limits::{

@@ -10,9 +10,11 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
+use fleetops_core::api_key::ApiKey;
 use fleetops_core::config::TargetSelection;
 use fleetops_core::device::PendingJobs;
 use fleetops_core::group::Group;
+use fleetops_core::ids::ApiKeyId;
 use fleetops_core::ids::StreamKind;
 use fleetops_core::job::Job;
 use fleetops_core::limits::MAX_PENDING_LISTED;
@@ -112,6 +114,8 @@ pub struct ReadModel {
     pub commands: BTreeMap<ExecutionId, CommandEntry>,
     /// The command executions of each thing.
     pub thing_commands: HashMap<ThingName, Vec<ExecutionId>>,
+    /// Every API key, revoked ones included (an id is never reused).
+    pub api_keys: BTreeMap<ApiKeyId, ApiKey>,
 }
 
 /// How a batch of the feed folded (see [`ReadModel::fold_batch`]).
@@ -248,6 +252,12 @@ impl ReadModel {
                 }
             }
             StreamKind::Group(name) => self.apply_group(name, stored, fx)?,
+            StreamKind::ApiKey(id) => {
+                let old = self.api_keys.get(&id).cloned();
+                let key =
+                    ApiKey::evolve(old, &stored.event).map_err(|e| corrupt(&stored.stream, e))?;
+                self.api_keys.insert(id, key);
+            }
             StreamKind::Custom(_) => {}
         }
         Ok(())
@@ -609,5 +619,34 @@ mod tests {
         ));
         assert_eq!(model.checkpoint(), 3);
         assert_eq!(model.groups.len(), 2);
+    }
+
+    #[test]
+    fn api_keys_fold_into_the_model_and_survive_its_image() {
+        use fleetops_core::access::{Scope, SecretHash};
+        let mut model = ReadModel::default();
+        let mut fx = Effects::default();
+        let id = ApiKeyId::parse("k1").unwrap();
+        let stream = StreamId::api_key(&id);
+        let created = Event::ApiKeyCreated {
+            key_id: id.clone(),
+            name: "ci".into(),
+            scope: Scope::Operator,
+            secret_hash: SecretHash::from_bytes([1; 32]),
+            created_at: Timestamp::EPOCH,
+        };
+        let revoked = Event::ApiKeyRevoked {
+            at: Timestamp::from_secs(5),
+        };
+        let folded = model.fold_batch(&[stored(1, stream.clone(), 1, created)], &mut fx);
+        assert!(folded.skipped.is_empty() && folded.stopped.is_none());
+        assert!(model.api_keys[&id].is_active());
+        let image = ReadModel::decode(&model.encode(), 1).unwrap();
+        assert_eq!(image.api_keys, model.api_keys);
+        model.fold_batch(&[stored(2, stream, 2, revoked)], &mut fx);
+        assert_eq!(
+            model.api_keys[&id].revoked_at,
+            Some(Timestamp::from_secs(5))
+        );
     }
 }

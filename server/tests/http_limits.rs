@@ -732,6 +732,7 @@ fn show(at: &[Step]) -> String {
 struct Fixtures {
     job: String,
     command: String,
+    key: String,
 }
 
 impl Fixtures {
@@ -741,6 +742,7 @@ impl Fixtures {
             "thingName" => "t1".into(),
             "executionId" => self.command.clone(),
             "name" => "fixture-group".into(),
+            "keyId" => self.key.clone(),
             other => panic!("no fixture for path parameter {other}"),
         }
     }
@@ -754,6 +756,7 @@ impl Fixtures {
             "cancelCommand" => json!({"reason": "r"}),
             "createThingGroup" => json!({"description": format!("d{n}")}),
             "addThingGroupMembers" | "removeThingGroupMembers" => json!({"thingNames": ["t1"]}),
+            "createApiKey" => json!({"name": format!("k{n}"), "scope": "read"}),
             _ => return None,
         })
     }
@@ -791,9 +794,18 @@ async fn the_openapi_document_states_exactly_what_the_server_accepts() {
         )
         .await;
     assert_eq!(s, StatusCode::CREATED, "{c}");
+    let (s, k) = server
+        .call(
+            Method::POST,
+            "/api/v1/api-keys",
+            Some(&json!({"name": "fixture", "scope": "read"})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{k}");
     let fx = Fixtures {
         job: job["jobId"].as_str().unwrap().to_owned(),
         command: c["executionId"].as_str().unwrap().to_owned(),
+        key: k["keyId"].as_str().unwrap().to_owned(),
     };
 
     let mut probes = 0;

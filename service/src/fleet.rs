@@ -289,7 +289,7 @@ async fn get_command<S: EventStore, L: DeviceLink>(
         .ok_or_else(|| not_found("command execution", id))
 }
 
-fn not_found(kind: &'static str, id: impl std::fmt::Display) -> FleetError {
+pub(crate) fn not_found(kind: &'static str, id: impl std::fmt::Display) -> FleetError {
     FleetError::Rejected(Rejection::ResourceNotFound {
         kind,
         id: id.to_string(),
@@ -297,7 +297,7 @@ fn not_found(kind: &'static str, id: impl std::fmt::Display) -> FleetError {
 }
 
 /// Keyset paging over an ordered iterator of `(key, item)`.
-fn page<K: AsRef<str>, T>(items: impl Iterator<Item = (K, T)>, page: &Page) -> Paged<T> {
+pub(crate) fn page<K: AsRef<str>, T>(items: impl Iterator<Item = (K, T)>, page: &Page) -> Paged<T> {
     let limit = page.cap();
     let mut out = Vec::new();
     let mut last = None;
@@ -1023,12 +1023,13 @@ fn subject(stream: &StreamId) -> (&'static str, String) {
         StreamKind::Job(id) => ("job", id.to_string()),
         StreamKind::JobExecution(job, thing) => ("job execution", format!("{job}/{thing}")),
         StreamKind::Group(name) => ("group", name.to_string()),
+        StreamKind::ApiKey(id) => ("API key", id.to_string()),
         StreamKind::Custom(_) => ("stream", stream.to_string()),
     }
 }
 
 /// Core names an unknown aggregate "unknown"; name the one asked for.
-fn rename(e: FleetError, kind: &'static str, id: impl std::fmt::Display) -> FleetError {
+pub(crate) fn rename(e: FleetError, kind: &'static str, id: impl std::fmt::Display) -> FleetError {
     match e {
         FleetError::Rejected(Rejection::ResourceNotFound { .. }) => not_found(kind, id),
         other => other,

@@ -116,6 +116,7 @@ mod follower;
 mod health;
 pub mod ids;
 mod jobs;
+mod keys;
 mod leader;
 pub mod link;
 mod metrics;
@@ -131,6 +132,7 @@ mod worker;
 pub use error::FleetError;
 pub use fleet::{CommandFilter, CommandHandle, EventStream, Fleet, FleetBuilder};
 pub use health::{Health, HealthStatus};
+pub use keys::MAX_ACTIVE_API_KEYS;
 pub use metrics::{FleetMetrics, HistogramSnapshot};
 pub use types::{
     CommandRow, ExecutionRow, FleetConfig, HistoryPage, JobDescription, JobSpec, JobSummary, Page,

@@ -298,6 +298,30 @@ impl Api {
         (status, value)
     }
 
+    /// `method path` with an optional JSON body and `bearer` as the credential instead of
+    /// the server's token: status code and JSON body (`Null` when empty).
+    pub async fn call_as(
+        &self,
+        bearer: &str,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<&Value>,
+    ) -> (u16, Value) {
+        let mut request = self.client.request(method, format!("{}{path}", self.base));
+        if let Some(b) = body {
+            request = request.json(b);
+        }
+        let response = request
+            .bearer_auth(bearer)
+            .send()
+            .await
+            .expect("the HTTP request completes");
+        let status = response.status().as_u16();
+        let body = response.bytes().await.expect("the body");
+        let value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+        (status, value)
+    }
+
     /// `GET path` with `authorization` as the whole `Authorization` header.
     pub async fn get_authorized_as(&self, path: &str, authorization: &str) -> u16 {
         self.client

@@ -52,6 +52,11 @@ impl ApiError {
         Self::new(StatusCode::UNAUTHORIZED, "Unauthorized", message)
     }
 
+    /// 403 `Forbidden`: a valid credential without the scope the route needs.
+    pub fn forbidden(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::FORBIDDEN, "Forbidden", message)
+    }
+
     /// 404 `ResourceNotFound`.
     pub fn not_found(message: impl Into<String>) -> Self {
         Self::new(

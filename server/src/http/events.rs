@@ -77,6 +77,8 @@ pub struct EventFilter {
 
 /// What a stream's name says, parsed once per event for every client's filter.
 struct Keys {
+    /// API key streams never go out: a `read` credential must not watch keys being made.
+    hidden: bool,
     kind: Option<StreamKindFilter>,
     job: Option<JobId>,
     thing: Option<ThingName>,
@@ -91,9 +93,15 @@ impl Keys {
             }
             StreamKind::Command(_) => (Some(StreamKindFilter::Command), None, None),
             StreamKind::Group(_) => (Some(StreamKindFilter::Group), None, None),
-            StreamKind::Custom(_) => (None, None, None),
+            StreamKind::ApiKey(_) | StreamKind::Custom(_) => (None, None, None),
         };
-        Self { kind, job, thing }
+        let hidden = matches!(stream.kind(), StreamKind::ApiKey(_));
+        Self {
+            hidden,
+            kind,
+            job,
+            thing,
+        }
     }
 }
 
@@ -104,7 +112,8 @@ impl EventFilter {
     }
 
     fn matches_keys(&self, keys: &Keys) -> bool {
-        self.kind.is_none_or(|k| keys.kind == Some(k))
+        !keys.hidden
+            && self.kind.is_none_or(|k| keys.kind == Some(k))
             && self
                 .job
                 .as_ref()

@@ -65,7 +65,7 @@ fn execution_id(value: &str) -> ApiResult<ExecutionId> {
     parse_id("executionId", value, ExecutionId::parse)
 }
 
-fn page(limit: Option<usize>, next_token: Option<String>) -> ApiResult<Page> {
+pub(super) fn page(limit: Option<usize>, next_token: Option<String>) -> ApiResult<Page> {
     let limit = page_limit(limit)?;
     Ok(match next_token {
         Some(t) if t.is_empty() => return Err(ApiError::invalid("nextToken", "must not be empty")),
@@ -80,7 +80,7 @@ fn page(limit: Option<usize>, next_token: Option<String>) -> ApiResult<Page> {
     })
 }
 
-fn page_view<T, V: From<T>>(p: Paged<T>) -> PageView<V> {
+pub(super) fn page_view<T, V: From<T>>(p: Paged<T>) -> PageView<V> {
     PageView {
         items: p.items.into_iter().map(V::from).collect(),
         next_token: p.next,
@@ -91,8 +91,8 @@ fn page_view<T, V: From<T>>(p: Paged<T>) -> PageView<V> {
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub(super) struct PageQuery {
-    limit: Option<usize>,
-    next_token: Option<String>,
+    pub(super) limit: Option<usize>,
+    pub(super) next_token: Option<String>,
 }
 
 /// `force` only.

@@ -16,27 +16,32 @@
 //! - `GET /api/v1/events` streams stored events as Server-Sent Events (`events`): filtered,
 //!   resumable with `Last-Event-ID`, at most [`MAX_EVENT_CLIENTS`] at once.
 
+mod auth;
 mod error;
 mod events;
 mod extract;
 mod handlers;
+mod keys;
 mod metrics;
 pub mod wire;
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
-use axum::extract::{DefaultBodyLimit, Request, State};
-use axum::http::{header, Method, Uri};
-use axum::middleware::{self, Next};
-use axum::response::{IntoResponse, Response};
+use axum::extract::DefaultBodyLimit;
+use axum::http::{Method, Uri};
+use axum::middleware;
 use axum::routing::{on, MethodFilter, MethodRouter};
 use axum::{Extension, Router};
+use fleetops_core::access::Scope;
 use fleetops_core::link::DeviceLink;
 use fleetops_core::EventStore;
 use fleetops_service::Fleet;
 use tokio::sync::watch;
 use tower_http::trace::TraceLayer;
 
+use auth::Guard;
+pub use auth::SECRET_HEX_LEN;
 pub use error::ApiError;
 pub use events::{EventHub, EVENT_BUFFER, KEEP_ALIVE, MAX_EVENT_CLIENTS};
 pub use handlers::DEFAULT_PAGE_LIMIT;
@@ -71,11 +76,25 @@ impl<S: EventStore, L: DeviceLink> Clone for ApiState<S, L> {
     }
 }
 
-/// Whether a route needs the bearer token.
+/// What a route needs: nothing, a credential whose scope its method chooses (`GET` needs
+/// `read`, every change `operator`), or an `admin` credential.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Access {
     Public,
     Token,
+    Admin,
+}
+
+impl Access {
+    /// The scope a request with `method` needs, `None` for a public route.
+    fn scope(self, method: &Method) -> Option<Scope> {
+        match self {
+            Self::Public => None,
+            Self::Token if *method == Method::GET => Some(Scope::Read),
+            Self::Token => Some(Scope::Operator),
+            Self::Admin => Some(Scope::Admin),
+        }
+    }
 }
 
 struct Endpoint<St> {
@@ -105,7 +124,7 @@ where
 
 fn endpoints<S: EventStore, L: DeviceLink>() -> Vec<Endpoint<ApiState<S, L>>> {
     use handlers as h;
-    use Access::{Public, Token};
+    use Access::{Admin, Public, Token};
     use Method as M;
     vec![
         ep(M::GET, "/healthz", Public, h::healthz::<S, L>),
@@ -225,18 +244,41 @@ fn endpoints<S: EventStore, L: DeviceLink>() -> Vec<Endpoint<ApiState<S, L>>> {
             h::command_history::<S, L>,
         ),
         ep(M::GET, "/api/v1/events", Token, h::events::<S, L>),
+        // API keys.
+        ep(M::POST, "/api/v1/api-keys", Admin, keys::create_key::<S, L>),
+        ep(M::GET, "/api/v1/api-keys", Admin, keys::list_keys::<S, L>),
+        ep(
+            M::GET,
+            "/api/v1/api-keys/{keyId}",
+            Admin,
+            keys::get_key::<S, L>,
+        ),
+        ep(
+            M::DELETE,
+            "/api/v1/api-keys/{keyId}",
+            Admin,
+            keys::revoke_key::<S, L>,
+        ),
     ]
 }
 
 /// Every `(method, path)` the router serves, in the path syntax of OpenAPI (`{jobId}`).
 pub fn route_table() -> Vec<(Method, &'static str)> {
+    scope_table().into_iter().map(|(m, p, _)| (m, p)).collect()
+}
+
+/// Every `(method, path)` the router serves with the scope it needs (`None`: public).
+pub fn scope_table() -> Vec<(Method, &'static str, Option<Scope>)> {
     endpoints::<fleetops_store_sled::SledStore, std::sync::Arc<fleetops_transport_mqtt::MqttLink>>()
         .into_iter()
-        .map(|e| (e.method, e.path))
+        .map(|e| {
+            let scope = e.access.scope(&e.method);
+            (e.method, e.path, scope)
+        })
         .collect()
 }
 
-/// The router: routes, bearer-token check, body limit, JSON 404/405 and request tracing,
+/// The router: routes, credential and scope check, body limit, JSON 404/405 and request tracing,
 /// with the web console's public pages ([`crate::console`]) beside the API.
 pub fn router<S: EventStore, L: DeviceLink>(
     state: ApiState<S, L>,
@@ -245,10 +287,14 @@ pub fn router<S: EventStore, L: DeviceLink>(
 ) -> Router {
     let mut public: Vec<(&'static str, MethodRouter<ApiState<S, L>>)> = Vec::new();
     let mut protected: Vec<(&'static str, MethodRouter<ApiState<S, L>>)> = Vec::new();
+    let mut needs = HashMap::new();
     for e in endpoints::<S, L>() {
-        let list = match e.access {
-            Access::Public => &mut public,
-            Access::Token => &mut protected,
+        let list = match e.access.scope(&e.method) {
+            None => &mut public,
+            Some(scope) => {
+                needs.insert((e.method.clone(), e.path), scope);
+                &mut protected
+            }
         };
         // One MethodRouter per path: axum refuses a path registered twice.
         match list.iter_mut().find(|(p, _)| *p == e.path) {
@@ -260,9 +306,14 @@ pub fn router<S: EventStore, L: DeviceLink>(
         list.into_iter()
             .fold(Router::new(), |r, (path, mr)| r.route(path, mr))
     };
+    let guard = Guard {
+        auth,
+        fleet: Arc::clone(&state.fleet),
+        needs,
+    };
     let protected = to_router(protected).route_layer(middleware::from_fn_with_state(
-        Arc::new(auth),
-        require_token,
+        Arc::new(guard),
+        auth::authorize::<S, L>,
     ));
     to_router(public)
         .merge(crate::console::routes())
@@ -287,80 +338,9 @@ async fn method_not_allowed(method: Method, uri: Uri) -> ApiError {
     )
 }
 
-/// Compares in time independent of where the strings differ, so the token cannot be guessed
-/// byte by byte from response times.
-fn same_secret(given: &[u8], expected: &[u8]) -> bool {
-    let mut diff = given.len() ^ expected.len();
-    for (i, b) in expected.iter().enumerate() {
-        diff |= usize::from(b ^ given.get(i).copied().unwrap_or(0));
-    }
-    diff == 0
-}
-
-/// The token of an `Authorization: Bearer <token>` value. The scheme name is matched
-/// case-insensitively and may be followed by several spaces, as HTTP's authentication
-/// syntax allows; `None` for any other scheme or an empty token.
-fn bearer_token(value: &[u8]) -> Option<&[u8]> {
-    const SCHEME: &[u8] = b"bearer";
-    let (scheme, rest) = value.split_at_checked(SCHEME.len())?;
-    if !scheme.eq_ignore_ascii_case(SCHEME) || !rest.starts_with(b" ") {
-        return None;
-    }
-    let token = rest.trim_ascii_start();
-    (!token.is_empty()).then_some(token)
-}
-
-async fn require_token(State(auth): State<Arc<Auth>>, req: Request, next: Next) -> Response {
-    if let Auth::Bearer(expected) = &*auth {
-        let given = req
-            .headers()
-            .get(header::AUTHORIZATION)
-            .and_then(|v| bearer_token(v.as_bytes()));
-        match given {
-            None => {
-                return ApiError::unauthorized(
-                    "missing bearer token: send `Authorization: Bearer <token>`",
-                )
-                .into_response()
-            }
-            Some(token) if !same_secret(token, expected.as_bytes()) => {
-                return ApiError::unauthorized("invalid bearer token").into_response()
-            }
-            Some(_) => {}
-        }
-    }
-    next.run(req).await
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn the_bearer_scheme_is_case_insensitive() {
-        for v in ["Bearer t0k", "bearer t0k", "BEARER t0k", "bEaReR   t0k"] {
-            assert_eq!(bearer_token(v.as_bytes()), Some(&b"t0k"[..]), "{v}");
-        }
-        for v in [
-            "Bearert0k",
-            "Basic t0k",
-            "Bearer",
-            "Bearer ",
-            "Bear t0k",
-            "",
-        ] {
-            assert_eq!(bearer_token(v.as_bytes()), None, "{v}");
-        }
-    }
-
-    #[test]
-    fn secrets_compare_whole() {
-        assert!(same_secret(b"abc", b"abc"));
-        assert!(!same_secret(b"abd", b"abc"));
-        assert!(!same_secret(b"ab", b"abc"));
-        assert!(!same_secret(b"abcd", b"abc"));
-        assert!(!same_secret(b"", b"abc"));
-    }
 
     #[test]
     fn the_openapi_document_is_json_and_lists_every_route() {
@@ -373,6 +353,22 @@ mod tests {
                 .get(*path)
                 .and_then(|p| p.get(method.as_str().to_lowercase()));
             assert!(op.is_some(), "{method} {path} is served but not documented");
+        }
+        // Each protected operation states the scope it needs, as the router enforces it.
+        for (method, path, scope) in scope_table() {
+            let op = &paths[path][method.as_str().to_lowercase()];
+            let stated = op.get("x-fleetops-scope").and_then(|s| s.as_str());
+            assert_eq!(
+                stated,
+                scope.map(Scope::as_str),
+                "{method} {path}: the document states scope {stated:?}"
+            );
+            if scope.is_some() {
+                assert!(
+                    op["responses"].get("403").is_some(),
+                    "{method} {path}: no 403"
+                );
+            }
         }
         // And nothing documented that is not served.
         for (path, ops) in paths {

@@ -79,7 +79,7 @@ where
     T::deserialize(d).map(Some)
 }
 
-fn secs(t: Timestamp) -> u64 {
+pub(super) fn secs(t: Timestamp) -> u64 {
     t.as_secs()
 }
 
@@ -914,7 +914,9 @@ impl From<&StoredEvent> for FeedItem {
             StreamKind::Job(job) => (Some(job), None, None),
             StreamKind::JobExecution(job, thing) => (Some(job), Some(thing), None),
             StreamKind::Command(id) => (None, None, Some(id)),
-            StreamKind::Group(_) | StreamKind::Custom(_) => (None, None, None),
+            StreamKind::Group(_) | StreamKind::ApiKey(_) | StreamKind::Custom(_) => {
+                (None, None, None)
+            }
         };
         Self {
             item: HistoryItem::from(e),
