@@ -138,6 +138,9 @@ pub enum Event {
     JobCreated {
         /// The job.
         job_id: JobId,
+        /// A name for people; absent in jobs created before names existed.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        name: Option<String>,
         /// Free text.
         description: Option<String>,
         /// Things and groups.

@@ -29,7 +29,7 @@ use crate::device::{
 use crate::event::{EndReason, Event, JobCancelReason, StatusDetails, StepTimer, TimeoutCause};
 use crate::group::{GroupIntent, MAX_MEMBERS_PER_CHANGE};
 use crate::ids::{ApiKeyId, ExecutionId, GroupName, JobId, StatusDetailKey, StreamId, ThingName};
-use crate::job::{JobIntent, MAX_COMMENT_LEN, MAX_DESCRIPTION_LEN};
+use crate::job::{JobIntent, MAX_COMMENT_LEN, MAX_DESCRIPTION_LEN, MAX_JOB_NAME_LEN};
 use crate::job_execution::{ExecutionState, JobExecutionIntent, MAX_DETAIL_VALUE_LEN};
 use crate::limits::{
     json_len, MAX_COMMAND_ACTION_LEN, MAX_COMMAND_ID_LEN, MAX_COMMAND_PARAMS_BYTES,
@@ -48,6 +48,10 @@ fn thing_char(c: char) -> bool {
 
 fn job_char(c: char) -> bool {
     c.is_ascii_alphanumeric() || matches!(c, '_' | '-')
+}
+
+fn group_char(c: char) -> bool {
+    thing_char(c) || matches!(c, '.' | ' ' | '(' | ')')
 }
 
 /// 1 to `max` characters of the alphabet `ok`: those of an arbitrary string, or one letter.
@@ -188,7 +192,7 @@ macro_rules! arbitrary_id {
 arbitrary_id!(ThingName, thing_char);
 arbitrary_id!(JobId, job_char);
 arbitrary_id!(ExecutionId, job_char);
-arbitrary_id!(GroupName, thing_char);
+arbitrary_id!(GroupName, group_char);
 arbitrary_id!(ApiKeyId, job_char);
 arbitrary_id!(StatusDetailKey, thing_char);
 
@@ -514,6 +518,20 @@ fn key_name(u: &mut Unstructured<'_>) -> Result<String> {
     Ok(name)
 }
 
+/// No name, or 1 to [`MAX_JOB_NAME_LEN`] characters without control characters.
+fn job_name(u: &mut Unstructured<'_>) -> Result<Option<String>> {
+    if !u.arbitrary::<bool>()? {
+        return Ok(None);
+    }
+    let name: String = u
+        .arbitrary::<String>()?
+        .chars()
+        .filter(|c| !c.is_control())
+        .take(MAX_JOB_NAME_LEN)
+        .collect();
+    Ok(Some(if name.is_empty() { "job".into() } else { name }))
+}
+
 impl<'a> Arbitrary<'a> for Scope {
     fn arbitrary(u: &mut Unstructured<'a>) -> Result<Self> {
         Ok(*u.choose(&Scope::ALL)?)
@@ -547,6 +565,7 @@ impl<'a> Arbitrary<'a> for Event {
             },
             4 => Self::JobCreated {
                 job_id: u.arbitrary()?,
+                name: job_name(u)?,
                 description: description(u)?,
                 targets: u.arbitrary()?,
                 selection: u.arbitrary()?,
@@ -861,6 +880,7 @@ impl<'a> Arbitrary<'a> for JobIntent {
         Ok(match u.int_in_range(0..=3)? {
             0 => Self::Create {
                 job_id: u.arbitrary()?,
+                name: job_name(u)?,
                 description: description(u)?,
                 targets: u.arbitrary()?,
                 selection: u.arbitrary()?,

@@ -89,6 +89,10 @@ fn job_char(c: char) -> bool {
     c.is_ascii_alphanumeric() || matches!(c, '_' | '-')
 }
 
+fn group_char(c: char) -> bool {
+    thing_char(c) || matches!(c, '.' | ' ' | '(' | ')')
+}
+
 macro_rules! id_type {
     ($(#[$doc:meta])* $name:ident, $kind:literal, $max:expr, $allowed:literal, $pred:path) => {
         $(#[$doc])*
@@ -170,8 +174,13 @@ id_type!(
     ExecutionId, "execution id", 64, "[a-zA-Z0-9_-]", job_char
 );
 id_type!(
-    /// The name of a thing group: 1–128 characters of `[a-zA-Z0-9:_-]`.
-    GroupName, "group name", 128, "[a-zA-Z0-9:_-]", thing_char
+    /// The name of a thing group: 1–128 characters of `[a-zA-Z0-9:_.() -]`.
+    ///
+    /// Wider than a thing name so EMQX Fleets' default groups, such as
+    /// `com.example.thermostat (default)`, keep their names. A group name never appears in an
+    /// MQTT topic; in a URL path its space and parentheses are percent-encoded
+    /// (`com.example.thermostat%20%28default%29`), as any HTTP client does.
+    GroupName, "group name", 128, "[a-zA-Z0-9:_.() -]", group_char
 );
 id_type!(
     /// The id of an API key: 1–64 characters of `[a-zA-Z0-9_-]`. The server draws it; a
@@ -345,6 +354,28 @@ mod tests {
         assert!(JobId::parse("fw-update_2").is_ok());
         assert!(JobId::parse("a:b").is_err());
         assert!(JobId::parse(&"j".repeat(65)).is_err());
+    }
+
+    #[test]
+    fn group_names_take_emqx_default_groups_but_no_topic_or_path_characters() {
+        let name = GroupName::parse("com.example.thermostat (default)").unwrap();
+        let stream = StreamId::group(&name);
+        assert_eq!(stream.kind(), StreamKind::Group(name));
+        for bad in ["a/b", "a+b", "a#b", "é", "tab\there", "a%20b"] {
+            assert!(GroupName::parse(bad).is_err(), "{bad}");
+        }
+        // Thing names stay one topic level with no spaces or dots.
+        assert!(ThingName::parse("a b").is_err());
+        assert!(ThingName::parse("a.b").is_err());
+    }
+
+    #[test]
+    fn api_key_streams_round_trip() {
+        let id = ApiKeyId::parse("0192f0c3a7c0").unwrap();
+        let stream = StreamId::api_key(&id);
+        assert_eq!(stream.as_str(), "key/0192f0c3a7c0");
+        assert_eq!(stream.kind(), StreamKind::ApiKey(id));
+        assert!(StreamId::try_from("key/a.b").is_err());
     }
 
     #[test]

@@ -25,12 +25,18 @@ pub use crate::limits::MAX_DESCRIPTION_LEN;
 /// The longest operator comment, in characters.
 pub const MAX_COMMENT_LEN: usize = 2048;
 
+/// The longest job name, in characters.
+pub const MAX_JOB_NAME_LEN: usize = 128;
+
 /// The state of a job. It serializes (field names in snake case) so a runtime can persist it
 /// inside a projection snapshot.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Job {
     /// Its id.
     pub job_id: JobId,
+    /// A name for people (EMQX Fleets shows jobs by name); ids stay the identity.
+    #[serde(default)]
+    pub name: Option<String>,
     /// Free text.
     pub description: Option<String>,
     /// Things and groups.
@@ -79,12 +85,17 @@ impl Job {
 }
 
 /// What can be asked of a job.
+// A create carries the whole job; intents live for one decision, never in collections, so
+// boxing it would only add an allocation per create.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq)]
 pub enum JobIntent {
     /// Create a job; it starts at once unless its start time is ahead.
     Create {
         /// New id.
         job_id: JobId,
+        /// 1 to [`MAX_JOB_NAME_LEN`] characters without control characters; not unique.
+        name: Option<String>,
         /// Free text (at most [`MAX_DESCRIPTION_LEN`] characters).
         description: Option<String>,
         /// At least one thing or group; at most [`MAX_JOB_TARGETS`] names in all.
@@ -130,6 +141,7 @@ impl Aggregate for Job {
     ) -> Result<Vec<Event>, Rejection> {
         if let JobIntent::Create {
             job_id,
+            name,
             description,
             targets,
             selection,
@@ -168,6 +180,21 @@ impl Aggregate for Job {
                     format!("must be at most {MAX_DESCRIPTION_LEN} characters"),
                 ));
             }
+            if let Some(n) = &name {
+                let len = n.chars().count();
+                if len == 0 || len > MAX_JOB_NAME_LEN {
+                    return Err(Rejection::invalid(
+                        "name",
+                        format!("must be 1 to {MAX_JOB_NAME_LEN} characters"),
+                    ));
+                }
+                if n.chars().any(char::is_control) {
+                    return Err(Rejection::invalid(
+                        "name",
+                        "must not contain control characters",
+                    ));
+                }
+            }
             if !document.is_object() {
                 return Err(Rejection::invalid("document", "must be a JSON object"));
             }
@@ -187,6 +214,7 @@ impl Aggregate for Job {
             let start_now = config.schedule.start_time.is_none_or(|t| t <= now);
             let mut events = vec![Event::JobCreated {
                 job_id,
+                name,
                 description,
                 targets,
                 selection,
@@ -259,6 +287,7 @@ impl Aggregate for Job {
         };
         if let Event::JobCreated {
             job_id,
+            name,
             description,
             targets,
             selection,
@@ -272,6 +301,7 @@ impl Aggregate for Job {
             }
             return Ok(Self {
                 job_id: job_id.clone(),
+                name: name.clone(),
                 description: description.clone(),
                 targets: targets.clone(),
                 selection: *selection,

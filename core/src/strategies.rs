@@ -42,7 +42,7 @@ use crate::device::{
 use crate::event::{EndReason, Event, JobCancelReason, StatusDetails, StepTimer, TimeoutCause};
 use crate::group::GroupIntent;
 use crate::ids::{ApiKeyId, ExecutionId, GroupName, JobId, StatusDetailKey, StreamId, ThingName};
-use crate::job::{JobIntent, MAX_COMMENT_LEN, MAX_DESCRIPTION_LEN};
+use crate::job::{JobIntent, MAX_COMMENT_LEN, MAX_DESCRIPTION_LEN, MAX_JOB_NAME_LEN};
 use crate::job_execution::{JobExecutionIntent, MAX_DETAIL_VALUE_LEN};
 use crate::limits::{
     json_len, MAX_COMMAND_ACTION_LEN, MAX_COMMAND_ID_LEN, MAX_COMMAND_PARAMS_BYTES,
@@ -54,8 +54,10 @@ use crate::time::{Duration, Timestamp};
 
 // ---- ids ------------------------------------------------------------------------------------
 
-/// The alphabet of thing names, group names and status detail keys, as a regex class.
+/// The alphabet of thing names and status detail keys, as a regex class.
 const THING_CLASS: &str = "[a-zA-Z0-9:_-]";
+/// The alphabet of group names, as a regex class.
+const GROUP_CLASS: &str = "[a-zA-Z0-9:_.() -]";
 /// The alphabet of job ids, execution ids and command ids, as a regex class.
 const JOB_CLASS: &str = "[a-zA-Z0-9_-]";
 /// The longest custom stream name after `x/`.
@@ -67,6 +69,10 @@ fn thing_char(c: char) -> bool {
 
 fn job_char(c: char) -> bool {
     c.is_ascii_alphanumeric() || matches!(c, '_' | '-')
+}
+
+fn group_char(c: char) -> bool {
+    thing_char(c) || matches!(c, '.' | ' ' | '(' | ')')
 }
 
 fn regex(pattern: &str) -> impl Strategy<Value = String> {
@@ -135,7 +141,7 @@ id_strategies!(
     group_name,
     /// Text [`GroupName::parse`] refuses.
     invalid_group_name,
-    GroupName, THING_CLASS, thing_char
+    GroupName, GROUP_CLASS, group_char
 );
 id_strategies!(
     /// A valid [`ApiKeyId`].
@@ -176,7 +182,7 @@ pub fn invalid_stream_id() -> impl Strategy<Value = String> {
         regex("[a-z]{1,6}/[a-z0-9]{1,6}").prop_filter("an unknown category", |s| {
             !matches!(
                 s.split_once('/').map(|(p, _)| p),
-                Some("cmd" | "job" | "exec" | "group" | "x")
+                Some("cmd" | "job" | "exec" | "group" | "key" | "x")
             )
         }),
         invalid_execution_id().prop_map(|id| format!("cmd/{id}")),
@@ -346,6 +352,11 @@ pub fn reason() -> impl Strategy<Value = String> {
 /// A job or group description: at most [`MAX_DESCRIPTION_LEN`] characters.
 pub fn description() -> impl Strategy<Value = String> {
     text_up_to(MAX_DESCRIPTION_LEN)
+}
+
+/// A job name: 1 to [`MAX_JOB_NAME_LEN`] characters, none of them a control character.
+pub fn job_name() -> impl Strategy<Value = String> {
+    regex(&format!("[a-zA-Z0-9 ._()éü-]{{1,{MAX_JOB_NAME_LEN}}}"))
 }
 
 /// An operator's cancel comment: at most [`MAX_COMMENT_LEN`] characters.
@@ -840,11 +851,13 @@ pub fn job_event() -> impl Strategy<Value = Event> {
             target_selection(),
             job_document(),
             job_config(created_at),
+            option::of(job_name()),
         )
             .prop_map(
-                move |(job_id, description, targets, selection, document, config)| {
+                move |(job_id, description, targets, selection, document, config, name)| {
                     Event::JobCreated {
                         job_id,
+                        name,
                         description,
                         targets,
                         selection,
@@ -1183,11 +1196,13 @@ pub fn job_intent(now: Timestamp) -> impl Strategy<Value = JobIntent> {
             target_selection(),
             job_document(),
             job_config(now),
+            option::of(job_name()),
         )
             .prop_map(
-                |(job_id, description, targets, selection, document, config)| {
+                |(job_id, description, targets, selection, document, config, name)| {
                     JobIntent::Create {
                         job_id,
+                        name,
                         description,
                         targets,
                         selection,

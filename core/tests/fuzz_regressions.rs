@@ -34,6 +34,7 @@ fn floats_in_stored_events_survive_a_json_round_trip() {
     };
     let created = Event::JobCreated {
         job_id: JobId::parse("job-1").expect("valid"),
+        name: None,
         description: None,
         targets: Targets {
             things: vec![ThingName::parse("thing-1").expect("valid")],

@@ -49,6 +49,7 @@ fn samples() -> Vec<Event> {
         },
         Event::JobCreated {
             job_id: job(),
+            name: None,
             description: Some("firmware 2.1".into()),
             targets: Targets {
                 things: vec![thing()],
@@ -80,6 +81,19 @@ fn samples() -> Vec<Event> {
                 },
             },
             created_at: t(100),
+        },
+        Event::JobCreated {
+            job_id: job(),
+            name: Some("Thermostat firmware 2.1 (EU)".into()),
+            description: None,
+            targets: Targets {
+                things: vec![],
+                groups: vec![GroupName::parse("com.example.thermostat (default)").expect("valid")],
+            },
+            selection: TargetSelection::Snapshot,
+            document: json!({}),
+            config: JobConfig::default(),
+            created_at: t(5),
         },
         Event::JobStarted { at: t(200) },
         Event::JobRolloutStopped { at: t(9000) },

@@ -599,6 +599,7 @@ fn command_ttl_and_action_are_validated() {
 fn create(config: JobConfig) -> JobIntent {
     JobIntent::Create {
         job_id: job(),
+        name: None,
         description: None,
         targets: Targets {
             things: vec![thing()],
@@ -613,6 +614,7 @@ fn create(config: JobConfig) -> JobIntent {
 fn created(config: JobConfig) -> Event {
     Event::JobCreated {
         job_id: job(),
+        name: None,
         description: None,
         targets: Targets {
             things: vec![thing()],
@@ -1194,4 +1196,42 @@ fn a_group_holds_at_most_the_member_limit() {
         .when(GroupIntent::AddMembers(things("new", 2)), t(3))
         .then_reject(ErrorCode::InvalidRequest);
     assert_eq!(field_of(over), "thingNames");
+}
+
+#[test]
+fn a_job_name_is_optional_short_and_printable() {
+    let named = |name: &str| {
+        let mut intent = create(JobConfig::default());
+        if let JobIntent::Create { name: n, .. } = &mut intent {
+            *n = Some(name.to_owned());
+        }
+        intent
+    };
+    let job = given::<Job>([])
+        .when(named("Thermostats, EU (wave 1)"), t(100))
+        .then_expect([
+            {
+                let mut e = created(JobConfig::default());
+                if let Event::JobCreated { name, .. } = &mut e {
+                    *name = Some("Thermostats, EU (wave 1)".into());
+                }
+                e
+            },
+            Event::JobStarted { at: t(100) },
+        ])
+        .expect("a job");
+    assert_eq!(job.name.as_deref(), Some("Thermostats, EU (wave 1)"));
+    for bad in [
+        String::new(),
+        "line\nbreak".into(),
+        "x".repeat(fleetops_core::job::MAX_JOB_NAME_LEN + 1),
+    ] {
+        let r = given::<Job>([])
+            .when(named(&bad), t(100))
+            .then_reject(ErrorCode::InvalidRequest);
+        assert!(
+            matches!(r, Rejection::InvalidRequest { field: "name", .. }),
+            "{bad:?}: {r:?}"
+        );
+    }
 }

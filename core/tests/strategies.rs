@@ -85,6 +85,7 @@ fn send(
 fn create(document: serde_json::Value, description: Option<String>) -> JobIntent {
     JobIntent::Create {
         job_id: JobId::parse("job-1").unwrap(),
+        name: None,
         description,
         targets: fleetops_core::config::Targets {
             things: vec![ThingName::parse("thing-1").unwrap()],
@@ -166,6 +167,7 @@ proptest! {
         // And by `decide`, which validates it on create.
         let create = JobIntent::Create {
             job_id: JobId::parse("job-1").unwrap(),
+            name: None,
             description: None,
             targets: fleetops_core::config::Targets {
                 things: vec![ThingName::parse("t").unwrap()],

@@ -425,6 +425,7 @@ fuzz_target!(|data: &[u8]| {
             } => {
                 let intent = JobIntent::Create {
                     job_id: job_id.clone(),
+                    name: None,
                     description: description.clone(),
                     targets: Targets {
                         things: things.clone(),

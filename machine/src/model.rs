@@ -49,6 +49,8 @@ pub struct JobEntry {
 pub struct CommandEntry {
     /// The device.
     pub thing: ThingName,
+    /// What it asks of the device, for listings.
+    pub action: String,
     /// Current status.
     pub status: CommandStatus,
     /// When it was sent.
@@ -267,6 +269,7 @@ impl ReadModel {
         let (status, at) = match &stored.event {
             Event::CommandSent {
                 thing,
+                action,
                 ttl,
                 sent_at,
                 ..
@@ -275,6 +278,7 @@ impl ReadModel {
                     id.clone(),
                     CommandEntry {
                         thing: thing.clone(),
+                        action: action.clone(),
                         status: CommandStatus::Sent,
                         sent_at: *sent_at,
                         deadline: *sent_at + *ttl,
@@ -532,6 +536,7 @@ impl ReadModel {
 fn placeholder_job(job_id: &JobId) -> Job {
     Job {
         job_id: job_id.clone(),
+        name: None,
         description: None,
         targets: Default::default(),
         selection: TargetSelection::Snapshot,

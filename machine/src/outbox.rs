@@ -375,6 +375,7 @@ mod tests {
             let job_id = JobId::parse(job).expect("a valid id");
             let created = Event::JobCreated {
                 job_id: job_id.clone(),
+                name: None,
                 description: None,
                 targets: Targets {
                     things: things.iter().map(|t| thing(t)).collect(),

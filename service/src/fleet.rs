@@ -36,8 +36,8 @@ use crate::metrics::{FleetMetrics, Recorder};
 use crate::runtime::Inner;
 use crate::sync::lock;
 use crate::types::{
-    CommandRow, ExecutionRow, FleetConfig, HistoryPage, JobDescription, JobSpec, JobSummary, Page,
-    Paged, StatusChange,
+    CommandRow, ExecutionRow, FleetConfig, GroupSummary, HistoryPage, JobDescription, JobFilter,
+    JobSpec, JobSummary, Page, Paged, StatusChange,
 };
 use crate::{follower, jobs, leader, outbox, scheduler, snapshot, worker};
 use fleetops_machine::outbox::Outbox;
@@ -326,6 +326,8 @@ pub struct CommandFilter {
     pub thing: Option<ThingName>,
     /// Only commands in this status.
     pub status: Option<CommandStatus>,
+    /// Only commands with this action.
+    pub action: Option<String>,
 }
 
 impl<S: EventStore, L: DeviceLink> Fleet<S, L> {
@@ -589,12 +591,15 @@ impl<S: EventStore, L: DeviceLink> Fleet<S, L> {
         let row = |id: &ExecutionId, c: &fleetops_machine::model::CommandEntry| CommandRow {
             execution_id: id.clone(),
             thing: c.thing.clone(),
+            action: c.action.clone(),
             status: c.status,
             sent_at: c.sent_at,
             deadline: c.deadline,
         };
-        let keep =
-            |c: &fleetops_machine::model::CommandEntry| filter.status.is_none_or(|s| s == c.status);
+        let keep = |c: &fleetops_machine::model::CommandEntry| {
+            filter.status.is_none_or(|s| s == c.status)
+                && filter.action.as_ref().is_none_or(|a| *a == c.action)
+        };
         match &filter.thing {
             Some(thing) => {
                 let mut ids: Vec<&ExecutionId> = st
@@ -654,6 +659,7 @@ impl<S: EventStore, L: DeviceLink> Fleet<S, L> {
         let stream = StreamId::job(&spec.job_id);
         let intent = JobIntent::Create {
             job_id: spec.job_id.clone(),
+            name: spec.name,
             description: spec.description,
             targets: spec.targets,
             selection: spec.selection,
@@ -679,20 +685,39 @@ impl<S: EventStore, L: DeviceLink> Fleet<S, L> {
         })
     }
 
-    /// Jobs by id, optionally only those in `status`.
-    pub fn list_jobs(&self, status: Option<JobStatus>, page_req: &Page) -> Paged<JobSummary> {
+    /// Jobs by id, filtered by status and target selection.
+    pub fn list_jobs(&self, filter: &JobFilter, page_req: &Page) -> Paged<JobSummary> {
         let st = self.inner.read();
         let items = st
             .jobs
             .iter()
-            .filter(|(_, e)| !e.job.deleted && status.is_none_or(|s| s == e.job.status))
+            .filter(|(_, e)| {
+                !e.job.deleted
+                    && filter.status.is_none_or(|s| s == e.job.status)
+                    && filter.selection.is_none_or(|s| s == e.job.selection)
+            })
             .map(|(id, e)| {
+                let targets = if e.job.status == JobStatus::Scheduled {
+                    // Not resolved yet: who it would reach if it started now.
+                    let mut things: BTreeSet<&ThingName> = e.job.targets.things.iter().collect();
+                    for g in &e.job.targets.groups {
+                        if let Some(group) = st.groups.get(g).filter(|g| !g.deleted) {
+                            things.extend(group.members.iter());
+                        }
+                    }
+                    things.len()
+                } else {
+                    st.proj.execution_count_of(id) + e.to_queue.len()
+                };
                 (
                     id.clone(),
                     JobSummary {
                         job_id: id.clone(),
+                        name: e.job.name.clone(),
+                        description: e.job.description.clone(),
                         status: e.job.status,
                         selection: e.job.selection,
+                        targets: targets as u64,
                         created_at: e.job.created_at,
                         counters: st.proj.counters(id),
                     },
@@ -882,6 +907,38 @@ impl<S: EventStore, L: DeviceLink> Fleet<S, L> {
     pub async fn delete_group(&self, name: &GroupName) -> Result<(), FleetError> {
         self.group_intent(name, GroupIntent::Delete).await?;
         Ok(())
+    }
+
+    /// Groups by name, only those whose name starts with `prefix` when given.
+    pub fn list_groups(&self, prefix: Option<&str>, page_req: &Page) -> Paged<GroupSummary> {
+        let st = self.inner.read();
+        let start = match (&page_req.after, prefix) {
+            // Names sort, so a prefix's names are one range from the prefix on.
+            (None, Some(p)) => Bound::Included(p.to_owned()),
+            (Some(a), _) => Bound::Excluded(a.clone()),
+            (None, None) => Bound::Unbounded,
+        };
+        let items = st
+            .groups
+            .iter()
+            .skip_while(move |(name, _)| match &start {
+                Bound::Included(s) => name.as_str() < s.as_str(),
+                Bound::Excluded(s) => name.as_str() <= s.as_str(),
+                Bound::Unbounded => false,
+            })
+            .take_while(|(name, _)| prefix.is_none_or(|p| name.as_str().starts_with(p)))
+            .filter(|(_, g)| !g.deleted)
+            .map(|(name, g)| {
+                (
+                    name.clone(),
+                    GroupSummary {
+                        name: name.clone(),
+                        description: g.description.clone(),
+                        members: g.members.len(),
+                    },
+                )
+            });
+        page(items, page_req)
     }
 
     /// A group, as folded.

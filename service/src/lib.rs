@@ -135,6 +135,6 @@ pub use health::{Health, HealthStatus};
 pub use keys::MAX_ACTIVE_API_KEYS;
 pub use metrics::{FleetMetrics, HistogramSnapshot};
 pub use types::{
-    CommandRow, ExecutionRow, FleetConfig, HistoryPage, JobDescription, JobSpec, JobSummary, Page,
-    Paged, StatusChange,
+    CommandRow, ExecutionRow, FleetConfig, GroupSummary, HistoryPage, JobDescription, JobFilter,
+    JobSpec, JobSummary, Page, Paged, StatusChange,
 };

@@ -23,6 +23,8 @@ pub use fleetops_machine::StatusChange;
 pub struct JobSpec {
     /// The new job's id.
     pub job_id: JobId,
+    /// A name for people.
+    pub name: Option<String>,
     /// Free text.
     pub description: Option<String>,
     /// Things and groups.
@@ -40,6 +42,7 @@ impl JobSpec {
     pub fn new(job_id: JobId, document: Value) -> Self {
         Self {
             job_id,
+            name: None,
             description: None,
             targets: Targets::default(),
             selection: TargetSelection::Snapshot,
@@ -77,6 +80,12 @@ impl JobSpec {
         self.description = Some(text.into());
         self
     }
+
+    /// Sets the name.
+    pub fn name(mut self, name: impl Into<String>) -> Self {
+        self.name = Some(name.into());
+        self
+    }
 }
 
 /// A job with its per-status execution counts.
@@ -96,10 +105,17 @@ pub struct JobDescription {
 pub struct JobSummary {
     /// The job.
     pub job_id: JobId,
+    /// Its name.
+    pub name: Option<String>,
+    /// Free text.
+    pub description: Option<String>,
     /// Its status.
     pub status: JobStatus,
     /// Snapshot or continuous.
     pub selection: TargetSelection,
+    /// Things targeted: those with an execution plus those still to queue once the job has
+    /// started; before, the named things and current group members, each counted once.
+    pub targets: u64,
     /// When it was created.
     pub created_at: Timestamp,
     /// Per-status execution counts.
@@ -107,6 +123,27 @@ pub struct JobSummary {
 }
 
 pub use fleetops_core::JobStatus;
+
+/// A thing group in a listing: its members are counted, not copied (a group may hold
+/// 100,000 things).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupSummary {
+    /// Its name.
+    pub name: GroupName,
+    /// Free text.
+    pub description: Option<String>,
+    /// How many things it holds.
+    pub members: usize,
+}
+
+/// Which jobs to list; every field left `None` lets all through.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct JobFilter {
+    /// Only jobs in this status.
+    pub status: Option<JobStatus>,
+    /// Only snapshot or only continuous jobs.
+    pub selection: Option<TargetSelection>,
+}
 
 /// A job execution in a listing: the read side's one record of it
 /// ([`ExecutionEntry`](fleetops_core::projection::ExecutionEntry)) with its keys.
@@ -127,6 +164,8 @@ pub struct CommandRow {
     pub execution_id: ExecutionId,
     /// The device.
     pub thing: ThingName,
+    /// What it asks of the device.
+    pub action: String,
     /// Its status.
     pub status: CommandStatus,
     /// When it was sent.

@@ -61,10 +61,26 @@ async fn a_command_succeeds_or_fails_as_the_device_answers() {
         &CommandFilter {
             thing: Some(lamp.clone()),
             status: Some(CommandStatus::Failed),
+            ..CommandFilter::default()
         },
         &Page::first(10),
     );
     assert_eq!(listed.items.len(), 1);
+    let by_action = |action: &str| {
+        env.fleet
+            .list_commands(
+                &CommandFilter {
+                    action: Some(action.to_owned()),
+                    ..CommandFilter::default()
+                },
+                &Page::first(10),
+            )
+            .items
+    };
+    assert!(by_action("no-such-action").is_empty());
+    let action = listed.items[0].action.clone();
+    assert!(by_action(&action).iter().all(|c| c.action == action));
+    assert!(!by_action(&action).is_empty());
     let all = env
         .fleet
         .list_commands(&CommandFilter::default(), &Page::first(2));

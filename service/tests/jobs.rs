@@ -4,6 +4,7 @@
 mod common;
 
 use common::*;
+use fleetops_core::config::TargetSelection;
 use fleetops_core::config::{
     AbortCriterion, EndBehavior, FailureType, IncreaseCriterion, JobConfig, RetryCriterion,
     Rollout, Schedule,
@@ -14,7 +15,7 @@ use fleetops_core::{
     Duration, ErrorCode, Event, GroupName, JobExecutionStatus as S, JobStatus, StreamId,
 };
 use fleetops_service::sim::{from_fn, simulate, Outcome, Task};
-use fleetops_service::{JobSpec, Page};
+use fleetops_service::{JobFilter, JobSpec, Page};
 use serde_json::json;
 
 fn doc() -> serde_json::Value {
@@ -574,10 +575,21 @@ async fn operators_cancel_jobs_and_delete_executions() {
         ),
         (3, 1, 0)
     );
-    let listed = env
-        .fleet
-        .list_jobs(Some(JobStatus::Canceled), &Page::first(10));
+    let canceled = JobFilter {
+        status: Some(JobStatus::Canceled),
+        ..JobFilter::default()
+    };
+    let listed = env.fleet.list_jobs(&canceled, &Page::first(10));
     assert_eq!(listed.items.len(), 1);
+    let continuous = JobFilter {
+        selection: Some(TargetSelection::Continuous),
+        ..JobFilter::default()
+    };
+    assert!(env
+        .fleet
+        .list_jobs(&continuous, &Page::first(10))
+        .items
+        .is_empty());
     // The device is told the job is gone.
     let r = update(
         &mut env.devices,

@@ -337,6 +337,8 @@
       placeholder: 'unlimited' });
     const description = h('input', { id: 'job-description', name: 'description',
       placeholder: 'optional' });
+    const jobName = h('input', { id: 'job-name', name: 'name', placeholder: 'optional',
+      maxlength: 128 });
     const submit = h('button', { type: 'submit', id: 'create-job' }, 'Create job');
     const form = h('form', { class: 'stack', id: 'create-job-form', onsubmit: async (event) => {
       event.preventDefault();
@@ -355,6 +357,7 @@
       };
       if (id.value.trim()) body.jobId = id.value.trim();
       if (description.value.trim()) body.description = description.value.trim();
+      if (jobName.value.trim()) body.name = jobName.value.trim();
       if (rollout.value) {
         body.jobExecutionsRolloutConfig = { maximumPerMinute: Number(rollout.value) };
       }
@@ -369,6 +372,7 @@
       }
     } },
     h('label', { for: 'job-id' }, 'Job id'), id,
+    h('label', { for: 'job-name' }, 'Name'), jobName,
     h('label', { for: 'job-things' }, 'Target things'), things,
     h('label', { for: 'job-groups' }, 'Target groups'), groups,
     h('label', { for: 'job-selection' }, 'Selection'), selection,
@@ -385,30 +389,30 @@
     const box = errorBox();
     const status = select('jobs-status', 'Status', JOB_STATUSES, 'all');
     const type = select('jobs-type', 'Type', ['SNAPSHOT', 'CONTINUOUS'], 'all');
-    const list = table(['Job', 'Status', 'Type', 'Progress', '#Executions', 'Created'], 'jobs');
+    const list = table(['Job', 'Name', 'Status', 'Type', 'Progress', '#Targets', 'Created'],
+      'jobs');
     const pages = pager(() => refresh());
     const load = latest((nextToken) => api('GET', withQuery('/api/v1/jobs',
-      { status: status.el.value, limit: PAGE_SIZE, nextToken })));
+      { status: status.el.value, targetSelection: type.el.value, limit: PAGE_SIZE,
+        nextToken })));
     async function refresh() {
       const { fresh, result } = await load(pages.token());
       if (!fresh) return;
       pages.update(result.nextToken);
-      // The list route filters by status only; the type is filtered here, page by page.
-      const rows = result.items.filter((j) => !type.el.value ||
-        j.targetSelection === type.el.value);
+      const rows = result.items;
       if (!rows.length) {
-        emptyRow(list.body, 6, 'No jobs here.');
+        emptyRow(list.body, 7, 'No jobs here.');
         return;
       }
       list.body.replaceChildren(...rows.map((j) => {
         const d = j.jobProcessDetails || {};
-        const total = COUNTERS.reduce((n, [, key]) => n + (Number(d[key]) || 0), 0);
         return h('tr', { 'data-job': j.jobId },
           h('td', {}, link(jobHref(j.jobId), j.jobId)),
+          h('td', { title: j.description || '' }, j.name || '—'),
           h('td', {}, badge(j.status)),
           h('td', {}, j.targetSelection),
           h('td', {}, progressBar(d)),
-          h('td', { class: 'num' }, total),
+          h('td', { class: 'num' }, j.numberOfTargets),
           h('td', {}, fmtTime(j.createdAt)));
       }));
     }
@@ -416,7 +420,10 @@
       pages.reset();
       now(refresh, box);
     });
-    type.el.addEventListener('change', () => now(refresh, box));
+    type.el.addEventListener('change', () => {
+      pages.reset();
+      now(refresh, box);
+    });
     main.append(h('h1', {}, 'Jobs'), createJobForm(), card(null,
       h('div', { class: 'toolbar' }, status.wrap, type.wrap,
         h('span', { class: 'hint' }, 'The type is filtered in the browser, page by page.')),
@@ -509,6 +516,7 @@
       info.replaceChildren(h('div', { class: 'grid' },
         card('Job', definitions([
           ['Status', job.status, 'status'],
+          job.name ? ['Name', job.name] : null,
           job.description ? ['Description', job.description] : null,
           ['Type', job.targetSelection],
           ['Things', (targets.thingNames || []).length ? (targets.thingNames || [])

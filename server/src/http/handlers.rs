@@ -9,13 +9,15 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::sse::{KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
+use fleetops_core::config::TargetSelection;
 use fleetops_core::group::MAX_MEMBERS_PER_CHANGE;
+use fleetops_core::limits::MAX_COMMAND_ACTION_LEN;
 use fleetops_core::link::DeviceLink;
 use fleetops_core::{
     CommandStatus, Duration, EventStore, ExecutionId, GroupName, JobExecutionStatus, JobId,
     JobStatus, Rejection, StreamId, ThingName,
 };
-use fleetops_service::{CommandFilter, FleetError, Page, Paged};
+use fleetops_service::{CommandFilter, FleetError, JobFilter, Page, Paged};
 use serde::Deserialize;
 
 use super::error::ApiError;
@@ -233,6 +235,7 @@ pub(super) async fn create_job<S: EventStore, L: DeviceLink>(
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub(super) struct ListJobsQuery {
     status: Option<JobStatus>,
+    target_selection: Option<TargetSelection>,
     limit: Option<usize>,
     next_token: Option<String>,
 }
@@ -242,7 +245,11 @@ pub(super) async fn list_jobs<S: EventStore, L: DeviceLink>(
     ApiQuery(q): ApiQuery<ListJobsQuery>,
 ) -> ApiResult<Json<PageView<JobSummaryView>>> {
     let p = page(q.limit, q.next_token)?;
-    Ok(Json(page_view(app.fleet.list_jobs(q.status, &p))))
+    let filter = JobFilter {
+        status: q.status,
+        selection: q.target_selection,
+    };
+    Ok(Json(page_view(app.fleet.list_jobs(&filter, &p))))
 }
 
 pub(super) async fn describe_job<S: EventStore, L: DeviceLink>(
@@ -409,6 +416,7 @@ pub(super) async fn send_command<S: EventStore, L: DeviceLink>(
 pub(super) struct ListCommandsQuery {
     thing_name: Option<String>,
     status: Option<CommandStatus>,
+    action: Option<String>,
     limit: Option<usize>,
     next_token: Option<String>,
 }
@@ -420,6 +428,15 @@ pub(super) async fn list_commands<S: EventStore, L: DeviceLink>(
     let filter = CommandFilter {
         thing: q.thing_name.as_deref().map(thing_name).transpose()?,
         status: q.status,
+        action: match q.action {
+            Some(a) if a.is_empty() || a.chars().count() > MAX_COMMAND_ACTION_LEN => {
+                return Err(ApiError::invalid(
+                    "action",
+                    format!("must be 1 to {MAX_COMMAND_ACTION_LEN} characters"),
+                ))
+            }
+            a => a,
+        },
     };
     let p = page(q.limit, q.next_token)?;
     Ok(Json(page_view(app.fleet.list_commands(&filter, &p))))
@@ -569,6 +586,35 @@ pub(super) async fn put_group<S: EventStore, L: DeviceLink>(
         group = app.fleet.add_group_members(&name, body.thing_names).await?;
     }
     Ok((StatusCode::CREATED, Json(GroupView::from(&group))).into_response())
+}
+
+/// `GET /api/v1/thing-groups`: paging and an optional name prefix.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub(super) struct ListGroupsQuery {
+    name_prefix: Option<String>,
+    limit: Option<usize>,
+    next_token: Option<String>,
+}
+
+pub(super) async fn list_groups<S: EventStore, L: DeviceLink>(
+    State(app): State<ApiState<S, L>>,
+    ApiQuery(q): ApiQuery<ListGroupsQuery>,
+) -> ApiResult<Json<PageView<GroupView>>> {
+    let p = page(q.limit, q.next_token)?;
+    let prefix = match q.name_prefix {
+        None => None,
+        Some(s) if s.is_empty() || s.chars().count() > GroupName::MAX_LEN => {
+            return Err(ApiError::invalid(
+                "namePrefix",
+                format!("must be 1 to {} characters", GroupName::MAX_LEN),
+            ))
+        }
+        Some(s) => Some(s),
+    };
+    Ok(Json(page_view(
+        app.fleet.list_groups(prefix.as_deref(), &p),
+    )))
 }
 
 pub(super) async fn get_group<S: EventStore, L: DeviceLink>(

@@ -189,6 +189,12 @@ fn endpoints<S: EventStore, L: DeviceLink>() -> Vec<Endpoint<ApiState<S, L>>> {
             h::cancel_command::<S, L>,
         ),
         ep(
+            M::GET,
+            "/api/v1/thing-groups",
+            Token,
+            h::list_groups::<S, L>,
+        ),
+        ep(
             M::PUT,
             "/api/v1/thing-groups/{name}",
             Token,

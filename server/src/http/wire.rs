@@ -21,7 +21,9 @@ use fleetops_core::{
     CommandStatus, Duration, ExecutionId, GroupName, JobExecutionStatus, JobId, JobStatus,
     StreamId, ThingName, Timestamp,
 };
-use fleetops_service::{CommandRow, ExecutionRow, JobDescription, JobSpec, JobSummary};
+use fleetops_service::{
+    CommandRow, ExecutionRow, GroupSummary, JobDescription, JobSpec, JobSummary,
+};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use serde_json::Value;
 
@@ -92,6 +94,9 @@ pub struct CreateJobRequest {
     /// The new job's id; a UUIDv7 is generated when absent.
     #[serde(default, deserialize_with = "present")]
     pub job_id: Option<JobId>,
+    /// A name for people.
+    #[serde(default, deserialize_with = "present")]
+    pub name: Option<String>,
     /// Free text.
     #[serde(default, deserialize_with = "present")]
     pub description: Option<String>,
@@ -336,6 +341,7 @@ impl CreateJobRequest {
             .config(config);
         spec.selection = self.target_selection;
         spec.description = self.description;
+        spec.name = self.name;
         Ok(spec)
     }
 }
@@ -395,6 +401,9 @@ impl From<&JobCounters> for JobProcessDetails {
 pub struct JobView {
     /// The job.
     pub job_id: JobId,
+    /// Its name.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
     /// Free text.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub description: Option<String>,
@@ -485,6 +494,7 @@ impl From<&JobDescription> for JobView {
         let schedule = &c.schedule;
         Self {
             job_id: job.job_id.clone(),
+            name: job.name.clone(),
             description: job.description.clone(),
             status: job.status,
             target_selection: job.selection,
@@ -541,10 +551,19 @@ impl From<&JobDescription> for JobView {
 pub struct JobSummaryView {
     /// The job.
     pub job_id: JobId,
+    /// Its name.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// Free text.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
     /// Its status.
     pub status: JobStatus,
     /// Snapshot or continuous.
     pub target_selection: TargetSelection,
+    /// Things targeted: those with an execution and those still to queue once started; the
+    /// named things and current group members (each counted once) before.
+    pub number_of_targets: u64,
     /// When it was created.
     pub created_at: u64,
     /// Per-status counts.
@@ -555,8 +574,11 @@ impl From<JobSummary> for JobSummaryView {
     fn from(s: JobSummary) -> Self {
         Self {
             job_id: s.job_id,
+            name: s.name,
+            description: s.description,
             status: s.status,
             target_selection: s.selection,
+            number_of_targets: s.targets,
             created_at: secs(s.created_at),
             job_process_details: (&s.counters).into(),
         }
@@ -760,6 +782,8 @@ pub struct CommandSummaryView {
     pub execution_id: ExecutionId,
     /// The device.
     pub thing_name: ThingName,
+    /// What it asks of the device.
+    pub action: String,
     /// Its status.
     pub status: CommandStatus,
     /// When it was sent.
@@ -773,6 +797,7 @@ impl From<CommandRow> for CommandSummaryView {
         Self {
             execution_id: r.execution_id,
             thing_name: r.thing,
+            action: r.action,
             status: r.status,
             sent_at: secs(r.sent_at),
             deadline: secs(r.deadline),
@@ -830,6 +855,16 @@ impl From<&Group> for GroupView {
             thing_group_name: g.name.clone(),
             description: g.description.clone(),
             number_of_things: g.members.len(),
+        }
+    }
+}
+
+impl From<GroupSummary> for GroupView {
+    fn from(g: GroupSummary) -> Self {
+        Self {
+            thing_group_name: g.name,
+            description: g.description,
+            number_of_things: g.members,
         }
     }
 }
