@@ -10,8 +10,9 @@ use serde_json::Value;
 
 use crate::access::{Scope, SecretHash};
 use crate::config::{JobConfig, TargetSelection, Targets};
-use crate::ids::{ApiKeyId, ExecutionId, GroupName, JobId, ThingName};
+use crate::ids::{ApiKeyId, CommandId, ExecutionId, GroupName, JobId, ThingName};
 use crate::status::{CommandStatus, JobExecutionStatus};
+use crate::template::ParameterSpec;
 use crate::time::{Duration, Timestamp};
 
 // Defined with the statuses, below refusals, which carry it too; kept reachable here.
@@ -328,6 +329,30 @@ pub enum Event {
         /// When.
         at: Timestamp,
     },
+
+    // ---- command template ----------------------------------------------------------------
+    /// A command was registered: its action, payload template and parameters.
+    #[serde(rename_all = "camelCase")]
+    CommandTemplateRegistered {
+        /// The command.
+        command_id: CommandId,
+        /// The action devices get.
+        action: String,
+        /// Free text.
+        description: Option<String>,
+        /// The payload, with `${name}` placeholders.
+        payload: Value,
+        /// The declared parameters.
+        parameters: Vec<ParameterSpec>,
+        /// When.
+        at: Timestamp,
+    },
+    /// The command was deleted; its id may be registered again.
+    #[serde(rename_all = "camelCase")]
+    CommandTemplateDeleted {
+        /// When.
+        at: Timestamp,
+    },
 }
 
 impl Event {
@@ -358,6 +383,8 @@ impl Event {
             Self::GroupDeleted { .. } => "GroupDeleted",
             Self::ApiKeyCreated { .. } => "ApiKeyCreated",
             Self::ApiKeyRevoked { .. } => "ApiKeyRevoked",
+            Self::CommandTemplateRegistered { .. } => "CommandTemplateRegistered",
+            Self::CommandTemplateDeleted { .. } => "CommandTemplateDeleted",
         }
     }
 

@@ -28,7 +28,9 @@ use crate::device::{
 };
 use crate::event::{EndReason, Event, JobCancelReason, StatusDetails, StepTimer, TimeoutCause};
 use crate::group::{GroupIntent, MAX_MEMBERS_PER_CHANGE};
-use crate::ids::{ApiKeyId, ExecutionId, GroupName, JobId, StatusDetailKey, StreamId, ThingName};
+use crate::ids::{
+    ApiKeyId, CommandId, ExecutionId, GroupName, JobId, StatusDetailKey, StreamId, ThingName,
+};
 use crate::job::{JobIntent, MAX_COMMENT_LEN, MAX_DESCRIPTION_LEN, MAX_JOB_NAME_LEN};
 use crate::job_execution::{ExecutionState, JobExecutionIntent, MAX_DETAIL_VALUE_LEN};
 use crate::limits::{
@@ -194,16 +196,18 @@ arbitrary_id!(JobId, job_char);
 arbitrary_id!(ExecutionId, job_char);
 arbitrary_id!(GroupName, group_char);
 arbitrary_id!(ApiKeyId, job_char);
+arbitrary_id!(CommandId, job_char);
 arbitrary_id!(StatusDetailKey, thing_char);
 
 impl<'a> Arbitrary<'a> for StreamId {
     fn arbitrary(u: &mut Unstructured<'a>) -> Result<Self> {
-        Ok(match u.int_in_range(0..=5)? {
+        Ok(match u.int_in_range(0..=6)? {
             0 => Self::command(&u.arbitrary()?),
             1 => Self::job(&u.arbitrary()?),
             2 => Self::job_execution(&u.arbitrary()?, &u.arbitrary()?),
             3 => Self::group(&u.arbitrary()?),
             4 => Self::api_key(&u.arbitrary()?),
+            5 => Self::command_template(&u.arbitrary()?),
             _ => parsed(Self::custom(&id_text(u, 200, |c| {
                 thing_char(c) || c == '/'
             })?))?,
@@ -542,7 +546,7 @@ impl<'a> Arbitrary<'a> for Event {
     /// Every variant, with the field values `decide` could have produced.
     fn arbitrary(u: &mut Unstructured<'a>) -> Result<Self> {
         let at: Timestamp = u.arbitrary()?;
-        Ok(match u.int_in_range(0..=23)? {
+        Ok(match u.int_in_range(0..=25)? {
             0 => Self::CommandSent {
                 execution_id: u.arbitrary()?,
                 thing: u.arbitrary()?,
@@ -648,7 +652,16 @@ impl<'a> Arbitrary<'a> for Event {
                 secret_hash: SecretHash::from_bytes(u.arbitrary()?),
                 created_at: at,
             },
-            _ => Self::ApiKeyRevoked { at },
+            23 => Self::ApiKeyRevoked { at },
+            24 => Self::CommandTemplateRegistered {
+                command_id: u.arbitrary()?,
+                action: "act".into(),
+                description: description(u)?,
+                payload: serde_json::json!({}),
+                parameters: vec![],
+                at,
+            },
+            _ => Self::CommandTemplateDeleted { at },
         })
     }
 }
@@ -974,7 +987,7 @@ mod tests {
                 assert!(command_id.as_deref().is_none_or(valid_command_id));
             }
         });
-        assert_eq!(kinds.len(), 24, "{kinds:?}");
+        assert_eq!(kinds.len(), 26, "{kinds:?}");
         each(|r: Inbound| {
             let text = serde_json::to_string(&r).unwrap();
             assert_eq!(serde_json::from_str::<Inbound>(&text).unwrap(), r, "{text}");

@@ -189,6 +189,11 @@ id_type!(
     ApiKeyId, "API key id", 64, "[a-zA-Z0-9_-]", job_char
 );
 id_type!(
+    /// The id of a registered command (a command template): 1–64 characters of
+    /// `[a-zA-Z0-9_-]`, the alphabet of the `commandId` devices are given.
+    CommandId, "command id", 64, "[a-zA-Z0-9_-]", job_char
+);
+id_type!(
     /// A key of a job execution's `statusDetails` map: 1–128 characters of `[a-zA-Z0-9:_-]`.
     StatusDetailKey, "statusDetails key", 128, "[a-zA-Z0-9:_-]", thing_char
 );
@@ -197,7 +202,7 @@ id_type!(
 /// key.
 ///
 /// Streams are named `cmd/{executionId}`, `job/{jobId}`, `exec/{jobId}/{thingName}`,
-/// `group/{groupName}` and `key/{apiKeyId}`. `/` is outside every id alphabet, so the name is unambiguous and the
+/// `group/{groupName}`, `key/{apiKeyId}` and `tpl/{commandId}`. `/` is outside every id alphabet, so the name is unambiguous and the
 /// parts can be recovered with [`StreamId::kind`].
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]
@@ -216,6 +221,8 @@ pub enum StreamKind {
     Group(GroupName),
     /// An API key stream.
     ApiKey(ApiKeyId),
+    /// A command template stream.
+    CommandTemplate(CommandId),
     /// A stream outside the fleetops categories (store tests, embedders' own streams):
     /// `x/` followed by 1–200 characters of `[a-zA-Z0-9:_/-]`.
     Custom(String),
@@ -247,6 +254,11 @@ impl StreamId {
         Self(format!("key/{id}"))
     }
 
+    /// The stream of a command template.
+    pub fn command_template(id: &CommandId) -> Self {
+        Self(format!("tpl/{id}"))
+    }
+
     /// A custom stream `x/{name}`, for store tests and embedders' own streams.
     pub fn custom(name: &str) -> Result<Self, IdError> {
         let s = format!("x/{name}");
@@ -258,7 +270,8 @@ impl StreamId {
     pub fn parse(s: &str) -> Result<StreamKind, IdError> {
         let bad = || IdError::Malformed {
             kind: "stream id",
-            expected: "cmd/{id}, job/{id}, exec/{job}/{thing}, group/{name}, key/{id} or x/{name}",
+            expected: "cmd/{id}, job/{id}, exec/{job}/{thing}, group/{name}, key/{id}, tpl/{id} \
+                       or x/{name}",
         };
         let (prefix, rest) = s.split_once('/').ok_or_else(bad)?;
         Ok(match prefix {
@@ -270,6 +283,7 @@ impl StreamId {
             }
             "group" => StreamKind::Group(GroupName::parse(rest)?),
             "key" => StreamKind::ApiKey(ApiKeyId::parse(rest)?),
+            "tpl" => StreamKind::CommandTemplate(CommandId::parse(rest)?),
             "x" => {
                 check("custom stream name", rest, 200, "[a-zA-Z0-9:_/-]", |c| {
                     thing_char(c) || c == '/'

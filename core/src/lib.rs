@@ -20,13 +20,15 @@
 //! the workspace's `modules` test fails on any cycle.
 //!
 //! 1. **Values**: `time`, `ids`, `status` (statuses, `StatusDetails`, `ExecutionState`),
-//!    `limits`, `access` (API key scopes and secret digests). Plain data and figures that everything above carries.
-//! 2. **Vocabulary**: `rejection`, `config`, `event`, `device`. What is refused, configured,
-//!    stored, and exchanged with devices.
+//!    `limits`, `access` (API key scopes and secret digests). Plain data and figures that
+//!    everything above carries.
+//! 2. **Vocabulary**: `rejection`, `config`, `template` (command payloads and parameters),
+//!    `event`, `device`. What is refused, configured, stored, and exchanged with devices.
 //! 3. **Ports and read models**: `aggregate` (the trait), `store`, `lease`, `link`,
 //!    `projection`, `policy`. What aggregates are, where events go, who leads when several
 //!    runtimes share a store, and the folds and pure rules the job decides with.
-//! 4. **Aggregates**: `command`, `job`, `job_execution`, `group`, `api_key`. None names another: what two
+//! 4. **Aggregates**: `command`, `job`, `job_execution`, `group`, `api_key`,
+//!    `command_template`. None names another: what two
 //!    of them share (a limit, a value type) moves down a layer, and stays reachable from its
 //!    old path by a `pub use`.
 //! 5. **Kits**: `testkit`, `strategies` and the `arbitrary` impls, behind features. They may
@@ -100,6 +102,7 @@ pub mod access;
 pub mod aggregate;
 pub mod api_key;
 pub mod command;
+pub mod command_template;
 pub mod config;
 pub mod device;
 pub mod event;
@@ -115,6 +118,7 @@ pub mod projection;
 pub mod rejection;
 pub mod status;
 pub mod store;
+pub mod template;
 pub mod time;
 
 pub use aggregate::Aggregate;

@@ -41,7 +41,9 @@ use crate::device::{
 };
 use crate::event::{EndReason, Event, JobCancelReason, StatusDetails, StepTimer, TimeoutCause};
 use crate::group::GroupIntent;
-use crate::ids::{ApiKeyId, ExecutionId, GroupName, JobId, StatusDetailKey, StreamId, ThingName};
+use crate::ids::{
+    ApiKeyId, CommandId, ExecutionId, GroupName, JobId, StatusDetailKey, StreamId, ThingName,
+};
 use crate::job::{JobIntent, MAX_COMMENT_LEN, MAX_DESCRIPTION_LEN, MAX_JOB_NAME_LEN};
 use crate::job_execution::{JobExecutionIntent, MAX_DETAIL_VALUE_LEN};
 use crate::limits::{
@@ -50,6 +52,7 @@ use crate::limits::{
 };
 use crate::projection::JobCounters;
 use crate::status::{CommandStatus, JobExecutionStatus, JobStatus};
+use crate::template::{ParameterSpec, ParameterType};
 use crate::time::{Duration, Timestamp};
 
 // ---- ids ------------------------------------------------------------------------------------
@@ -151,6 +154,13 @@ id_strategies!(
     ApiKeyId, JOB_CLASS, job_char
 );
 id_strategies!(
+    /// A valid [`CommandId`], the id of a registered command.
+    template_id,
+    /// Text [`CommandId::parse`] refuses.
+    invalid_template_id,
+    CommandId, JOB_CLASS, job_char
+);
+id_strategies!(
     /// A valid [`StatusDetailKey`].
     status_detail_key,
     /// Text [`StatusDetailKey::parse`] refuses.
@@ -166,6 +176,7 @@ pub fn stream_id() -> impl Strategy<Value = StreamId> {
         (job_id(), thing_name()).prop_map(|(j, t)| StreamId::job_execution(&j, &t)),
         group_name().prop_map(|g| StreamId::group(&g)),
         api_key_id().prop_map(|k| StreamId::api_key(&k)),
+        template_id().prop_map(|c| StreamId::command_template(&c)),
         regex(&format!("[a-zA-Z0-9:_/-]{{1,{MAX_CUSTOM_STREAM_LEN}}}"))
             .prop_map(|name| StreamId::custom(&name).expect("drawn from the custom alphabet")),
     ]
@@ -182,7 +193,7 @@ pub fn invalid_stream_id() -> impl Strategy<Value = String> {
         regex("[a-z]{1,6}/[a-z0-9]{1,6}").prop_filter("an unknown category", |s| {
             !matches!(
                 s.split_once('/').map(|(p, _)| p),
-                Some("cmd" | "job" | "exec" | "group" | "key" | "x")
+                Some("cmd" | "job" | "exec" | "group" | "key" | "tpl" | "x")
             )
         }),
         invalid_execution_id().prop_map(|id| format!("cmd/{id}")),
@@ -988,6 +999,41 @@ pub fn api_key_event() -> impl Strategy<Value = Event> {
     ]
 }
 
+/// A command template event with valid fields: a payload whose one placeholder names its
+/// one parameter.
+pub fn command_template_event() -> impl Strategy<Value = Event> {
+    let registered = (
+        template_id(),
+        regex("[a-z]{1,16}"),
+        option::of(description()),
+        regex("[a-z]{1,16}"),
+        timestamp(),
+    )
+        .prop_map(|(command_id, action, description, param, at)| {
+            Event::CommandTemplateRegistered {
+                command_id,
+                action,
+                description,
+                payload: serde_json::json!({ "value": format!("${{{param}}}") }),
+                parameters: vec![ParameterSpec {
+                    name: param,
+                    kind: ParameterType::String,
+                    required: true,
+                    default: None,
+                    minimum: None,
+                    maximum: None,
+                    max_length: Some(64),
+                    allowed: vec![],
+                }],
+                at,
+            }
+        });
+    prop_oneof![
+        registered,
+        timestamp().prop_map(|at| Event::CommandTemplateDeleted { at }),
+    ]
+}
+
 /// Any [`Event`], every variant, with valid fields.
 pub fn event() -> impl Strategy<Value = Event> {
     prop_oneof![
@@ -996,6 +1042,7 @@ pub fn event() -> impl Strategy<Value = Event> {
         job_execution_event(),
         group_event(),
         api_key_event(),
+        command_template_event(),
     ]
 }
 

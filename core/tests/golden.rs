@@ -12,8 +12,9 @@ use common::*;
 use fleetops_core::access::{Scope, SecretHash};
 use fleetops_core::config::*;
 use fleetops_core::event::{EndReason, JobCancelReason, StepTimer, TimeoutCause};
-use fleetops_core::ids::{ApiKeyId, StatusDetailKey};
+use fleetops_core::ids::{ApiKeyId, CommandId, StatusDetailKey};
 use fleetops_core::store::StoredEvent;
+use fleetops_core::template::{ParameterSpec, ParameterType};
 use fleetops_core::{
     CommandStatus, Duration, Event, ExecutionId, GroupName, JobExecutionStatus, StreamId,
 };
@@ -171,6 +172,24 @@ fn samples() -> Vec<Event> {
             created_at: t(14),
         },
         Event::ApiKeyRevoked { at: t(15) },
+        Event::CommandTemplateRegistered {
+            command_id: CommandId::parse("set-temp").expect("valid"),
+            action: "setTemperature".into(),
+            description: Some("thermostat set point".into()),
+            payload: json!({"target": "${celsius}", "note": "to ${celsius} C"}),
+            parameters: vec![ParameterSpec {
+                name: "celsius".into(),
+                kind: ParameterType::Number,
+                required: true,
+                default: None,
+                minimum: Some(5.0),
+                maximum: Some(30.0),
+                max_length: None,
+                allowed: vec![],
+            }],
+            at: t(16),
+        },
+        Event::CommandTemplateDeleted { at: t(17) },
     ]
 }
 
@@ -201,6 +220,8 @@ fn covered(e: &Event) -> usize {
         Event::GroupDeleted { .. } => 21,
         Event::ApiKeyCreated { .. } => 22,
         Event::ApiKeyRevoked { .. } => 23,
+        Event::CommandTemplateRegistered { .. } => 24,
+        Event::CommandTemplateDeleted { .. } => 25,
     }
 }
 
@@ -208,7 +229,7 @@ const GOLDEN: &str = include_str!("golden/events.jsonl");
 
 #[test]
 fn every_event_kind_has_a_golden_sample() {
-    let mut seen = [false; 24];
+    let mut seen = [false; 26];
     for e in samples() {
         seen[covered(&e)] = true;
     }

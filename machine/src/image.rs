@@ -6,9 +6,10 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use fleetops_core::api_key::ApiKey;
+use fleetops_core::command_template::CommandTemplate;
 use fleetops_core::event::SCHEMA_VERSION;
 use fleetops_core::group::Group;
-use fleetops_core::ids::ApiKeyId;
+use fleetops_core::ids::{ApiKeyId, CommandId};
 use fleetops_core::job::Job;
 use fleetops_core::projection::{Projections, ProjectionsSnapshot};
 use fleetops_core::{ExecutionId, GroupName, JobId, ThingName, Timestamp};
@@ -17,7 +18,8 @@ use serde::{Deserialize, Serialize};
 use crate::model::{CommandEntry, JobEntry, ReadModel};
 
 /// Version of the encoding below; a snapshot of another version is ignored. Format 2 keeps
-/// each execution once, in core's projection entry; format 3 adds API keys.
+/// each execution once, in core's projection entry; format 3 adds API keys and registered
+/// commands.
 const FORMAT: u32 = 3;
 
 /// The state as written: sorted lists, so equal states encode to equal bytes.
@@ -33,6 +35,7 @@ struct ImageRef<'a> {
     commands: &'a BTreeMap<ExecutionId, CommandEntry>,
     thing_commands: BTreeMap<&'a ThingName, &'a Vec<ExecutionId>>,
     api_keys: Vec<&'a ApiKey>,
+    templates: Vec<&'a CommandTemplate>,
 }
 
 #[derive(Serialize)]
@@ -58,6 +61,7 @@ struct Image {
     commands: BTreeMap<ExecutionId, CommandEntry>,
     thing_commands: BTreeMap<ThingName, Vec<ExecutionId>>,
     api_keys: Vec<ApiKey>,
+    templates: Vec<CommandTemplate>,
 }
 
 #[derive(Deserialize)]
@@ -109,6 +113,9 @@ pub enum ImageError {
     /// An API key appears twice.
     #[error("API key {0} is listed twice")]
     DuplicateApiKey(ApiKeyId),
+    /// A registered command appears twice.
+    #[error("command {0} is listed twice")]
+    DuplicateTemplate(CommandId),
 }
 
 /// A hash map's entries in key order, for a stable encoding.
@@ -140,6 +147,7 @@ impl ReadModel {
             commands: &self.commands,
             thing_commands: sorted(&self.thing_commands),
             api_keys: self.api_keys.values().collect(),
+            templates: self.templates.values().collect(),
         };
         // Serializing plain data into a Vec cannot fail (no map has non-string keys).
         serde_json::to_vec(&image).unwrap_or_default()
@@ -193,6 +201,13 @@ impl ReadModel {
                 return Err(ImageError::DuplicateApiKey(id));
             }
         }
+        let mut templates = BTreeMap::new();
+        for t in image.templates {
+            let id = t.command_id.clone();
+            if templates.insert(id.clone(), t).is_some() {
+                return Err(ImageError::DuplicateTemplate(id));
+            }
+        }
         Ok(ReadModel {
             proj,
             jobs,
@@ -202,6 +217,7 @@ impl ReadModel {
             commands: image.commands,
             thing_commands: image.thing_commands.into_iter().collect(),
             api_keys,
+            templates,
         })
     }
 }

@@ -11,11 +11,12 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
 use fleetops_core::api_key::ApiKey;
+use fleetops_core::command_template::CommandTemplate;
 use fleetops_core::config::TargetSelection;
 use fleetops_core::device::PendingJobs;
 use fleetops_core::group::Group;
-use fleetops_core::ids::ApiKeyId;
 use fleetops_core::ids::StreamKind;
+use fleetops_core::ids::{ApiKeyId, CommandId};
 use fleetops_core::job::Job;
 use fleetops_core::limits::MAX_PENDING_LISTED;
 use fleetops_core::policy::{retry, rollout};
@@ -118,6 +119,8 @@ pub struct ReadModel {
     pub thing_commands: HashMap<ThingName, Vec<ExecutionId>>,
     /// Every API key, revoked ones included (an id is never reused).
     pub api_keys: BTreeMap<ApiKeyId, ApiKey>,
+    /// Every registered command, deleted ones included.
+    pub templates: BTreeMap<CommandId, CommandTemplate>,
 }
 
 /// How a batch of the feed folded (see [`ReadModel::fold_batch`]).
@@ -259,6 +262,12 @@ impl ReadModel {
                 let key =
                     ApiKey::evolve(old, &stored.event).map_err(|e| corrupt(&stored.stream, e))?;
                 self.api_keys.insert(id, key);
+            }
+            StreamKind::CommandTemplate(id) => {
+                let old = self.templates.get(&id).cloned();
+                let t = CommandTemplate::evolve(old, &stored.event)
+                    .map_err(|e| corrupt(&stored.stream, e))?;
+                self.templates.insert(id, t);
             }
             StreamKind::Custom(_) => {}
         }

@@ -743,6 +743,7 @@ impl Fixtures {
             "executionId" => self.command.clone(),
             "name" => "fixture-group".into(),
             "keyId" => self.key.clone(),
+            "commandId" => "fixture-cmd".into(),
             other => panic!("no fixture for path parameter {other}"),
         }
     }
@@ -757,6 +758,7 @@ impl Fixtures {
             "createThingGroup" => json!({"description": format!("d{n}")}),
             "addThingGroupMembers" | "removeThingGroupMembers" => json!({"thingNames": ["t1"]}),
             "createApiKey" => json!({"name": format!("k{n}"), "scope": "read"}),
+            "registerCommand" => json!({"action": "a", "description": format!("d{n}")}),
             _ => return None,
         })
     }
@@ -941,10 +943,14 @@ async fn the_openapi_document_states_exactly_what_the_server_accepts() {
             // Body values. A group create needs a new name each time, or it is refused as a
             // conflict before its body is looked at.
             let Some(schema) = body_schema else { continue };
-            let fresh = operation == "createThingGroup";
+            let fresh = match operation.as_str() {
+                "createThingGroup" => Some("name"),
+                "registerCommand" => Some("commandId"),
+                _ => None,
+            };
             let body_path = |n: usize| {
-                if fresh {
-                    path_with("name", &format!("fresh-{n}"))
+                if let Some(param) = fresh {
+                    path_with(param, &format!("fresh-{n}"))
                 } else {
                     path_with("", "")
                 }
@@ -953,7 +959,8 @@ async fn the_openapi_document_states_exactly_what_the_server_accepts() {
                 for v in rule.valid() {
                     counter += 1;
                     let mut body = base_body(counter);
-                    set(&mut body, &at, json!(v));
+                    // Siblings the item or object requires are filled in, so only `v` varies.
+                    set_in(&doc, &schema, &mut body, &at, json!(v));
                     let answer = send(body_path(counter), body).await;
                     probes += 1;
                     assert_ne!(
@@ -968,7 +975,7 @@ async fn the_openapi_document_states_exactly_what_the_server_accepts() {
                 for (v, broken) in rule.invalid() {
                     counter += 1;
                     let mut body = base_body(counter);
-                    set(&mut body, &at, json!(v));
+                    set_in(&doc, &schema, &mut body, &at, json!(v));
                     let answer = send(body_path(counter), body).await;
                     probes += 1;
                     assert_eq!(

@@ -1081,6 +1081,7 @@ fn subject(stream: &StreamId) -> (&'static str, String) {
         StreamKind::JobExecution(job, thing) => ("job execution", format!("{job}/{thing}")),
         StreamKind::Group(name) => ("group", name.to_string()),
         StreamKind::ApiKey(id) => ("API key", id.to_string()),
+        StreamKind::CommandTemplate(id) => ("command", id.to_string()),
         StreamKind::Custom(_) => ("stream", stream.to_string()),
     }
 }

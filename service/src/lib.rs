@@ -126,6 +126,7 @@ mod scheduler;
 pub mod sim;
 mod snapshot;
 mod sync;
+mod templates;
 mod types;
 mod worker;
 
@@ -134,6 +135,7 @@ pub use fleet::{CommandFilter, CommandHandle, EventStream, Fleet, FleetBuilder};
 pub use health::{Health, HealthStatus};
 pub use keys::MAX_ACTIVE_API_KEYS;
 pub use metrics::{FleetMetrics, HistogramSnapshot};
+pub use templates::{CommandTemplateSpec, MAX_COMMAND_TEMPLATES};
 pub use types::{
     CommandRow, ExecutionRow, FleetConfig, GroupSummary, HistoryPage, JobDescription, JobFilter,
     JobSpec, JobSummary, Page, Paged, StatusChange,

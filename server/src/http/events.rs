@@ -93,7 +93,9 @@ impl Keys {
             }
             StreamKind::Command(_) => (Some(StreamKindFilter::Command), None, None),
             StreamKind::Group(_) => (Some(StreamKindFilter::Group), None, None),
-            StreamKind::ApiKey(_) | StreamKind::Custom(_) => (None, None, None),
+            StreamKind::ApiKey(_) | StreamKind::CommandTemplate(_) | StreamKind::Custom(_) => {
+                (None, None, None)
+            }
         };
         let hidden = matches!(stream.kind(), StreamKind::ApiKey(_));
         Self {

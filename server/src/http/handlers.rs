@@ -11,6 +11,7 @@ use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use fleetops_core::config::TargetSelection;
 use fleetops_core::group::MAX_MEMBERS_PER_CHANGE;
+use fleetops_core::ids::CommandId;
 use fleetops_core::limits::MAX_COMMAND_ACTION_LEN;
 use fleetops_core::link::DeviceLink;
 use fleetops_core::{
@@ -19,6 +20,7 @@ use fleetops_core::{
 };
 use fleetops_service::{CommandFilter, FleetError, JobFilter, Page, Paged};
 use serde::Deserialize;
+use serde_json::{Map, Value};
 
 use super::error::ApiError;
 use super::events::{self, EventFilter, EventHub, StreamKindFilter, KEEP_ALIVE};
@@ -370,16 +372,60 @@ pub(super) async fn send_command<S: EventStore, L: DeviceLink>(
     ApiJson(body): ApiJson<SendCommandRequest>,
 ) -> ApiResult<Response> {
     let ttl = body.ttl;
-    let handle = app
-        .fleet
-        .send_command_with(
-            body.thing_name,
-            body.command_id,
-            body.action,
-            body.params,
-            Duration::from_secs(ttl),
-        )
-        .await?;
+    // An `action` makes the command ad hoc (as before commands could be registered, whatever
+    // `commandId` says); without one, `commandId` must name a registered command.
+    let handle = match body.action {
+        None => {
+            let Some(given) = body.command_id.as_deref() else {
+                return Err(ApiError::invalid(
+                    "action",
+                    "required unless `commandId` names a registered command",
+                ));
+            };
+            let id = CommandId::parse(given)
+                .map_err(|e| ApiError::invalid("commandId", format!("`{given}`: {e}")))?;
+            if app.fleet.command_template(&id).is_none() {
+                return Err(ApiError::not_found(format!(
+                    "command {id} is not registered, and an ad-hoc command needs an `action`"
+                )));
+            }
+            if body.params.is_some() {
+                return Err(ApiError::invalid(
+                    "params",
+                    format!(
+                        "command {id} is registered: its payload comes from `parameters`, not \
+                         `params`"
+                    ),
+                ));
+            }
+            let parameters = body.parameters.unwrap_or_default();
+            app.fleet
+                .send_registered_command(
+                    body.thing_name,
+                    &id,
+                    &parameters,
+                    Duration::from_secs(ttl),
+                )
+                .await?
+        }
+        Some(action) => {
+            if body.parameters.is_some() {
+                return Err(ApiError::invalid(
+                    "parameters",
+                    "only a registered command takes `parameters`; an ad-hoc one takes `params`",
+                ));
+            }
+            app.fleet
+                .send_command_with(
+                    body.thing_name,
+                    body.command_id,
+                    action,
+                    body.params.unwrap_or_else(|| Value::Object(Map::new())),
+                    Duration::from_secs(ttl),
+                )
+                .await?
+        }
+    };
     let id = handle.execution_id().clone();
     if !q.wait {
         return Ok((StatusCode::CREATED, Json(CommandSent { execution_id: id })).into_response());

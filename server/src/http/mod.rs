@@ -23,6 +23,7 @@ mod extract;
 mod handlers;
 mod keys;
 mod metrics;
+mod templates;
 pub mod wire;
 
 use std::collections::HashMap;
@@ -250,6 +251,31 @@ fn endpoints<S: EventStore, L: DeviceLink>() -> Vec<Endpoint<ApiState<S, L>>> {
             h::command_history::<S, L>,
         ),
         ep(M::GET, "/api/v1/events", Token, h::events::<S, L>),
+        // Registered commands.
+        ep(
+            M::GET,
+            "/api/v1/command-templates",
+            Token,
+            templates::list::<S, L>,
+        ),
+        ep(
+            M::PUT,
+            "/api/v1/command-templates/{commandId}",
+            Token,
+            templates::register::<S, L>,
+        ),
+        ep(
+            M::GET,
+            "/api/v1/command-templates/{commandId}",
+            Token,
+            templates::get::<S, L>,
+        ),
+        ep(
+            M::DELETE,
+            "/api/v1/command-templates/{commandId}",
+            Token,
+            templates::delete::<S, L>,
+        ),
         // API keys.
         ep(M::POST, "/api/v1/api-keys", Admin, keys::create_key::<S, L>),
         ep(M::GET, "/api/v1/api-keys", Admin, keys::list_keys::<S, L>),

@@ -25,7 +25,7 @@ use fleetops_service::{
     CommandRow, ExecutionRow, GroupSummary, JobDescription, JobSpec, JobSummary,
 };
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
-use serde_json::Value;
+use serde_json::{Map, Value};
 
 use super::error::ApiError;
 
@@ -73,7 +73,7 @@ impl Serialize for WireTime {
 /// the wrong type instead of being read as "absent", because the OpenAPI document declares no
 /// field nullable and generated clients rely on that. Used with `#[serde(default)]`, so a
 /// field left out is still `None`.
-fn present<'de, D, T>(d: D) -> Result<Option<T>, D::Error>
+pub(super) fn present<'de, D, T>(d: D) -> Result<Option<T>, D::Error>
 where
     D: Deserializer<'de>,
     T: Deserialize<'de>,
@@ -690,21 +690,21 @@ fn default_ttl() -> u64 {
     DEFAULT_COMMAND_TTL_SECS
 }
 
-fn empty_object() -> Value {
-    Value::Object(serde_json::Map::new())
-}
-
 /// `POST /api/v1/commands`.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct SendCommandRequest {
     /// The device.
     pub thing_name: ThingName,
-    /// What to do.
-    pub action: String,
-    /// Arguments (default `{}`).
-    #[serde(default = "empty_object")]
-    pub params: Value,
+    /// What to do; required unless `commandId` names a registered command.
+    #[serde(default, deserialize_with = "present")]
+    pub action: Option<String>,
+    /// Arguments of an ad-hoc command (default `{}`).
+    #[serde(default, deserialize_with = "present")]
+    pub params: Option<Value>,
+    /// The parameters of a registered command, checked against its declaration.
+    #[serde(default, deserialize_with = "present")]
+    pub parameters: Option<Map<String, Value>>,
     /// Seconds the device has to answer, 1 to 86,400 (default 60).
     #[serde(default = "default_ttl")]
     pub ttl: u64,
@@ -949,9 +949,10 @@ impl From<&StoredEvent> for FeedItem {
             StreamKind::Job(job) => (Some(job), None, None),
             StreamKind::JobExecution(job, thing) => (Some(job), Some(thing), None),
             StreamKind::Command(id) => (None, None, Some(id)),
-            StreamKind::Group(_) | StreamKind::ApiKey(_) | StreamKind::Custom(_) => {
-                (None, None, None)
-            }
+            StreamKind::Group(_)
+            | StreamKind::ApiKey(_)
+            | StreamKind::CommandTemplate(_)
+            | StreamKind::Custom(_) => (None, None, None),
         };
         Self {
             item: HistoryItem::from(e),
