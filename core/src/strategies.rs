@@ -613,6 +613,8 @@ pub fn job_config(now: Timestamp) -> impl Strategy<Value = JobConfig> {
                 abort,
                 retry,
                 schedule,
+                stages: Vec::new(),
+                maintenance_windows: Vec::new(),
             },
         )
 }
@@ -853,6 +855,19 @@ pub fn job_event() -> impl Strategy<Value = Event> {
         (timestamp(), any::<bool>(), job_cancel_reason())
             .prop_map(|(at, force, reason)| Event::JobCanceled { at, force, reason }),
         timestamp().prop_map(|at| Event::JobDeleted { at }),
+        (timestamp(), option::of(comment())).prop_map(|(at, comment)| Event::JobPaused {
+            at,
+            reason: crate::event::PauseReason::Operator { comment },
+        }),
+        (timestamp(), option::of(comment()))
+            .prop_map(|(at, comment)| Event::JobResumed { at, comment }),
+        (timestamp(), 1..10u32, any::<bool>()).prop_map(|(at, stage, overridden)| {
+            Event::JobStageAdvanced {
+                at,
+                stage,
+                overridden,
+            }
+        }),
     ]
 }
 
@@ -1164,8 +1179,11 @@ pub fn job_intent(now: Timestamp) -> impl Strategy<Value = JobIntent> {
             ),
         (job_counters(), any::<bool>()).prop_map(|(counters, all_queued)| JobIntent::Review {
             counters,
-            all_queued
+            all_queued,
+            stage: None,
         }),
+        option::of(comment()).prop_map(|comment| JobIntent::Pause { comment }),
+        option::of(comment()).prop_map(|comment| JobIntent::Resume { comment }),
         (any::<bool>(), option::of(comment()))
             .prop_map(|(force, comment)| JobIntent::Cancel { force, comment }),
         any::<bool>().prop_map(|force| JobIntent::Delete { force }),

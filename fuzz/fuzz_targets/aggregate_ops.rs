@@ -451,6 +451,7 @@ fuzz_target!(|data: &[u8]| {
                 JobIntent::Review {
                     counters,
                     all_queued,
+                    stage: None,
                 },
                 now,
                 o,
