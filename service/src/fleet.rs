@@ -675,7 +675,12 @@ impl<S: EventStore, L: DeviceLink> Fleet<S, L> {
         Ok(JobDescription {
             job: Arc::clone(&entry.job),
             counters: st.proj.counters(id),
-            remaining_targets: entry.to_queue.len() as u64,
+            remaining_targets: entry.to_queue.len() as u64
+                + entry
+                    .stages
+                    .as_ref()
+                    .map_or(0, |b| b.later.iter().map(|s| s.len() as u64).sum()),
+            stages: st.stage_figures(id),
         })
     }
 
@@ -775,6 +780,38 @@ impl<S: EventStore, L: DeviceLink> Fleet<S, L> {
         let done = self
             .inner
             .execute::<Job>(&StreamId::job(id), JobIntent::Cancel { force, comment })
+            .await
+            .map_err(|e| rename(e, "job", id))?;
+        done.state.ok_or_else(|| not_found("job", id))
+    }
+
+    /// Pauses a job's rollout: no executions or retries are queued until it is resumed;
+    /// executions already queued or in progress go on (their timeouts too).
+    pub async fn pause_job(&self, id: &JobId, comment: Option<String>) -> Result<Job, FleetError> {
+        self.job_intent(id, JobIntent::Pause { comment }).await
+    }
+
+    /// Resumes a paused job; a stage whose gate failed is overridden.
+    pub async fn resume_job(&self, id: &JobId, comment: Option<String>) -> Result<Job, FleetError> {
+        self.job_intent(id, JobIntent::Resume { comment }).await
+    }
+
+    /// Changes a scheduled or running job's description, timeout, rollout, abort or retry
+    /// options (`intent` must be a `JobIntent::Update`); they apply from now on.
+    pub async fn update_job(&self, id: &JobId, intent: JobIntent) -> Result<Job, FleetError> {
+        if !matches!(intent, JobIntent::Update { .. }) {
+            return Err(FleetError::Rejected(Rejection::InternalError {
+                detail: "update_job takes an update intent".into(),
+            }));
+        }
+        self.job_intent(id, intent).await
+    }
+
+    async fn job_intent(&self, id: &JobId, intent: JobIntent) -> Result<Job, FleetError> {
+        self.inner.ensure_serving()?;
+        let done = self
+            .inner
+            .execute::<Job>(&StreamId::job(id), intent)
             .await
             .map_err(|e| rename(e, "job", id))?;
         done.state.ok_or_else(|| not_found("job", id))

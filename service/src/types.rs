@@ -89,6 +89,8 @@ pub struct JobDescription {
     pub counters: JobCounters,
     /// Targets that have no execution yet (rollout still to do).
     pub remaining_targets: u64,
+    /// A staged job's figures per configured stage, in order (empty without stages).
+    pub stages: Vec<fleetops_core::policy::stages::StageProgress>,
 }
 
 /// A job in a listing.

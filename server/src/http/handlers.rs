@@ -24,7 +24,8 @@ use super::extract::{ApiJson, ApiPath, ApiQuery, OptionalJson};
 use super::wire::{
     CancelCommandRequest, CancelJobRequest, CommandSent, CommandSummaryView, CommandView,
     CreateGroupRequest, CreateJobRequest, ExecutionSummaryView, ExecutionView, GroupView,
-    HistoryItem, JobCreated, JobSummaryView, JobView, MembersRequest, PageView, SendCommandRequest,
+    HistoryItem, JobCreated, JobSummaryView, JobView, MembersRequest, PageView, PauseJobRequest,
+    SendCommandRequest, UpdateJobRequest,
 };
 use super::ApiState;
 
@@ -291,6 +292,39 @@ pub(super) async fn cancel_job<S: EventStore, L: DeviceLink>(
 ) -> ApiResult<Json<JobView>> {
     let id = job_id(&id)?;
     app.fleet.cancel_job(&id, body.force, body.comment).await?;
+    app.fleet.caught_up().await?;
+    Ok(Json(JobView::from(&app.fleet.describe_job(&id)?)))
+}
+
+pub(super) async fn pause_job<S: EventStore, L: DeviceLink>(
+    State(app): State<ApiState<S, L>>,
+    ApiPath(id): ApiPath<String>,
+    OptionalJson(body): OptionalJson<PauseJobRequest>,
+) -> ApiResult<Json<JobView>> {
+    let id = job_id(&id)?;
+    app.fleet.pause_job(&id, body.comment).await?;
+    app.fleet.caught_up().await?;
+    Ok(Json(JobView::from(&app.fleet.describe_job(&id)?)))
+}
+
+pub(super) async fn resume_job<S: EventStore, L: DeviceLink>(
+    State(app): State<ApiState<S, L>>,
+    ApiPath(id): ApiPath<String>,
+    OptionalJson(body): OptionalJson<PauseJobRequest>,
+) -> ApiResult<Json<JobView>> {
+    let id = job_id(&id)?;
+    app.fleet.resume_job(&id, body.comment).await?;
+    app.fleet.caught_up().await?;
+    Ok(Json(JobView::from(&app.fleet.describe_job(&id)?)))
+}
+
+pub(super) async fn update_job<S: EventStore, L: DeviceLink>(
+    State(app): State<ApiState<S, L>>,
+    ApiPath(id): ApiPath<String>,
+    ApiJson(body): ApiJson<UpdateJobRequest>,
+) -> ApiResult<Json<JobView>> {
+    let id = job_id(&id)?;
+    app.fleet.update_job(&id, body.into_intent()?).await?;
     app.fleet.caught_up().await?;
     Ok(Json(JobView::from(&app.fleet.describe_job(&id)?)))
 }

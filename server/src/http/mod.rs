@@ -138,6 +138,24 @@ fn endpoints<S: EventStore, L: DeviceLink>() -> Vec<Endpoint<ApiState<S, L>>> {
             h::cancel_job::<S, L>,
         ),
         ep(
+            M::POST,
+            "/api/v1/jobs/{jobId}/pause",
+            Token,
+            h::pause_job::<S, L>,
+        ),
+        ep(
+            M::POST,
+            "/api/v1/jobs/{jobId}/resume",
+            Token,
+            h::resume_job::<S, L>,
+        ),
+        ep(
+            M::PATCH,
+            "/api/v1/jobs/{jobId}",
+            Token,
+            h::update_job::<S, L>,
+        ),
+        ep(
             M::GET,
             "/api/v1/jobs/{jobId}/things/{thingName}",
             Token,
