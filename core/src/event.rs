@@ -330,6 +330,10 @@ pub enum Event {
         forced: bool,
         /// Why.
         reason: EndReason,
+        /// The execution's status details after the operator's patch was merged in, when the
+        /// operator gave one.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        status_details: Option<StatusDetails>,
     },
     /// The execution record was deleted.
     #[serde(rename_all = "camelCase")]

@@ -576,6 +576,7 @@ impl<'a> Arbitrary<'a> for Event {
                 at,
                 forced: u.arbitrary()?,
                 reason: u.arbitrary()?,
+                status_details: None,
             },
             16 => Self::ExecutionRemoved {
                 at,

@@ -926,8 +926,20 @@ pub fn job_execution_event() -> impl Strategy<Value = Event> {
         ),
         (timestamp(), timeout_cause())
             .prop_map(|(at, cause)| Event::ExecutionTimedOut { at, cause }),
-        (timestamp(), any::<bool>(), end_reason())
-            .prop_map(|(at, forced, reason)| { Event::ExecutionCanceled { at, forced, reason } }),
+        (
+            timestamp(),
+            any::<bool>(),
+            end_reason(),
+            option::of(status_details())
+        )
+            .prop_map(
+                |(at, forced, reason, status_details)| Event::ExecutionCanceled {
+                    at,
+                    forced,
+                    reason,
+                    status_details,
+                }
+            ),
         (timestamp(), any::<bool>(), end_reason())
             .prop_map(|(at, forced, reason)| { Event::ExecutionRemoved { at, forced, reason } }),
         (2..=MAX_ATTEMPTS, timestamp()).prop_map(|(execution_number, queued_at)| {

@@ -541,3 +541,84 @@ fn window_options_are_checked_at_creation() {
             Event::JobStarted { at: t(100) },
         ]);
 }
+
+// ---- cancelling one execution ------------------------------------------------------------
+
+mod cancel_one {
+    use super::*;
+    use fleetops_core::event::{EndReason, StatusDetails};
+    use fleetops_core::ids::StatusDetailKey;
+    use fleetops_core::job_execution::{JobExecution, JobExecutionIntent as I};
+
+    fn details(pairs: &[(&str, &str)]) -> StatusDetails {
+        pairs
+            .iter()
+            .map(|(k, v)| (StatusDetailKey::parse(k).unwrap(), (*v).to_owned()))
+            .collect()
+    }
+
+    fn in_progress_with_details() -> Vec<Event> {
+        let mut h = history_to(S::Queued);
+        h.push(Event::ExecutionStarted {
+            at: t(110),
+            status_details: Some(details(&[("step", "download"), ("pct", "40")])),
+            in_progress_deadline: None,
+            step: fleetops_core::event::StepTimer::Unchanged,
+        });
+        h
+    }
+
+    #[test]
+    fn an_operator_cancel_merges_the_status_details_patch() {
+        let s = given::<JobExecution>(in_progress_with_details())
+            .when(
+                I::OperatorCancel {
+                    force: true,
+                    expected_version: Some(2),
+                    status_details: Some(details(&[("pct", "41"), ("why", "bad batch")])),
+                },
+                t(200),
+            )
+            .then_expect([Event::ExecutionCanceled {
+                at: t(200),
+                forced: true,
+                reason: EndReason::Operator,
+                status_details: Some(details(&[
+                    ("step", "download"),
+                    ("pct", "41"),
+                    ("why", "bad batch"),
+                ])),
+            }])
+            .expect("an execution");
+        assert_eq!(s.status, S::Canceled);
+        assert_eq!(s.status_details.len(), 3);
+    }
+
+    #[test]
+    fn an_in_progress_execution_needs_force_and_the_version_must_match() {
+        let cancel = |force, expected_version| I::OperatorCancel {
+            force,
+            expected_version,
+            status_details: None,
+        };
+        given::<JobExecution>(in_progress_with_details())
+            .when(cancel(false, None), t(200))
+            .then_reject(ErrorCode::InvalidStateTransition);
+        given::<JobExecution>(in_progress_with_details())
+            .when(cancel(true, Some(1)), t(200))
+            .then_reject(ErrorCode::VersionMismatch);
+        // A queued one is canceled without force.
+        given::<JobExecution>(history_to(S::Queued))
+            .when(cancel(false, Some(1)), t(200))
+            .then_expect([Event::ExecutionCanceled {
+                at: t(200),
+                forced: false,
+                reason: EndReason::Operator,
+                status_details: None,
+            }]);
+        // A terminal one cannot be canceled.
+        given::<JobExecution>(history_to(S::Succeeded))
+            .when(cancel(true, None), t(200))
+            .then_reject(ErrorCode::InvalidStateTransition);
+    }
+}

@@ -841,6 +841,25 @@ impl<S: EventStore, L: DeviceLink> Fleet<S, L> {
         self.execution_intent(job, thing, intent).await
     }
 
+    /// Cancels one execution as an operator: an in-progress one only with `force`, only at
+    /// `expected_version` when given (else `VersionMismatch`), merging `status_details` into
+    /// the execution's details. The device is notified as for any cancel.
+    pub async fn cancel_job_execution_with(
+        &self,
+        job: &JobId,
+        thing: &ThingName,
+        force: bool,
+        expected_version: Option<u64>,
+        status_details: Option<fleetops_core::status::StatusDetails>,
+    ) -> Result<JobExecution, FleetError> {
+        let intent = JobExecutionIntent::OperatorCancel {
+            force,
+            expected_version,
+            status_details,
+        };
+        self.execution_intent(job, thing, intent).await
+    }
+
     /// Deletes one execution record (`REMOVED`; a pending one only with `force`).
     pub async fn delete_job_execution(
         &self,

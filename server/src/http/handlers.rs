@@ -22,10 +22,10 @@ use super::error::ApiError;
 use super::events::{self, EventFilter, EventHub, StreamKindFilter, KEEP_ALIVE};
 use super::extract::{ApiJson, ApiPath, ApiQuery, OptionalJson};
 use super::wire::{
-    CancelCommandRequest, CancelJobRequest, CommandSent, CommandSummaryView, CommandView,
-    CreateGroupRequest, CreateJobRequest, ExecutionSummaryView, ExecutionView, GroupView,
-    HistoryItem, JobCreated, JobSummaryView, JobView, MembersRequest, PageView, PauseJobRequest,
-    SendCommandRequest, UpdateJobRequest,
+    CancelCommandRequest, CancelExecutionRequest, CancelJobRequest, CommandSent,
+    CommandSummaryView, CommandView, CreateGroupRequest, CreateJobRequest, ExecutionSummaryView,
+    ExecutionView, GroupView, HistoryItem, JobCreated, JobSummaryView, JobView, MembersRequest,
+    PageView, PauseJobRequest, SendCommandRequest, UpdateJobRequest,
 };
 use super::ApiState;
 
@@ -366,6 +366,25 @@ pub(super) async fn delete_job_execution<S: EventStore, L: DeviceLink>(
     let e = app
         .fleet
         .delete_job_execution(&job, &thing, q.force)
+        .await?;
+    Ok(Json(e.into()))
+}
+
+pub(super) async fn cancel_job_execution<S: EventStore, L: DeviceLink>(
+    State(app): State<ApiState<S, L>>,
+    ApiPath((job, thing)): ApiPath<(String, String)>,
+    OptionalJson(body): OptionalJson<CancelExecutionRequest>,
+) -> ApiResult<Json<ExecutionView>> {
+    let (job, thing) = (job_id(&job)?, thing_name(&thing)?);
+    let e = app
+        .fleet
+        .cancel_job_execution_with(
+            &job,
+            &thing,
+            body.force,
+            body.expected_version,
+            body.status_details,
+        )
         .await?;
     Ok(Json(e.into()))
 }

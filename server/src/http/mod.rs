@@ -150,6 +150,12 @@ fn endpoints<S: EventStore, L: DeviceLink>() -> Vec<Endpoint<ApiState<S, L>>> {
             h::resume_job::<S, L>,
         ),
         ep(
+            M::PUT,
+            "/api/v1/jobs/{jobId}/things/{thingName}/cancel",
+            Token,
+            h::cancel_job_execution::<S, L>,
+        ),
+        ep(
             M::PATCH,
             "/api/v1/jobs/{jobId}",
             Token,

@@ -185,6 +185,21 @@ pub struct MaintenanceWindowWire {
     pub time_zone: Option<String>,
 }
 
+/// `PUT /api/v1/jobs/{jobId}/things/{thingName}/cancel`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct CancelExecutionRequest {
+    /// Required to cancel an `IN_PROGRESS` execution.
+    #[serde(default)]
+    pub force: bool,
+    /// Cancel only if the execution is at this version (else 409 `VersionMismatch`).
+    #[serde(default, deserialize_with = "present")]
+    pub expected_version: Option<u64>,
+    /// Keys merged into the execution's status details.
+    #[serde(default, deserialize_with = "present")]
+    pub status_details: Option<fleetops_core::status::StatusDetails>,
+}
+
 /// `POST /api/v1/jobs/{jobId}/pause` and `…/resume`.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -194,34 +209,27 @@ pub struct PauseJobRequest {
     pub comment: Option<String>,
 }
 
-/// `PATCH /api/v1/jobs/{jobId}`: the options to change; an absent field is kept.
+/// `PATCH /api/v1/jobs/{jobId}`: the options to change; an absent field is kept. An empty
+/// `description` clears it, an empty `criteriaList` removes the abort or retry rules; the
+/// timeout and rollout can be changed but not removed.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct UpdateJobRequest {
-    /// New description; `null` clears it.
-    #[serde(default, deserialize_with = "some")]
-    pub description: Option<Option<String>>,
-    /// New in-progress timeout; `null` removes it.
-    #[serde(default, deserialize_with = "some")]
-    pub timeout_config: Option<Option<TimeoutConfig>>,
-    /// New rollout rate; `null` makes it unlimited.
-    #[serde(default, deserialize_with = "some")]
-    pub job_executions_rollout_config: Option<Option<RolloutConfig>>,
-    /// New abort rules; `null` removes them.
-    #[serde(default, deserialize_with = "some")]
-    pub abort_config: Option<Option<AbortConfig>>,
-    /// New retry rules; `null` removes them.
-    #[serde(default, deserialize_with = "some")]
-    pub job_executions_retry_config: Option<Option<RetryConfig>>,
-}
-
-/// A field that may be `null`: present (even as `null`) is `Some`.
-fn some<'de, D, T>(d: D) -> Result<Option<Option<T>>, D::Error>
-where
-    D: Deserializer<'de>,
-    T: Deserialize<'de>,
-{
-    Option::<T>::deserialize(d).map(Some)
+    /// New description; empty clears it.
+    #[serde(default, deserialize_with = "present")]
+    pub description: Option<String>,
+    /// New in-progress timeout, for executions queued from now on.
+    #[serde(default, deserialize_with = "present")]
+    pub timeout_config: Option<TimeoutConfig>,
+    /// New rollout rate.
+    #[serde(default, deserialize_with = "present")]
+    pub job_executions_rollout_config: Option<RolloutConfig>,
+    /// New abort rules.
+    #[serde(default, deserialize_with = "present")]
+    pub abort_config: Option<AbortConfig>,
+    /// New retry rules, for failures from now on.
+    #[serde(default, deserialize_with = "present")]
+    pub job_executions_retry_config: Option<RetryConfig>,
 }
 
 impl UpdateJobRequest {
@@ -229,20 +237,18 @@ impl UpdateJobRequest {
     pub fn into_intent(self) -> Result<JobIntent, ApiError> {
         let rollout = match self.job_executions_rollout_config {
             None => None,
-            Some(r) => Some(rollout_of(r)?),
+            Some(r) => Some(rollout_of(Some(r))?),
         };
         Ok(JobIntent::Update {
-            description: self.description,
+            description: self.description.map(|d| (!d.is_empty()).then_some(d)),
             in_progress_timeout: self
                 .timeout_config
-                .map(|t| t.map(|t| Duration::from_minutes(t.in_progress_timeout_in_minutes))),
+                .map(|t| Some(Duration::from_minutes(t.in_progress_timeout_in_minutes))),
             rollout,
-            abort: self
-                .abort_config
-                .map(|a| abort_of(a.map(|a| a.criteria_list))),
+            abort: self.abort_config.map(|a| abort_of(Some(a.criteria_list))),
             retry: self
                 .job_executions_retry_config
-                .map(|r| retry_of(r.map(|r| r.criteria_list))),
+                .map(|r| retry_of(Some(r.criteria_list))),
         })
     }
 }
