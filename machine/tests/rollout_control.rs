@@ -13,7 +13,7 @@ use fleetops_core::{Event, JobExecutionStatus, JobId, StreamId, ThingName, Times
 use fleetops_machine::jobs::JobStep;
 use fleetops_machine::{Effects, ReadModel};
 
-/// 2026-12-04 00:30 UTC.
+/// 2026-12-05 00:30 UTC.
 const T0: u64 = 1_796_430_600;
 
 fn at(secs_after: u64) -> Timestamp {
