@@ -293,6 +293,8 @@ fn config(c: ConfigIn, now: Timestamp) -> JobConfig {
             end_time: c.end_in_ms.map(|d| now + Duration::from_millis(d)),
             end_behavior: c.end_behavior,
         },
+        stages: Vec::new(),
+        maintenance_windows: Vec::new(),
     }
 }
 
