@@ -861,6 +861,14 @@ pub fn job_event() -> impl Strategy<Value = Event> {
         }),
         (timestamp(), option::of(comment()))
             .prop_map(|(at, comment)| Event::JobResumed { at, comment }),
+        timestamp()
+            .prop_flat_map(|at| (Just(at), option::of(description()), job_config(at)))
+            .prop_map(|(at, description, config)| Event::JobUpdated {
+                at,
+                description,
+                config,
+            })
+            .boxed(),
         (timestamp(), 1..10u32, any::<bool>()).prop_map(|(at, stage, overridden)| {
             Event::JobStageAdvanced {
                 at,

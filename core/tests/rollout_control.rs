@@ -619,6 +619,6 @@ mod cancel_one {
         // A terminal one cannot be canceled.
         given::<JobExecution>(history_to(S::Succeeded))
             .when(cancel(true, None), t(200))
-            .then_reject(ErrorCode::InvalidStateTransition);
+            .then_reject(ErrorCode::TerminalStateReached);
     }
 }
