@@ -26,9 +26,14 @@ use serde_json::{json, Value};
 type Heard = Arc<Mutex<BTreeMap<String, BTreeSet<String>>>>;
 
 /// Devices answering for `things` over `connections` MQTT connections: whenever one is told
-/// of its next execution, it reports `FAILED` if `fails` names it, else `SUCCEEDED`.
+/// of its next execution, it reports `FAILED` if `fails` names it, else `SUCCEEDED` (or, when
+/// they `hold`, nothing: the test reports for them).
 struct Devices {
     heard: Heard,
+    /// Things told they have no next execution any more.
+    cleared: Arc<Mutex<BTreeSet<String>>>,
+    /// A connection to publish on (the service account reaches every thing's topics).
+    client: Option<AsyncClient>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
@@ -47,8 +52,11 @@ impl Devices {
         things: &[String],
         connections: usize,
         fails: BTreeSet<String>,
+        hold: bool,
     ) -> Self {
         let heard: Heard = Arc::default();
+        let cleared: Arc<Mutex<BTreeSet<String>>> = Arc::default();
+        let mut first_client = None;
         let fails = Arc::new(fails);
         let mut tasks = Vec::new();
         let per = things.len().div_ceil(connections);
@@ -66,8 +74,10 @@ impl Devices {
             let (subscribed_tx, subscribed_rx) = tokio::sync::oneshot::channel();
             let mut subscribed_tx = Some(subscribed_tx);
             let heard = Arc::clone(&heard);
+            let cleared = Arc::clone(&cleared);
             let fails = Arc::clone(&fails);
             let publisher = client.clone();
+            first_client.get_or_insert_with(|| client.clone());
             tasks.push(tokio::spawn(async move {
                 loop {
                     match eventloop.poll().await {
@@ -91,6 +101,7 @@ impl Devices {
                                 execution["jobId"].as_str(),
                                 execution["executionNumber"].as_u64(),
                             ) else {
+                                cleared.lock().unwrap().insert(thing.to_owned());
                                 continue;
                             };
                             heard
@@ -99,6 +110,9 @@ impl Devices {
                                 .entry(thing.to_owned())
                                 .or_default()
                                 .insert(job.to_owned());
+                            if hold {
+                                continue;
+                            }
                             let status = if fails.contains(thing) {
                                 "FAILED"
                             } else {
@@ -135,7 +149,30 @@ impl Devices {
                 .expect("SUBACK within 10 s")
                 .expect("the event loop runs");
         }
-        Self { heard, tasks }
+        Self {
+            heard,
+            cleared,
+            client: first_client,
+            tasks,
+        }
+    }
+
+    /// Publishes `thing`'s update of `job` to `status`, as the device would.
+    async fn report(&self, thing: &str, job: &str, status: &str) {
+        let client = self.client.as_ref().expect("a connection");
+        client
+            .publish(
+                format!("$aws/things/{thing}/jobs/{job}/update"),
+                QoS::AtLeastOnce,
+                false,
+                json!({"status": status}).to_string(),
+            )
+            .await
+            .expect("publish");
+    }
+
+    fn was_cleared(&self, thing: &str) -> bool {
+        self.cleared.lock().unwrap().contains(thing)
     }
 
     fn heard_of(&self, job: &str) -> usize {
@@ -195,7 +232,7 @@ async fn a_failed_stage_gate_pauses_the_job_until_an_operator_resumes_it() {
     // 300 devices; ten of the second stage's things fail.
     let things: Vec<String> = (0..300).map(|i| format!("stg-{i:03}")).collect();
     let fails: BTreeSet<String> = things[30..40].iter().cloned().collect();
-    let devices = Devices::start(&broker, "stages", &things, 6, fails).await;
+    let devices = Devices::start(&broker, "stages", &things, 6, fails, false).await;
 
     // Stage 1: the canary group (30 things), all must succeed. Stage 2: 90 named things,
     // 95 % must succeed (86). Stage 3: 60 % of all targets, i.e. the other 180, 90 % gate.
@@ -348,7 +385,7 @@ async fn nothing_is_queued_outside_a_maintenance_window() {
     let mut serve = start(&broker, data.path());
     let api = serve.api();
     let things: Vec<String> = (0..5).map(|i| format!("win-{i}")).collect();
-    let devices = Devices::start(&broker, "window", &things, 1, BTreeSet::new()).await;
+    let devices = Devices::start(&broker, "window", &things, 1, BTreeSet::new(), false).await;
 
     // A one-minute window opening at the next minute (the one after if this one ends within
     // 20 seconds, so there is time to look while it is closed), given at +01:30 to exercise
@@ -416,5 +453,185 @@ async fn nothing_is_queued_outside_a_maintenance_window() {
         "queued at {queued}, before the window opened at {opens}"
     );
 
+    assert_eq!(serve.terminate().code(), Some(0), "{}", serve.log());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_operator_pauses_updates_and_cancels_one_execution_over_http() {
+    let broker = quiet_broker(vec![TopicLayout::aws()]);
+    let data = tempfile::tempdir().unwrap();
+    let mut serve = start(&broker, data.path());
+    let api = serve.api();
+    let things: Vec<String> = (0..4).map(|i| format!("op-{i}")).collect();
+    // Devices that hear of their executions and leave the reporting to the test.
+    let devices = Devices::start(&broker, "operator", &things, 1, BTreeSet::new(), true).await;
+    let (status, body) = api
+        .post(
+            "/api/v1/jobs",
+            &json!({
+                "jobId": "op-fw",
+                "targets": {"thingNames": things},
+                "document": {"operation": "flash"},
+                "stagedRolloutConfig": {"stages": [
+                    {"thingNames": ["op-0"], "successThresholdPercentage": 100},
+                ]},
+            }),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+    let path = "/api/v1/jobs/op-fw";
+    wait_for(&api, path, Duration::from_secs(20), |j| {
+        j["jobProcessDetails"]["numberOfQueuedThings"] == 1
+    })
+    .await;
+
+    // The operator pauses it; the pause is shown with its reason.
+    let (status, job) = api
+        .post("/api/v1/jobs/op-fw/pause", &json!({"comment": "hold on"}))
+        .await;
+    assert_eq!(status, 200, "{job}");
+    assert_eq!(job["paused"]["reason"]["by"], "operator", "{job}");
+    assert_eq!(job["paused"]["reason"]["comment"], "hold on", "{job}");
+    let (status, body) = api.post("/api/v1/jobs/op-fw/pause", &json!({})).await;
+    assert_eq!(
+        (status, &body["code"]),
+        (409, &json!("InvalidStateTransition"))
+    );
+
+    // It is updated while paused: checked as at creation, stored, shown.
+    let (status, body) = api
+        .patch(
+            path,
+            &json!({"jobExecutionsRolloutConfig": {"maximumPerMinute": 0}}),
+        )
+        .await;
+    assert_eq!(status, 400, "{body}");
+    assert!(body["message"]
+        .as_str()
+        .unwrap()
+        .contains("maximumPerMinute"));
+    let (status, job) = api
+        .patch(
+            path,
+            &json!({"description": "firmware 4", "timeoutConfig": {"inProgressTimeoutInMinutes": 5},
+                    "jobExecutionsRolloutConfig": {"maximumPerMinute": 100}}),
+        )
+        .await;
+    assert_eq!(status, 200, "{job}");
+    assert_eq!(job["description"], "firmware 4", "{job}");
+    assert_eq!(
+        job["timeoutConfig"]["inProgressTimeoutInMinutes"], 5,
+        "{job}"
+    );
+    assert_eq!(
+        job["jobExecutionsRolloutConfig"]["maximumPerMinute"], 100,
+        "{job}"
+    );
+
+    // op-0's queued execution is canceled: a stale version is refused, the right one works,
+    // the status details are merged, and the device is told it has nothing next.
+    let e = api.get_ok("/api/v1/jobs/op-fw/things/op-0").await;
+    let version = e["versionNumber"].as_u64().unwrap();
+    let cancel = "/api/v1/jobs/op-fw/things/op-0/cancel";
+    let (status, body) = api
+        .put(cancel, &json!({"expectedVersion": version + 1}))
+        .await;
+    assert_eq!(
+        (status, &body["code"]),
+        (409, &json!("VersionMismatch")),
+        "{body}"
+    );
+    let (status, e) = api
+        .put(
+            cancel,
+            &json!({"expectedVersion": version, "statusDetails": {"why": "recalled"}}),
+        )
+        .await;
+    assert_eq!(status, 200, "{e}");
+    assert_eq!(e["status"], "CANCELED", "{e}");
+    assert_eq!(e["statusDetails"], json!({"why": "recalled"}), "{e}");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !devices.was_cleared("op-0") {
+        assert!(Instant::now() < deadline, "op-0 was not told of the cancel");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // Resumed, the first stage's gate can no longer pass (its one thing was canceled): the
+    // job pauses on the gate; resumed again, the operator overrides it.
+    let (status, job) = api.post("/api/v1/jobs/op-fw/resume", &json!({})).await;
+    assert_eq!(status, 200, "{job}");
+    let job = wait_for(&api, path, Duration::from_secs(10), |j| {
+        j["paused"]["reason"]["by"] == "stageGate"
+    })
+    .await;
+    assert_eq!(
+        job["stageProgress"]["stages"][0]["state"], "GATE_FAILED",
+        "{job}"
+    );
+    let (status, _) = api.post("/api/v1/jobs/op-fw/resume", &json!({})).await;
+    assert_eq!(status, 200);
+    wait_for(&api, path, Duration::from_secs(20), |j| {
+        j["jobProcessDetails"]["numberOfQueuedThings"] == 3
+    })
+    .await;
+
+    // op-1 starts; cancelling it needs force.
+    devices.report("op-1", "op-fw", "IN_PROGRESS").await;
+    wait_for(
+        &api,
+        "/api/v1/jobs/op-fw/things/op-1",
+        Duration::from_secs(10),
+        |e| e["status"] == "IN_PROGRESS",
+    )
+    .await;
+    let cancel = "/api/v1/jobs/op-fw/things/op-1/cancel";
+    let (status, body) = api.put(cancel, &json!({})).await;
+    assert_eq!(
+        (status, &body["code"]),
+        (409, &json!("InvalidStateTransition")),
+        "{body}"
+    );
+    let (status, e) = api.put(cancel, &json!({"force": true})).await;
+    assert_eq!(status, 200, "{e}");
+    assert_eq!(e["status"], "CANCELED", "{e}");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !devices.was_cleared("op-1") {
+        assert!(Instant::now() < deadline, "op-1 was not told of the cancel");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let job = api.get_ok(path).await;
+    assert_eq!(
+        job["jobProcessDetails"],
+        counts(2, 0, 0, 0)
+            .as_object()
+            .map(|c| {
+                let mut c = c.clone();
+                c.insert("numberOfCanceledThings".into(), json!(2));
+                Value::Object(c)
+            })
+            .unwrap(),
+        "{job}"
+    );
+    let history = api.get_ok("/api/v1/jobs/op-fw/history?limit=100").await;
+    let types: Vec<&str> = history["items"]
+        .as_array()
+        .expect("items")
+        .iter()
+        .filter_map(|e| e["type"].as_str())
+        .collect();
+    assert_eq!(
+        types,
+        [
+            "JobCreated",
+            "JobStarted",
+            "JobPaused",
+            "JobUpdated",
+            "JobResumed",
+            "JobPaused",
+            "JobResumed",
+            "JobStageAdvanced",
+        ],
+        "{history}"
+    );
     assert_eq!(serve.terminate().code(), Some(0), "{}", serve.log());
 }
