@@ -36,8 +36,8 @@ use crate::metrics::{FleetMetrics, Recorder};
 use crate::runtime::Inner;
 use crate::sync::lock;
 use crate::types::{
-    CommandRow, ExecutionRow, FleetConfig, HistoryPage, JobDescription, JobSpec, JobSummary, Page,
-    Paged, StatusChange,
+    CommandRow, ExecutionRow, FleetConfig, HistoryPage, JobDescription, JobSpec, JobSummary,
+    JobUpdate, Page, Paged, StatusChange,
 };
 use crate::{follower, jobs, leader, outbox, scheduler, snapshot, worker};
 use fleetops_machine::outbox::Outbox;
@@ -797,13 +797,15 @@ impl<S: EventStore, L: DeviceLink> Fleet<S, L> {
     }
 
     /// Changes a scheduled or running job's description, timeout, rollout, abort or retry
-    /// options (`intent` must be a `JobIntent::Update`); they apply from now on.
-    pub async fn update_job(&self, id: &JobId, intent: JobIntent) -> Result<Job, FleetError> {
-        if !matches!(intent, JobIntent::Update { .. }) {
-            return Err(FleetError::Rejected(Rejection::InternalError {
-                detail: "update_job takes an update intent".into(),
-            }));
-        }
+    /// options, checked as at creation; they apply from now on.
+    pub async fn update_job(&self, id: &JobId, update: JobUpdate) -> Result<Job, FleetError> {
+        let intent = JobIntent::Update {
+            description: update.description,
+            in_progress_timeout: update.in_progress_timeout,
+            rollout: update.rollout,
+            abort: update.abort,
+            retry: update.retry,
+        };
         self.job_intent(id, intent).await
     }
 

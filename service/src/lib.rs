@@ -133,6 +133,6 @@ pub use fleet::{CommandFilter, CommandHandle, EventStream, Fleet, FleetBuilder};
 pub use health::{Health, HealthStatus};
 pub use metrics::{FleetMetrics, HistogramSnapshot};
 pub use types::{
-    CommandRow, ExecutionRow, FleetConfig, HistoryPage, JobDescription, JobSpec, JobSummary, Page,
-    Paged, StatusChange,
+    CommandRow, ExecutionRow, FleetConfig, HistoryPage, JobDescription, JobSpec, JobSummary,
+    JobUpdate, Page, Paged, StatusChange,
 };

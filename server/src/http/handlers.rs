@@ -324,7 +324,7 @@ pub(super) async fn update_job<S: EventStore, L: DeviceLink>(
     ApiJson(body): ApiJson<UpdateJobRequest>,
 ) -> ApiResult<Json<JobView>> {
     let id = job_id(&id)?;
-    app.fleet.update_job(&id, body.into_intent()?).await?;
+    app.fleet.update_job(&id, body.into_update()?).await?;
     app.fleet.caught_up().await?;
     Ok(Json(JobView::from(&app.fleet.describe_job(&id)?)))
 }

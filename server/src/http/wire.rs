@@ -15,7 +15,7 @@ use fleetops_core::cron::{CronExpr, MaintenanceWindow, UtcOffset};
 use fleetops_core::event::{Event, JobCancelReason, PauseReason};
 use fleetops_core::group::Group;
 use fleetops_core::ids::StreamKind;
-use fleetops_core::job::{Job, JobIntent, StageState};
+use fleetops_core::job::{Job, StageState};
 use fleetops_core::job_execution::JobExecution;
 use fleetops_core::policy::stages as stage_rules;
 use fleetops_core::projection::JobCounters;
@@ -24,7 +24,7 @@ use fleetops_core::{
     CommandStatus, Duration, ExecutionId, GroupName, JobExecutionStatus, JobId, JobStatus,
     StreamId, ThingName, Timestamp,
 };
-use fleetops_service::{CommandRow, ExecutionRow, JobDescription, JobSpec, JobSummary};
+use fleetops_service::{CommandRow, ExecutionRow, JobDescription, JobSpec, JobSummary, JobUpdate};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use serde_json::Value;
 
@@ -233,13 +233,13 @@ pub struct UpdateJobRequest {
 }
 
 impl UpdateJobRequest {
-    /// The update intent; ranges are checked by core, as at creation.
-    pub fn into_intent(self) -> Result<JobIntent, ApiError> {
+    /// The service's update; ranges are checked by core, as at creation.
+    pub fn into_update(self) -> Result<JobUpdate, ApiError> {
         let rollout = match self.job_executions_rollout_config {
             None => None,
             Some(r) => Some(rollout_of(Some(r))?),
         };
-        Ok(JobIntent::Update {
+        Ok(JobUpdate {
             description: self.description.map(|d| (!d.is_empty()).then_some(d)),
             in_progress_timeout: self
                 .timeout_config
