@@ -251,7 +251,8 @@ pub mod stages {
     /// Splits `targets` into the stages, plus one last set: the targets no stage took, rolled
     /// out after every stage passed. A thing is in the first things or groups stage naming
     /// it (names that are not targets are ignored); percentage stages then take, in order,
-    /// `percent` of all targets (rounded up) from the rest, by [`rank`].
+    /// `percent` of all targets (rounded up) from the rest, in the order of a 64-bit FNV-1a hash
+    /// of the job id, a `0xff` byte and the thing name.
     pub fn assign(
         job: &JobId,
         stages: &[Stage],
