@@ -5,6 +5,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::cron::{MaintenanceWindow, MAX_WINDOW_MINUTES};
 use crate::ids::{GroupName, ThingName};
 use crate::rejection::Rejection;
 use crate::status::JobExecutionStatus;
@@ -16,6 +17,12 @@ pub const MAX_TIMEOUT_MINUTES: u64 = 10_080;
 pub const MAX_ATTEMPTS: u32 = 10;
 /// The highest rollout rate, executions per minute.
 pub const MAX_RATE_PER_MINUTE: u32 = 1_000_000;
+/// The most stages a job may have.
+pub const MAX_STAGES: usize = 10;
+/// The most names (things or groups) one stage may list.
+pub const MAX_STAGE_NAMES: usize = 100;
+/// The most maintenance windows a job may have.
+pub const MAX_WINDOWS: usize = 10;
 
 /// Who a job is for.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -153,6 +160,67 @@ pub struct Schedule {
     pub end_behavior: EndBehavior,
 }
 
+/// Who belongs to a stage.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "camelCase")]
+pub enum StageTargets {
+    /// These things (those that are targets of the job).
+    Things {
+        /// The names.
+        things: Vec<ThingName>,
+    },
+    /// The members of these groups (those that are targets of the job) when the job starts.
+    Groups {
+        /// The groups.
+        groups: Vec<GroupName>,
+    },
+    /// This share of all the job's targets, in percent (rounded up), picked from those no
+    /// things or groups stage names, in a fixed pseudo-random order of the job id and the
+    /// thing name.
+    Percent {
+        /// 1 to 100.
+        percent: u8,
+    },
+}
+
+/// What a stage's error threshold does when it is crossed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum StageAction {
+    /// Pause the job until an operator resumes it.
+    Pause,
+    /// Cancel the job.
+    Abort,
+}
+
+/// A stage's error threshold: like an abort rule, counted over the stage's executions only.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StageErrorThreshold {
+    /// What counts as a failure.
+    pub failure_type: FailureType,
+    /// Checked once this many of the stage's executions are terminal.
+    pub min_executed: u32,
+    /// The failure share, in percent of the stage's terminal executions, that trips it.
+    pub threshold_percent: f64,
+    /// Pause or abort.
+    pub action: StageAction,
+}
+
+/// One stage of a staged rollout.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Stage {
+    /// Its things.
+    pub targets: StageTargets,
+    /// The gate: the share of the stage's things, in percent, that must succeed before the
+    /// next stage starts.
+    pub success_percent: f64,
+    /// Pause or abort the job early when too many of the stage's executions fail.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error_threshold: Option<StageErrorThreshold>,
+}
+
 /// Every option of a job.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -171,6 +239,12 @@ pub struct JobConfig {
     /// Start and end times.
     #[serde(default)]
     pub schedule: Schedule,
+    /// Ordered rollout stages; empty: one rollout of every target.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub stages: Vec<Stage>,
+    /// Queue executions (and retries) only inside these windows; empty: any time.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub maintenance_windows: Vec<MaintenanceWindow>,
 }
 
 impl JobConfig {
@@ -242,6 +316,21 @@ impl JobConfig {
                 ));
             }
         }
+        self.validate_stages()?;
+        if self.maintenance_windows.len() > MAX_WINDOWS {
+            return Err(Rejection::invalid(
+                "maintenanceWindows",
+                format!("at most {MAX_WINDOWS} windows are allowed"),
+            ));
+        }
+        for w in &self.maintenance_windows {
+            if w.duration_minutes == 0 || w.duration_minutes > MAX_WINDOW_MINUTES {
+                return Err(Rejection::invalid(
+                    "durationInMinutes",
+                    format!("must be 1 to {MAX_WINDOW_MINUTES}"),
+                ));
+            }
+        }
         if let Some(end) = self.schedule.end_time {
             if end <= now {
                 return Err(Rejection::invalid("endTime", "must be in the future"));
@@ -249,6 +338,78 @@ impl JobConfig {
             if self.schedule.start_time.is_some_and(|s| end <= s) {
                 return Err(Rejection::invalid("endTime", "must be after startTime"));
             }
+        }
+        Ok(())
+    }
+}
+
+impl JobConfig {
+    /// Checks the stages: how many, their names, percentages, gates and thresholds.
+    fn validate_stages(&self) -> Result<(), Rejection> {
+        if self.stages.len() > MAX_STAGES {
+            return Err(Rejection::invalid(
+                "stages",
+                format!("at most {MAX_STAGES} stages are allowed"),
+            ));
+        }
+        let mut percent_total = 0u32;
+        for stage in &self.stages {
+            match &stage.targets {
+                StageTargets::Things { things } if things.is_empty() => {
+                    return Err(Rejection::invalid("thingNames", "name at least one thing"))
+                }
+                StageTargets::Groups { groups } if groups.is_empty() => {
+                    return Err(Rejection::invalid(
+                        "thingGroupNames",
+                        "name at least one group",
+                    ))
+                }
+                StageTargets::Things { things } if things.len() > MAX_STAGE_NAMES => {
+                    return Err(Rejection::invalid(
+                        "thingNames",
+                        format!("at most {MAX_STAGE_NAMES} names per stage"),
+                    ))
+                }
+                StageTargets::Groups { groups } if groups.len() > MAX_STAGE_NAMES => {
+                    return Err(Rejection::invalid(
+                        "thingGroupNames",
+                        format!("at most {MAX_STAGE_NAMES} names per stage"),
+                    ))
+                }
+                StageTargets::Percent { percent } => {
+                    if *percent == 0 || *percent > 100 {
+                        return Err(Rejection::invalid("percentage", "must be 1 to 100"));
+                    }
+                    percent_total += u32::from(*percent);
+                }
+                StageTargets::Things { .. } | StageTargets::Groups { .. } => {}
+            }
+            if !(0.0..=100.0).contains(&stage.success_percent) {
+                return Err(Rejection::invalid(
+                    "successThresholdPercentage",
+                    "must be 0 to 100",
+                ));
+            }
+            if let Some(t) = &stage.error_threshold {
+                if !(0.0..=100.0).contains(&t.threshold_percent) {
+                    return Err(Rejection::invalid(
+                        "errorThreshold.thresholdPercentage",
+                        "must be 0 to 100",
+                    ));
+                }
+                if t.min_executed == 0 {
+                    return Err(Rejection::invalid(
+                        "errorThreshold.minNumberOfExecutedThings",
+                        "must be at least 1",
+                    ));
+                }
+            }
+        }
+        if percent_total > 100 {
+            return Err(Rejection::invalid(
+                "percentage",
+                "the stages' percentages add up to more than 100",
+            ));
         }
         Ok(())
     }

@@ -59,6 +59,50 @@ pub enum JobCancelReason {
     },
     /// The end time passed with end behaviour `CANCEL` or `FORCE_CANCEL`.
     EndTime,
+    /// A stage's error threshold with action `ABORT` was crossed.
+    #[serde(rename_all = "camelCase")]
+    StageAborted {
+        /// The stage (0-based).
+        stage: u32,
+        /// The stage's failures of the threshold's type.
+        failed: u64,
+        /// The stage's terminal executions.
+        executed: u64,
+    },
+}
+
+/// Why a job paused its rollout.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "by", rename_all = "camelCase")]
+pub enum PauseReason {
+    /// An operator paused it.
+    #[serde(rename_all = "camelCase")]
+    Operator {
+        /// The operator's remark.
+        comment: Option<String>,
+    },
+    /// A stage cannot reach its success gate any more.
+    #[serde(rename_all = "camelCase")]
+    StageGate {
+        /// The stage (0-based).
+        stage: u32,
+        /// Its things that succeeded.
+        succeeded: u64,
+        /// Successes the gate needs.
+        required: u64,
+        /// Its things.
+        size: u64,
+    },
+    /// A stage's error threshold with action `PAUSE` was crossed.
+    #[serde(rename_all = "camelCase")]
+    StageErrorThreshold {
+        /// The stage (0-based).
+        stage: u32,
+        /// The stage's failures of the threshold's type.
+        failed: u64,
+        /// The stage's terminal executions.
+        executed: u64,
+    },
 }
 
 /// Which timer ended an execution.
@@ -183,6 +227,43 @@ pub enum Event {
         /// Who or what canceled it.
         reason: JobCancelReason,
     },
+    /// The rollout paused: no executions or retries are queued until `JobResumed`.
+    #[serde(rename_all = "camelCase")]
+    JobPaused {
+        /// When.
+        at: Timestamp,
+        /// Who or what paused it.
+        reason: PauseReason,
+    },
+    /// An operator resumed a paused job.
+    #[serde(rename_all = "camelCase")]
+    JobResumed {
+        /// When.
+        at: Timestamp,
+        /// The operator's remark.
+        comment: Option<String>,
+    },
+    /// A staged job moved on to `stage` (0-based; the number of stages once every stage is
+    /// through).
+    #[serde(rename_all = "camelCase")]
+    JobStageAdvanced {
+        /// When.
+        at: Timestamp,
+        /// The new current stage.
+        stage: u32,
+        /// The previous stage's gate had failed and an operator resumed the job anyway.
+        overridden: bool,
+    },
+    /// An operator changed a job's description or options; they apply from `at` on.
+    #[serde(rename_all = "camelCase")]
+    JobUpdated {
+        /// When.
+        at: Timestamp,
+        /// The new description.
+        description: Option<String>,
+        /// The new options, whole.
+        config: JobConfig,
+    },
     /// The job was deleted: a tombstone; history stays.
     #[serde(rename_all = "camelCase")]
     JobDeleted {
@@ -254,6 +335,10 @@ pub enum Event {
         forced: bool,
         /// Why.
         reason: EndReason,
+        /// The execution's status details after the operator's patch was merged in, when the
+        /// operator gave one.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        status_details: Option<StatusDetails>,
     },
     /// The execution record was deleted.
     #[serde(rename_all = "camelCase")]
@@ -369,6 +454,10 @@ impl Event {
             Self::JobCompleted { .. } => "JobCompleted",
             Self::JobCanceled { .. } => "JobCanceled",
             Self::JobDeleted { .. } => "JobDeleted",
+            Self::JobPaused { .. } => "JobPaused",
+            Self::JobResumed { .. } => "JobResumed",
+            Self::JobStageAdvanced { .. } => "JobStageAdvanced",
+            Self::JobUpdated { .. } => "JobUpdated",
             Self::ExecutionQueued { .. } => "ExecutionQueued",
             Self::ExecutionStarted { .. } => "ExecutionStarted",
             Self::ExecutionProgressed { .. } => "ExecutionProgressed",

@@ -388,6 +388,8 @@ fn job_config_at(u: &mut Unstructured<'_>, now: Timestamp) -> Result<JobConfig> 
         abort,
         retry,
         schedule: schedule_after(u, now)?,
+        stages: Vec::new(),
+        maintenance_windows: Vec::new(),
     })
 }
 
@@ -621,6 +623,7 @@ impl<'a> Arbitrary<'a> for Event {
                 at,
                 forced: u.arbitrary()?,
                 reason: u.arbitrary()?,
+                status_details: None,
             },
             16 => Self::ExecutionRemoved {
                 at,
@@ -903,6 +906,7 @@ impl<'a> Arbitrary<'a> for JobIntent {
             1 => Self::Review {
                 counters: u.arbitrary()?,
                 all_queued: u.arbitrary()?,
+                stage: None,
             },
             2 => Self::Cancel {
                 force: u.arbitrary()?,

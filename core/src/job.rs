@@ -8,15 +8,17 @@
 use serde_json::Value;
 
 use crate::aggregate::{foreign, not_found, Aggregate};
+use crate::config::{AbortCriterion, RetryCriterion, Rollout, StageAction};
 use crate::config::{EndBehavior, JobConfig, TargetSelection, Targets};
-use crate::event::{Event, EvolveError, JobCancelReason};
+use crate::event::{Event, EvolveError, JobCancelReason, PauseReason};
 use crate::ids::JobId;
 use crate::limits::{self, MAX_JOB_DOCUMENT_BYTES, MAX_JOB_TARGETS};
 use crate::policy::abort;
+use crate::policy::stages::{self, StageProgress, Verdict};
 use crate::projection::JobCounters;
 use crate::rejection::Rejection;
 use crate::status::JobStatus;
-use crate::time::Timestamp;
+use crate::time::{Duration, Timestamp};
 
 // Groups share the limit, and aggregates do not name each other (see the crate docs' layers):
 // it lives in `limits` and stays reachable here.
@@ -65,12 +67,75 @@ pub struct Job {
     pub deleted: bool,
     /// Number of events applied.
     pub version: u64,
+    /// The current stage of a staged job (0-based; the number of stages once all passed).
+    #[serde(default)]
+    pub stage: u32,
+    /// Stages an operator pushed past a failed gate by resuming.
+    #[serde(default)]
+    pub overridden_stages: Vec<u32>,
+    /// The current stage's error threshold was overridden by a resume.
+    #[serde(default)]
+    pub threshold_overridden: bool,
+    /// Set while the rollout is paused.
+    #[serde(default)]
+    pub paused: Option<JobPause>,
+}
+
+/// A pause in force.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct JobPause {
+    /// Since when.
+    pub at: Timestamp,
+    /// Who or what paused it.
+    pub reason: PauseReason,
+}
+
+/// Where one stage of a staged job stands, derived from the job's state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum StageState {
+    /// An earlier stage is still running.
+    Waiting,
+    /// The current stage; its gate is not decided yet.
+    Running,
+    /// The current stage failed its gate; the job is paused until an operator resumes it.
+    GateFailed,
+    /// Passed its gate.
+    Passed,
+    /// Failed its gate, and an operator resumed the job past it.
+    Overridden,
 }
 
 impl Job {
     /// Whether executions may still be queued.
     pub fn is_rolling_out(&self) -> bool {
         self.status == JobStatus::InProgress && !self.rollout_stopped && !self.deleted
+    }
+
+    /// Whether executions and retries may be queued now, windows aside: rolling out and not
+    /// paused.
+    pub fn is_queueing(&self) -> bool {
+        self.is_rolling_out() && self.paused.is_none()
+    }
+
+    /// Where stage `i` stands.
+    pub fn stage_state(&self, i: u32) -> StageState {
+        if i < self.stage {
+            if self.overridden_stages.contains(&i) {
+                StageState::Overridden
+            } else {
+                StageState::Passed
+            }
+        } else if i > self.stage {
+            StageState::Waiting
+        } else if matches!(
+            &self.paused,
+            Some(JobPause { reason: PauseReason::StageGate { stage, .. }, .. }) if *stage == i
+        ) {
+            StageState::GateFailed
+        } else {
+            StageState::Running
+        }
     }
 
     /// The next time [`JobIntent::Review`] has something to do by the clock alone (start or
@@ -113,8 +178,34 @@ pub enum JobIntent {
     Review {
         /// The job's per-status execution counts.
         counters: JobCounters,
-        /// Whether every snapshot target has been queued.
+        /// Whether every snapshot target has been queued (and no retry is owed).
         all_queued: bool,
+        /// The current stage's figures, for a staged job whose stages are not all through.
+        stage: Option<StageProgress>,
+    },
+    /// An operator pauses the rollout.
+    Pause {
+        /// Remark.
+        comment: Option<String>,
+    },
+    /// An operator resumes a paused job; a stage whose gate failed is passed over.
+    Resume {
+        /// Remark.
+        comment: Option<String>,
+    },
+    /// An operator changes a scheduled or running job; `None` keeps a value as it is.
+    Update {
+        /// New description (`Some(None)` clears it).
+        description: Option<Option<String>>,
+        /// New in-progress timeout (`Some(None)` removes it); executions queued from now on
+        /// get it.
+        in_progress_timeout: Option<Option<Duration>>,
+        /// New rollout rate.
+        rollout: Option<Rollout>,
+        /// New abort rules.
+        abort: Option<Vec<AbortCriterion>>,
+        /// New retry rules; failures from now on are judged by them.
+        retry: Option<Vec<RetryCriterion>>,
     },
     /// An operator cancels the job.
     Cancel {
@@ -211,6 +302,13 @@ impl Aggregate for Job {
                 ));
             }
             config.validate(now)?;
+            if selection == TargetSelection::Continuous && !config.stages.is_empty() {
+                return Err(Rejection::invalid(
+                    "stages",
+                    "a CONTINUOUS job cannot have stages: its targets are never complete, so \
+                     no stage could pass its gate",
+                ));
+            }
             let start_now = config.schedule.start_time.is_none_or(|t| t <= now);
             let mut events = vec![Event::JobCreated {
                 job_id,
@@ -237,17 +335,98 @@ impl Aggregate for Job {
             JobIntent::Review {
                 counters,
                 all_queued,
-            } => Ok(review(job, &counters, all_queued, now)),
-            JobIntent::Cancel { force, comment } => {
-                if comment
+                stage,
+            } => Ok(review(job, &counters, all_queued, stage.as_ref(), now)),
+            JobIntent::Pause { comment } => {
+                check_comment(comment.as_deref())?;
+                if job.status != JobStatus::InProgress || job.paused.is_some() {
+                    return Err(Rejection::InvalidStateTransition {
+                        from: if job.paused.is_some() {
+                            "PAUSED"
+                        } else {
+                            job.status.as_str()
+                        },
+                        to: "PAUSED",
+                        execution_state: None,
+                    });
+                }
+                Ok(vec![Event::JobPaused {
+                    at: now,
+                    reason: PauseReason::Operator { comment },
+                }])
+            }
+            JobIntent::Resume { comment } => {
+                check_comment(comment.as_deref())?;
+                let Some(pause) = job.paused.as_ref().filter(|_| !job.status.is_terminal()) else {
+                    return Err(Rejection::InvalidStateTransition {
+                        from: job.status.as_str(),
+                        to: "RESUMED",
+                        execution_state: None,
+                    });
+                };
+                let mut events = vec![Event::JobResumed { at: now, comment }];
+                // Resuming a job its gate paused is the operator overriding the gate.
+                if let PauseReason::StageGate { stage, .. } = pause.reason {
+                    if stage == job.stage {
+                        events.push(Event::JobStageAdvanced {
+                            at: now,
+                            stage: stage + 1,
+                            overridden: true,
+                        });
+                    }
+                }
+                Ok(events)
+            }
+            JobIntent::Update {
+                description,
+                in_progress_timeout,
+                rollout,
+                abort,
+                retry,
+            } => {
+                if job.status.is_terminal() {
+                    return Err(Rejection::InvalidStateTransition {
+                        from: job.status.as_str(),
+                        to: "UPDATED",
+                        execution_state: None,
+                    });
+                }
+                let description = description.unwrap_or_else(|| job.description.clone());
+                if description
                     .as_ref()
-                    .is_some_and(|c| c.chars().count() > MAX_COMMENT_LEN)
+                    .is_some_and(|d| d.chars().count() > MAX_DESCRIPTION_LEN)
                 {
                     return Err(Rejection::invalid(
-                        "comment",
-                        format!("must be at most {MAX_COMMENT_LEN} characters"),
+                        "description",
+                        format!("must be at most {MAX_DESCRIPTION_LEN} characters"),
                     ));
                 }
+                let mut config = job.config.clone();
+                if let Some(t) = in_progress_timeout {
+                    config.in_progress_timeout = t;
+                }
+                if let Some(r) = rollout {
+                    config.rollout = r;
+                }
+                if let Some(a) = abort {
+                    config.abort = a;
+                }
+                if let Some(r) = retry {
+                    config.retry = r;
+                }
+                // Checked as at creation, except the schedule, which does not change (its end
+                // time may have passed since).
+                let mut check = config.clone();
+                check.schedule = Default::default();
+                check.validate(now)?;
+                Ok(vec![Event::JobUpdated {
+                    at: now,
+                    description,
+                    config,
+                }])
+            }
+            JobIntent::Cancel { force, comment } => {
+                check_comment(comment.as_deref())?;
                 // Canceling again with force upgrades a plain cancel, as AWS allows.
                 let cancelable = match job.status {
                     JobStatus::Scheduled | JobStatus::InProgress => true,
@@ -316,6 +495,10 @@ impl Aggregate for Job {
                 cancel_reason: None,
                 deleted: false,
                 version: 1,
+                stage: 0,
+                overridden_stages: Vec::new(),
+                threshold_overridden: false,
+                paused: None,
             });
         }
         let Some(mut job) = state.filter(|j| !j.deleted) else {
@@ -324,6 +507,10 @@ impl Aggregate for Job {
                 | Event::JobRolloutStopped { .. }
                 | Event::JobCompleted { .. }
                 | Event::JobCanceled { .. }
+                | Event::JobPaused { .. }
+                | Event::JobResumed { .. }
+                | Event::JobStageAdvanced { .. }
+                | Event::JobUpdated { .. }
                 | Event::JobDeleted { .. } => out_of_order(&None),
                 other => foreign(Self::NAME, other),
             });
@@ -351,9 +538,47 @@ impl Aggregate for Job {
                 job.cancel_reason = Some(reason.clone());
             }
             Event::JobDeleted { .. } => job.deleted = true,
+            Event::JobPaused { at, reason }
+                if job.status == JobStatus::InProgress && job.paused.is_none() =>
+            {
+                job.paused = Some(JobPause {
+                    at: *at,
+                    reason: reason.clone(),
+                });
+            }
+            Event::JobResumed { .. } if job.paused.is_some() => {
+                if let Some(JobPause {
+                    reason: PauseReason::StageErrorThreshold { stage, .. },
+                    ..
+                }) = job.paused.take()
+                {
+                    job.threshold_overridden |= stage == job.stage;
+                }
+            }
+            Event::JobStageAdvanced {
+                stage, overridden, ..
+            } if job.status == JobStatus::InProgress && *stage > job.stage => {
+                if *overridden {
+                    job.overridden_stages.push(job.stage);
+                }
+                job.stage = *stage;
+                job.threshold_overridden = false;
+            }
+            Event::JobUpdated {
+                description,
+                config,
+                ..
+            } if !job.status.is_terminal() => {
+                job.description.clone_from(description);
+                job.config = config.clone();
+            }
             Event::JobStarted { .. }
             | Event::JobRolloutStopped { .. }
             | Event::JobCompleted { .. }
+            | Event::JobPaused { .. }
+            | Event::JobResumed { .. }
+            | Event::JobStageAdvanced { .. }
+            | Event::JobUpdated { .. }
             | Event::JobCanceled { .. } => return Err(out_of_order(&Some(job))),
             other => return Err(foreign(Self::NAME, other)),
         }
@@ -362,8 +587,76 @@ impl Aggregate for Job {
     }
 }
 
-/// The clock- and count-driven job rules, in priority order: start, end time, abort, complete.
-fn review(job: &Job, counters: &JobCounters, all_queued: bool, now: Timestamp) -> Vec<Event> {
+fn check_comment(comment: Option<&str>) -> Result<(), Rejection> {
+    if comment.is_some_and(|c| c.chars().count() > MAX_COMMENT_LEN) {
+        return Err(Rejection::invalid(
+            "comment",
+            format!("must be at most {MAX_COMMENT_LEN} characters"),
+        ));
+    }
+    Ok(())
+}
+
+/// The current stage's rule, if it has something to say: its error threshold, then its gate.
+fn review_stage(job: &Job, progress: &StageProgress, now: Timestamp) -> Option<Event> {
+    let stage = job.config.stages.get(usize::try_from(job.stage).ok()?)?;
+    let index = job.stage;
+    match stages::evaluate(stage, progress, !job.threshold_overridden) {
+        Verdict::Undecided => None,
+        Verdict::Passed => Some(Event::JobStageAdvanced {
+            at: now,
+            stage: index + 1,
+            overridden: false,
+        }),
+        Verdict::GateFailed {
+            succeeded,
+            required,
+        } => Some(Event::JobPaused {
+            at: now,
+            reason: PauseReason::StageGate {
+                stage: index,
+                succeeded,
+                required,
+                size: progress.size,
+            },
+        }),
+        Verdict::Threshold {
+            failed,
+            executed,
+            action: StageAction::Pause,
+        } => Some(Event::JobPaused {
+            at: now,
+            reason: PauseReason::StageErrorThreshold {
+                stage: index,
+                failed,
+                executed,
+            },
+        }),
+        Verdict::Threshold {
+            failed,
+            executed,
+            action: StageAction::Abort,
+        } => Some(Event::JobCanceled {
+            at: now,
+            force: false,
+            reason: JobCancelReason::StageAborted {
+                stage: index,
+                failed,
+                executed,
+            },
+        }),
+    }
+}
+
+/// The clock- and count-driven job rules, in priority order: start, end time, abort, and
+/// unless paused, the current stage's threshold and gate, then completion.
+fn review(
+    job: &Job,
+    counters: &JobCounters,
+    all_queued: bool,
+    stage: Option<&StageProgress>,
+    now: Timestamp,
+) -> Vec<Event> {
     let schedule = &job.config.schedule;
     match job.status {
         JobStatus::Scheduled => {
@@ -394,6 +687,16 @@ fn review(job: &Job, counters: &JobCounters, all_queued: bool, now: Timestamp) -
                     force: false,
                     reason,
                 }];
+            }
+            // A paused job waits for its operator, even when every execution is done.
+            if job.paused.is_some() {
+                return vec![];
+            }
+            // Once the rollout stopped (end time), stages no longer gate anything.
+            if !job.rollout_stopped {
+                if let Some(e) = stage.and_then(|p| review_stage(job, p, now)) {
+                    return vec![e];
+                }
             }
             let rollout_over = all_queued || job.rollout_stopped;
             if job.selection == TargetSelection::Snapshot && rollout_over && counters.pending() == 0

@@ -246,6 +246,16 @@ pub enum JobExecutionIntent {
         /// Why.
         reason: EndReason,
     },
+    /// An operator cancels this one execution (in-progress only with `force`), optionally
+    /// only at `expected_version`, merging `status_details` into the execution's details.
+    OperatorCancel {
+        /// Cancel even if in progress.
+        force: bool,
+        /// Refuse with `VersionMismatch` unless the execution is at this version.
+        expected_version: Option<u64>,
+        /// Keys to set in the status details (the others are kept).
+        status_details: Option<StatusDetails>,
+    },
     /// Service: delete the record (pending only with `force`).
     Remove {
         /// Remove even if pending.
@@ -425,6 +435,37 @@ impl Aggregate for JobExecution {
                     at: now,
                     forced: s.status == S::InProgress,
                     reason,
+                    status_details: None,
+                }])
+            }
+            JobExecutionIntent::OperatorCancel {
+                force,
+                expected_version,
+                status_details,
+            } => {
+                if let Some(expected) = expected_version {
+                    if expected != s.version_number {
+                        return Err(Rejection::VersionMismatch {
+                            expected,
+                            actual: s.version_number,
+                            execution_state: Some(Box::new(s.state())),
+                        });
+                    }
+                }
+                check_transition(s.status, S::Canceled, Actor::Service, force)
+                    .map_err(|code| s.refuse(S::Canceled, code, "status"))?;
+                let merged = status_details.map(|patch| {
+                    let mut d = s.status_details.clone();
+                    d.extend(patch);
+                    d
+                });
+                // The merged map must fit the same limits a device's details do.
+                validate_device_input(merged.as_ref(), StepTimeout::Keep)?;
+                Ok(vec![Event::ExecutionCanceled {
+                    at: now,
+                    forced: s.status == S::InProgress,
+                    reason: EndReason::Operator,
+                    status_details: merged,
                 }])
             }
             JobExecutionIntent::Remove { force, reason } => {
@@ -555,9 +596,14 @@ impl Aggregate for JobExecution {
                 s.status = S::TimedOut;
                 s.last_updated_at = *at;
             }
-            Event::ExecutionCanceled { at, .. } => {
+            Event::ExecutionCanceled {
+                at, status_details, ..
+            } => {
                 s.status = S::Canceled;
                 s.last_updated_at = *at;
+                if let Some(d) = status_details {
+                    s.status_details = d.clone();
+                }
             }
             Event::ExecutionRemoved { at, .. } => {
                 s.status = S::Removed;

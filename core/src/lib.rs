@@ -19,9 +19,9 @@
 //! module names only modules listed before it here, never one after it (re-exports count);
 //! the workspace's `modules` test fails on any cycle.
 //!
-//! 1. **Values**: `time`, `ids`, `status` (statuses, `StatusDetails`, `ExecutionState`),
-//!    `limits`, `access` (API key scopes and secret digests). Plain data and figures that
-//!    everything above carries.
+//! 1. **Values**: `time`, `cron` (maintenance windows), `ids`, `status` (statuses,
+//!    `StatusDetails`, `ExecutionState`), `limits`, `access` (API key scopes and secret
+//!    digests). Plain data and figures that everything above carries.
 //! 2. **Vocabulary**: `rejection`, `config`, `template` (command payloads and parameters),
 //!    `event`, `device`. What is refused, configured, stored, and exchanged with devices.
 //! 3. **Ports and read models**: `aggregate` (the trait), `store`, `lease`, `link`,
@@ -104,6 +104,7 @@ pub mod api_key;
 pub mod command;
 pub mod command_template;
 pub mod config;
+pub mod cron;
 pub mod device;
 pub mod event;
 pub mod group;

@@ -137,6 +137,161 @@ pub mod retry {
     }
 }
 
+/// Staged rollouts: who is in which stage, and whether a stage passed its gate.
+pub mod stages {
+    use std::collections::BTreeSet;
+
+    use crate::config::{Stage, StageAction, StageTargets};
+    use crate::ids::{GroupName, JobId, ThingName};
+    use crate::projection::JobCounters;
+
+    /// A stage's figures, as the read side counts them.
+    #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+    pub struct StageProgress {
+        /// Its things.
+        pub size: u64,
+        /// Per-status counts of its executions.
+        pub counters: JobCounters,
+        /// Its failed or timed-out executions that a retry rule still owes another attempt
+        /// (counted as undecided, not as failures).
+        pub retries_owed: u64,
+    }
+
+    /// Where a stage stands.
+    #[derive(Debug, Clone, Copy, PartialEq)]
+    pub enum Verdict {
+        /// Not enough is known yet.
+        Undecided,
+        /// Enough of its things succeeded.
+        Passed,
+        /// Even if every undecided thing succeeded, the gate could not be met.
+        GateFailed {
+            /// Successes so far.
+            succeeded: u64,
+            /// Successes the gate needs.
+            required: u64,
+        },
+        /// The error threshold was crossed.
+        Threshold {
+            /// Failures of its type.
+            failed: u64,
+            /// Terminal executions.
+            executed: u64,
+            /// Pause or abort.
+            action: StageAction,
+        },
+    }
+
+    /// Successes a stage of `size` things needs: `success_percent` of them, rounded up.
+    pub fn required(stage: &Stage, size: u64) -> u64 {
+        // Sizes stay far below 2^53, so the float is exact enough; rounding up makes 95 %
+        // of 10 mean 10, never 9.
+        #[allow(
+            clippy::cast_precision_loss,
+            clippy::cast_possible_truncation,
+            clippy::cast_sign_loss
+        )]
+        let r = (stage.success_percent * size as f64 / 100.0).ceil() as u64;
+        r.min(size)
+    }
+
+    /// The stage's verdict. The error threshold (when `threshold_armed`) is checked first,
+    /// like an abort rule over the stage's executions; then the gate is decided as soon as
+    /// the outcome is certain: passed once the successes reach the requirement, failed once
+    /// the things still undecided (not yet terminal, or owed a retry) could not make up the
+    /// difference. Canceled and removed executions count as decided, not as successes.
+    pub fn evaluate(stage: &Stage, p: &StageProgress, threshold_armed: bool) -> Verdict {
+        let c = &p.counters;
+        if let (Some(t), true) = (&stage.error_threshold, threshold_armed) {
+            let executed = c.executed();
+            if executed > 0 && executed >= u64::from(t.min_executed) {
+                let failed = c.failures(t.failure_type);
+                #[allow(clippy::cast_precision_loss)]
+                let percent = failed as f64 * 100.0 / executed as f64;
+                if percent >= t.threshold_percent {
+                    return Verdict::Threshold {
+                        failed,
+                        executed,
+                        action: t.action,
+                    };
+                }
+            }
+        }
+        let required = required(stage, p.size);
+        if c.succeeded >= required {
+            return Verdict::Passed;
+        }
+        let decided = (c.executed() + c.canceled + c.removed).saturating_sub(p.retries_owed);
+        let undecided = p.size.saturating_sub(decided);
+        if c.succeeded + undecided < required {
+            return Verdict::GateFailed {
+                succeeded: c.succeeded,
+                required,
+            };
+        }
+        Verdict::Undecided
+    }
+
+    /// A thing's place in percentage stages: FNV-1a of the job id and the thing name, so the
+    /// pick is spread over the fleet, the same on every replay, and differs per job.
+    fn rank(job: &JobId, thing: &ThingName) -> u64 {
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        for b in job
+            .as_str()
+            .bytes()
+            .chain(std::iter::once(0xff))
+            .chain(thing.as_str().bytes())
+        {
+            h ^= u64::from(b);
+            h = h.wrapping_mul(0x0100_0000_01b3);
+        }
+        h
+    }
+
+    /// Splits `targets` into the stages, plus one last set: the targets no stage took, rolled
+    /// out after every stage passed. A thing is in the first things or groups stage naming
+    /// it (names that are not targets are ignored); percentage stages then take, in order,
+    /// `percent` of all targets (rounded up) from the rest, in the order of a 64-bit FNV-1a hash
+    /// of the job id, a `0xff` byte and the thing name.
+    pub fn assign(
+        job: &JobId,
+        stages: &[Stage],
+        targets: &BTreeSet<ThingName>,
+        members: &dyn Fn(&GroupName) -> Vec<ThingName>,
+    ) -> Vec<BTreeSet<ThingName>> {
+        let mut out = vec![BTreeSet::new(); stages.len() + 1];
+        let mut free = targets.clone();
+        for (i, stage) in stages.iter().enumerate() {
+            let named: Vec<ThingName> = match &stage.targets {
+                StageTargets::Things { things } => things.clone(),
+                StageTargets::Groups { groups } => groups.iter().flat_map(members).collect(),
+                StageTargets::Percent { .. } => continue,
+            };
+            for t in named {
+                if free.remove(&t) {
+                    out[i].insert(t);
+                }
+            }
+        }
+        let mut pool: Vec<(u64, ThingName)> =
+            free.iter().map(|t| (rank(job, t), t.clone())).collect();
+        pool.sort();
+        let mut pool = pool.into_iter().map(|(_, t)| t);
+        let total = targets.len() as u64;
+        for (i, stage) in stages.iter().enumerate() {
+            if let StageTargets::Percent { percent } = stage.targets {
+                let n = (u64::from(percent) * total).div_ceil(100);
+                for t in pool.by_ref().take(usize::try_from(n).unwrap_or(usize::MAX)) {
+                    free.remove(&t);
+                    out[i].insert(t);
+                }
+            }
+        }
+        out[stages.len()] = free;
+        out
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

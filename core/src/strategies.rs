@@ -645,6 +645,8 @@ pub fn job_config(now: Timestamp) -> impl Strategy<Value = JobConfig> {
                 abort,
                 retry,
                 schedule,
+                stages: Vec::new(),
+                maintenance_windows: Vec::new(),
             },
         )
 }
@@ -887,6 +889,27 @@ pub fn job_event() -> impl Strategy<Value = Event> {
         (timestamp(), any::<bool>(), job_cancel_reason())
             .prop_map(|(at, force, reason)| Event::JobCanceled { at, force, reason }),
         timestamp().prop_map(|at| Event::JobDeleted { at }),
+        (timestamp(), option::of(comment())).prop_map(|(at, comment)| Event::JobPaused {
+            at,
+            reason: crate::event::PauseReason::Operator { comment },
+        }),
+        (timestamp(), option::of(comment()))
+            .prop_map(|(at, comment)| Event::JobResumed { at, comment }),
+        timestamp()
+            .prop_flat_map(|at| (Just(at), option::of(description()), job_config(at)))
+            .prop_map(|(at, description, config)| Event::JobUpdated {
+                at,
+                description,
+                config,
+            })
+            .boxed(),
+        (timestamp(), 1..10u32, any::<bool>()).prop_map(|(at, stage, overridden)| {
+            Event::JobStageAdvanced {
+                at,
+                stage,
+                overridden,
+            }
+        }),
     ]
 }
 
@@ -945,8 +968,20 @@ pub fn job_execution_event() -> impl Strategy<Value = Event> {
         ),
         (timestamp(), timeout_cause())
             .prop_map(|(at, cause)| Event::ExecutionTimedOut { at, cause }),
-        (timestamp(), any::<bool>(), end_reason())
-            .prop_map(|(at, forced, reason)| { Event::ExecutionCanceled { at, forced, reason } }),
+        (
+            timestamp(),
+            any::<bool>(),
+            end_reason(),
+            option::of(status_details())
+        )
+            .prop_map(
+                |(at, forced, reason, status_details)| Event::ExecutionCanceled {
+                    at,
+                    forced,
+                    reason,
+                    status_details,
+                }
+            ),
         (timestamp(), any::<bool>(), end_reason())
             .prop_map(|(at, forced, reason)| { Event::ExecutionRemoved { at, forced, reason } }),
         (2..=MAX_ATTEMPTS, timestamp()).prop_map(|(execution_number, queued_at)| {
@@ -1260,8 +1295,11 @@ pub fn job_intent(now: Timestamp) -> impl Strategy<Value = JobIntent> {
             ),
         (job_counters(), any::<bool>()).prop_map(|(counters, all_queued)| JobIntent::Review {
             counters,
-            all_queued
+            all_queued,
+            stage: None,
         }),
+        option::of(comment()).prop_map(|comment| JobIntent::Pause { comment }),
+        option::of(comment()).prop_map(|comment| JobIntent::Resume { comment }),
         (any::<bool>(), option::of(comment()))
             .prop_map(|(force, comment)| JobIntent::Cancel { force, comment }),
         any::<bool>().prop_map(|force| JobIntent::Delete { force }),

@@ -11,7 +11,8 @@ use std::collections::BTreeMap;
 use common::*;
 use fleetops_core::access::{Scope, SecretHash};
 use fleetops_core::config::*;
-use fleetops_core::event::{EndReason, JobCancelReason, StepTimer, TimeoutCause};
+use fleetops_core::cron::{CronExpr, MaintenanceWindow, UtcOffset};
+use fleetops_core::event::{EndReason, JobCancelReason, PauseReason, StepTimer, TimeoutCause};
 use fleetops_core::ids::{ApiKeyId, CommandId, StatusDetailKey};
 use fleetops_core::store::StoredEvent;
 use fleetops_core::template::{ParameterSpec, ParameterType};
@@ -80,6 +81,8 @@ fn samples() -> Vec<Event> {
                     end_time: Some(t(9000)),
                     end_behavior: EndBehavior::Cancel,
                 },
+                stages: vec![],
+                maintenance_windows: vec![],
             },
             created_at: t(100),
         },
@@ -140,6 +143,7 @@ fn samples() -> Vec<Event> {
             at: t(240),
             forced: true,
             reason: EndReason::JobAborted,
+            status_details: None,
         },
         Event::ExecutionRemoved {
             at: t(250),
@@ -190,6 +194,91 @@ fn samples() -> Vec<Event> {
             at: t(16),
         },
         Event::CommandTemplateDeleted { at: t(17) },
+        Event::JobPaused {
+            at: t(400),
+            reason: PauseReason::StageGate {
+                stage: 1,
+                succeeded: 80,
+                required: 86,
+                size: 90,
+            },
+        },
+        Event::JobResumed {
+            at: t(500),
+            comment: Some("known bad batch".into()),
+        },
+        Event::JobStageAdvanced {
+            at: t(500),
+            stage: 2,
+            overridden: true,
+        },
+        Event::JobUpdated {
+            at: t(600),
+            description: Some("slower".into()),
+            config: JobConfig {
+                rollout: Rollout::Fixed { per_minute: 5 },
+                ..JobConfig::default()
+            },
+        },
+        Event::JobCreated {
+            job_id: job(),
+            description: None,
+            targets: Targets {
+                things: vec![thing()],
+                groups: vec![],
+            },
+            selection: TargetSelection::Snapshot,
+            document: json!({}),
+            config: JobConfig {
+                stages: vec![
+                    Stage {
+                        targets: StageTargets::Groups {
+                            groups: vec![GroupName::parse("canary").expect("valid")],
+                        },
+                        success_percent: 100.0,
+                        error_threshold: Some(StageErrorThreshold {
+                            failure_type: FailureType::All,
+                            min_executed: 5,
+                            threshold_percent: 10.0,
+                            action: StageAction::Pause,
+                        }),
+                    },
+                    Stage {
+                        targets: StageTargets::Percent { percent: 30 },
+                        success_percent: 95.0,
+                        error_threshold: None,
+                    },
+                ],
+                maintenance_windows: vec![MaintenanceWindow {
+                    start: CronExpr::parse("0 2 * * 1-5").expect("valid"),
+                    duration_minutes: 90,
+                    time_zone: UtcOffset::parse("+02:00").expect("valid"),
+                }],
+                ..JobConfig::default()
+            },
+            created_at: t(700),
+        },
+        Event::ExecutionCanceled {
+            at: t(800),
+            forced: true,
+            reason: EndReason::Operator,
+            status_details: Some(
+                [(
+                    StatusDetailKey::parse("why").expect("valid"),
+                    "recall".to_owned(),
+                )]
+                .into(),
+            ),
+        },
+        Event::JobCanceled {
+            at: t(900),
+            force: false,
+            reason: JobCancelReason::StageAborted {
+                stage: 0,
+                failed: 2,
+                executed: 5,
+            },
+        },
     ]
 }
 
@@ -222,6 +311,10 @@ fn covered(e: &Event) -> usize {
         Event::ApiKeyRevoked { .. } => 23,
         Event::CommandTemplateRegistered { .. } => 24,
         Event::CommandTemplateDeleted { .. } => 25,
+        Event::JobPaused { .. } => 26,
+        Event::JobResumed { .. } => 27,
+        Event::JobStageAdvanced { .. } => 28,
+        Event::JobUpdated { .. } => 29,
     }
 }
 
@@ -229,7 +322,7 @@ const GOLDEN: &str = include_str!("golden/events.jsonl");
 
 #[test]
 fn every_event_kind_has_a_golden_sample() {
-    let mut seen = [false; 26];
+    let mut seen = [false; 30];
     for e in samples() {
         seen[covered(&e)] = true;
     }

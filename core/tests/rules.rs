@@ -655,6 +655,7 @@ fn a_job_starts_at_once_or_at_its_start_time() {
     let review = || JobIntent::Review {
         counters: JobCounters::default(),
         all_queued: false,
+        stage: None,
     };
     given::<Job>([created(later.clone())])
         .when(review(), t(499))
@@ -691,6 +692,7 @@ fn a_snapshot_job_completes_when_every_execution_is_terminal() {
     let review = |c: JobCounters, all| JobIntent::Review {
         counters: c,
         all_queued: all,
+        stage: None,
     };
     given::<Job>(h.clone())
         .when(
@@ -723,6 +725,7 @@ fn an_abort_rule_cancels_the_job_at_its_threshold() {
     let review = |c: JobCounters| JobIntent::Review {
         counters: c,
         all_queued: false,
+        stage: None,
     };
     given::<Job>(h.clone())
         .when(
@@ -790,6 +793,7 @@ fn the_end_time_applies_the_end_behaviour() {
         let review = JobIntent::Review {
             counters: counters(&[(S::Queued, 1)]),
             all_queued: false,
+            stage: None,
         };
         given::<Job>(h.clone())
             .when(review.clone(), t(899))

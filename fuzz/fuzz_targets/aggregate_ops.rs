@@ -293,6 +293,8 @@ fn config(c: ConfigIn, now: Timestamp) -> JobConfig {
             end_time: c.end_in_ms.map(|d| now + Duration::from_millis(d)),
             end_behavior: c.end_behavior,
         },
+        stages: Vec::new(),
+        maintenance_windows: Vec::new(),
     }
 }
 
@@ -452,6 +454,7 @@ fuzz_target!(|data: &[u8]| {
                 JobIntent::Review {
                     counters,
                     all_queued,
+                    stage: None,
                 },
                 now,
                 o,

@@ -15,11 +15,11 @@ use fleetops_core::projection::{Projections, ProjectionsSnapshot};
 use fleetops_core::{ExecutionId, GroupName, JobId, ThingName, Timestamp};
 use serde::{Deserialize, Serialize};
 
-use crate::model::{CommandEntry, JobEntry, ReadModel};
+use crate::model::{CommandEntry, JobEntry, ReadModel, StageBook};
 
 /// Version of the encoding below; a snapshot of another version is ignored. Format 2 keeps
-/// each execution once, in core's projection entry; format 3 adds API keys and registered
-/// commands.
+/// each execution once, in core's projection entry; format 3 adds each job's stages, API keys
+/// and registered commands.
 const FORMAT: u32 = 3;
 
 /// The state as written: sorted lists, so equal states encode to equal bytes.
@@ -45,6 +45,7 @@ struct JobImageRef<'a> {
     retry_owed: &'a BTreeSet<ThingName>,
     leave_owed: &'a BTreeSet<ThingName>,
     window: Option<(Timestamp, u64)>,
+    stages: Option<&'a StageBook>,
 }
 
 /// The state as read back.
@@ -72,6 +73,7 @@ struct JobImage {
     retry_owed: BTreeSet<ThingName>,
     leave_owed: BTreeSet<ThingName>,
     window: Option<(Timestamp, u64)>,
+    stages: Option<StageBook>,
 }
 
 /// Why an image does not decode to a read model: it was written by another format or event
@@ -139,6 +141,7 @@ impl ReadModel {
                     retry_owed: &e.retry_owed,
                     leave_owed: &e.leave_owed,
                     window: e.window,
+                    stages: e.stages.as_ref(),
                 })
                 .collect(),
             groups: self.groups.values().collect(),
@@ -182,6 +185,7 @@ impl ReadModel {
                 retry_owed: j.retry_owed,
                 leave_owed: j.leave_owed,
                 window: j.window,
+                stages: j.stages,
             };
             if jobs.insert(id.clone(), entry).is_some() {
                 return Err(ImageError::DuplicateJob(id));

@@ -3,11 +3,14 @@
 //! A job marked dirty (its executions changed, a deadline of it is due, an operator acted)
 //! gets one [`JobStep`] at a time, in priority order:
 //!
-//! 1. queue the new attempts the retry policy owes (before anything counts them as failures);
+//! 1. queue the new attempts the retry policy owes (before anything counts them as failures),
+//!    unless the job is paused or outside its maintenance windows;
 //! 2. remove the still-queued executions of things that left a continuous job's groups;
 //! 3. after a cancel or delete, end the executions the job no longer wants;
-//! 4. review the job (start and end time, abort rules, completion) through `JobIntent::Review`;
-//! 5. roll out: queue the next batch of executions the rollout rate allows.
+//! 4. review the job (start and end time, abort rules, the current stage's threshold and
+//!    gate, completion) through `JobIntent::Review`;
+//! 5. roll out: queue the next batch of executions the rollout rate allows, unless the job is
+//!    paused or outside its maintenance windows (then its deadline is the next opening).
 //!
 //! The driver carries a step out as one atomic multi-stream append of the
 //! [`PlannedAppend`]s decided here, with the versions the model had; a conflict means the
@@ -15,10 +18,12 @@
 
 use std::sync::Arc;
 
+use fleetops_core::cron::window_state;
 use fleetops_core::event::{EndReason, JobCancelReason};
 use fleetops_core::job::{Job, JobIntent};
 use fleetops_core::job_execution::{JobExecution, JobExecutionIntent};
 use fleetops_core::policy::rollout;
+use fleetops_core::policy::stages::StageProgress;
 use fleetops_core::projection::JobCounters;
 use fleetops_core::store::ExpectedVersion;
 use fleetops_core::{
@@ -74,7 +79,9 @@ impl ReadModel {
                 .take(batch)
                 .collect::<Vec<_>>()
         };
-        if !entry.retry_owed.is_empty() {
+        // Retries are queued like first attempts: not while paused, only inside a window.
+        let window_open = window_state(&job.config.maintenance_windows, now).open;
+        if !entry.retry_owed.is_empty() && job.paused.is_none() && window_open {
             let items = take(&mut entry.retry_owed.iter(), &|s| {
                 matches!(s, JobExecutionStatus::Failed | JobExecutionStatus::TimedOut)
             });
@@ -111,7 +118,9 @@ impl ReadModel {
                 }
             } else {
                 let reason = match job.cancel_reason {
-                    Some(JobCancelReason::Aborted { .. }) => EndReason::JobAborted,
+                    Some(
+                        JobCancelReason::Aborted { .. } | JobCancelReason::StageAborted { .. },
+                    ) => EndReason::JobAborted,
                     Some(JobCancelReason::EndTime) => EndReason::JobEnded,
                     _ => EndReason::JobCanceled,
                 };
@@ -125,14 +134,11 @@ impl ReadModel {
         if job.status.is_terminal() {
             return JobStep::Idle;
         }
-        let review = JobIntent::Review {
-            counters,
-            all_queued: entry.to_queue.is_empty(),
-        };
+        let review = self.review_of(entry);
         if Job::decide(Some(&job), review, now).is_ok_and(|e| !e.is_empty()) {
             return JobStep::Review(job);
         }
-        if job.is_rolling_out() && !entry.to_queue.is_empty() {
+        if job.is_queueing() && window_open && !entry.to_queue.is_empty() {
             let n = allowance(entry, &counters, self.proj.execution_count_of(job_id), now).now;
             let n = usize::try_from(n).unwrap_or(usize::MAX).min(batch);
             if n > 0 {
@@ -146,10 +152,65 @@ impl ReadModel {
     /// The review intent for `job_id` as the model stands: its counters, and whether every
     /// target has an execution.
     pub fn review_intent(&self, job_id: &JobId) -> JobIntent {
+        match self.jobs.get(job_id) {
+            Some(entry) => self.review_of(entry),
+            None => JobIntent::Review {
+                counters: self.proj.counters(job_id),
+                all_queued: true,
+                stage: None,
+            },
+        }
+    }
+
+    /// The review intent of a job: every target has an execution once nothing waits in the
+    /// rollout queue, in a later stage or for a retry; a staged job adds its current stage.
+    fn review_of(&self, entry: &JobEntry) -> JobIntent {
+        let job_id = &entry.job.job_id;
+        let book = entry.stages.as_ref();
+        let all_queued = entry.to_queue.is_empty()
+            && entry.retry_owed.is_empty()
+            && !book.is_some_and(|b| b.waiting());
         JobIntent::Review {
             counters: self.proj.counters(job_id),
-            all_queued: self.jobs.get(job_id).is_none_or(|e| e.to_queue.is_empty()),
+            all_queued,
+            stage: book.and_then(|b| self.stage_progress(entry, b, entry.job.stage)),
         }
+    }
+
+    /// The figures of stage `i` of a staged job; `None` past its configured stages.
+    fn stage_progress(
+        &self,
+        entry: &JobEntry,
+        book: &crate::model::StageBook,
+        i: u32,
+    ) -> Option<StageProgress> {
+        let idx = usize::try_from(i).ok()?;
+        if idx >= entry.job.config.stages.len() {
+            return None;
+        }
+        Some(StageProgress {
+            size: *book.sizes.get(idx)?,
+            counters: *book.counters.get(idx)?,
+            retries_owed: entry
+                .retry_owed
+                .iter()
+                .filter(|t| book.of.get(*t) == Some(&i))
+                .count() as u64,
+        })
+    }
+
+    /// Each configured stage's figures, for describing a staged job.
+    pub fn stage_figures(&self, job_id: &JobId) -> Vec<StageProgress> {
+        let Some((entry, book)) = self
+            .jobs
+            .get(job_id)
+            .and_then(|e| e.stages.as_ref().map(|b| (e, b)))
+        else {
+            return Vec::new();
+        };
+        (0..entry.job.config.stages.len())
+            .filter_map(|i| self.stage_progress(entry, book, u32::try_from(i).ok()?))
+            .collect()
     }
 
     /// Re-arms the job's deadline (start or end time, next rollout window) after a step;
@@ -159,9 +220,18 @@ impl ReadModel {
         let Some(entry) = self.jobs.get(job_id) else {
             return false;
         };
-        let mut at = entry.job.next_deadline();
+        let job = &entry.job;
+        let mut at = job.next_deadline();
         let mut again = false;
-        if entry.job.is_rolling_out() && !entry.to_queue.is_empty() {
+        let rollout_owed = job.is_queueing() && !entry.to_queue.is_empty();
+        let retry_owed = !entry.retry_owed.is_empty() && job.paused.is_none();
+        let windows = window_state(&job.config.maintenance_windows, now);
+        if (rollout_owed || retry_owed) && !windows.open {
+            // Outside every window: wake at the next opening.
+            if let Some(w) = windows.next_open {
+                at = Some(at.map_or(w, |a| a.min(w)));
+            }
+        } else if rollout_owed {
             let counters = self.proj.counters(job_id);
             let allowance = allowance(entry, &counters, self.proj.execution_count_of(job_id), now);
             if allowance.now > 0 {

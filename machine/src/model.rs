@@ -19,8 +19,8 @@ use fleetops_core::ids::StreamKind;
 use fleetops_core::ids::{ApiKeyId, CommandId};
 use fleetops_core::job::Job;
 use fleetops_core::limits::MAX_PENDING_LISTED;
-use fleetops_core::policy::{retry, rollout};
-use fleetops_core::projection::{ExecutionEntry, Projections};
+use fleetops_core::policy::{retry, rollout, stages};
+use fleetops_core::projection::{ExecutionEntry, JobCounters, Projections};
 use fleetops_core::store::StoredEvent;
 use fleetops_core::{
     Aggregate, CommandStatus, Event, ExecutionId, GroupName, JobExecutionStatus, JobId, JobStatus,
@@ -43,6 +43,29 @@ pub struct JobEntry {
     pub leave_owed: BTreeSet<ThingName>,
     /// The current rollout window and how many first attempts were queued in it.
     pub window: Option<(Timestamp, u64)>,
+    /// A staged job's stages, resolved when it starts.
+    pub stages: Option<StageBook>,
+}
+
+/// Who is in which stage of a staged job, and each stage's figures. Targets of stages not yet
+/// started wait in `later` and move to `to_queue` when their stage starts.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct StageBook {
+    /// Each target's stage (the last index holds the targets no stage named).
+    pub of: BTreeMap<ThingName, u32>,
+    /// Per stage, its targets that wait for the stage to start.
+    pub later: Vec<BTreeSet<ThingName>>,
+    /// Per stage, its size.
+    pub sizes: Vec<u64>,
+    /// Per stage, its executions' per-status counts.
+    pub counters: Vec<JobCounters>,
+}
+
+impl StageBook {
+    /// Whether any stage still holds targets waiting to start.
+    pub fn waiting(&self) -> bool {
+        self.later.iter().any(|s| !s.is_empty())
+    }
 }
 
 /// What the runtime remembers of one command execution.
@@ -344,6 +367,7 @@ impl ReadModel {
                     retry_owed: BTreeSet::new(),
                     leave_owed: BTreeSet::new(),
                     window: None,
+                    stages: None,
                 },
             );
         } else {
@@ -372,16 +396,59 @@ impl ReadModel {
                             targets.extend(group.members.iter().cloned());
                         }
                     }
+                    let book = (!job.config.stages.is_empty()).then(|| {
+                        let groups = &self.groups;
+                        let members = |g: &GroupName| -> Vec<ThingName> {
+                            groups
+                                .get(g)
+                                .filter(|g| !g.deleted)
+                                .map(|g| g.members.iter().cloned().collect())
+                                .unwrap_or_default()
+                        };
+                        let sets = stages::assign(&job_id, &job.config.stages, &targets, &members);
+                        let mut book = StageBook {
+                            of: BTreeMap::new(),
+                            sizes: sets.iter().map(|s| s.len() as u64).collect(),
+                            counters: vec![JobCounters::default(); sets.len()],
+                            later: Vec::with_capacity(sets.len()),
+                        };
+                        for (i, set) in sets.into_iter().enumerate() {
+                            let i = u32::try_from(i).unwrap_or(u32::MAX);
+                            for t in &set {
+                                book.of.insert(t.clone(), i);
+                            }
+                            book.later.push(set);
+                        }
+                        book
+                    });
                     targets.retain(|t| self.proj.execution(&job_id, t).is_none());
                     if let Some(entry) = self.jobs.get_mut(&job_id) {
-                        entry.to_queue = targets;
+                        if let Some(mut book) = book {
+                            for set in &mut book.later {
+                                set.retain(|t| targets.contains(t));
+                            }
+                            // The first stage starts with the job.
+                            entry.stages = Some(book);
+                            release_stages(entry, job.stage);
+                        } else {
+                            entry.to_queue = targets;
+                        }
                     }
                 }
-                Event::JobRolloutStopped { .. } => entry.to_queue.clear(),
+                Event::JobRolloutStopped { .. } => {
+                    entry.to_queue.clear();
+                    if let Some(book) = &mut entry.stages {
+                        book.later.iter_mut().for_each(BTreeSet::clear);
+                    }
+                }
+                Event::JobStageAdvanced { stage, .. } => release_stages(entry, *stage),
                 Event::JobCanceled { .. } | Event::JobDeleted { .. } => {
                     entry.to_queue.clear();
                     entry.retry_owed.clear();
                     entry.leave_owed.clear();
+                    if let Some(book) = &mut entry.stages {
+                        book.later.iter_mut().for_each(BTreeSet::clear);
+                    }
                 }
                 _ => {}
             }
@@ -411,6 +478,19 @@ impl ReadModel {
         let Some(meta) = self.proj.execution(job_id, thing) else {
             return;
         };
+        if let Some(book) = &mut entry.stages {
+            if let Some(&i) = book.of.get(thing) {
+                let i = usize::try_from(i).unwrap_or(usize::MAX);
+                if let Some(c) = book.counters.get_mut(i) {
+                    if old != Some(meta.status) {
+                        c.record(old, meta.status);
+                    }
+                }
+                if let Some(set) = book.later.get_mut(i) {
+                    set.remove(thing);
+                }
+            }
+        }
         if let Event::ExecutionQueued { queued_at, .. } = &stored.event {
             entry.to_queue.remove(thing);
             if let Some(started) = entry.job.started_at {
@@ -540,6 +620,17 @@ impl ReadModel {
     }
 }
 
+/// Moves the waiting targets of every stage up to `current` into the rollout queue.
+fn release_stages(entry: &mut JobEntry, current: u32) {
+    let Some(book) = &mut entry.stages else {
+        return;
+    };
+    let upto = usize::try_from(current).unwrap_or(usize::MAX);
+    for set in book.later.iter_mut().take(upto.saturating_add(1)) {
+        entry.to_queue.append(set);
+    }
+}
+
 /// A throwaway value that stands in while the real job is moved out for `evolve`; never seen
 /// by readers, because the fold holds the write lock throughout.
 fn placeholder_job(job_id: &JobId) -> Job {
@@ -560,6 +651,10 @@ fn placeholder_job(job_id: &JobId) -> Job {
         cancel_reason: None,
         deleted: true,
         version: 0,
+        stage: 0,
+        overridden_stages: Vec::new(),
+        threshold_overridden: false,
+        paused: None,
     }
 }
 

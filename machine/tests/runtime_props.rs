@@ -25,6 +25,17 @@ fn op() -> impl Strategy<Value = Op> {
             |(thing, ttl_secs, sender_gone)| Op::SendCommand { thing, ttl_secs, sender_gone }
         ),
         1 => (any::<u8>(), any::<bool>()).prop_map(|(job, force)| Op::CancelJob { job, force }),
+        1 => (any::<u8>(), any::<u8>(), any::<u8>(), any::<u8>(), 0u8..3).prop_map(
+            |(first, count, stages, window, retries)| Op::CreateControlledJob {
+                first,
+                count,
+                stages,
+                window,
+                retries,
+            }
+        ),
+        1 => (any::<u8>(), any::<u8>(), any::<u8>())
+            .prop_map(|(job, action, arg)| Op::Operate { job, action, arg }),
         8 => (any::<u8>(), any::<u8>(), prop::bool::weighted(0.15)).prop_map(
             |(thing, choice, silent)| Op::DeviceActs { thing, choice, silent }
         ),

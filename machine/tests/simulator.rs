@@ -33,12 +33,16 @@ fn seeded_fleets_keep_every_invariant() {
     let mut published = 0;
     let mut described = 0;
     let mut by_status: BTreeMap<String, u64> = BTreeMap::new();
+    let mut controls: BTreeMap<&'static str, u64> = BTreeMap::new();
     for seed in base..base + seeds {
         let mut sim = Sim::new(seed);
         sim.run();
         executions += sim.finished_executions;
         published += sim.published;
         described += sim.described;
+        for (k, n) in &sim.controls {
+            *controls.entry(k).or_default() += n;
+        }
         for s in sim.terminal.values() {
             *by_status.entry(format!("{s:?}")).or_default() += 1;
         }
@@ -58,6 +62,26 @@ fn seeded_fleets_keep_every_invariant() {
         described > 0,
         "no device looked its execution up in {seeds} seeds"
     );
+    println!("rollout control stored: {controls:?}");
+    // Every rollout-control rule is reached by some seed.
+    if seeds >= 300 {
+        for kind in [
+            "operator pause",
+            "gate pause",
+            "threshold pause",
+            "resume",
+            "stage passed",
+            "stage overridden",
+            "update",
+            "stage abort",
+            "execution cancel",
+        ] {
+            assert!(
+                controls.contains_key(kind),
+                "no seed stored a {kind} in {seeds} seeds: {controls:?}"
+            );
+        }
+    }
     // A simulator whose devices never finish anything checks nothing.
     for status in ["Succeeded", "Failed", "Rejected", "TimedOut", "Canceled"] {
         assert!(

@@ -617,11 +617,15 @@ fn body_numbers(doc: &Doc, schema: &Value) -> Vec<(Vec<Step>, NumberRule)> {
 }
 
 /// The smallest value the document allows for `schema`: required properties only, each at
-/// its minimum or first enum value. `toward` is where a probe will be set inside it: where an
+/// its minimum or first enum value (or the document's `example`). `toward` is where a probe will be set inside it: where an
 /// object says "exactly one of" (`oneOf` of `required`), the branch naming the probed
 /// property is taken, so the probe does not collide with another branch.
 fn example(doc: &Doc, schema: &Value, toward: &[Step]) -> Value {
     let schema = doc.resolve(schema);
+    // A value whose syntax no length or pattern states (a cron expression) has an example.
+    if let Some(example) = schema.get("example") {
+        return example.clone();
+    }
     if let Some(first) = schema.get("enum").and_then(|e| e.get(0)) {
         return first.clone();
     }
@@ -663,6 +667,9 @@ fn example(doc: &Doc, schema: &Value, toward: &[Step]) -> Value {
         Some("integer") => json!(schema.get("minimum").and_then(Value::as_u64).unwrap_or(1)),
         Some("number") => json!(schema.get("minimum").and_then(Value::as_f64).unwrap_or(1.0)),
         Some("boolean") => json!(false),
+        Some("array") if schema.get("minItems").and_then(Value::as_u64) >= Some(1) => {
+            json!([example(doc, &schema["items"], &[])])
+        }
         Some("array") => json!([]),
         _ => json!({}),
     }
@@ -753,6 +760,7 @@ impl Fixtures {
         Some(match operation {
             "createJob" => scheduled_job(json!({"thingNames": ["t1"]}), json!({"a": 1})),
             "cancelJob" => json!({"comment": "c"}),
+            "updateJob" => json!({}),
             "sendCommand" => json!({"thingName": "t1", "action": "a", "ttl": 86400}),
             "cancelCommand" => json!({"reason": "r"}),
             "createThingGroup" => json!({"description": format!("d{n}")}),
@@ -959,7 +967,7 @@ async fn the_openapi_document_states_exactly_what_the_server_accepts() {
                 for v in rule.valid() {
                     counter += 1;
                     let mut body = base_body(counter);
-                    // Siblings the item or object requires are filled in, so only `v` varies.
+                    // Objects on the way get their required fields (a stage needs its gate).
                     set_in(&doc, &schema, &mut body, &at, json!(v));
                     let answer = send(body_path(counter), body).await;
                     probes += 1;

@@ -37,7 +37,7 @@ use crate::runtime::Inner;
 use crate::sync::lock;
 use crate::types::{
     CommandRow, ExecutionRow, FleetConfig, GroupSummary, HistoryPage, JobDescription, JobFilter,
-    JobSpec, JobSummary, Page, Paged, StatusChange,
+    JobSpec, JobSummary, JobUpdate, Page, Paged, StatusChange,
 };
 use crate::{follower, jobs, leader, outbox, scheduler, snapshot, worker};
 use fleetops_machine::outbox::Outbox;
@@ -681,7 +681,12 @@ impl<S: EventStore, L: DeviceLink> Fleet<S, L> {
         Ok(JobDescription {
             job: Arc::clone(&entry.job),
             counters: st.proj.counters(id),
-            remaining_targets: entry.to_queue.len() as u64,
+            remaining_targets: entry.to_queue.len() as u64
+                + entry
+                    .stages
+                    .as_ref()
+                    .map_or(0, |b| b.later.iter().map(|s| s.len() as u64).sum()),
+            stages: st.stage_figures(id),
         })
     }
 
@@ -805,6 +810,40 @@ impl<S: EventStore, L: DeviceLink> Fleet<S, L> {
         done.state.ok_or_else(|| not_found("job", id))
     }
 
+    /// Pauses a job's rollout: no executions or retries are queued until it is resumed;
+    /// executions already queued or in progress go on (their timeouts too).
+    pub async fn pause_job(&self, id: &JobId, comment: Option<String>) -> Result<Job, FleetError> {
+        self.job_intent(id, JobIntent::Pause { comment }).await
+    }
+
+    /// Resumes a paused job; a stage whose gate failed is overridden.
+    pub async fn resume_job(&self, id: &JobId, comment: Option<String>) -> Result<Job, FleetError> {
+        self.job_intent(id, JobIntent::Resume { comment }).await
+    }
+
+    /// Changes a scheduled or running job's description, timeout, rollout, abort or retry
+    /// options, checked as at creation; they apply from now on.
+    pub async fn update_job(&self, id: &JobId, update: JobUpdate) -> Result<Job, FleetError> {
+        let intent = JobIntent::Update {
+            description: update.description,
+            in_progress_timeout: update.in_progress_timeout,
+            rollout: update.rollout,
+            abort: update.abort,
+            retry: update.retry,
+        };
+        self.job_intent(id, intent).await
+    }
+
+    async fn job_intent(&self, id: &JobId, intent: JobIntent) -> Result<Job, FleetError> {
+        self.inner.ensure_serving()?;
+        let done = self
+            .inner
+            .execute::<Job>(&StreamId::job(id), intent)
+            .await
+            .map_err(|e| rename(e, "job", id))?;
+        done.state.ok_or_else(|| not_found("job", id))
+    }
+
     /// Deletes a job (a tombstone; history stays). Its pending executions are removed.
     pub async fn delete_job(&self, id: &JobId, force: bool) -> Result<(), FleetError> {
         self.inner.ensure_serving()?;
@@ -825,6 +864,25 @@ impl<S: EventStore, L: DeviceLink> Fleet<S, L> {
         let intent = JobExecutionIntent::Cancel {
             force,
             reason: EndReason::Operator,
+        };
+        self.execution_intent(job, thing, intent).await
+    }
+
+    /// Cancels one execution as an operator: an in-progress one only with `force`, only at
+    /// `expected_version` when given (else `VersionMismatch`), merging `status_details` into
+    /// the execution's details. The device is notified as for any cancel.
+    pub async fn cancel_job_execution_with(
+        &self,
+        job: &JobId,
+        thing: &ThingName,
+        force: bool,
+        expected_version: Option<u64>,
+        status_details: Option<fleetops_core::status::StatusDetails>,
+    ) -> Result<JobExecution, FleetError> {
+        let intent = JobExecutionIntent::OperatorCancel {
+            force,
+            expected_version,
+            status_details,
         };
         self.execution_intent(job, thing, intent).await
     }

@@ -138,5 +138,5 @@ pub use metrics::{FleetMetrics, HistogramSnapshot};
 pub use templates::{CommandTemplateSpec, MAX_COMMAND_TEMPLATES};
 pub use types::{
     CommandRow, ExecutionRow, FleetConfig, GroupSummary, HistoryPage, JobDescription, JobFilter,
-    JobSpec, JobSummary, Page, Paged, StatusChange,
+    JobSpec, JobSummary, JobUpdate, Page, Paged, StatusChange,
 };

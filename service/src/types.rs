@@ -2,9 +2,12 @@
 
 use std::sync::Arc;
 
-use fleetops_core::config::{JobConfig, TargetSelection, Targets};
+use fleetops_core::config::{
+    AbortCriterion, JobConfig, RetryCriterion, Rollout, TargetSelection, Targets,
+};
 use fleetops_core::job::Job;
 use fleetops_core::projection::JobCounters;
+use fleetops_core::Duration;
 use fleetops_core::{CommandStatus, ExecutionId, GroupName, JobId, ThingName, Timestamp};
 use serde_json::Value;
 
@@ -98,6 +101,24 @@ pub struct JobDescription {
     pub counters: JobCounters,
     /// Targets that have no execution yet (rollout still to do).
     pub remaining_targets: u64,
+    /// A staged job's figures per configured stage, in order (empty without stages).
+    pub stages: Vec<fleetops_core::policy::stages::StageProgress>,
+}
+
+/// A change to a scheduled or running job (see [`Fleet::update_job`](crate::Fleet::update_job));
+/// `None` keeps a value as it is.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct JobUpdate {
+    /// New description (`Some(None)` clears it).
+    pub description: Option<Option<String>>,
+    /// New in-progress timeout (`Some(None)` removes it), for executions queued from now on.
+    pub in_progress_timeout: Option<Option<Duration>>,
+    /// New rollout rate.
+    pub rollout: Option<Rollout>,
+    /// New abort rules.
+    pub abort: Option<Vec<AbortCriterion>>,
+    /// New retry rules, for failures from now on.
+    pub retry: Option<Vec<RetryCriterion>>,
 }
 
 /// A job in a listing.

@@ -346,6 +346,18 @@ impl Api {
             .await
     }
 
+    /// `PUT path` with a JSON body.
+    pub async fn put(&self, path: &str, body: &Value) -> (u16, Value) {
+        self.send(self.client.put(format!("{}{path}", self.base)).json(body))
+            .await
+    }
+
+    /// `PATCH path` with a JSON body.
+    pub async fn patch(&self, path: &str, body: &Value) -> (u16, Value) {
+        self.send(self.client.patch(format!("{}{path}", self.base)).json(body))
+            .await
+    }
+
     /// `GET path`, which must answer 200.
     ///
     /// # Panics

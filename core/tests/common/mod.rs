@@ -57,12 +57,14 @@ pub fn history_to(status: S) -> Vec<Event> {
             at: t(110),
             forced: false,
             reason: EndReason::JobCanceled,
+            status_details: None,
         }),
         S::Removed => {
             h.push(Event::ExecutionCanceled {
                 at: t(110),
                 forced: false,
                 reason: EndReason::JobCanceled,
+                status_details: None,
             });
             h.push(Event::ExecutionRemoved {
                 at: t(120),

@@ -21,12 +21,15 @@ use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 
 use fleetops_core::command::{CommandExecution, CommandIntent};
 use fleetops_core::config::{
-    FailureType, JobConfig, RetryCriterion, Rollout, TargetSelection, Targets,
+    FailureType, JobConfig, RetryCriterion, Rollout, Stage, StageAction, StageErrorThreshold,
+    StageTargets, TargetSelection, Targets,
 };
+use fleetops_core::cron::{window_state, CronExpr, MaintenanceWindow, UtcOffset};
 use fleetops_core::device::{
     CommandResponse, DescribeRequest, DeviceRequest, JobTarget, Outbound, Reply, StartNextRequest,
     UpdateRequest,
 };
+use fleetops_core::ids::StatusDetailKey;
 use fleetops_core::job::{Job, JobIntent};
 use fleetops_core::job_execution::{JobExecution, JobExecutionIntent};
 use fleetops_core::projection::JobCounters;
@@ -127,6 +130,44 @@ pub struct Sim {
     pub described: u64,
     /// How to run this fleet again, for a failure message.
     replay: String,
+    /// Rollout-control facts stored, by kind (see [`control_kind`]).
+    pub controls: std::collections::BTreeMap<&'static str, u64>,
+}
+
+/// The rollout-control kind of a stored event, counted to show the seeds reach each rule.
+fn control_kind(e: &Event) -> Option<&'static str> {
+    use fleetops_core::event::{EndReason, JobCancelReason, PauseReason};
+    Some(match e {
+        Event::JobPaused {
+            reason: PauseReason::Operator { .. },
+            ..
+        } => "operator pause",
+        Event::JobPaused {
+            reason: PauseReason::StageGate { .. },
+            ..
+        } => "gate pause",
+        Event::JobPaused {
+            reason: PauseReason::StageErrorThreshold { .. },
+            ..
+        } => "threshold pause",
+        Event::JobResumed { .. } => "resume",
+        Event::JobStageAdvanced {
+            overridden: false, ..
+        } => "stage passed",
+        Event::JobStageAdvanced {
+            overridden: true, ..
+        } => "stage overridden",
+        Event::JobUpdated { .. } => "update",
+        Event::JobCanceled {
+            reason: JobCancelReason::StageAborted { .. },
+            ..
+        } => "stage abort",
+        Event::ExecutionCanceled {
+            reason: EndReason::Operator,
+            ..
+        } => "execution cancel",
+        _ => return None,
+    })
 }
 
 const TRACE: usize = 40;
@@ -197,6 +238,7 @@ impl Sim {
             published: 0,
             described: 0,
             replay: String::new(),
+            controls: std::collections::BTreeMap::new(),
         }
     }
 
@@ -254,12 +296,20 @@ impl Sim {
                 events,
             });
         }
+        let kinds: Vec<&'static str> = streams
+            .iter()
+            .flat_map(|s| s.events.iter().map(|e| control_kind(&e.event)))
+            .flatten()
+            .collect();
         let batch = AppendBatch {
             streams,
             idempotency_key: None,
         };
         match self.rt.block_on(self.store.append(batch)) {
             Ok(_) => {
+                for k in kinds {
+                    *self.controls.entry(k).or_default() += 1;
+                }
                 self.fold();
                 Ok(())
             }
@@ -370,6 +420,11 @@ impl Sim {
                     "job {job}: {intent:?} on {} executions",
                     items.len()
                 ));
+                if intent == JobExecutionIntent::Retry {
+                    if let Some(j) = self.model.jobs.get(job).map(|e| e.job.clone()) {
+                        self.check_may_queue(&j, &[], "retried");
+                    }
+                }
                 let parts = jobs::decide_executions(items, &intent, self.now);
                 self.append_dropping_conflicts(parts)
             }
@@ -387,6 +442,7 @@ impl Sim {
             }
             JobStep::Queue(j, things) => {
                 self.note(format!("job {job}: queue {}", things.len()));
+                self.check_may_queue(&j, &things, "queued");
                 let (parts, _) = jobs::decide_queue(&j, things, self.now)
                     .unwrap_or_else(|r| self.fail(&format!("queue refused: {r}")));
                 self.append_dropping_conflicts(parts)
@@ -396,6 +452,29 @@ impl Sim {
         let again = self.model.arm_job(job, self.now, progressed);
         if progressed || again {
             self.dirty.insert(job.clone());
+        }
+    }
+
+    /// Nothing is queued (or retried) while a job is paused or outside its maintenance
+    /// windows, and a staged job queues only things of stages that started.
+    fn check_may_queue(&self, job: &Job, things: &[ThingName], what: &str) {
+        let id = &job.job_id;
+        if job.paused.is_some() {
+            self.fail(&format!("{id} {what} executions while paused"));
+        }
+        if !window_state(&job.config.maintenance_windows, self.now).open {
+            self.fail(&format!("{id} {what} executions outside its windows"));
+        }
+        let book = self.model.jobs.get(id).and_then(|e| e.stages.as_ref());
+        for t in things {
+            if let Some(s) = book.and_then(|b| b.of.get(t)) {
+                if *s > job.stage {
+                    self.fail(&format!(
+                        "{id} queued {t} of stage {s} while at stage {}",
+                        job.stage
+                    ));
+                }
+            }
         }
     }
 
@@ -559,6 +638,161 @@ impl Sim {
                 self.dirty.insert(job_id);
             }
             Err(why) => self.fail(&format!("create job refused: {why}")),
+        }
+    }
+
+    /// An operator creates a snapshot job with percentage stages (each with a gate, some with
+    /// an error threshold) and/or a maintenance window that opens every few minutes.
+    fn create_controlled_job(&mut self, first: u8, count: u8, stages: u8, window: u8, retries: u8) {
+        let n = self.jobs.len();
+        let job_id = JobId::parse(&format!("job-{n}")).expect("a valid id");
+        let k = 1 + usize::from(count) % self.things.len();
+        let targets: BTreeSet<ThingName> = (0..k)
+            .map(|i| self.thing(first.wrapping_add(u8::try_from(i).unwrap_or(0))))
+            .collect();
+        let shares: &[u8] = match stages % 4 {
+            0 => &[],
+            1 => &[50],
+            2 => &[20, 40],
+            _ => &[20, 30, 50],
+        };
+        let gate = [0.0, 50.0, 90.0, 100.0][usize::from((stages >> 2) % 4)];
+        let threshold = (stages & 0x10 != 0).then(|| StageErrorThreshold {
+            failure_type: FailureType::All,
+            min_executed: 1 + u32::from((stages >> 6) % 3),
+            threshold_percent: 50.0,
+            action: if stages & 0x20 != 0 {
+                StageAction::Abort
+            } else {
+                StageAction::Pause
+            },
+        });
+        let stage_list: Vec<Stage> = shares
+            .iter()
+            .map(|&percent| Stage {
+                targets: StageTargets::Percent { percent },
+                success_percent: gate,
+                error_threshold: threshold.clone(),
+            })
+            .collect();
+        let windows = if window == 0 {
+            Vec::new()
+        } else {
+            let step = [5, 10, 15, 20][usize::from(window % 4)];
+            let tz = if window & 0x10 != 0 { "+05:30" } else { "UTC" };
+            vec![MaintenanceWindow {
+                start: CronExpr::parse(&format!("*/{step} * * * *")).expect("valid"),
+                duration_minutes: 1 + u32::from((window >> 2) % 4),
+                time_zone: UtcOffset::parse(tz).expect("valid"),
+            }]
+        };
+        let config = JobConfig {
+            retry: if retries > 0 {
+                vec![RetryCriterion {
+                    failure_type: FailureType::All,
+                    number_of_retries: u32::from(retries),
+                }]
+            } else {
+                Vec::new()
+            },
+            in_progress_timeout: Some(Duration::from_minutes(3)),
+            stages: stage_list,
+            maintenance_windows: windows,
+            ..JobConfig::default()
+        };
+        let intent = JobIntent::Create {
+            job_id: job_id.clone(),
+            description: None,
+            targets: Targets {
+                things: targets.into_iter().collect(),
+                groups: Vec::new(),
+            },
+            selection: TargetSelection::Snapshot,
+            document: serde_json::json!({"op": "sim"}),
+            config,
+        };
+        match self.decide_append::<Job>(&StreamId::job(&job_id), intent) {
+            Ok(_) => {
+                self.note(format!(
+                    "created {job_id} on {k} things, stages {stages:#x}, window {window:#x}"
+                ));
+                self.jobs.push(job_id.clone());
+                self.dirty.insert(job_id);
+            }
+            Err(why) => self.fail(&format!("create job refused: {why}")),
+        }
+    }
+
+    /// An operator pauses, resumes or updates a job, or cancels one of its executions.
+    fn operate(&mut self, job: u8, action: u8, arg: u8) {
+        if self.jobs.is_empty() {
+            return;
+        }
+        let job = self.jobs[usize::from(job) % self.jobs.len()].clone();
+        let stream = StreamId::job(&job);
+        let outcome = match action % 4 {
+            0 => self
+                .decide_append::<Job>(&stream, JobIntent::Pause { comment: None })
+                .map(|_| "paused".to_owned()),
+            1 => self
+                .decide_append::<Job>(&stream, JobIntent::Resume { comment: None })
+                .map(|_| "resumed".to_owned()),
+            2 => {
+                let intent = JobIntent::Update {
+                    description: Some(Some(format!("update {arg}"))),
+                    in_progress_timeout: (arg & 1 != 0)
+                        .then(|| Some(Duration::from_minutes(1 + u64::from(arg % 5)))),
+                    rollout: Some(if arg & 2 != 0 {
+                        Rollout::Fixed {
+                            per_minute: 1 + u32::from(arg % 4),
+                        }
+                    } else {
+                        Rollout::Unlimited
+                    }),
+                    abort: None,
+                    retry: (arg & 4 != 0).then(|| {
+                        vec![RetryCriterion {
+                            failure_type: FailureType::All,
+                            number_of_retries: 1,
+                        }]
+                    }),
+                };
+                self.decide_append::<Job>(&stream, intent)
+                    .map(|_| "updated".to_owned())
+            }
+            _ => {
+                let thing = self.thing(arg);
+                let version = self.model.exec(&job, &thing).map(|m| m.version);
+                let expected_version = match arg % 3 {
+                    0 => None,
+                    1 => version,
+                    _ => version.map(|v| v + 1),
+                };
+                let intent = JobExecutionIntent::OperatorCancel {
+                    force: arg & 0x40 != 0,
+                    expected_version,
+                    status_details: Some(
+                        [(
+                            StatusDetailKey::parse("canceledBy").expect("valid"),
+                            "operator".to_owned(),
+                        )]
+                        .into(),
+                    ),
+                };
+                let stream = StreamId::job_execution(&job, &thing);
+                let wrong = matches!(expected_version, Some(e) if Some(e) != version);
+                match self.decide_append::<JobExecution>(&stream, intent) {
+                    Ok(d) if wrong && !d.events.is_empty() => {
+                        self.fail(&format!("{job}/{thing} canceled at a wrong version"))
+                    }
+                    Ok(_) => Ok(format!("canceled {thing}'s execution")),
+                    Err(why) => Err(why),
+                }
+            }
+        };
+        match outcome {
+            Ok(what) => self.note(format!("{job}: {what}")),
+            Err(why) => self.note(format!("{job}: operator refused: {why}")),
         }
     }
 
@@ -852,6 +1086,14 @@ impl Sim {
                 sender_gone,
             } => self.send_command(thing, ttl_secs, sender_gone),
             Op::CancelJob { job, force } => self.cancel_job(job, force),
+            Op::CreateControlledJob {
+                first,
+                count,
+                stages,
+                window,
+                retries,
+            } => self.create_controlled_job(first, count, stages, window, retries),
+            Op::Operate { job, action, arg } => self.operate(job, action, arg),
             Op::DeviceActs {
                 thing,
                 choice,
@@ -896,6 +1138,13 @@ impl Sim {
         let r = &mut self.rng;
         let byte = |r: &mut SplitMix64| u8::try_from(r.below(256)).unwrap_or(0);
         match r.below(100) {
+            0..=5 if r.chance(40) => Op::CreateControlledJob {
+                first: byte(r),
+                count: byte(r),
+                stages: byte(r),
+                window: if r.chance(40) { byte(r) | 1 } else { 0 },
+                retries: u8::try_from(r.below(3)).unwrap_or(0),
+            },
             0..=5 => Op::CreateJob {
                 first: byte(r),
                 count: byte(r),
@@ -920,9 +1169,14 @@ impl Sim {
                 ttl_secs: 4 + u8::try_from(r.below(60)).unwrap_or(0),
                 sender_gone: r.chance(20),
             },
-            10 => Op::CancelJob {
+            10 if r.chance(30) => Op::CancelJob {
                 job: byte(r),
                 force: r.chance(50),
+            },
+            10 => Op::Operate {
+                job: byte(r),
+                action: byte(r),
+                arg: byte(r),
             },
             11..=40 => Op::DeviceActs {
                 thing: byte(r),
@@ -965,6 +1219,24 @@ impl Sim {
                 .executions_of(job_id)
                 .map(|(_, m)| m.status)
                 .collect();
+            if let Some(book) = self.model.jobs.get(job_id).and_then(|e| e.stages.as_ref()) {
+                for (i, c) in book.counters.iter().enumerate() {
+                    let stage: JobCounters = self
+                        .model
+                        .proj
+                        .executions_of(job_id)
+                        .filter(|(t, _)| {
+                            book.of.get(*t).and_then(|s| usize::try_from(*s).ok()) == Some(i)
+                        })
+                        .map(|(_, m)| m.status)
+                        .collect();
+                    if stage != *c {
+                        self.fail(&format!(
+                            "stage {i} of {job_id} counts {c:?}, its executions fold to {stage:?}"
+                        ));
+                    }
+                }
+            }
             let counters = self.model.proj.counters(job_id);
             if folded != counters {
                 self.fail(&format!(
@@ -1144,6 +1416,19 @@ impl Sim {
     pub fn finish(&mut self) {
         self.note("drain".to_owned());
         for round in 0..400u32 {
+            // The operator resumes whatever a gate, a threshold or a colleague paused.
+            let paused: Vec<JobId> = self
+                .model
+                .jobs
+                .iter()
+                .filter(|(_, e)| e.job.paused.is_some() && !e.job.status.is_terminal())
+                .map(|(id, _)| id.clone())
+                .collect();
+            for job in paused {
+                let stream = StreamId::job(&job);
+                let _ = self.decide_append::<Job>(&stream, JobIntent::Resume { comment: None });
+                self.dirty.insert(job);
+            }
             while let Some(job) = self.dirty.pop_first() {
                 self.job_step(&job);
             }
@@ -1207,6 +1492,28 @@ pub enum Op {
         /// The sender goes away once the command is stored, before it publishes the
         /// request: the outbox owes it instead.
         sender_gone: bool,
+    },
+    /// An operator creates a staged and/or windowed snapshot job.
+    CreateControlledJob {
+        /// The first target.
+        first: u8,
+        /// How many targets (modulo the fleet's size, plus one).
+        count: u8,
+        /// Bits: number of stages (0 to 3), gate, error threshold and its action.
+        stages: u8,
+        /// 0: no window; else bits of its period, duration and offset.
+        window: u8,
+        /// Retries of failed or timed-out executions (0: none).
+        retries: u8,
+    },
+    /// An operator pauses, resumes or updates a job, or cancels one execution of it.
+    Operate {
+        /// Which job.
+        job: u8,
+        /// What (modulo 4): pause, resume, update, cancel an execution.
+        action: u8,
+        /// The update's values, or the execution's thing, force and expected version.
+        arg: u8,
     },
     /// An operator cancels a job.
     CancelJob {

@@ -26,9 +26,10 @@ use super::error::ApiError;
 use super::events::{self, EventFilter, EventHub, StreamKindFilter, KEEP_ALIVE};
 use super::extract::{ApiJson, ApiPath, ApiQuery, OptionalJson};
 use super::wire::{
-    CancelCommandRequest, CancelJobRequest, CommandSent, CommandSummaryView, CommandView,
-    CreateGroupRequest, CreateJobRequest, ExecutionSummaryView, ExecutionView, GroupView,
-    HistoryItem, JobCreated, JobSummaryView, JobView, MembersRequest, PageView, SendCommandRequest,
+    CancelCommandRequest, CancelExecutionRequest, CancelJobRequest, CommandSent,
+    CommandSummaryView, CommandView, CreateGroupRequest, CreateJobRequest, ExecutionSummaryView,
+    ExecutionView, GroupView, HistoryItem, JobCreated, JobSummaryView, JobView, MembersRequest,
+    PageView, PauseJobRequest, SendCommandRequest, UpdateJobRequest,
 };
 use super::ApiState;
 
@@ -304,6 +305,39 @@ pub(super) async fn cancel_job<S: EventStore, L: DeviceLink>(
     Ok(Json(JobView::from(&app.fleet.describe_job(&id)?)))
 }
 
+pub(super) async fn pause_job<S: EventStore, L: DeviceLink>(
+    State(app): State<ApiState<S, L>>,
+    ApiPath(id): ApiPath<String>,
+    OptionalJson(body): OptionalJson<PauseJobRequest>,
+) -> ApiResult<Json<JobView>> {
+    let id = job_id(&id)?;
+    app.fleet.pause_job(&id, body.comment).await?;
+    app.fleet.caught_up().await?;
+    Ok(Json(JobView::from(&app.fleet.describe_job(&id)?)))
+}
+
+pub(super) async fn resume_job<S: EventStore, L: DeviceLink>(
+    State(app): State<ApiState<S, L>>,
+    ApiPath(id): ApiPath<String>,
+    OptionalJson(body): OptionalJson<PauseJobRequest>,
+) -> ApiResult<Json<JobView>> {
+    let id = job_id(&id)?;
+    app.fleet.resume_job(&id, body.comment).await?;
+    app.fleet.caught_up().await?;
+    Ok(Json(JobView::from(&app.fleet.describe_job(&id)?)))
+}
+
+pub(super) async fn update_job<S: EventStore, L: DeviceLink>(
+    State(app): State<ApiState<S, L>>,
+    ApiPath(id): ApiPath<String>,
+    ApiJson(body): ApiJson<UpdateJobRequest>,
+) -> ApiResult<Json<JobView>> {
+    let id = job_id(&id)?;
+    app.fleet.update_job(&id, body.into_update()?).await?;
+    app.fleet.caught_up().await?;
+    Ok(Json(JobView::from(&app.fleet.describe_job(&id)?)))
+}
+
 pub(super) async fn delete_job<S: EventStore, L: DeviceLink>(
     State(app): State<ApiState<S, L>>,
     ApiPath(id): ApiPath<String>,
@@ -341,6 +375,25 @@ pub(super) async fn delete_job_execution<S: EventStore, L: DeviceLink>(
     let e = app
         .fleet
         .delete_job_execution(&job, &thing, q.force)
+        .await?;
+    Ok(Json(e.into()))
+}
+
+pub(super) async fn cancel_job_execution<S: EventStore, L: DeviceLink>(
+    State(app): State<ApiState<S, L>>,
+    ApiPath((job, thing)): ApiPath<(String, String)>,
+    OptionalJson(body): OptionalJson<CancelExecutionRequest>,
+) -> ApiResult<Json<ExecutionView>> {
+    let (job, thing) = (job_id(&job)?, thing_name(&thing)?);
+    let e = app
+        .fleet
+        .cancel_job_execution_with(
+            &job,
+            &thing,
+            body.force,
+            body.expected_version,
+            body.status_details,
+        )
         .await?;
     Ok(Json(e.into()))
 }

@@ -158,6 +158,30 @@ fn endpoints<S: EventStore, L: DeviceLink>() -> Vec<Endpoint<ApiState<S, L>>> {
             h::cancel_job::<S, L>,
         ),
         ep(
+            M::POST,
+            "/api/v1/jobs/{jobId}/pause",
+            Token,
+            h::pause_job::<S, L>,
+        ),
+        ep(
+            M::POST,
+            "/api/v1/jobs/{jobId}/resume",
+            Token,
+            h::resume_job::<S, L>,
+        ),
+        ep(
+            M::PUT,
+            "/api/v1/jobs/{jobId}/things/{thingName}/cancel",
+            Token,
+            h::cancel_job_execution::<S, L>,
+        ),
+        ep(
+            M::PATCH,
+            "/api/v1/jobs/{jobId}",
+            Token,
+            h::update_job::<S, L>,
+        ),
+        ep(
             M::GET,
             "/api/v1/jobs/{jobId}/things/{thingName}",
             Token,

@@ -8,13 +8,16 @@
 use fleetops_core::command::CommandExecution;
 use fleetops_core::config::{
     AbortCriterion, EndBehavior, FailureType, IncreaseCriterion, JobConfig, RetryCriterion,
-    Rollout, Schedule, TargetSelection, Targets, MAX_RATE_PER_MINUTE,
+    Rollout, Schedule, Stage, StageAction, StageErrorThreshold, StageTargets, TargetSelection,
+    Targets, MAX_RATE_PER_MINUTE,
 };
-use fleetops_core::event::{Event, JobCancelReason};
+use fleetops_core::cron::{CronExpr, MaintenanceWindow, UtcOffset};
+use fleetops_core::event::{Event, JobCancelReason, PauseReason};
 use fleetops_core::group::Group;
 use fleetops_core::ids::StreamKind;
-use fleetops_core::job::Job;
+use fleetops_core::job::{Job, StageState};
 use fleetops_core::job_execution::JobExecution;
+use fleetops_core::policy::stages as stage_rules;
 use fleetops_core::projection::JobCounters;
 use fleetops_core::store::StoredEvent;
 use fleetops_core::{
@@ -22,7 +25,7 @@ use fleetops_core::{
     StreamId, ThingName, Timestamp,
 };
 use fleetops_service::{
-    CommandRow, ExecutionRow, GroupSummary, JobDescription, JobSpec, JobSummary,
+    CommandRow, ExecutionRow, GroupSummary, JobDescription, JobSpec, JobSummary, JobUpdate,
 };
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use serde_json::{Map, Value};
@@ -122,6 +125,270 @@ pub struct CreateJobRequest {
     /// Start and end times.
     #[serde(default, deserialize_with = "present")]
     pub scheduling_config: Option<SchedulingConfig>,
+    /// Ordered rollout stages.
+    #[serde(default, deserialize_with = "present")]
+    pub staged_rollout_config: Option<StagedRolloutConfig>,
+}
+
+/// `stagedRolloutConfig`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct StagedRolloutConfig {
+    /// The stages, in order, 1 to 10.
+    pub stages: Vec<StageWire>,
+}
+
+/// One stage: exactly one of `thingNames`, `thingGroupNames` and `percentage`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct StageWire {
+    /// Things of the stage.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, deserialize_with = "present")]
+    pub thing_names: Option<Vec<ThingName>>,
+    /// Groups whose members (when the job starts) form the stage.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, deserialize_with = "present")]
+    pub thing_group_names: Option<Vec<GroupName>>,
+    /// A share of all targets, 1 to 100.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, deserialize_with = "present")]
+    pub percentage: Option<u8>,
+    /// The gate: the share of the stage's things that must succeed, 0 to 100.
+    pub success_threshold_percentage: f64,
+    /// Pause or abort early on failures.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, deserialize_with = "present")]
+    pub error_threshold: Option<StageErrorThresholdWire>,
+}
+
+/// `errorThreshold` of a stage.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct StageErrorThresholdWire {
+    /// `FAILED`, `REJECTED`, `TIMED_OUT` or `ALL`.
+    pub failure_type: FailureType,
+    /// Failure share in percent of the stage's terminal executions.
+    pub threshold_percentage: f64,
+    /// Checked once this many of the stage's executions are terminal.
+    pub min_number_of_executed_things: u32,
+    /// `PAUSE` or `ABORT`.
+    pub action: StageAction,
+}
+
+/// One maintenance window of `schedulingConfig`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct MaintenanceWindowWire {
+    /// A five-field cron expression: when the window opens.
+    pub start_time: String,
+    /// How long it stays open, 1 to 1430 minutes.
+    pub duration_in_minutes: u32,
+    /// `UTC` (default) or a fixed offset such as `+02:00`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, deserialize_with = "present")]
+    pub time_zone: Option<String>,
+}
+
+/// `PUT /api/v1/jobs/{jobId}/things/{thingName}/cancel`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct CancelExecutionRequest {
+    /// Required to cancel an `IN_PROGRESS` execution.
+    #[serde(default)]
+    pub force: bool,
+    /// Cancel only if the execution is at this version (else 409 `VersionMismatch`).
+    #[serde(default, deserialize_with = "present")]
+    pub expected_version: Option<u64>,
+    /// Keys merged into the execution's status details.
+    #[serde(default, deserialize_with = "present")]
+    pub status_details: Option<fleetops_core::status::StatusDetails>,
+}
+
+/// `POST /api/v1/jobs/{jobId}/pause` and `…/resume`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PauseJobRequest {
+    /// A remark kept with the pause or resume.
+    #[serde(default, deserialize_with = "present")]
+    pub comment: Option<String>,
+}
+
+/// `PATCH /api/v1/jobs/{jobId}`: the options to change; an absent field is kept. An empty
+/// `description` clears it, an empty `criteriaList` removes the abort or retry rules; the
+/// timeout and rollout can be changed but not removed.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct UpdateJobRequest {
+    /// New description; empty clears it.
+    #[serde(default, deserialize_with = "present")]
+    pub description: Option<String>,
+    /// New in-progress timeout, for executions queued from now on.
+    #[serde(default, deserialize_with = "present")]
+    pub timeout_config: Option<TimeoutConfig>,
+    /// New rollout rate.
+    #[serde(default, deserialize_with = "present")]
+    pub job_executions_rollout_config: Option<RolloutConfig>,
+    /// New abort rules.
+    #[serde(default, deserialize_with = "present")]
+    pub abort_config: Option<AbortConfig>,
+    /// New retry rules, for failures from now on.
+    #[serde(default, deserialize_with = "present")]
+    pub job_executions_retry_config: Option<RetryConfig>,
+}
+
+impl UpdateJobRequest {
+    /// The service's update; ranges are checked by core, as at creation.
+    pub fn into_update(self) -> Result<JobUpdate, ApiError> {
+        let rollout = match self.job_executions_rollout_config {
+            None => None,
+            Some(r) => Some(rollout_of(Some(r))?),
+        };
+        Ok(JobUpdate {
+            description: self.description.map(|d| (!d.is_empty()).then_some(d)),
+            in_progress_timeout: self
+                .timeout_config
+                .map(|t| Some(Duration::from_minutes(t.in_progress_timeout_in_minutes))),
+            rollout,
+            abort: self.abort_config.map(|a| abort_of(Some(a.criteria_list))),
+            retry: self
+                .job_executions_retry_config
+                .map(|r| retry_of(Some(r.criteria_list))),
+        })
+    }
+}
+
+fn abort_of(list: Option<Vec<AbortCriterionWire>>) -> Vec<AbortCriterion> {
+    list.unwrap_or_default()
+        .into_iter()
+        .map(|c| AbortCriterion {
+            failure_type: c.failure_type,
+            min_executed: c.min_number_of_executed_things,
+            threshold_percent: c.threshold_percentage,
+        })
+        .collect()
+}
+
+fn retry_of(list: Option<Vec<RetryCriterionWire>>) -> Vec<RetryCriterion> {
+    list.unwrap_or_default()
+        .into_iter()
+        .map(|c| RetryCriterion {
+            failure_type: c.failure_type,
+            number_of_retries: c.number_of_retries,
+        })
+        .collect()
+}
+
+fn stages_of(config: Option<StagedRolloutConfig>) -> Result<Vec<Stage>, ApiError> {
+    let Some(config) = config else {
+        return Ok(Vec::new());
+    };
+    if config.stages.is_empty() {
+        return Err(ApiError::invalid(
+            "stagedRolloutConfig.stages",
+            "give at least one stage",
+        ));
+    }
+    config
+        .stages
+        .into_iter()
+        .enumerate()
+        .map(|(i, s)| {
+            let targets = match (s.thing_names, s.thing_group_names, s.percentage) {
+                (Some(things), None, None) => StageTargets::Things { things },
+                (None, Some(groups), None) => StageTargets::Groups { groups },
+                (None, None, Some(percent)) => StageTargets::Percent { percent },
+                _ => {
+                    return Err(ApiError::invalid(
+                        &format!("stagedRolloutConfig.stages[{i}]"),
+                        "give exactly one of thingNames, thingGroupNames and percentage",
+                    ))
+                }
+            };
+            Ok(Stage {
+                targets,
+                success_percent: s.success_threshold_percentage,
+                error_threshold: s.error_threshold.map(|t| StageErrorThreshold {
+                    failure_type: t.failure_type,
+                    min_executed: t.min_number_of_executed_things,
+                    threshold_percent: t.threshold_percentage,
+                    action: t.action,
+                }),
+            })
+        })
+        .collect()
+}
+
+fn windows_of(list: Vec<MaintenanceWindowWire>) -> Result<Vec<MaintenanceWindow>, ApiError> {
+    list.into_iter()
+        .enumerate()
+        .map(|(i, w)| {
+            let start = CronExpr::parse(&w.start_time).map_err(|e| {
+                ApiError::invalid(
+                    &format!("schedulingConfig.maintenanceWindows[{i}].startTime"),
+                    e,
+                )
+            })?;
+            let time_zone = match w.time_zone.as_deref() {
+                None => UtcOffset::UTC,
+                Some(z) => UtcOffset::parse(z).map_err(|e| {
+                    ApiError::invalid(
+                        &format!("schedulingConfig.maintenanceWindows[{i}].timeZone"),
+                        e,
+                    )
+                })?,
+            };
+            Ok(MaintenanceWindow {
+                start,
+                duration_minutes: w.duration_in_minutes,
+                time_zone,
+            })
+        })
+        .collect()
+}
+
+fn rollout_of(config: Option<RolloutConfig>) -> Result<Rollout, ApiError> {
+    Ok(match config {
+        None => Rollout::Unlimited,
+        Some(RolloutConfig {
+            maximum_per_minute: None,
+            exponential_rate: None,
+        }) => {
+            return Err(ApiError::invalid(
+                "jobExecutionsRolloutConfig",
+                "give maximumPerMinute, exponentialRate or both",
+            ))
+        }
+        Some(RolloutConfig {
+            maximum_per_minute: Some(per_minute),
+            exponential_rate: None,
+        }) => Rollout::Fixed { per_minute },
+        Some(RolloutConfig {
+            maximum_per_minute,
+            exponential_rate: Some(e),
+        }) => {
+            let criterion = match (
+                e.rate_increase_criteria.number_of_notified_things,
+                e.rate_increase_criteria.number_of_succeeded_things,
+            ) {
+                (Some(n), None) => IncreaseCriterion::NotifiedThings(n),
+                (None, Some(n)) => IncreaseCriterion::SucceededThings(n),
+                _ => {
+                    return Err(ApiError::invalid(
+                        "rateIncreaseCriteria",
+                        "give exactly one of numberOfNotifiedThings and \
+                         numberOfSucceededThings",
+                    ))
+                }
+            };
+            Rollout::Exponential {
+                base_per_minute: e.base_rate_per_minute,
+                factor: e.increment_factor,
+                criterion,
+                max_per_minute: maximum_per_minute.unwrap_or(MAX_RATE_PER_MINUTE),
+            }
+        }
+    })
 }
 
 /// `targets`.
@@ -248,6 +515,9 @@ pub struct SchedulingConfig {
     /// `STOP_ROLLOUT` (default), `CANCEL` or `FORCE_CANCEL`.
     #[serde(default)]
     pub job_end_behavior: EndBehavior,
+    /// Queue executions only inside these windows (at most 10).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub maintenance_windows: Vec<MaintenanceWindowWire>,
 }
 
 impl CreateJobRequest {
@@ -255,85 +525,29 @@ impl CreateJobRequest {
     /// Ranges are checked by core when the job is created (`JobConfig::validate`); only the
     /// combinations the wire form allows but core cannot express are refused here.
     pub fn into_spec(self, generated: impl FnOnce() -> JobId) -> Result<JobSpec, ApiError> {
-        let rollout = match self.job_executions_rollout_config {
-            None => Rollout::Unlimited,
-            Some(RolloutConfig {
-                maximum_per_minute: None,
-                exponential_rate: None,
-            }) => {
-                return Err(ApiError::invalid(
-                    "jobExecutionsRolloutConfig",
-                    "give maximumPerMinute, exponentialRate or both",
-                ))
-            }
-            Some(RolloutConfig {
-                maximum_per_minute: Some(per_minute),
-                exponential_rate: None,
-            }) => Rollout::Fixed { per_minute },
-            Some(RolloutConfig {
-                maximum_per_minute,
-                exponential_rate: Some(e),
-            }) => {
-                let criterion = match (
-                    e.rate_increase_criteria.number_of_notified_things,
-                    e.rate_increase_criteria.number_of_succeeded_things,
-                ) {
-                    (Some(n), None) => IncreaseCriterion::NotifiedThings(n),
-                    (None, Some(n)) => IncreaseCriterion::SucceededThings(n),
-                    _ => {
-                        return Err(ApiError::invalid(
-                            "rateIncreaseCriteria",
-                            "give exactly one of numberOfNotifiedThings and \
-                             numberOfSucceededThings",
-                        ))
-                    }
-                };
-                Rollout::Exponential {
-                    base_per_minute: e.base_rate_per_minute,
-                    factor: e.increment_factor,
-                    criterion,
-                    max_per_minute: maximum_per_minute.unwrap_or(MAX_RATE_PER_MINUTE),
-                }
-            }
+        let rollout = rollout_of(self.job_executions_rollout_config)?;
+        let stages = stages_of(self.staged_rollout_config)?;
+        let (schedule, maintenance_windows) = match self.scheduling_config {
+            None => (Schedule::default(), Vec::new()),
+            Some(s) => (
+                Schedule {
+                    start_time: s.start_time.map(|t| t.0),
+                    end_time: s.end_time.map(|t| t.0),
+                    end_behavior: s.job_end_behavior,
+                },
+                windows_of(s.maintenance_windows)?,
+            ),
         };
         let config = JobConfig {
             in_progress_timeout: self
                 .timeout_config
                 .map(|t| Duration::from_minutes(t.in_progress_timeout_in_minutes)),
             rollout,
-            abort: self
-                .abort_config
-                .map(|a| {
-                    a.criteria_list
-                        .into_iter()
-                        .map(|c| AbortCriterion {
-                            failure_type: c.failure_type,
-                            min_executed: c.min_number_of_executed_things,
-                            threshold_percent: c.threshold_percentage,
-                        })
-                        .collect()
-                })
-                .unwrap_or_default(),
-            retry: self
-                .job_executions_retry_config
-                .map(|r| {
-                    r.criteria_list
-                        .into_iter()
-                        .map(|c| RetryCriterion {
-                            failure_type: c.failure_type,
-                            number_of_retries: c.number_of_retries,
-                        })
-                        .collect()
-                })
-                .unwrap_or_default(),
-            schedule: self
-                .scheduling_config
-                .map(|s| Schedule {
-                    start_time: s.start_time.map(|t| t.0),
-                    end_time: s.end_time.map(|t| t.0),
-                    end_behavior: s.job_end_behavior,
-                })
-                .unwrap_or_default(),
+            abort: abort_of(self.abort_config.map(|a| a.criteria_list)),
+            retry: retry_of(self.job_executions_retry_config.map(|r| r.criteria_list)),
+            schedule,
+            stages,
+            maintenance_windows,
         };
         let mut spec = JobSpec::new(self.job_id.unwrap_or_else(generated), self.document)
             .things(self.targets.thing_names)
@@ -449,6 +663,72 @@ pub struct JobView {
     pub scheduling_config: Option<SchedulingConfig>,
     /// Per-status counts.
     pub job_process_details: JobProcessDetails,
+    /// Set while the rollout is paused: since when and why.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub paused: Option<PauseView>,
+    /// The stages, as given.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub staged_rollout_config: Option<StagedRolloutConfig>,
+    /// Where each stage stands (once the job started).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stage_progress: Option<StageProgressView>,
+}
+
+/// A pause in force.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PauseView {
+    /// Since when.
+    pub paused_at: u64,
+    /// `{by: "operator", comment}`, `{by: "stageGate", stage, succeeded, required, size}` or
+    /// `{by: "stageErrorThreshold", stage, failed, executed}`.
+    pub reason: PauseReason,
+}
+
+/// A staged job's progress.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StageProgressView {
+    /// The current stage (0-based; the number of stages once all are through).
+    pub current_stage: u32,
+    /// Each configured stage.
+    pub stages: Vec<StageStatusView>,
+}
+
+/// One stage's figures.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StageStatusView {
+    /// Its index.
+    pub stage: u32,
+    /// `WAITING`, `RUNNING`, `GATE_FAILED`, `PASSED` or `OVERRIDDEN`.
+    pub state: StageState,
+    /// Its things.
+    pub number_of_things: u64,
+    /// Successes its gate needs.
+    pub required_succeeded_things: u64,
+    /// Per-status counts of its executions.
+    pub job_process_details: JobProcessDetails,
+}
+
+fn stage_wire(s: &Stage) -> StageWire {
+    let (thing_names, thing_group_names, percentage) = match &s.targets {
+        StageTargets::Things { things } => (Some(things.clone()), None, None),
+        StageTargets::Groups { groups } => (None, Some(groups.clone()), None),
+        StageTargets::Percent { percent } => (None, None, Some(*percent)),
+    };
+    StageWire {
+        thing_names,
+        thing_group_names,
+        percentage,
+        success_threshold_percentage: s.success_percent,
+        error_threshold: s.error_threshold.as_ref().map(|t| StageErrorThresholdWire {
+            failure_type: t.failure_type,
+            threshold_percentage: t.threshold_percent,
+            min_number_of_executed_things: t.min_executed,
+            action: t.action,
+        }),
+    }
 }
 
 fn targets_wire(t: &Targets) -> TargetsWire {
@@ -533,14 +813,47 @@ impl From<&JobDescription> for JobView {
                     })
                     .collect(),
             }),
-            scheduling_config: (schedule.start_time.is_some() || schedule.end_time.is_some()).then(
-                || SchedulingConfig {
-                    start_time: schedule.start_time.map(WireTime),
-                    end_time: schedule.end_time.map(WireTime),
-                    job_end_behavior: schedule.end_behavior,
-                },
-            ),
+            scheduling_config: (schedule.start_time.is_some()
+                || schedule.end_time.is_some()
+                || !c.maintenance_windows.is_empty())
+            .then(|| SchedulingConfig {
+                start_time: schedule.start_time.map(WireTime),
+                end_time: schedule.end_time.map(WireTime),
+                job_end_behavior: schedule.end_behavior,
+                maintenance_windows: c
+                    .maintenance_windows
+                    .iter()
+                    .map(|w| MaintenanceWindowWire {
+                        start_time: w.start.to_string(),
+                        duration_in_minutes: w.duration_minutes,
+                        time_zone: Some(w.time_zone.to_string()),
+                    })
+                    .collect(),
+            }),
             job_process_details: (&d.counters).into(),
+            paused: job.paused.as_ref().map(|p| PauseView {
+                paused_at: secs(p.at),
+                reason: p.reason.clone(),
+            }),
+            staged_rollout_config: (!c.stages.is_empty()).then(|| StagedRolloutConfig {
+                stages: c.stages.iter().map(stage_wire).collect(),
+            }),
+            stage_progress: (!d.stages.is_empty()).then(|| StageProgressView {
+                current_stage: job.stage,
+                stages: d
+                    .stages
+                    .iter()
+                    .zip(&c.stages)
+                    .zip(0u32..)
+                    .map(|((p, s), i)| StageStatusView {
+                        stage: i,
+                        state: job.stage_state(i),
+                        number_of_things: p.size,
+                        required_succeeded_things: stage_rules::required(s, p.size),
+                        job_process_details: (&p.counters).into(),
+                    })
+                    .collect(),
+            }),
         }
     }
 }
