@@ -64,6 +64,148 @@ fn scheduled_job(targets: Value, document: Value) -> Value {
     })
 }
 
+/// The limits of stages, maintenance windows and pause comments, from both sides.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rollout_control_limits_hold_from_both_sides() {
+    use fleetops_core::config::{MAX_STAGES, MAX_STAGE_NAMES, MAX_WINDOWS};
+    use fleetops_core::cron::MAX_WINDOW_MINUTES;
+    let broker = broker();
+    let data = tempfile::tempdir().unwrap();
+    let server = Running::start(options(&broker, data.path())).await;
+    let (ok, bad) = (StatusCode::CREATED, StatusCode::BAD_REQUEST);
+    let post_job = |body: Value| {
+        let server = &server;
+        async move { server.call(Method::POST, "/api/v1/jobs", Some(&body)).await }
+    };
+    let staged = |stages: Value| {
+        let mut body = scheduled_job(json!({"thingNames": ["t1"]}), json!({}));
+        body["stagedRolloutConfig"] = json!({"stages": stages});
+        body
+    };
+    let windowed = |windows: Value| {
+        let mut body = scheduled_job(json!({"thingNames": ["t1"]}), json!({}));
+        body["schedulingConfig"]["maintenanceWindows"] = windows;
+        body
+    };
+    let pct = |p: u32| json!({"percentage": p, "successThresholdPercentage": 90});
+
+    // Stages: how many, names per stage, percentages in all.
+    let ten: Vec<Value> = (0..MAX_STAGES).map(|_| pct(10)).collect();
+    accepted(&post_job(staged(json!(ten))).await, ok);
+    let eleven: Vec<Value> = (0..=MAX_STAGES).map(|_| pct(1)).collect();
+    refused(
+        &post_job(staged(json!(eleven))).await,
+        bad,
+        "InvalidRequest",
+        "stages",
+    );
+    let named = |n: usize| json!([{"thingNames": names("t", n), "successThresholdPercentage": 90}]);
+    accepted(&post_job(staged(named(MAX_STAGE_NAMES))).await, ok);
+    refused(
+        &post_job(staged(named(MAX_STAGE_NAMES + 1))).await,
+        bad,
+        "InvalidRequest",
+        "thingNames",
+    );
+    accepted(&post_job(staged(json!([pct(60), pct(40)]))).await, ok);
+    refused(
+        &post_job(staged(json!([pct(60), pct(41)]))).await,
+        bad,
+        "InvalidRequest",
+        "percentage",
+    );
+    refused(
+        &post_job(staged(json!([{"percentage": 5, "thingNames": ["t1"],
+                                  "successThresholdPercentage": 90}])))
+        .await,
+        bad,
+        "InvalidRequest",
+        "stages[0]",
+    );
+    refused(
+        &post_job(staged(json!([]))).await,
+        bad,
+        "InvalidRequest",
+        "stages",
+    );
+    let mut continuous = staged(json!([pct(10)]));
+    continuous["targetSelection"] = json!("CONTINUOUS");
+    refused(&post_job(continuous).await, bad, "InvalidRequest", "stages");
+
+    // Windows: how many, how long, a valid expression and zone.
+    let window = |expr: &str, minutes: u32, tz: &str| json!({"startTime": expr, "durationInMinutes": minutes, "timeZone": tz});
+    let w = |n: usize| {
+        json!((0..n)
+            .map(|_| window("0 2 * * *", 60, "UTC"))
+            .collect::<Vec<_>>())
+    };
+    accepted(&post_job(windowed(w(MAX_WINDOWS))).await, ok);
+    refused(
+        &post_job(windowed(w(MAX_WINDOWS + 1))).await,
+        bad,
+        "InvalidRequest",
+        "maintenanceWindows",
+    );
+    let long = |m| json!([window("0 2 * * *", m, "-08:00")]);
+    accepted(&post_job(windowed(long(MAX_WINDOW_MINUTES))).await, ok);
+    refused(
+        &post_job(windowed(long(MAX_WINDOW_MINUTES + 1))).await,
+        bad,
+        "InvalidRequest",
+        "durationInMinutes",
+    );
+    for (expr, tz, field) in [
+        ("0 2 * *", "UTC", "maintenanceWindows[0].startTime"),
+        ("61 2 * * *", "UTC", "maintenanceWindows[0].startTime"),
+        ("0 0 30 2 *", "UTC", "maintenanceWindows[0].startTime"),
+        (
+            "0 2 * * *",
+            "Europe/Paris",
+            "maintenanceWindows[0].timeZone",
+        ),
+        ("0 2 * * *", "+14:01", "maintenanceWindows[0].timeZone"),
+    ] {
+        refused(
+            &post_job(windowed(json!([window(expr, 60, tz)]))).await,
+            bad,
+            "InvalidRequest",
+            field,
+        );
+    }
+
+    // Pause comments, on a running job; a refused pause changes nothing.
+    let (s, job) = server
+        .call(
+            Method::POST,
+            "/api/v1/jobs",
+            Some(&json!({"jobId": "running", "targets": {"thingNames": ["t1"]}, "document": {}})),
+        )
+        .await;
+    assert_eq!(s, ok, "{job}");
+    let pause = |comment: String| {
+        let server = &server;
+        async move {
+            server
+                .call(
+                    Method::POST,
+                    "/api/v1/jobs/running/pause",
+                    Some(&json!({"comment": comment})),
+                )
+                .await
+        }
+    };
+    refused(
+        &pause("c".repeat(2049)).await,
+        bad,
+        "InvalidRequest",
+        "comment",
+    );
+    let (_, job) = server.get("/api/v1/jobs/running").await;
+    assert!(job["paused"].is_null(), "{job}");
+    accepted(&pause("c".repeat(2048)).await, StatusCode::OK);
+    server.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_documented_limit_holds_from_both_sides() {
     use fleetops_core::limits::*;
