@@ -26,7 +26,9 @@ use crate::device::{
     CommandResponse, DescribeRequest, DeviceRequest, ExecutionSummary, ExecutionView, Inbound,
     JobTarget, Operation, PendingJobs, StartNextRequest, StepTimeout, UpdateRequest,
 };
-use crate::event::{EndReason, Event, JobCancelReason, StatusDetails, StepTimer, TimeoutCause};
+use crate::event::{
+    EndReason, Event, JobCancelReason, PauseReason, StatusDetails, StepTimer, TimeoutCause,
+};
 use crate::group::{GroupIntent, MAX_MEMBERS_PER_CHANGE};
 use crate::ids::{
     ApiKeyId, CommandId, ExecutionId, GroupName, JobId, StatusDetailKey, StreamId, ThingName,
@@ -548,7 +550,7 @@ impl<'a> Arbitrary<'a> for Event {
     /// Every variant, with the field values `decide` could have produced.
     fn arbitrary(u: &mut Unstructured<'a>) -> Result<Self> {
         let at: Timestamp = u.arbitrary()?;
-        Ok(match u.int_in_range(0..=25)? {
+        Ok(match u.int_in_range(0..=29)? {
             0 => Self::CommandSent {
                 execution_id: u.arbitrary()?,
                 thing: u.arbitrary()?,
@@ -664,7 +666,40 @@ impl<'a> Arbitrary<'a> for Event {
                 parameters: vec![],
                 at,
             },
-            _ => Self::CommandTemplateDeleted { at },
+            25 => Self::CommandTemplateDeleted { at },
+            26 => Self::JobPaused {
+                at,
+                reason: match u.int_in_range(0..=2)? {
+                    0 => PauseReason::Operator {
+                        comment: description(u)?,
+                    },
+                    1 => PauseReason::StageGate {
+                        stage: u.int_in_range(0..=9)?,
+                        succeeded: u.arbitrary()?,
+                        required: u.arbitrary()?,
+                        size: u.arbitrary()?,
+                    },
+                    _ => PauseReason::StageErrorThreshold {
+                        stage: u.int_in_range(0..=9)?,
+                        failed: u.arbitrary()?,
+                        executed: u.arbitrary()?,
+                    },
+                },
+            },
+            27 => Self::JobResumed {
+                at,
+                comment: description(u)?,
+            },
+            28 => Self::JobStageAdvanced {
+                at,
+                stage: u.int_in_range(0..=10)?,
+                overridden: u.arbitrary()?,
+            },
+            _ => Self::JobUpdated {
+                at,
+                description: description(u)?,
+                config: job_config_at(u, at)?,
+            },
         })
     }
 }
@@ -991,7 +1026,7 @@ mod tests {
                 assert!(command_id.as_deref().is_none_or(valid_command_id));
             }
         });
-        assert_eq!(kinds.len(), 26, "{kinds:?}");
+        assert_eq!(kinds.len(), 30, "{kinds:?}");
         each(|r: Inbound| {
             let text = serde_json::to_string(&r).unwrap();
             assert_eq!(serde_json::from_str::<Inbound>(&text).unwrap(), r, "{text}");

@@ -222,6 +222,7 @@ fn samples() -> Vec<Event> {
         },
         Event::JobCreated {
             job_id: job(),
+            name: None,
             description: None,
             targets: Targets {
                 things: vec![thing()],

@@ -29,6 +29,7 @@ fn targets() -> Targets {
 fn create(config: JobConfig, selection: TargetSelection) -> JobIntent {
     JobIntent::Create {
         job_id: job(),
+        name: None,
         description: None,
         targets: targets(),
         selection,
@@ -40,6 +41,7 @@ fn create(config: JobConfig, selection: TargetSelection) -> JobIntent {
 fn created(config: JobConfig) -> Event {
     Event::JobCreated {
         job_id: job(),
+        name: None,
         description: None,
         targets: targets(),
         selection: TargetSelection::Snapshot,
@@ -528,6 +530,7 @@ fn window_options_are_checked_at_creation() {
         .then_expect([
             Event::JobCreated {
                 job_id: job(),
+                name: None,
                 description: None,
                 targets: targets(),
                 selection: TargetSelection::Snapshot,

@@ -77,6 +77,7 @@ impl Given {
     fn created(self, things: &[&str], config: JobConfig) -> Self {
         self.job(Event::JobCreated {
             job_id: job(),
+            name: None,
             description: None,
             targets: Targets {
                 things: things.iter().map(|t| thing(t)).collect(),

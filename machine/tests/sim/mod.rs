@@ -702,6 +702,7 @@ impl Sim {
         };
         let intent = JobIntent::Create {
             job_id: job_id.clone(),
+            name: None,
             description: None,
             targets: Targets {
                 things: targets.into_iter().collect(),
