@@ -191,11 +191,12 @@ arbitrary_id!(StatusDetailKey, thing_char);
 
 impl<'a> Arbitrary<'a> for StreamId {
     fn arbitrary(u: &mut Unstructured<'a>) -> Result<Self> {
-        Ok(match u.int_in_range(0..=4)? {
+        Ok(match u.int_in_range(0..=5)? {
             0 => Self::command(&u.arbitrary()?),
             1 => Self::job(&u.arbitrary()?),
             2 => Self::job_execution(&u.arbitrary()?, &u.arbitrary()?),
             3 => Self::group(&u.arbitrary()?),
+            4 => Self::thing(&u.arbitrary()?),
             _ => parsed(Self::custom(&id_text(u, 200, |c| {
                 thing_char(c) || c == '/'
             })?))?,
@@ -500,7 +501,7 @@ impl<'a> Arbitrary<'a> for Event {
     /// Every variant, with the field values `decide` could have produced.
     fn arbitrary(u: &mut Unstructured<'a>) -> Result<Self> {
         let at: Timestamp = u.arbitrary()?;
-        Ok(match u.int_in_range(0..=21)? {
+        Ok(match u.int_in_range(0..=25)? {
             0 => Self::CommandSent {
                 execution_id: u.arbitrary()?,
                 thing: u.arbitrary()?,
@@ -597,7 +598,28 @@ impl<'a> Arbitrary<'a> for Event {
                 things: member_change(u)?,
                 at,
             },
-            _ => Self::GroupDeleted { at },
+            21 => Self::GroupDeleted { at },
+            22 => Self::CommandResponseIgnored {
+                status: response_status(u)?,
+                result: optional_json(u, MAX_COMMAND_PARAMS_BYTES)?,
+                status_reason: reason(u)?,
+                at,
+            },
+            23 => Self::ThingPresenceChanged {
+                name: u.arbitrary()?,
+                online: u.arbitrary()?,
+                stamp: u.arbitrary()?,
+                at,
+            },
+            24 => Self::ThingDeregistered { at },
+            _ => Self::ThingRegistered {
+                name: u.arbitrary()?,
+                // An empty record keeps within every registry limit.
+                attributes: std::collections::BTreeMap::new(),
+                thing_type: None,
+                client_id: None,
+                at,
+            },
         })
     }
 }

@@ -178,10 +178,11 @@ id_type!(
     StatusDetailKey, "statusDetails key", 128, "[a-zA-Z0-9:_-]", thing_char
 );
 
-/// The name of an event stream: one per command execution, job, job execution and group.
+/// The name of an event stream: one per command execution, job, job execution, group and
+/// thing.
 ///
-/// Streams are named `cmd/{executionId}`, `job/{jobId}`, `exec/{jobId}/{thingName}` and
-/// `group/{groupName}`. `/` is outside every id alphabet, so the name is unambiguous and the
+/// Streams are named `cmd/{executionId}`, `job/{jobId}`, `exec/{jobId}/{thingName}`,
+/// `group/{groupName}` and `thing/{thingName}`. `/` is outside every id alphabet, so the name is unambiguous and the
 /// parts can be recovered with [`StreamId::kind`].
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]
@@ -198,6 +199,8 @@ pub enum StreamKind {
     JobExecution(JobId, ThingName),
     /// A thing group stream.
     Group(GroupName),
+    /// A thing's registry record and presence.
+    Thing(ThingName),
     /// A stream outside the fleetops categories (store tests, embedders' own streams):
     /// `x/` followed by 1–200 characters of `[a-zA-Z0-9:_/-]`.
     Custom(String),
@@ -224,6 +227,11 @@ impl StreamId {
         Self(format!("group/{name}"))
     }
 
+    /// The stream of a thing's registry record and presence.
+    pub fn thing(name: &ThingName) -> Self {
+        Self(format!("thing/{name}"))
+    }
+
     /// A custom stream `x/{name}`, for store tests and embedders' own streams.
     pub fn custom(name: &str) -> Result<Self, IdError> {
         let s = format!("x/{name}");
@@ -235,7 +243,8 @@ impl StreamId {
     pub fn parse(s: &str) -> Result<StreamKind, IdError> {
         let bad = || IdError::Malformed {
             kind: "stream id",
-            expected: "cmd/{id}, job/{id}, exec/{job}/{thing}, group/{name} or x/{name}",
+            expected:
+                "cmd/{id}, job/{id}, exec/{job}/{thing}, group/{name}, thing/{name} or x/{name}",
         };
         let (prefix, rest) = s.split_once('/').ok_or_else(bad)?;
         Ok(match prefix {
@@ -246,6 +255,7 @@ impl StreamId {
                 StreamKind::JobExecution(JobId::parse(job)?, ThingName::parse(thing)?)
             }
             "group" => StreamKind::Group(GroupName::parse(rest)?),
+            "thing" => StreamKind::Thing(ThingName::parse(rest)?),
             "x" => {
                 check("custom stream name", rest, 200, "[a-zA-Z0-9:_/-]", |c| {
                     thing_char(c) || c == '/'

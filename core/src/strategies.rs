@@ -143,13 +143,14 @@ id_strategies!(
     StatusDetailKey, THING_CLASS, thing_char
 );
 
-/// A valid [`StreamId`] of every kind: command, job, job execution, group and custom.
+/// A valid [`StreamId`] of every kind: command, job, job execution, group, thing and custom.
 pub fn stream_id() -> impl Strategy<Value = StreamId> {
     prop_oneof![
         execution_id().prop_map(|id| StreamId::command(&id)),
         job_id().prop_map(|id| StreamId::job(&id)),
         (job_id(), thing_name()).prop_map(|(j, t)| StreamId::job_execution(&j, &t)),
         group_name().prop_map(|g| StreamId::group(&g)),
+        thing_name().prop_map(|t| StreamId::thing(&t)),
         regex(&format!("[a-zA-Z0-9:_/-]{{1,{MAX_CUSTOM_STREAM_LEN}}}"))
             .prop_map(|name| StreamId::custom(&name).expect("drawn from the custom alphabet")),
     ]
@@ -166,7 +167,7 @@ pub fn invalid_stream_id() -> impl Strategy<Value = String> {
         regex("[a-z]{1,6}/[a-z0-9]{1,6}").prop_filter("an unknown category", |s| {
             !matches!(
                 s.split_once('/').map(|(p, _)| p),
-                Some("cmd" | "job" | "exec" | "group" | "x")
+                Some("cmd" | "job" | "exec" | "group" | "thing" | "x")
             )
         }),
         invalid_execution_id().prop_map(|id| format!("cmd/{id}")),
@@ -817,6 +818,56 @@ pub fn command_event() -> impl Strategy<Value = Event> {
         timestamp().prop_map(|at| Event::CommandTimedOut { at }),
         (timestamp(), option::of(reason()))
             .prop_map(|(at, reason)| Event::CommandCanceled { at, reason }),
+        (
+            command_response_status(),
+            optional_json(),
+            option::of(reason()),
+            timestamp(),
+        )
+            .prop_map(|(status, result, status_reason, at)| {
+                Event::CommandResponseIgnored {
+                    status,
+                    result,
+                    status_reason,
+                    at,
+                }
+            }),
+    ]
+}
+
+/// A valid thing attribute map, within the registry's limits.
+pub fn thing_attributes() -> impl Strategy<Value = std::collections::BTreeMap<String, String>> {
+    proptest::collection::btree_map(regex("[a-zA-Z0-9_.:-]{1,16}"), regex("[ -~]{0,24}"), 0..6)
+}
+
+/// A thing event with valid fields.
+pub fn thing_event() -> impl Strategy<Value = Event> {
+    prop_oneof![
+        (
+            thing_name(),
+            thing_attributes(),
+            option::of(regex("[a-zA-Z0-9:_-]{1,16}")),
+            option::of(regex("[a-zA-Z0-9:_.-]{1,16}")),
+            timestamp(),
+        )
+            .prop_map(|(name, attributes, thing_type, client_id, at)| {
+                Event::ThingRegistered {
+                    name,
+                    attributes,
+                    thing_type,
+                    client_id,
+                    at,
+                }
+            }),
+        timestamp().prop_map(|at| Event::ThingDeregistered { at }),
+        (thing_name(), any::<bool>(), any::<u64>(), timestamp()).prop_map(
+            |(name, online, stamp, at)| Event::ThingPresenceChanged {
+                name,
+                online,
+                stamp,
+                at,
+            }
+        ),
     ]
 }
 
@@ -949,6 +1000,7 @@ pub fn event() -> impl Strategy<Value = Event> {
         job_event(),
         job_execution_event(),
         group_event(),
+        thing_event(),
     ]
 }
 

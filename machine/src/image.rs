@@ -9,14 +9,16 @@ use fleetops_core::event::SCHEMA_VERSION;
 use fleetops_core::group::Group;
 use fleetops_core::job::Job;
 use fleetops_core::projection::{Projections, ProjectionsSnapshot};
+use fleetops_core::thing::Thing;
 use fleetops_core::{ExecutionId, GroupName, JobId, ThingName, Timestamp};
 use serde::{Deserialize, Serialize};
 
 use crate::model::{CommandEntry, JobEntry, ReadModel};
 
 /// Version of the encoding below; a snapshot of another version is ignored. Format 2 keeps
-/// each execution once, in core's projection entry.
-const FORMAT: u32 = 2;
+/// each execution once, in core's projection entry; format 3 adds the things (registry and
+/// presence).
+const FORMAT: u32 = 3;
 
 /// The state as written: sorted lists, so equal states encode to equal bytes.
 #[derive(Serialize)]
@@ -30,6 +32,7 @@ struct ImageRef<'a> {
     thing_jobs: BTreeMap<&'a ThingName, &'a Vec<JobId>>,
     commands: &'a BTreeMap<ExecutionId, CommandEntry>,
     thing_commands: BTreeMap<&'a ThingName, &'a Vec<ExecutionId>>,
+    things: Vec<&'a Thing>,
 }
 
 #[derive(Serialize)]
@@ -54,6 +57,7 @@ struct Image {
     thing_jobs: BTreeMap<ThingName, Vec<JobId>>,
     commands: BTreeMap<ExecutionId, CommandEntry>,
     thing_commands: BTreeMap<ThingName, Vec<ExecutionId>>,
+    things: Vec<Thing>,
 }
 
 #[derive(Deserialize)]
@@ -102,6 +106,9 @@ pub enum ImageError {
     /// A group appears twice.
     #[error("group {0} is listed twice")]
     DuplicateGroup(GroupName),
+    /// A thing appears twice.
+    #[error("thing {0} is listed twice")]
+    DuplicateThing(ThingName),
 }
 
 /// A hash map's entries in key order, for a stable encoding.
@@ -132,6 +139,7 @@ impl ReadModel {
             thing_jobs: sorted(&self.thing_jobs),
             commands: &self.commands,
             thing_commands: sorted(&self.thing_commands),
+            things: self.things.values().collect(),
         };
         // Serializing plain data into a Vec cannot fail (no map has non-string keys).
         serde_json::to_vec(&image).unwrap_or_default()
@@ -178,6 +186,17 @@ impl ReadModel {
                 return Err(ImageError::DuplicateGroup(name));
             }
         }
+        let mut things = BTreeMap::new();
+        let mut client_things = std::collections::HashMap::new();
+        for t in image.things {
+            let name = t.name.clone();
+            if let Some(id) = &t.client_id {
+                client_things.insert(id.clone(), name.clone());
+            }
+            if things.insert(name.clone(), t).is_some() {
+                return Err(ImageError::DuplicateThing(name));
+            }
+        }
         Ok(ReadModel {
             proj,
             jobs,
@@ -186,6 +205,8 @@ impl ReadModel {
             thing_jobs: image.thing_jobs.into_iter().collect(),
             commands: image.commands,
             thing_commands: image.thing_commands.into_iter().collect(),
+            things,
+            client_things,
         })
     }
 }

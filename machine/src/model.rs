@@ -19,6 +19,7 @@ use fleetops_core::limits::MAX_PENDING_LISTED;
 use fleetops_core::policy::{retry, rollout};
 use fleetops_core::projection::{ExecutionEntry, Projections};
 use fleetops_core::store::StoredEvent;
+use fleetops_core::thing::{Connectivity, Thing};
 use fleetops_core::{
     Aggregate, CommandStatus, Event, ExecutionId, GroupName, JobExecutionStatus, JobId, JobStatus,
     StreamId, ThingName, Timestamp,
@@ -92,6 +93,8 @@ pub struct Effects {
     pub commands_done: Vec<ExecutionId>,
     /// Status changes, in feed order.
     pub changes: Vec<StatusChange>,
+    /// Things presence now says are online (they get their pending list again at once).
+    pub came_online: Vec<ThingName>,
 }
 
 /// The read model: core's projections and the runtime's own indexes, folded together in one
@@ -112,6 +115,11 @@ pub struct ReadModel {
     pub commands: BTreeMap<ExecutionId, CommandEntry>,
     /// The command executions of each thing.
     pub thing_commands: HashMap<ThingName, Vec<ExecutionId>>,
+    /// Every thing that was registered or reported on by presence.
+    pub things: BTreeMap<ThingName, Thing>,
+    /// The registered MQTT client ids, to the thing each names (presence sources that report
+    /// client ids are mapped through it).
+    pub client_things: HashMap<String, ThingName>,
 }
 
 /// How a batch of the feed folded (see [`ReadModel::fold_batch`]).
@@ -248,9 +256,55 @@ impl ReadModel {
                 }
             }
             StreamKind::Group(name) => self.apply_group(name, stored, fx)?,
+            StreamKind::Thing(name) => self.apply_thing(name, stored, fx)?,
             StreamKind::Custom(_) => {}
         }
         Ok(())
+    }
+
+    fn apply_thing(
+        &mut self,
+        name: ThingName,
+        stored: &StoredEvent,
+        fx: &mut Effects,
+    ) -> Result<(), FoldError> {
+        let old = self.things.remove(&name);
+        let was = old.as_ref().map(|t| t.connectivity);
+        if let Some(id) = old.as_ref().and_then(|t| t.client_id.as_ref()) {
+            if self.client_things.get(id) == Some(&name) {
+                self.client_things.remove(id);
+            }
+        }
+        let thing = Thing::evolve(old, &stored.event).map_err(|e| corrupt(&stored.stream, e))?;
+        if let Some(id) = &thing.client_id {
+            self.client_things.insert(id.clone(), name.clone());
+        }
+        if thing.connectivity == Connectivity::Online && was != Some(Connectivity::Online) {
+            fx.came_online.push(name.clone());
+        }
+        self.things.insert(name, thing);
+        Ok(())
+    }
+
+    /// The thing a presence source's MQTT client id names: the registered thing with that
+    /// client id, else the thing of that name (a client id that is a valid thing name).
+    pub fn thing_of_client(&self, client_id: &str) -> Option<ThingName> {
+        if let Some(t) = self.client_things.get(client_id) {
+            return Some(t.clone());
+        }
+        let name = ThingName::parse(client_id).ok()?;
+        // A thing registered under another client id is not named by its own name.
+        match self.things.get(&name) {
+            Some(t) if t.client_id.as_deref().is_some_and(|c| c != client_id) => None,
+            _ => Some(name),
+        }
+    }
+
+    /// Whether `thing` is online, offline or unknown.
+    pub fn connectivity(&self, thing: &ThingName) -> Connectivity {
+        self.things
+            .get(thing)
+            .map_or(Connectivity::Unknown, |t| t.connectivity)
     }
 
     fn apply_command(&mut self, id: ExecutionId, stored: &StoredEvent, fx: &mut Effects) {
@@ -280,6 +334,7 @@ impl ReadModel {
             Event::CommandResponded { status, at, .. } => (*status, *at),
             Event::CommandTimedOut { at } => (CommandStatus::TimedOut, *at),
             Event::CommandCanceled { at, .. } => (CommandStatus::Canceled, *at),
+            // Late answers change no status (and keep the same terminal one).
             _ => return,
         };
         let Some(entry) = self.commands.get_mut(&id) else {

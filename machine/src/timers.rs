@@ -87,7 +87,7 @@ impl ReadModel {
                 },
                 StreamKind::JobExecution(job_id, thing) => Timer::Execution { job_id, thing },
                 StreamKind::Job(job) => Timer::Job(job),
-                StreamKind::Group(_) | StreamKind::Custom(_) => continue,
+                StreamKind::Group(_) | StreamKind::Thing(_) | StreamKind::Custom(_) => continue,
             };
             out.fire.push(Due {
                 stream: stream.clone(),

@@ -16,6 +16,7 @@ use fleetops_core::lease::Lease;
 use fleetops_core::link::DeviceLink;
 use fleetops_core::projection::ExecutionEntry;
 use fleetops_core::store::{EventStore, StoredEvent};
+use fleetops_core::thing::{Connectivity, OfflineCommands, PresenceReport, Thing, ThingIntent};
 use fleetops_core::{
     CommandStatus, Duration, ExecutionId, GroupName, JobExecutionStatus, JobId, JobStatus,
     Rejection, StreamId, ThingName,
@@ -174,7 +175,6 @@ impl<S: EventStore, L: DeviceLink> FleetBuilder<S, L> {
             hasher: RandomState::new(),
             waiters: Mutex::new(HashMap::new()),
             changes,
-            presence: Mutex::new(HashMap::new()),
             cache: Mutex::new(ExecCache::new(cache_capacity)),
             command_cache: Mutex::new(CommandCache::new(COMMAND_CAPACITY)),
             handed: Mutex::new(Vec::new()),
@@ -326,6 +326,33 @@ pub struct CommandFilter {
     pub thing: Option<ThingName>,
     /// Only commands in this status.
     pub status: Option<CommandStatus>,
+}
+
+/// Which registered things to list (every condition set must hold).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ThingFilter {
+    /// Only things whose attribute of this name has this value.
+    pub attribute: Option<(String, String)>,
+    /// Only things of this type.
+    pub thing_type: Option<String>,
+    /// Only things presence says are online, offline, or never reported on.
+    pub connectivity: Option<Connectivity>,
+}
+
+impl ThingFilter {
+    /// Whether `thing` is listed: registered, and every condition set holds.
+    pub fn matches(&self, thing: &Thing) -> bool {
+        thing.registered
+            && self
+                .attribute
+                .as_ref()
+                .is_none_or(|(k, v)| thing.attributes.get(k) == Some(v))
+            && self
+                .thing_type
+                .as_ref()
+                .is_none_or(|t| thing.thing_type.as_ref() == Some(t))
+            && self.connectivity.is_none_or(|c| thing.connectivity == c)
+    }
 }
 
 impl<S: EventStore, L: DeviceLink> Fleet<S, L> {
@@ -542,9 +569,12 @@ impl<S: EventStore, L: DeviceLink> Fleet<S, L> {
         ttl: Duration,
     ) -> Result<CommandHandle, FleetError> {
         self.inner.ensure_serving()?;
-        if self.inner.config.fail_commands_when_offline
-            && lock(&self.inner.presence).get(&thing) == Some(&false)
-        {
+        let policy = if self.inner.config.fail_commands_when_offline {
+            OfflineCommands::Fail
+        } else {
+            OfflineCommands::Wait
+        };
+        if !policy.admits(self.inner.read().connectivity(&thing)) {
             return Err(FleetError::Offline { thing });
         }
         let execution_id = self.inner.ids.execution_id();
@@ -1004,7 +1034,91 @@ impl<S: EventStore, L: DeviceLink> Fleet<S, L> {
 
     /// Whether presence last said `thing` is online (`None`: never heard of).
     pub fn presence(&self, thing: &ThingName) -> Option<bool> {
-        lock(&self.inner.presence).get(thing).copied()
+        match self.inner.read().connectivity(thing) {
+            Connectivity::Online => Some(true),
+            Connectivity::Offline => Some(false),
+            Connectivity::Unknown => None,
+        }
+    }
+
+    // ---- thing registry ---------------------------------------------------------------------
+
+    /// A thing's registry record and presence, as folded (`None`: neither registered nor
+    /// ever reported on by presence).
+    pub fn thing(&self, name: &ThingName) -> Option<Thing> {
+        self.inner.read().things.get(name).cloned()
+    }
+
+    /// Registers a thing, or replaces its record. A client id another registered thing
+    /// already uses is refused (checked on the folded registry: two instances registering
+    /// the same client id at the same moment may both succeed; presence then maps the id to
+    /// the later one).
+    pub async fn register_thing(
+        &self,
+        name: ThingName,
+        attributes: std::collections::BTreeMap<String, String>,
+        thing_type: Option<String>,
+        client_id: Option<String>,
+    ) -> Result<Thing, FleetError> {
+        if let Some(id) = &client_id {
+            if let Some(other) = self.inner.read().client_things.get(id) {
+                if *other != name {
+                    return Err(FleetError::Rejected(Rejection::invalid(
+                        "clientId",
+                        format!("is already the client id of thing {other}"),
+                    )));
+                }
+            }
+        }
+        let intent = ThingIntent::Register {
+            name: name.clone(),
+            attributes,
+            thing_type,
+            client_id,
+        };
+        self.inner
+            .thing_intent(&name, intent)
+            .await?
+            .ok_or_else(|| not_found("thing", &name))
+    }
+
+    /// Removes a thing's registry record (its presence is kept).
+    pub async fn deregister_thing(&self, name: &ThingName) -> Result<(), FleetError> {
+        self.inner
+            .thing_intent(name, ThingIntent::Deregister)
+            .await
+            .map_err(|e| rename(e, "thing", name))?;
+        Ok(())
+    }
+
+    /// Registered things in name order, filtered.
+    pub fn list_things(&self, filter: &ThingFilter, page_req: &Page) -> Paged<Thing> {
+        let st = self.inner.read();
+        let items = st
+            .things
+            .iter()
+            .filter(|(_, t)| filter.matches(t))
+            .map(|(name, t)| (name.as_str(), t.clone()));
+        page(items, page_req)
+    }
+
+    /// Records a presence report for `thing` as a source said it (what the MQTT link does
+    /// for the configured presence source), for embedders with their own source.
+    pub async fn report_presence(
+        &self,
+        thing: &ThingName,
+        report: PresenceReport,
+    ) -> Result<(), FleetError> {
+        self.inner
+            .thing_intent(
+                thing,
+                ThingIntent::ReportPresence {
+                    name: thing.clone(),
+                    report,
+                },
+            )
+            .await?;
+        Ok(())
     }
 }
 
@@ -1023,6 +1137,7 @@ fn subject(stream: &StreamId) -> (&'static str, String) {
         StreamKind::Job(id) => ("job", id.to_string()),
         StreamKind::JobExecution(job, thing) => ("job execution", format!("{job}/{thing}")),
         StreamKind::Group(name) => ("group", name.to_string()),
+        StreamKind::Thing(name) => ("thing", name.to_string()),
         StreamKind::Custom(_) => ("stream", stream.to_string()),
     }
 }
