@@ -53,7 +53,7 @@ fn job_id(value: &str) -> ApiResult<JobId> {
     parse_id("jobId", value, JobId::parse)
 }
 
-fn thing_name(value: &str) -> ApiResult<ThingName> {
+pub(super) fn thing_name(value: &str) -> ApiResult<ThingName> {
     parse_id("thingName", value, ThingName::parse)
 }
 
@@ -65,7 +65,7 @@ fn execution_id(value: &str) -> ApiResult<ExecutionId> {
     parse_id("executionId", value, ExecutionId::parse)
 }
 
-fn page(limit: Option<usize>, next_token: Option<String>) -> ApiResult<Page> {
+pub(super) fn page(limit: Option<usize>, next_token: Option<String>) -> ApiResult<Page> {
     let limit = page_limit(limit)?;
     Ok(match next_token {
         Some(t) if t.is_empty() => return Err(ApiError::invalid("nextToken", "must not be empty")),

@@ -21,6 +21,7 @@ mod events;
 mod extract;
 mod handlers;
 mod metrics;
+mod things;
 pub mod wire;
 
 use std::sync::Arc;
@@ -225,6 +226,26 @@ fn endpoints<S: EventStore, L: DeviceLink>() -> Vec<Endpoint<ApiState<S, L>>> {
             h::command_history::<S, L>,
         ),
         ep(M::GET, "/api/v1/events", Token, h::events::<S, L>),
+        // The thing registry and presence.
+        ep(M::GET, "/api/v1/things", Token, things::list_things::<S, L>),
+        ep(
+            M::GET,
+            "/api/v1/things/{thingName}",
+            Token,
+            things::get_thing::<S, L>,
+        ),
+        ep(
+            M::PUT,
+            "/api/v1/things/{thingName}",
+            Token,
+            things::put_thing::<S, L>,
+        ),
+        ep(
+            M::DELETE,
+            "/api/v1/things/{thingName}",
+            Token,
+            things::delete_thing::<S, L>,
+        ),
     ]
 }
 
