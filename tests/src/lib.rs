@@ -322,6 +322,18 @@ impl Api {
             .await
     }
 
+    /// `PUT path` with a JSON body.
+    pub async fn put(&self, path: &str, body: &Value) -> (u16, Value) {
+        self.send(self.client.put(format!("{}{path}", self.base)).json(body))
+            .await
+    }
+
+    /// `DELETE path`.
+    pub async fn delete(&self, path: &str) -> (u16, Value) {
+        self.send(self.client.delete(format!("{}{path}", self.base)))
+            .await
+    }
+
     /// `GET path`, which must answer 200.
     ///
     /// # Panics
