@@ -825,7 +825,7 @@ impl<'a> Arbitrary<'a> for JobExecutionIntent {
 impl<'a> Arbitrary<'a> for CommandIntent {
     /// Every variant; a send within every limit, a response with a device status.
     fn arbitrary(u: &mut Unstructured<'a>) -> Result<Self> {
-        Ok(match u.int_in_range(0..=4)? {
+        Ok(match u.int_in_range(0..=5)? {
             0 => Self::Send {
                 execution_id: u.arbitrary()?,
                 thing: u.arbitrary()?,
@@ -837,6 +837,7 @@ impl<'a> Arbitrary<'a> for CommandIntent {
             1 => Self::Respond(u.arbitrary()?),
             2 => Self::CheckTimeout,
             3 => Self::Cancel { reason: reason(u)? },
+            4 => Self::RecordLate(u.arbitrary()?),
             _ => Self::Undeliverable {
                 reason: u.arbitrary()?,
             },
@@ -943,7 +944,7 @@ mod tests {
                 assert!(command_id.as_deref().is_none_or(valid_command_id));
             }
         });
-        assert_eq!(kinds.len(), 22, "{kinds:?}");
+        assert_eq!(kinds.len(), 26, "{kinds:?}");
         each(|r: Inbound| {
             let text = serde_json::to_string(&r).unwrap();
             assert_eq!(serde_json::from_str::<Inbound>(&text).unwrap(), r, "{text}");

@@ -1168,6 +1168,7 @@ pub fn command_intent() -> impl Strategy<Value = CommandIntent> {
         Just(CommandIntent::CheckTimeout),
         option::of(reason()).prop_map(|reason| CommandIntent::Cancel { reason }),
         text_up_to(256).prop_map(|reason| CommandIntent::Undeliverable { reason }),
+        command_response().prop_map(CommandIntent::RecordLate),
     ]
 }
 

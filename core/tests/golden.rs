@@ -148,6 +148,26 @@ fn samples() -> Vec<Event> {
             at: t(12),
         },
         Event::GroupDeleted { at: t(13) },
+        Event::CommandResponseIgnored {
+            status: CommandStatus::Succeeded,
+            result: Some(json!({"locked": true})),
+            status_reason: None,
+            at: t(140),
+        },
+        Event::ThingRegistered {
+            name: thing(),
+            attributes: [("site".to_owned(), "north".to_owned())].into(),
+            thing_type: Some("pump".into()),
+            client_id: Some("hw-00ab-17".into()),
+            at: t(14),
+        },
+        Event::ThingDeregistered { at: t(15) },
+        Event::ThingPresenceChanged {
+            name: thing(),
+            online: false,
+            stamp: 1_733_300_000_000,
+            at: t(16),
+        },
     ]
 }
 
@@ -176,6 +196,10 @@ fn covered(e: &Event) -> usize {
         Event::GroupMembersAdded { .. } => 19,
         Event::GroupMembersRemoved { .. } => 20,
         Event::GroupDeleted { .. } => 21,
+        Event::CommandResponseIgnored { .. } => 22,
+        Event::ThingRegistered { .. } => 23,
+        Event::ThingDeregistered { .. } => 24,
+        Event::ThingPresenceChanged { .. } => 25,
     }
 }
 
@@ -183,7 +207,7 @@ const GOLDEN: &str = include_str!("golden/events.jsonl");
 
 #[test]
 fn every_event_kind_has_a_golden_sample() {
-    let mut seen = [false; 22];
+    let mut seen = [false; 26];
     for e in samples() {
         seen[covered(&e)] = true;
     }

@@ -378,5 +378,5 @@ fn the_event_strategy_draws_every_variant() {
         .iter()
         .map(Event::type_name)
         .collect();
-    assert_eq!(names.len(), 22, "{names:?}");
+    assert_eq!(names.len(), 26, "{names:?}");
 }
