@@ -665,4 +665,51 @@ mod tests {
         assert_eq!(model.checkpoint(), 3);
         assert_eq!(model.groups.len(), 2);
     }
+
+    #[test]
+    fn presence_sources_naming_client_ids_find_the_registered_thing() {
+        let mut model = ReadModel::default();
+        let mut fx = Effects::default();
+        let lamp = ThingName::parse("lamp-7").unwrap();
+        let registered = stored(
+            1,
+            StreamId::thing(&lamp),
+            1,
+            Event::ThingRegistered {
+                name: lamp.clone(),
+                attributes: Default::default(),
+                thing_type: None,
+                client_id: Some("hw-17".into()),
+                at: Timestamp::EPOCH,
+            },
+        );
+        model.apply(&registered, &mut fx).unwrap();
+        assert_eq!(model.thing_of_client("hw-17"), Some(lamp.clone()));
+        // Its own name is not its client id any more; another valid name is itself.
+        assert_eq!(model.thing_of_client("lamp-7"), None);
+        assert_eq!(
+            model.thing_of_client("lamp-8"),
+            Some(ThingName::parse("lamp-8").unwrap())
+        );
+        assert_eq!(model.thing_of_client("not/a thing"), None);
+        assert_eq!(model.connectivity(&lamp), Connectivity::Unknown);
+        let online = stored(
+            2,
+            StreamId::thing(&lamp),
+            2,
+            Event::ThingPresenceChanged {
+                name: lamp.clone(),
+                online: true,
+                stamp: 5,
+                at: Timestamp::EPOCH,
+            },
+        );
+        model.apply(&online, &mut fx).unwrap();
+        assert_eq!(model.connectivity(&lamp), Connectivity::Online);
+        assert_eq!(fx.came_online, [lamp.clone()]);
+        // The image keeps things and rebuilds the client id index.
+        let back = ReadModel::decode(&model.encode(), 2).unwrap();
+        assert_eq!(back.thing_of_client("hw-17"), Some(lamp.clone()));
+        assert_eq!(back.things, model.things);
+    }
 }
