@@ -175,6 +175,7 @@ impl<S: EventStore, L: DeviceLink> FleetBuilder<S, L> {
             hasher: RandomState::new(),
             waiters: Mutex::new(HashMap::new()),
             changes,
+            presence_stamp: AtomicU64::new(0),
             cache: Mutex::new(ExecCache::new(cache_capacity)),
             command_cache: Mutex::new(CommandCache::new(COMMAND_CAPACITY)),
             handed: Mutex::new(Vec::new()),

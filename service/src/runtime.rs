@@ -60,6 +60,8 @@ pub(crate) struct Inner<S, L> {
     pub hasher: RandomState,
     pub waiters: Mutex<HashMap<ExecutionId, Vec<oneshot::Sender<()>>>>,
     pub changes: broadcast::Sender<StatusChange>,
+    /// The stamp of the last presence report that came without one (arrival order).
+    pub presence_stamp: AtomicU64,
     pub cache: Mutex<ExecCache>,
     /// Command states, so a round trip reads no command stream back from the store.
     pub command_cache: Mutex<CommandCache>,

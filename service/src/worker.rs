@@ -11,6 +11,7 @@
 //! a retry gets the answer it missed (`fleetops_machine::replies`).
 
 use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration as StdDuration;
 
@@ -253,8 +254,16 @@ pub(crate) async fn run_inbound<S: EventStore, L: DeviceLink>(inner: Arc<Inner<S
                     }
                 }
                 LinkEvent::Presence { thing, online } => {
-                    // No stamp from the source: order by arrival.
-                    let stamp = inner.clock.now().as_millis();
+                    // No stamp from the source: order by arrival, strictly increasing even
+                    // when the clock stands still or steps back.
+                    let now = inner.clock.now().as_millis();
+                    let stamp = match inner.presence_stamp.fetch_update(
+                        Ordering::SeqCst,
+                        Ordering::SeqCst,
+                        |last| Some(now.max(last + 1)),
+                    ) {
+                        Ok(last) | Err(last) => now.max(last + 1),
+                    };
                     let report = PresenceReport { online, stamp };
                     let shard = inner.shard(&thing).clone();
                     if shard.send(Work::Presence(thing, report)).await.is_err() {
