@@ -14,7 +14,7 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
-use common::{broker, listening_line, options, Running, TOKEN};
+use common::{broker, listening_line, options, silent_devices, Running, TOKEN};
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 
@@ -68,6 +68,7 @@ fn scheduled_job(targets: Value, document: Value) -> Value {
 async fn every_documented_limit_holds_from_both_sides() {
     use fleetops_core::limits::*;
     let broker = broker();
+    let _devices = silent_devices(&broker, &["t1"]).await;
     let data = tempfile::tempdir().unwrap();
     let server = Running::start(options(&broker, data.path())).await;
     let (ok, bad) = (StatusCode::CREATED, StatusCode::BAD_REQUEST);
@@ -754,6 +755,7 @@ impl Fixtures {
             "cancelCommand" => json!({"reason": "r"}),
             "createThingGroup" => json!({"description": format!("d{n}")}),
             "addThingGroupMembers" | "removeThingGroupMembers" => json!({"thingNames": ["t1"]}),
+            "putThing" => json!({"attributes": {"n": format!("{n}")}}),
             _ => return None,
         })
     }
@@ -762,6 +764,7 @@ impl Fixtures {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_openapi_document_states_exactly_what_the_server_accepts() {
     let broker = broker();
+    let _devices = silent_devices(&broker, &["t1"]).await;
     let data = tempfile::tempdir().unwrap();
     let server = Running::start(options(&broker, data.path())).await;
     let doc = Doc::load();

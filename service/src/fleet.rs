@@ -332,8 +332,11 @@ pub struct CommandFilter {
 /// Which registered things to list (every condition set must hold).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ThingFilter {
-    /// Only things whose attribute of this name has this value.
-    pub attribute: Option<(String, String)>,
+    /// Only things that have an attribute of this name (with `attribute_value`: of that
+    /// value).
+    pub attribute_name: Option<String>,
+    /// Only things with an attribute of this value (with `attribute_name`: that one).
+    pub attribute_value: Option<String>,
     /// Only things of this type.
     pub thing_type: Option<String>,
     /// Only things presence says are online, offline, or never reported on.
@@ -344,10 +347,12 @@ impl ThingFilter {
     /// Whether `thing` is listed: registered, and every condition set holds.
     pub fn matches(&self, thing: &Thing) -> bool {
         thing.registered
-            && self
-                .attribute
-                .as_ref()
-                .is_none_or(|(k, v)| thing.attributes.get(k) == Some(v))
+            && match (&self.attribute_name, &self.attribute_value) {
+                (None, None) => true,
+                (Some(k), None) => thing.attributes.contains_key(k),
+                (Some(k), Some(v)) => thing.attributes.get(k) == Some(v),
+                (None, Some(v)) => thing.attributes.values().any(|x| x == v),
+            }
             && self
                 .thing_type
                 .as_ref()

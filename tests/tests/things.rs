@@ -318,7 +318,10 @@ async fn the_registry_over_http_and_a_late_answer_in_the_command_history() {
         .await;
     assert_eq!(names(&rest), ["pump-2"]);
     assert!(rest["nextToken"].is_null(), "{rest}");
-    assert_eq!(api.get("/api/v1/things?attributeName=site").await.0, 400);
+    let floors = api.get_ok("/api/v1/things?attributeName=floor").await;
+    assert_eq!(names(&floors), ["valve-1"]);
+    let twos = api.get_ok("/api/v1/things?attributeValue=2").await;
+    assert_eq!(names(&twos), ["valve-1"]);
     assert_eq!(api.get("/api/v1/things?connectivity=maybe").await.0, 400);
 
     // pump-1 comes online, answering its commands only after 2 s.

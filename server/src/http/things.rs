@@ -7,8 +7,11 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
+use fleetops_core::limits::{MAX_ATTRIBUTE_NAME_LEN, MAX_ATTRIBUTE_VALUE_LEN, MAX_THING_TYPE_LEN};
 use fleetops_core::link::DeviceLink;
-use fleetops_core::thing::{Connectivity, Thing};
+use fleetops_core::thing::{
+    valid_attribute_name, valid_attribute_value, valid_thing_type, Connectivity, Thing,
+};
 use fleetops_core::{EventStore, ThingName};
 use fleetops_service::ThingFilter;
 use serde::{Deserialize, Serialize};
@@ -16,7 +19,7 @@ use serde::{Deserialize, Serialize};
 use super::error::ApiError;
 use super::extract::{ApiJson, ApiPath, ApiQuery};
 use super::handlers::{page, thing_name};
-use super::wire::PageView;
+use super::wire::{present, PageView};
 use super::ApiState;
 
 type ApiResult<T> = Result<T, ApiError>;
@@ -71,7 +74,9 @@ impl From<Thing> for ThingView {
 pub(super) struct PutThingRequest {
     #[serde(default)]
     attributes: BTreeMap<String, String>,
+    #[serde(default, deserialize_with = "present")]
     thing_type_name: Option<String>,
+    #[serde(default, deserialize_with = "present")]
     client_id: Option<String>,
 }
 
@@ -132,22 +137,6 @@ pub(super) async fn list_things<S: EventStore, L: DeviceLink>(
     State(app): State<ApiState<S, L>>,
     ApiQuery(q): ApiQuery<ListThingsQuery>,
 ) -> ApiResult<Json<PageView<ThingView>>> {
-    let attribute = match (q.attribute_name, q.attribute_value) {
-        (Some(n), Some(v)) => Some((n, v)),
-        (None, None) => None,
-        (Some(_), None) => {
-            return Err(ApiError::invalid(
-                "attributeValue",
-                "must be given with attributeName",
-            ))
-        }
-        (None, Some(_)) => {
-            return Err(ApiError::invalid(
-                "attributeName",
-                "must be given with attributeValue",
-            ))
-        }
-    };
     let connectivity = q
         .connectivity
         .map(|c| {
@@ -156,8 +145,39 @@ pub(super) async fn list_things<S: EventStore, L: DeviceLink>(
             })
         })
         .transpose()?;
+    // Filters are parsed like the record they match: a value no record can hold is refused.
+    if q.attribute_name
+        .as_deref()
+        .is_some_and(|n| !valid_attribute_name(n))
+    {
+        return Err(ApiError::invalid(
+            "attributeName",
+            format!("must be 1 to {MAX_ATTRIBUTE_NAME_LEN} characters of [a-zA-Z0-9_.:-]"),
+        ));
+    }
+    if q.attribute_value
+        .as_deref()
+        .is_some_and(|v| !valid_attribute_value(v))
+    {
+        return Err(ApiError::invalid(
+            "attributeValue",
+            format!(
+                "must be at most {MAX_ATTRIBUTE_VALUE_LEN} characters, without control characters"
+            ),
+        ));
+    }
+    if q.thing_type_name
+        .as_deref()
+        .is_some_and(|t| !valid_thing_type(t))
+    {
+        return Err(ApiError::invalid(
+            "thingTypeName",
+            format!("must be 1 to {MAX_THING_TYPE_LEN} characters of [a-zA-Z0-9:_-]"),
+        ));
+    }
     let filter = ThingFilter {
-        attribute,
+        attribute_name: q.attribute_name,
+        attribute_value: q.attribute_value,
         thing_type: q.thing_type_name,
         connectivity,
     };

@@ -71,7 +71,7 @@ impl Serialize for WireTime {
 /// the wrong type instead of being read as "absent", because the OpenAPI document declares no
 /// field nullable and generated clients rely on that. Used with `#[serde(default)]`, so a
 /// field left out is still `None`.
-fn present<'de, D, T>(d: D) -> Result<Option<T>, D::Error>
+pub(super) fn present<'de, D, T>(d: D) -> Result<Option<T>, D::Error>
 where
     D: Deserializer<'de>,
     T: Deserialize<'de>,
