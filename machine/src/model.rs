@@ -706,7 +706,7 @@ mod tests {
         );
         model.apply(&online, &mut fx).unwrap();
         assert_eq!(model.connectivity(&lamp), Connectivity::Online);
-        assert_eq!(fx.came_online, [lamp.clone()]);
+        assert_eq!(fx.came_online, std::slice::from_ref(&lamp));
         // The image keeps things and rebuilds the client id index.
         let back = ReadModel::decode(&model.encode(), 2).unwrap();
         assert_eq!(back.thing_of_client("hw-17"), Some(lamp.clone()));
