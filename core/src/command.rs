@@ -69,7 +69,8 @@ pub struct CommandExecution {
     pub completed_at: Option<Timestamp>,
     /// Answers that arrived after it ended and were kept for the audit trail.
     pub late_responses: u32,
-    /// Number of events applied.
+    /// Number of events that changed it (kept late answers do not count, so this is the
+    /// stream's version minus `late_responses`).
     pub version: u64,
 }
 
@@ -352,9 +353,10 @@ impl Aggregate for CommandExecution {
                 Ok(s)
             }
             Event::CommandResponseIgnored { .. } => match state {
+                // Beside the execution, not a change of it: `version` counts changes only, so
+                // a late answer never looks like one to whoever compares versions.
                 Some(mut s) => {
                     s.late_responses += 1;
-                    s.version += 1;
                     Ok(s)
                 }
                 None => Err(out_of_order(&state)),

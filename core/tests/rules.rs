@@ -1220,6 +1220,8 @@ fn a_late_answer_is_kept_and_changes_no_status() {
     assert_eq!(state.status, CommandStatus::TimedOut);
     assert_eq!(state.completed_at, Some(t(130)));
     assert_eq!(state.late_responses, 1);
+    // Kept beside the execution: its version counts changes only.
+    assert_eq!(state.version, 2);
 }
 
 #[test]

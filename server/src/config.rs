@@ -944,6 +944,31 @@ mod tests {
         let file: FileConfig = toml::from_str(&guide[start..start + len]).expect("valid");
         assert_eq!(file.data_dir, Some(PathBuf::from("/var/lib/fleetops")));
         assert_eq!(file.log_format, Some(LogFormat::Json));
+        assert_eq!(file.presence, Some(PresenceArg::Birth));
+        assert_eq!(file.offline_commands, Some(OfflineCommandsArg::Wait));
+    }
+
+    #[test]
+    fn presence_and_offline_commands_come_from_flags_over_the_file() {
+        let s = Settings::resolve(args(), FileConfig::default(), None).unwrap();
+        assert_eq!(s.link.presence, PresenceSource::None);
+        assert_eq!(s.offline_commands, OfflineCommandsArg::Wait);
+        let file = FileConfig {
+            presence: Some(PresenceArg::Emqx),
+            offline_commands: Some(OfflineCommandsArg::Fail),
+            ..FileConfig::default()
+        };
+        let s = Settings::resolve(args(), file.clone(), None).unwrap();
+        assert_eq!(s.link.presence, PresenceSource::Emqx);
+        assert_eq!(s.offline_commands, OfflineCommandsArg::Fail);
+        let mut a = args();
+        a.presence = Some(PresenceArg::Aws);
+        a.offline_commands = Some(OfflineCommandsArg::Wait);
+        let s = Settings::resolve(a, file, None).unwrap();
+        assert_eq!(s.link.presence, PresenceSource::Aws);
+        assert_eq!(s.offline_commands, OfflineCommandsArg::Wait);
+        assert!(toml::from_str::<FileConfig>("presence = \"sometimes\"").is_err());
+        assert!(toml::from_str::<FileConfig>("offline_commands = \"drop\"").is_err());
     }
 
     #[test]
