@@ -376,3 +376,100 @@ async fn the_registry_over_http_and_a_late_answer_in_the_command_history() {
     let all = api.get_ok("/api/v1/things").await;
     assert_eq!(names(&all), ["pump-1", "valve-1"]);
 }
+
+/// Publishes `payload` on `topic` as the service account (standing in for the broker's own
+/// lifecycle events) and waits for the broker's PUBACK.
+async fn publish_as_service(broker: &TestBroker, topic: &str, payload: Value) {
+    use rumqttc::v5::mqttbytes::v5::Packet;
+    use rumqttc::v5::mqttbytes::QoS;
+    use rumqttc::v5::{AsyncClient, Event, MqttOptions};
+    let service = broker.service_config().credentials.unwrap();
+    let mut options = MqttOptions::new("lifecycle-feed", "127.0.0.1", broker.port());
+    options.set_credentials(service.username, service.password);
+    let (client, mut events) = AsyncClient::new(options, 8);
+    client
+        .publish(
+            topic,
+            QoS::AtLeastOnce,
+            false,
+            payload.to_string().into_bytes(),
+        )
+        .await
+        .unwrap();
+    let acked = async {
+        loop {
+            match events.poll().await {
+                Ok(Event::Incoming(Packet::PubAck(_))) => return,
+                Ok(_) => {}
+                Err(e) => panic!("lifecycle feed: {e}"),
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(10), acked)
+        .await
+        .expect("the broker acknowledged the event");
+    let _ = client.disconnect().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn aws_lifecycle_events_name_client_ids_that_the_registry_maps_to_things() {
+    use fleetops_transport_mqtt::codec::TopicLayout;
+    let broker = TestBroker::start_with(BrokerOptions {
+        layouts: vec![TopicLayout::fleets(), TopicLayout::aws()],
+        verbose_log: false,
+        ..BrokerOptions::default()
+    });
+    let data = tempfile::tempdir().unwrap();
+    let serve = serve(&broker, data.path(), &["--presence", "aws"]);
+    let api = serve.api();
+    let (status, body) = api
+        .put("/api/v1/things/meter-3", &json!({"clientId": "hw-9f"}))
+        .await;
+    assert_eq!(status, 201, "{body}");
+    let event = |kind: &str, ts: u64, reason: Option<&str>| {
+        let mut e = json!({"clientId": "hw-9f", "timestamp": ts, "eventType": kind,
+                           "sessionIdentifier": "s", "principalIdentifier": "p",
+                           "versionNumber": 0});
+        if let Some(r) = reason {
+            e["disconnectReason"] = json!(r);
+        }
+        e
+    };
+    publish_as_service(
+        &broker,
+        "$aws/events/presence/connected/hw-9f",
+        event("connected", 1_000, None),
+    )
+    .await;
+    connectivity(&api, "meter-3", "online").await;
+    // A takeover of the client id is no offline; a stale disconnect is ignored.
+    publish_as_service(
+        &broker,
+        "$aws/events/presence/disconnected/hw-9f",
+        event("disconnected", 1_500, Some("DUPLICATE_CLIENTID")),
+    )
+    .await;
+    publish_as_service(
+        &broker,
+        "$aws/events/presence/disconnected/hw-9f",
+        event("disconnected", 900, None),
+    )
+    .await;
+    // A malformed event is dropped; the service keeps going.
+    publish_as_service(
+        &broker,
+        "$aws/events/presence/disconnected/hw-9f",
+        json!({"nope": 1}),
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let thing = api.get_ok("/api/v1/things/meter-3").await;
+    assert_eq!(thing["connectivity"], "online", "{thing}");
+    publish_as_service(
+        &broker,
+        "$aws/events/presence/disconnected/hw-9f",
+        event("disconnected", 2_000, None),
+    )
+    .await;
+    connectivity(&api, "meter-3", "offline").await;
+}
