@@ -473,3 +473,66 @@ async fn aws_lifecycle_events_name_client_ids_that_the_registry_maps_to_things()
     .await;
     connectivity(&api, "meter-3", "offline").await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_instances_on_postgresql_show_the_same_presence_whichever_received_it() {
+    use fleetops_store_postgres::testing::TestPostgres;
+    let Some(pg) = TestPostgres::start_or_skip() else {
+        return;
+    };
+    let url = pg.url();
+    let broker = TestBroker::start();
+    let mut instances = Vec::new();
+    for i in 0..2 {
+        let data = tempfile::tempdir().unwrap();
+        let mut config = ServeConfig::new(
+            binary(env!("CARGO_BIN_EXE_fleetops-under-test")),
+            data.path(),
+            &broker,
+            "fleets",
+        );
+        config.client_id = format!("fleetops-presence-{i}");
+        config.extra_args = [
+            "--store",
+            url.as_str(),
+            "--shared-group",
+            "fleetops",
+            "--presence",
+            "birth",
+            "--offline-commands",
+            "fail",
+        ]
+        .map(str::to_owned)
+        .to_vec();
+        instances.push((Serve::start(&config), data));
+    }
+    let apis: Vec<Api> = instances.iter().map(|(s, _)| s.api()).collect();
+    let mut devices = Vec::new();
+    for i in 0..4 {
+        let config = DeviceConfig::new(broker.device_config(), thing(&format!("pr-{i}")));
+        devices.push(DeviceClient::connect(config, None).await.unwrap().0);
+    }
+    // Each birth reached one instance (the subscription is shared); both show every one.
+    for api in &apis {
+        for i in 0..4 {
+            connectivity(api, &format!("pr-{i}"), "online").await;
+        }
+    }
+    devices.truncate(2);
+    for api in &apis {
+        for i in 2..4 {
+            connectivity(api, &format!("pr-{i}"), "offline").await;
+        }
+        let (status, body) = api
+            .post(
+                "/api/v1/commands",
+                &json!({"thingName": "pr-3", "action": "on", "ttl": 30}),
+            )
+            .await;
+        assert_eq!(
+            (status, &body["code"]),
+            (409, &json!("ThingOffline")),
+            "{body}"
+        );
+    }
+}
