@@ -16,7 +16,9 @@ use crate::aggregate::{foreign, not_found, Aggregate};
 use crate::device::CommandResponse;
 use crate::event::{Event, EvolveError};
 use crate::ids::{ExecutionId, ThingName};
-use crate::limits::{self, MAX_COMMAND_ACTION_LEN, MAX_COMMAND_ID_LEN, MAX_COMMAND_PARAMS_BYTES};
+use crate::limits::{
+    self, MAX_COMMAND_ACTION_LEN, MAX_COMMAND_ID_LEN, MAX_COMMAND_PARAMS_BYTES, MAX_LATE_RESPONSES,
+};
 use crate::rejection::Rejection;
 use crate::status::CommandStatus;
 use crate::time::{Duration, Timestamp};
@@ -65,7 +67,10 @@ pub struct CommandExecution {
     pub status_reason: Option<String>,
     /// When it reached its terminal status.
     pub completed_at: Option<Timestamp>,
-    /// Number of events applied.
+    /// Answers that arrived after it ended and were kept for the audit trail.
+    pub late_responses: u32,
+    /// Number of events that changed it (kept late answers do not count, so this is the
+    /// stream's version minus `late_responses`).
     pub version: u64,
 }
 
@@ -104,6 +109,11 @@ pub enum CommandIntent {
         /// What the transport said.
         reason: String,
     },
+    /// The device answered a command that [`CommandIntent::Respond`] refused as ended
+    /// (late, or a duplicate): the answer is kept as `CommandResponseIgnored`, which changes
+    /// no status, up to [`MAX_LATE_RESPONSES`] per command (then nothing is kept). Refused
+    /// while the command is still pending: that answer must go through `Respond`.
+    RecordLate(CommandResponse),
 }
 
 /// How the `statusReason` of a command that could not be delivered begins.
@@ -253,6 +263,31 @@ impl Aggregate for CommandExecution {
                     at: now,
                 }])
             }
+            CommandIntent::RecordLate(response) => {
+                let state = state.ok_or_else(|| not_found("command execution", "unknown"))?;
+                if ensure_pending(state, now).is_ok() {
+                    return Err(Rejection::invalid(
+                        "status",
+                        "the command is still pending; its answer is not late",
+                    ));
+                }
+                // The bounds of `Respond` apply, so a late answer stores nothing larger than a
+                // timely one could.
+                if response
+                    .status_reason
+                    .as_ref()
+                    .is_some_and(|r| r.chars().count() > MAX_REASON_LEN)
+                    || state.late_responses >= MAX_LATE_RESPONSES
+                {
+                    return Ok(vec![]);
+                }
+                Ok(vec![Event::CommandResponseIgnored {
+                    status: response.status,
+                    result: response.result,
+                    status_reason: response.status_reason,
+                    at: now,
+                }])
+            }
         }
     }
 
@@ -287,6 +322,7 @@ impl Aggregate for CommandExecution {
                     result: None,
                     status_reason: None,
                     completed_at: None,
+                    late_responses: 0,
                     version: 1,
                 })
             }
@@ -316,6 +352,15 @@ impl Aggregate for CommandExecution {
                 s.completed_at = Some(*at);
                 Ok(s)
             }
+            Event::CommandResponseIgnored { .. } => match state {
+                // Beside the execution, not a change of it: `version` counts changes only, so
+                // a late answer never looks like one to whoever compares versions.
+                Some(mut s) => {
+                    s.late_responses += 1;
+                    Ok(s)
+                }
+                None => Err(out_of_order(&state)),
+            },
             other => Err(foreign(Self::NAME, other)),
         }
     }

@@ -5,6 +5,8 @@
 //! format: the `type` tag and field names are frozen by golden tests in `tests/golden.rs`;
 //! a change of meaning gets a new schema version and an upcaster, never a silent rename.
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -438,6 +440,54 @@ pub enum Event {
         /// When.
         at: Timestamp,
     },
+    // ---- command execution, later additions ----------------------------------------------
+    /// An answer arrived for a command that had already ended (late, or a duplicate). Kept
+    /// for the audit trail; it changes no status.
+    #[serde(rename_all = "camelCase")]
+    CommandResponseIgnored {
+        /// The status the device reported.
+        status: CommandStatus,
+        /// The device's result.
+        result: Option<Value>,
+        /// The device's reason.
+        status_reason: Option<String>,
+        /// When the answer arrived.
+        at: Timestamp,
+    },
+
+    // ---- thing ---------------------------------------------------------------------------
+    /// A thing was registered, or its record replaced (the whole record, every time).
+    #[serde(rename_all = "camelCase")]
+    ThingRegistered {
+        /// The thing.
+        name: ThingName,
+        /// Its attributes.
+        attributes: BTreeMap<String, String>,
+        /// Its thing type name.
+        thing_type: Option<String>,
+        /// The MQTT client id it connects with, when not its name.
+        client_id: Option<String>,
+        /// When.
+        at: Timestamp,
+    },
+    /// The thing's registry record was removed (its presence is kept).
+    #[serde(rename_all = "camelCase")]
+    ThingDeregistered {
+        /// When.
+        at: Timestamp,
+    },
+    /// A presence source said the thing connected or disconnected.
+    #[serde(rename_all = "camelCase")]
+    ThingPresenceChanged {
+        /// The thing.
+        name: ThingName,
+        /// Connected or not.
+        online: bool,
+        /// The source's ordering key, in milliseconds.
+        stamp: u64,
+        /// When the report was recorded.
+        at: Timestamp,
+    },
 }
 
 impl Event {
@@ -474,6 +524,10 @@ impl Event {
             Self::ApiKeyRevoked { .. } => "ApiKeyRevoked",
             Self::CommandTemplateRegistered { .. } => "CommandTemplateRegistered",
             Self::CommandTemplateDeleted { .. } => "CommandTemplateDeleted",
+            Self::CommandResponseIgnored { .. } => "CommandResponseIgnored",
+            Self::ThingRegistered { .. } => "ThingRegistered",
+            Self::ThingDeregistered { .. } => "ThingDeregistered",
+            Self::ThingPresenceChanged { .. } => "ThingPresenceChanged",
         }
     }
 

@@ -203,13 +203,14 @@ arbitrary_id!(StatusDetailKey, thing_char);
 
 impl<'a> Arbitrary<'a> for StreamId {
     fn arbitrary(u: &mut Unstructured<'a>) -> Result<Self> {
-        Ok(match u.int_in_range(0..=6)? {
+        Ok(match u.int_in_range(0..=7)? {
             0 => Self::command(&u.arbitrary()?),
             1 => Self::job(&u.arbitrary()?),
             2 => Self::job_execution(&u.arbitrary()?, &u.arbitrary()?),
             3 => Self::group(&u.arbitrary()?),
             4 => Self::api_key(&u.arbitrary()?),
             5 => Self::command_template(&u.arbitrary()?),
+            6 => Self::thing(&u.arbitrary()?),
             _ => parsed(Self::custom(&id_text(u, 200, |c| {
                 thing_char(c) || c == '/'
             })?))?,
@@ -550,7 +551,7 @@ impl<'a> Arbitrary<'a> for Event {
     /// Every variant, with the field values `decide` could have produced.
     fn arbitrary(u: &mut Unstructured<'a>) -> Result<Self> {
         let at: Timestamp = u.arbitrary()?;
-        Ok(match u.int_in_range(0..=29)? {
+        Ok(match u.int_in_range(0..=33)? {
             0 => Self::CommandSent {
                 execution_id: u.arbitrary()?,
                 thing: u.arbitrary()?,
@@ -695,10 +696,31 @@ impl<'a> Arbitrary<'a> for Event {
                 stage: u.int_in_range(0..=10)?,
                 overridden: u.arbitrary()?,
             },
-            _ => Self::JobUpdated {
+            29 => Self::JobUpdated {
                 at,
                 description: description(u)?,
                 config: job_config_at(u, at)?,
+            },
+            30 => Self::CommandResponseIgnored {
+                status: response_status(u)?,
+                result: optional_json(u, MAX_COMMAND_PARAMS_BYTES)?,
+                status_reason: reason(u)?,
+                at,
+            },
+            31 => Self::ThingPresenceChanged {
+                name: u.arbitrary()?,
+                online: u.arbitrary()?,
+                stamp: u.arbitrary()?,
+                at,
+            },
+            32 => Self::ThingDeregistered { at },
+            _ => Self::ThingRegistered {
+                name: u.arbitrary()?,
+                // An empty record keeps within every registry limit.
+                attributes: std::collections::BTreeMap::new(),
+                thing_type: None,
+                client_id: None,
+                at,
             },
         })
     }
@@ -905,7 +927,7 @@ impl<'a> Arbitrary<'a> for JobExecutionIntent {
 impl<'a> Arbitrary<'a> for CommandIntent {
     /// Every variant; a send within every limit, a response with a device status.
     fn arbitrary(u: &mut Unstructured<'a>) -> Result<Self> {
-        Ok(match u.int_in_range(0..=4)? {
+        Ok(match u.int_in_range(0..=5)? {
             0 => Self::Send {
                 execution_id: u.arbitrary()?,
                 thing: u.arbitrary()?,
@@ -917,6 +939,7 @@ impl<'a> Arbitrary<'a> for CommandIntent {
             1 => Self::Respond(u.arbitrary()?),
             2 => Self::CheckTimeout,
             3 => Self::Cancel { reason: reason(u)? },
+            4 => Self::RecordLate(u.arbitrary()?),
             _ => Self::Undeliverable {
                 reason: u.arbitrary()?,
             },
@@ -1026,7 +1049,7 @@ mod tests {
                 assert!(command_id.as_deref().is_none_or(valid_command_id));
             }
         });
-        assert_eq!(kinds.len(), 30, "{kinds:?}");
+        assert_eq!(kinds.len(), 34, "{kinds:?}");
         each(|r: Inbound| {
             let text = serde_json::to_string(&r).unwrap();
             assert_eq!(serde_json::from_str::<Inbound>(&text).unwrap(), r, "{text}");

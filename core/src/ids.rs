@@ -198,11 +198,11 @@ id_type!(
     StatusDetailKey, "statusDetails key", 128, "[a-zA-Z0-9:_-]", thing_char
 );
 
-/// The name of an event stream: one per command execution, job, job execution, group and API
-/// key.
+/// The name of an event stream: one per command execution, job, job execution, group, thing,
+/// API key and registered command.
 ///
 /// Streams are named `cmd/{executionId}`, `job/{jobId}`, `exec/{jobId}/{thingName}`,
-/// `group/{groupName}`, `key/{apiKeyId}` and `tpl/{commandId}`. `/` is outside every id alphabet, so the name is unambiguous and the
+/// `group/{groupName}`, `thing/{thingName}`, `key/{apiKeyId}` and `tpl/{commandId}`. `/` is outside every id alphabet, so the name is unambiguous and the
 /// parts can be recovered with [`StreamId::kind`].
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]
@@ -223,6 +223,8 @@ pub enum StreamKind {
     ApiKey(ApiKeyId),
     /// A command template stream.
     CommandTemplate(CommandId),
+    /// A thing's registry record and presence.
+    Thing(ThingName),
     /// A stream outside the fleetops categories (store tests, embedders' own streams):
     /// `x/` followed by 1–200 characters of `[a-zA-Z0-9:_/-]`.
     Custom(String),
@@ -259,6 +261,11 @@ impl StreamId {
         Self(format!("tpl/{id}"))
     }
 
+    /// The stream of a thing's registry record and presence.
+    pub fn thing(name: &ThingName) -> Self {
+        Self(format!("thing/{name}"))
+    }
+
     /// A custom stream `x/{name}`, for store tests and embedders' own streams.
     pub fn custom(name: &str) -> Result<Self, IdError> {
         let s = format!("x/{name}");
@@ -270,8 +277,8 @@ impl StreamId {
     pub fn parse(s: &str) -> Result<StreamKind, IdError> {
         let bad = || IdError::Malformed {
             kind: "stream id",
-            expected: "cmd/{id}, job/{id}, exec/{job}/{thing}, group/{name}, key/{id}, tpl/{id} \
-                       or x/{name}",
+            expected: "cmd/{id}, job/{id}, exec/{job}/{thing}, group/{name}, thing/{name}, key/{id}, \
+                       tpl/{id} or x/{name}",
         };
         let (prefix, rest) = s.split_once('/').ok_or_else(bad)?;
         Ok(match prefix {
@@ -284,6 +291,7 @@ impl StreamId {
             "group" => StreamKind::Group(GroupName::parse(rest)?),
             "key" => StreamKind::ApiKey(ApiKeyId::parse(rest)?),
             "tpl" => StreamKind::CommandTemplate(CommandId::parse(rest)?),
+            "thing" => StreamKind::Thing(ThingName::parse(rest)?),
             "x" => {
                 check("custom stream name", rest, 200, "[a-zA-Z0-9:_/-]", |c| {
                     thing_char(c) || c == '/'

@@ -27,10 +27,9 @@
 //! 3. **Ports and read models**: `aggregate` (the trait), `store`, `lease`, `link`,
 //!    `projection`, `policy`. What aggregates are, where events go, who leads when several
 //!    runtimes share a store, and the folds and pure rules the job decides with.
-//! 4. **Aggregates**: `command`, `job`, `job_execution`, `group`, `api_key`,
-//!    `command_template`. None names another: what two
-//!    of them share (a limit, a value type) moves down a layer, and stays reachable from its
-//!    old path by a `pub use`.
+//! 4. **Aggregates**: `command`, `job`, `job_execution`, `group`, `thing`, `api_key`,
+//!    `command_template`. None names another: what two of them share (a limit, a value
+//!    type) moves down a layer, and stays reachable from its old path by a `pub use`.
 //! 5. **Kits**: `testkit`, `strategies` and the `arbitrary` impls, behind features. They may
 //!    name anything; nothing names them.
 //!
@@ -120,6 +119,7 @@ pub mod rejection;
 pub mod status;
 pub mod store;
 pub mod template;
+pub mod thing;
 pub mod time;
 
 pub use aggregate::Aggregate;

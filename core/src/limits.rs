@@ -51,6 +51,26 @@ pub const MAX_PENDING_LISTED: usize = 100;
 /// so a refusal to a hostile topic never produces a malformed packet.
 pub const MAX_TOPIC_BYTES: usize = 1024;
 
+/// The most attributes one registered thing may hold.
+pub const MAX_THING_ATTRIBUTES: usize = 50;
+
+/// The longest thing attribute name, in characters of `[a-zA-Z0-9_.:-]`.
+pub const MAX_ATTRIBUTE_NAME_LEN: usize = 128;
+
+/// The longest thing attribute value, in characters (no control characters).
+pub const MAX_ATTRIBUTE_VALUE_LEN: usize = 800;
+
+/// The longest thing type name, in characters of `[a-zA-Z0-9:_-]`.
+pub const MAX_THING_TYPE_LEN: usize = 128;
+
+/// The longest MQTT client id a thing may be registered with, in characters of
+/// `[a-zA-Z0-9:_.-]` (one topic level, so presence topics that name it parse).
+pub const MAX_CLIENT_ID_LEN: usize = 128;
+
+/// The most late or duplicate answers kept per command execution; later ones are dropped, so a
+/// device repeating itself cannot grow a finished command's history without bound.
+pub const MAX_LATE_RESPONSES: u32 = 16;
+
 /// The size of `value` as compact JSON, in bytes, without building the text.
 pub fn json_len(value: &Value) -> usize {
     struct Count(usize);

@@ -39,13 +39,34 @@ pub enum LinkEvent {
     /// itself), with the receipt the runtime hands back to [`DeviceLink::settle`] once the
     /// request's effect is stored or it was refused.
     Request(Inbound, Receipt),
-    /// A device connected or disconnected, when the transport can tell.
+    /// A device connected or disconnected, when the transport can tell. Without a stamp
+    /// of its own, the runtime orders it by its arrival time.
     Presence {
         /// The device.
         thing: ThingName,
         /// Whether it is now online.
         online: bool,
     },
+    /// A presence source reported on a device, with the source's ordering key.
+    PresenceReport {
+        /// Whom the source names.
+        subject: PresenceSubject,
+        /// Whether it is now online.
+        online: bool,
+        /// The source's ordering key, in milliseconds: a birth and the last will of one
+        /// connection share it, a later connection has a greater one.
+        stamp: u64,
+    },
+}
+
+/// Whom a presence source names: a thing, or an MQTT client id the runtime maps to a thing
+/// through the registry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PresenceSubject {
+    /// The thing itself (the topic names it).
+    Thing(ThingName),
+    /// A client id, as the broker's own connection events name devices.
+    Client(String),
 }
 
 /// Why the link failed.

@@ -168,7 +168,8 @@ id_strategies!(
     StatusDetailKey, THING_CLASS, thing_char
 );
 
-/// A valid [`StreamId`] of every kind: command, job, job execution, group, API key and custom.
+/// A valid [`StreamId`] of every kind: command, job, job execution, group, thing, API key,
+/// registered command and custom.
 pub fn stream_id() -> impl Strategy<Value = StreamId> {
     prop_oneof![
         execution_id().prop_map(|id| StreamId::command(&id)),
@@ -177,6 +178,7 @@ pub fn stream_id() -> impl Strategy<Value = StreamId> {
         group_name().prop_map(|g| StreamId::group(&g)),
         api_key_id().prop_map(|k| StreamId::api_key(&k)),
         template_id().prop_map(|c| StreamId::command_template(&c)),
+        thing_name().prop_map(|t| StreamId::thing(&t)),
         regex(&format!("[a-zA-Z0-9:_/-]{{1,{MAX_CUSTOM_STREAM_LEN}}}"))
             .prop_map(|name| StreamId::custom(&name).expect("drawn from the custom alphabet")),
     ]
@@ -193,7 +195,7 @@ pub fn invalid_stream_id() -> impl Strategy<Value = String> {
         regex("[a-z]{1,6}/[a-z0-9]{1,6}").prop_filter("an unknown category", |s| {
             !matches!(
                 s.split_once('/').map(|(p, _)| p),
-                Some("cmd" | "job" | "exec" | "group" | "key" | "tpl" | "x")
+                Some("cmd" | "job" | "exec" | "group" | "thing" | "key" | "tpl" | "x")
             )
         }),
         invalid_execution_id().prop_map(|id| format!("cmd/{id}")),
@@ -851,6 +853,56 @@ pub fn command_event() -> impl Strategy<Value = Event> {
         timestamp().prop_map(|at| Event::CommandTimedOut { at }),
         (timestamp(), option::of(reason()))
             .prop_map(|(at, reason)| Event::CommandCanceled { at, reason }),
+        (
+            command_response_status(),
+            optional_json(),
+            option::of(reason()),
+            timestamp(),
+        )
+            .prop_map(|(status, result, status_reason, at)| {
+                Event::CommandResponseIgnored {
+                    status,
+                    result,
+                    status_reason,
+                    at,
+                }
+            }),
+    ]
+}
+
+/// A valid thing attribute map, within the registry's limits.
+pub fn thing_attributes() -> impl Strategy<Value = std::collections::BTreeMap<String, String>> {
+    proptest::collection::btree_map(regex("[a-zA-Z0-9_.:-]{1,16}"), regex("[ -~]{0,24}"), 0..6)
+}
+
+/// A thing event with valid fields.
+pub fn thing_event() -> impl Strategy<Value = Event> {
+    prop_oneof![
+        (
+            thing_name(),
+            thing_attributes(),
+            option::of(regex("[a-zA-Z0-9:_-]{1,16}")),
+            option::of(regex("[a-zA-Z0-9:_.-]{1,16}")),
+            timestamp(),
+        )
+            .prop_map(|(name, attributes, thing_type, client_id, at)| {
+                Event::ThingRegistered {
+                    name,
+                    attributes,
+                    thing_type,
+                    client_id,
+                    at,
+                }
+            }),
+        timestamp().prop_map(|at| Event::ThingDeregistered { at }),
+        (thing_name(), any::<bool>(), any::<u64>(), timestamp()).prop_map(
+            |(name, online, stamp, at)| Event::ThingPresenceChanged {
+                name,
+                online,
+                stamp,
+                at,
+            }
+        ),
     ]
 }
 
@@ -1078,6 +1130,7 @@ pub fn event() -> impl Strategy<Value = Event> {
         group_event(),
         api_key_event(),
         command_template_event(),
+        thing_event(),
     ]
 }
 
@@ -1245,6 +1298,7 @@ pub fn command_intent() -> impl Strategy<Value = CommandIntent> {
         Just(CommandIntent::CheckTimeout),
         option::of(reason()).prop_map(|reason| CommandIntent::Cancel { reason }),
         text_up_to(256).prop_map(|reason| CommandIntent::Undeliverable { reason }),
+        command_response().prop_map(CommandIntent::RecordLate),
     ]
 }
 

@@ -280,6 +280,26 @@ fn samples() -> Vec<Event> {
                 executed: 5,
             },
         },
+        Event::CommandResponseIgnored {
+            status: CommandStatus::Succeeded,
+            result: Some(json!({"locked": true})),
+            status_reason: None,
+            at: t(140),
+        },
+        Event::ThingRegistered {
+            name: thing(),
+            attributes: [("site".to_owned(), "north".to_owned())].into(),
+            thing_type: Some("pump".into()),
+            client_id: Some("hw-00ab-17".into()),
+            at: t(14),
+        },
+        Event::ThingDeregistered { at: t(15) },
+        Event::ThingPresenceChanged {
+            name: thing(),
+            online: false,
+            stamp: 1_733_300_000_000,
+            at: t(16),
+        },
     ]
 }
 
@@ -316,6 +336,10 @@ fn covered(e: &Event) -> usize {
         Event::JobResumed { .. } => 27,
         Event::JobStageAdvanced { .. } => 28,
         Event::JobUpdated { .. } => 29,
+        Event::CommandResponseIgnored { .. } => 30,
+        Event::ThingRegistered { .. } => 31,
+        Event::ThingDeregistered { .. } => 32,
+        Event::ThingPresenceChanged { .. } => 33,
     }
 }
 
@@ -323,7 +347,7 @@ const GOLDEN: &str = include_str!("golden/events.jsonl");
 
 #[test]
 fn every_event_kind_has_a_golden_sample() {
-    let mut seen = [false; 30];
+    let mut seen = [false; 34];
     for e in samples() {
         seen[covered(&e)] = true;
     }

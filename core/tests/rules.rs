@@ -1239,3 +1239,318 @@ fn a_job_name_is_optional_short_and_printable() {
         );
     }
 }
+
+// ---- late command answers ----------------------------------------------------------------------
+
+fn late(status: CommandStatus) -> CommandIntent {
+    CommandIntent::RecordLate(CommandResponse {
+        status,
+        result: Some(json!({"late": true})),
+        status_reason: None,
+    })
+}
+
+#[test]
+fn a_late_answer_is_kept_and_changes_no_status() {
+    let state = given::<CommandExecution>([sent_event(), Event::CommandTimedOut { at: t(130) }])
+        .when(late(CommandStatus::Succeeded), t(140))
+        .then_expect([Event::CommandResponseIgnored {
+            status: CommandStatus::Succeeded,
+            result: Some(json!({"late": true})),
+            status_reason: None,
+            at: t(140),
+        }])
+        .expect("exists");
+    assert_eq!(state.status, CommandStatus::TimedOut);
+    assert_eq!(state.completed_at, Some(t(130)));
+    assert_eq!(state.late_responses, 1);
+    // Kept beside the execution: its version counts changes only.
+    assert_eq!(state.version, 2);
+}
+
+#[test]
+fn a_duplicate_answer_after_the_first_is_kept_too() {
+    let answered = Event::CommandResponded {
+        status: CommandStatus::Succeeded,
+        result: None,
+        status_reason: None,
+        at: t(110),
+    };
+    given::<CommandExecution>([sent_event(), answered])
+        .when(late(CommandStatus::Failed), t(111))
+        .then_expect([Event::CommandResponseIgnored {
+            status: CommandStatus::Failed,
+            result: Some(json!({"late": true})),
+            status_reason: None,
+            at: t(111),
+        }]);
+}
+
+#[test]
+fn an_answer_past_the_deadline_is_late_before_the_timer_fires() {
+    given::<CommandExecution>([sent_event()])
+        .when(late(CommandStatus::Succeeded), t(130))
+        .then_expect([Event::CommandResponseIgnored {
+            status: CommandStatus::Succeeded,
+            result: Some(json!({"late": true})),
+            status_reason: None,
+            at: t(130),
+        }]);
+}
+
+#[test]
+fn a_timely_answer_is_not_recorded_as_late() {
+    given::<CommandExecution>([sent_event()])
+        .when(late(CommandStatus::Succeeded), t(110))
+        .then_reject(ErrorCode::InvalidRequest);
+}
+
+#[test]
+fn late_answers_are_kept_up_to_the_limit_then_dropped() {
+    let ignored = Event::CommandResponseIgnored {
+        status: CommandStatus::Succeeded,
+        result: None,
+        status_reason: None,
+        at: t(140),
+    };
+    let mut history = vec![sent_event(), Event::CommandTimedOut { at: t(130) }];
+    history.extend((0..limits::MAX_LATE_RESPONSES).map(|_| ignored.clone()));
+    given::<CommandExecution>(history)
+        .when(late(CommandStatus::Succeeded), t(150))
+        .then_nothing();
+}
+
+// ---- things: registry ------------------------------------------------------------------------
+
+use fleetops_core::thing::{
+    Connectivity, OfflineCommands, PresenceReport, Thing, ThingIntent as TI,
+};
+use std::collections::BTreeMap;
+
+fn attrs(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+    pairs
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect()
+}
+
+fn register(attributes: BTreeMap<String, String>) -> TI {
+    TI::Register {
+        name: thing(),
+        attributes,
+        thing_type: Some("pump".into()),
+        client_id: Some("hw-1".into()),
+    }
+}
+
+fn registered() -> Event {
+    Event::ThingRegistered {
+        name: thing(),
+        attributes: attrs(&[("site", "north")]),
+        thing_type: Some("pump".into()),
+        client_id: Some("hw-1".into()),
+        at: t(10),
+    }
+}
+
+#[test]
+fn registering_a_thing_records_the_whole_record() {
+    let state = given::<Thing>([])
+        .when(register(attrs(&[("site", "north")])), t(10))
+        .then_expect([registered()])
+        .expect("exists");
+    assert!(state.registered);
+    assert_eq!(state.connectivity, Connectivity::Unknown);
+}
+
+#[test]
+fn registering_the_same_record_again_stores_nothing() {
+    given::<Thing>([registered()])
+        .when(register(attrs(&[("site", "north")])), t(20))
+        .then_nothing();
+}
+
+#[test]
+fn a_record_over_the_limits_is_refused_naming_the_field() {
+    let many: BTreeMap<String, String> = (0..=limits::MAX_THING_ATTRIBUTES)
+        .map(|i| (format!("a{i}"), "v".to_owned()))
+        .collect();
+    let long_value = attrs(&[("k", &"v".repeat(limits::MAX_ATTRIBUTE_VALUE_LEN + 1))]);
+    for (bad, field) in [
+        (many, "attributes"),
+        (attrs(&[("bad name", "v")]), "attributes"),
+        (attrs(&[("", "v")]), "attributes"),
+        (long_value, "attributes"),
+        (attrs(&[("k", "line\nbreak")]), "attributes"),
+    ] {
+        let r = given::<Thing>([])
+            .when(register(bad), t(1))
+            .then_reject(ErrorCode::InvalidRequest);
+        assert!(matches!(r, Rejection::InvalidRequest { field: f, .. } if f == field));
+    }
+    let r = given::<Thing>([])
+        .when(
+            TI::Register {
+                name: thing(),
+                attributes: BTreeMap::new(),
+                thing_type: Some("a/b".into()),
+                client_id: None,
+            },
+            t(1),
+        )
+        .then_reject(ErrorCode::InvalidRequest);
+    assert!(matches!(
+        r,
+        Rejection::InvalidRequest {
+            field: "thingTypeName",
+            ..
+        }
+    ));
+    let r = given::<Thing>([])
+        .when(
+            TI::Register {
+                name: thing(),
+                attributes: BTreeMap::new(),
+                thing_type: None,
+                client_id: Some("x".repeat(limits::MAX_CLIENT_ID_LEN + 1)),
+            },
+            t(1),
+        )
+        .then_reject(ErrorCode::InvalidRequest);
+    assert!(matches!(
+        r,
+        Rejection::InvalidRequest {
+            field: "clientId",
+            ..
+        }
+    ));
+}
+
+#[test]
+fn the_longest_valid_record_is_accepted() {
+    let full: BTreeMap<String, String> = (0..limits::MAX_THING_ATTRIBUTES)
+        .map(|i| {
+            (
+                format!("{i:0>width$}", width = limits::MAX_ATTRIBUTE_NAME_LEN),
+                "é".repeat(limits::MAX_ATTRIBUTE_VALUE_LEN),
+            )
+        })
+        .collect();
+    let then = given::<Thing>([]).when(register(full), t(1));
+    assert!(matches!(then.outcome(), Ok(events) if events.len() == 1));
+}
+
+#[test]
+fn deregistering_an_unregistered_thing_is_not_found() {
+    given::<Thing>([])
+        .when(TI::Deregister, t(1))
+        .then_reject(ErrorCode::ResourceNotFound);
+    given::<Thing>([registered(), Event::ThingDeregistered { at: t(20) }])
+        .when(TI::Deregister, t(30))
+        .then_reject(ErrorCode::ResourceNotFound);
+}
+
+#[test]
+fn deregistering_keeps_presence() {
+    let state = given::<Thing>([registered(), presence(true, 5, 15)])
+        .when(TI::Deregister, t(20))
+        .then_expect([Event::ThingDeregistered { at: t(20) }])
+        .expect("exists");
+    assert!(!state.registered);
+    assert!(state.attributes.is_empty() && state.client_id.is_none());
+    assert_eq!(state.connectivity, Connectivity::Online);
+}
+
+// ---- things: presence ------------------------------------------------------------------------
+
+fn presence(online: bool, stamp: u64, at: u64) -> Event {
+    Event::ThingPresenceChanged {
+        name: thing(),
+        online,
+        stamp,
+        at: t(at),
+    }
+}
+
+fn report(online: bool, stamp: u64) -> TI {
+    TI::ReportPresence {
+        name: thing(),
+        report: PresenceReport { online, stamp },
+    }
+}
+
+#[test]
+fn a_first_report_is_kept() {
+    let state = given::<Thing>([])
+        .when(report(true, 5), t(50))
+        .then_expect([presence(true, 5, 50)])
+        .expect("exists");
+    assert_eq!(state.connectivity, Connectivity::Online);
+    assert_eq!(state.connectivity_since, Some(t(50)));
+    assert!(!state.registered);
+}
+
+#[test]
+fn an_old_offline_arriving_after_a_newer_online_is_ignored() {
+    // Connection 5 died (its will), connection 6 is up; connection 5's will arrives last.
+    given::<Thing>([presence(true, 5, 50), presence(true, 6, 60)])
+        .when(report(false, 5), t(61))
+        .then_nothing();
+}
+
+#[test]
+fn the_will_of_a_connection_supersedes_its_own_birth() {
+    given::<Thing>([presence(true, 5, 50)])
+        .when(report(false, 5), t(55))
+        .then_expect([presence(false, 5, 55)]);
+}
+
+#[test]
+fn a_birth_arriving_after_its_own_connection_s_will_is_ignored() {
+    given::<Thing>([presence(false, 5, 55)])
+        .when(report(true, 5), t(56))
+        .then_nothing();
+}
+
+#[test]
+fn a_duplicate_report_is_ignored() {
+    given::<Thing>([presence(true, 5, 50)])
+        .when(report(true, 5), t(51))
+        .then_nothing();
+}
+
+#[test]
+fn a_newer_report_of_the_same_state_moves_the_stamp_not_the_since() {
+    let state = given::<Thing>([presence(true, 5, 50)])
+        .when(report(true, 7), t(70))
+        .then_expect([presence(true, 7, 70)])
+        .expect("exists");
+    assert_eq!(state.connectivity_since, Some(t(50)));
+    assert_eq!(state.presence_stamp, 7);
+}
+
+// ---- commands to offline things ----------------------------------------------------------------
+
+#[test]
+fn under_fail_a_command_to_a_thing_whose_will_fired_is_refused() {
+    let given = given::<Thing>([presence(true, 5, 50), presence(false, 5, 55)]);
+    let connectivity = fleetops_core::thing::connectivity(given.state());
+    assert_eq!(connectivity, Connectivity::Offline);
+    assert!(!OfflineCommands::Fail.admits(connectivity));
+    // The default waits for the thing.
+    assert!(OfflineCommands::Wait.admits(connectivity));
+    assert_eq!(OfflineCommands::default(), OfflineCommands::Wait);
+}
+
+#[test]
+fn a_thing_online_or_never_reported_on_gets_its_command() {
+    let online = given::<Thing>([presence(true, 5, 50)]);
+    assert!(OfflineCommands::Fail.admits(fleetops_core::thing::connectivity(online.state())));
+    let never = given::<Thing>([registered()]);
+    assert_eq!(
+        fleetops_core::thing::connectivity(never.state()),
+        Connectivity::Unknown
+    );
+    assert!(OfflineCommands::Fail.admits(Connectivity::Unknown));
+    assert!(OfflineCommands::Fail.admits(fleetops_core::thing::connectivity(None)));
+}

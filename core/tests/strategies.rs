@@ -380,5 +380,5 @@ fn the_event_strategy_draws_every_variant() {
         .iter()
         .map(Event::type_name)
         .collect();
-    assert_eq!(names.len(), 30, "{names:?}");
+    assert_eq!(names.len(), 34, "{names:?}");
 }

@@ -12,14 +12,15 @@ use fleetops_core::group::Group;
 use fleetops_core::ids::{ApiKeyId, CommandId};
 use fleetops_core::job::Job;
 use fleetops_core::projection::{Projections, ProjectionsSnapshot};
+use fleetops_core::thing::Thing;
 use fleetops_core::{ExecutionId, GroupName, JobId, ThingName, Timestamp};
 use serde::{Deserialize, Serialize};
 
 use crate::model::{CommandEntry, JobEntry, ReadModel, StageBook};
 
 /// Version of the encoding below; a snapshot of another version is ignored. Format 2 keeps
-/// each execution once, in core's projection entry; format 3 adds each job's stages, API keys
-/// and registered commands.
+/// each execution once, in core's projection entry; format 3 adds each job's stages, API keys,
+/// registered commands and the things (registry and presence).
 const FORMAT: u32 = 3;
 
 /// The state as written: sorted lists, so equal states encode to equal bytes.
@@ -36,6 +37,7 @@ struct ImageRef<'a> {
     thing_commands: BTreeMap<&'a ThingName, &'a Vec<ExecutionId>>,
     api_keys: Vec<&'a ApiKey>,
     templates: Vec<&'a CommandTemplate>,
+    things: Vec<&'a Thing>,
 }
 
 #[derive(Serialize)]
@@ -63,6 +65,7 @@ struct Image {
     thing_commands: BTreeMap<ThingName, Vec<ExecutionId>>,
     api_keys: Vec<ApiKey>,
     templates: Vec<CommandTemplate>,
+    things: Vec<Thing>,
 }
 
 #[derive(Deserialize)]
@@ -118,6 +121,9 @@ pub enum ImageError {
     /// A registered command appears twice.
     #[error("command {0} is listed twice")]
     DuplicateTemplate(CommandId),
+    /// A thing appears twice.
+    #[error("thing {0} is listed twice")]
+    DuplicateThing(ThingName),
 }
 
 /// A hash map's entries in key order, for a stable encoding.
@@ -151,6 +157,7 @@ impl ReadModel {
             thing_commands: sorted(&self.thing_commands),
             api_keys: self.api_keys.values().collect(),
             templates: self.templates.values().collect(),
+            things: self.things.values().collect(),
         };
         // Serializing plain data into a Vec cannot fail (no map has non-string keys).
         serde_json::to_vec(&image).unwrap_or_default()
@@ -212,6 +219,17 @@ impl ReadModel {
                 return Err(ImageError::DuplicateTemplate(id));
             }
         }
+        let mut things = BTreeMap::new();
+        let mut client_things = std::collections::HashMap::new();
+        for t in image.things {
+            let name = t.name.clone();
+            if let Some(id) = &t.client_id {
+                client_things.insert(id.clone(), name.clone());
+            }
+            if things.insert(name.clone(), t).is_some() {
+                return Err(ImageError::DuplicateThing(name));
+            }
+        }
         Ok(ReadModel {
             proj,
             jobs,
@@ -222,6 +240,8 @@ impl ReadModel {
             thing_commands: image.thing_commands.into_iter().collect(),
             api_keys,
             templates,
+            things,
+            client_things,
         })
     }
 }

@@ -22,6 +22,7 @@ use fleetops_core::limits::MAX_PENDING_LISTED;
 use fleetops_core::policy::{retry, rollout, stages};
 use fleetops_core::projection::{ExecutionEntry, JobCounters, Projections};
 use fleetops_core::store::StoredEvent;
+use fleetops_core::thing::{Connectivity, Thing};
 use fleetops_core::{
     Aggregate, CommandStatus, Event, ExecutionId, GroupName, JobExecutionStatus, JobId, JobStatus,
     StreamId, ThingName, Timestamp,
@@ -120,6 +121,8 @@ pub struct Effects {
     pub commands_done: Vec<ExecutionId>,
     /// Status changes, in feed order.
     pub changes: Vec<StatusChange>,
+    /// Things presence now says are online (they get their pending list again at once).
+    pub came_online: Vec<ThingName>,
 }
 
 /// The read model: core's projections and the runtime's own indexes, folded together in one
@@ -144,6 +147,11 @@ pub struct ReadModel {
     pub api_keys: BTreeMap<ApiKeyId, ApiKey>,
     /// Every registered command, deleted ones included.
     pub templates: BTreeMap<CommandId, CommandTemplate>,
+    /// Every thing that was registered or reported on by presence.
+    pub things: BTreeMap<ThingName, Thing>,
+    /// The registered MQTT client ids, to the thing each names (presence sources that report
+    /// client ids are mapped through it).
+    pub client_things: HashMap<String, ThingName>,
 }
 
 /// How a batch of the feed folded (see [`ReadModel::fold_batch`]).
@@ -292,9 +300,55 @@ impl ReadModel {
                     .map_err(|e| corrupt(&stored.stream, e))?;
                 self.templates.insert(id, t);
             }
+            StreamKind::Thing(name) => self.apply_thing(name, stored, fx)?,
             StreamKind::Custom(_) => {}
         }
         Ok(())
+    }
+
+    fn apply_thing(
+        &mut self,
+        name: ThingName,
+        stored: &StoredEvent,
+        fx: &mut Effects,
+    ) -> Result<(), FoldError> {
+        let old = self.things.remove(&name);
+        let was = old.as_ref().map(|t| t.connectivity);
+        if let Some(id) = old.as_ref().and_then(|t| t.client_id.as_ref()) {
+            if self.client_things.get(id) == Some(&name) {
+                self.client_things.remove(id);
+            }
+        }
+        let thing = Thing::evolve(old, &stored.event).map_err(|e| corrupt(&stored.stream, e))?;
+        if let Some(id) = &thing.client_id {
+            self.client_things.insert(id.clone(), name.clone());
+        }
+        if thing.connectivity == Connectivity::Online && was != Some(Connectivity::Online) {
+            fx.came_online.push(name.clone());
+        }
+        self.things.insert(name, thing);
+        Ok(())
+    }
+
+    /// The thing a presence source's MQTT client id names: the registered thing with that
+    /// client id, else the thing of that name (a client id that is a valid thing name).
+    pub fn thing_of_client(&self, client_id: &str) -> Option<ThingName> {
+        if let Some(t) = self.client_things.get(client_id) {
+            return Some(t.clone());
+        }
+        let name = ThingName::parse(client_id).ok()?;
+        // A thing registered under another client id is not named by its own name.
+        match self.things.get(&name) {
+            Some(t) if t.client_id.as_deref().is_some_and(|c| c != client_id) => None,
+            _ => Some(name),
+        }
+    }
+
+    /// Whether `thing` is online, offline or unknown.
+    pub fn connectivity(&self, thing: &ThingName) -> Connectivity {
+        self.things
+            .get(thing)
+            .map_or(Connectivity::Unknown, |t| t.connectivity)
     }
 
     fn apply_command(&mut self, id: ExecutionId, stored: &StoredEvent, fx: &mut Effects) {
@@ -326,6 +380,7 @@ impl ReadModel {
             Event::CommandResponded { status, at, .. } => (*status, *at),
             Event::CommandTimedOut { at } => (CommandStatus::TimedOut, *at),
             Event::CommandCanceled { at, .. } => (CommandStatus::Canceled, *at),
+            // Late answers change no status (and keep the same terminal one).
             _ => return,
         };
         let Some(entry) = self.commands.get_mut(&id) else {
@@ -757,5 +812,52 @@ mod tests {
             model.api_keys[&id].revoked_at,
             Some(Timestamp::from_secs(5))
         );
+    }
+
+    #[test]
+    fn presence_sources_naming_client_ids_find_the_registered_thing() {
+        let mut model = ReadModel::default();
+        let mut fx = Effects::default();
+        let lamp = ThingName::parse("lamp-7").unwrap();
+        let registered = stored(
+            1,
+            StreamId::thing(&lamp),
+            1,
+            Event::ThingRegistered {
+                name: lamp.clone(),
+                attributes: Default::default(),
+                thing_type: None,
+                client_id: Some("hw-17".into()),
+                at: Timestamp::EPOCH,
+            },
+        );
+        model.apply(&registered, &mut fx).unwrap();
+        assert_eq!(model.thing_of_client("hw-17"), Some(lamp.clone()));
+        // Its own name is not its client id any more; another valid name is itself.
+        assert_eq!(model.thing_of_client("lamp-7"), None);
+        assert_eq!(
+            model.thing_of_client("lamp-8"),
+            Some(ThingName::parse("lamp-8").unwrap())
+        );
+        assert_eq!(model.thing_of_client("not/a thing"), None);
+        assert_eq!(model.connectivity(&lamp), Connectivity::Unknown);
+        let online = stored(
+            2,
+            StreamId::thing(&lamp),
+            2,
+            Event::ThingPresenceChanged {
+                name: lamp.clone(),
+                online: true,
+                stamp: 5,
+                at: Timestamp::EPOCH,
+            },
+        );
+        model.apply(&online, &mut fx).unwrap();
+        assert_eq!(model.connectivity(&lamp), Connectivity::Online);
+        assert_eq!(fx.came_online, std::slice::from_ref(&lamp));
+        // The image keeps things and rebuilds the client id index.
+        let back = ReadModel::decode(&model.encode(), 2).unwrap();
+        assert_eq!(back.thing_of_client("hw-17"), Some(lamp.clone()));
+        assert_eq!(back.things, model.things);
     }
 }

@@ -88,6 +88,7 @@ impl ReadModel {
                 StreamKind::JobExecution(job_id, thing) => Timer::Execution { job_id, thing },
                 StreamKind::Job(job) => Timer::Job(job),
                 StreamKind::Group(_)
+                | StreamKind::Thing(_)
                 | StreamKind::ApiKey(_)
                 | StreamKind::CommandTemplate(_)
                 | StreamKind::Custom(_) => continue,

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 
 use clap::{Args, ValueEnum};
 use fleetops_store_sled::Durability;
-use fleetops_transport_mqtt::codec::{LayoutError, TopicLayout};
+use fleetops_transport_mqtt::codec::{LayoutError, PresenceSource, TopicLayout};
 use fleetops_transport_mqtt::{BrokerConfig, Credentials, MqttLinkConfig, Session};
 use serde::{Deserialize, Serialize};
 
@@ -48,6 +48,43 @@ pub enum LogFormat {
     Text,
     /// One JSON object per line, for log collectors.
     Json,
+}
+
+/// Where presence comes from, as the command line and the TOML file name it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, ValueEnum, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PresenceArg {
+    /// No presence: every thing's connectivity stays `unknown`.
+    #[default]
+    None,
+    /// Birth and last-will messages on `{prefix}/things/{thing}/presence` (any broker).
+    Birth,
+    /// EMQX's `$SYS/brokers/+/clients/+/connected|disconnected`.
+    Emqx,
+    /// AWS-style `$aws/events/presence/connected|disconnected/{clientId}`.
+    Aws,
+}
+
+impl From<PresenceArg> for PresenceSource {
+    fn from(p: PresenceArg) -> Self {
+        match p {
+            PresenceArg::None => Self::None,
+            PresenceArg::Birth => Self::Birth,
+            PresenceArg::Emqx => Self::Emqx,
+            PresenceArg::Aws => Self::Aws,
+        }
+    }
+}
+
+/// What happens to a command to a thing presence says is offline.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, ValueEnum, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OfflineCommandsArg {
+    /// Send it; it waits for the thing until its TTL.
+    #[default]
+    Wait,
+    /// Refuse it at once with 409 `ThingOffline`.
+    Fail,
 }
 
 /// sled durability, as the command line and the TOML file name it.
@@ -137,6 +174,13 @@ pub struct ServeOptions {
     /// a dead instance's session would keep taking its share of the requests].
     #[arg(long, env = "FLEETOPS_SESSION_EXPIRY_SECS", value_name = "SECS")]
     pub session_expiry_secs: Option<u64>,
+    /// Where thing presence (online / offline) comes from [default: none].
+    #[arg(long, env = "FLEETOPS_PRESENCE", value_enum)]
+    pub presence: Option<PresenceArg>,
+    /// A command to a thing presence says is offline: `wait` (until its TTL) or `fail` (409
+    /// `ThingOffline` at once) [default: wait].
+    #[arg(long, env = "FLEETOPS_OFFLINE_COMMANDS", value_enum)]
+    pub offline_commands: Option<OfflineCommandsArg>,
     /// Where the events are kept: `sled` (embedded, in --data-dir; one instance) or a
     /// PostgreSQL URL `postgres://user[:password]@host[:port]/database` that several
     /// instances may share [default: sled].
@@ -220,6 +264,10 @@ pub struct FileConfig {
     pub shared_group: Option<String>,
     /// See [`ServeOptions::session_expiry_secs`].
     pub session_expiry_secs: Option<u64>,
+    /// See [`ServeOptions::presence`].
+    pub presence: Option<PresenceArg>,
+    /// See [`ServeOptions::offline_commands`].
+    pub offline_commands: Option<OfflineCommandsArg>,
     /// See [`ServeOptions::store`].
     pub store: Option<String>,
     /// See [`ServeOptions::data_dir`].
@@ -381,6 +429,8 @@ pub struct Settings {
     pub log_format: LogFormat,
     /// Log filter (`RUST_LOG` syntax).
     pub log_filter: String,
+    /// Whether commands to offline things are refused at once.
+    pub offline_commands: OfflineCommandsArg,
 }
 
 /// Where `fleetops serve` keeps its events.
@@ -511,6 +561,7 @@ impl Settings {
         link.client_id = client_id;
         link.layout = layout;
         link.shared_group = args.shared_group.or(file.shared_group);
+        link.presence = args.presence.or(file.presence).unwrap_or_default().into();
         // A persistent member of a shared subscription keeps receiving its share of the
         // device requests while it is down (they wait in its session), so instances that
         // share the traffic end their sessions when they go: the others then get it all.
@@ -604,6 +655,10 @@ impl Settings {
                 .or(file.log)
                 .or(rust_log)
                 .unwrap_or_else(|| DEFAULT_LOG_FILTER.to_owned()),
+            offline_commands: args
+                .offline_commands
+                .or(file.offline_commands)
+                .unwrap_or_default(),
         })
     }
 }
@@ -889,6 +944,31 @@ mod tests {
         let file: FileConfig = toml::from_str(&guide[start..start + len]).expect("valid");
         assert_eq!(file.data_dir, Some(PathBuf::from("/var/lib/fleetops")));
         assert_eq!(file.log_format, Some(LogFormat::Json));
+        assert_eq!(file.presence, Some(PresenceArg::Birth));
+        assert_eq!(file.offline_commands, Some(OfflineCommandsArg::Wait));
+    }
+
+    #[test]
+    fn presence_and_offline_commands_come_from_flags_over_the_file() {
+        let s = Settings::resolve(args(), FileConfig::default(), None).unwrap();
+        assert_eq!(s.link.presence, PresenceSource::None);
+        assert_eq!(s.offline_commands, OfflineCommandsArg::Wait);
+        let file = FileConfig {
+            presence: Some(PresenceArg::Emqx),
+            offline_commands: Some(OfflineCommandsArg::Fail),
+            ..FileConfig::default()
+        };
+        let s = Settings::resolve(args(), file.clone(), None).unwrap();
+        assert_eq!(s.link.presence, PresenceSource::Emqx);
+        assert_eq!(s.offline_commands, OfflineCommandsArg::Fail);
+        let mut a = args();
+        a.presence = Some(PresenceArg::Aws);
+        a.offline_commands = Some(OfflineCommandsArg::Wait);
+        let s = Settings::resolve(a, file, None).unwrap();
+        assert_eq!(s.link.presence, PresenceSource::Aws);
+        assert_eq!(s.offline_commands, OfflineCommandsArg::Wait);
+        assert!(toml::from_str::<FileConfig>("presence = \"sometimes\"").is_err());
+        assert!(toml::from_str::<FileConfig>("offline_commands = \"drop\"").is_err());
     }
 
     #[test]

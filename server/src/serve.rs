@@ -27,7 +27,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use fleetops_core::StoreError;
-use fleetops_service::{Fleet, FleetError};
+use fleetops_service::{Fleet, FleetConfig, FleetError};
 use fleetops_store_postgres::{PostgresConfig, PostgresStore};
 use fleetops_store_sled::{SledConfig, SledStore};
 use fleetops_transport_mqtt::MqttLink;
@@ -35,7 +35,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 pub use crate::config::ServeArgs;
-use crate::config::{LogFormat, Settings, StoreSetting};
+use crate::config::{LogFormat, OfflineCommandsArg, Settings, StoreSetting};
 use crate::http::{self, AdapterFigures, ApiState};
 use crate::store::AnyStore;
 
@@ -141,7 +141,10 @@ pub async fn start(
     let link = Arc::new(link);
     // sled's directory is locked, so its process leads at once; instances on PostgreSQL lead
     // while they hold the database's lease.
-    let mut builder = Fleet::builder(store.clone(), Arc::clone(&link));
+    let mut builder = Fleet::builder(store.clone(), Arc::clone(&link)).config(FleetConfig {
+        fail_commands_when_offline: settings.offline_commands == OfflineCommandsArg::Fail,
+        ..FleetConfig::default()
+    });
     if let Some(lease) = store.lease() {
         builder = builder.lease(lease);
     }

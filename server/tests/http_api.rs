@@ -241,7 +241,8 @@ async fn a_command_with_wait_answers_with_the_terminal_execution() {
     assert_eq!(status, StatusCode::CREATED, "{sent}");
     assert!(sent["executionId"].is_string());
 
-    // Nobody answers for `ghost`: the TTL decides, and wait reports TIMED_OUT.
+    // `ghost` is connected but never answers: the TTL decides, and wait reports TIMED_OUT.
+    let _ghost = common::silent_devices(&broker, &["ghost"]).await;
     let (status, timed_out) = server
         .post(
             "/api/v1/commands?wait=true",
@@ -766,6 +767,7 @@ async fn graceful_shutdown_keeps_everything_and_the_data_dir_reopens() {
     .await;
     // A wait=true request in flight when the shutdown starts answers at once (202, SENT)
     // instead of holding the shutdown up for its whole TTL.
+    let _off = common::silent_devices(&broker, &["off-1"]).await;
     let client = reqwest::Client::new();
     let pending = tokio::spawn(
         client

@@ -6,7 +6,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{broker, options, Running, TOKEN};
+use common::{broker, options, silent_devices, Running, TOKEN};
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 
@@ -128,6 +128,7 @@ fn refused(answer: &(StatusCode, Value), status: StatusCode, code: &str) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn histories_page_through_a_stream_and_refuse_what_they_cannot_serve() {
     let broker = broker();
+    let _devices = silent_devices(&broker, &["t0", "t1", "t2", "t3"]).await;
     let data = tempfile::tempdir().unwrap();
     let server = Running::start(options(&broker, data.path())).await;
 
@@ -259,6 +260,7 @@ fn uuid_like(s: &str) -> bool {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_event_stream_sends_stored_events_live_filtered_and_resumes_after_an_id() {
     let broker = broker();
+    let _devices = silent_devices(&broker, &["t0", "t1", "t2", "t3"]).await;
     let data = tempfile::tempdir().unwrap();
     let server = Running::start(options(&broker, data.path())).await;
     // Something stored before anyone listens: not sent to streams that start at the head.
@@ -375,6 +377,7 @@ async fn the_event_stream_sends_stored_events_live_filtered_and_resumes_after_an
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn at_most_64_event_streams_are_served_at_once() {
     let broker = broker();
+    let _devices = silent_devices(&broker, &["t0", "t1", "t2", "t3"]).await;
     let data = tempfile::tempdir().unwrap();
     let server = Running::start(options(&broker, data.path())).await;
     let mut open = Vec::new();

@@ -14,7 +14,7 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
-use common::{broker, listening_line, options, Running, TOKEN};
+use common::{broker, listening_line, options, silent_devices, Running, TOKEN};
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 
@@ -210,6 +210,7 @@ async fn rollout_control_limits_hold_from_both_sides() {
 async fn every_documented_limit_holds_from_both_sides() {
     use fleetops_core::limits::*;
     let broker = broker();
+    let _devices = silent_devices(&broker, &["t1"]).await;
     let data = tempfile::tempdir().unwrap();
     let server = Running::start(options(&broker, data.path())).await;
     let (ok, bad) = (StatusCode::CREATED, StatusCode::BAD_REQUEST);
@@ -909,6 +910,7 @@ impl Fixtures {
             "addThingGroupMembers" | "removeThingGroupMembers" => json!({"thingNames": ["t1"]}),
             "createApiKey" => json!({"name": format!("k{n}"), "scope": "read"}),
             "registerCommand" => json!({"action": "a", "description": format!("d{n}")}),
+            "putThing" => json!({"attributes": {"n": format!("{n}")}}),
             _ => return None,
         })
     }
@@ -917,6 +919,7 @@ impl Fixtures {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_openapi_document_states_exactly_what_the_server_accepts() {
     let broker = broker();
+    let _devices = silent_devices(&broker, &["t1"]).await;
     let data = tempfile::tempdir().unwrap();
     let server = Running::start(options(&broker, data.path())).await;
     let doc = Doc::load();

@@ -16,6 +16,7 @@ use fleetops_core::lease::Lease;
 use fleetops_core::link::DeviceLink;
 use fleetops_core::projection::ExecutionEntry;
 use fleetops_core::store::{EventStore, StoredEvent};
+use fleetops_core::thing::{Connectivity, OfflineCommands, PresenceReport, Thing, ThingIntent};
 use fleetops_core::{
     CommandStatus, Duration, ExecutionId, GroupName, JobExecutionStatus, JobId, JobStatus,
     Rejection, StreamId, ThingName,
@@ -174,7 +175,7 @@ impl<S: EventStore, L: DeviceLink> FleetBuilder<S, L> {
             hasher: RandomState::new(),
             waiters: Mutex::new(HashMap::new()),
             changes,
-            presence: Mutex::new(HashMap::new()),
+            presence_stamp: AtomicU64::new(0),
             cache: Mutex::new(ExecCache::new(cache_capacity)),
             command_cache: Mutex::new(CommandCache::new(COMMAND_CAPACITY)),
             handed: Mutex::new(Vec::new()),
@@ -328,6 +329,38 @@ pub struct CommandFilter {
     pub status: Option<CommandStatus>,
     /// Only commands with this action.
     pub action: Option<String>,
+}
+
+/// Which registered things to list (every condition set must hold).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ThingFilter {
+    /// Only things that have an attribute of this name (with `attribute_value`: of that
+    /// value).
+    pub attribute_name: Option<String>,
+    /// Only things with an attribute of this value (with `attribute_name`: that one).
+    pub attribute_value: Option<String>,
+    /// Only things of this type.
+    pub thing_type: Option<String>,
+    /// Only things presence says are online, offline, or never reported on.
+    pub connectivity: Option<Connectivity>,
+}
+
+impl ThingFilter {
+    /// Whether `thing` is listed: registered, and every condition set holds.
+    pub fn matches(&self, thing: &Thing) -> bool {
+        thing.registered
+            && match (&self.attribute_name, &self.attribute_value) {
+                (None, None) => true,
+                (Some(k), None) => thing.attributes.contains_key(k),
+                (Some(k), Some(v)) => thing.attributes.get(k) == Some(v),
+                (None, Some(v)) => thing.attributes.values().any(|x| x == v),
+            }
+            && self
+                .thing_type
+                .as_ref()
+                .is_none_or(|t| thing.thing_type.as_ref() == Some(t))
+            && self.connectivity.is_none_or(|c| thing.connectivity == c)
+    }
 }
 
 impl<S: EventStore, L: DeviceLink> Fleet<S, L> {
@@ -544,9 +577,12 @@ impl<S: EventStore, L: DeviceLink> Fleet<S, L> {
         ttl: Duration,
     ) -> Result<CommandHandle, FleetError> {
         self.inner.ensure_serving()?;
-        if self.inner.config.fail_commands_when_offline
-            && lock(&self.inner.presence).get(&thing) == Some(&false)
-        {
+        let policy = if self.inner.config.fail_commands_when_offline {
+            OfflineCommands::Fail
+        } else {
+            OfflineCommands::Wait
+        };
+        if !policy.admits(self.inner.read().connectivity(&thing)) {
             return Err(FleetError::Offline { thing });
         }
         let execution_id = self.inner.ids.execution_id();
@@ -1119,7 +1155,91 @@ impl<S: EventStore, L: DeviceLink> Fleet<S, L> {
 
     /// Whether presence last said `thing` is online (`None`: never heard of).
     pub fn presence(&self, thing: &ThingName) -> Option<bool> {
-        lock(&self.inner.presence).get(thing).copied()
+        match self.inner.read().connectivity(thing) {
+            Connectivity::Online => Some(true),
+            Connectivity::Offline => Some(false),
+            Connectivity::Unknown => None,
+        }
+    }
+
+    // ---- thing registry ---------------------------------------------------------------------
+
+    /// A thing's registry record and presence, as folded (`None`: neither registered nor
+    /// ever reported on by presence).
+    pub fn thing(&self, name: &ThingName) -> Option<Thing> {
+        self.inner.read().things.get(name).cloned()
+    }
+
+    /// Registers a thing, or replaces its record. A client id another registered thing
+    /// already uses is refused (checked on the folded registry: two instances registering
+    /// the same client id at the same moment may both succeed; presence then maps the id to
+    /// the later one).
+    pub async fn register_thing(
+        &self,
+        name: ThingName,
+        attributes: std::collections::BTreeMap<String, String>,
+        thing_type: Option<String>,
+        client_id: Option<String>,
+    ) -> Result<Thing, FleetError> {
+        if let Some(id) = &client_id {
+            if let Some(other) = self.inner.read().client_things.get(id) {
+                if *other != name {
+                    return Err(FleetError::Rejected(Rejection::invalid(
+                        "clientId",
+                        format!("is already the client id of thing {other}"),
+                    )));
+                }
+            }
+        }
+        let intent = ThingIntent::Register {
+            name: name.clone(),
+            attributes,
+            thing_type,
+            client_id,
+        };
+        self.inner
+            .thing_intent(&name, intent)
+            .await?
+            .ok_or_else(|| not_found("thing", &name))
+    }
+
+    /// Removes a thing's registry record (its presence is kept).
+    pub async fn deregister_thing(&self, name: &ThingName) -> Result<(), FleetError> {
+        self.inner
+            .thing_intent(name, ThingIntent::Deregister)
+            .await
+            .map_err(|e| rename(e, "thing", name))?;
+        Ok(())
+    }
+
+    /// Registered things in name order, filtered.
+    pub fn list_things(&self, filter: &ThingFilter, page_req: &Page) -> Paged<Thing> {
+        let st = self.inner.read();
+        let items = st
+            .things
+            .iter()
+            .filter(|(_, t)| filter.matches(t))
+            .map(|(name, t)| (name.as_str(), t.clone()));
+        page(items, page_req)
+    }
+
+    /// Records a presence report for `thing` as a source said it (what the MQTT link does
+    /// for the configured presence source), for embedders with their own source.
+    pub async fn report_presence(
+        &self,
+        thing: &ThingName,
+        report: PresenceReport,
+    ) -> Result<(), FleetError> {
+        self.inner
+            .thing_intent(
+                thing,
+                ThingIntent::ReportPresence {
+                    name: thing.clone(),
+                    report,
+                },
+            )
+            .await?;
+        Ok(())
     }
 }
 
@@ -1140,6 +1260,7 @@ fn subject(stream: &StreamId) -> (&'static str, String) {
         StreamKind::Group(name) => ("group", name.to_string()),
         StreamKind::ApiKey(id) => ("API key", id.to_string()),
         StreamKind::CommandTemplate(id) => ("command", id.to_string()),
+        StreamKind::Thing(name) => ("thing", name.to_string()),
         StreamKind::Custom(_) => ("stream", stream.to_string()),
     }
 }

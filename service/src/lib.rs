@@ -131,7 +131,7 @@ mod types;
 mod worker;
 
 pub use error::FleetError;
-pub use fleet::{CommandFilter, CommandHandle, EventStream, Fleet, FleetBuilder};
+pub use fleet::{CommandFilter, CommandHandle, EventStream, Fleet, FleetBuilder, ThingFilter};
 pub use health::{Health, HealthStatus};
 pub use keys::MAX_ACTIVE_API_KEYS;
 pub use metrics::{FleetMetrics, HistogramSnapshot};

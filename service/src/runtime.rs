@@ -13,6 +13,7 @@ use fleetops_core::link::{Delivery, DeviceLink, Receipt};
 use fleetops_core::store::{
     AppendBatch, Appended, EventStore, ExpectedVersion, NewEvent, StoreError, StoredEvent,
 };
+use fleetops_core::thing::{PresenceReport, Thing, ThingIntent};
 use fleetops_core::{Aggregate, Event, ExecutionId, JobId, StreamId, ThingName, Timestamp};
 use tokio::sync::{broadcast, mpsc, oneshot, watch, Notify};
 
@@ -59,7 +60,8 @@ pub(crate) struct Inner<S, L> {
     pub hasher: RandomState,
     pub waiters: Mutex<HashMap<ExecutionId, Vec<oneshot::Sender<()>>>>,
     pub changes: broadcast::Sender<StatusChange>,
-    pub presence: Mutex<HashMap<ThingName, bool>>,
+    /// The stamp of the last presence report that came without one (arrival order).
+    pub presence_stamp: AtomicU64,
     pub cache: Mutex<ExecCache>,
     /// Command states, so a round trip reads no command stream back from the store.
     pub command_cache: Mutex<CommandCache>,
@@ -92,6 +94,8 @@ pub(crate) enum Work {
     CommandTimer(ExecutionId),
     /// A job execution's in-progress or step timer may have expired.
     ExecutionTimer(JobId, ThingName),
+    /// A presence source reported on a thing.
+    Presence(ThingName, PresenceReport),
 }
 
 impl<S: EventStore, L: DeviceLink> Inner<S, L> {
@@ -401,6 +405,30 @@ impl<S: EventStore, L: DeviceLink> Inner<S, L> {
         })
     }
 
+    /// Decides a thing intent on the folded thing (thing streams grow with every presence
+    /// change, so they are not replayed per report); a conflict means the fold was behind,
+    /// so catch up and decide again.
+    pub async fn thing_intent(
+        &self,
+        name: &ThingName,
+        intent: ThingIntent,
+    ) -> Result<Option<Thing>, FleetError> {
+        self.ensure_serving()?;
+        let stream = StreamId::thing(name);
+        for _ in 0..self.config.max_conflict_retries.max(1) {
+            let state = self.read().things.get(name).cloned();
+            let version = state.as_ref().map(|t| t.version);
+            if let Some(done) = self
+                .try_execute::<Thing>(&stream, state, version, intent.clone())
+                .await?
+            {
+                return Ok(done.state);
+            }
+            self.catch_up().await?;
+        }
+        Err(FleetError::Contention { stream })
+    }
+
     /// Hands a command request to the outbox.
     fn owe_request(&self, id: ExecutionId) {
         lock(&self.outbox).owe_request(id);
@@ -490,6 +518,21 @@ impl<S: EventStore, L: DeviceLink> Inner<S, L> {
                 for w in waiters.remove(&id).unwrap_or_default() {
                     let _ = w.send(());
                 }
+            }
+        }
+        if !fx.came_online.is_empty() {
+            // A thing that comes back gets its pending list at once, in case the
+            // notifications sent while it was away were dropped.
+            let st = self.read();
+            let mut outbox = lock(&self.outbox);
+            let mut owed = false;
+            for thing in &fx.came_online {
+                owed |= outbox.reconnected(&st, thing);
+            }
+            drop(outbox);
+            drop(st);
+            if owed {
+                self.outbox_wake.notify_one();
             }
         }
         for change in fx.changes {

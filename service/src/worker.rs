@@ -11,14 +11,16 @@
 //! a retry gets the answer it missed (`fleetops_machine::replies`).
 
 use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration as StdDuration;
 
 use fleetops_core::command::CommandIntent;
 use fleetops_core::device::{DeviceRequest, Inbound, Outbound, Reply};
 use fleetops_core::job_execution::JobExecutionIntent;
-use fleetops_core::link::{DeviceLink, LinkError, LinkEvent, Receipt};
+use fleetops_core::link::{DeviceLink, LinkError, LinkEvent, PresenceSubject, Receipt};
 use fleetops_core::store::EventStore;
+use fleetops_core::thing::{PresenceReport, ThingIntent};
 use fleetops_core::{ExecutionId, JobId, Rejection, StreamId, ThingName};
 use tokio::sync::mpsc;
 
@@ -51,7 +53,7 @@ impl Work {
             )
             | Self::CommandTimer(execution_id) => ChainKey::Command(execution_id.clone()),
             Self::Device(i, _) => ChainKey::Thing(i.thing.clone()),
-            Self::ExecutionTimer(_, t) => ChainKey::Thing(t.clone()),
+            Self::ExecutionTimer(_, t) | Self::Presence(t, _) => ChainKey::Thing(t.clone()),
         }
     }
 }
@@ -252,16 +254,39 @@ pub(crate) async fn run_inbound<S: EventStore, L: DeviceLink>(inner: Arc<Inner<S
                     }
                 }
                 LinkEvent::Presence { thing, online } => {
-                    lock(&inner.presence).insert(thing.clone(), online);
-                    // A thing that comes back gets its pending list at once, in case the
-                    // notifications sent while it was away were dropped.
-                    if online {
-                        let st = inner.read();
-                        let owed = lock(&inner.outbox).reconnected(&st, &thing);
-                        drop(st);
-                        if owed {
-                            inner.outbox_wake.notify_one();
-                        }
+                    // No stamp from the source: order by arrival, strictly increasing even
+                    // when the clock stands still or steps back.
+                    let now = inner.clock.now().as_millis();
+                    let stamp = match inner.presence_stamp.fetch_update(
+                        Ordering::SeqCst,
+                        Ordering::SeqCst,
+                        |last| Some(now.max(last + 1)),
+                    ) {
+                        Ok(last) | Err(last) => now.max(last + 1),
+                    };
+                    let report = PresenceReport { online, stamp };
+                    let shard = inner.shard(&thing).clone();
+                    if shard.send(Work::Presence(thing, report)).await.is_err() {
+                        return;
+                    }
+                }
+                LinkEvent::PresenceReport {
+                    subject,
+                    online,
+                    stamp,
+                } => {
+                    let thing = match subject {
+                        PresenceSubject::Thing(t) => Some(t),
+                        PresenceSubject::Client(id) => inner.read().thing_of_client(&id),
+                    };
+                    let Some(thing) = thing else {
+                        tracing::debug!("presence of a client id that names no thing; ignored");
+                        continue;
+                    };
+                    let report = PresenceReport { online, stamp };
+                    let shard = inner.shard(&thing).clone();
+                    if shard.send(Work::Presence(thing, report)).await.is_err() {
+                        return;
                     }
                 }
             }
@@ -284,6 +309,16 @@ impl<S: EventStore, L: DeviceLink> Inner<S, L> {
                     .await
                 {
                     tracing::warn!(%stream, %err, "command timer failed");
+                }
+                None
+            }
+            Work::Presence(thing, report) => {
+                let intent = ThingIntent::ReportPresence {
+                    name: thing.clone(),
+                    report,
+                };
+                if let Err(err) = self.thing_intent(&thing, intent).await {
+                    tracing::warn!(%thing, %err, "presence report not recorded");
                 }
                 None
             }
@@ -402,8 +437,27 @@ impl<S: EventStore, L: DeviceLink> Inner<S, L> {
                     stream,
                     intent,
                 } => {
+                    let late = match &intent {
+                        CommandIntent::Respond(r) => Some(r.clone()),
+                        _ => None,
+                    };
                     return match self.execute_command(&stream, intent).await {
                         Ok(_) => Ok(Reply::CommandResponse),
+                        Err(FleetError::Rejected(
+                            refusal @ Rejection::TerminalStateReached { .. },
+                        )) => {
+                            // A late or repeated answer: the device still hears that the
+                            // command has ended, and the answer is kept for the audit trail.
+                            if let Some(response) = late {
+                                if let Err(err) = self
+                                    .execute_command(&stream, CommandIntent::RecordLate(response))
+                                    .await
+                                {
+                                    tracing::warn!(%stream, %err, "late answer not recorded");
+                                }
+                            }
+                            Err(FleetError::Rejected(refusal))
+                        }
                         Err(FleetError::Rejected(Rejection::ResourceNotFound { .. })) => Err(
                             FleetError::Rejected(requests::command_not_found(&execution_id)),
                         ),

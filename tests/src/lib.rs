@@ -358,6 +358,12 @@ impl Api {
             .await
     }
 
+    /// `DELETE path`.
+    pub async fn delete(&self, path: &str) -> (u16, Value) {
+        self.send(self.client.delete(format!("{}{path}", self.base)))
+            .await
+    }
+
     /// `GET path`, which must answer 200.
     ///
     /// # Panics

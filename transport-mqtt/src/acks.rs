@@ -90,15 +90,21 @@ impl AckTracker {
     }
 
     /// The broker acknowledged `pkid`; `refused` carries a failure reason code.
+    #[cfg(test)]
     pub fn on_puback(&mut self, pkid: u16, refused: Option<String>) {
+        self.on_puback_outcome(
+            pkid,
+            match refused {
+                None => Ok(()),
+                Some(reason) => Err(Error::PublishRefused { reason }),
+            },
+        );
+    }
+
+    /// The broker acknowledged `pkid` with this outcome.
+    pub fn on_puback_outcome(&mut self, pkid: u16, outcome: Result<(), Error>) {
         if let Some(w) = self.inflight.remove(&pkid) {
-            complete(
-                w,
-                match refused {
-                    None => Ok(()),
-                    Some(reason) => Err(Error::PublishRefused { reason }),
-                },
-            );
+            complete(w, outcome);
         }
     }
 

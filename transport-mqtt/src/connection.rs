@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use rumqttc::v5::mqttbytes::v5::{
-    Filter, Packet, PubAckReason, Publish, PublishProperties, SubscribeReasonCode,
+    Filter, LastWill, Packet, PubAckReason, Publish, PublishProperties, SubscribeReasonCode,
 };
 use rumqttc::v5::mqttbytes::QoS;
 use rumqttc::v5::{AsyncClient, Event, EventLoop, MqttOptions, Request};
@@ -59,7 +59,13 @@ pub(crate) struct Params {
     pub name: String,
     /// The most QoS 0 publishes queued for the consumer; more are dropped and counted.
     pub max_queued_qos0: usize,
+    /// Called before every connect attempt; its last will goes into that CONNECT (a device's
+    /// will carries the stamp of the connection it belongs to).
+    pub will: Option<WillFn>,
 }
+
+/// Makes the last will of the next connection.
+pub(crate) type WillFn = Arc<dyn Fn() -> LastWill + Send + Sync>;
 
 /// An incoming publish with the connection that delivered it.
 #[derive(Debug)]
@@ -124,6 +130,7 @@ impl Connection {
                 backoff: params.backoff,
                 name: params.name.clone(),
                 closing: Arc::clone(&closing),
+                will: params.will,
             },
         ));
         Self {
@@ -326,6 +333,7 @@ struct Driver {
     backoff: Backoff,
     name: String,
     closing: Arc<AtomicBool>,
+    will: Option<WillFn>,
 }
 
 /// The connection task. It runs until aborted: the event loop holds a sender of its own
@@ -342,7 +350,11 @@ async fn drive(mut eventloop: EventLoop, d: Driver) {
         backoff,
         name,
         closing,
+        will,
     } = d;
+    if let Some(w) = &will {
+        eventloop.options.set_last_will(w());
+    }
     let mut delay = backoff.initial;
     let mut connection = 0u64;
     // When the last QoS 0 drop was logged, and how many drops since.
@@ -423,11 +435,17 @@ async fn drive(mut eventloop: EventLoop, d: Driver) {
                 }
             }
             Ok(Event::Incoming(Packet::PubAck(ack))) => {
-                let refused = match ack.reason {
-                    PubAckReason::Success | PubAckReason::NoMatchingSubscribers => None,
-                    other => Some(format!("{other:?}")),
+                // MQTT 5 brokers answer 0x10 when no one subscribes to the topic: the
+                // publish was accepted, but reached no one. Whether that matters is the
+                // publisher's call (a command request then fails; most messages do not care).
+                let outcome = match ack.reason {
+                    PubAckReason::Success => Ok(()),
+                    PubAckReason::NoMatchingSubscribers => Err(Error::NoSubscribers),
+                    other => Err(Error::PublishRefused {
+                        reason: format!("{other:?}"),
+                    }),
                 };
-                lock(&tracker).on_puback(ack.pkid, refused);
+                lock(&tracker).on_puback_outcome(ack.pkid, outcome);
             }
             Ok(Event::Incoming(Packet::Disconnect(d))) => {
                 tracing::warn!(%name, reason = ?d.reason_code, "the broker sent DISCONNECT");
@@ -453,6 +471,10 @@ async fn drive(mut eventloop: EventLoop, d: Driver) {
                     tracing::warn!(%name, error = %e, "connection lost; reconnecting");
                 } else {
                     tracing::debug!(%name, error = %e, ?delay, "connect failed; retrying");
+                }
+                // The next poll connects again: with the will of that new connection.
+                if let Some(w) = &will {
+                    eventloop.options.set_last_will(w());
                 }
                 // rumqttc retries at once on the next poll; without a delay it spins.
                 tokio::time::sleep(delay).await;

@@ -21,15 +21,18 @@ use fleetops_core::ids::{ExecutionId, JobId, ThingName};
 use fleetops_core::job_execution::ExecutionState;
 use fleetops_core::status::CommandStatus;
 use fleetops_core::time::Timestamp;
-use rumqttc::v5::mqttbytes::v5::Filter;
+use rumqttc::v5::mqttbytes::v5::{Filter, LastWill};
 use rumqttc::v5::mqttbytes::QoS;
 use serde_json::Value;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
-use crate::codec::{Codec, CommandRequest, DeviceMessage, Limits, TopicLayout};
+use crate::codec::{
+    birth_payload, presence_topic, Codec, CommandRequest, DeviceMessage, Encoded, Limits, Qos,
+    TopicLayout,
+};
 use crate::config::{mqtt_options, BrokerConfig, ClientKnobs, Session};
-use crate::connection::{wait_ack, Connection, Params};
+use crate::connection::{wait_ack, Connection, Params, WillFn};
 use crate::error::Error;
 
 /// Settings of a [`DeviceClient`].
@@ -37,8 +40,15 @@ use crate::error::Error;
 pub struct DeviceConfig {
     /// Where the broker is.
     pub broker: BrokerConfig,
-    /// The thing; also the MQTT client id, which the broker's pattern ACL relies on.
+    /// The thing; also the MQTT client id unless `client_id` is set.
     pub thing: ThingName,
+    /// An MQTT client id other than the thing name (register it with the thing, and map it
+    /// in the broker's ACL: `docs/operations.md`).
+    pub client_id: Option<String>,
+    /// Publish presence on `{prefix}/things/{thing}/presence`: a last will set at every
+    /// connect, a birth after every ConnAck and an offline message before a clean
+    /// disconnect (`docs/protocol.md`).
+    pub presence: bool,
     /// The topic prefix.
     pub layout: TopicLayout,
     /// Payload bounds.
@@ -67,6 +77,8 @@ impl DeviceConfig {
         Self {
             broker,
             thing,
+            client_id: None,
+            presence: true,
             layout: TopicLayout::default(),
             limits: Limits::default(),
             session: Session::Persistent {
@@ -211,6 +223,10 @@ struct Inner {
     events: mpsc::Sender<DeviceEvent>,
     handler: Option<Arc<dyn CommandHandler>>,
     recent: Mutex<RecentCommands>,
+    /// The presence topic, when presence is on.
+    presence: Option<String>,
+    /// The stamp of the current connection's birth and will.
+    stamp: Arc<AtomicU64>,
 }
 
 fn guard<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -271,10 +287,34 @@ impl DeviceClient {
             .filter(|f| config.subscribe_notify || !f.ends_with("/notify"))
             .map(|f| Filter::new(f, QoS::AtLeastOnce))
             .collect();
+        let client_id = config
+            .client_id
+            .clone()
+            .unwrap_or_else(|| config.thing.to_string());
+        let stamp = Arc::new(AtomicU64::new(0));
+        let will: Option<WillFn> = config.presence.then(|| {
+            let topic = presence_topic(&config.layout, &config.thing);
+            let stamp = Arc::clone(&stamp);
+            Arc::new(move || {
+                // A new connection gets a stamp greater than every earlier one, even if the
+                // clock stepped back: its birth then supersedes the earlier will.
+                let now = wall_millis();
+                let prev = stamp.load(Ordering::SeqCst);
+                let next = now.max(prev + 1);
+                stamp.store(next, Ordering::SeqCst);
+                LastWill::new(
+                    topic.clone(),
+                    birth_payload(false, next),
+                    QoS::AtLeastOnce,
+                    false,
+                    None,
+                )
+            }) as WillFn
+        });
         let options = mqtt_options(
             &config.broker,
             &ClientKnobs {
-                client_id: config.thing.as_str(),
+                client_id: &client_id,
                 session: config.session,
                 receive_maximum: 64,
                 max_packet_size: config.max_packet_size,
@@ -290,6 +330,7 @@ impl DeviceClient {
             name: config.thing.to_string(),
             // The service publishes to a device at QoS 1 only.
             max_queued_qos0: 1024,
+            will,
         });
         let (events_tx, events_rx) = mpsc::channel(1024);
         let inner = Arc::new(Inner {
@@ -304,6 +345,10 @@ impl DeviceClient {
             events: events_tx,
             handler,
             recent: Mutex::new(RecentCommands::default()),
+            presence: config
+                .presence
+                .then(|| presence_topic(&config.layout, &config.thing)),
+            stamp,
         });
         let tasks = Tasks(vec![
             tokio::spawn(dispatch(Arc::clone(&inner))),
@@ -415,8 +460,12 @@ impl DeviceClient {
         }
     }
 
-    /// Disconnects cleanly; the persistent session (if any) stays on the broker.
+    /// Disconnects cleanly; the persistent session (if any) stays on the broker. With
+    /// presence on, an offline message goes first (a clean disconnect sends no will).
     pub async fn disconnect(&self) {
+        if self.inner.conn.status().borrow().connected {
+            self.inner.publish_presence(false).await;
+        }
         self.inner.conn.disconnect().await;
     }
 }
@@ -435,7 +484,40 @@ fn token_prefix() -> String {
     format!("{:08x}{:04x}", nanos, std::process::id() & 0xffff)
 }
 
+/// Milliseconds since the Unix epoch.
+fn wall_millis() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
 impl Inner {
+    /// Publishes presence with the current connection's stamp and waits (briefly) for the
+    /// broker's acknowledgement; failures are logged, the next connect sends a birth again.
+    async fn publish_presence(&self, online: bool) {
+        let Some(topic) = &self.presence else {
+            return;
+        };
+        let encoded = Encoded {
+            topic: topic.clone(),
+            payload: birth_payload(online, self.stamp.load(Ordering::SeqCst)),
+            qos: Qos::AtLeastOnce,
+            properties: Default::default(),
+        };
+        let outcome = match self.conn.publish(encoded).await {
+            Ok(ack) => wait_ack(ack, self.request_timeout).await,
+            Err(e) => Err(e),
+        };
+        match outcome {
+            // Nobody subscribes to presence: the service does not use this source.
+            Ok(()) | Err(Error::NoSubscribers) => {}
+            Err(e) => {
+                tracing::warn!(thing = %self.thing, error = %e, online, "presence not published")
+            }
+        }
+    }
+
     fn emit(&self, event: DeviceEvent) {
         if let Err(e) = self.events.try_send(event) {
             tracing::warn!(thing = %self.thing, "device event dropped: {e}");
@@ -455,10 +537,13 @@ impl Inner {
         let left = || deadline.saturating_duration_since(tokio::time::Instant::now());
         let ack = self.conn.publish(encoded).await?;
         // A refused publish (ACL) fails fast instead of waiting for a reply that can't come.
-        wait_ack(ack, left()).await.map_err(|e| match e {
-            Error::Timeout(_) => Error::Timeout(self.request_timeout),
-            other => other,
-        })?;
+        match wait_ack(ack, left()).await {
+            // The service subscribes to requests through the broker; a broker that says
+            // nobody does may be racing a (re)subscription: the reply timeout decides.
+            Ok(()) | Err(Error::NoSubscribers) => {}
+            Err(Error::Timeout(_)) => return Err(Error::Timeout(self.request_timeout)),
+            Err(other) => return Err(other),
+        }
         let message = match tokio::time::timeout(left(), rx).await {
             Ok(Ok(m)) => m,
             Ok(Err(_)) => return Err(Error::Closed),
@@ -603,6 +688,10 @@ async fn watch_sessions(inner: Arc<Inner>) {
         connected = s.connected;
         if s.ready > ready {
             ready = s.ready;
+            if inner.presence.is_some() {
+                let inner = Arc::clone(&inner);
+                tokio::spawn(async move { inner.publish_presence(true).await });
+            }
             inner.emit(DeviceEvent::Connected {
                 session_present: s.session_present,
             });

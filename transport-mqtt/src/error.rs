@@ -45,6 +45,10 @@ pub enum Error {
         /// The PUBACK reason code.
         reason: String,
     },
+    /// The broker accepted a QoS 1 publish but no client subscribes to its topic (MQTT 5
+    /// PUBACK reason code 0x10, "No matching subscribers").
+    #[error("no matching subscribers (PUBACK reason code 0x10)")]
+    NoSubscribers,
     /// The connection dropped and the new one did not resume the session, so the broker never
     /// acknowledged the publish; it was not delivered.
     #[error("the connection was lost before the broker acknowledged the publish")]

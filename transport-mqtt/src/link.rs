@@ -12,7 +12,9 @@ use fleetops_core::time::Timestamp;
 use rumqttc::v5::mqttbytes::v5::Filter;
 use rumqttc::v5::mqttbytes::QoS;
 
-use crate::codec::{Codec, Decoded, Limits, TopicLayout};
+use crate::codec::{
+    decode_presence, Codec, Decoded, Limits, PresenceDecoded, PresenceSource, TopicLayout,
+};
 use crate::config::{mqtt_options, BrokerConfig, ClientKnobs, Session};
 use crate::connection::{wait_ack, Connection, Incoming, Params};
 use crate::error::Error;
@@ -61,6 +63,10 @@ pub struct MqttLinkConfig {
     pub channel_capacity: usize,
     /// How long `send` waits for the broker's acknowledgements.
     pub ack_timeout: Duration,
+    /// Where presence comes from; its topics are subscribed like the requests (shared
+    /// when `shared_group` is set: every report is stored once, as an event every
+    /// instance folds).
+    pub presence: PresenceSource,
 }
 
 impl MqttLinkConfig {
@@ -82,12 +88,14 @@ impl MqttLinkConfig {
             max_inflight: 4096,
             channel_capacity: 1024,
             ack_timeout: Duration::from_secs(10),
+            presence: PresenceSource::None,
         }
     }
 
     fn filters(&self) -> Result<Vec<Filter>, Error> {
         let catch_all = self.invalid_topic_replies && self.shared_group.is_none();
-        let paths = self.layout.service_filters(catch_all);
+        let mut paths = self.layout.service_filters(catch_all);
+        let presence = self.presence.filters(&self.layout);
         match &self.shared_group {
             Some(group) => {
                 if group.is_empty() || group.contains(['/', '+', '#']) {
@@ -96,6 +104,7 @@ impl MqttLinkConfig {
                         reason: "must be one topic level without wildcards".into(),
                     });
                 }
+                paths.extend(presence);
                 Ok(paths
                     .into_iter()
                     .map(|p| Filter::new(format!("$share/{group}/{p}"), QoS::AtLeastOnce))
@@ -109,6 +118,11 @@ impl MqttLinkConfig {
                     f.nolocal = catch_all;
                     f
                 })
+                .chain(
+                    presence
+                        .into_iter()
+                        .map(|p| Filter::new(p, QoS::AtLeastOnce)),
+                )
                 .collect()),
         }
     }
@@ -140,7 +154,8 @@ pub struct LinkStats {
 ///   refuses is marked permanent and never stops the rest of its batch.
 /// - `recv` decodes device requests; malformed ones are answered with the codec's
 ///   `rejected` reply and a rate-limited `tracing` warning and never reach the runtime.
-///   Presence is not reported (mosquitto does not tell).
+///   Presence is reported from the configured [`PresenceSource`]; malformed presence
+///   messages are dropped with a rate-limited warning.
 /// - Acknowledgements are manual: a request handed to the runtime gets its PUBACK only when
 ///   the runtime settles its receipt ([`DeviceLink::settle`]); anything the transport
 ///   answers or drops itself is acknowledged once handled. After a crash, the broker
@@ -148,6 +163,7 @@ pub struct LinkStats {
 pub struct MqttLink {
     conn: Connection,
     codec: Codec,
+    presence: PresenceSource,
     ack_timeout: Duration,
     warnings: Mutex<WarnLimiter>,
     refused: AtomicU64,
@@ -218,10 +234,12 @@ impl MqttLink {
             backoff: config.broker.backoff,
             name: config.client_id.clone(),
             max_queued_qos0: config.max_queued_qos0,
+            will: None,
         });
         conn.wait_ready(0, config.broker.connect_timeout).await?;
         Ok(Self {
             conn,
+            presence: config.presence,
             codec: Codec::new(config.layout, config.limits),
             ack_timeout: config.ack_timeout,
             warnings: Mutex::new(WarnLimiter::new(WARN_EVERY, WARN_TRACKED)),
@@ -317,21 +335,26 @@ impl MqttLink {
                 Ok(encoded) => self.conn.publish(encoded).await,
                 Err(e) => Err(Error::Encode(e)),
             };
-            acks.push(queued);
+            // Only a command request needs someone listening: its command fails at once
+            // when the broker says nobody subscribes. Everything else (notifications,
+            // replies, events) is published for whoever listens, possibly nobody.
+            let needs_subscriber = matches!(m, Outbound::CommandRequest { .. });
+            acks.push((queued, needs_subscriber));
         }
         let ack_timeout = self.ack_timeout;
         let deadline = tokio::time::Instant::now() + ack_timeout;
         async move {
             let mut outcomes = Vec::with_capacity(acks.len());
-            for ack in acks {
+            for (ack, needs_subscriber) in acks {
                 let outcome = match ack {
                     Err(e) => Err(e),
                     Ok(ack) => {
                         let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-                        wait_ack(ack, left).await.map_err(|e| match e {
-                            Error::Timeout(_) => Error::Timeout(ack_timeout),
+                        match wait_ack(ack, left).await {
+                            Err(Error::Timeout(_)) => Err(Error::Timeout(ack_timeout)),
+                            Err(Error::NoSubscribers) if !needs_subscriber => Ok(()),
                             other => other,
-                        })
+                        }
                     }
                 };
                 outcomes.push(outcome);
@@ -350,6 +373,15 @@ impl MqttLink {
             }
             let mut events = Vec::with_capacity(batch.len());
             for incoming in &batch {
+                if let Some(report) = self.presence_of(&incoming.publish) {
+                    // Stored by the runtime on its own schedule; acknowledged at once, as a
+                    // lost report is superseded by the next one anyway.
+                    self.conn.ack(incoming).await;
+                    if let Some(event) = report {
+                        events.push(event);
+                    }
+                    continue;
+                }
                 match self.handle(&incoming.publish).await {
                     Some(inbound) => events.push(LinkEvent::Request(inbound, receipt(incoming))),
                     // Answered or dropped here: nothing more will happen to it.
@@ -360,6 +392,37 @@ impl MqttLink {
                 return Ok(events);
             }
         }
+    }
+
+    /// `Some` when the publish is on a presence topic of the configured source: the report,
+    /// or `None` if it was refused (rate-limited warning) or is no change of presence.
+    fn presence_of(
+        &self,
+        publish: &rumqttc::v5::mqttbytes::v5::Publish,
+    ) -> Option<Option<LinkEvent>> {
+        let topic = std::str::from_utf8(&publish.topic).ok()?;
+        let decoded = decode_presence(self.presence, self.codec.layout(), topic, &publish.payload)?;
+        Some(match decoded {
+            Ok(PresenceDecoded::Report(p)) => Some(LinkEvent::PresenceReport {
+                subject: p.subject,
+                online: p.online,
+                stamp: p.stamp,
+            }),
+            Ok(PresenceDecoded::Ignored) => None,
+            Err(err) => {
+                self.refused.fetch_add(1, Ordering::Relaxed);
+                let key = format!("presence:{}", crate::codec::truncated(topic, 192));
+                if let Some(suppressed) = self.warn_now(&key) {
+                    tracing::warn!(
+                        topic = %crate::codec::truncated(topic, 256),
+                        %err,
+                        suppressed,
+                        "ignored a malformed presence message"
+                    );
+                }
+                None
+            }
+        })
     }
 
     /// Decodes one publish: a request for the runtime, or `None` once the transport
@@ -422,7 +485,10 @@ impl MqttLink {
 /// Whether retrying the message can help: not when it cannot be encoded or the broker
 /// refused it, as the same message would meet the same answer.
 fn permanent(e: &Error) -> bool {
-    matches!(e, Error::Encode(_) | Error::PublishRefused { .. })
+    matches!(
+        e,
+        Error::Encode(_) | Error::PublishRefused { .. } | Error::NoSubscribers
+    )
 }
 
 /// The port's view of a batch's outcomes: `Ok` when every message was delivered, the one

@@ -49,6 +49,11 @@ pub struct BrokerOptions {
     pub verbose_log: bool,
     /// Appended verbatim to the configuration.
     pub extra_config: String,
+    /// Device accounts added to the password file (username, password), for recipes where
+    /// devices authenticate.
+    pub device_accounts: Vec<Credentials>,
+    /// Let clients connect without a username (the default: anonymous clients are devices).
+    pub allow_anonymous: bool,
 }
 
 impl Default for BrokerOptions {
@@ -66,6 +71,8 @@ impl Default for BrokerOptions {
             device_acl: None,
             verbose_log: true,
             extra_config: String::new(),
+            device_accounts: Vec::new(),
+            allow_anonymous: true,
         }
     }
 }
@@ -369,6 +376,16 @@ keyUsage=critical,digitalSignature
             "mosquitto_passwd failed: {}",
             String::from_utf8_lossy(&out.stderr)
         );
+        for account in &self.options.device_accounts {
+            let out = Command::new(&tool)
+                .arg("-b")
+                .arg(&passwd)
+                .arg(&account.username)
+                .arg(&account.password)
+                .output()
+                .unwrap_or_else(|e| panic!("run {}: {e}", tool.display()));
+            assert!(out.status.success(), "mosquitto_passwd failed");
+        }
         let mut acl = String::from(
             "# Devices connect with client id = thing name and are confined to their own topics.\n",
         );
@@ -487,7 +504,7 @@ keyUsage=critical,digitalSignature
             "# Written by fleetops-transport-mqtt's test harness.\n\
              listener {port} 127.0.0.1\n\
              # Anonymous clients are devices (pattern ACLs); the service has a password.\n\
-             allow_anonymous true\n\
+             allow_anonymous {anonymous}\n\
              password_file {d}/passwd\n\
              acl_file {d}/acl\n\
              # Without it a QoS 1 round trip costs ~44 ms (Nagle x delayed ACK).\n\
@@ -506,6 +523,7 @@ keyUsage=critical,digitalSignature
              {tls}\
              {extra}\n",
             port = self.port,
+            anonymous = self.options.allow_anonymous,
             tls = match self.tls_port {
                 Some(p) => format!(
                     "listener {p} 127.0.0.1\ncafile {d}/ca.pem\ncertfile {d}/server.pem\n\

@@ -69,7 +69,8 @@ pub enum StreamKindFilter {
 pub struct EventFilter {
     /// Only the streams of this job: the job's own and its executions'.
     pub job: Option<JobId>,
-    /// Only the streams naming this thing: its job executions'.
+    /// Only the streams naming this thing: its job executions' and its own (registry and
+    /// presence).
     pub thing: Option<ThingName>,
     /// Only streams of this kind.
     pub kind: Option<StreamKindFilter>,
@@ -93,6 +94,7 @@ impl Keys {
             }
             StreamKind::Command(_) => (Some(StreamKindFilter::Command), None, None),
             StreamKind::Group(_) => (Some(StreamKindFilter::Group), None, None),
+            StreamKind::Thing(thing) => (None, None, Some(thing)),
             StreamKind::ApiKey(_) | StreamKind::CommandTemplate(_) | StreamKind::Custom(_) => {
                 (None, None, None)
             }

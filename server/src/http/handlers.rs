@@ -58,7 +58,7 @@ fn job_id(value: &str) -> ApiResult<JobId> {
     parse_id("jobId", value, JobId::parse)
 }
 
-fn thing_name(value: &str) -> ApiResult<ThingName> {
+pub(super) fn thing_name(value: &str) -> ApiResult<ThingName> {
     parse_id("thingName", value, ThingName::parse)
 }
 

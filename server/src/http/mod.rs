@@ -24,6 +24,7 @@ mod handlers;
 mod keys;
 mod metrics;
 mod templates;
+mod things;
 pub mod wire;
 
 use std::collections::HashMap;
@@ -314,6 +315,26 @@ fn endpoints<S: EventStore, L: DeviceLink>() -> Vec<Endpoint<ApiState<S, L>>> {
             "/api/v1/api-keys/{keyId}",
             Admin,
             keys::revoke_key::<S, L>,
+        ),
+        // The thing registry and presence.
+        ep(M::GET, "/api/v1/things", Token, things::list_things::<S, L>),
+        ep(
+            M::GET,
+            "/api/v1/things/{thingName}",
+            Token,
+            things::get_thing::<S, L>,
+        ),
+        ep(
+            M::PUT,
+            "/api/v1/things/{thingName}",
+            Token,
+            things::put_thing::<S, L>,
+        ),
+        ep(
+            M::DELETE,
+            "/api/v1/things/{thingName}",
+            Token,
+            things::delete_thing::<S, L>,
         ),
     ]
 }

@@ -1248,7 +1248,7 @@ pub struct FeedItem {
     /// The job, for job and job execution streams.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub job_id: Option<JobId>,
-    /// The thing, for job execution streams.
+    /// The thing, for job execution and thing streams.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub thing_name: Option<ThingName>,
     /// The command execution, for command streams.
@@ -1262,6 +1262,7 @@ impl From<&StoredEvent> for FeedItem {
             StreamKind::Job(job) => (Some(job), None, None),
             StreamKind::JobExecution(job, thing) => (Some(job), Some(thing), None),
             StreamKind::Command(id) => (None, None, Some(id)),
+            StreamKind::Thing(thing) => (None, Some(thing), None),
             StreamKind::Group(_)
             | StreamKind::ApiKey(_)
             | StreamKind::CommandTemplate(_)

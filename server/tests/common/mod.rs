@@ -19,6 +19,41 @@ use tokio::sync::oneshot;
 /// The API token every test server is started with.
 pub const TOKEN: &str = "test-token-123";
 
+/// Devices that are connected, so their command requests have a subscriber (a broker says
+/// "no matching subscribers" otherwise and the command fails at once), but never answer.
+pub async fn silent_devices(
+    broker: &TestBroker,
+    things: &[&str],
+) -> Vec<fleetops_transport_mqtt::DeviceClient> {
+    use fleetops_core::device::CommandResponse;
+    use fleetops_transport_mqtt::codec::CommandRequest;
+    use fleetops_transport_mqtt::{CommandHandler, DeviceClient, DeviceConfig};
+    let mut out = Vec::new();
+    for thing in things {
+        let handler: std::sync::Arc<dyn CommandHandler> =
+            std::sync::Arc::new(|_c: CommandRequest| async move {
+                tokio::time::sleep(Duration::from_secs(3600)).await;
+                CommandResponse {
+                    status: fleetops_core::CommandStatus::Failed,
+                    result: None,
+                    status_reason: None,
+                }
+            });
+        let mut config = DeviceConfig::new(
+            broker.device_config(),
+            fleetops_core::ThingName::parse(thing).expect("a thing name"),
+        );
+        // The tests read the feed: no birth or will on it.
+        config.presence = false;
+        config.pull_on_connect = false;
+        let (client, _events) = DeviceClient::connect(config, Some(handler))
+            .await
+            .expect("device connects");
+        out.push(client);
+    }
+    out
+}
+
 /// A private mosquitto for one test.
 pub fn broker() -> TestBroker {
     TestBroker::start_with(BrokerOptions {

@@ -15,6 +15,7 @@
 //! topics and bodies follow EMQX Fleets. `docs/protocol.md` is the human-readable version.
 
 mod json;
+mod presence;
 mod reply;
 mod request;
 mod topic;
@@ -30,6 +31,10 @@ use fleetops_core::rejection::{ErrorCode, Rejection};
 use fleetops_core::time::{Duration, Timestamp};
 use serde_json::Value;
 
+pub use presence::{
+    birth_payload, decode_presence, presence_topic, Presence, PresenceDecoded, PresenceError,
+    PresenceSource,
+};
 pub use topic::{LayoutError, Preset, RequestOp, TopicLayout, TopicRef};
 
 /// Size bounds of the wire.

@@ -361,17 +361,21 @@ impl TopicLayout {
 
     /// The filters the service subscribes to.
     ///
-    /// With `catch_all`, two `#` filters cover both trees, so requests on topics that name no
-    /// operation reach the service and are answered `InvalidTopic`; they must be subscribed
+    /// With `catch_all`, a `#` filter covers the jobs tree, so requests on topics that name
+    /// no operation reach the service and are answered `InvalidTopic` (the commands tree gets
+    /// its response filter only, see below); they must be subscribed
     /// with MQTT 5 No Local, or the service would receive its own replies. Without it, one
     /// filter per request topic. Both spell the first level out: `#` and `+` never match a
     /// first level starting with `$`, so `+/things/…` would miss `$aws/things/…`.
     pub fn service_filters(&self, catch_all: bool) -> Vec<String> {
         let p = &self.prefix;
         if catch_all {
+            // The commands tree is not caught whole: a subscription of the service's own
+            // that matches command request topics would count as a subscriber there, and the
+            // broker could never say that nobody listens for a command (PUBACK 0x10).
             vec![
                 format!("{p}/things/+/jobs/#"),
-                format!("{p}/commands/things/+/executions/#"),
+                format!("{p}/commands/things/+/executions/+/response"),
             ]
         } else {
             vec![
