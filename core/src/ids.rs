@@ -277,7 +277,8 @@ impl StreamId {
     pub fn parse(s: &str) -> Result<StreamKind, IdError> {
         let bad = || IdError::Malformed {
             kind: "stream id",
-            expected: "cmd/{id}, job/{id}, exec/{job}/{thing}, group/{name}, thing/{name}, key/{id}, \
+            expected:
+                "cmd/{id}, job/{id}, exec/{job}/{thing}, group/{name}, thing/{name}, key/{id}, \
                        tpl/{id} or x/{name}",
         };
         let (prefix, rest) = s.split_once('/').ok_or_else(bad)?;

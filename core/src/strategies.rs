@@ -633,24 +633,28 @@ pub fn schedule(now: Timestamp) -> impl Strategy<Value = Schedule> {
 
 /// A [`JobConfig`] that passes [`JobConfig::validate`] at `now`.
 pub fn job_config(now: Timestamp) -> impl Strategy<Value = JobConfig> {
-    (
-        option::of(in_progress_timeout()),
-        rollout(),
-        vec(abort_criterion(), 0..3),
-        vec(retry_criterion(), 0..3),
-        schedule(now),
-    )
-        .prop_map(
-            |(in_progress_timeout, rollout, abort, retry, schedule)| JobConfig {
-                in_progress_timeout,
-                rollout,
-                abort,
-                retry,
-                schedule,
-                stages: Vec::new(),
-                maintenance_windows: Vec::new(),
-            },
+    // Boxed: the nested strategy types otherwise overflow a test thread's stack in debug builds.
+    let strategy = {
+        (
+            option::of(in_progress_timeout()),
+            rollout(),
+            vec(abort_criterion(), 0..3),
+            vec(retry_criterion(), 0..3),
+            schedule(now),
         )
+            .prop_map(
+                |(in_progress_timeout, rollout, abort, retry, schedule)| JobConfig {
+                    in_progress_timeout,
+                    rollout,
+                    abort,
+                    retry,
+                    schedule,
+                    stages: Vec::new(),
+                    maintenance_windows: Vec::new(),
+                },
+            )
+    };
+    strategy.boxed()
 }
 
 /// A [`JobConfig`] that [`JobConfig::validate`] refuses at `now`: a valid one with exactly
@@ -1123,15 +1127,19 @@ pub fn command_template_event() -> impl Strategy<Value = Event> {
 
 /// Any [`Event`], every variant, with valid fields.
 pub fn event() -> impl Strategy<Value = Event> {
-    prop_oneof![
-        command_event(),
-        job_event(),
-        job_execution_event(),
-        group_event(),
-        api_key_event(),
-        command_template_event(),
-        thing_event(),
-    ]
+    // Boxed: the nested strategy types otherwise overflow a test thread's stack in debug builds.
+    let strategy = {
+        prop_oneof![
+            command_event(),
+            job_event(),
+            job_execution_event(),
+            group_event(),
+            api_key_event(),
+            command_template_event(),
+            thing_event(),
+        ]
+    };
+    strategy.boxed()
 }
 
 // ---- device requests ------------------------------------------------------------------------
@@ -1249,57 +1257,65 @@ pub fn inbound() -> impl Strategy<Value = Inbound> {
 
 /// Any valid [`JobExecutionIntent`]: device parts within their limits.
 pub fn job_execution_intent() -> impl Strategy<Value = JobExecutionIntent> {
-    prop_oneof![
-        (job_id(), thing_name(), option::of(in_progress_timeout())).prop_map(
-            |(job_id, thing, in_progress_timeout)| JobExecutionIntent::Queue {
-                job_id,
-                thing,
-                in_progress_timeout,
-            }
-        ),
-        update_request().prop_map(JobExecutionIntent::Update),
-        (option::of(status_details()), step_timeout()).prop_map(
-            |(status_details, step_timeout)| JobExecutionIntent::Start {
-                status_details,
-                step_timeout,
-            }
-        ),
-        Just(JobExecutionIntent::CheckTimeout),
-        (any::<bool>(), end_reason())
-            .prop_map(|(force, reason)| JobExecutionIntent::Cancel { force, reason }),
-        (any::<bool>(), end_reason())
-            .prop_map(|(force, reason)| JobExecutionIntent::Remove { force, reason }),
-        Just(JobExecutionIntent::Retry),
-    ]
+    // Boxed: the nested strategy types otherwise overflow a test thread's stack in debug builds.
+    let strategy = {
+        prop_oneof![
+            (job_id(), thing_name(), option::of(in_progress_timeout())).prop_map(
+                |(job_id, thing, in_progress_timeout)| JobExecutionIntent::Queue {
+                    job_id,
+                    thing,
+                    in_progress_timeout,
+                }
+            ),
+            update_request().prop_map(JobExecutionIntent::Update),
+            (option::of(status_details()), step_timeout()).prop_map(
+                |(status_details, step_timeout)| JobExecutionIntent::Start {
+                    status_details,
+                    step_timeout,
+                }
+            ),
+            Just(JobExecutionIntent::CheckTimeout),
+            (any::<bool>(), end_reason())
+                .prop_map(|(force, reason)| JobExecutionIntent::Cancel { force, reason }),
+            (any::<bool>(), end_reason())
+                .prop_map(|(force, reason)| JobExecutionIntent::Remove { force, reason }),
+            Just(JobExecutionIntent::Retry),
+        ]
+    };
+    strategy.boxed()
 }
 
 /// Any valid [`CommandIntent`]: a send within every limit, a response with a device status.
 pub fn command_intent() -> impl Strategy<Value = CommandIntent> {
-    prop_oneof![
-        (
-            execution_id(),
-            thing_name(),
-            option::of(command_id()),
-            command_action(),
-            command_params(),
-            command_ttl(),
-        )
-            .prop_map(|(execution_id, thing, command_id, action, params, ttl)| {
-                CommandIntent::Send {
-                    execution_id,
-                    thing,
-                    command_id,
-                    action,
-                    params,
-                    ttl,
-                }
-            }),
-        command_response().prop_map(CommandIntent::Respond),
-        Just(CommandIntent::CheckTimeout),
-        option::of(reason()).prop_map(|reason| CommandIntent::Cancel { reason }),
-        text_up_to(256).prop_map(|reason| CommandIntent::Undeliverable { reason }),
-        command_response().prop_map(CommandIntent::RecordLate),
-    ]
+    // Boxed: the nested strategy types otherwise overflow a test thread's stack in debug builds.
+    let strategy = {
+        prop_oneof![
+            (
+                execution_id(),
+                thing_name(),
+                option::of(command_id()),
+                command_action(),
+                command_params(),
+                command_ttl(),
+            )
+                .prop_map(|(execution_id, thing, command_id, action, params, ttl)| {
+                    CommandIntent::Send {
+                        execution_id,
+                        thing,
+                        command_id,
+                        action,
+                        params,
+                        ttl,
+                    }
+                }),
+            command_response().prop_map(CommandIntent::Respond),
+            Just(CommandIntent::CheckTimeout),
+            option::of(reason()).prop_map(|reason| CommandIntent::Cancel { reason }),
+            text_up_to(256).prop_map(|reason| CommandIntent::Undeliverable { reason }),
+            command_response().prop_map(CommandIntent::RecordLate),
+        ]
+    };
+    strategy.boxed()
 }
 
 /// Per-status execution counts, each below 2^32 (so sums never overflow).
@@ -1324,50 +1340,58 @@ pub fn job_counters() -> impl Strategy<Value = JobCounters> {
 /// Any valid [`JobIntent`] at `now`: a create's targets, description, document and config
 /// pass every check `decide` makes at `now`.
 pub fn job_intent(now: Timestamp) -> impl Strategy<Value = JobIntent> {
-    prop_oneof![
-        (
-            job_id(),
-            option::of(description()),
-            targets(),
-            target_selection(),
-            job_document(),
-            job_config(now),
-            option::of(job_name()),
-        )
-            .prop_map(
-                |(job_id, description, targets, selection, document, config, name)| {
-                    JobIntent::Create {
-                        job_id,
-                        name,
-                        description,
-                        targets,
-                        selection,
-                        document,
-                        config,
+    // Boxed: the nested strategy types otherwise overflow a test thread's stack in debug builds.
+    let strategy = {
+        prop_oneof![
+            (
+                job_id(),
+                option::of(description()),
+                targets(),
+                target_selection(),
+                job_document(),
+                job_config(now),
+                option::of(job_name()),
+            )
+                .prop_map(
+                    |(job_id, description, targets, selection, document, config, name)| {
+                        JobIntent::Create {
+                            job_id,
+                            name,
+                            description,
+                            targets,
+                            selection,
+                            document,
+                            config,
+                        }
                     }
-                }
-            ),
-        (job_counters(), any::<bool>()).prop_map(|(counters, all_queued)| JobIntent::Review {
-            counters,
-            all_queued,
-            stage: None,
-        }),
-        option::of(comment()).prop_map(|comment| JobIntent::Pause { comment }),
-        option::of(comment()).prop_map(|comment| JobIntent::Resume { comment }),
-        (any::<bool>(), option::of(comment()))
-            .prop_map(|(force, comment)| JobIntent::Cancel { force, comment }),
-        any::<bool>().prop_map(|force| JobIntent::Delete { force }),
-    ]
+                ),
+            (job_counters(), any::<bool>()).prop_map(|(counters, all_queued)| JobIntent::Review {
+                counters,
+                all_queued,
+                stage: None,
+            }),
+            option::of(comment()).prop_map(|comment| JobIntent::Pause { comment }),
+            option::of(comment()).prop_map(|comment| JobIntent::Resume { comment }),
+            (any::<bool>(), option::of(comment()))
+                .prop_map(|(force, comment)| JobIntent::Cancel { force, comment }),
+            any::<bool>().prop_map(|force| JobIntent::Delete { force }),
+        ]
+    };
+    strategy.boxed()
 }
 
 /// Any valid [`GroupIntent`]: a description within [`MAX_DESCRIPTION_LEN`], a few members
 /// per change.
 pub fn group_intent() -> impl Strategy<Value = GroupIntent> {
-    prop_oneof![
-        (group_name(), option::of(description()))
-            .prop_map(|(name, description)| GroupIntent::Create { name, description }),
-        vec(thing_name(), 0..6).prop_map(GroupIntent::AddMembers),
-        vec(thing_name(), 0..6).prop_map(GroupIntent::RemoveMembers),
-        Just(GroupIntent::Delete),
-    ]
+    // Boxed: the nested strategy types otherwise overflow a test thread's stack in debug builds.
+    let strategy = {
+        prop_oneof![
+            (group_name(), option::of(description()))
+                .prop_map(|(name, description)| GroupIntent::Create { name, description }),
+            vec(thing_name(), 0..6).prop_map(GroupIntent::AddMembers),
+            vec(thing_name(), 0..6).prop_map(GroupIntent::RemoveMembers),
+            Just(GroupIntent::Delete),
+        ]
+    };
+    strategy.boxed()
 }
