@@ -196,6 +196,27 @@ async fn named_jobs_list_with_their_columns_and_default_group_names_work_end_to_
     .await;
     assert_eq!(status, 400, "{body}");
     assert!(body["message"].as_str().unwrap().contains("name"), "{body}");
+    // A paused job that is canceled is no longer shown as paused: nothing is left to resume.
+    let (status, body) = call(
+        &api,
+        Method::POST,
+        "/api/v1/jobs",
+        Some(json!({"jobId": "held", "document": {}, "targets": {"thingNames": ["nobody"]}})),
+    )
+    .await;
+    assert_eq!(status, 201, "{body}");
+    let (status, body) = call(&api, Method::POST, "/api/v1/jobs/held/pause", None).await;
+    assert_eq!(status, 200, "{body}");
+    assert!(api
+        .get_ok("/api/v1/jobs/held")
+        .await
+        .get("paused")
+        .is_some());
+    let (status, body) = call(&api, Method::POST, "/api/v1/jobs/held/cancel", None).await;
+    assert_eq!(status, 200, "{body}");
+    let held = api.get_ok("/api/v1/jobs/held").await;
+    assert_eq!(held["status"], "CANCELED", "{held}");
+    assert!(held.get("paused").is_none(), "{held}");
     for d in devices {
         d.abort();
     }

@@ -831,10 +831,15 @@ impl From<&JobDescription> for JobView {
                     .collect(),
             }),
             job_process_details: (&d.counters).into(),
-            paused: job.paused.as_ref().map(|p| PauseView {
-                paused_at: secs(p.at),
-                reason: p.reason.clone(),
-            }),
+            // A job that ended while paused is no longer paused: it has nothing left to resume.
+            paused: job
+                .paused
+                .as_ref()
+                .filter(|_| !job.status.is_terminal())
+                .map(|p| PauseView {
+                    paused_at: secs(p.at),
+                    reason: p.reason.clone(),
+                }),
             staged_rollout_config: (!c.stages.is_empty()).then(|| StagedRolloutConfig {
                 stages: c.stages.iter().map(stage_wire).collect(),
             }),
