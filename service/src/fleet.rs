@@ -757,6 +757,7 @@ impl<S: EventStore, L: DeviceLink> Fleet<S, L> {
                         name: e.job.name.clone(),
                         description: e.job.description.clone(),
                         status: e.job.status,
+                        paused: e.job.paused.is_some() && !e.job.status.is_terminal(),
                         selection: e.job.selection,
                         targets: targets as u64,
                         created_at: e.job.created_at,

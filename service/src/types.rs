@@ -132,6 +132,8 @@ pub struct JobSummary {
     pub description: Option<String>,
     /// Its status.
     pub status: JobStatus,
+    /// Whether its rollout is paused (and it can still be resumed).
+    pub paused: bool,
     /// Snapshot or continuous.
     pub selection: TargetSelection,
     /// Things targeted: those with an execution plus those still to queue once the job has

@@ -212,11 +212,23 @@ async fn named_jobs_list_with_their_columns_and_default_group_names_work_end_to_
         .await
         .get("paused")
         .is_some());
+    let held_row = |list: Value| {
+        list["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["jobId"] == "held")
+            .cloned()
+            .unwrap()
+    };
+    assert_eq!(held_row(api.get_ok("/api/v1/jobs").await)["paused"], true);
+    assert_eq!(fw["paused"], false);
     let (status, body) = call(&api, Method::POST, "/api/v1/jobs/held/cancel", None).await;
     assert_eq!(status, 200, "{body}");
     let held = api.get_ok("/api/v1/jobs/held").await;
     assert_eq!(held["status"], "CANCELED", "{held}");
     assert!(held.get("paused").is_none(), "{held}");
+    assert_eq!(held_row(api.get_ok("/api/v1/jobs").await)["paused"], false);
     for d in devices {
         d.abort();
     }

@@ -409,7 +409,7 @@
         return h('tr', { 'data-job': j.jobId },
           h('td', {}, link(jobHref(j.jobId), j.jobId)),
           h('td', { title: j.description || '' }, j.name || '—'),
-          h('td', {}, badge(j.status)),
+          h('td', {}, badge(j.status), j.paused ? [' ', badge('PAUSED')] : null),
           h('td', {}, j.targetSelection),
           h('td', {}, progressBar(d)),
           h('td', { class: 'num' }, j.numberOfTargets),

@@ -877,6 +877,8 @@ pub struct JobSummaryView {
     pub description: Option<String>,
     /// Its status.
     pub status: JobStatus,
+    /// Whether its rollout is paused.
+    pub paused: bool,
     /// Snapshot or continuous.
     pub target_selection: TargetSelection,
     /// Things targeted: those with an execution and those still to queue once started; the
@@ -895,6 +897,7 @@ impl From<JobSummary> for JobSummaryView {
             name: s.name,
             description: s.description,
             status: s.status,
+            paused: s.paused,
             target_selection: s.selection,
             number_of_targets: s.targets,
             created_at: secs(s.created_at),
