@@ -558,6 +558,20 @@ async fn an_operator_runs_a_job_and_a_command_from_the_console() {
     })
     .await;
     b.shot("job-in-progress").await;
+    // Pause and resume from the job page: the pause shows with its reason, then goes.
+    b.click("#pause-job").await;
+    b.wait_text("[data-field=paused]", "the pause", |t| {
+        t.contains("operator")
+    })
+    .await;
+    b.wait_text("#pause-job", "a resume button", |t| t == "Resume")
+        .await;
+    b.shot("job-paused").await;
+    b.click("#pause-job").await;
+    b.wait_count("[data-field=paused]", 0, "the pause gone")
+        .await;
+    b.wait_text("#pause-job", "a pause button", |t| t == "Pause")
+        .await;
     // One device finishes: the bar splits, still without a reload.
     release.send(1).expect("the devices listen");
     b.wait_text("[data-counter=SUCCEEDED] strong", "1 succeeded", |t| {

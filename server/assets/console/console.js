@@ -469,6 +469,35 @@
     ]));
   }
 
+  // Why a job is paused, in words.
+  function pauseText(r) {
+    switch (r.by) {
+      case 'operator':
+        return r.comment ? `by an operator: ${r.comment}` : 'by an operator';
+      case 'stageGate':
+        return `stage ${r.stage + 1} cannot pass its gate: ${r.succeeded} of ${r.size} ` +
+          `succeeded, ${r.required} needed`;
+      case 'stageErrorThreshold':
+        return `stage ${r.stage + 1} crossed its error threshold: ${r.failed} of ` +
+          `${r.executed} failed`;
+      default:
+        return compact(r, 200);
+    }
+  }
+
+  // A staged job's stages: state, size, the successes its gate needs, and progress.
+  function stagesCard(progress) {
+    const list = table(['Stage', 'State', '#Things', 'Gate needs', 'Progress'], 'stages');
+    list.body.replaceChildren(...(progress.stages || []).map((s) => h('tr',
+      { 'data-stage': s.stage, class: s.stage === progress.currentStage ? 'current' : null },
+      h('td', { class: 'num' }, s.stage + 1),
+      h('td', {}, badge(s.state)),
+      h('td', { class: 'num' }, s.numberOfThings),
+      h('td', { class: 'num' }, s.requiredSucceededThings),
+      h('td', {}, progressBar(s.jobProcessDetails || {})))));
+    return card('Stages', list.el);
+  }
+
   function viewJob(jobId) {
     const box = errorBox();
     const heading = h('h1', {}, 'Job ', h('span', { class: 'mono' }, jobId));
@@ -494,6 +523,17 @@
       onclick: cancel(false) }, 'Cancel');
     const forceButton = h('button', { type: 'button', id: 'force-cancel-job', class: 'danger',
       onclick: cancel(true) }, 'Force cancel');
+    // Pause stops queueing; resume continues (past a failed stage gate, which it overrides).
+    let paused = false;
+    const pauseButton = h('button', { type: 'button', id: 'pause-job', onclick: async () => {
+      clearError(actionBox);
+      try {
+        await api('POST', `/api/v1/jobs/${enc(jobId)}/${paused ? 'resume' : 'pause'}`, {});
+        await refresh();
+      } catch (error) {
+        showError(actionBox, error);
+      }
+    } }, 'Pause');
 
     const status = select('executions-status', 'Status', EXECUTION_STATUSES, 'all');
     const list = table(['Thing', 'Status', '#Attempt', '#Version', 'Queued', 'Started',
@@ -512,10 +552,15 @@
       const ended = job.status === 'COMPLETED' || job.status === 'CANCELED';
       cancelButton.disabled = ended;
       forceButton.disabled = ended;
+      paused = Boolean(job.paused);
+      pauseButton.textContent = paused ? 'Resume' : 'Pause';
+      pauseButton.disabled = ended || job.status === 'SCHEDULED';
       const targets = job.targets || {};
       info.replaceChildren(h('div', { class: 'grid' },
         card('Job', definitions([
           ['Status', job.status, 'status'],
+          job.paused ? ['Paused', [fmtTime(job.paused.pausedAt), ' · ',
+            pauseText(job.paused.reason || {})], 'paused'] : null,
           job.name ? ['Name', job.name] : null,
           job.description ? ['Description', job.description] : null,
           ['Type', job.targetSelection],
@@ -531,6 +576,7 @@
           job.cancelReason ? ['Cancel reason', compact(job.cancelReason, 200)] : null,
         ])),
         settingsCard(job),
+        job.stageProgress ? stagesCard(job.stageProgress) : null,
         card('Document', pretty(job.document))));
     }
 
@@ -561,8 +607,10 @@
     main.append(heading, box,
       card('Progress', summary, h('p', { class: 'hint' }, 'Live: refreshed every second.')),
       info,
-      card('Actions', actionBox, h('div', { class: 'toolbar' }, cancelButton, forceButton,
-        h('span', { class: 'hint' }, 'Cancel stops the rollout and cancels queued executions; ',
+      card('Actions', actionBox, h('div', { class: 'toolbar' }, pauseButton, cancelButton,
+        forceButton,
+        h('span', { class: 'hint' }, 'Pause stops queueing (devices at work go on); ',
+          'cancel stops the rollout and cancels queued executions; ',
           'force cancel also cancels those in progress.'))),
       card('Executions', h('div', { class: 'toolbar' }, status.wrap), list.el, pages.el));
     poll(POLL_MS, refresh, box);
