@@ -335,6 +335,10 @@ impl NotifyIn {
 #[derive(Serialize)]
 #[serde(rename_all = "camelCase")]
 pub(crate) struct CommandRequestOut<'a> {
+    /// The execution id, in the body too with the AWS IoT Commands dialect (AWS devices
+    /// read it from the topic or the body).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub execution_id: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub command_id: Option<&'a str>,
     pub action: &'a str,

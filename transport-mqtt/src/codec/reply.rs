@@ -162,6 +162,7 @@ impl Codec {
                 (
                     l.command_request_topic(thing, execution_id),
                     to_vec(&CommandRequestOut {
+                        execution_id: l.aws_commands().then(|| execution_id.as_str()),
                         command_id: command_id.as_deref(),
                         action,
                         params,
