@@ -52,7 +52,11 @@ async fn aws_device(
         }
     });
     client
-        .subscribe_many(filters.into_iter().map(|f| Filter::new(f, QoS::AtLeastOnce)))
+        .subscribe_many(
+            filters
+                .into_iter()
+                .map(|f| Filter::new(f, QoS::AtLeastOnce)),
+        )
         .await
         .expect("subscribe");
     tokio::time::timeout(Duration::from_secs(10), subscribed_rx)
