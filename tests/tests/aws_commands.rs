@@ -1,7 +1,8 @@
 //! AWS IoT Commands under `fleetops serve --topics aws`: a device that knows nothing of
 //! fleetops (a raw MQTT 5 client, as an AWS IoT device SDK would be) receives a command on
 //! `…/request/json`, has a malformed answer refused on `…/response/rejected/json`, answers in
-//! AWS's shape on `…/response/json`, and the operator's waiting HTTP call gets the result.
+//! AWS's shape on `…/response/json`, and the operator's waiting HTTP call gets the result; a
+//! dashboard sees the status events on `$aws/events/commandExecution/{commandId}/{status}`.
 
 use std::time::Duration;
 
@@ -15,13 +16,19 @@ use tokio::sync::mpsc;
 
 const THING: &str = "pump-7";
 
-/// Connects as `THING` (anonymous device, so the broker's ACL confines it to its own topics),
-/// subscribes to `filters` and forwards every publish it receives as (topic, JSON body).
-async fn aws_device(
+/// Connects as `client_id` (anonymous: a device, which the broker's ACL confines to its own
+/// topics; with `login`, a backend user), subscribes to `filters` and forwards every publish
+/// it receives as (topic, JSON body).
+async fn client(
     port: u16,
+    client_id: &str,
+    login: Option<(String, String)>,
     filters: Vec<String>,
 ) -> (AsyncClient, mpsc::UnboundedReceiver<(String, Value)>) {
-    let mut options = MqttOptions::new(THING, "127.0.0.1", port);
+    let mut options = MqttOptions::new(client_id, "127.0.0.1", port);
+    if let Some((user, password)) = login {
+        options.set_credentials(user, password);
+    }
     options.set_clean_start(true);
     options.set_keep_alive(Duration::from_secs(30));
     let (client, mut eventloop) = AsyncClient::new(options, 64);
@@ -45,7 +52,7 @@ async fn aws_device(
                 }
                 Ok(_) => {}
                 Err(e) => {
-                    eprintln!("aws device: {e}");
+                    eprintln!("mqtt client: {e}");
                     tokio::time::sleep(Duration::from_millis(50)).await;
                 }
             }
@@ -85,9 +92,24 @@ async fn an_aws_style_device_answers_a_command_in_the_aws_shape() {
     ));
     let api = serve.api();
 
-    let base = format!("$aws/commands/things/{THING}/executions");
-    let (device, mut inbox) = aws_device(
+    // An operator's dashboard follows command status events with the backend account.
+    let service = broker
+        .service_config()
+        .credentials
+        .expect("service account");
+    let (_ops, mut events) = client(
         broker.port(),
+        "dashboard",
+        Some((service.username, service.password)),
+        vec!["$aws/events/commandExecution/+/#".to_owned()],
+    )
+    .await;
+
+    let base = format!("$aws/commands/things/{THING}/executions");
+    let (device, mut inbox) = client(
+        broker.port(),
+        THING,
+        None,
         vec![
             format!("{base}/+/request/json"),
             format!("{base}/+/response/accepted/json"),
@@ -194,5 +216,28 @@ async fn an_aws_style_device_answers_a_command_in_the_aws_shape() {
         "{body}"
     );
     assert_eq!(body["statusReason"], "PRIMED: 2 litres", "{body}");
+
+    // The dashboard saw the execution created and then succeed, after AWS's event topics,
+    // and no event for the refused answers.
+    let (topic, created) = next(&mut events).await;
+    assert_eq!(
+        topic, "$aws/events/commandExecution/prime-pump/CREATED",
+        "{created}"
+    );
+    assert_eq!(created["executionId"], execution.as_str(), "{created}");
+    assert_eq!(created["thingName"], THING, "{created}");
+    assert_eq!(created["eventType"], "COMMAND_EXECUTION", "{created}");
+    let (topic, done) = next(&mut events).await;
+    assert_eq!(
+        topic, "$aws/events/commandExecution/prime-pump/SUCCEEDED",
+        "{done}"
+    );
+    assert_eq!(done["status"], "SUCCEEDED", "{done}");
+    assert_eq!(
+        done["statusReason"],
+        json!({"reasonCode": "PRIMED", "reasonDescription": "2 litres"}),
+        "{done}"
+    );
+    assert!(done["timestamp"].as_u64().is_some(), "{done}");
     drop(serve);
 }

@@ -339,3 +339,42 @@ fn the_device_sdk_answers_in_the_aws_shape_and_the_service_reads_it_back() {
         "{message:?}"
     );
 }
+
+#[test]
+fn command_status_events_follow_aws_topics_and_message() {
+    let change = |status, reason: Option<&str>| Outbound::CommandStatusChange {
+        execution_id: e9(),
+        command_id: "set-temp".into(),
+        thing: thing(),
+        status,
+        status_reason: reason.map(str::to_owned),
+        timestamp: NOW,
+    };
+    let e = aws()
+        .encode(&change(
+            CommandStatus::Failed,
+            Some("DEVICE_TOO_BUSY: later"),
+        ))
+        .unwrap();
+    assert_eq!(e.topic, "$aws/events/commandExecution/set-temp/FAILED");
+    assert_eq!(
+        body(&e.payload),
+        json!({"executionId": "e-9", "commandId": "set-temp", "thingName": "dev-1",
+               "status": "FAILED",
+               "statusReason": {"reasonCode": "DEVICE_TOO_BUSY", "reasonDescription": "later"},
+               "eventType": "COMMAND_EXECUTION", "timestamp": 1_700_000_000_500_u64})
+    );
+    // fleetops' SENT is AWS's CREATED; a status without a reason has none.
+    let e = aws().encode(&change(CommandStatus::Sent, None)).unwrap();
+    assert_eq!(e.topic, "$aws/events/commandExecution/set-temp/CREATED");
+    assert_eq!(body(&e.payload)["status"], "CREATED");
+    assert!(body(&e.payload).get("statusReason").is_none());
+    // Not device-bound: the device decoder never sees it as its own.
+    assert!(!change(CommandStatus::Sent, None).is_device_bound());
+    // A command id that is not one topic level is refused, not published somewhere else.
+    let mut bad = change(CommandStatus::Sent, None);
+    if let Outbound::CommandStatusChange { command_id, .. } = &mut bad {
+        *command_id = "a/b".into();
+    }
+    assert!(aws().encode(&bad).is_err());
+}

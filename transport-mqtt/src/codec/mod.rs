@@ -435,7 +435,7 @@ impl DeviceMessage {
                 timestamp: secs(*timestamp),
                 ttl: Duration::from_secs(ttl_secs(*ttl)),
             }),
-            O::StatusChange { .. } => return None,
+            O::StatusChange { .. } | O::CommandStatusChange { .. } => return None,
         };
         Some((message.thing().clone(), msg))
     }

@@ -12,7 +12,7 @@ use fleetops_core::time::Timestamp;
 use serde::Serialize;
 use serde_json::{Map, Value};
 
-use super::json::RejectedOut;
+use super::json::{aws_reason, AwsReasonOut, RejectedOut, MAX_REASON_CODE};
 use super::topic::{RequestOp, TopicRef};
 use super::{truncated, Codec, Decoded, EncodeError, Encoded, PublishProps, Qos, Refusal};
 
@@ -129,8 +129,6 @@ impl Fields {
     }
 }
 
-/// The longest AWS `reasonCode`, in bytes.
-const MAX_REASON_CODE: usize = 64;
 /// The longest AWS `reasonDescription`, in bytes.
 const MAX_REASON_DESCRIPTION: usize = 1024;
 
@@ -611,44 +609,6 @@ struct CommandResponseOut<'a> {
     status_reason: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     client_token: Option<&'a str>,
-}
-
-/// An AWS IoT Commands `statusReason`.
-#[derive(Serialize)]
-#[serde(rename_all = "camelCase")]
-struct AwsReasonOut<'a> {
-    reason_code: &'a str,
-    #[serde(skip_serializing_if = "str::is_empty")]
-    reason_description: &'a str,
-}
-
-/// The reason code a device SDK sends when its reason text starts with none.
-const DEVICE_REASON_CODE: &str = "DEVICE_REASON";
-
-/// Splits reason text back into AWS's object: `CODE: description` (as the service folds it)
-/// or a bare `CODE` keep their code; any other text becomes the description of
-/// [`DEVICE_REASON_CODE`].
-fn aws_reason(text: &str) -> AwsReasonOut<'_> {
-    let is_code = |c: &str| {
-        !c.is_empty()
-            && c.len() <= MAX_REASON_CODE
-            && c.chars()
-                .all(|ch| ch.is_ascii_uppercase() || ch.is_ascii_digit() || ch == '_' || ch == '-')
-    };
-    match text.split_once(": ") {
-        Some((code, description)) if is_code(code) => AwsReasonOut {
-            reason_code: code,
-            reason_description: description,
-        },
-        _ if is_code(text) => AwsReasonOut {
-            reason_code: text,
-            reason_description: "",
-        },
-        _ => AwsReasonOut {
-            reason_code: DEVICE_REASON_CODE,
-            reason_description: text,
-        },
-    }
 }
 
 /// A command response in the AWS IoT Commands shape.

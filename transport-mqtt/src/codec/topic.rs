@@ -427,6 +427,27 @@ impl TopicLayout {
         )
     }
 
+    /// `{p}/events/commandExecution/{commandId}/{status}`, `status` as AWS IoT Commands spells
+    /// it (`SUCCEEDED`, `CREATED`): where a service speaking AWS IoT Commands publishes
+    /// command execution status changes. Refuses a command id that is not one topic level.
+    pub fn command_execution_event_topic(
+        &self,
+        command_id: &str,
+        status: &str,
+    ) -> Result<String, String> {
+        if command_id.is_empty()
+            || command_id
+                .chars()
+                .any(|c| matches!(c, '/' | '+' | '#' | '\0') || c.is_control())
+        {
+            return Err("must be one non-empty topic level without wildcards".into());
+        }
+        Ok(format!(
+            "{}/events/commandExecution/{command_id}/{status}",
+            self.prefix
+        ))
+    }
+
     /// `{p}/events/jobExecution/#`: every job execution status change (backend users only).
     pub fn job_execution_events_filter(&self) -> String {
         format!("{}/events/jobExecution/#", self.prefix)
