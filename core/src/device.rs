@@ -305,6 +305,23 @@ pub enum Outbound {
         /// When it changed.
         timestamp: Timestamp,
     },
+    /// A command execution sent as a registered (or ad-hoc, named) command reached a new
+    /// status: an event for operators, not for the device. Only transports speaking AWS IoT
+    /// Commands publish it (MQTT `$aws`: `$aws/events/commandExecution/{commandId}/{status}`).
+    CommandStatusChange {
+        /// The command execution.
+        execution_id: ExecutionId,
+        /// The command id it was sent as (`CommandSent.command_id`).
+        command_id: String,
+        /// The device the execution belongs to (not the addressee).
+        thing: ThingName,
+        /// The new status.
+        status: CommandStatus,
+        /// The device's or the service's reason, when there is one.
+        status_reason: Option<String>,
+        /// When it changed.
+        timestamp: Timestamp,
+    },
 }
 
 impl Outbound {
@@ -316,12 +333,16 @@ impl Outbound {
             | Self::Notify { thing, .. }
             | Self::NotifyNext { thing, .. }
             | Self::CommandRequest { thing, .. }
-            | Self::StatusChange { thing, .. } => thing,
+            | Self::StatusChange { thing, .. }
+            | Self::CommandStatusChange { thing, .. } => thing,
         }
     }
 
-    /// Whether the message goes to its thing (everything but [`Outbound::StatusChange`]).
+    /// Whether the message goes to its thing (everything but the status change events).
     pub fn is_device_bound(&self) -> bool {
-        !matches!(self, Self::StatusChange { .. })
+        !matches!(
+            self,
+            Self::StatusChange { .. } | Self::CommandStatusChange { .. }
+        )
     }
 }

@@ -9,7 +9,9 @@ use fleetops_core::{CommandStatus, ExecutionId, JobExecutionStatus, JobId, Thing
 /// (the service offers them as `Fleet::status_changes`). Job execution changes are also
 /// published as [`Outbound::StatusChange`](fleetops_core::device::Outbound::StatusChange)
 /// when the runtime is configured to (MQTT: `{prefix}/events/jobExecution/{jobId}/{status}`);
-/// command changes are not published.
+/// command changes of commands with a command id as
+/// [`Outbound::CommandStatusChange`](fleetops_core::device::Outbound::CommandStatusChange)
+/// when configured to as well (MQTT `$aws` only).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StatusChange {
     /// A job execution reached a new status, or a new attempt was queued.
@@ -35,8 +37,12 @@ pub enum StatusChange {
         execution_id: ExecutionId,
         /// The device.
         thing: ThingName,
+        /// The command id it was sent as, if any.
+        command_id: Option<String>,
         /// The new status.
         status: CommandStatus,
+        /// The reason stored with the change (a device's answer), if any.
+        status_reason: Option<String>,
         /// When it changed.
         at: Timestamp,
         /// The global position of the event that changed it.
@@ -46,8 +52,9 @@ pub enum StatusChange {
 
 impl StatusChange {
     /// The message that publishes this change to whoever follows status events: job
-    /// execution changes only (command changes reach the operator through their handle).
-    pub fn published(&self) -> Option<Outbound> {
+    /// execution changes, and with `commands` the changes of commands that have a command id
+    /// (the event topic names it; ad-hoc commands without one publish nothing).
+    pub fn published(&self, commands: bool) -> Option<Outbound> {
         match self {
             StatusChange::JobExecution {
                 job_id,
@@ -63,6 +70,22 @@ impl StatusChange {
                 status: *status,
                 execution_number: *execution_number,
                 version_number: *version_number,
+                timestamp: *at,
+            }),
+            StatusChange::Command {
+                execution_id,
+                thing,
+                command_id: Some(command_id),
+                status,
+                status_reason,
+                at,
+                ..
+            } if commands => Some(Outbound::CommandStatusChange {
+                execution_id: execution_id.clone(),
+                command_id: command_id.clone(),
+                thing: thing.clone(),
+                status: *status,
+                status_reason: status_reason.clone(),
                 timestamp: *at,
             }),
             StatusChange::Command { .. } => None,

@@ -20,8 +20,9 @@ use crate::model::{CommandEntry, JobEntry, ReadModel, StageBook};
 
 /// Version of the encoding below; a snapshot of another version is ignored. Format 2 keeps
 /// each execution once, in core's projection entry; format 3 adds each job's stages, API keys,
-/// registered commands and the things (registry and presence).
-const FORMAT: u32 = 3;
+/// registered commands and the things (registry and presence); format 4 adds each command's
+/// command id.
+const FORMAT: u32 = 4;
 
 /// The state as written: sorted lists, so equal states encode to equal bytes.
 #[derive(Serialize)]

@@ -82,6 +82,9 @@ pub struct CommandEntry {
     pub sent_at: Timestamp,
     /// When it times out.
     pub deadline: Timestamp,
+    /// The command id it was sent as, if any: names its status change events.
+    #[serde(default)]
+    pub command_id: Option<String>,
 }
 
 /// Flags of what a thing is owed after a fold: `notify` when its pending list changed,
@@ -352,9 +355,10 @@ impl ReadModel {
     }
 
     fn apply_command(&mut self, id: ExecutionId, stored: &StoredEvent, fx: &mut Effects) {
-        let (status, at) = match &stored.event {
+        let (status, at, reason) = match &stored.event {
             Event::CommandSent {
                 thing,
+                command_id,
                 action,
                 ttl,
                 sent_at,
@@ -368,6 +372,7 @@ impl ReadModel {
                         status: CommandStatus::Sent,
                         sent_at: *sent_at,
                         deadline: *sent_at + *ttl,
+                        command_id: command_id.clone(),
                     },
                 );
                 self.thing_commands
@@ -375,11 +380,16 @@ impl ReadModel {
                     .or_default()
                     .push(id.clone());
                 fx.commands_sent.push(id.clone());
-                (CommandStatus::Sent, *sent_at)
+                (CommandStatus::Sent, *sent_at, None)
             }
-            Event::CommandResponded { status, at, .. } => (*status, *at),
-            Event::CommandTimedOut { at } => (CommandStatus::TimedOut, *at),
-            Event::CommandCanceled { at, .. } => (CommandStatus::Canceled, *at),
+            Event::CommandResponded {
+                status,
+                status_reason,
+                at,
+                ..
+            } => (*status, *at, status_reason.clone()),
+            Event::CommandTimedOut { at } => (CommandStatus::TimedOut, *at, None),
+            Event::CommandCanceled { at, reason } => (CommandStatus::Canceled, *at, reason.clone()),
             // Late answers change no status (and keep the same terminal one).
             _ => return,
         };
@@ -393,7 +403,9 @@ impl ReadModel {
         fx.changes.push(StatusChange::Command {
             execution_id: id,
             thing: entry.thing.clone(),
+            command_id: entry.command_id.clone(),
             status,
+            status_reason: reason,
             at,
             position: stored.position,
         });

@@ -2,7 +2,8 @@
 //!
 //! Stored events imply messages: a thing whose pending list changed is owed a `notify`, one
 //! whose next pending execution changed a `notify-next`, a new command its request, and (when
-//! the runtime publishes them) each job execution status change its `StatusChange` message.
+//! the runtime publishes them) each job execution status change its `StatusChange` message (and,
+//! when asked, each status change of a command with a command id).
 //! The fold reports these as [`Effects`]; [`Outbox::owe`] records them, and the driver
 //! [`Outbox::poll`]s a batch at a time, builds each device message from the state current
 //! when it sends ([`ReadModel::notify`], [`ReadModel::notify_next`], [`command_request`]),
@@ -21,7 +22,6 @@ use fleetops_core::device::Outbound;
 use fleetops_core::job_execution::JobExecution;
 use fleetops_core::{CommandStatus, ExecutionId, JobId, ThingName, Timestamp};
 
-use crate::change::StatusChange;
 use crate::model::{Effects, NotifyFlags, ReadModel};
 
 /// What the runtime still has to send, as data: per thing the notifications owed (coalesced,
@@ -49,6 +49,8 @@ pub struct Outbox {
     status_change_cap: usize,
     /// Whether job execution status changes are published at all.
     publish_status_changes: bool,
+    /// Whether command status changes are published too (with `publish_status_changes`).
+    publish_command_changes: bool,
 }
 
 /// What one [`Outbox::owe`] did, for the driver: whether to wake its sender, and how many
@@ -100,7 +102,15 @@ impl Outbox {
             sending: HashSet::new(),
             status_change_cap: status_change_cap.max(1),
             publish_status_changes,
+            publish_command_changes: false,
         }
+    }
+
+    /// Also publishes the status changes of commands that have a command id (only transports
+    /// speaking AWS IoT Commands have a topic for them).
+    pub fn with_command_changes(mut self, publish: bool) -> Self {
+        self.publish_command_changes = publish;
+        self
     }
 
     /// Records what a fold owes: takes its things and new commands out of `fx` (a new command
@@ -126,8 +136,11 @@ impl Outbox {
         let mut dropped = 0;
         if self.publish_status_changes {
             let before = self.status_changes.len();
-            self.status_changes
-                .extend(fx.changes.iter().filter_map(StatusChange::published));
+            self.status_changes.extend(
+                fx.changes
+                    .iter()
+                    .filter_map(|c| c.published(self.publish_command_changes)),
+            );
             owed |= self.status_changes.len() > before;
             dropped = self
                 .status_changes
@@ -412,10 +425,20 @@ mod tests {
         }
 
         fn command(&mut self, name: &str, t: &str, ttl_secs: u64) -> Effects {
+            self.command_as(name, t, ttl_secs, None)
+        }
+
+        fn command_as(
+            &mut self,
+            name: &str,
+            t: &str,
+            ttl_secs: u64,
+            command_id: Option<&str>,
+        ) -> Effects {
             let intent = CommandIntent::Send {
                 execution_id: id(name),
                 thing: thing(t),
-                command_id: None,
+                command_id: command_id.map(str::to_owned),
                 action: "reboot".to_owned(),
                 params: serde_json::json!({}),
                 ttl: Duration::from_secs(ttl_secs),
@@ -553,6 +576,45 @@ mod tests {
         fx.changes.extend(feed.finish(&job, "b").changes);
         assert_eq!(outbox.owe(&mut fx).dropped, 1);
         assert_eq!(outbox.poll(8).status_changes.len(), 1);
+    }
+
+    #[test]
+    fn command_status_changes_are_published_when_asked_and_only_with_a_command_id() {
+        // Given an outbox that publishes command changes too
+        let mut feed = Feed::default();
+        let mut outbox = Outbox::new(8, true).with_command_changes(true);
+        // When a command with an id and an ad-hoc one without are sent, and the first answered
+        let mut fx = feed.command_as("cmd-1", "a", 30, Some("set-temp"));
+        fx.changes.extend(feed.command("cmd-2", "b", 30).changes);
+        fx.changes.extend(feed.respond("cmd-1").changes);
+        assert_eq!(fx.changes.len(), 3);
+        let _ = outbox.owe(&mut fx);
+        // Then the named command's two changes are published, in feed order, and nothing else
+        let published: Vec<(String, CommandStatus)> = outbox
+            .poll(8)
+            .status_changes
+            .into_iter()
+            .map(|m| match m {
+                Outbound::CommandStatusChange {
+                    command_id, status, ..
+                } => (command_id, status),
+                other => panic!("unexpected {other:?}"),
+            })
+            .collect();
+        assert_eq!(
+            published,
+            [
+                ("set-temp".to_owned(), CommandStatus::Sent),
+                ("set-temp".to_owned(), CommandStatus::Succeeded)
+            ]
+        );
+        // Given the default outbox, when the same happens, then no command change is published
+        let mut feed = Feed::default();
+        let mut outbox = Outbox::new(8, true);
+        let mut fx = feed.command_as("cmd-1", "a", 30, Some("set-temp"));
+        fx.changes.extend(feed.respond("cmd-1").changes);
+        let _ = outbox.owe(&mut fx);
+        assert!(outbox.poll(8).status_changes.is_empty());
     }
 
     #[test]

@@ -143,6 +143,8 @@ pub async fn start(
     // while they hold the database's lease.
     let mut builder = Fleet::builder(store.clone(), Arc::clone(&link)).config(FleetConfig {
         fail_commands_when_offline: settings.offline_commands == OfflineCommandsArg::Fail,
+        // Only the AWS IoT Commands dialect has a topic for command status events.
+        publish_command_status_changes: settings.link.layout.aws_commands(),
         ..FleetConfig::default()
     });
     if let Some(lease) = store.lease() {

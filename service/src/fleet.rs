@@ -157,7 +157,8 @@ impl<S: EventStore, L: DeviceLink> FleetBuilder<S, L> {
         let owed = Outbox::new(
             self.config.status_change_buffer,
             self.config.publish_status_changes,
-        );
+        )
+        .with_command_changes(self.config.publish_command_status_changes);
         let inner = Arc::new(Inner {
             store: self.store,
             link: self.link,

@@ -161,7 +161,7 @@ fn kind(message: &Outbound) -> &'static str {
         Outbound::Notify { .. } => "notify",
         Outbound::NotifyNext { .. } => "notify-next",
         Outbound::CommandRequest { .. } => "command-request",
-        Outbound::StatusChange { .. } => "status-change",
+        Outbound::StatusChange { .. } | Outbound::CommandStatusChange { .. } => "status-change",
         Outbound::Accepted { .. } | Outbound::Rejected { .. } => "reply",
     }
 }

@@ -299,6 +299,11 @@ pub struct FleetConfig {
     /// `{prefix}/events/jobExecution/{jobId}/{status}`), batched by the outbox with the other
     /// messages. Best effort, like the broadcast: not re-sent after a restart.
     pub publish_status_changes: bool,
+    /// With `publish_status_changes`, also publish the status changes of commands sent with a
+    /// command id as [`Outbound::CommandStatusChange`](fleetops_core::device::Outbound::CommandStatusChange)
+    /// (MQTT `$aws` layout: `$aws/events/commandExecution/{commandId}/{status}`). Off by
+    /// default: only a link speaking AWS IoT Commands has a topic for them.
+    pub publish_command_status_changes: bool,
     /// Job execution states kept in memory to spare the store a replay per device request
     /// (0 turns the cache off). Stale entries are harmless: appends check versions.
     pub execution_cache: usize,
@@ -339,6 +344,7 @@ impl Default for FleetConfig {
             outbox_batch: 512,
             status_change_buffer: 4096,
             publish_status_changes: true,
+            publish_command_status_changes: false,
             execution_cache: crate::cache::DEFAULT_CAPACITY,
             snapshot_every: 100_000,
             worker_batch_per_thing: 16,

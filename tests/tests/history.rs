@@ -112,7 +112,8 @@ async fn device(broker: &TestBroker, thing: &str) -> tokio::task::JoinHandle<()>
     let handler: Arc<dyn CommandHandler> = Arc::new(|c: CommandRequest| async move {
         CommandResponse {
             status: CommandStatus::Succeeded,
-            result: Some(json!({"echo": c.action})),
+            // `$aws` speaks AWS IoT Commands: results are maps of typed values.
+            result: Some(json!({"echo": {"s": c.action}})),
             status_reason: None,
         }
     });
@@ -268,7 +269,7 @@ async fn histories_and_live_events_follow_a_job_and_a_command() {
     assert_eq!(cmd_history[0]["details"]["action"], "reboot");
     assert_eq!(
         cmd_history[1]["details"]["result"],
-        json!({"echo": "reboot"})
+        json!({"echo": {"s": "reboot"}})
     );
 
     // Streams that were never written are 404.

@@ -29,7 +29,8 @@ async fn a_job_and_a_command_over_http_reach_devices_and_come_back() {
     let handler: Arc<dyn CommandHandler> = Arc::new(|c: CommandRequest| async move {
         CommandResponse {
             status: CommandStatus::Succeeded,
-            result: Some(json!({"echo": c.action})),
+            // The `$aws` layout speaks AWS IoT Commands: results are maps of typed values.
+            result: Some(json!({"echo": {"s": c.action}})),
             status_reason: None,
         }
     });
@@ -76,7 +77,7 @@ async fn a_job_and_a_command_over_http_reach_devices_and_come_back() {
         .await;
     assert!(status == 200 || status == 201, "{status}: {body}");
     assert_eq!(body["status"], "SUCCEEDED", "{body}");
-    assert_eq!(body["result"], json!({"echo": "reboot"}), "{body}");
+    assert_eq!(body["result"], json!({"echo": {"s": "reboot"}}), "{body}");
 
     assert_eq!(
         serve.terminate().code(),

@@ -484,7 +484,7 @@ async fn presets_work_end_to_end() {
             Some(json!({"p": layout.prefix()})),
             "{layout}"
         );
-        link.send(vec![command(&t, "c-1", "set", 5_000)])
+        link.send(vec![command(&t, "c-1", "typed", 5_000)])
             .await
             .unwrap();
         let outcome = expect_event(&mut events, |e| match e {

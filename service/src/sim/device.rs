@@ -180,8 +180,10 @@ impl Simulator {
             after: self.behaviour.exec_time(thing, task),
             response: status.map(|status| CommandResponse {
                 status,
+                // A map of typed values, which the `$aws` layout's AWS IoT Commands dialect
+                // requires and every other layout accepts.
                 result: (status == CommandStatus::Succeeded)
-                    .then(|| serde_json::json!({ "action": action })),
+                    .then(|| serde_json::json!({ "action": { "s": action } })),
                 status_reason: (status != CommandStatus::Succeeded)
                     .then(|| format!("simulated {}", status.as_str())),
             }),

@@ -128,6 +128,22 @@ pub(crate) struct StatusChangeOut<'a> {
     pub timestamp: u64,
 }
 
+/// A command execution status event, outgoing
+/// (`$aws/events/commandExecution/{commandId}/{status}`), after AWS IoT Commands' event
+/// message: thing name and command id instead of ARNs, `timestamp` in epoch milliseconds.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct CommandStatusChangeOut<'a> {
+    pub execution_id: &'a str,
+    pub command_id: &'a str,
+    pub thing_name: &'a str,
+    pub status: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub status_reason: Option<AwsReasonOut<'a>>,
+    pub event_type: &'static str,
+    pub timestamp: u64,
+}
+
 /// `JobExecution`, incoming.
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -335,6 +351,10 @@ impl NotifyIn {
 #[derive(Serialize)]
 #[serde(rename_all = "camelCase")]
 pub(crate) struct CommandRequestOut<'a> {
+    /// The execution id, in the body too with the AWS IoT Commands dialect (AWS devices
+    /// read it from the topic or the body).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub execution_id: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub command_id: Option<&'a str>,
     pub action: &'a str,
@@ -355,4 +375,45 @@ pub(crate) struct CommandRequestIn {
     pub params: Value,
     pub timestamp: u64,
     pub ttl: u64,
+}
+
+/// The longest AWS `reasonCode`, in bytes.
+pub(crate) const MAX_REASON_CODE: usize = 64;
+
+/// An AWS IoT Commands `statusReason`.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct AwsReasonOut<'a> {
+    reason_code: &'a str,
+    #[serde(skip_serializing_if = "str::is_empty")]
+    reason_description: &'a str,
+}
+
+/// The reason code a device SDK sends when its reason text starts with none.
+const DEVICE_REASON_CODE: &str = "DEVICE_REASON";
+
+/// Splits reason text back into AWS's object: `CODE: description` (as the service folds it)
+/// or a bare `CODE` keep their code; any other text becomes the description of
+/// [`DEVICE_REASON_CODE`].
+pub(crate) fn aws_reason(text: &str) -> AwsReasonOut<'_> {
+    let is_code = |c: &str| {
+        !c.is_empty()
+            && c.len() <= MAX_REASON_CODE
+            && c.chars()
+                .all(|ch| ch.is_ascii_uppercase() || ch.is_ascii_digit() || ch == '_' || ch == '-')
+    };
+    match text.split_once(": ") {
+        Some((code, description)) if is_code(code) => AwsReasonOut {
+            reason_code: code,
+            reason_description: description,
+        },
+        _ if is_code(text) => AwsReasonOut {
+            reason_code: text,
+            reason_description: "",
+        },
+        _ => AwsReasonOut {
+            reason_code: DEVICE_REASON_CODE,
+            reason_description: text,
+        },
+    }
 }

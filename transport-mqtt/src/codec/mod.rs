@@ -21,6 +21,8 @@ mod request;
 mod topic;
 
 #[cfg(test)]
+mod aws_tests;
+#[cfg(test)]
 mod tests;
 
 use fleetops_core::device::{ExecutionView, Inbound, Operation, PendingJobs, Reply};
@@ -273,7 +275,8 @@ pub struct Refusal {
     pub reply: Encoded,
 }
 
-/// What a refusal's topic adds to its request's topic.
+/// What a refusal's topic adds to its request's topic (before the `/json` level of AWS IoT
+/// Commands topics: the length is the same).
 const REJECTED_SUFFIX: &str = "/rejected";
 
 /// The wire codec for one topic layout and one set of limits.
@@ -432,7 +435,7 @@ impl DeviceMessage {
                 timestamp: secs(*timestamp),
                 ttl: Duration::from_secs(ttl_secs(*ttl)),
             }),
-            O::StatusChange { .. } => return None,
+            O::StatusChange { .. } | O::CommandStatusChange { .. } => return None,
         };
         Some((message.thing().clone(), msg))
     }

@@ -2,13 +2,15 @@
 
 use fleetops_core::device::{JobTarget, Operation, Outbound, Reply};
 use fleetops_core::ids::{ExecutionId, JobId, ThingName};
+use fleetops_core::status::CommandStatus;
 use fleetops_core::time::{Duration, Timestamp};
 use serde::de::DeserializeOwned;
 
 use super::json::{
-    summaries, AckIn, AckOut, CommandRequestIn, CommandRequestOut, ExecutionOut, ExecutionReplyIn,
-    ExecutionReplyOut, JobsOut, NotifyIn, NotifyOut, PendingIn, PendingOut, RejectedIn,
-    RejectedOut, StatusChangeOut, UpdateIn, UpdateOut,
+    aws_reason, summaries, AckIn, AckOut, CommandRequestIn, CommandRequestOut,
+    CommandStatusChangeOut, ExecutionOut, ExecutionReplyIn, ExecutionReplyOut, JobsOut, NotifyIn,
+    NotifyOut, PendingIn, PendingOut, RejectedIn, RejectedOut, StatusChangeOut, UpdateIn,
+    UpdateOut,
 };
 use super::request::to_vec;
 use super::topic::{RequestOp, TopicRef};
@@ -162,6 +164,7 @@ impl Codec {
                 (
                     l.command_request_topic(thing, execution_id),
                     to_vec(&CommandRequestOut {
+                        execution_id: l.aws_commands().then(|| execution_id.as_str()),
                         command_id: command_id.as_deref(),
                         action,
                         params,
@@ -188,6 +191,32 @@ impl Codec {
                     timestamp: timestamp.as_secs(),
                 }),
             ),
+            Outbound::CommandStatusChange {
+                execution_id,
+                command_id,
+                thing,
+                status,
+                status_reason,
+                timestamp,
+            } => {
+                let status = aws_command_status(*status);
+                (
+                    l.command_execution_event_topic(command_id, status)
+                        .map_err(|reason| EncodeError::InvalidField {
+                            field: "commandId",
+                            reason,
+                        })?,
+                    to_vec(&CommandStatusChangeOut {
+                        execution_id: execution_id.as_str(),
+                        command_id,
+                        thing_name: thing.as_str(),
+                        status,
+                        status_reason: status_reason.as_deref().map(aws_reason),
+                        event_type: "COMMAND_EXECUTION",
+                        timestamp: timestamp.as_millis(),
+                    }),
+                )
+            }
         };
         // Built from validated ids under a bounded prefix, so always short: the check keeps
         // the guarantee local rather than relying on every id bound.
@@ -339,4 +368,13 @@ impl Codec {
 
 fn json<T: DeserializeOwned>(payload: &[u8]) -> Result<T, DecodeError> {
     serde_json::from_slice(payload).map_err(|e| DecodeError::Json(e.to_string()))
+}
+
+/// A command status as AWS IoT Commands spells it: `SENT` is AWS's `CREATED`; `CANCELED`,
+/// which AWS has no status for, keeps fleetops' name.
+fn aws_command_status(status: CommandStatus) -> &'static str {
+    match status {
+        CommandStatus::Sent => "CREATED",
+        other => other.as_str(),
+    }
 }

@@ -12,7 +12,7 @@ use fleetops_core::time::Timestamp;
 use serde::Serialize;
 use serde_json::{Map, Value};
 
-use super::json::RejectedOut;
+use super::json::{aws_reason, AwsReasonOut, RejectedOut, MAX_REASON_CODE};
 use super::topic::{RequestOp, TopicRef};
 use super::{truncated, Codec, Decoded, EncodeError, Encoded, PublishProps, Qos, Refusal};
 
@@ -129,6 +129,128 @@ impl Fields {
     }
 }
 
+/// The longest AWS `reasonDescription`, in bytes.
+const MAX_REASON_DESCRIPTION: usize = 1024;
+
+impl Fields {
+    /// An AWS IoT Commands response: `status`, optional `executionId` (must match the topic),
+    /// `statusReason` `{reasonCode, reasonDescription?}` folded into the reason text
+    /// `CODE: description`, and `result` a map of typed values kept as JSON.
+    fn aws_command_response(&self, topic_id: &str) -> Result<CommandResponse, Rejection> {
+        let status =
+            match self.string("status")? {
+                Some("SUCCEEDED") => CommandStatus::Succeeded,
+                Some("FAILED") => CommandStatus::Failed,
+                Some("REJECTED") => CommandStatus::Rejected,
+                // fleetops command executions have no intermediate status and the service alone
+                // decides timeouts: both are refused rather than silently reinterpreted.
+                Some("IN_PROGRESS") => return Err(Rejection::invalid(
+                    "status",
+                    "IN_PROGRESS is not supported: answer once with SUCCEEDED, FAILED or REJECTED",
+                )),
+                Some("TIMED_OUT") => {
+                    return Err(Rejection::invalid(
+                        "status",
+                        "TIMED_OUT is decided by the service: answer FAILED with a reasonCode",
+                    ))
+                }
+                Some(other) => {
+                    return Err(Rejection::invalid(
+                        "status",
+                        format!("{other:?} is not SUCCEEDED, FAILED or REJECTED"),
+                    ))
+                }
+                None => return Err(Rejection::invalid("status", "is required")),
+            };
+        if let Some(id) = self.string("executionId")? {
+            if id != topic_id {
+                return Err(Rejection::invalid(
+                    "executionId",
+                    "does not match the execution id in the topic",
+                ));
+            }
+        }
+        Ok(CommandResponse {
+            status,
+            result: self.aws_result()?,
+            status_reason: self.aws_status_reason()?,
+        })
+    }
+
+    fn aws_status_reason(&self) -> Result<Option<String>, Rejection> {
+        const KEY: &str = "statusReason";
+        let Some(v) = self.get(KEY) else {
+            return Ok(None);
+        };
+        let obj = v.as_object().ok_or_else(|| {
+            Rejection::invalid(KEY, "must be an object {reasonCode, reasonDescription?}")
+        })?;
+        let code = obj
+            .get("reasonCode")
+            .and_then(Value::as_str)
+            .ok_or_else(|| Rejection::invalid("statusReason.reasonCode", "is a required string"))?;
+        let valid = |c: char| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_' || c == '-';
+        if code.is_empty() || code.len() > MAX_REASON_CODE || !code.chars().all(valid) {
+            return Err(Rejection::invalid(
+                "statusReason.reasonCode",
+                format!("must be 1 to {MAX_REASON_CODE} characters of [A-Z0-9_-]"),
+            ));
+        }
+        let description = match obj.get("reasonDescription").filter(|d| !d.is_null()) {
+            None => "",
+            Some(d) => d.as_str().ok_or_else(|| {
+                Rejection::invalid("statusReason.reasonDescription", "must be a string")
+            })?,
+        };
+        if description.len() > MAX_REASON_DESCRIPTION || description.chars().any(char::is_control) {
+            return Err(Rejection::invalid(
+                "statusReason.reasonDescription",
+                format!(
+                    "must be at most {MAX_REASON_DESCRIPTION} bytes without control characters"
+                ),
+            ));
+        }
+        Ok(Some(if description.is_empty() {
+            code.to_owned()
+        } else {
+            format!("{code}: {description}")
+        }))
+    }
+
+    /// `result`: `{name: {"s": string} | {"b": bool} | {"bin": base64 string}}`. Binary
+    /// values are kept as the device sent them, not decoded.
+    fn aws_result(&self) -> Result<Option<Value>, Rejection> {
+        const KEY: &str = "result";
+        let Some(v) = self.get(KEY) else {
+            return Ok(None);
+        };
+        let obj = v
+            .as_object()
+            .ok_or_else(|| Rejection::invalid(KEY, "must be an object of typed values"))?;
+        for (name, value) in obj {
+            let typed = value.as_object().filter(|o| o.len() == 1);
+            let ok = typed.is_some_and(|o| match o.iter().next() {
+                Some((k, v)) => match k.as_str() {
+                    "s" | "bin" => v.is_string(),
+                    "b" => v.is_boolean(),
+                    _ => false,
+                },
+                None => false,
+            });
+            if !ok {
+                return Err(Rejection::invalid(
+                    KEY,
+                    format!(
+                        "value of {:?} must be one of {{\"s\": string}}, {{\"b\": boolean}}, {{\"bin\": string}}",
+                        truncated(name, 64)
+                    ),
+                ));
+            }
+        }
+        Ok(Some(v.clone()))
+    }
+}
+
 /// Parses a payload into a JSON object; an empty payload counts as `{}`.
 fn parse_object(payload: &[u8]) -> Result<Fields, Rejection> {
     if payload.iter().all(u8::is_ascii_whitespace) {
@@ -227,7 +349,7 @@ impl Codec {
             Ok(t) => t,
             Err(rejection) => return refuse(rejection, None),
         };
-        match Self::request(op, &fields) {
+        match Self::request(op, &fields, self.layout.aws_commands()) {
             Ok(request) => Decoded::Request(Inbound {
                 thing: thing_name,
                 client_token,
@@ -250,7 +372,7 @@ impl Codec {
         Ok(Some(token.to_owned()))
     }
 
-    fn request(op: RequestOp<'_>, f: &Fields) -> Result<DeviceRequest, Rejection> {
+    fn request(op: RequestOp<'_>, f: &Fields, aws: bool) -> Result<DeviceRequest, Rejection> {
         Ok(match op {
             RequestOp::GetPending => DeviceRequest::GetPending,
             RequestOp::StartNext => DeviceRequest::StartNext(StartNextRequest {
@@ -287,11 +409,15 @@ impl Codec {
             RequestOp::CommandResponse(id) => DeviceRequest::CommandResponse {
                 execution_id: ExecutionId::parse(id)
                     .map_err(|e| Rejection::invalid("executionId", e.to_string()))?,
-                response: CommandResponse {
-                    status: f.command_status()?,
-                    // `result` is arbitrary JSON, so a present `null` is kept as a value.
-                    result: f.0.get("result").cloned(),
-                    status_reason: f.string("statusReason")?.map(str::to_owned),
+                response: if aws {
+                    f.aws_command_response(id)?
+                } else {
+                    CommandResponse {
+                        status: f.command_status()?,
+                        // `result` is arbitrary JSON, so a present `null` is kept as a value.
+                        result: f.0.get("result").cloned(),
+                        status_reason: f.string("statusReason")?.map(str::to_owned),
+                    }
                 },
             },
         })
@@ -319,7 +445,7 @@ impl Codec {
             client_token,
             rejection,
             reply: Encoded {
-                topic: format!("{topic}{}", super::REJECTED_SUFFIX),
+                topic: self.layout.outcome_topic(topic, false),
                 payload,
                 qos: Qos::AtLeastOnce,
                 properties: PublishProps::default(),
@@ -364,7 +490,10 @@ impl Codec {
                 include_job_document: r.include_job_document,
                 client_token,
             }),
-            DeviceRequest::CommandResponse { response: r, .. } => {
+            DeviceRequest::CommandResponse {
+                execution_id,
+                response: r,
+            } => {
                 if !matches!(
                     r.status,
                     CommandStatus::Succeeded | CommandStatus::Failed | CommandStatus::Rejected
@@ -377,12 +506,22 @@ impl Codec {
                         ),
                     });
                 }
-                to_vec(&CommandResponseOut {
-                    status: r.status,
-                    result: r.result.as_ref(),
-                    status_reason: r.status_reason.as_deref(),
-                    client_token,
-                })
+                if self.layout.aws_commands() {
+                    to_vec(&AwsCommandResponseOut {
+                        status: r.status,
+                        execution_id: execution_id.as_str(),
+                        status_reason: r.status_reason.as_deref().map(aws_reason),
+                        result: r.result.as_ref(),
+                        client_token,
+                    })
+                } else {
+                    to_vec(&CommandResponseOut {
+                        status: r.status,
+                        result: r.result.as_ref(),
+                        status_reason: r.status_reason.as_deref(),
+                        client_token,
+                    })
+                }
             }
         };
         Ok(Encoded {
@@ -468,6 +607,20 @@ struct CommandResponseOut<'a> {
     result: Option<&'a Value>,
     #[serde(skip_serializing_if = "Option::is_none")]
     status_reason: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    client_token: Option<&'a str>,
+}
+
+/// A command response in the AWS IoT Commands shape.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct AwsCommandResponseOut<'a> {
+    status: CommandStatus,
+    execution_id: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    status_reason: Option<AwsReasonOut<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    result: Option<&'a Value>,
     #[serde(skip_serializing_if = "Option::is_none")]
     client_token: Option<&'a str>,
 }

@@ -18,7 +18,9 @@ pub enum Preset {
     Fleets,
     /// `$emqx/…`: the topics of EMQX Fleets.
     Emqx,
-    /// `$aws/…`: the topics of the AWS IoT Jobs device MQTT API.
+    /// `$aws/…`: the topics of the AWS IoT Jobs device MQTT API, and AWS IoT Commands'
+    /// topics and bodies for commands (the payload format level `json` after `request` and
+    /// `response`).
     Aws,
 }
 
@@ -75,6 +77,10 @@ pub enum LayoutError {
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct TopicLayout {
     prefix: String,
+    /// Commands speak AWS IoT Commands: topics end in the payload format level `json`, and
+    /// responses carry AWS's `statusReason` object and typed `result` values. Only the `$aws`
+    /// preset does; a custom prefix keeps fleetops' own command topics and bodies.
+    aws_commands: bool,
 }
 
 impl Default for TopicLayout {
@@ -151,6 +157,9 @@ pub enum TopicRef<'a> {
 }
 
 const ACCEPTED: &str = "accepted";
+/// The payload format level of AWS IoT Commands topics; JSON is the only format spoken.
+const AWS_FORMAT: &str = "json";
+const AWS_FORMAT_SUFFIX: &str = "/json";
 const REJECTED: &str = "rejected";
 
 fn outcome(level: &str) -> Option<bool> {
@@ -184,6 +193,7 @@ impl TopicLayout {
     pub fn preset(preset: Preset) -> Self {
         Self {
             prefix: preset.prefix().to_owned(),
+            aws_commands: preset == Preset::Aws,
         }
     }
 
@@ -214,12 +224,18 @@ impl TopicLayout {
         }
         Ok(Self {
             prefix: prefix.to_owned(),
+            aws_commands: false,
         })
     }
 
     /// The prefix, e.g. `fleets` or `$aws`.
     pub fn prefix(&self) -> &str {
         &self.prefix
+    }
+
+    /// Whether commands speak the AWS IoT Commands dialect (the `$aws` preset only).
+    pub fn aws_commands(&self) -> bool {
+        self.aws_commands
     }
 
     /// Classifies `topic`; `None` when it lies outside the protocol's two trees.
@@ -230,9 +246,11 @@ impl TopicLayout {
         let levels: Vec<&'a str> = rest.split('/').collect();
         match levels.as_slice() {
             ["things", thing, "jobs", tail @ ..] => Some(Self::parse_jobs(thing, tail)),
-            ["commands", "things", thing, "executions", tail @ ..] => {
-                Some(Self::parse_commands(thing, tail))
-            }
+            ["commands", "things", thing, "executions", tail @ ..] => Some(if self.aws_commands {
+                Self::parse_aws_commands(thing, tail)
+            } else {
+                Self::parse_commands(thing, tail)
+            }),
             _ => None,
         }
     }
@@ -287,11 +305,36 @@ impl TopicLayout {
         found.unwrap_or_else(|| Self::unknown(thing, tail))
     }
 
+    /// AWS IoT Commands: every topic ends in the payload format level, after `accepted` or
+    /// `rejected` for replies.
+    fn parse_aws_commands<'a>(thing: &'a str, tail: &[&'a str]) -> TopicRef<'a> {
+        let found = match tail {
+            [id, "response", AWS_FORMAT] => Some(TopicRef::Request {
+                thing,
+                op: RequestOp::CommandResponse(id),
+            }),
+            [id, "response", last, AWS_FORMAT] => outcome(last).map(|accepted| TopicRef::Reply {
+                thing,
+                op: RequestOp::CommandResponse(id),
+                accepted,
+            }),
+            [id, "request", AWS_FORMAT] => Some(TopicRef::CommandRequest {
+                thing,
+                execution: id,
+            }),
+            _ => None,
+        };
+        found.unwrap_or_else(|| Self::unknown(thing, tail))
+    }
+
     fn unknown<'a>(thing: &'a str, tail: &[&'a str]) -> TopicRef<'a> {
-        TopicRef::Unknown {
-            thing,
-            reply_like: tail.last().is_some_and(|l| outcome(l).is_some()),
-        }
+        // `…/rejected/json` is reply-like too: AWS puts the format level after the outcome.
+        let reply_like = match tail {
+            [.., last] if outcome(last).is_some() => true,
+            [.., outcome_level, AWS_FORMAT] => outcome(outcome_level).is_some(),
+            _ => false,
+        };
+        TopicRef::Unknown { thing, reply_like }
     }
 
     fn jobs(&self, thing: &ThingName) -> String {
@@ -315,12 +358,25 @@ impl TopicLayout {
     }
 
     /// The topic the answer to `operation` is published to: the request topic followed by
-    /// `/accepted` or `/rejected`.
+    /// `/accepted` or `/rejected` (AWS IoT Commands: before the format level,
+    /// `…/response/accepted/json`).
     pub fn reply_topic(&self, thing: &ThingName, operation: &Operation, accepted: bool) -> String {
-        let mut topic = self.request_topic(thing, operation);
-        topic.push('/');
-        topic.push_str(if accepted { ACCEPTED } else { REJECTED });
-        topic
+        self.outcome_topic(&self.request_topic(thing, operation), accepted)
+    }
+
+    /// The reply topic of a request published on `topic`, which may be any topic inside the
+    /// protocol's trees (a refusal answers unknown topics too).
+    pub fn outcome_topic(&self, topic: &str, accepted: bool) -> String {
+        let level = if accepted { ACCEPTED } else { REJECTED };
+        let commands = topic
+            .strip_prefix(self.prefix.as_str())
+            .is_some_and(|rest| rest.starts_with("/commands/"));
+        if self.aws_commands && commands {
+            if let Some(base) = topic.strip_suffix(AWS_FORMAT_SUFFIX) {
+                return format!("{base}/{level}{AWS_FORMAT_SUFFIX}");
+            }
+        }
+        format!("{topic}/{level}")
     }
 
     /// `{p}/things/{thing}/jobs/notify`.
@@ -333,14 +389,31 @@ impl TopicLayout {
         format!("{}/notify-next", self.jobs(thing))
     }
 
-    /// `{p}/commands/things/{thing}/executions/{id}/request`.
-    pub fn command_request_topic(&self, thing: &ThingName, id: &ExecutionId) -> String {
-        format!("{}/request", self.execution(thing, id))
+    /// `/json` with the AWS IoT Commands dialect, nothing otherwise.
+    fn format_suffix(&self) -> &'static str {
+        if self.aws_commands {
+            AWS_FORMAT_SUFFIX
+        } else {
+            ""
+        }
     }
 
-    /// `{p}/commands/things/{thing}/executions/{id}/response`.
+    /// `{p}/commands/things/{thing}/executions/{id}/request` (`…/request/json` for `$aws`).
+    pub fn command_request_topic(&self, thing: &ThingName, id: &ExecutionId) -> String {
+        format!(
+            "{}/request{}",
+            self.execution(thing, id),
+            self.format_suffix()
+        )
+    }
+
+    /// `{p}/commands/things/{thing}/executions/{id}/response` (`…/response/json` for `$aws`).
     pub fn command_response_topic(&self, thing: &ThingName, id: &ExecutionId) -> String {
-        format!("{}/response", self.execution(thing, id))
+        format!(
+            "{}/response{}",
+            self.execution(thing, id),
+            self.format_suffix()
+        )
     }
 
     /// `{p}/events/jobExecution/{jobId}/{status}`, `status` in wire spelling (`SUCCEEDED`):
@@ -352,6 +425,27 @@ impl TopicLayout {
             self.prefix,
             status.as_str()
         )
+    }
+
+    /// `{p}/events/commandExecution/{commandId}/{status}`, `status` as AWS IoT Commands spells
+    /// it (`SUCCEEDED`, `CREATED`): where a service speaking AWS IoT Commands publishes
+    /// command execution status changes. Refuses a command id that is not one topic level.
+    pub fn command_execution_event_topic(
+        &self,
+        command_id: &str,
+        status: &str,
+    ) -> Result<String, String> {
+        if command_id.is_empty()
+            || command_id
+                .chars()
+                .any(|c| matches!(c, '/' | '+' | '#' | '\0') || c.is_control())
+        {
+            return Err("must be one non-empty topic level without wildcards".into());
+        }
+        Ok(format!(
+            "{}/events/commandExecution/{command_id}/{status}",
+            self.prefix
+        ))
     }
 
     /// `{p}/events/jobExecution/#`: every job execution status change (backend users only).
@@ -369,13 +463,14 @@ impl TopicLayout {
     /// first level starting with `$`, so `+/things/…` would miss `$aws/things/…`.
     pub fn service_filters(&self, catch_all: bool) -> Vec<String> {
         let p = &self.prefix;
+        let f = self.format_suffix();
         if catch_all {
             // The commands tree is not caught whole: a subscription of the service's own
             // that matches command request topics would count as a subscriber there, and the
             // broker could never say that nobody listens for a command (PUBACK 0x10).
             vec![
                 format!("{p}/things/+/jobs/#"),
-                format!("{p}/commands/things/+/executions/+/response"),
+                format!("{p}/commands/things/+/executions/+/response{f}"),
             ]
         } else {
             vec![
@@ -383,7 +478,7 @@ impl TopicLayout {
                 format!("{p}/things/+/jobs/start-next"),
                 format!("{p}/things/+/jobs/+/get"),
                 format!("{p}/things/+/jobs/+/update"),
-                format!("{p}/commands/things/+/executions/+/response"),
+                format!("{p}/commands/things/+/executions/+/response{f}"),
             ]
         }
     }
@@ -393,6 +488,7 @@ impl TopicLayout {
     pub fn device_filters(&self, thing: &ThingName) -> Vec<String> {
         let jobs = self.jobs(thing);
         let commands = format!("{}/commands/things/{thing}/executions", self.prefix);
+        let f = self.format_suffix();
         vec![
             format!("{jobs}/notify"),
             format!("{jobs}/notify-next"),
@@ -400,8 +496,8 @@ impl TopicLayout {
             format!("{jobs}/start-next/+"),
             format!("{jobs}/+/get/+"),
             format!("{jobs}/+/update/+"),
-            format!("{commands}/+/request"),
-            format!("{commands}/+/response/+"),
+            format!("{commands}/+/request{f}"),
+            format!("{commands}/+/response/+{f}"),
         ]
     }
 

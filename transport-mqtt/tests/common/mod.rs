@@ -139,6 +139,12 @@ pub fn handler() -> Arc<dyn CommandHandler> {
                 result: None,
                 status_reason: Some("unsupported".into()),
             },
+            // AWS IoT Commands results are maps of typed values; any layout accepts them.
+            "typed" => CommandResponse {
+                status: CommandStatus::Succeeded,
+                result: Some(json!({"done": {"b": true}, "action": {"s": c.action}})),
+                status_reason: None,
+            },
             _ => CommandResponse {
                 status: CommandStatus::Succeeded,
                 result: Some(json!({"echo": c.params, "ttl_s": c.ttl.as_secs()})),
