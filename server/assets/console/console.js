@@ -744,8 +744,8 @@
         thingName: thing || thingFilter.value.trim(), status: status.el.value,
         limit: PAGE_SIZE, nextToken,
       }));
-      // The list carries no action or result: each row's details are fetched (terminal ones
-      // once), and the action is filtered here, on the page.
+      // The list carries the action but no result: each row's details are fetched for it
+      // (terminal ones once). The action is matched here, as a substring, page by page.
       const details = await Promise.all(page.items.map((c) =>
         commandDetails(c.executionId).catch(() => undefined)));
       return { page, details };
@@ -756,8 +756,8 @@
       const { page, details } = result;
       pages.update(page.nextToken);
       const wanted = action.value.trim().toLowerCase();
-      const rows = page.items.map((c, i) => [c, details[i]]).filter(([, d]) => !wanted ||
-        (d && d.action.toLowerCase().includes(wanted)));
+      const rows = page.items.map((c, i) => [c, details[i]]).filter(([c]) => !wanted ||
+        c.action.toLowerCase().includes(wanted));
       if (!rows.length) {
         emptyRow(list.body, 6, 'No commands here.');
         return;
@@ -766,7 +766,7 @@
         { 'data-execution': c.executionId },
         h('td', { class: 'mono' }, link(commandHref(c.executionId), c.executionId)),
         h('td', {}, link(thingHref(c.thingName), c.thingName)),
-        h('td', {}, d ? d.action : '—'),
+        h('td', {}, c.action),
         h('td', {}, badge(c.status)),
         h('td', { class: 'mono', title: d && d.result !== undefined
           ? JSON.stringify(d.result) : null }, resultText(d)),
