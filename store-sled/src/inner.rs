@@ -15,7 +15,8 @@ use tokio::sync::mpsc;
 use crate::config::{Durability, SledConfig};
 use crate::shared::Shared;
 use crate::tail::Tail;
-use crate::writer::{Request, Writer};
+use crate::wal::Wal;
+use crate::writer::{FlushHandle, Request, Writer};
 
 /// Requests that may wait for the writer before appenders are held back.
 const QUEUE_CAPACITY: usize = 8192;
@@ -28,11 +29,13 @@ pub(crate) struct Inner {
     /// `None` only while dropping.
     tx: Option<mpsc::Sender<Request>>,
     writer: Mutex<Option<JoinHandle<()>>>,
+    /// For inline appends that leave their sync to the flusher thread; `None` only while
+    /// dropping (the flusher, and so the writer, finish only once it is gone).
+    pub(crate) flusher: Option<FlushHandle>,
     pub(crate) shared: Arc<Shared>,
     pub(crate) path: PathBuf,
     pub(crate) durability: Durability,
-    /// Whether appends may commit on the caller's thread (`Buffered` and
-    /// `SledConfig::inline_appends`).
+    /// Whether appends may commit on the caller's thread (`SledConfig::inline_appends`).
     pub(crate) inline: bool,
     /// Declared last so a temporary directory is removed after sled has closed.
     _temp: Option<Arc<tempfile::TempDir>>,
@@ -44,14 +47,18 @@ impl Inner {
         db: sled::Db,
         tree: sled::Tree,
         head: u64,
+        wal: Wal,
         config: SledConfig,
     ) -> Result<Self, StoreError> {
+        let wal = (config.durability == Durability::FlushEveryBatch).then_some(wal);
         let shared = Arc::new(Shared::new(
             head,
             Tail::new(config.tail_events, config.tail_bytes),
+            wal,
         ));
         let (tx, rx) = mpsc::channel(QUEUE_CAPACITY);
         let writer = Writer::new(db, tree.clone(), Arc::clone(&shared), &config);
+        let flusher = writer.flush_handle();
         let handle = std::thread::Builder::new()
             .name("fleetops-sled-writer".into())
             .spawn(move || writer.run(rx))
@@ -62,10 +69,11 @@ impl Inner {
             tree: Some(tree),
             tx: Some(tx),
             writer: Mutex::new(Some(handle)),
+            flusher,
             shared,
             path: config.path,
             durability: config.durability,
-            inline: config.inline_appends && config.durability == Durability::Buffered,
+            inline: config.inline_appends,
             _temp: config.temp,
         })
     }
@@ -117,6 +125,7 @@ impl Drop for Inner {
         // channel: the writer drains it, flushes, and drops the last sled handle on its own
         // thread, so sled closes there rather than on whatever thread drops the store.
         self.tree = None;
+        self.flusher = None;
         self.tx = None;
         let handle = self.writer.get_mut().ok().and_then(Option::take);
         if let Some(handle) = handle {

@@ -33,10 +33,24 @@
 //! one group, checks each on its own (optimistic concurrency per stream, idempotency keys),
 //! writes everything that passed — as **one** `sled::Batch` with `Tree::apply_batch` when an
 //! append of several events or a projection update is among it, else key by key — and hands
-//! the group to a flusher thread, which flushes **once** for all groups handed over since its
-//! last flush and only then answers every waiter. A conflict in one append fails that append
+//! the group to a flusher thread, which makes it durable **once** for all groups handed over
+//! since its last sync and only then answers every waiter. A conflict in one append fails that append
 //! alone. The two threads form a pipeline: the next group is checked and applied while the
-//! previous one is being flushed (see the `writer` module).
+//! previous one is being synced (see the `writer` module).
+//!
+//! ## Write-ahead log
+//!
+//! With [`Durability::FlushEveryBatch`] a group is made durable by the store's own
+//! write-ahead log (`{dir}/fleetops-wal`), not by sled's `flush`: sled's flush hands its
+//! write to one of sled's I/O threads and waits for it, two thread wake-ups around the same
+//! system calls (≈ 115 µs against ≈ 50 µs here, `BENCHMARKS.md`). Whoever commits a group
+//! appends its writes to the log as one CRC-checked record, before writing them to sled,
+//! then syncs the log (`pwrite` + `sync_file_range`, sled's own durability) before
+//! acknowledging. Past 64 MiB of log the writer *checkpoints*: it flushes sled and starts
+//! the log over. Opening applies every whole record to sled again (a record holds the exact
+//! keys and values of its group, so applying it over any part of its own effects gives the
+//! same state), flushes sled and empties the log; a record cut short by a crash ends it (it
+//! was never synced, so never acknowledged, and its sled writes had not started).
 //!
 //! sled recovers an applied batch atomically after a crash (it seals the batch in its log), so
 //! such a group, and therefore each append (its events, its stream-index entries and its
@@ -54,23 +68,25 @@
 //!
 //! Handing an append to the writer thread and the answer back costs two thread wake-ups,
 //! which on a loaded machine take tens of microseconds each, several times the work of a
-//! small append. With [`Durability::Buffered`], where an append is acknowledged as soon as it
-//! is applied, an append that finds nothing queued for the writer, nothing being handled and
-//! nothing waiting for a flush does that work itself: it takes the writer's state lock
+//! small append. So an append that finds nothing queued for the writer, nothing being handled
+//! and nothing waiting for a sync does that work itself: it takes the writer's state lock
 //! (without waiting: if it is taken, the append queues for the writer), checks and applies
 //! the append as a group of one, publishes it and returns. The writer takes the same lock
 //! for each of its groups, so positions, version checks, idempotency keys, the live tail and
 //! the order in which heads are published are exactly as if the writer had done it; appends
 //! that meet each other still form groups in the writer. The cost is that this sled work
 //! (about 20 µs for a small append, more on a page-cache miss) runs on the caller's thread,
-//! usually a tokio worker. [`Durability::FlushEveryBatch`] never commits inline, since each
-//! append would hold a worker for a whole flush. [`SledConfig::inline_appends`] turns it off;
-//! [`WriterStats::inline_appends`] counts it.
+//! usually a tokio worker; with [`Durability::FlushEveryBatch`] so does the log's sync (about
+//! 50–60 µs), still under the lock so heads are published in order. `append_ordered` leaves
+//! that sync to the flusher thread instead and returns as soon as the append is ordered, so
+//! the caller can overlap the sync with work whose result waits for the store anyway.
+//! [`SledConfig::inline_appends`] turns inline appends off; [`WriterStats::inline_appends`]
+//! counts them.
 //!
 //! ## Visibility
 //!
 //! Readers see an append once its group is committed: applied and, with
-//! [`Durability::FlushEveryBatch`], flushed. So no reader (and no subscriber that publishes to
+//! [`Durability::FlushEveryBatch`], synced. So no reader (and no subscriber that publishes to
 //! devices) ever acts on an event that a crash could take back. The feed is read by position
 //! and each read checks that no position is missing, so subscriptions have no gap and no
 //! repeat, live or across a reopen.
@@ -80,7 +96,7 @@
 //! The store keeps the last committed events in memory, exactly as reads return them, bounded
 //! by [`SledConfig::live_tail`] (8192 events and 32 MiB by default). The writer builds them
 //! from the appended events (no read back, no decode) and adds a group's events only when the
-//! group becomes visible, just before the head moves past them: never an unflushed event in
+//! group becomes visible, just before the head moves past them: never an unsynced event in
 //! `FlushEveryBatch` mode, never a failed group. A subscription whose next position is in the
 //! tail copies events from there, up to the visible head; one that is behind it (slow, or
 //! catching up after an open, when the tail starts empty) reads sled as before. So the tail
@@ -88,11 +104,13 @@
 //!
 //! ## Durability
 //!
-//! [`Durability::FlushEveryBatch`] (default) calls sled's `flush` once per group before
-//! acknowledging; [`Durability::Buffered`] acknowledges after applying in memory and leaves
-//! flushing to sled's background thread ([`SledConfig::flush_every`], 500 ms by default).
+//! [`Durability::FlushEveryBatch`] (default) syncs the write-ahead log once per group before
+//! acknowledging, the same way sled flushes; [`Durability::Buffered`] acknowledges after
+//! applying in memory and leaves flushing to sled's background thread
+//! ([`SledConfig::flush_every`], 500 ms by default).
 //!
-//! **sled's flush is not a full `fsync` on Linux.** In 0.34.7 `flush` writes its log buffers
+//! **Neither the log's sync nor sled's flush is a full `fsync` on Linux.** The log is synced
+//! with `pwrite` + `sync_file_range`, as sled flushes. In 0.34.7 `flush` writes its log buffers
 //! with `pwrite` and then calls `sync_file_range(WAIT_BEFORE | WRITE | WAIT_AFTER)` on the
 //! written range (falling back to `fsync` only if that call is unsupported). That waits until
 //! the pages are handed to the device, but it neither flushes the device's volatile write
@@ -175,6 +193,7 @@ mod snapshot;
 mod store;
 mod subscription;
 mod tail;
+mod wal;
 mod writer;
 
 pub use config::{Durability, SledConfig};

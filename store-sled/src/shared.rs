@@ -13,6 +13,7 @@ use fleetops_core::ids::StreamId;
 use tokio::sync::watch;
 
 use crate::tail::{Tail, TailEvent};
+use crate::wal::Wal;
 
 /// The counters behind `WriterStats` and `FeedStats`, atomics so that no thread takes a lock
 /// to count.
@@ -35,7 +36,7 @@ pub(crate) struct Shared {
     /// Requests handed to the writer thread (queued, or waiting for room in the queue) and
     /// not yet handled: while there are any, appends do not commit inline.
     pub(crate) pending: AtomicUsize,
-    /// The last position readers may see: applied, and flushed when the mode asks for it.
+    /// The last position readers may see: applied, and durable when the mode asks for it.
     visible_head: AtomicU64,
     /// Wakes subscribers when the visible head moves (or the writer fails).
     head_tx: watch::Sender<u64>,
@@ -46,11 +47,14 @@ pub(crate) struct Shared {
     pub(crate) stats: Stats,
     /// The last committed events, for subscriptions that keep up.
     pub(crate) tail: Tail,
+    /// The write-ahead log that makes groups durable (`FlushEveryBatch`; `None` in
+    /// `Buffered` mode, which leaves durability to sled's background flush).
+    pub(crate) wal: Option<Wal>,
 }
 
 impl Shared {
     /// The shared state of a store whose last event is at `head`, nothing pending yet.
-    pub(crate) fn new(head: u64, tail: Tail) -> Self {
+    pub(crate) fn new(head: u64, tail: Tail, wal: Option<Wal>) -> Self {
         let (head_tx, _) = watch::channel(head);
         Self {
             state: Mutex::new(State::new(head)),
@@ -61,13 +65,14 @@ impl Shared {
             in_flight: AtomicUsize::new(0),
             stats: Stats::default(),
             tail,
+            wal,
         }
     }
 
     /// Makes a committed group visible: puts its events (`..=head`, in position order) into
     /// the live tail, then moves the visible head forward and wakes subscribers.
     ///
-    /// The writer calls this only once the events may be seen (flushed, or applied in
+    /// The writer calls this only once the events may be seen (durable, or applied in
     /// `Buffered` mode). The tail is filled first so that a reader that sees the new head
     /// finds every event up to it in the tail; readers never take from the tail beyond the
     /// head they loaded, so filling it early shows nothing early.
@@ -103,12 +108,13 @@ impl Shared {
 /// stream heads.
 ///
 /// It lives in `Shared::state`, behind a lock, because two kinds of thread commit groups:
-/// the writer thread, which takes the lock for each group it stages and applies, and, in
-/// `Durability::Buffered` mode, an appender that finds the writer idle and commits its own
-/// append on its own thread (see `writer::append_inline`). Whoever holds the lock stages,
-/// applies and (in `Buffered` mode) publishes, so positions are handed out without gaps,
+/// the writer thread, which takes the lock for each group it stages and applies, and an
+/// appender that finds the writer idle and commits its own append on its own thread (see
+/// `writer::append_inline`). Whoever holds the lock stages, logs, applies and (inline, or in
+/// `Buffered` mode) publishes, so positions are handed out without gaps,
 /// heads are published in position order and every version check sees every committed
-/// append. The lock is never held across an `.await`, and only for CPU work and sled calls.
+/// append. The lock is never held across an `.await`, and only for CPU work, sled calls and
+/// the write-ahead log.
 /// Its fields are the writer's alone: nothing else reads them.
 pub(crate) struct State {
     /// The position the next stored event gets.

@@ -8,8 +8,8 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use fleetops_core::ids::StreamId;
 use fleetops_core::store::{
-    snapshot_mismatch, AppendBatch, Appended, EventStore, Snapshot, StoreError, StoredEvent,
-    Subscription,
+    snapshot_mismatch, AppendBatch, Appended, EventStore, OrderedAppend, Snapshot, StoreError,
+    StoredEvent, Subscription,
 };
 use tokio::sync::oneshot;
 
@@ -17,14 +17,15 @@ use crate::codec;
 use crate::config::{Durability, SledConfig};
 use crate::guard::{blocking, guarded, sled_error};
 use crate::inner::Inner;
-use crate::prepare::prepare;
+use crate::prepare::{prepare, PreparedBatch};
 use crate::projection::{
     validate_name, ProjectionBatch, ProjectionEntry, ProjectionError, ProjectionUpdate,
 };
 use crate::read::{read_all_blocking, read_stream_blocking, stream_version_blocking};
 use crate::recovery::{check_format, recover_head, repair_last};
 use crate::subscription::SledSubscription;
-use crate::writer::{append_inline, Request};
+use crate::wal::Wal;
+use crate::writer::{append_inline, Inline, Request};
 
 /// The name of the sled tree that holds the store.
 pub(crate) const TREE_NAME: &str = "fleetops/v1";
@@ -85,7 +86,7 @@ impl SledStore {
     /// unknown format), never a panic.
     pub fn open(config: SledConfig) -> Result<Self, StoreError> {
         let path = config.path.clone();
-        let (db, tree, head) = guarded(&format!("opening {}", path.display()), || {
+        let (db, tree, head, wal) = guarded(&format!("opening {}", path.display()), || {
             let db = sled::Config::new()
                 .path(&path)
                 .cache_capacity(config.cache_capacity)
@@ -96,14 +97,20 @@ impl SledStore {
                 .open()
                 .map_err(sled_error)?;
             let tree = db.open_tree(TREE_NAME).map_err(sled_error)?;
+            // Groups acknowledged since the last checkpoint are in the log, maybe not in sled.
+            let (wal, replayed) = Wal::open_and_replay(&path, &tree)
+                .map_err(|detail| StoreError::Backend { detail })?;
+            if replayed > 0 {
+                tracing::info!(replayed, "applied the write-ahead log's groups to sled");
+            }
             check_format(&tree)?;
             let head = recover_head(&tree)?;
             repair_last(&tree, head)?;
-            Ok((db, tree, head))
+            Ok((db, tree, head, wal))
         })?;
 
         Ok(Self {
-            inner: Arc::new(Inner::start(db, tree, head, config)?),
+            inner: Arc::new(Inner::start(db, tree, head, wal, config)?),
         })
     }
 
@@ -160,6 +167,13 @@ impl SledStore {
         rx.await.map_err(|_| StoreError::Closed)?
     }
 
+    /// Hands a prepared append to the writer thread and waits for its answer.
+    async fn append_through_writer(&self, batch: PreparedBatch) -> Result<Appended, StoreError> {
+        let (reply, rx) = oneshot::channel();
+        self.inner.submit(Request::Append { batch, reply }).await?;
+        rx.await.map_err(|_| StoreError::Closed)?
+    }
+
     /// A handle on the projection `name` (1–64 characters of `[a-zA-Z0-9_.-]`); see
     /// [`Projection`]. Projections need no creation: one never written is empty at
     /// checkpoint 0.
@@ -175,14 +189,35 @@ impl EventStore for SledStore {
         if self.inner.inline {
             // An idle writer: commit here, without the two thread hand-offs (see
             // `writer::append_inline`; never across an `.await`).
-            batch = match append_inline(self.inner.tree()?, &self.inner.shared, batch) {
-                Ok(result) => return result,
+            batch = match append_inline(self.inner.tree()?, &self.inner.shared, batch, None) {
+                Ok(Inline::Done(result)) => return result,
+                Ok(Inline::Ordered(_, rx)) => return rx.await.map_err(|_| StoreError::Closed)?,
                 Err(batch) => batch,
             };
         }
-        let (reply, rx) = oneshot::channel();
-        self.inner.submit(Request::Append { batch, reply }).await?;
-        rx.await.map_err(|_| StoreError::Closed)?
+        self.append_through_writer(batch).await
+    }
+
+    /// An idle writer commits the append on this thread and leaves its sync to the flusher
+    /// thread, so the caller gets it back ordered while the write-ahead log is synced; a busy
+    /// one (or `Buffered` mode) makes this a plain [`EventStore::append`].
+    async fn append_ordered(&self, batch: AppendBatch) -> Result<OrderedAppend, StoreError> {
+        let mut batch = prepare(batch, self.inner.shared.tail.enabled())?;
+        if self.inner.inline {
+            let handoff = self.inner.flusher.as_ref();
+            batch = match append_inline(self.inner.tree()?, &self.inner.shared, batch, handoff) {
+                Ok(Inline::Done(result)) => return result.map(OrderedAppend::stored),
+                Ok(Inline::Ordered(appended, rx)) => {
+                    return Ok(OrderedAppend::pending(appended, async move {
+                        rx.await.map_err(|_| StoreError::Closed)?.map(drop)
+                    }))
+                }
+                Err(batch) => batch,
+            };
+        }
+        self.append_through_writer(batch)
+            .await
+            .map(OrderedAppend::stored)
     }
 
     async fn read_stream(

@@ -68,6 +68,7 @@ use crate::prepare::PreparedBatch;
 use crate::projection::{ProjectionError, ProjectionUpdate};
 use crate::shared::{Shared, State};
 use crate::tail::TailEvent;
+use crate::wal::{Mark, Wal};
 
 /// The most writes a group of single-event appends makes key by key; a larger group is
 /// written as one batch (see `Committer::apply`).
@@ -150,8 +151,11 @@ fn answer_all(outcomes: Vec<Outcome>, commit: &Result<(), StoreError>) {
 
 /// Groups handed from the writer to the flusher.
 struct FlushJob {
-    /// Whether this group needs a flush (a group with nothing to write only waits its turn).
+    /// Whether sled must be flushed for this group (an explicit `Request::Flush`).
     flush: bool,
+    /// How far the write-ahead log must be synced for this group (a group that wrote; a
+    /// group with nothing to write only waits its turn).
+    sync: Option<Mark>,
     /// The head to publish once flushed, if the group wrote events.
     head: Option<u64>,
     /// The group's events for the live tail, published with `head`.
@@ -177,9 +181,13 @@ fn flusher(tree: sled::Tree, shared: Arc<Shared>, jobs: std::sync::mpsc::Receive
 /// Flushes once if any job needs it, then publishes the highest head and answers every job,
 /// in order.
 fn complete(tree: &sled::Tree, shared: &Shared, jobs: Vec<FlushJob>) {
+    // The last mark covers every record before it (marks of one generation grow; a later
+    // generation's follows a checkpoint that made the earlier ones durable).
+    let sync = jobs.iter().rev().find_map(|j| j.sync);
     let result = if let Some(reason) = shared.failure() {
         Err(failed_error(&reason))
     } else if jobs.iter().any(|j| j.flush) {
+        // sled's flush covers every applied group, so the log needs no sync.
         match catch_unwind(AssertUnwindSafe(|| tree.flush())) {
             Ok(Ok(_)) => {
                 shared.stats.flushes.fetch_add(1, Ordering::Relaxed);
@@ -191,11 +199,9 @@ fn complete(tree: &sled::Tree, shared: &Shared, jobs: Vec<FlushJob>) {
                 panic_message(&*panic)
             )),
         }
-        .map_err(|reason| {
-            tracing::error!(%reason, "sled store failed; it refuses writes until reopened");
-            shared.fail(reason.clone());
-            failed_error(&reason)
-        })
+        .map_err(|reason| fail_store(shared, reason))
+    } else if let Some(mark) = sync {
+        sync_wal(shared, mark)
     } else {
         Ok(())
     };
@@ -220,6 +226,31 @@ fn complete(tree: &sled::Tree, shared: &Shared, jobs: Vec<FlushJob>) {
     for job_outcomes in outcomes {
         answer_all(job_outcomes, &result);
     }
+}
+
+/// Syncs the write-ahead log up to `mark`; a failure fails the store.
+fn sync_wal(shared: &Shared, mark: Mark) -> Result<(), StoreError> {
+    let Some(wal) = &shared.wal else {
+        return Ok(());
+    };
+    match wal.sync(mark) {
+        Ok(()) => {
+            shared.stats.flushes.fetch_add(1, Ordering::Relaxed);
+            Ok(())
+        }
+        Err(e) => Err(fail_store(
+            shared,
+            format!("write-ahead log sync failed: {e}"),
+        )),
+    }
+}
+
+/// Fails the store for `reason`: the error to answer with.
+fn fail_store(shared: &Shared, reason: String) -> StoreError {
+    tracing::error!(%reason, "sled store failed; it refuses writes until reopened");
+    let err = failed_error(&reason);
+    shared.fail(reason);
+    err
 }
 
 /// What the earlier requests of the current group staged.
@@ -258,8 +289,10 @@ pub(crate) struct Writer {
     shared: Arc<Shared>,
     durability: Durability,
     max_group_events: usize,
-    /// Hands applied groups to the flusher thread (`None` before `run` and after it).
+    /// Hands applied groups to the flusher thread (`None` once `run` ends).
     flush_tx: Option<std::sync::mpsc::SyncSender<FlushJob>>,
+    /// The flusher thread's queue, until `run` starts the thread.
+    flush_rx: Option<std::sync::mpsc::Receiver<FlushJob>>,
 }
 
 impl Writer {
@@ -269,35 +302,41 @@ impl Writer {
         shared: Arc<Shared>,
         config: &SledConfig,
     ) -> Self {
+        let (flush_tx, flush_rx) = std::sync::mpsc::sync_channel(MAX_IN_FLIGHT);
         Self {
             _db: db,
             tree,
             shared,
             durability: config.durability,
             max_group_events: config.max_group_events,
-            flush_tx: None,
+            flush_tx: Some(flush_tx),
+            flush_rx: Some(flush_rx),
         }
+    }
+
+    /// A handle on the flusher's queue for inline appenders; it must be dropped before the
+    /// writer can finish (the flusher runs until every handle is gone).
+    pub(crate) fn flush_handle(&self) -> Option<FlushHandle> {
+        self.flush_tx.clone().map(FlushHandle)
     }
 
     /// Runs until every sender is gone, then flushes and returns (dropping sled here).
     pub(crate) fn run(mut self, mut rx: mpsc::Receiver<Request>) {
-        let (flush_tx, flush_rx) = std::sync::mpsc::sync_channel(MAX_IN_FLIGHT);
-        let flusher = {
+        let flusher = self.flush_rx.take().map(|flush_rx| {
             let (tree, shared) = (self.tree.clone(), Arc::clone(&self.shared));
             std::thread::Builder::new()
                 .name("fleetops-sled-flusher".into())
                 .spawn(move || flusher(tree, shared, flush_rx))
-        };
+        });
         let flusher = match flusher {
-            Ok(handle) => {
-                self.flush_tx = Some(flush_tx);
-                Some(handle)
-            }
-            Err(e) => {
+            Some(Ok(handle)) => Some(handle),
+            Some(Err(e)) => {
+                self.flush_tx = None;
                 self.shared
                     .fail(format!("cannot start the flusher thread: {e}"));
                 None
             }
+            None => None,
         };
         let mut group = Vec::new();
         while let Some(first) = rx.blocking_recv() {
@@ -328,7 +367,12 @@ impl Writer {
             }
         }
         if self.shared.failure().is_none() {
-            if let Err(e) = self.tree.flush() {
+            // A checkpoint flushes sled and empties the log, so the next open replays nothing.
+            let closed = match &self.shared.wal {
+                Some(wal) => wal.checkpoint(&self.tree),
+                None => self.tree.flush().map(drop).map_err(|e| e.to_string()),
+            };
+            if let Err(e) = closed {
                 tracing::error!(error = %e, "final flush of the sled store failed");
             }
         }
@@ -380,14 +424,29 @@ impl Writer {
         }
         let wrote = staged.writes > 0;
         let events = std::mem::take(&mut staged.read_back);
-        if let Err(e) = committer.apply(staged) {
-            answer_all(outcomes, &Err(e));
-            return;
-        }
+        let mark = match committer.apply(staged) {
+            Ok(mark) => mark,
+            Err(e) => {
+                answer_all(outcomes, &Err(e));
+                return;
+            }
+        };
         let head = committer.state.next_position - 1;
+        if let Some(wal) = &self.shared.wal {
+            if wal.checkpoint_due() {
+                // Under the state lock: no group is applied while sled is flushed and the
+                // log starts over.
+                if let Err(reason) = wal.checkpoint(&self.tree) {
+                    let err = fail_store(&self.shared, reason);
+                    answer_all(outcomes, &Err(err));
+                    return;
+                }
+            }
+        }
         let job = match self.durability {
             Durability::FlushEveryBatch => FlushJob {
-                flush: wrote || flush_requested,
+                flush: flush_requested,
+                sync: mark,
                 head: wrote.then_some(head),
                 events,
                 outcomes,
@@ -405,6 +464,7 @@ impl Writer {
                 }
                 FlushJob {
                     flush: true,
+                    sync: None,
                     head: None,
                     events: Vec::new(),
                     outcomes,
@@ -435,32 +495,49 @@ impl Writer {
     }
 }
 
+/// What an inline append came to (see [`append_inline`]).
+pub(crate) enum Inline {
+    /// Committed, and durable as far as the mode asks: the append's answer.
+    Done(Result<Appended, StoreError>),
+    /// Checked, ordered and applied; the flusher answers on the receiver once it is durable.
+    Ordered(Appended, oneshot::Receiver<Result<Appended, StoreError>>),
+}
+
+/// The way into the flusher thread's queue for inline appenders that leave the sync to it
+/// (`EventStore::append_ordered`).
+#[derive(Clone)]
+pub(crate) struct FlushHandle(std::sync::mpsc::SyncSender<FlushJob>);
+
 /// Commits one append as a group of its own on the calling thread, if the writer is idle:
 /// `Err(batch)` hands the batch back for the writer thread.
 ///
-/// Only for [`Durability::Buffered`], where a group is acknowledged once applied: the work is
-/// the same staging, checks and `apply_batch` the writer does for a group of one (about
-/// 20 µs of CPU), and doing it here saves the two thread wake-ups of the hand-off, which on
-/// a busy machine cost far more than the work. With [`Durability::FlushEveryBatch`] each
-/// append waits for a flush (about 190 µs or more): done here, it would block a tokio worker
-/// for that long, and concurrent appends could no longer share a flush.
+/// The work is the same staging, checks and `apply_batch` the writer does for a group of one
+/// (about 20 µs of CPU), and doing it here saves the two thread wake-ups of the hand-off,
+/// which on a busy machine cost far more than the work. With [`Durability::FlushEveryBatch`]
+/// the group is then made durable by a sync of the write-ahead log on this thread (about
+/// 50–60 µs; `crate::wal`), still under the state lock so heads are published in position
+/// order, or, given `handoff`, by the flusher thread: then the append returns as soon as it
+/// is ordered ([`Inline::Ordered`]) and the caller overlaps its own work with the sync.
 ///
 /// It runs only when the writer is idle: no request queued or being handled
 /// (`Shared::pending`), no group waiting for the flusher (`Shared::in_flight`, so a requested
-/// flush is answered before later appends), the store not failed, and the state lock free.
-/// When another appender holds the lock this one is contended and goes to the writer, where
-/// concurrent appends still form groups. A failed sled write fails the store exactly as in
-/// the writer (`Committer::apply`).
+/// flush is answered before later appends), no checkpoint due, the store not failed, and the
+/// state lock free. When another appender holds the lock this one is contended and goes to
+/// the writer, where concurrent appends still form groups (and share one sync). A failed sled
+/// write fails the store exactly as in the writer (`Committer::apply`).
 pub(crate) fn append_inline(
     tree: &sled::Tree,
     shared: &Shared,
     batch: PreparedBatch,
-) -> Result<Result<Appended, StoreError>, PreparedBatch> {
+    handoff: Option<&FlushHandle>,
+) -> Result<Inline, PreparedBatch> {
     // `pending` first: the writer raises `in_flight` before it lowers `pending`.
     let idle = |shared: &Shared| {
         shared.pending.load(Ordering::Acquire) == 0 && shared.in_flight.load(Ordering::Acquire) == 0
     };
-    if !idle(shared) || shared.failure().is_some() {
+    // A checkpoint (a sled flush) is the writer's to make.
+    let checkpoint_due = |shared: &Shared| shared.wal.as_ref().is_some_and(Wal::checkpoint_due);
+    if !idle(shared) || shared.failure().is_some() || checkpoint_due(shared) {
         return Err(batch);
     }
     // A poisoned lock is left to the writer, which fails the store over it.
@@ -475,7 +552,7 @@ pub(crate) fn append_inline(
     // sled may panic on a damaged file, in a read for a check as well as in the write; the
     // caller gets an error, never the panic. The state may then be half updated, so the store
     // fails (the guard is not dropped while unwinding, so the lock is not poisoned).
-    let committed = catch_unwind(AssertUnwindSafe(|| {
+    let committed = catch_unwind(AssertUnwindSafe(|| -> Result<Inline, StoreError> {
         let mut committer = Committer {
             tree,
             shared,
@@ -488,21 +565,55 @@ pub(crate) fn append_inline(
         let result = committer.stage_append(batch, &mut staged);
         let wrote = staged.writes > 0;
         let events = std::mem::take(&mut staged.read_back);
-        committer.apply(staged)?;
-        if wrote {
-            shared.publish(committer.state.next_position - 1, events);
-        }
+        let mark = committer.apply(staged)?;
+        let head = committer.state.next_position - 1;
         shared.stats.inline_appends.fetch_add(1, Ordering::Relaxed);
-        result
+        if let (Some(mark), Some(handoff), Ok(appended)) = (mark, handoff, &result) {
+            let (reply, rx) = oneshot::channel();
+            let job = FlushJob {
+                flush: false,
+                sync: Some(mark),
+                head: Some(head),
+                events,
+                outcomes: vec![Outcome::Append(reply, Ok(appended.clone()))],
+            };
+            // Raised under the lock, as the writer does: later appends go to the writer and
+            // the flusher answers them after this one.
+            shared.in_flight.fetch_add(1, Ordering::AcqRel);
+            match handoff.0.try_send(job) {
+                Ok(()) => return Ok(Inline::Ordered(appended.clone(), rx)),
+                // The flusher is gone or (it cannot be, with nothing in flight) busy: sync
+                // here after all.
+                Err(
+                    std::sync::mpsc::TrySendError::Full(job)
+                    | std::sync::mpsc::TrySendError::Disconnected(job),
+                ) => {
+                    shared.in_flight.fetch_sub(1, Ordering::AcqRel);
+                    sync_wal(shared, mark)?;
+                    shared.publish(head, job.events);
+                    return Ok(Inline::Done(result));
+                }
+            }
+        }
+        if let Some(mark) = mark {
+            // Still under the lock, so heads are published in position order; appends that
+            // come meanwhile queue for the writer and share its next sync.
+            sync_wal(shared, mark)?;
+        }
+        if wrote {
+            shared.publish(head, events);
+        }
+        Ok(Inline::Done(result))
     }));
     drop(state);
-    Ok(committed.unwrap_or_else(|panic| {
-        let reason = format!("sled panicked while committing: {}", panic_message(&*panic));
-        tracing::error!(%reason, "sled store failed; it refuses writes until reopened");
-        let err = failed_error(&reason);
-        shared.fail(reason);
-        Err(err)
-    }))
+    Ok(match committed {
+        Ok(Ok(inline)) => inline,
+        Ok(Err(e)) => Inline::Done(Err(e)),
+        Err(panic) => {
+            let reason = format!("sled panicked while committing: {}", panic_message(&*panic));
+            Inline::Done(Err(fail_store(shared, reason)))
+        }
+    })
 }
 
 /// Stages and applies groups against the locked [`State`]: what the writer thread and an
@@ -525,7 +636,11 @@ impl Committer<'_> {
     /// Anything that must change together (an append of several events, a projection's
     /// entries and checkpoint) is one batch, and so is a group of more than
     /// `KEY_BY_KEY_MAX_WRITES` writes, where one log write for the group is cheaper.
-    fn apply(&mut self, staged: Staged) -> Result<(), StoreError> {
+    ///
+    /// With a write-ahead log (`FlushEveryBatch`) the group's writes go to the log first, as
+    /// one record, and the returned mark is what [`Wal::sync`] must cover before the group
+    /// is acknowledged.
+    fn apply(&mut self, staged: Staged) -> Result<Option<Mark>, StoreError> {
         let Staged {
             writes_in_order,
             atomic,
@@ -536,8 +651,15 @@ impl Committer<'_> {
             ..
         } = staged;
         if writes == 0 {
-            return Ok(());
+            return Ok(None);
         }
+        let mark = match &self.shared.wal {
+            Some(wal) => match wal.append(writes_in_order.iter()) {
+                Ok(mark) => Some(mark),
+                Err(e) => return Err(self.fail(format!("write-ahead log write failed: {e}"))),
+            },
+            None => None,
+        };
         let tree = self.tree;
         // A large group is one batch all the same: there one log write for the group costs
         // less than hundreds of single inserts (paired figures in `BENCHMARKS.md`).
@@ -571,10 +693,7 @@ impl Committer<'_> {
             )),
         };
         if let Some(reason) = failure {
-            tracing::error!(%reason, "sled store failed; it refuses writes until reopened");
-            let err = failed_error(&reason);
-            self.shared.fail(reason);
-            return Err(err);
+            return Err(self.fail(reason));
         }
         let cache = &mut self.state.heads;
         if cache.len() + heads.len() > HEAD_CACHE_LIMIT {
@@ -585,7 +704,12 @@ impl Committer<'_> {
         let stats = &self.shared.stats;
         stats.groups.fetch_add(1, Ordering::Relaxed);
         stats.events.fetch_add(events, Ordering::Relaxed);
-        Ok(())
+        Ok(mark)
+    }
+
+    /// Fails the store for `reason`: the error to answer with.
+    fn fail(&self, reason: String) -> StoreError {
+        fail_store(self.shared, reason)
     }
 
     /// The current version of `stream`, counting what this group staged. `expected` only

@@ -139,7 +139,17 @@ async fn appender(store: Arc<SledStore>, run: u64, task: usize) {
             append = append.idempotent(k.clone());
         }
         let retry = append.clone();
-        match store.append(append).await {
+        // Every other task appends in two steps (ordered, then durable) and acknowledges
+        // only after the second, as a command's sender does.
+        let appended = if task.is_multiple_of(2) {
+            store.append(append).await
+        } else {
+            match store.append_ordered(append).await {
+                Ok(ordered) => ordered.durable().await,
+                Err(e) => Err(e),
+            }
+        };
+        match appended {
             Ok(a) => {
                 own_version = a.versions[0].1;
                 emit(&ack_line(&batch, &a, key.as_ref()));

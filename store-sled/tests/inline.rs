@@ -1,7 +1,8 @@
-//! Inline appends: with `Durability::Buffered`, an append that finds the writer idle commits
-//! on the caller's thread; contended appends still go through the writer. Either way the
-//! feed, the versions, idempotency and subscriptions are exactly as if the writer had done
-//! everything.
+//! Inline appends: an append that finds the writer idle commits on the caller's thread (and,
+//! with `Durability::FlushEveryBatch`, syncs the write-ahead log there, or leaves the sync
+//! to the flusher thread for `append_ordered`); contended appends still go through the
+//! writer. Either way the feed, the versions, idempotency and subscriptions are exactly as
+//! if the writer had done everything.
 
 mod common;
 
@@ -40,7 +41,16 @@ async fn append_in_sequence(store: &SledStore, name: &str, count: u64) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lone_buffered_appender_commits_on_its_own_thread() {
-    let store = open(temporary(Durability::Buffered)).await;
+    lone_appender(Durability::Buffered).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lone_durable_appender_commits_and_syncs_on_its_own_thread() {
+    lone_appender(Durability::FlushEveryBatch).await;
+}
+
+async fn lone_appender(durability: Durability) {
+    let store = open(temporary(durability)).await;
     append_in_sequence(&store, "lone", 50).await;
     let stats = store.stats();
     assert_eq!(stats.appends, 50);
@@ -87,9 +97,9 @@ async fn a_lone_buffered_appender_commits_on_its_own_thread() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn only_buffered_stores_with_the_knob_on_commit_inline() {
+async fn with_the_knob_off_no_append_commits_inline() {
     for config in [
-        temporary(Durability::FlushEveryBatch),
+        temporary(Durability::FlushEveryBatch).inline_appends(false),
         temporary(Durability::Buffered).inline_appends(false),
     ] {
         let store = open(config).await;
@@ -277,7 +287,16 @@ async fn round(store: &SledStore, tasks: u128, appends: u64) -> (u64, u64) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn concurrent_buffered_appenders_mix_inline_and_writer_groups_into_one_feed() {
-    let store = open(temporary(Durability::Buffered)).await;
+    concurrent_appenders(Durability::Buffered).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_durable_appenders_mix_inline_and_writer_groups_into_one_feed() {
+    concurrent_appenders(Durability::FlushEveryBatch).await;
+}
+
+async fn concurrent_appenders(durability: Durability) {
+    let store = open(temporary(durability)).await;
     let (mut inline, mut writer) = (0, 0);
     // Contention is up to the scheduler: repeat until both paths have committed appends in
     // the same run (the first round practically always has both).
@@ -330,4 +349,51 @@ async fn inline_appends_are_flushed_on_close_and_read_back_after_a_reopen() {
         .expect("append");
     assert_eq!(appended.first_position, 31);
     assert_eq!(appended.versions, vec![(s, 31)]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ordered_append_is_refused_or_ordered_at_once_and_seen_only_once_durable() {
+    let store = open(temporary(Durability::FlushEveryBatch)).await;
+    let s = stream("ordered");
+    let mut sub = store.subscribe(1).await.expect("subscribe");
+    let ordered = store
+        .append_ordered(AppendBatch::single(
+            s.clone(),
+            ExpectedVersion::NoStream,
+            vec![event(1, "ordered")],
+        ))
+        .await
+        .expect("ordered");
+    assert_eq!(ordered.appended().versions, vec![(s.clone(), 1)]);
+    // Ordered after it, whether or not the first is durable yet: the writer takes it and
+    // answers it after the first.
+    let second = store.append(AppendBatch::single(
+        s.clone(),
+        ExpectedVersion::Exact(1),
+        vec![event(2, "ordered")],
+    ));
+    let (first, second) = tokio::join!(ordered.durable(), second);
+    assert_eq!(first.expect("durable").first_position, 1);
+    assert_eq!(second.expect("second").first_position, 2);
+    // A refusal comes at once, from the ordered step.
+    let refused = store
+        .append_ordered(AppendBatch::single(
+            s.clone(),
+            ExpectedVersion::Exact(7),
+            vec![event(3, "refused")],
+        ))
+        .await;
+    assert!(
+        matches!(refused, Err(StoreError::Conflict { .. })),
+        "{refused:?}"
+    );
+    for position in [1, 2] {
+        let e = tokio::time::timeout(Duration::from_secs(10), sub.next())
+            .await
+            .expect("the subscriber gets the events")
+            .expect("event");
+        assert_eq!(e.position, position);
+    }
+    assert_eq!(read_feed(&store).await.len(), 2);
+    assert!(store.stats().inline_appends >= 1, "{:?}", store.stats());
 }
