@@ -22,6 +22,9 @@
 //! - readers never see part of a batch, nor a position before every lower one is visible;
 //! - keys are remembered for the store's life (a store may document a retention limit).
 
+use std::future::Future;
+use std::pin::Pin;
+
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
@@ -192,6 +195,67 @@ pub struct Appended {
     pub versions: Vec<(StreamId, u64)>,
 }
 
+/// An append whose place in the feed is decided (checked and ordered after everything
+/// appended before it) and which is durable or on its way to being durable: what
+/// [`EventStore::append_ordered`] returns.
+///
+/// Its events cannot be refused any more and nothing appended later is ordered before them,
+/// but until [`OrderedAppend::durable`] returns they may still be lost to a crash: nothing
+/// may be acknowledged on their account before that (readers and subscriptions do not see
+/// them either). What it allows is starting work whose outcome waits for the store anyway,
+/// such as publishing a request whose answer is appended after it.
+pub struct OrderedAppend {
+    appended: Appended,
+    durable: Option<Durable>,
+}
+
+/// What [`OrderedAppend`] awaits before the append is durable.
+type Durable = Pin<Box<dyn Future<Output = Result<(), StoreError>> + Send>>;
+
+impl std::fmt::Debug for OrderedAppend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OrderedAppend")
+            .field("appended", &self.appended)
+            .field("durable", &self.durable.is_none())
+            .finish()
+    }
+}
+
+impl OrderedAppend {
+    /// An append that is already durable.
+    pub fn stored(appended: Appended) -> Self {
+        Self {
+            appended,
+            durable: None,
+        }
+    }
+
+    /// An append that is durable once `durable` resolves `Ok`.
+    pub fn pending(
+        appended: Appended,
+        durable: impl Future<Output = Result<(), StoreError>> + Send + 'static,
+    ) -> Self {
+        Self {
+            appended,
+            durable: Some(Box::pin(durable)),
+        }
+    }
+
+    /// Where the events landed.
+    pub fn appended(&self) -> &Appended {
+        &self.appended
+    }
+
+    /// Waits until the append is durable; an error means it may or may not be stored (the
+    /// store has failed).
+    pub async fn durable(self) -> Result<Appended, StoreError> {
+        if let Some(durable) = self.durable {
+            durable.await?;
+        }
+        Ok(self.appended)
+    }
+}
+
 /// A stored event with its envelope.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -334,6 +398,14 @@ pub trait Subscription: Send {
 pub trait EventStore: Send + Sync + 'static {
     /// Appends a batch atomically.
     async fn append(&self, batch: AppendBatch) -> Result<Appended, StoreError>;
+
+    /// Appends a batch atomically, returning as soon as it is checked and ordered in the
+    /// feed, possibly before it is durable (see [`OrderedAppend`]). A refusal (a conflict, a
+    /// bad batch) is returned here, as from [`EventStore::append`]. The default waits for
+    /// the whole append.
+    async fn append_ordered(&self, batch: AppendBatch) -> Result<OrderedAppend, StoreError> {
+        self.append(batch).await.map(OrderedAppend::stored)
+    }
 
     /// Up to `limit` events of `stream` from version `from` (1-based) on.
     async fn read_stream(

@@ -3,7 +3,8 @@
 
 use async_trait::async_trait;
 use fleetops_core::store::{
-    AppendBatch, Appended, EventStore, Snapshot, StoreError, StoredEvent, Subscription,
+    AppendBatch, Appended, EventStore, OrderedAppend, Snapshot, StoreError, StoredEvent,
+    Subscription,
 };
 use fleetops_core::StreamId;
 use fleetops_store_postgres::{PostgresLease, PostgresStore};
@@ -86,6 +87,10 @@ macro_rules! each {
 impl EventStore for AnyStore {
     async fn append(&self, batch: AppendBatch) -> Result<Appended, StoreError> {
         each!(self, s => s.append(batch).await)
+    }
+
+    async fn append_ordered(&self, batch: AppendBatch) -> Result<OrderedAppend, StoreError> {
+        each!(self, s => s.append_ordered(batch).await)
     }
 
     async fn read_stream(

@@ -11,7 +11,8 @@ use fleetops_core::device::{Inbound, Outbound};
 use fleetops_core::job_execution::{JobExecution, JobExecutionIntent};
 use fleetops_core::link::{Delivery, DeviceLink, Receipt};
 use fleetops_core::store::{
-    AppendBatch, Appended, EventStore, ExpectedVersion, NewEvent, StoreError, StoredEvent,
+    AppendBatch, Appended, EventStore, ExpectedVersion, NewEvent, OrderedAppend, StoreError,
+    StoredEvent,
 };
 use fleetops_core::thing::{PresenceReport, Thing, ThingIntent};
 use fleetops_core::{Aggregate, Event, ExecutionId, JobId, StreamId, ThingName, Timestamp};
@@ -171,6 +172,16 @@ impl<S: EventStore, L: DeviceLink> Inner<S, L> {
         result
     }
 
+    /// [`Inner::timed_append`] through [`EventStore::append_ordered`]: returns once the batch
+    /// is ordered, possibly before it is durable (the time recorded is until then).
+    async fn timed_append_ordered(&self, batch: AppendBatch) -> Result<OrderedAppend, StoreError> {
+        let started = std::time::Instant::now();
+        let result = self.store.append_ordered(batch).await;
+        let failed = matches!(&result, Err(e) if !matches!(e, StoreError::Conflict { .. }));
+        self.metrics.appended(started.elapsed(), failed);
+        result
+    }
+
     /// Envelopes for `events` decided at `now`.
     pub fn envelopes(&self, events: &[Event], now: Timestamp) -> Vec<NewEvent> {
         events
@@ -293,6 +304,7 @@ impl<S: EventStore, L: DeviceLink> Inner<S, L> {
         intent: A::Intent,
         cache: &Mutex<Cache<A>>,
         cached: impl Fn() -> Option<(u64, A)>,
+        stored: impl Fn(&A),
     ) -> Result<Executed<A>, FleetError> {
         let mut fresh = false;
         for _ in 0..self.config.max_conflict_retries.max(1) {
@@ -308,6 +320,7 @@ impl<S: EventStore, L: DeviceLink> Inner<S, L> {
                 if let Some(s) = &done.state {
                     let v = base + done.events.len() as u64;
                     lock(cache).put(stream.clone(), v, s.clone());
+                    stored(s);
                 }
             };
             match self
@@ -336,17 +349,37 @@ impl<S: EventStore, L: DeviceLink> Inner<S, L> {
         stream: &StreamId,
         intent: CommandIntent,
     ) -> Result<Executed<CommandExecution>, FleetError> {
-        self.execute_cached(stream, intent, &self.command_cache, || {
-            lock(&self.command_cache).get(stream)
-        })
+        // A terminal state wakes the command's waiters as soon as it is stored, not only
+        // once the fold gets there: the handle reads the state from the cache.
+        let wake = |c: &CommandExecution| {
+            if c.status.is_terminal() {
+                self.wake_waiters(&c.execution_id);
+            }
+        };
+        self.execute_cached(
+            stream,
+            intent,
+            &self.command_cache,
+            || lock(&self.command_cache).get(stream),
+            wake,
+        )
         .await
     }
 
     /// Sends a new command: the stream cannot exist yet (its id was just drawn), so nothing
-    /// is read first. Once the store holds the command, the sender publishes the request
-    /// itself rather than waiting for the fold to wake the outbox (append first, then
-    /// publish, as everywhere); the fold leaves the command out of the outbox. If this
-    /// future is dropped in between, or the link refuses the request, the outbox takes over.
+    /// is read first. Once the store has ordered the command, the sender publishes the
+    /// request itself rather than waiting for the fold to wake the outbox; the fold leaves
+    /// the command out of the outbox. If this future is dropped in between, or the link
+    /// refuses the request, the outbox takes over.
+    ///
+    /// The request goes out while the store makes the command durable
+    /// ([`EventStore::append_ordered`]), so the device's trip overlaps the sync: the one
+    /// place where a publish does not wait for durability. It is safe because the answer
+    /// can only be stored after the command (it is ordered after it in the same log, and a
+    /// store that loses the command fails as a whole), and nothing is acknowledged first:
+    /// the handle is returned, and the device's answer acknowledged, only once durable. A
+    /// crash inside the window can leave a device that acted on a command the store never
+    /// kept; its answer is then refused as unknown, and the sender never got an id.
     pub async fn send_command(
         &self,
         stream: &StreamId,
@@ -361,8 +394,8 @@ impl<S: EventStore, L: DeviceLink> Inner<S, L> {
             self.envelopes(&events, now),
         );
         let mut guard = OwedRequest::arm(self, execution_id);
-        let appended = match self.timed_append(batch).await {
-            Ok(appended) => appended,
+        let ordered = match self.timed_append_ordered(batch).await {
+            Ok(ordered) => ordered,
             Err(StoreError::Conflict { .. }) => {
                 guard.release();
                 // The id is taken after all: decide on what is stored (it refuses a resend).
@@ -375,6 +408,7 @@ impl<S: EventStore, L: DeviceLink> Inner<S, L> {
         };
         let Some(command) = state else {
             guard.release();
+            ordered.durable().await?;
             return Ok(Executed { state, events });
         };
         lock(&self.command_cache).put(stream.clone(), events.len() as u64, command.clone());
@@ -398,6 +432,7 @@ impl<S: EventStore, L: DeviceLink> Inner<S, L> {
         } else {
             guard.disarm();
         }
+        let appended = ordered.durable().await?;
         self.wait_applied(appended.last_position).await?;
         Ok(Executed {
             state: Some(command),
@@ -442,7 +477,7 @@ impl<S: EventStore, L: DeviceLink> Inner<S, L> {
         stream: &StreamId,
         intent: JobExecutionIntent,
     ) -> Result<Executed<JobExecution>, FleetError> {
-        self.execute_cached(stream, intent, &self.cache, || self.cached(stream))
+        self.execute_cached(stream, intent, &self.cache, || self.cached(stream), |_| {})
             .await
     }
 
@@ -513,11 +548,8 @@ impl<S: EventStore, L: DeviceLink> Inner<S, L> {
                     }
                 }
             }
-            let mut waiters = lock(&self.waiters);
-            for id in fx.commands_done {
-                for w in waiters.remove(&id).unwrap_or_default() {
-                    let _ = w.send(());
-                }
+            for id in &fx.commands_done {
+                self.wake_waiters(id);
             }
         }
         if !fx.came_online.is_empty() {
@@ -538,6 +570,15 @@ impl<S: EventStore, L: DeviceLink> Inner<S, L> {
         for change in fx.changes {
             // No receiver is fine: nobody is listening.
             let _ = self.changes.send(change);
+        }
+    }
+
+    /// Wakes whoever waits for command `id` to end (the waiters are taken, so each is woken
+    /// once, by whichever of the storing task and the fold comes first).
+    pub fn wake_waiters(&self, id: &ExecutionId) {
+        let woken = lock(&self.waiters).remove(id);
+        for w in woken.unwrap_or_default() {
+            let _ = w.send(());
         }
     }
 
