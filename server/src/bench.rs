@@ -198,6 +198,9 @@ pub struct CommandRun {
     pub fleetops_concurrent: Latency,
     /// Raw MQTT, `concurrency` in flight.
     pub raw_concurrent: Latency,
+    /// A lone durable append of one event to a fresh store of the same kind and durability
+    /// (sled only; `None` on PostgreSQL): what one flush costs in this run.
+    pub store_append: Option<Latency>,
 }
 
 /// One run of the job scenario.
@@ -249,6 +252,12 @@ pub struct CommandsReport {
     pub throughput_per_sec: Compared,
     /// p50 with `concurrency` in flight, µs.
     pub concurrent_p50_us: Compared,
+    /// Median p50 of a lone durable append (the flush a round trip waits for), µs; `None` on
+    /// PostgreSQL.
+    pub store_append_p50_us: Option<f64>,
+    /// Median of the per-run `fleetops p50 / (raw p50 + store append p50)`: 1.0 means the
+    /// round trip costs raw MQTT plus exactly one durable append.
+    pub p50_over_raw_plus_append: Option<f64>,
     /// Every run.
     pub runs: Vec<CommandRun>,
 }
@@ -441,6 +450,20 @@ pub async fn measure(
                 |r| r.fleetops_concurrent.p50_us,
                 |r| r.raw_concurrent.p50_us,
             ),
+            store_append_p50_us: runs
+                .iter()
+                .map(|r| r.store_append.map(|a| a.p50_us))
+                .collect::<Option<Vec<_>>>()
+                .map(median),
+            p50_over_raw_plus_append: runs
+                .iter()
+                .map(|r| {
+                    r.store_append.map(|a| {
+                        r.fleetops_sequential.p50_us / (r.raw_sequential.p50_us + a.p50_us)
+                    })
+                })
+                .collect::<Option<Vec<_>>>()
+                .map(median),
             runs,
         });
     }
@@ -600,11 +623,14 @@ async fn commands_run(
         }
     }
     let ((raw_s, raw_t), (fl_s, fl_t)) = raw_figs.zip(fleet_figs).context("both sides ran")?;
+    // The flush a round trip waits for, measured in this run beside it.
+    let store_append = fleetops::store_append_latency(setup, seq.max(200)).await?;
     Ok(CommandRun {
         fleetops_sequential: fl_s,
         raw_sequential: raw_s,
         fleetops_concurrent: fl_t,
         raw_concurrent: raw_t,
+        store_append,
     })
 }
 
@@ -730,17 +756,28 @@ pub fn render(r: &Report) -> String {
             us(p.raw),
             ratio(p.ratio)
         );
+        if let (Some(a), Some(r)) = (c.store_append_p50_us, c.p50_over_raw_plus_append) {
+            let _ = writeln!(
+                s,
+                "| lone durable store append p50 (one flush) | {} | | |\n| round trip p50 / (raw p50 + one append) | | | {} |",
+                us(a),
+                ratio(r)
+            );
+        }
         for (i, run) in c.runs.iter().enumerate() {
             let _ = writeln!(
                 s,
-                "  run {}: p50 {} / {}, p99 {} / {}, {:.0} / {:.0} req/s (fleetops / raw)",
+                "  run {}: p50 {} / {}, p99 {} / {}, {:.0} / {:.0} req/s (fleetops / raw){}",
                 i + 1,
                 us(run.fleetops_sequential.p50_us),
                 us(run.raw_sequential.p50_us),
                 us(run.fleetops_sequential.p99_us),
                 us(run.raw_sequential.p99_us),
                 run.fleetops_concurrent.per_sec,
-                run.raw_concurrent.per_sec
+                run.raw_concurrent.per_sec,
+                run.store_append
+                    .map(|a| format!(", store append p50 {}", us(a.p50_us)))
+                    .unwrap_or_default()
             );
         }
     }

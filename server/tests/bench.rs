@@ -64,6 +64,17 @@ fn prints_both_scenarios_beside_the_raw_baseline_with_ratios() {
             .unwrap_or_else(|| panic!("no ratio in `{line}`"));
         assert!(ratio.is_finite() && ratio > 0.0, "{line}");
     }
+    // The flush a round trip waits for, measured in the same run, beside the ratio to raw
+    // MQTT plus that one flush.
+    let append = stdout
+        .lines()
+        .find(|l| l.starts_with("| lone durable store append p50 (one flush) | "))
+        .unwrap_or_else(|| panic!("no store append row in:\n{stdout}"));
+    assert!(append.contains("µs") || append.contains("ms"), "{append}");
+    assert!(
+        stdout.contains("| round trip p50 / (raw p50 + one append) | | | "),
+        "{stdout}"
+    );
     assert!(stdout.contains("spawned mosquitto"), "{stdout}");
 }
 

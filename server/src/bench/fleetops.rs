@@ -13,8 +13,10 @@ use fleetops_core::device::{
 };
 use fleetops_core::group::MAX_MEMBERS_PER_CHANGE;
 use fleetops_core::limits;
+use fleetops_core::store::{AppendBatch, EventStore, ExpectedVersion, NewEvent};
 use fleetops_core::{
-    CommandStatus, ExecutionId, GroupName, JobExecutionStatus, JobId, ThingName, Timestamp,
+    CommandStatus, Event, ExecutionId, GroupName, JobExecutionStatus, JobId, StreamId, ThingName,
+    Timestamp,
 };
 use fleetops_service::{Fleet, FleetConfig, JobSpec};
 use fleetops_store_postgres::{PostgresConfig, PostgresStore};
@@ -117,6 +119,41 @@ pub fn message_sizes() -> anyhow::Result<Sizes> {
             timestamp: now,
         })?,
     })
+}
+
+/// The latency of a lone durable append of one small event, `count` times one after the
+/// other, to a fresh sled store in a temporary directory with the run's durability: the
+/// cost of the one flush a command round trip cannot avoid. `None` on PostgreSQL.
+pub async fn store_append_latency(setup: &Setup, count: usize) -> anyhow::Result<Option<Latency>> {
+    if !matches!(setup.store, StoreSetting::Sled) {
+        return Ok(None);
+    }
+    let dir = tempfile::Builder::new()
+        .prefix("fleetops-bench-flush-")
+        .tempdir()
+        .context("create the store's temporary directory")?;
+    let store = SledStore::open_async(SledConfig::new(dir.path()).durability(setup.durability))
+        .await
+        .context("open the sled store")?;
+    let stream = StreamId::command(&ExecutionId::parse("0190a1b2-c3d4-7e5f-8a9b-0c1d2e3f4a5b")?);
+    let now = Timestamp::from_secs(1_800_000_000);
+    let mut samples = Vec::with_capacity(count);
+    let started = Instant::now();
+    for i in 0..count as u64 {
+        let event = NewEvent::new(
+            uuid::Uuid::from_u64_pair(0x0190_0000_0000_7000, i),
+            Event::CommandTimedOut { at: now },
+            now,
+        );
+        let expected = ExpectedVersion::from_current((i > 0).then_some(i));
+        let t = Instant::now();
+        store
+            .append(AppendBatch::single(stream.clone(), expected, vec![event]))
+            .await
+            .context("append to the flush-measuring store")?;
+        samples.push(t.elapsed());
+    }
+    Ok(Some(Latency::from_samples(samples, started.elapsed())))
 }
 
 /// Settings shared by both scenarios.
