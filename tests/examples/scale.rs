@@ -22,6 +22,7 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use fleetops_core::group::MAX_MEMBERS_PER_CHANGE;
+use fleetops_core::limits::MAX_GROUP_MEMBERS;
 use fleetops_core::store::EventStore;
 use fleetops_core::{GroupName, JobId, JobStatus, ThingName};
 use fleetops_service::link::{ChannelLink, DeviceEnd};
@@ -85,12 +86,17 @@ async fn run<S: EventStore + Clone>(
     let things: Vec<ThingName> = (0..n)
         .map(|i| ThingName::parse(&format!("dev-{i:06}")))
         .collect::<Result<_, _>>()?;
-    // A job names at most `limits::MAX_JOB_TARGETS` targets, so the fleet joins one group
-    // (added in the largest chunks one request may carry) and the job targets the group.
-    let group = GroupName::parse("scale-fleet")?;
-    fleet.create_group(group.clone(), None).await?;
-    for chunk in things.chunks(MAX_MEMBERS_PER_CHANGE) {
-        fleet.add_group_members(&group, chunk.to_vec()).await?;
+    // A job names at most `limits::MAX_JOB_TARGETS` targets, so the fleet joins groups of at
+    // most `limits::MAX_GROUP_MEMBERS` (added in the largest chunks one request may carry)
+    // and the job targets the groups.
+    let mut groups = Vec::new();
+    for (i, members) in things.chunks(MAX_GROUP_MEMBERS).enumerate() {
+        let group = GroupName::parse(&format!("scale-fleet-{i}"))?;
+        fleet.create_group(group.clone(), None).await?;
+        for chunk in members.chunks(MAX_MEMBERS_PER_CHANGE) {
+            fleet.add_group_members(&group, chunk.to_vec()).await?;
+        }
+        groups.push(group);
     }
     let rss_before = status_kib("VmRSS:");
     let heap_before = live_heap();
@@ -104,7 +110,7 @@ async fn run<S: EventStore + Clone>(
     let (sim, online_at) = if hold {
         let swallow = tokio::spawn(swallow_until_quiet(devices));
         fleet
-            .create_job(JobSpec::new(job.clone(), doc).groups(vec![group.clone()]))
+            .create_job(JobSpec::new(job.clone(), doc).groups(groups.clone()))
             .await?;
         wait_for(&fleet, &job, |d| d.counters.queued == n as u64).await?;
         println!("create → all queued          {:.2?}", t0.elapsed());
@@ -148,7 +154,7 @@ async fn run<S: EventStore + Clone>(
     } else {
         let sim = simulate(devices, Outcome::Succeed);
         fleet
-            .create_job(JobSpec::new(job.clone(), doc).groups(vec![group]))
+            .create_job(JobSpec::new(job.clone(), doc).groups(groups))
             .await?;
         wait_for(&fleet, &job, |d| {
             d.counters.queued + d.counters.in_progress + d.counters.succeeded == n as u64
