@@ -216,7 +216,7 @@ impl std::fmt::Debug for OrderedAppend {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("OrderedAppend")
             .field("appended", &self.appended)
-            .field("durable", &self.durable.is_none())
+            .field("sync_pending", &self.durable.is_some())
             .finish()
     }
 }

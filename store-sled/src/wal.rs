@@ -25,7 +25,7 @@
 //!   record were not started either.
 
 use std::fs::{File, OpenOptions};
-use std::io::{Read as _, Seek as _, SeekFrom};
+use std::io::Read as _;
 use std::path::Path;
 use std::sync::Mutex;
 
@@ -115,8 +115,6 @@ impl Wal {
             file.set_len(0).map_err(|e| io("truncating", e))?;
             file.sync_all().map_err(|e| io("syncing", e))?;
         }
-        file.seek(SeekFrom::Start(0))
-            .map_err(|e| io("seeking", e))?;
         let sync_file = file.try_clone().map_err(|e| io("duplicating", e))?;
         Ok((
             Self {
@@ -306,13 +304,19 @@ mod tests {
         (k.as_bytes().into(), v.map(|v| v.as_bytes().into()))
     }
 
-    #[test]
-    fn records_round_trip_and_a_torn_tail_ends_the_log() {
+    /// An empty log in a fresh directory, beside a tree of a temporary sled.
+    fn fresh() -> (tempfile::TempDir, sled::Db, sled::Tree, Wal) {
         let dir = tempfile::tempdir().unwrap();
         let db = sled::Config::new().temporary(true).open().unwrap();
         let tree = db.open_tree("t").unwrap();
         let (wal, n) = Wal::open_and_replay(dir.path(), &tree).unwrap();
         assert_eq!(n, 0);
+        (dir, db, tree, wal)
+    }
+
+    #[test]
+    fn records_round_trip_and_a_torn_tail_ends_the_log() {
+        let (dir, _db, tree, wal) = fresh();
         let first = [w("a", Some("1")), w("b", Some("2"))];
         let second = [w("a", None), w("c", Some("3"))];
         wal.append(&first).unwrap();
@@ -340,10 +344,7 @@ mod tests {
 
     #[test]
     fn a_sync_from_before_a_checkpoint_has_nothing_to_do() {
-        let dir = tempfile::tempdir().unwrap();
-        let db = sled::Config::new().temporary(true).open().unwrap();
-        let tree = db.open_tree("t").unwrap();
-        let (wal, _) = Wal::open_and_replay(dir.path(), &tree).unwrap();
+        let (_dir, _db, tree, wal) = fresh();
         let mark = wal.append(&[w("a", Some("1"))]).unwrap();
         wal.checkpoint(&tree).unwrap();
         wal.sync(mark).unwrap();

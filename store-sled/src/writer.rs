@@ -7,19 +7,20 @@
 //! 1. each request is checked on its own, in arrival order, against the stored state plus what
 //!    the earlier requests of the group staged (versions, idempotency keys, checkpoints); a
 //!    request that fails its check gets its own error and stages nothing;
-//! 2. everything staged goes into one `sled::Batch`, applied with one `apply_batch`, which sled
-//!    recovers atomically after a crash (all of the group or none of it);
+//! 2. with [`Durability::FlushEveryBatch`] everything staged is appended to the write-ahead
+//!    log as one record (`crate::wal`), then written to sled (see `Committer::apply`);
 //! 3. with [`Durability::FlushEveryBatch`] the group is handed to the *flusher thread*, which
-//!    flushes once for every group handed over since its last flush, then moves the visible
-//!    head past them, wakes subscribers and answers every waiter. (When nothing is in flight
-//!    and nothing is queued, as with a lone appender, the writer flushes and answers itself,
-//!    which saves two thread hand-offs of latency.)
+//!    syncs the log once for every group handed over since its last sync, then moves the
+//!    visible head past them, wakes subscribers and answers every waiter. (When nothing is in
+//!    flight and nothing is queued, as with a lone appender, the writer syncs and answers
+//!    itself, which saves two thread hand-offs of latency.) Past the log's checkpoint size
+//!    the writer flushes sled and starts the log over.
 //!
-//! The two threads form a pipeline: while one group is being flushed, the writer already
+//! The two threads form a pipeline: while one group is being synced, the writer already
 //! checks and applies the next, and the one after that gathers in the channel. The next
-//! group's checks see the applied-but-unflushed groups, which is right, because they are
-//! flushed first or the store fails as a whole. Readers never see them early: reads stop at
-//! the visible head. Every answer, including refusals, is sent by the flusher after the flush
+//! group's checks see the applied-but-unsynced groups, which is right, because they are
+//! synced first or the store fails as a whole. Readers never see them early: reads stop at
+//! the visible head. Every answer, including refusals, is sent by the flusher after the sync
 //! of the groups before it, so no caller learns of state that a crash could still take back.
 //! At most [`MAX_IN_FLIGHT`] groups wait for the flusher; then the writer waits too.
 //!
@@ -29,24 +30,26 @@
 //! (`crate::tail`) just before it moves the head: subscriptions following the feed get them
 //! from memory. A group that fails is dropped with its events; a refused append stages none.
 //!
-//! ## Inline appends (`Durability::Buffered`)
+//! ## Inline appends
 //!
 //! A hand-off to the writer costs two thread wake-ups (the writer's, then the appender's),
 //! tens of microseconds each on a busy machine, several times the work of a lone append. So
-//! with [`Durability::Buffered`] (and [`SledConfig::inline_appends`] on, the default) an
-//! append that finds the writer idle (nothing queued or being handled, no group waiting for
-//! the flusher) commits itself on the calling thread as a group of one: the same staging,
-//! checks, `apply_batch`, tail and head publication, then it returns ([`append_inline`]).
-//! Appends that meet a busy writer, or another appender committing inline, queue up for the
-//! writer as before and are grouped there.
+//! with [`SledConfig::inline_appends`] on (the default) an append that finds the writer idle
+//! (nothing queued or being handled, no group waiting for the flusher) commits itself on the
+//! calling thread as a group of one: the same staging, checks, log record, sled writes, sync
+//! (in `FlushEveryBatch` mode), tail and head publication, then it returns
+//! ([`append_inline`]). An ordered append (`EventStore::append_ordered`) leaves the sync and
+//! the publication to the flusher thread instead. Appends that meet a busy writer, or
+//! another appender committing inline, queue up for the writer as before and are grouped
+//! there.
 //!
 //! Both kinds of committer share the [`State`] (the next position and the cached stream
-//! heads) under one lock, held while a group is staged, applied and, in `Buffered` mode,
-//! published: so positions are handed out without gaps, heads are published in position
+//! heads) under one lock, held while a group is staged, applied and, inline or in `Buffered`
+//! mode, published: so positions are handed out without gaps, heads are published in position
 //! order, and every check sees every committed append. The writer blocks on the lock; an
 //! inline appender only tries it.
 //!
-//! A failed or panicking sled write or flush leaves the store *failed*: the outcome of the
+//! A failed or panicking sled write, log write, sync or flush leaves the store *failed*: the outcome of the
 //! groups in flight is unknown (they may or may not be on disk), so they and every later
 //! request are refused with [`StoreError::Backend`] until the store is reopened, which
 //! recovers the truth from disk. Retrying writes after a failed flush is how data gets
