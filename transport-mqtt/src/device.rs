@@ -24,7 +24,7 @@ use fleetops_core::time::Timestamp;
 use rumqttc::v5::mqttbytes::v5::{Filter, LastWill};
 use rumqttc::v5::mqttbytes::QoS;
 use serde_json::Value;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
 use crate::codec::{
@@ -152,7 +152,9 @@ pub enum DeviceEvent {
     },
 }
 
-/// The events of a [`DeviceClient`].
+/// The events of a [`DeviceClient`]. Dropping it is fine: the client then drops its
+/// events quietly. Held but not read, it fills up (1,024 events), and later events are
+/// dropped with a warning.
 pub struct DeviceEvents {
     rx: mpsc::Receiver<DeviceEvent>,
 }
@@ -227,14 +229,19 @@ struct Inner {
     presence: Option<String>,
     /// The stamp of the current connection's birth and will.
     stamp: Arc<AtomicU64>,
+    /// Changes (its sender is dropped) when the last `DeviceClient` handle goes: the tasks
+    /// the client spawns hold `Inner`, and so the connection, and must end then rather than
+    /// keep the connection up, say while waiting out a reply that will never come.
+    closed: watch::Receiver<()>,
 }
 
 fn guard<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
-/// Aborts the client's background tasks when the last handle goes away.
-struct Tasks(Vec<JoinHandle<()>>);
+/// Aborts the client's background tasks when the last handle goes away, and ends the tasks
+/// it spawned on the way (see [`Inner::spawn`]) by dropping the sender of `Inner::closed`.
+struct Tasks(Vec<JoinHandle<()>>, #[allow(dead_code)] watch::Sender<()>);
 
 impl Drop for Tasks {
     fn drop(&mut self) {
@@ -333,6 +340,7 @@ impl DeviceClient {
             will,
         });
         let (events_tx, events_rx) = mpsc::channel(1024);
+        let (closing, closed) = watch::channel(());
         let inner = Arc::new(Inner {
             conn,
             codec,
@@ -349,11 +357,15 @@ impl DeviceClient {
                 .presence
                 .then(|| presence_topic(&config.layout, &config.thing)),
             stamp,
+            closed,
         });
-        let tasks = Tasks(vec![
-            tokio::spawn(dispatch(Arc::clone(&inner))),
-            tokio::spawn(watch_sessions(Arc::clone(&inner))),
-        ]);
+        let tasks = Tasks(
+            vec![
+                tokio::spawn(dispatch(Arc::clone(&inner))),
+                tokio::spawn(watch_sessions(Arc::clone(&inner))),
+            ],
+            closing,
+        );
         inner
             .conn
             .wait_ready(0, config.broker.connect_timeout)
@@ -519,8 +531,14 @@ impl Inner {
     }
 
     fn emit(&self, event: DeviceEvent) {
-        if let Err(e) = self.events.try_send(event) {
-            tracing::warn!(thing = %self.thing, "device event dropped: {e}");
+        match self.events.try_send(event) {
+            Ok(()) => {}
+            // The application dropped its `DeviceEvents`: it does not want them, and a
+            // warning per event would only flood its log.
+            Err(mpsc::error::TrySendError::Closed(_)) => {}
+            Err(e @ mpsc::error::TrySendError::Full(_)) => {
+                tracing::warn!(thing = %self.thing, "device event dropped: {e}")
+            }
         }
     }
 
@@ -566,6 +584,19 @@ impl Inner {
         }
     }
 
+    /// Spawns `work`, ending it early when the last `DeviceClient` handle goes (it holds
+    /// this `Inner`, and with it the connection).
+    fn spawn(&self, work: impl std::future::Future<Output = ()> + Send + 'static) {
+        let mut closed = self.closed.clone();
+        tokio::spawn(async move {
+            tokio::select! {
+                () = work => {}
+                // Only an error can come: nothing is ever sent.
+                _ = closed.changed() => {}
+            }
+        });
+    }
+
     fn on_message(self: &Arc<Self>, message: DeviceMessage) {
         match message {
             DeviceMessage::Accepted {
@@ -600,11 +631,11 @@ impl Inner {
                 let seen = guard(&self.recent).seen(&id);
                 match seen {
                     None => {
-                        tokio::spawn(run_command(Arc::clone(self), command));
+                        self.spawn(run_command(Arc::clone(self), command));
                     }
                     Some(Some(answer)) => {
                         // The first answer may be what got lost: send it again.
-                        tokio::spawn(answer_command(Arc::clone(self), id, answer));
+                        self.spawn(answer_command(Arc::clone(self), id, answer));
                     }
                     Some(None) => {
                         tracing::debug!(thing = %self.thing, %id, "duplicate of a running command")
@@ -689,16 +720,17 @@ async fn watch_sessions(inner: Arc<Inner>) {
         if s.ready > ready {
             ready = s.ready;
             if inner.presence.is_some() {
-                let inner = Arc::clone(&inner);
-                tokio::spawn(async move { inner.publish_presence(true).await });
+                let birth = Arc::clone(&inner);
+                inner.spawn(async move { birth.publish_presence(true).await });
             }
             inner.emit(DeviceEvent::Connected {
                 session_present: s.session_present,
             });
             if inner.pull_on_connect {
                 // Its own task: the pull waits for a reply, and this loop must keep watching.
-                let inner = Arc::clone(&inner);
-                tokio::spawn(async move {
+                let puller = Arc::clone(&inner);
+                inner.spawn(async move {
+                    let inner = puller;
                     match inner.call(DeviceRequest::GetPending).await {
                         Ok(Reply::Pending(jobs)) => inner.emit(DeviceEvent::Pending(jobs)),
                         Ok(other) => tracing::warn!(thing = %inner.thing, ?other, "odd get reply"),

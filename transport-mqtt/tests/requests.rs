@@ -14,8 +14,8 @@ use std::time::Duration;
 use common::raw::{body, raw};
 use common::responder::{respond, Script};
 use common::{
-    command, details, device, device_config, expect_event, handler, job, link_config, now, service,
-    thing,
+    command, details, device, device_config, expect_event, handler, job, link_config, next_request,
+    now, service, thing,
 };
 use fleetops_core::device::{
     CommandResponse, DescribeRequest, DeviceRequest, JobTarget, Outbound, PendingJobs,
@@ -557,4 +557,43 @@ async fn a_device_can_leave_notify_out() {
         let seen = notifications_seen(&link, "next-only", &mut next_events).await;
         assert!(!seen.iter().any(is_notify), "notify-next only: {seen:?}");
     }
+}
+
+/// The last handle going closes the connection even while the client's own tasks still
+/// wait (here for the reply to a command answer that the service never sends): otherwise
+/// the connection would linger for the whole request timeout, and a new client with the
+/// same id would be taken over by the old one reconnecting, again and again.
+#[tokio::test]
+async fn dropping_the_client_closes_its_connection_while_an_answer_awaits_its_reply() {
+    let broker = TestBroker::start();
+    let link = service(&broker).await;
+    let presence = "fleets/things/sensor-9/presence";
+    let mut observer = raw(&broker, "observer", true).await;
+    observer.subscribe(presence).await;
+    let mut config = device_config(&broker, "sensor-9");
+    config.presence = true;
+    config.pull_on_connect = false;
+    // Far longer than the test waits below.
+    config.request_timeout = Duration::from_secs(120);
+    let (dev, events) = DeviceClient::connect(config, Some(handler()))
+        .await
+        .expect("device connects");
+    assert_eq!(body(&observer.message(presence).await)["state"], "online");
+
+    link.send(vec![command(&thing("sensor-9"), "c-1", "set", 30_000)])
+        .await
+        .expect("the broker acknowledged the command request");
+    // The service takes the answer and, unlike a real one, never replies to it.
+    let answer = next_request(&link).await;
+    assert!(matches!(
+        answer.request,
+        DeviceRequest::CommandResponse { ref execution_id, .. } if execution_id.as_str() == "c-1"
+    ));
+
+    drop((dev, events));
+    // The broker publishes the last will once the connection is gone.
+    let gone = tokio::time::timeout(Duration::from_secs(5), observer.message(presence))
+        .await
+        .expect("the connection closed within 5 s of dropping the client");
+    assert_eq!(body(&gone)["state"], "offline");
 }
