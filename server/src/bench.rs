@@ -345,6 +345,15 @@ pub struct Report {
 
 /// Runs `fleetops bench`.
 pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
+    // Errors only by default (a warning per reconnect would garble the progress bars);
+    // `RUST_LOG` shows more when a run fails.
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("error")),
+        )
+        .with_writer(std::io::stderr)
+        .try_init();
     let (broker, label, _spawned) = if args.spawn_mosquitto {
         let spawned = broker::SpawnedBroker::start().context("start a private mosquitto")?;
         let version = broker::mosquitto_binary()

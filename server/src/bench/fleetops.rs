@@ -284,6 +284,16 @@ fn succeed() -> Arc<dyn CommandHandler> {
     })
 }
 
+/// The error for a bench command that did not succeed, with the reason stored with it.
+fn unexpected_end(outcome: &fleetops_core::command::CommandExecution) -> anyhow::Error {
+    anyhow::anyhow!(
+        "command {} ended {:?}, not SUCCEEDED: {}",
+        outcome.execution_id,
+        outcome.status,
+        outcome.status_reason.as_deref().unwrap_or("no reason stored")
+    )
+}
+
 /// A fleet and one device that answers commands.
 pub struct Commands {
     service: Service,
@@ -333,11 +343,7 @@ impl Commands {
                         .context("send a command")?;
                     let outcome = handle.outcome().await.context("wait for the outcome")?;
                     if outcome.status != CommandStatus::Succeeded {
-                        bail!(
-                            "command {} ended {:?}, not SUCCEEDED",
-                            outcome.execution_id,
-                            outcome.status
-                        );
+                        return Err(unexpected_end(&outcome));
                     }
                     samples.push(t0.elapsed());
                     progress.inc(1);
@@ -374,11 +380,7 @@ impl Commands {
                 .context("send a command")?;
             let outcome = handle.outcome().await.context("wait for the outcome")?;
             if outcome.status != CommandStatus::Succeeded {
-                bail!(
-                    "command {} ended {:?}, not SUCCEEDED",
-                    outcome.execution_id,
-                    outcome.status
-                );
+                return Err(unexpected_end(&outcome));
             }
             samples.push((t0, t0.elapsed()));
         }
