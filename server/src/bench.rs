@@ -345,6 +345,9 @@ pub struct Report {
 
 /// Runs `fleetops bench`.
 pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
+    // Ctrl-C or SIGTERM ends the run through the drops: the private mosquitto is killed and
+    // the temporary stores are removed, which a process killed mid-run would leave behind.
+    let stop = crate::serve::shutdown_signal();
     // Errors only by default (a warning per reconnect would garble the progress bars);
     // `RUST_LOG` shows more when a run fails.
     let _ = tracing_subscriber::fmt()
@@ -373,7 +376,10 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         let config = BrokerUrl::parse(url)?.to_config(args.broker_ca.as_deref(), None, None)?;
         (config, redact(url), None)
     };
-    let report = measure(&args, broker, label).await?;
+    let report = tokio::select! {
+        report = measure(&args, broker, label) => report?,
+        () = stop => anyhow::bail!("interrupted: no figures; the private broker and the temporary stores were removed"),
+    };
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {

@@ -123,3 +123,95 @@ fn bad_input_is_refused_with_a_message() {
         );
     }
 }
+
+/// Every process whose command line mentions `needle`.
+fn processes_mentioning(needle: &str) -> Vec<String> {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.filter_map(Result::ok)
+        .filter_map(|e| std::fs::read(e.path().join("cmdline")).ok())
+        .map(|c| text(&c).replace('\0', " "))
+        .filter(|c| c.contains(needle))
+        .collect()
+}
+
+/// SIGTERM in the middle of a run ends the bench with an error, and takes its private
+/// mosquitto and temporary directories with it instead of leaving them behind.
+#[test]
+fn a_terminated_bench_leaves_no_broker_or_temporary_directory_behind() {
+    let tmp = tempfile::tempdir().expect("a temporary directory");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_fleetops"))
+        .args([
+            "bench",
+            "--spawn-mosquitto",
+            "--scenario",
+            "commands",
+            "--runs",
+            "1",
+            "--round-trips",
+            "10000000",
+        ])
+        .env("TMPDIR", tmp.path())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start the bench");
+    let ours = |prefix: &str| {
+        std::fs::read_dir(tmp.path())
+            .map(|d| {
+                d.filter_map(Result::ok)
+                    .filter(|e| e.file_name().to_string_lossy().starts_with(prefix))
+                    .count()
+            })
+            .unwrap_or(0)
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while ours("fleetops-bench-mosquitto-") == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the bench started no broker"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let root = tmp.path().to_string_lossy().into_owned();
+    // The broker runs (it has its config in our directory), and the round trips are under way.
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    assert!(!processes_mentioning(&root).is_empty(), "no broker running");
+
+    let killed = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .expect("run kill");
+    assert!(killed.success());
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait for the bench") {
+            break status;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the bench did not stop within 30 s of SIGTERM"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    let out = child.wait_with_output().expect("the bench's output");
+    let stderr = text(&out.stderr);
+    assert!(!status.success(), "exit {status:?}");
+    assert!(stderr.contains("interrupted"), "{stderr}");
+    // A killed child may take a moment to be gone from /proc.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !processes_mentioning(&root).is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "still running after the bench ended: {:?}",
+            processes_mentioning(&root)
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert_eq!(
+        ours("fleetops-bench-"),
+        0,
+        "temporary directories left behind"
+    );
+}

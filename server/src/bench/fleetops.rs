@@ -290,7 +290,10 @@ fn unexpected_end(outcome: &fleetops_core::command::CommandExecution) -> anyhow:
         "command {} ended {:?}, not SUCCEEDED: {}",
         outcome.execution_id,
         outcome.status,
-        outcome.status_reason.as_deref().unwrap_or("no reason stored")
+        outcome
+            .status_reason
+            .as_deref()
+            .unwrap_or("no reason stored")
     )
 }
 
