@@ -348,15 +348,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     // Ctrl-C or SIGTERM ends the run through the drops: the private mosquitto is killed and
     // the temporary stores are removed, which a process killed mid-run would leave behind.
     let stop = crate::serve::shutdown_signal();
-    // Errors only by default (a warning per reconnect would garble the progress bars);
-    // `RUST_LOG` shows more when a run fails.
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("error")),
-        )
-        .with_writer(std::io::stderr)
-        .try_init();
+    crate::log_errors_to_stderr();
     let (broker, label, _spawned) = if args.spawn_mosquitto {
         let spawned = broker::SpawnedBroker::start().context("start a private mosquitto")?;
         let version = broker::mosquitto_binary()

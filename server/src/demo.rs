@@ -305,13 +305,7 @@ fn secs(d: StdDuration) -> String {
 
 /// Runs `fleetops demo`.
 pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("error")),
-        )
-        .with_writer(std::io::stderr)
-        .try_init();
+    crate::log_errors_to_stderr();
     demo(&args).await
 }
 

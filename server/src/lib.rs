@@ -39,3 +39,16 @@ pub mod http;
 pub mod serve;
 pub mod simulate;
 pub mod store;
+
+/// Logs to stderr for the interactive commands (`demo`, `simulate`, `bench`): errors only
+/// unless `RUST_LOG` asks for more, since warnings (a reconnect, a refused message) would
+/// garble their progress output. `serve` configures its own logging.
+pub(crate) fn log_errors_to_stderr() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("error")),
+        )
+        .with_writer(std::io::stderr)
+        .try_init();
+}

@@ -207,13 +207,7 @@ fn plan(args: &SimulateArgs) -> anyhow::Result<SimConfig> {
 
 /// Runs `fleetops simulate`.
 pub async fn run(args: SimulateArgs) -> anyhow::Result<()> {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("error")),
-        )
-        .with_writer(std::io::stderr)
-        .try_init();
+    crate::log_errors_to_stderr();
     let config = plan(&args)?;
     let n = config.things.len() as u64;
     println!(
