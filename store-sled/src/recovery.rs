@@ -1,11 +1,53 @@
-//! What opening a database checks and mends before the store starts: the format marker, the
-//! feed's head, and the index entries a crash may have cut off after the last event.
+//! What opening a database checks and mends before the store starts: sled snapshots a crash
+//! left unfinished, the format marker, the feed's head, and the index entries a crash may
+//! have cut off after the last event.
+
+use std::path::Path;
 
 use fleetops_core::store::StoreError;
 
 use crate::codec;
 use crate::guard::sled_error;
 use crate::read::missing;
+
+/// Removes the snapshots of sled's page table that a crash left half written, before sled
+/// opens `dir`; returns how many.
+///
+/// sled 0.34 writes a snapshot to `snap.{lsn}.generating`, syncs it and only then renames it
+/// to `snap.{lsn}`, but at open it takes the newest file starting with `snap.`, finished or
+/// not: after a kill in the middle of a snapshot it reads the torn file, finds its checksum
+/// wrong and refuses the whole database as corrupt. A `.generating` file is never the only
+/// copy of anything (a snapshot only speeds up sled's recovery, which otherwise reads its
+/// log from an earlier snapshot or the start), so removing it loses nothing.
+pub(crate) fn remove_unfinished_sled_snapshots(dir: &Path) -> Result<usize, StoreError> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(entries) => entries,
+        // A new store: sled creates the directory.
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+        Err(e) => {
+            return Err(StoreError::Backend {
+                detail: format!("list {}: {e}", dir.display()),
+            })
+        }
+    };
+    let mut removed = 0;
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        if name.starts_with("snap.") && name.ends_with(".generating") {
+            let path = entry.path();
+            std::fs::remove_file(&path).map_err(|e| StoreError::Backend {
+                detail: format!(
+                    "remove the unfinished sled snapshot {}: {e}",
+                    path.display()
+                ),
+            })?;
+            tracing::warn!(path = %path.display(), "removed a sled snapshot a crash left unfinished");
+            removed += 1;
+        }
+    }
+    Ok(removed)
+}
 
 /// Refuses a database written by an unknown layout; stamps a new one.
 pub(crate) fn check_format(tree: &sled::Tree) -> Result<(), StoreError> {
@@ -214,5 +256,33 @@ mod tests {
                 .unwrap();
             assert_eq!((next.first_position, next.versions[0].1), (3, 3));
         }
+    }
+
+    /// A kill while sled wrote a snapshot leaves a torn `snap.*.generating` file, which sled
+    /// 0.34 would read at the next open and refuse the database over: the store removes it
+    /// first and opens with everything that was acknowledged.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_sled_snapshot_a_crash_left_unfinished_does_not_stop_the_store_opening() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = StreamId::custom("a").unwrap();
+        {
+            let store = open(dir.path(), Durability::FlushEveryBatch).await;
+            store
+                .append(AppendBatch::single(
+                    a.clone(),
+                    ExpectedVersion::NoStream,
+                    vec![event(1)],
+                ))
+                .await
+                .unwrap();
+        }
+        // The newest name sled could look for, half written: no length or checksum at its end
+        // that matches.
+        let torn = dir.path().join("snap.7FFFFFFFFFFFFFFF.generating");
+        std::fs::write(&torn, vec![0x5a; 4096]).unwrap();
+
+        let store = open(dir.path(), Durability::FlushEveryBatch).await;
+        assert_eq!(store.stream_version(&a).await.unwrap(), Some(1));
+        assert!(!torn.exists());
     }
 }

@@ -22,7 +22,7 @@ use crate::projection::{
     validate_name, ProjectionBatch, ProjectionEntry, ProjectionError, ProjectionUpdate,
 };
 use crate::read::{read_all_blocking, read_stream_blocking, stream_version_blocking};
-use crate::recovery::{check_format, recover_head, repair_last};
+use crate::recovery::{check_format, recover_head, remove_unfinished_sled_snapshots, repair_last};
 use crate::subscription::SledSubscription;
 use crate::wal::Wal;
 use crate::writer::{append_inline, Inline, Request};
@@ -87,6 +87,7 @@ impl SledStore {
     pub fn open(config: SledConfig) -> Result<Self, StoreError> {
         let path = config.path.clone();
         let (db, tree, head, wal) = guarded(&format!("opening {}", path.display()), || {
+            remove_unfinished_sled_snapshots(&path)?;
             let db = sled::Config::new()
                 .path(&path)
                 .cache_capacity(config.cache_capacity)
