@@ -11,7 +11,7 @@ use crate::guard::sled_error;
 use crate::read::missing;
 
 /// Removes the snapshots of sled's page table that a crash left half written, before sled
-/// opens `dir`; returns how many.
+/// opens `dir`.
 ///
 /// sled 0.34 writes a snapshot to `snap.{lsn}.generating`, syncs it and only then renames it
 /// to `snap.{lsn}`, but at open it takes the newest file starting with `snap.`, finished or
@@ -19,18 +19,17 @@ use crate::read::missing;
 /// wrong and refuses the whole database as corrupt. A `.generating` file is never the only
 /// copy of anything (a snapshot only speeds up sled's recovery, which otherwise reads its
 /// log from an earlier snapshot or the start), so removing it loses nothing.
-pub(crate) fn remove_unfinished_sled_snapshots(dir: &Path) -> Result<usize, StoreError> {
+pub(crate) fn remove_unfinished_sled_snapshots(dir: &Path) -> Result<(), StoreError> {
     let entries = match std::fs::read_dir(dir) {
         Ok(entries) => entries,
         // A new store: sled creates the directory.
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
         Err(e) => {
             return Err(StoreError::Backend {
                 detail: format!("list {}: {e}", dir.display()),
             })
         }
     };
-    let mut removed = 0;
     for entry in entries.flatten() {
         let name = entry.file_name();
         let name = name.to_string_lossy();
@@ -43,10 +42,9 @@ pub(crate) fn remove_unfinished_sled_snapshots(dir: &Path) -> Result<usize, Stor
                 ),
             })?;
             tracing::warn!(path = %path.display(), "removed a sled snapshot a crash left unfinished");
-            removed += 1;
         }
     }
-    Ok(removed)
+    Ok(())
 }
 
 /// Refuses a database written by an unknown layout; stamps a new one.

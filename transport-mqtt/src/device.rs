@@ -241,11 +241,14 @@ fn guard<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 
 /// Aborts the client's background tasks when the last handle goes away, and ends the tasks
 /// it spawned on the way (see [`Inner::spawn`]) by dropping the sender of `Inner::closed`.
-struct Tasks(Vec<JoinHandle<()>>, #[allow(dead_code)] watch::Sender<()>);
+struct Tasks {
+    handles: Vec<JoinHandle<()>>,
+    _closing: watch::Sender<()>,
+}
 
 impl Drop for Tasks {
     fn drop(&mut self) {
-        for t in &self.0 {
+        for t in &self.handles {
             t.abort();
         }
     }
@@ -359,13 +362,13 @@ impl DeviceClient {
             stamp,
             closed,
         });
-        let tasks = Tasks(
-            vec![
+        let tasks = Tasks {
+            handles: vec![
                 tokio::spawn(dispatch(Arc::clone(&inner))),
                 tokio::spawn(watch_sessions(Arc::clone(&inner))),
             ],
-            closing,
-        );
+            _closing: closing,
+        };
         inner
             .conn
             .wait_ready(0, config.broker.connect_timeout)
