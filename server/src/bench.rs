@@ -24,6 +24,7 @@
 pub mod broker;
 pub mod fleetops;
 pub mod flood;
+pub mod mux;
 pub mod raw;
 pub mod stats;
 
