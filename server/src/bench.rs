@@ -7,8 +7,10 @@
 //!   topics, same payload size, QoS 1, same window.
 //! - **job**: a job to `--devices` devices, from `create_job` until every execution is
 //!   `SUCCEEDED`. Baseline: the same fan-out with raw rumqttc clients and the same
-//!   connection layout, four messages per device (`notify-next`, `start-next`, `accepted`,
-//!   `update`).
+//!   connection layout, five messages per device (`notify-next`, `start-next`, `accepted`,
+//!   `update`, `accepted`). Each device has a connection of its own, or, with
+//!   `--device-connections`, both sides simulate their devices over that many connections
+//!   (see [`mux`]), which is how a job reaches 100,000 devices.
 //! - **flood** (only when asked for by name): a quiet device's command round trips (p50, p99)
 //!   while another device floods `--flood-messages` malformed requests at QoS 0 and at QoS 1,
 //!   beside the same device's round trips without a flood on the same fleet in the same run
@@ -75,11 +77,20 @@ pub struct BenchArgs {
     /// Commands per run for the throughput figure.
     #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..=10_000_000))]
     pub requests: u64,
-    /// Devices the job goes to (one MQTT connection each); over 10,000 they are put in a
-    /// thing group first, which holds at most 100,000.
+    /// Devices the job goes to (one MQTT connection each, unless `--device-connections`);
+    /// over 10,000 they are put in a thing group first, which holds at most 100,000.
     #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..=100_000))]
     pub devices: u64,
-    /// Devices that connect at the same time while the fleet is set up.
+    /// Simulate the job's devices over this many MQTT connections instead of one each, on
+    /// the fleetops side and the raw-MQTT side alike: each connection carries an even share
+    /// of `--devices`, subscribes for each of them to that device's own topics and answers
+    /// for each as its device would. Needed beyond what one connection per device reaches
+    /// (file descriptors, ephemeral ports): a job to 100,000 devices. At most `--devices`;
+    /// job scenario only.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..=10_000))]
+    pub device_connections: Option<u64>,
+    /// Devices that connect at the same time while the fleet is set up (with
+    /// `--device-connections`: connections set up at the same time).
     #[arg(long, default_value_t = 200, value_parser = clap::value_parser!(u64).range(1..=100_000))]
     pub connect_wave: u64,
     /// Malformed messages the noisy device sends per flood (flood scenario).
@@ -266,8 +277,11 @@ pub struct CommandsReport {
 /// The job scenario's results.
 #[derive(Debug, Clone, Serialize)]
 pub struct JobReport {
-    /// Devices (one connection each).
+    /// Devices.
     pub devices: u64,
+    /// The connections the devices of both sides shared (`--device-connections`); `None`:
+    /// one connection per device.
+    pub device_connections: Option<u64>,
     /// Create → all `SUCCEEDED`, seconds.
     pub seconds: Compared,
     /// Device requests that failed in the fleetops runs (timeouts, refusals), all runs.
@@ -350,6 +364,8 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     // the temporary stores are removed, which a process killed mid-run would leave behind.
     let stop = crate::serve::shutdown_signal();
     crate::log_errors_to_stderr();
+    // Before a broker is started for nothing.
+    check_device_connections(&args)?;
     let (broker, label, _spawned) = if args.spawn_mosquitto {
         let spawned = broker::SpawnedBroker::start().context("start a private mosquitto")?;
         let version = broker::mosquitto_binary()
@@ -408,6 +424,7 @@ pub async fn measure(
     if args.instances > 1 && store == StoreSetting::Sled {
         anyhow::bail!("--instances above 1 needs a store they can share: --store postgres://…");
     }
+    check_device_connections(args)?;
     let setup = |run: u32| fleetops::Setup {
         broker: broker.clone(),
         durability: args.durability.into(),
@@ -476,7 +493,7 @@ pub async fn measure(
         });
     }
     if matches!(args.scenario, Scenario::Job | Scenario::All) {
-        check_fd_limit(args.devices)?;
+        check_fd_limit(args.devices, args.device_connections)?;
         let mut runs = Vec::new();
         let mut device_errors = 0;
         for run in 0..args.runs {
@@ -487,6 +504,7 @@ pub async fn measure(
         }
         report.job = Some(JobReport {
             devices: args.devices,
+            device_connections: args.device_connections,
             seconds: Compared::of(&runs, |r| r.fleetops_secs, |r| r.raw_secs),
             device_errors,
             runs,
@@ -557,9 +575,30 @@ async fn flood_scenario(
     })
 }
 
-/// Each device is a connection: fail early with a clear message rather than after
-/// thousands of connects.
-fn check_fd_limit(devices: u64) -> anyhow::Result<()> {
+/// `--device-connections` shares devices out over connections: it needs a device for each,
+/// and devices, which only the job scenario has.
+fn check_device_connections(args: &BenchArgs) -> anyhow::Result<()> {
+    let Some(connections) = args.device_connections else {
+        return Ok(());
+    };
+    if !matches!(args.scenario, Scenario::Job | Scenario::All) {
+        anyhow::bail!(
+            "--device-connections applies to the job scenario only (--scenario job or all)"
+        );
+    }
+    if connections > args.devices {
+        anyhow::bail!(
+            "--device-connections {connections} is more than --devices {}: every connection \
+             carries at least one device",
+            args.devices
+        );
+    }
+    Ok(())
+}
+
+/// Each device is a connection (or each of `--device-connections`): fail early with a clear
+/// message rather than after thousands of connects.
+fn check_fd_limit(devices: u64, connections: Option<u64>) -> anyhow::Result<()> {
     let soft = std::fs::read_to_string("/proc/self/limits")
         .ok()
         .and_then(|s| {
@@ -569,11 +608,17 @@ fn check_fd_limit(devices: u64) -> anyhow::Result<()> {
                 .and_then(|v| v.parse::<u64>().ok())
         });
     if let Some(soft) = soft {
-        if devices + 64 > soft {
-            anyhow::bail!(
+        match connections {
+            None if devices + 64 > soft => anyhow::bail!(
                 "--devices {devices} needs a connection (file descriptor) per device, but the \
-                 open-file limit is {soft}; raise it (ulimit -n) or use fewer devices"
-            );
+                 open-file limit is {soft}; raise it (ulimit -n), use fewer devices, or share \
+                 connections between devices with --device-connections"
+            ),
+            Some(c) if c + 64 > soft => anyhow::bail!(
+                "--device-connections {c} needs a file descriptor per connection, but the \
+                 open-file limit is {soft}; raise it (ulimit -n) or use fewer connections"
+            ),
+            _ => {}
         }
     }
     Ok(())
@@ -662,22 +707,48 @@ async fn job_run(
         [1, 0]
     } {
         if side == 0 {
-            let mut fanout = {
-                let p = Progress::new(n + 1, format!("job {}/{runs}: raw, connecting", run + 1));
-                raw::Fanout::connect(broker, prefix, n as usize, wave, sizes, &setup.tag, &p)
+            let mut fanout = match args.device_connections {
+                None => {
+                    let label = format!("job {}/{runs}: raw, connecting", run + 1);
+                    let p = Progress::new(n + 1, label);
+                    raw::Fanout::connect(broker, prefix, n as usize, wave, sizes, &setup.tag, &p)
+                        .await?
+                }
+                Some(c) => {
+                    let label = format!("job {}/{runs}: raw, subscribing over {c}", run + 1);
+                    let p = Progress::new(n, label);
+                    raw::Fanout::connect_multiplexed(
+                        broker, prefix, n as usize, c as usize, wave, sizes, &setup.tag, limit, &p,
+                    )
                     .await?
+                }
             };
             let p = Progress::new(n, format!("job {}/{runs}: raw fan-out", run + 1));
-            raw_secs = Some(fanout.run(limit, &p).await?.as_secs_f64());
+            let secs = fanout.run(limit, &p).await;
+            fanout.close().await;
+            raw_secs = Some(secs?.as_secs_f64());
         } else {
-            let (mut job, errors) = {
-                let p = Progress::new(n, format!("job {}/{runs}: fleetops, connecting", run + 1));
-                fleetops::Job::start(setup, n as usize, wave, limit, &p).await?
+            let (mut job, errors) = match args.device_connections {
+                None => {
+                    let label = format!("job {}/{runs}: fleetops, connecting", run + 1);
+                    let p = Progress::new(n, label);
+                    fleetops::Job::start(setup, n as usize, wave, limit, &p).await?
+                }
+                Some(c) => {
+                    // Each device twice: subscribed, then its pending list pulled.
+                    let label = format!("job {}/{runs}: fleetops, subscribing over {c}", run + 1);
+                    let p = Progress::new(2 * n, label);
+                    fleetops::Job::start_multiplexed(setup, n as usize, c as usize, wave, limit, &p)
+                        .await?
+                }
             };
             let p = Progress::new(n, format!("job {}/{runs}: fleetops job", run + 1));
-            let secs = job.run(limit, &p).await?.as_secs_f64();
+            let secs = job.run(limit, &p).await;
             job.stop().await;
-            fleet = Some((secs, errors.load(std::sync::atomic::Ordering::Relaxed)));
+            fleet = Some((
+                secs?.as_secs_f64(),
+                errors.load(std::sync::atomic::Ordering::Relaxed),
+            ));
         }
         // Ten thousand disconnects keep the broker busy for a moment: let it settle so the
         // next measurement does not pay for them.
@@ -791,9 +862,13 @@ pub fn render(r: &Report) -> String {
     }
     if let Some(j) = &r.job {
         let z = r.sizes;
+        let layout = match j.device_connections {
+            None => "one connection each".to_owned(),
+            Some(c) => format!("over {c} connections on both sides"),
+        };
         let _ = writeln!(
             s,
-            "\njob: {} devices, one connection each; raw = notify-next ({} B), start-next ({} B), start-next/accepted ({} B), update ({} B), update/accepted ({} B) per device",
+            "\njob: {} devices, {layout}; raw = notify-next ({} B), start-next ({} B), start-next/accepted ({} B), update ({} B), update/accepted ({} B) per device",
             j.devices, z.notify, z.start_next, z.accepted, z.update, z.update_accepted
         );
         let _ = writeln!(s, "| figure | fleetops | raw MQTT | fleetops / raw |");

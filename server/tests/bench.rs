@@ -93,8 +93,55 @@ fn json_output_has_both_sides_and_the_ratio() {
         );
     }
     assert_eq!(v["job"]["runs"].as_array().map(Vec::len), Some(1));
+    assert!(
+        v["job"]["device_connections"].is_null(),
+        "a connection per device by default"
+    );
     assert!(v["commands"].is_null(), "only the job scenario ran");
     assert!(v["machine"]["cores"].as_u64().is_some_and(|c| c > 0));
+}
+
+/// `--device-connections`: both sides simulate the job's devices over a few shared
+/// connections (subscribed per device, answering as each device would), and the job is
+/// measured on both, as with a connection per device.
+#[test]
+fn a_job_over_shared_device_connections_has_both_figures() {
+    let out = fleetops(&[
+        "bench",
+        "--spawn-mosquitto",
+        "--scenario",
+        "job",
+        "--devices",
+        "300",
+        "--device-connections",
+        "3",
+        "--runs",
+        "1",
+        "--timeout-secs",
+        "60",
+        "--json",
+    ]);
+    assert!(out.status.success(), "stderr:\n{}", text(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("stdout is JSON");
+    let job = &v["job"];
+    assert_eq!(job["devices"].as_u64(), Some(300), "{job}");
+    assert_eq!(job["device_connections"].as_u64(), Some(3), "{job}");
+    for key in ["fleetops", "raw", "ratio"] {
+        assert!(
+            job["seconds"][key].as_f64().is_some_and(|x| x > 0.0),
+            "{key} in {job}"
+        );
+    }
+    let runs = job["runs"].as_array().expect("runs");
+    assert_eq!(runs.len(), 1, "{job}");
+    for key in ["fleetops_secs", "raw_secs"] {
+        assert!(
+            runs[0][key].as_f64().is_some_and(|x| x > 0.0),
+            "{key} in {job}"
+        );
+    }
+    // Every simulated device's requests were accepted: the codec's messages, not lookalikes.
+    assert_eq!(job["device_errors"].as_u64(), Some(0), "{job}");
 }
 
 #[test]
@@ -110,6 +157,34 @@ fn bad_input_is_refused_with_a_message() {
         (
             &["bench", "--spawn-mosquitto", "--devices", "x"],
             "--devices",
+        ),
+        (
+            &["bench", "--spawn-mosquitto", "--device-connections", "0"],
+            "--device-connections",
+        ),
+        (
+            &[
+                "bench",
+                "--spawn-mosquitto",
+                "--scenario",
+                "job",
+                "--devices",
+                "3",
+                "--device-connections",
+                "4",
+            ],
+            "every connection carries at least one device",
+        ),
+        (
+            &[
+                "bench",
+                "--spawn-mosquitto",
+                "--scenario",
+                "commands",
+                "--device-connections",
+                "2",
+            ],
+            "job scenario only",
         ),
     ];
     for (args, needle) in cases {

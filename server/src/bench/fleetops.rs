@@ -1,6 +1,7 @@
 //! The fleetops side of the bench: `Fleet` on `SledStore` (on disk, in a temporary directory)
 //! or on PostgreSQL (one or more instances), and `MqttLink`, with simulated devices on
-//! `DeviceClient`s, all through the broker.
+//! `DeviceClient`s (or, with `--device-connections`, many over each of a few connections,
+//! speaking the same wire format through the transport's codec), all through the broker.
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -21,7 +22,10 @@ use fleetops_core::{
 use fleetops_service::{Fleet, FleetConfig, JobSpec};
 use fleetops_store_postgres::{PostgresConfig, PostgresStore};
 use fleetops_store_sled::{Durability, SledConfig, SledStore};
-use fleetops_transport_mqtt::codec::{Codec, CommandRequest, Limits, TopicLayout};
+use fleetops_transport_mqtt::codec::{
+    birth_payload, presence_topic, Codec, CommandRequest, DeviceMessage, Encoded, Limits, Qos,
+    TopicLayout,
+};
 use fleetops_transport_mqtt::{
     BrokerConfig, CommandHandler, DeviceClient, DeviceConfig, DeviceEvent, MqttLink,
     MqttLinkConfig, Session,
@@ -29,7 +33,8 @@ use fleetops_transport_mqtt::{
 use serde_json::{json, Value};
 use tokio::task::JoinHandle;
 
-use super::raw::Sizes;
+use super::mux::{self, MuxConnection, MuxConnections, MuxError};
+use super::raw::{self, Sizes};
 use super::stats::Latency;
 use super::Progress;
 use crate::config::StoreSetting;
@@ -399,9 +404,45 @@ impl Commands {
 /// A fleet and `n` simulated devices that run every job they are given to `SUCCEEDED`.
 pub struct Job {
     service: Service,
-    devices: Devices,
+    devices: JobDevices,
     things: Vec<ThingName>,
     jobs: u32,
+}
+
+/// The job's devices.
+enum JobDevices {
+    /// A `DeviceClient` each.
+    Clients(Devices),
+    /// Many over each connection (`--device-connections`).
+    Multiplexed {
+        /// The connections.
+        conns: MuxConnections,
+        /// What their devices were answered.
+        replies: Arc<MuxReplies>,
+    },
+}
+
+impl JobDevices {
+    /// Fails if a multiplexed connection broke or one of its devices could not answer.
+    /// (A `DeviceClient` reconnects by itself, and counts its failed requests.)
+    fn check(&self) -> Result<(), MuxError> {
+        match self {
+            Self::Clients(_) => Ok(()),
+            Self::Multiplexed { conns, .. } => conns.check(),
+        }
+    }
+
+    /// What the devices saw, for an error: the updates the service accepted, as far as the
+    /// multiplexed devices count them.
+    fn seen(&self) -> String {
+        match self {
+            Self::Clients(_) => String::new(),
+            Self::Multiplexed { replies, .. } => format!(
+                "; the devices got {} accepted updates",
+                replies.done.load(Ordering::Relaxed)
+            ),
+        }
+    }
 }
 
 /// The device tasks. Each owns its device's only client: aborting it closes the connection.
@@ -472,20 +513,14 @@ impl Job {
             .collect::<Result<Vec<_>, _>>()?;
         let pulled = Arc::new(AtomicUsize::new(0));
         let errors = Arc::new(AtomicU64::new(0));
-        let mut job = Self {
-            service,
-            devices: Devices(Vec::with_capacity(n)),
-            things,
-            jobs: 0,
-        };
-        let things = job.things.clone();
+        let mut devices = Devices(Vec::with_capacity(n));
         for chunk in things.chunks(wave.max(1)) {
             let conns = chunk
                 .iter()
                 .map(|t| DeviceClient::connect(device_config(setup, t.clone()), None));
             for (t, c) in chunk.iter().zip(futures::future::join_all(conns).await) {
                 let (client, events) = c.with_context(|| format!("connect device {t}"))?;
-                job.devices.0.push(device_task(
+                devices.0.push(device_task(
                     client,
                     events,
                     Arc::clone(&pulled),
@@ -494,6 +529,12 @@ impl Job {
                 progress.inc(1);
             }
         }
+        let job = Self {
+            service,
+            devices: JobDevices::Clients(devices),
+            things,
+            jobs: 0,
+        };
         let deadline = Instant::now() + limit;
         while pulled.load(Ordering::Relaxed) < n {
             if Instant::now() > deadline {
@@ -504,6 +545,125 @@ impl Job {
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+        Ok((job, errors))
+    }
+
+    /// Starts the fleet and `n` devices over `connections` MQTT connections (`wave` of them
+    /// set up at a time): each connection subscribes, per device, to that device's topics,
+    /// then publishes each device's birth and pulls its pending list, as a `DeviceClient`
+    /// does after connecting. Returns once every pull was answered, so the job starts on a
+    /// quiet fleet. `progress` counts each device twice: subscribed, then pulled.
+    pub async fn start_multiplexed(
+        setup: &Setup,
+        n: usize,
+        connections: usize,
+        wave: usize,
+        limit: Duration,
+        progress: &Progress,
+    ) -> anyhow::Result<(Self, Arc<AtomicU64>)> {
+        let service = Service::start(setup).await?;
+        let things = (0..n)
+            .map(|i| ThingName::parse(&format!("bench-dev-{i:05}")))
+            .collect::<Result<Vec<_>, _>>()?;
+        let replies = Arc::new(MuxReplies::default());
+        let errors = Arc::new(AtomicU64::new(0));
+        let codec = Codec::new(TopicLayout::default(), Limits::default());
+        let slices = mux::split(n, connections);
+        let tokens: Vec<Arc<Tokens>> = (0..slices.len()).map(Tokens::new).map(Arc::new).collect();
+        let conns = MuxConnections::start(slices.len(), wave, |i| {
+            let mine = &things[slices[i].clone()];
+            let on_publish = multiplexed_devices(
+                codec.clone(),
+                Arc::clone(&tokens[i]),
+                Arc::clone(&replies),
+                Arc::clone(&errors),
+            );
+            let layout = codec.layout();
+            async move {
+                let id = format!("fleetops-bench-devices-{}-{i}", setup.tag);
+                let knobs = raw::multiplexed(mine.len());
+                let options =
+                    raw::options(&setup.broker, &id, knobs).map_err(|e| MuxError::Connect {
+                        client: id.clone(),
+                        reason: e.to_string(),
+                    })?;
+                let mut conn = MuxConnection::connect(
+                    options,
+                    knobs.channel,
+                    setup.broker.connect_timeout,
+                    on_publish,
+                )
+                .await?;
+                // What `DeviceClient` subscribes to with `subscribe_notify` off (`device_config`).
+                let filters = mine.iter().map(|t| {
+                    layout
+                        .device_filters(t)
+                        .into_iter()
+                        .filter(|f| !f.ends_with("/notify"))
+                        .collect()
+                });
+                conn.subscribe(filters, limit, progress).await?;
+                Ok(conn)
+            }
+        })
+        .await?;
+        // After its subscriptions, a `DeviceClient` publishes its birth and pulls its
+        // pending list (`get`); the service answers each pull.
+        let greetings = conns
+            .iter()
+            .zip(&slices)
+            .zip(&tokens)
+            .map(|((conn, slice), tokens)| {
+                let mine = &things[slice.clone()];
+                let codec = &codec;
+                async move {
+                    let stamp = wall_millis();
+                    for thing in mine {
+                        conn.publish(Encoded {
+                            topic: presence_topic(codec.layout(), thing),
+                            payload: birth_payload(true, stamp),
+                            qos: Qos::AtLeastOnce,
+                            properties: Default::default(),
+                        })
+                        .await?;
+                        let token = tokens.next();
+                        let get = codec
+                            .encode_request(thing, Some(&token), &DeviceRequest::GetPending)
+                            .map_err(|e| MuxError::Failed {
+                                client: conn.id().to_owned(),
+                                reason: format!("encode a pull: {e}"),
+                            })?;
+                        conn.publish(get).await?;
+                    }
+                    Ok::<_, MuxError>(())
+                }
+            });
+        let deadline = Instant::now() + limit;
+        tokio::time::timeout(limit, futures::future::try_join_all(greetings))
+            .await
+            .with_context(|| {
+                format!("the devices' births and pulls not sent within {limit:?}")
+            })??;
+        let mut shown = 0;
+        loop {
+            let pulled = replies.pulled.load(Ordering::Relaxed);
+            progress.inc(pulled.saturating_sub(shown) as u64);
+            shown = shown.max(pulled);
+            if pulled >= n {
+                break;
+            }
+            conns.check()?;
+            if Instant::now() > deadline {
+                bail!("only {pulled} of {n} devices got their pending list within {limit:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let job = Self {
+            service,
+            devices: JobDevices::Multiplexed { conns, replies },
+            things,
+            jobs: 0,
+        };
         Ok((job, errors))
     }
 
@@ -529,11 +689,14 @@ impl Job {
                 .create_group(group.clone(), None)
                 .await
                 .context("create the bench group")?;
+            // Seconds for 100,000 members: worth a bar of its own.
+            let filling = Progress::new(n, "fleetops: filling the job's group (untimed)");
             for chunk in self.things.chunks(MAX_MEMBERS_PER_CHANGE) {
                 fleet
                     .add_group_members(&group, chunk.to_vec())
                     .await
                     .context("fill the bench group")?;
+                filling.inc(chunk.len() as u64);
             }
             spec.groups([group])
         };
@@ -548,12 +711,16 @@ impl Job {
             if c.succeeded == n {
                 return Ok(started.elapsed());
             }
+            self.devices.check()?;
             let other = c.failed + c.rejected + c.timed_out + c.canceled + c.removed;
             if other > 0 {
                 bail!("job {id}: {other} executions ended other than SUCCEEDED ({c:?})");
             }
             if started.elapsed() > limit {
-                bail!("job {id} not done after {limit:?}: {c:?}");
+                bail!(
+                    "job {id} not done after {limit:?}: {c:?}{}",
+                    self.devices.seen()
+                );
             }
             // Fine enough for runs of seconds, and cheap for the fleet.
             tokio::time::sleep(Duration::from_millis(5)).await;
@@ -565,7 +732,126 @@ impl Job {
         let Self {
             service, devices, ..
         } = self;
-        drop(devices);
+        match devices {
+            JobDevices::Clients(devices) => drop(devices),
+            JobDevices::Multiplexed { conns, .. } => conns.close().await,
+        }
         service.stop().await;
     }
+}
+
+/// Milliseconds since the Unix epoch: the stamp of a birth message.
+fn wall_millis() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// The client tokens of one multiplexed connection's requests: a prefix and a counter, as
+/// `DeviceClient` draws them (the same length, so the same message sizes).
+struct Tokens {
+    prefix: String,
+    next: AtomicU64,
+}
+
+impl Tokens {
+    fn new(connection: usize) -> Self {
+        let nanos = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos());
+        Self {
+            prefix: format!("{nanos:08x}{:04x}", connection & 0xffff),
+            next: AtomicU64::new(1),
+        }
+    }
+
+    fn next(&self) -> String {
+        format!(
+            "{}-{}",
+            self.prefix,
+            self.next.fetch_add(1, Ordering::Relaxed)
+        )
+    }
+}
+
+/// What the multiplexed devices were answered.
+#[derive(Default)]
+struct MuxReplies {
+    /// Pulls (`get`) answered.
+    pulled: AtomicUsize,
+    /// Updates to `SUCCEEDED` accepted.
+    done: AtomicUsize,
+}
+
+/// The devices of one multiplexed connection: for whichever thing a message is addressed to,
+/// what `device_task` does with that thing's `DeviceClient`. On `notify-next` with a queued
+/// execution, `start-next`; on its `accepted`, `update` to `SUCCEEDED` with the execution
+/// number; the update's `accepted` ends the device's work. Messages are decoded and requests
+/// encoded by the transport's codec, as `DeviceClient` does, so the service gets exactly the
+/// bytes it gets from one. A refused request counts as a device error, as there.
+fn multiplexed_devices(
+    codec: Codec,
+    tokens: Arc<Tokens>,
+    replies: Arc<MuxReplies>,
+    errors: Arc<AtomicU64>,
+) -> mux::OnPublish {
+    Box::new(move |publish, client| {
+        let Ok(topic) = std::str::from_utf8(&publish.topic) else {
+            errors.fetch_add(1, Ordering::Relaxed);
+            return Ok(());
+        };
+        let (thing, message) = match codec.decode_device_message(topic, &publish.payload) {
+            Ok(decoded) => decoded,
+            Err(e) => {
+                tracing::warn!(topic, error = %e, "undecodable message to a simulated device");
+                errors.fetch_add(1, Ordering::Relaxed);
+                return Ok(());
+            }
+        };
+        let request = match message {
+            DeviceMessage::NotifyNext {
+                execution: Some(view),
+                ..
+            } if view.status == JobExecutionStatus::Queued => {
+                DeviceRequest::StartNext(StartNextRequest::default())
+            }
+            DeviceMessage::Accepted {
+                reply: Reply::StartNext(Some(view)),
+                ..
+            } => DeviceRequest::Update {
+                job_id: view.job_id,
+                request: UpdateRequest {
+                    status: Some(JobExecutionStatus::Succeeded),
+                    execution_number: Some(view.execution_number),
+                    ..UpdateRequest::default()
+                },
+            },
+            DeviceMessage::Accepted {
+                reply: Reply::Update { .. },
+                ..
+            } => {
+                replies.done.fetch_add(1, Ordering::Relaxed);
+                return Ok(());
+            }
+            DeviceMessage::Accepted {
+                reply: Reply::Pending(_),
+                ..
+            } => {
+                replies.pulled.fetch_add(1, Ordering::Relaxed);
+                return Ok(());
+            }
+            DeviceMessage::Rejected { error, .. } => {
+                tracing::warn!(%thing, %error, "a simulated device's request was refused");
+                errors.fetch_add(1, Ordering::Relaxed);
+                return Ok(());
+            }
+            // Nothing to start (`start-next` found none, `notify-next` without a queued
+            // execution), or a command, which the job's devices never get.
+            _ => return Ok(()),
+        };
+        let encoded = codec
+            .encode_request(&thing, Some(&tokens.next()), &request)
+            .map_err(|e| format!("encode a request of {thing}: {e}"))?;
+        mux::try_publish(client, encoded)
+    })
 }

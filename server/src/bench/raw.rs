@@ -1,8 +1,8 @@
 //! The raw-MQTT baselines: rumqttc MQTT 5 clients and the broker, no fleetops logic.
 //!
 //! They use the fleetops topics and the same connection layout as the fleetops side (one
-//! service connection, one connection per device, the same windows), and payloads of the
-//! sizes fleetops' own messages have, so that the ratio isolates what fleetops adds: the
+//! service connection, one connection per device or the same number of multiplexed device
+//! connections, the same windows), and payloads of the sizes fleetops' own messages have, so that the ratio isolates what fleetops adds: the
 //! store, the runtime and the JSON codec.
 
 use std::collections::HashMap;
@@ -18,6 +18,7 @@ use rumqttc::{NetworkOptions, TlsConfiguration, Transport};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
+use super::mux::{self, MuxConnection, MuxConnections, MuxError};
 use super::stats::Latency;
 use super::Progress;
 
@@ -43,6 +44,9 @@ pub enum RawError {
     /// Not finished in time.
     #[error("raw baseline timed out after {0:?} ({1})")]
     Timeout(Duration, String),
+    /// A connection of multiplexed devices failed (`--device-connections`).
+    #[error("raw baseline: {0}")]
+    Devices(#[from] MuxError),
 }
 
 /// The sizes of the messages the raw baselines send, taken from fleetops' own encoding.
@@ -87,6 +91,20 @@ pub const DEVICE: Knobs = Knobs {
     channel: 64,
 };
 
+/// A multiplexed device connection's knobs, for `things` devices (`--device-connections`).
+/// A device has at most one request out at a time: a window of one publish per device (twice
+/// that, so packet ids rarely wrap onto one still unacknowledged, which stalls rumqttc until
+/// its PUBACK comes), as many as the broker will send us, and a request channel with room
+/// for every device's next publish and a duplicate each, so that the poll task's
+/// `try_publish` never finds it full.
+pub fn multiplexed(things: usize) -> Knobs {
+    Knobs {
+        inflight: u16::try_from(2 * things + 64).unwrap_or(u16::MAX),
+        receive_maximum: u16::MAX,
+        channel: 2 * things + 1024,
+    }
+}
+
 /// What a client's poll task does with each incoming publish.
 type OnPublish = Box<dyn FnMut(Publish, &AsyncClient) + Send>;
 
@@ -119,7 +137,12 @@ impl RawClient {
     }
 }
 
-fn options(broker: &BrokerConfig, id: &str, knobs: Knobs) -> Result<MqttOptions, RawError> {
+/// The options of every raw client, and of the multiplexed device connections of both sides.
+pub(crate) fn options(
+    broker: &BrokerConfig,
+    id: &str,
+    knobs: Knobs,
+) -> Result<MqttOptions, RawError> {
     let mut o = MqttOptions::new(id, broker.host.clone(), broker.port);
     o.set_keep_alive(broker.keep_alive.max(Duration::from_secs(5)));
     let mut net = NetworkOptions::new();
@@ -378,12 +401,64 @@ fn fanout_topics(prefix: &str, thing: &str) -> [String; 3] {
 pub struct Fanout {
     service: RawClient,
     incoming: mpsc::UnboundedReceiver<Publish>,
-    devices: Vec<RawClient>,
+    devices: FanoutDevices,
     things: Vec<String>,
     prefix: String,
     sizes: Sizes,
     /// Devices that got their `update/accepted` in the current run.
     done: Arc<AtomicUsize>,
+}
+
+/// The devices of a [`Fanout`].
+enum FanoutDevices {
+    /// A connection each.
+    Clients(Vec<RawClient>),
+    /// Many over each connection (`--device-connections`).
+    Multiplexed(MuxConnections),
+}
+
+/// The service connection of a fan-out: receives the devices' requests.
+async fn fanout_service(
+    broker: &BrokerConfig,
+    prefix: &str,
+    tag: &str,
+) -> Result<(RawClient, mpsc::UnboundedReceiver<Publish>), RawError> {
+    let (on_publish, incoming) = forward();
+    let service = connect(
+        broker,
+        &format!("fleetops-bench-raw-service-{tag}"),
+        SERVICE,
+        vec![
+            format!("{prefix}/things/+/jobs/start-next"),
+            format!("{prefix}/things/+/jobs/+/update"),
+        ],
+        on_publish,
+    )
+    .await?;
+    Ok((service, incoming))
+}
+
+/// The raw devices on a multiplexed connection: what each per-device client of
+/// [`Fanout::connect`] does (`notify-next` → `start-next`, `start-next/accepted` → `update`,
+/// `update/accepted` → done), the thing's topic taken from the message since many things
+/// share the connection.
+fn multiplexed_devices(sizes: Sizes, done: Arc<AtomicUsize>) -> mux::OnPublish {
+    Box::new(move |p, client| {
+        let topic = std::str::from_utf8(&p.topic)
+            .map_err(|_| "a publish on a topic that is not UTF-8".to_owned())?;
+        let (reply, size) = if let Some(jobs) = topic.strip_suffix("/notify-next") {
+            (format!("{jobs}/start-next"), sizes.start_next)
+        } else if let Some(jobs) = topic.strip_suffix("/start-next/accepted") {
+            (format!("{jobs}/bench/update"), sizes.update)
+        } else {
+            done.fetch_add(1, Ordering::Release);
+            return Ok(());
+        };
+        // Sized by `multiplexed`: the channel has room for every device's next publish.
+        client
+            .try_publish(reply, QoS::AtLeastOnce, false, payload(0, size))
+            .map_err(|e| format!("a device's publish could not be queued: {e}"))
+    })
 }
 
 impl Fanout {
@@ -397,18 +472,7 @@ impl Fanout {
         tag: &str,
         progress: &Progress,
     ) -> Result<Self, RawError> {
-        let (on_publish, incoming) = forward();
-        let service = connect(
-            broker,
-            &format!("fleetops-bench-raw-service-{tag}"),
-            SERVICE,
-            vec![
-                format!("{prefix}/things/+/jobs/start-next"),
-                format!("{prefix}/things/+/jobs/+/update"),
-            ],
-            on_publish,
-        )
-        .await?;
+        let (service, incoming) = fanout_service(broker, prefix, tag).await?;
         let things: Vec<String> = (0..n).map(|i| format!("bench-raw-{i:05}")).collect();
         let done = Arc::new(AtomicUsize::new(0));
         let mut devices = Vec::with_capacity(n);
@@ -451,12 +515,85 @@ impl Fanout {
         Ok(Self {
             service,
             incoming,
-            devices,
+            devices: FanoutDevices::Clients(devices),
             things,
             prefix: prefix.to_owned(),
             sizes,
             done,
         })
+    }
+
+    /// Connects the service and `n` devices over `connections` connections, each subscribed
+    /// per device to that device's topics (`wave` connections set up at a time, each within
+    /// `limit`). `progress` counts the devices subscribed.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn connect_multiplexed(
+        broker: &BrokerConfig,
+        prefix: &str,
+        n: usize,
+        connections: usize,
+        wave: usize,
+        sizes: Sizes,
+        tag: &str,
+        limit: Duration,
+        progress: &Progress,
+    ) -> Result<Self, RawError> {
+        let (service, incoming) = fanout_service(broker, prefix, tag).await?;
+        let things: Vec<String> = (0..n).map(|i| format!("bench-raw-{i:05}")).collect();
+        let done = Arc::new(AtomicUsize::new(0));
+        let slices = mux::split(n, connections);
+        let devices = MuxConnections::start(slices.len(), wave, |i| {
+            let mine = &things[slices[i].clone()];
+            let done = Arc::clone(&done);
+            async move {
+                let id = format!("fleetops-bench-raw-devices-{tag}-{i}");
+                let knobs = multiplexed(mine.len());
+                let options = options(broker, &id, knobs).map_err(|e| MuxError::Connect {
+                    client: id.clone(),
+                    reason: e.to_string(),
+                })?;
+                let mut conn = MuxConnection::connect(
+                    options,
+                    knobs.channel,
+                    broker.connect_timeout,
+                    multiplexed_devices(sizes, done),
+                )
+                .await?;
+                let filters = mine.iter().map(|t| fanout_topics(prefix, t).to_vec());
+                conn.subscribe(filters, limit, progress).await?;
+                Ok(conn)
+            }
+        })
+        .await?;
+        Ok(Self {
+            service,
+            incoming,
+            devices: FanoutDevices::Multiplexed(devices),
+            things,
+            prefix: prefix.to_owned(),
+            sizes,
+            done,
+        })
+    }
+
+    /// Fails if a device's connection broke.
+    fn check_devices(&mut self) -> Result<(), RawError> {
+        match &mut self.devices {
+            FanoutDevices::Clients(clients) => {
+                for d in clients {
+                    d.check()?;
+                }
+            }
+            FanoutDevices::Multiplexed(conns) => conns.check()?,
+        }
+        Ok(())
+    }
+
+    /// Disconnects the devices (multiplexed ones cleanly) and the service.
+    pub async fn close(self) {
+        if let FanoutDevices::Multiplexed(conns) = self.devices {
+            conns.close().await;
+        }
     }
 
     /// Runs the fan-out once; returns the time from the first `notify-next` to the last
@@ -517,7 +654,17 @@ impl Fanout {
                         reason: "the poll task ended".into(),
                     });
                 }
-                Err(_) => continue,
+                Err(_) => {
+                    // A few connections carry every device: one that broke would otherwise
+                    // show only as the time running out.
+                    if let FanoutDevices::Multiplexed(conns) = &self.devices {
+                        if let Err(e) = conns.check() {
+                            sender.abort();
+                            return Err(e.into());
+                        }
+                    }
+                    continue;
+                }
             };
             let size = if p.topic.ends_with(b"/start-next") {
                 self.sizes.accepted
@@ -537,9 +684,7 @@ impl Fanout {
         }
         let elapsed = started.elapsed();
         let _ = sender.await;
-        for d in &mut self.devices {
-            d.check()?;
-        }
+        self.check_devices()?;
         Ok(elapsed)
     }
 }
