@@ -210,6 +210,9 @@ pub struct CommandRun {
     pub fleetops_concurrent: Latency,
     /// Raw MQTT, `concurrency` in flight.
     pub raw_concurrent: Latency,
+    /// Raw MQTT with a reply to each response, `concurrency` in flight: the three messages
+    /// of fleetops' command protocol instead of two.
+    pub raw_replied_concurrent: Latency,
     /// A lone durable append of one event to a fresh store of the same kind and durability
     /// (sled only; `None` on PostgreSQL): what one flush costs in this run.
     pub store_append: Option<Latency>,
@@ -264,6 +267,10 @@ pub struct CommandsReport {
     pub throughput_per_sec: Compared,
     /// p50 with `concurrency` in flight, µs.
     pub concurrent_p50_us: Compared,
+    /// Round trips per second with `concurrency` in flight, against raw MQTT that also
+    /// replies to each response (`response/accepted`, as fleetops does): what the protocol's
+    /// third message costs is then on both sides, and the ratio is the software's alone.
+    pub replied_throughput_per_sec: Compared,
     /// Median p50 of a lone durable append (the flush a round trip waits for), µs; `None` on
     /// PostgreSQL.
     pub store_append_p50_us: Option<f64>,
@@ -475,6 +482,11 @@ pub async fn measure(
                 |r| r.fleetops_concurrent.p50_us,
                 |r| r.raw_concurrent.p50_us,
             ),
+            replied_throughput_per_sec: Compared::of(
+                &runs,
+                |r| r.fleetops_concurrent.per_sec,
+                |r| r.raw_replied_concurrent.per_sec,
+            ),
             store_append_p50_us: runs
                 .iter()
                 .map(|r| r.store_append.map(|a| a.p50_us))
@@ -651,19 +663,33 @@ async fn commands_run(
     } {
         if side == 0 {
             let label = format!("commands {}/{runs}: raw MQTT", run + 1);
-            let progress = Progress::new((warmup + seq + n) as u64, label);
+            let progress = Progress::new((warmup + seq + 2 * n) as u64, label);
             let mut rr = raw::RequestResponse::connect(
                 broker,
                 prefix,
                 "bench-raw-cmd",
                 sizes.command,
+                None,
                 &setup.tag,
             )
             .await?;
             rr.run(warmup, 1, limit, &progress).await?;
             let s = rr.run(seq, 1, limit, &progress).await?;
             let t = rr.run(n, c, limit, &progress).await?;
-            raw_figs = Some((s, t));
+            drop(rr);
+            let mut replied = raw::RequestResponse::connect(
+                broker,
+                prefix,
+                "bench-raw-cmd",
+                sizes.command,
+                Some(sizes.response_accepted),
+                &format!("{}-replied", setup.tag),
+            )
+            .await?;
+            let r = replied.run(n, c, limit, &progress).await?;
+            // The yardstick is only what it claims if every reply reached the responder.
+            replied.await_replies(n, limit).await?;
+            raw_figs = Some((s, t, r));
         } else {
             let label = format!("commands {}/{runs}: fleetops", run + 1);
             let progress = Progress::new((warmup + seq + n) as u64, label);
@@ -675,7 +701,8 @@ async fn commands_run(
             fleet_figs = Some((s, t));
         }
     }
-    let ((raw_s, raw_t), (fl_s, fl_t)) = raw_figs.zip(fleet_figs).context("both sides ran")?;
+    let ((raw_s, raw_t, raw_r), (fl_s, fl_t)) =
+        raw_figs.zip(fleet_figs).context("both sides ran")?;
     // The flush a round trip waits for, measured in this run beside it.
     let store_append = fleetops::store_append_latency(setup, seq.max(200)).await?;
     Ok(CommandRun {
@@ -683,6 +710,7 @@ async fn commands_run(
         raw_sequential: raw_s,
         fleetops_concurrent: fl_t,
         raw_concurrent: raw_t,
+        raw_replied_concurrent: raw_r,
         store_append,
     })
 }
@@ -821,6 +849,15 @@ pub fn render(r: &Report) -> String {
         let _ = writeln!(
             s,
             "| throughput, {} in flight | {:.0} req/s | {:.0} req/s | {} |",
+            c.concurrency,
+            t.fleetops,
+            t.raw,
+            ratio(t.ratio)
+        );
+        let t = c.replied_throughput_per_sec;
+        let _ = writeln!(
+            s,
+            "| throughput, {} in flight, raw replying to each response as fleetops does | {:.0} req/s | {:.0} req/s | {} |",
             c.concurrency,
             t.fleetops,
             t.raw,

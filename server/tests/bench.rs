@@ -48,6 +48,7 @@ fn prints_both_scenarios_beside_the_raw_baseline_with_ratios() {
         "| round trip p50 |",
         "| round trip p99 |",
         "| throughput, 4 in flight |",
+        "| throughput, 4 in flight, raw replying to each response as fleetops does |",
         "| job to 20 devices, create → all SUCCEEDED |",
     ] {
         let line = stdout

@@ -85,7 +85,7 @@ pub fn message_sizes() -> anyhow::Result<Sizes> {
     Ok(Sizes {
         command: len(Outbound::CommandRequest {
             thing: thing.clone(),
-            execution_id,
+            execution_id: execution_id.clone(),
             command_id: None,
             action: ACTION.into(),
             params: params(),
@@ -121,6 +121,13 @@ pub fn message_sizes() -> anyhow::Result<Sizes> {
                 execution_state: None,
                 job_document: None,
             },
+            timestamp: now,
+        })?,
+        response_accepted: len(Outbound::Accepted {
+            thing: thing.clone(),
+            operation: Operation::CommandResponse(execution_id),
+            client_token: token.map(str::to_owned),
+            reply: Reply::CommandResponse,
             timestamp: now,
         })?,
     })

@@ -64,6 +64,8 @@ pub struct Sizes {
     pub update: usize,
     /// `update/accepted` (no execution state or document asked for).
     pub update_accepted: usize,
+    /// A command response's `response/accepted`.
+    pub response_accepted: usize,
 }
 
 /// Per-connection knobs, mirroring the transport's service and device settings.
@@ -263,11 +265,15 @@ fn seq_of(p: &Publish) -> Option<u64> {
 }
 
 /// The raw request/response pair: a requester on the service's filter and a responder that
-/// echoes each request on the response topic of the same execution, as a device would.
+/// echoes each request on the response topic of the same execution, as a device would;
+/// with a reply, the requester also answers each response on its `response/accepted` topic,
+/// which the responder subscribes to, as fleetops' command protocol does.
 pub struct RequestResponse {
     requester: RawClient,
     incoming: mpsc::UnboundedReceiver<Publish>,
     _responder: RawClient,
+    /// `response/accepted` replies the responder received.
+    replies: Arc<AtomicUsize>,
     prefix: String,
     thing: String,
     size: usize,
@@ -275,22 +281,38 @@ pub struct RequestResponse {
 }
 
 impl RequestResponse {
-    /// Connects both clients; topics are under `prefix` for thing `thing`.
+    /// Connects both clients; topics are under `prefix` for thing `thing`. `reply`: the
+    /// size of the `response/accepted` the requester sends for each response, or `None` for
+    /// none.
     pub async fn connect(
         broker: &BrokerConfig,
         prefix: &str,
         thing: &str,
         size: usize,
+        reply: Option<usize>,
         tag: &str,
     ) -> Result<Self, RawError> {
+        let mut filters = vec![format!(
+            "{prefix}/commands/things/{thing}/executions/+/request"
+        )];
+        if reply.is_some() {
+            // Delivered and acknowledged like fleetops' reply; the callback ignores it.
+            filters.push(format!(
+                "{prefix}/commands/things/{thing}/executions/+/response/accepted"
+            ));
+        }
+        let replies = Arc::new(AtomicUsize::new(0));
+        let counted = Arc::clone(&replies);
         let responder = connect(
             broker,
             thing,
             DEVICE,
-            vec![format!(
-                "{prefix}/commands/things/{thing}/executions/+/request"
-            )],
-            Box::new(|p, client| {
+            filters,
+            Box::new(move |p, client| {
+                if p.topic.ends_with(b"/response/accepted") {
+                    counted.fetch_add(1, Ordering::Relaxed);
+                    return;
+                }
                 let topic = String::from_utf8_lossy(&p.topic);
                 if let Some(base) = topic.strip_suffix("/request") {
                     // At most `receive_maximum` requests are in flight towards us, and the
@@ -305,7 +327,16 @@ impl RequestResponse {
             }),
         )
         .await?;
-        let (on_publish, incoming) = forward();
+        let (mut forward_it, incoming) = forward();
+        let on_publish: OnPublish = Box::new(move |p, client| {
+            if let Some(len) = reply {
+                // One reply per response in flight, and the channel holds the whole window:
+                // try_publish cannot find it full.
+                let topic = format!("{}/accepted", String::from_utf8_lossy(&p.topic));
+                let _ = client.try_publish(topic, QoS::AtLeastOnce, false, payload(0, len));
+            }
+            forward_it(p, client);
+        });
         let requester = connect(
             broker,
             &format!("fleetops-bench-raw-requester-{tag}"),
@@ -318,6 +349,7 @@ impl RequestResponse {
             requester,
             incoming,
             _responder: responder,
+            replies,
             prefix: prefix.to_owned(),
             thing: thing.to_owned(),
             size,
@@ -350,6 +382,24 @@ impl RequestResponse {
                 self.requester.check()?;
                 Err(RawError::Timeout(limit, "waiting for a response".into()))
             }
+        }
+    }
+
+    /// Waits until the responder has received `n` replies in all; fails after `limit`.
+    pub async fn await_replies(&self, n: usize, limit: Duration) -> Result<(), RawError> {
+        let deadline = Instant::now() + limit;
+        loop {
+            let got = self.replies.load(Ordering::Relaxed);
+            if got >= n {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                return Err(RawError::Timeout(
+                    limit,
+                    format!("the responder received {got} of {n} replies"),
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
         }
     }
 
