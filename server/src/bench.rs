@@ -845,24 +845,22 @@ pub fn render(r: &Report) -> String {
                 ratio(f.ratio)
             );
         }
-        let t = c.throughput_per_sec;
-        let _ = writeln!(
-            s,
-            "| throughput, {} in flight | {:.0} req/s | {:.0} req/s | {} |",
-            c.concurrency,
-            t.fleetops,
-            t.raw,
-            ratio(t.ratio)
-        );
-        let t = c.replied_throughput_per_sec;
-        let _ = writeln!(
-            s,
-            "| throughput, {} in flight, raw replying to each response as fleetops does | {:.0} req/s | {:.0} req/s | {} |",
-            c.concurrency,
-            t.fleetops,
-            t.raw,
-            ratio(t.ratio)
-        );
+        for (t, against) in [
+            (c.throughput_per_sec, ""),
+            (
+                c.replied_throughput_per_sec,
+                ", raw replying to each response as fleetops does",
+            ),
+        ] {
+            let _ = writeln!(
+                s,
+                "| throughput, {} in flight{against} | {:.0} req/s | {:.0} req/s | {} |",
+                c.concurrency,
+                t.fleetops,
+                t.raw,
+                ratio(t.ratio)
+            );
+        }
         let p = c.concurrent_p50_us;
         let _ = writeln!(
             s,

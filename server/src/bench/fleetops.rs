@@ -33,7 +33,7 @@ use fleetops_transport_mqtt::{
 use serde_json::{json, Value};
 use tokio::task::JoinHandle;
 
-use super::mux::{self, MuxConnection, MuxConnections, MuxError};
+use super::mux::{self, MuxConnections, MuxError};
 use super::raw::{self, Sizes};
 use super::stats::Latency;
 use super::Progress;
@@ -503,6 +503,15 @@ fn device_task(
     })
 }
 
+/// Starts the fleet; names the job's `n` things.
+async fn start_for(setup: &Setup, n: usize) -> anyhow::Result<(Service, Vec<ThingName>)> {
+    let service = Service::start(setup).await?;
+    let things = (0..n)
+        .map(|i| ThingName::parse(&format!("bench-dev-{i:05}")))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok((service, things))
+}
+
 impl Job {
     /// Starts the fleet and connects `n` devices, `wave` at a time; returns once every device
     /// has pulled its (empty) pending list through the service, so the job starts on a quiet
@@ -514,10 +523,7 @@ impl Job {
         limit: Duration,
         progress: &Progress,
     ) -> anyhow::Result<(Self, Arc<AtomicU64>)> {
-        let service = Service::start(setup).await?;
-        let things = (0..n)
-            .map(|i| ThingName::parse(&format!("bench-dev-{i:05}")))
-            .collect::<Result<Vec<_>, _>>()?;
+        let (service, things) = start_for(setup, n).await?;
         let pulled = Arc::new(AtomicUsize::new(0));
         let errors = Arc::new(AtomicU64::new(0));
         let mut devices = Devices(Vec::with_capacity(n));
@@ -568,10 +574,7 @@ impl Job {
         limit: Duration,
         progress: &Progress,
     ) -> anyhow::Result<(Self, Arc<AtomicU64>)> {
-        let service = Service::start(setup).await?;
-        let things = (0..n)
-            .map(|i| ThingName::parse(&format!("bench-dev-{i:05}")))
-            .collect::<Result<Vec<_>, _>>()?;
+        let (service, things) = start_for(setup, n).await?;
         let replies = Arc::new(MuxReplies::default());
         let errors = Arc::new(AtomicU64::new(0));
         let codec = Codec::new(TopicLayout::default(), Limits::default());
@@ -588,19 +591,8 @@ impl Job {
             let layout = codec.layout();
             async move {
                 let id = format!("fleetops-bench-devices-{}-{i}", setup.tag);
-                let knobs = raw::multiplexed(mine.len());
-                let options =
-                    raw::options(&setup.broker, &id, knobs).map_err(|e| MuxError::Connect {
-                        client: id.clone(),
-                        reason: e.to_string(),
-                    })?;
-                let mut conn = MuxConnection::connect(
-                    options,
-                    knobs.channel,
-                    setup.broker.connect_timeout,
-                    on_publish,
-                )
-                .await?;
+                let mut conn =
+                    raw::connect_devices(&setup.broker, id, mine.len(), on_publish).await?;
                 // What `DeviceClient` subscribes to with `subscribe_notify` off (`device_config`).
                 let filters = mine.iter().map(|t| {
                     layout

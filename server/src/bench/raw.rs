@@ -107,6 +107,22 @@ pub fn multiplexed(things: usize) -> Knobs {
     }
 }
 
+/// Connects a connection that carries `devices` devices, with the knobs of
+/// [`multiplexed`]; its poll task hands every incoming publish to `on_publish`.
+pub async fn connect_devices(
+    broker: &BrokerConfig,
+    id: String,
+    devices: usize,
+    on_publish: mux::OnPublish,
+) -> Result<MuxConnection, MuxError> {
+    let knobs = multiplexed(devices);
+    let options = options(broker, &id, knobs).map_err(|e| MuxError::Connect {
+        client: id.clone(),
+        reason: e.to_string(),
+    })?;
+    MuxConnection::connect(options, knobs.channel, broker.connect_timeout, on_publish).await
+}
+
 /// What a client's poll task does with each incoming publish.
 type OnPublish = Box<dyn FnMut(Publish, &AsyncClient) + Send>;
 
@@ -597,18 +613,9 @@ impl Fanout {
             let done = Arc::clone(&done);
             async move {
                 let id = format!("fleetops-bench-raw-devices-{tag}-{i}");
-                let knobs = multiplexed(mine.len());
-                let options = options(broker, &id, knobs).map_err(|e| MuxError::Connect {
-                    client: id.clone(),
-                    reason: e.to_string(),
-                })?;
-                let mut conn = MuxConnection::connect(
-                    options,
-                    knobs.channel,
-                    broker.connect_timeout,
-                    multiplexed_devices(sizes, done),
-                )
-                .await?;
+                let mut conn =
+                    connect_devices(broker, id, mine.len(), multiplexed_devices(sizes, done))
+                        .await?;
                 let filters = mine.iter().map(|t| fanout_topics(prefix, t).to_vec());
                 conn.subscribe(filters, limit, progress).await?;
                 Ok(conn)
