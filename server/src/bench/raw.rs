@@ -2,8 +2,8 @@
 //!
 //! They use the fleetops topics and the same connection layout as the fleetops side (one
 //! service connection, one connection per device or the same number of multiplexed device
-//! connections, the same windows), and payloads of the sizes fleetops' own messages have, so that the ratio isolates what fleetops adds: the
-//! store, the runtime and the JSON codec.
+//! connections, the same windows), and payloads of the sizes fleetops' own messages have, so
+//! that the ratio isolates what fleetops adds: the store, the runtime and the JSON codec.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
