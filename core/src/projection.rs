@@ -165,7 +165,7 @@ pub struct PendingKey {
 /// The one record the read side keeps per execution: a few words, whatever the job
 /// document's size. Listings, `jobs/get`, `notify`, the pending queues, the deadline index
 /// and the runtime's decisions all read it; only the status details (which need the stream)
-/// are left out.
+/// are left out, and [`ExecutionEntry::has_status_details`] says whether there are any.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ExecutionEntry {
     /// Current status.
@@ -187,6 +187,10 @@ pub struct ExecutionEntry {
     pub step_deadline: Option<Timestamp>,
     /// The job's in-progress timeout, to compute the deadline at start.
     pub in_progress_timeout: Option<Duration>,
+    /// Whether the execution has status details. Without any, this record is the whole
+    /// state ([`ExecutionEntry::full_state`]), so a runtime that no longer caches the state
+    /// need not read the stream back to decide on it.
+    pub has_status_details: bool,
 }
 
 impl ExecutionEntry {
@@ -221,6 +225,13 @@ impl ExecutionEntry {
             in_progress_deadline: self.in_progress_deadline,
             step_deadline: self.step_deadline,
         }
+    }
+
+    /// The execution's whole aggregate state, as the stream replays to, when it has no status
+    /// details (most executions: devices that only report a status); `None` when it has some,
+    /// which only the stream holds.
+    pub fn full_state(&self, job_id: &JobId, thing: &ThingName) -> Option<JobExecution> {
+        (!self.has_status_details).then(|| self.to_state(job_id, thing))
     }
 
     fn deadline(&self) -> Option<Timestamp> {
@@ -433,6 +444,7 @@ impl Projections {
                 in_progress_deadline: None,
                 step_deadline: None,
                 in_progress_timeout: *in_progress_timeout,
+                has_status_details: false,
             },
             (Some(e), _) => e.clone(),
             (None, _) => {
@@ -445,6 +457,28 @@ impl Projections {
         };
         entry.status = to;
         entry.version = stored.stream_version;
+        // As the aggregate's fold: an event that carries details replaces them, a requeue
+        // clears them, and every other event leaves them as they were.
+        match event {
+            Event::ExecutionStarted {
+                status_details: Some(d),
+                ..
+            }
+            | Event::ExecutionProgressed {
+                status_details: Some(d),
+                ..
+            }
+            | Event::ExecutionFinished {
+                status_details: Some(d),
+                ..
+            }
+            | Event::ExecutionCanceled {
+                status_details: Some(d),
+                ..
+            } => entry.has_status_details = !d.is_empty(),
+            Event::ExecutionRequeued { .. } => entry.has_status_details = false,
+            _ => {}
+        }
         match event {
             Event::ExecutionStarted {
                 at,

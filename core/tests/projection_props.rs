@@ -69,7 +69,9 @@ fn command(i: usize) -> ExecutionId {
 #[derive(Debug, Clone)]
 enum ExecOp {
     Queue(Option<u64>),
-    Report(S, StepTimeout),
+    /// A status, a step timeout and a details patch: `Some(0)` an empty one, `Some(n)` one
+    /// that sets key `k` to `n`.
+    Report(S, StepTimeout, Option<u8>),
     CheckTimeout,
     Cancel(bool),
     Remove(bool),
@@ -111,7 +113,8 @@ fn exec_op() -> impl Strategy<Value = ExecOp> {
     ];
     prop_oneof![
         4 => prop::option::of(1u64..=30).prop_map(ExecOp::Queue),
-        6 => (status, step).prop_map(|(s, st)| ExecOp::Report(s, st)),
+        6 => (status, step, prop::option::of(0u8..3))
+            .prop_map(|(s, st, d)| ExecOp::Report(s, st, d)),
         2 => Just(ExecOp::CheckTimeout),
         1 => any::<bool>().prop_map(ExecOp::Cancel),
         1 => any::<bool>().prop_map(ExecOp::Remove),
@@ -192,11 +195,18 @@ fn build(ops: &[(Op, u64)]) -> History {
                         thing: thing(*t),
                         in_progress_timeout: timeout.map(Duration::from_minutes),
                     },
-                    ExecOp::Report(status, step) => JobExecutionIntent::Update(UpdateRequest {
-                        status: Some(*status),
-                        step_timeout: *step,
-                        ..UpdateRequest::default()
-                    }),
+                    ExecOp::Report(status, step, details) => {
+                        JobExecutionIntent::Update(UpdateRequest {
+                            status: Some(*status),
+                            step_timeout: *step,
+                            status_details: details.map(|n| {
+                                let key =
+                                    fleetops_core::ids::StatusDetailKey::parse("k").expect("valid");
+                                (n > 0).then(|| (key, n.to_string())).into_iter().collect()
+                            }),
+                            ..UpdateRequest::default()
+                        })
+                    }
                     ExecOp::CheckTimeout => JobExecutionIntent::CheckTimeout,
                     ExecOp::Cancel(force) => JobExecutionIntent::Cancel {
                         force: *force,
@@ -375,6 +385,11 @@ proptest! {
             let mut without_details = s.clone();
             without_details.status_details = Default::default();
             prop_assert_eq!(entry.to_state(&job(*j), &thing(*t)), without_details);
+            // The flag follows the details, so the record alone rebuilds an execution that
+            // has none, and never one that has some.
+            prop_assert_eq!(entry.has_status_details, !s.status_details.is_empty());
+            let full = entry.full_state(&job(*j), &thing(*t));
+            prop_assert_eq!(full.as_ref(), s.status_details.is_empty().then_some(s));
         }
     }
 

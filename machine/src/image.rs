@@ -21,8 +21,8 @@ use crate::model::{CommandEntry, JobEntry, ReadModel, StageBook};
 /// Version of the encoding below; a snapshot of another version is ignored. Format 2 keeps
 /// each execution once, in core's projection entry; format 3 adds each job's stages, API keys,
 /// registered commands and the things (registry and presence); format 4 adds each command's
-/// command id.
-const FORMAT: u32 = 4;
+/// command id; format 5 records whether each execution has status details.
+const FORMAT: u32 = 5;
 
 /// The state as written: sorted lists, so equal states encode to equal bytes.
 #[derive(Serialize)]
@@ -166,6 +166,11 @@ impl ReadModel {
 
     /// Decodes a read model saved at `position`, refusing one that does not fit it.
     pub fn decode(bytes: &[u8], position: u64) -> Result<ReadModel, ImageError> {
+        // An image of another format may not parse as this one: name its format rather than
+        // the first field it lacks, and skip parsing all of it.
+        if let Some(found) = leading_format(bytes).filter(|f| *f != FORMAT) {
+            return Err(ImageError::Format { found });
+        }
         let image: Image = serde_json::from_slice(bytes)?;
         if image.format != FORMAT {
             return Err(ImageError::Format {
@@ -245,4 +250,11 @@ impl ReadModel {
             client_things,
         })
     }
+}
+
+/// The format number an image opens with (`encode` writes it first), if it opens with one.
+fn leading_format(bytes: &[u8]) -> Option<u32> {
+    let rest = bytes.strip_prefix(b"{\"format\":")?;
+    let digits = rest.iter().take_while(|b| b.is_ascii_digit()).count();
+    std::str::from_utf8(&rest[..digits]).ok()?.parse().ok()
 }

@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use fleetops_core::command::{CommandExecution, CommandIntent};
 use fleetops_core::device::{Inbound, Outbound};
+use fleetops_core::ids::StreamKind;
 use fleetops_core::job_execution::{JobExecution, JobExecutionIntent};
 use fleetops_core::link::{Delivery, DeviceLink, Receipt};
 use fleetops_core::store::{
@@ -482,18 +483,28 @@ impl<S: EventStore, L: DeviceLink> Inner<S, L> {
     }
 
     /// The cached state of an execution stream, unless the projections already folded a
-    /// newer version (then the entry is stale and dropped).
+    /// newer version (then the entry is stale and dropped); failing that, the folded record
+    /// when it is the whole state (no status details), so an execution the cache evicted
+    /// is not read back from the store. Either may be behind the store (another writer, a
+    /// fold not yet caught up): a decision on it then conflicts and is taken again on the
+    /// stream.
     pub fn cached(&self, stream: &StreamId) -> Option<(u64, JobExecution)> {
-        let (v, s) = lock(&self.cache).get(stream)?;
-        let folded = self
-            .read()
-            .exec(&s.job_id, &s.thing)
-            .map_or(0, |m| m.version);
-        if folded > v {
+        if let Some((v, s)) = lock(&self.cache).get(stream) {
+            let folded = self
+                .read()
+                .exec(&s.job_id, &s.thing)
+                .map_or(0, |m| m.version);
+            if folded <= v {
+                return Some((v, s));
+            }
             lock(&self.cache).remove(stream);
-            return None;
         }
-        Some((v, s))
+        let StreamKind::JobExecution(job, thing) = stream.kind() else {
+            return None;
+        };
+        let st = self.read();
+        let entry = st.exec(&job, &thing)?;
+        Some((entry.version, entry.full_state(&job, &thing)?))
     }
 
     /// The current state of an execution for a read-only use: the cached state if it is the

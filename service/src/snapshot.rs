@@ -388,6 +388,15 @@ mod tests {
             ReadModel::decode(other_format.as_bytes(), at),
             Err(ImageError::Format { found: 99 })
         ));
+        // An image of the previous format lacks a field of this one: it is refused by its
+        // format, not by the missing field.
+        let previous = format!("{{\"format\":4{}", &text["{\"format\":".len() + digits..])
+            .replace(",\"has_status_details\":false", "")
+            .replace(",\"has_status_details\":true", "");
+        assert!(matches!(
+            ReadModel::decode(previous.as_bytes(), at),
+            Err(ImageError::Format { found: 4 })
+        ));
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

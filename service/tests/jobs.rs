@@ -650,3 +650,138 @@ async fn invalid_jobs_are_refused() {
         Some(ErrorCode::InvalidRequest)
     );
 }
+
+/// A `MemoryStore` that counts the stream reads of each stream.
+#[derive(Clone, Default)]
+struct CountingReads {
+    inner: fleetops_store_memory::MemoryStore,
+    reads: std::sync::Arc<std::sync::Mutex<std::collections::HashMap<StreamId, usize>>>,
+}
+
+impl CountingReads {
+    fn reads_of(&self, stream: &StreamId) -> usize {
+        self.reads.lock().unwrap().get(stream).copied().unwrap_or(0)
+    }
+}
+
+#[async_trait::async_trait]
+impl fleetops_core::EventStore for CountingReads {
+    async fn append(
+        &self,
+        b: fleetops_core::store::AppendBatch,
+    ) -> Result<fleetops_core::store::Appended, fleetops_core::StoreError> {
+        self.inner.append(b).await
+    }
+    async fn read_stream(
+        &self,
+        s: &StreamId,
+        from: u64,
+        limit: usize,
+    ) -> Result<Vec<fleetops_core::store::StoredEvent>, fleetops_core::StoreError> {
+        *self.reads.lock().unwrap().entry(s.clone()).or_default() += 1;
+        self.inner.read_stream(s, from, limit).await
+    }
+    async fn stream_version(&self, s: &StreamId) -> Result<Option<u64>, fleetops_core::StoreError> {
+        self.inner.stream_version(s).await
+    }
+    async fn read_all(
+        &self,
+        from: u64,
+        limit: usize,
+    ) -> Result<Vec<fleetops_core::store::StoredEvent>, fleetops_core::StoreError> {
+        self.inner.read_all(from, limit).await
+    }
+    async fn head_position(&self) -> Result<u64, fleetops_core::StoreError> {
+        self.inner.head_position().await
+    }
+    async fn subscribe(
+        &self,
+        from: u64,
+    ) -> Result<Box<dyn fleetops_core::store::Subscription>, fleetops_core::StoreError> {
+        self.inner.subscribe(from).await
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_cached_state_only_executions_with_status_details_are_read_back() {
+    // No state cache at all: every decision starts from the read model or the stream.
+    let store = CountingReads::default();
+    let (link, mut devices) = fleetops_service::link::ChannelLink::pair(64);
+    let fleet = fleetops_service::Fleet::builder(store.clone(), link)
+        .clock(fleetops_service::clock::ManualClock::new(T0))
+        .ids(fleetops_service::ids::SequentialIds::default())
+        .config(fleetops_service::FleetConfig {
+            execution_cache: 0,
+            ..fleetops_service::FleetConfig::default()
+        })
+        .start()
+        .await
+        .unwrap();
+    let job = j("lean");
+    let (plain, detailed) = (t("plain"), t("detailed"));
+    fleet
+        .create_job(JobSpec::new(job.clone(), doc()).things([plain.clone(), detailed.clone()]))
+        .await
+        .unwrap();
+    let details = |k: &str, v: &str| {
+        Some(
+            [(
+                fleetops_core::ids::StatusDetailKey::parse(k).unwrap(),
+                v.to_owned(),
+            )]
+            .into_iter()
+            .collect(),
+        )
+    };
+
+    // A device that reports statuses alone: the folded record is its whole state.
+    let r = start_next(&mut devices, &plain).await;
+    assert!(matches!(accepted(&r), Reply::StartNext(Some(_))));
+    accepted(&update(&mut devices, &plain, &job, set_status(S::Succeeded)).await);
+    let plain_stream = StreamId::job_execution(&job, &plain);
+    assert_eq!(
+        store.reads_of(&plain_stream),
+        0,
+        "decided on the read model"
+    );
+
+    // Status details live only in the stream: it is read, so a repeated report of the same
+    // details is seen to change nothing.
+    let r = devices
+        .call(
+            &detailed,
+            fleetops_core::device::DeviceRequest::StartNext(StartNextRequest {
+                status_details: details("step", "download"),
+                step_timeout: StepTimeout::Keep,
+            }),
+        )
+        .await
+        .unwrap();
+    assert!(matches!(accepted(&r), Reply::StartNext(Some(_))));
+    let again = UpdateRequest {
+        status: Some(S::InProgress),
+        status_details: details("step", "download"),
+        ..UpdateRequest::default()
+    };
+    accepted(&update(&mut devices, &detailed, &job, again).await);
+    let finish = UpdateRequest {
+        status: Some(S::Succeeded),
+        status_details: details("result", "ok"),
+        ..UpdateRequest::default()
+    };
+    accepted(&update(&mut devices, &detailed, &job, finish).await);
+    let detailed_stream = StreamId::job_execution(&job, &detailed);
+    assert!(
+        store.reads_of(&detailed_stream) > 0,
+        "details come from the stream"
+    );
+    let state = fleet.get_job_execution(&job, &detailed).await.unwrap();
+    assert_eq!(state.status, S::Succeeded);
+    // Queued, started, finished: the repeated report added nothing.
+    assert_eq!(state.version_number, 3);
+    let keys: Vec<&str> = state.status_details.keys().map(|k| k.as_str()).collect();
+    assert_eq!(keys, ["result"]);
+    let plain_state = fleet.get_job_execution(&job, &plain).await.unwrap();
+    assert_eq!(plain_state.status, S::Succeeded);
+    fleet.shutdown().await;
+}
