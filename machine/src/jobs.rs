@@ -291,16 +291,15 @@ pub fn decide_executions(
         .collect()
 }
 
-/// Decides the first attempt of `job` on each of `things` at `now`: the appends, and the
-/// state each new execution will have once stored (worth caching for the device's
-/// start-next).
+/// Decides the first attempt of `job` on each of `things` at `now`: one append per new
+/// execution. (Its first state needs no cache: it has no status details, so the read model's
+/// record of it is the whole state.)
 pub fn decide_queue(
     job: &Job,
     things: Vec<ThingName>,
     now: Timestamp,
-) -> Result<(Vec<PlannedAppend>, Vec<JobExecution>), Rejection> {
+) -> Result<Vec<PlannedAppend>, Rejection> {
     let mut parts = Vec::with_capacity(things.len());
-    let mut states = Vec::with_capacity(things.len());
     for thing in things {
         let intent = JobExecutionIntent::Queue {
             job_id: job.job_id.clone(),
@@ -308,14 +307,11 @@ pub fn decide_queue(
             in_progress_timeout: job.config.in_progress_timeout,
         };
         let events = JobExecution::decide(None, intent, now)?;
-        if let Ok(Some(state)) = JobExecution::replay(events.iter()) {
-            states.push(state);
-        }
         parts.push(PlannedAppend {
             stream: StreamId::job_execution(&job.job_id, &thing),
             expected: ExpectedVersion::NoStream,
             events,
         });
     }
-    Ok((parts, states))
+    Ok(parts)
 }

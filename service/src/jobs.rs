@@ -138,26 +138,8 @@ impl<S: EventStore, L: DeviceLink> Inner<S, L> {
         things: Vec<ThingName>,
         now: Timestamp,
     ) -> Result<bool, FleetError> {
-        let (parts, states) = jobs::decide_queue(job, things, now)?;
+        let parts = jobs::decide_queue(job, things, now)?;
         let parts = self.stream_appends(parts, now);
-        let progressed = self.append_parts(parts).await?;
-        // The first state of each execution is fully known: cache it for the device's
-        // start-next, but only where the stored execution is the one decided here (a stream
-        // that conflicted holds another history).
-        let mine: Vec<JobExecution> = {
-            let st = self.read();
-            states
-                .into_iter()
-                .filter(|s| {
-                    st.exec(&s.job_id, &s.thing)
-                        .is_some_and(|m| m.version == 1 && m.queued_at == s.queued_at)
-                })
-                .collect()
-        };
-        let mut cache = lock(&self.cache);
-        for s in mine {
-            cache.put(StreamId::job_execution(&s.job_id, &s.thing), 1, s);
-        }
-        Ok(progressed)
+        self.append_parts(parts).await
     }
 }

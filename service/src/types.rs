@@ -305,7 +305,9 @@ pub struct FleetConfig {
     /// default: only a link speaking AWS IoT Commands has a topic for them.
     pub publish_command_status_changes: bool,
     /// Job execution states kept in memory to spare the store a replay per device request
-    /// (0 turns the cache off). Stale entries are harmless: appends check versions.
+    /// (0 turns the cache off). Stale entries are harmless: appends check versions. Only an
+    /// execution with status details needs its entry: without any, the read model's record
+    /// is the whole state, and a miss costs no read.
     pub execution_cache: usize,
     /// Folded events between two snapshots of the projections, the persisted checkpoint a
     /// start resumes from instead of folding the whole feed (0: never save nor load one).

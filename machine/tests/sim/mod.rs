@@ -443,7 +443,7 @@ impl Sim {
             JobStep::Queue(j, things) => {
                 self.note(format!("job {job}: queue {}", things.len()));
                 self.check_may_queue(&j, &things, "queued");
-                let (parts, _) = jobs::decide_queue(&j, things, self.now)
+                let parts = jobs::decide_queue(&j, things, self.now)
                     .unwrap_or_else(|r| self.fail(&format!("queue refused: {r}")));
                 self.append_dropping_conflicts(parts)
             }
