@@ -651,61 +651,11 @@ async fn invalid_jobs_are_refused() {
     );
 }
 
-/// A `MemoryStore` that counts the stream reads of each stream.
-#[derive(Clone, Default)]
-struct CountingReads {
-    inner: fleetops_store_memory::MemoryStore,
-    reads: std::sync::Arc<std::sync::Mutex<std::collections::HashMap<StreamId, usize>>>,
-}
-
-impl CountingReads {
-    fn reads_of(&self, stream: &StreamId) -> usize {
-        self.reads.lock().unwrap().get(stream).copied().unwrap_or(0)
-    }
-}
-
-#[async_trait::async_trait]
-impl fleetops_core::EventStore for CountingReads {
-    async fn append(
-        &self,
-        b: fleetops_core::store::AppendBatch,
-    ) -> Result<fleetops_core::store::Appended, fleetops_core::StoreError> {
-        self.inner.append(b).await
-    }
-    async fn read_stream(
-        &self,
-        s: &StreamId,
-        from: u64,
-        limit: usize,
-    ) -> Result<Vec<fleetops_core::store::StoredEvent>, fleetops_core::StoreError> {
-        *self.reads.lock().unwrap().entry(s.clone()).or_default() += 1;
-        self.inner.read_stream(s, from, limit).await
-    }
-    async fn stream_version(&self, s: &StreamId) -> Result<Option<u64>, fleetops_core::StoreError> {
-        self.inner.stream_version(s).await
-    }
-    async fn read_all(
-        &self,
-        from: u64,
-        limit: usize,
-    ) -> Result<Vec<fleetops_core::store::StoredEvent>, fleetops_core::StoreError> {
-        self.inner.read_all(from, limit).await
-    }
-    async fn head_position(&self) -> Result<u64, fleetops_core::StoreError> {
-        self.inner.head_position().await
-    }
-    async fn subscribe(
-        &self,
-        from: u64,
-    ) -> Result<Box<dyn fleetops_core::store::Subscription>, fleetops_core::StoreError> {
-        self.inner.subscribe(from).await
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_a_cached_state_only_executions_with_status_details_are_read_back() {
     // No state cache at all: every decision starts from the read model or the stream.
-    let store = CountingReads::default();
+    let store = fleetops_core::testkit::FaultyStore::new(fleetops_store_memory::MemoryStore::new());
+    let reads = store.handle();
     let (link, mut devices) = fleetops_service::link::ChannelLink::pair(64);
     let fleet = fleetops_service::Fleet::builder(store.clone(), link)
         .clock(fleetops_service::clock::ManualClock::new(T0))
@@ -740,7 +690,7 @@ async fn without_a_cached_state_only_executions_with_status_details_are_read_bac
     accepted(&update(&mut devices, &plain, &job, set_status(S::Succeeded)).await);
     let plain_stream = StreamId::job_execution(&job, &plain);
     assert_eq!(
-        store.reads_of(&plain_stream),
+        reads.stream_reads(&plain_stream),
         0,
         "decided on the read model"
     );
@@ -772,7 +722,7 @@ async fn without_a_cached_state_only_executions_with_status_details_are_read_bac
     accepted(&update(&mut devices, &detailed, &job, finish).await);
     let detailed_stream = StreamId::job_execution(&job, &detailed);
     assert!(
-        store.reads_of(&detailed_stream) > 0,
+        reads.stream_reads(&detailed_stream) > 0,
         "details come from the stream"
     );
     let state = fleet.get_job_execution(&job, &detailed).await.unwrap();

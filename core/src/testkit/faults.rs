@@ -22,8 +22,9 @@
 //! faults.heal();   // and recover
 //! ```
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use tokio::sync::watch;
@@ -61,12 +62,13 @@ pub struct FaultyStore<S> {
     handle: FaultHandle,
 }
 
-/// Switches the faults of a [`FaultyStore`] and counts its subscriptions. Cloned freely; every
-/// clone controls the same store.
+/// Switches the faults of a [`FaultyStore`] and counts its subscriptions and stream reads.
+/// Cloned freely; every clone controls the same store.
 #[derive(Debug, Clone)]
 pub struct FaultHandle {
     fault: watch::Sender<Fault>,
     subscribes: Arc<AtomicU64>,
+    stream_reads: Arc<Mutex<HashMap<StreamId, u64>>>,
 }
 
 impl FaultHandle {
@@ -100,6 +102,13 @@ impl FaultHandle {
     pub fn subscribes(&self) -> u64 {
         self.subscribes.load(Ordering::SeqCst)
     }
+
+    /// How many times `read_stream` was called for `stream`, failed calls included: shows
+    /// which states a runtime reads back rather than holding them.
+    pub fn stream_reads(&self, stream: &StreamId) -> u64 {
+        let reads = self.stream_reads.lock().unwrap_or_else(|e| e.into_inner());
+        reads.get(stream).copied().unwrap_or(0)
+    }
 }
 
 impl<S: EventStore> FaultyStore<S> {
@@ -110,6 +119,7 @@ impl<S: EventStore> FaultyStore<S> {
             handle: FaultHandle {
                 fault: watch::Sender::new(Fault::None),
                 subscribes: Arc::new(AtomicU64::new(0)),
+                stream_reads: Arc::default(),
             },
         }
     }
@@ -196,6 +206,14 @@ impl<S: EventStore> EventStore for FaultyStore<S> {
         from: u64,
         limit: usize,
     ) -> Result<Vec<StoredEvent>, StoreError> {
+        {
+            let mut reads = self
+                .handle
+                .stream_reads
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            *reads.entry(stream.clone()).or_default() += 1;
+        }
         self.check()?;
         self.inner.read_stream(stream, from, limit).await
     }
