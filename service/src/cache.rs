@@ -3,6 +3,11 @@
 //! executions (the request the outbox publishes, the device's response, the outcome handed
 //! back to the caller).
 //!
+//! An execution without status details needs no entry: the read model's record of it is its
+//! whole state (`ExecutionEntry::full_state`), which `Inner::cached` falls back to, so this
+//! cache matters for the executions whose devices report details, and for reading one's own
+//! write before the fold has it.
+//!
 //! It is only an optimization and never the truth: every decision made on a cached state is
 //! appended with `ExpectedVersion::Exact(cached version)`, so a stale entry fails with a
 //! conflict and the caller reloads from the store; a read-only use (notify-next) checks the

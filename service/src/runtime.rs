@@ -489,7 +489,10 @@ impl<S: EventStore, L: DeviceLink> Inner<S, L> {
     /// fold not yet caught up): a decision on it then conflicts and is taken again on the
     /// stream.
     pub fn cached(&self, stream: &StreamId) -> Option<(u64, JobExecution)> {
-        if let Some((v, s)) = lock(&self.cache).get(stream) {
+        // Bound first: a guard in an `if let` scrutinee would live through the body, which
+        // takes the lock again.
+        let hit = lock(&self.cache).get(stream);
+        if let Some((v, s)) = hit {
             let folded = self
                 .read()
                 .exec(&s.job_id, &s.thing)

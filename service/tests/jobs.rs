@@ -735,3 +735,68 @@ async fn without_a_cached_state_only_executions_with_status_details_are_read_bac
     assert_eq!(plain_state.status, S::Succeeded);
     fleet.shutdown().await;
 }
+
+#[test]
+fn a_cached_state_another_writer_overtook_gives_way_to_the_folded_one() {
+    // A lock held twice would hang the runtime's shutdown as well as the request: run it on a
+    // thread of its own, so the test fails instead of hanging.
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(overtaken_cached_state());
+        let _ = tx.send(());
+    });
+    rx.recv_timeout(std::time::Duration::from_secs(60))
+        .expect("the fleet answered without hanging or failing");
+}
+
+async fn overtaken_cached_state() {
+    let mut env = env().await;
+    let job = j("overtaken");
+    let dev = t("o1");
+    env.fleet
+        .create_job(JobSpec::new(job.clone(), doc()).things([dev.clone()]))
+        .await
+        .unwrap();
+    settle(&env.fleet).await;
+    // Started here, so the runtime caches the execution at version 2.
+    let r = start_next(&mut env.devices, &dev).await;
+    assert!(matches!(accepted(&r), Reply::StartNext(Some(_))));
+    // Another writer (a second instance on the store) stores a progress report.
+    let stream = StreamId::job_execution(&job, &dev);
+    let progressed = fleetops_core::store::NewEvent::new(
+        uuid::Uuid::now_v7(),
+        Event::ExecutionProgressed {
+            at: T0,
+            status_details: None,
+            step: fleetops_core::event::StepTimer::Unchanged,
+        },
+        T0,
+    );
+    fleetops_core::EventStore::append(
+        &env.store,
+        fleetops_core::store::AppendBatch::single(
+            stream.clone(),
+            fleetops_core::store::ExpectedVersion::Exact(2),
+            vec![progressed],
+        ),
+    )
+    .await
+    .unwrap();
+    settle(&env.fleet).await;
+    // The cached version 2 is stale once version 3 is folded: the next decision drops it and
+    // starts from the folded record.
+    let done = tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        update(&mut env.devices, &dev, &job, set_status(S::Succeeded)),
+    )
+    .await
+    .expect("the update is answered");
+    accepted(&done);
+    let state = env.fleet.get_job_execution(&job, &dev).await.unwrap();
+    assert_eq!((state.status, state.version_number), (S::Succeeded, 4));
+}
