@@ -510,8 +510,9 @@ impl<S: EventStore, L: DeviceLink> Inner<S, L> {
         Some((entry.version, entry.full_state(&job, &thing)?))
     }
 
-    /// The current state of an execution for a read-only use: the cached state if it is the
-    /// folded version, else the stream replayed.
+    /// The current state of an execution for a read-only use: the cached state (or the
+    /// folded record of an execution without status details, see [`Inner::cached`]) if it is
+    /// the folded version, else the stream replayed.
     pub async fn load_execution(
         &self,
         stream: &StreamId,
