@@ -800,3 +800,47 @@ async fn overtaken_cached_state() {
     let state = env.fleet.get_job_execution(&job, &dev).await.unwrap();
     assert_eq!((state.status, state.version_number), (S::Succeeded, 4));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn small_batches_queue_each_target_once_and_keep_the_rate() {
+    // Batches of 3: a job of 40 targets takes 14 driver steps, a paced one stops mid-batch.
+    let env = env_with(fleetops_service::FleetConfig {
+        job_batch: 3,
+        ..fleetops_service::FleetConfig::default()
+    })
+    .await;
+    let all = j("all-at-once");
+    let targets = things("b", 40);
+    env.fleet
+        .create_job(JobSpec::new(all.clone(), doc()).things(targets.clone()))
+        .await
+        .unwrap();
+    let paced = j("paced-small-batches");
+    env.fleet
+        .create_job(
+            JobSpec::new(paced.clone(), doc())
+                .things(targets.clone())
+                .config(JobConfig {
+                    rollout: Rollout::Fixed { per_minute: 10 },
+                    ..JobConfig::default()
+                }),
+        )
+        .await
+        .unwrap();
+    settle(&env.fleet).await;
+    // Every target queued exactly once: one execution stream each, at its first version.
+    let d = env.fleet.describe_job(&all).unwrap();
+    assert_eq!((d.counters.queued, d.remaining_targets), (40, 0));
+    for thing in &targets {
+        let stream = StreamId::job_execution(&all, thing);
+        let events = fleetops_core::EventStore::read_stream(&env.store, &stream, 1, 10)
+            .await
+            .unwrap();
+        assert_eq!(events.len(), 1, "{thing}: {events:?}");
+    }
+    // The paced job stops at its rate, inside its fourth batch: 10, not 12.
+    let d = env.fleet.describe_job(&paced).unwrap();
+    assert_eq!((d.counters.queued, d.remaining_targets), (10, 30));
+    advance(&env, Duration::from_secs(60)).await;
+    assert_eq!(env.fleet.describe_job(&paced).unwrap().counters.queued, 20);
+}
