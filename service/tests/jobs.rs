@@ -12,7 +12,8 @@ use fleetops_core::config::{
 use fleetops_core::device::{Reply, StartNextRequest, StepTimeout, UpdateRequest};
 use fleetops_core::event::{JobCancelReason, TimeoutCause};
 use fleetops_core::{
-    Duration, ErrorCode, Event, GroupName, JobExecutionStatus as S, JobStatus, StreamId,
+    Duration, ErrorCode, Event, GroupName, JobExecutionStatus as S, JobId, JobStatus, StreamId,
+    ThingName,
 };
 use fleetops_service::sim::{from_fn, simulate, Outcome, Task};
 use fleetops_service::{JobFilter, JobSpec, Page};
@@ -22,20 +23,23 @@ fn doc() -> serde_json::Value {
     json!({"operation": "update", "url": "https://example.invalid/fw.bin"})
 }
 
+/// A job over `targets` queueing at most `per_minute` of them a minute.
+fn paced(job: &JobId, targets: &[ThingName], per_minute: u32) -> JobSpec {
+    JobSpec::new(job.clone(), doc())
+        .things(targets.to_vec())
+        .config(JobConfig {
+            rollout: Rollout::Fixed { per_minute },
+            ..JobConfig::default()
+        })
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_fixed_rollout_queues_at_most_its_rate_per_minute() {
     let env = env().await;
     let job = j("paced");
     let targets = things("p", 25);
     env.fleet
-        .create_job(
-            JobSpec::new(job.clone(), doc())
-                .things(targets.clone())
-                .config(JobConfig {
-                    rollout: Rollout::Fixed { per_minute: 10 },
-                    ..JobConfig::default()
-                }),
-        )
+        .create_job(paced(&job, &targets, 10))
         .await
         .unwrap();
     settle(&env.fleet).await;
@@ -815,16 +819,9 @@ async fn small_batches_queue_each_target_once_and_keep_the_rate() {
         .create_job(JobSpec::new(all.clone(), doc()).things(targets.clone()))
         .await
         .unwrap();
-    let paced = j("paced-small-batches");
+    let slow = j("paced-small-batches");
     env.fleet
-        .create_job(
-            JobSpec::new(paced.clone(), doc())
-                .things(targets.clone())
-                .config(JobConfig {
-                    rollout: Rollout::Fixed { per_minute: 10 },
-                    ..JobConfig::default()
-                }),
-        )
+        .create_job(paced(&slow, &targets, 10))
         .await
         .unwrap();
     settle(&env.fleet).await;
@@ -839,8 +836,8 @@ async fn small_batches_queue_each_target_once_and_keep_the_rate() {
         assert_eq!(events.len(), 1, "{thing}: {events:?}");
     }
     // The paced job stops at its rate, inside its fourth batch: 10, not 12.
-    let d = env.fleet.describe_job(&paced).unwrap();
+    let d = env.fleet.describe_job(&slow).unwrap();
     assert_eq!((d.counters.queued, d.remaining_targets), (10, 30));
     advance(&env, Duration::from_secs(60)).await;
-    assert_eq!(env.fleet.describe_job(&paced).unwrap().counters.queued, 20);
+    assert_eq!(env.fleet.describe_job(&slow).unwrap().counters.queued, 20);
 }
