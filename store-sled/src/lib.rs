@@ -79,7 +79,8 @@
 //! usually a tokio worker; with [`Durability::FlushEveryBatch`] so does the log's sync (about
 //! 50–60 µs), still under the lock so heads are published in order. `append_ordered` leaves
 //! that sync to the flusher thread instead and returns as soon as the append is ordered, so
-//! the caller can overlap the sync with work whose result waits for the store anyway.
+//! the caller can overlap the sync with work whose result waits for the store anyway; given
+//! to a busy writer, it returns once its group is applied, before that group's sync.
 //! [`SledConfig::inline_appends`] turns inline appends off; [`WriterStats::inline_appends`]
 //! counts them.
 //!

@@ -171,8 +171,41 @@ impl SledStore {
     /// Hands a prepared append to the writer thread and waits for its answer.
     async fn append_through_writer(&self, batch: PreparedBatch) -> Result<Appended, StoreError> {
         let (reply, rx) = oneshot::channel();
-        self.inner.submit(Request::Append { batch, reply }).await?;
+        self.inner
+            .submit(Request::Append {
+                batch,
+                reply,
+                ordered: None,
+            })
+            .await?;
         rx.await.map_err(|_| StoreError::Closed)?
+    }
+
+    /// Hands the append to the writer and returns once the writer has ordered it (applied, in
+    /// the log), with its durability still to come; or, where the writer has nothing to say
+    /// before the end (`Buffered` mode, a refusal, a failed group), once it is answered.
+    async fn append_ordered_through_writer(
+        &self,
+        batch: PreparedBatch,
+    ) -> Result<OrderedAppend, StoreError> {
+        let (reply, rx) = oneshot::channel();
+        let (tell, ordered) = oneshot::channel();
+        self.inner
+            .submit(Request::Append {
+                batch,
+                reply,
+                ordered: Some(tell),
+            })
+            .await?;
+        match ordered.await {
+            Ok(appended) => Ok(OrderedAppend::pending(appended, async move {
+                rx.await.map_err(|_| StoreError::Closed)?.map(drop)
+            })),
+            Err(_) => rx
+                .await
+                .map_err(|_| StoreError::Closed)?
+                .map(OrderedAppend::stored),
+        }
     }
 
     /// A handle on the projection `name` (1–64 characters of `[a-zA-Z0-9_.-]`); see
@@ -201,7 +234,8 @@ impl EventStore for SledStore {
 
     /// An idle writer commits the append on this thread and leaves its sync to the flusher
     /// thread, so the caller gets it back ordered while the write-ahead log is synced; a busy
-    /// one (or `Buffered` mode) makes this a plain [`EventStore::append`].
+    /// one takes it into its next group and says so once the group is applied, before its
+    /// sync. In `Buffered` mode this is a plain [`EventStore::append`].
     async fn append_ordered(&self, batch: AppendBatch) -> Result<OrderedAppend, StoreError> {
         let mut batch = prepare(batch, self.inner.shared.tail.enabled())?;
         if self.inner.inline {
@@ -216,9 +250,7 @@ impl EventStore for SledStore {
                 Err(batch) => batch,
             };
         }
-        self.append_through_writer(batch)
-            .await
-            .map(OrderedAppend::stored)
+        self.append_ordered_through_writer(batch).await
     }
 
     async fn read_stream(

@@ -39,7 +39,8 @@
 //! calling thread as a group of one: the same staging, checks, log record, sled writes, sync
 //! (in `FlushEveryBatch` mode), tail and head publication, then it returns
 //! ([`append_inline`]). An ordered append (`EventStore::append_ordered`) leaves the sync and
-//! the publication to the flusher thread instead. Appends that meet a busy writer, or
+//! the publication to the flusher thread instead; one that goes to the writer is told its
+//! place as soon as its group is applied, so under load too its caller works beside the sync. Appends that meet a busy writer, or
 //! another appender committing inline, queue up for the writer as before and are grouped
 //! there.
 //!
@@ -89,6 +90,11 @@ pub(crate) enum Request {
     Append {
         batch: PreparedBatch,
         reply: oneshot::Sender<Result<Appended, StoreError>>,
+        /// For `EventStore::append_ordered`: told where the events landed once the group is
+        /// applied (its sync still to come), so the caller can start its work beside the sync.
+        /// Dropped unanswered when the append is refused or the group fails, and in
+        /// `Buffered` mode, where `reply` comes as soon.
+        ordered: Option<oneshot::Sender<Appended>>,
     },
     /// Apply a projection update with its checkpoint.
     Project {
@@ -407,11 +413,19 @@ impl Writer {
             ..Staged::default()
         };
         let mut outcomes = Vec::with_capacity(group.len());
+        let mut ordered = Vec::new();
         let mut flush_requested = false;
         for req in group.drain(..) {
             let outcome = match req {
-                Request::Append { batch, reply } => {
+                Request::Append {
+                    batch,
+                    reply,
+                    ordered: tell,
+                } => {
                     let r = committer.stage_append(batch, &mut staged);
+                    if let (Some(tell), Ok(appended)) = (tell, &r) {
+                        ordered.push((tell, appended.clone()));
+                    }
                     Outcome::Append(reply, r)
                 }
                 Request::Project { update, reply } => {
@@ -447,13 +461,22 @@ impl Writer {
             }
         }
         let job = match self.durability {
-            Durability::FlushEveryBatch => FlushJob {
-                flush: flush_requested,
-                sync: mark,
-                head: wrote.then_some(head),
-                events,
-                outcomes,
-            },
+            Durability::FlushEveryBatch => {
+                // Applied and in the log, so ordered: nothing later can come before these
+                // events, and a refusal can no longer happen. Their callers may start what
+                // waits for the store anyway; the answers that mean "stored" still wait for
+                // the sync below.
+                for (tell, appended) in ordered {
+                    drop(tell.send(appended));
+                }
+                FlushJob {
+                    flush: flush_requested,
+                    sync: mark,
+                    head: wrote.then_some(head),
+                    events,
+                    outcomes,
+                }
+            }
             Durability::Buffered => {
                 // Under the lock, so that this head and an inline appender's are published in
                 // position order.

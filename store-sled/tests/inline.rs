@@ -354,6 +354,26 @@ async fn inline_appends_are_flushed_on_close_and_read_back_after_a_reopen() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_ordered_append_is_refused_or_ordered_at_once_and_seen_only_once_durable() {
     let store = open(temporary(Durability::FlushEveryBatch)).await;
+    ordered_appends(&store, true).await;
+    assert!(store.stats().inline_appends >= 1, "{:?}", store.stats());
+}
+
+/// The writer thread's path: it tells an ordered append its place once the group is
+/// applied, and answers it for good after the sync; a refusal ends it at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ordered_append_through_the_writer_is_ordered_then_durable() {
+    for durability in [Durability::FlushEveryBatch, Durability::Buffered] {
+        let store = open(temporary(durability).inline_appends(false)).await;
+        // Only a durable store has a sync to come once the append is ordered.
+        let sync_pending = durability == Durability::FlushEveryBatch;
+        ordered_appends(&store, sync_pending).await;
+        assert_eq!(store.stats().inline_appends, 0, "{:?}", store.stats());
+    }
+}
+
+/// Two ordered appends and a refused one, checked through the feed and a subscription;
+/// `sync_pending`: whether the first comes back before its sync.
+async fn ordered_appends(store: &SledStore, sync_pending: bool) {
     let s = stream("ordered");
     let mut sub = store.subscribe(1).await.expect("subscribe");
     let ordered = store
@@ -365,6 +385,10 @@ async fn an_ordered_append_is_refused_or_ordered_at_once_and_seen_only_once_dura
         .await
         .expect("ordered");
     assert_eq!(ordered.appended().versions, vec![(s.clone(), 1)]);
+    assert!(
+        format!("{ordered:?}").contains(&format!("sync_pending: {sync_pending}")),
+        "{ordered:?}"
+    );
     // Ordered after it, whether or not the first is durable yet: the writer takes it and
     // answers it after the first.
     let second = store.append(AppendBatch::single(
@@ -394,6 +418,5 @@ async fn an_ordered_append_is_refused_or_ordered_at_once_and_seen_only_once_dura
             .expect("event");
         assert_eq!(e.position, position);
     }
-    assert_eq!(read_feed(&store).await.len(), 2);
-    assert!(store.stats().inline_appends >= 1, "{:?}", store.stats());
+    assert_eq!(read_feed(store).await.len(), 2);
 }
