@@ -10,6 +10,9 @@
 //! - [`FaultHandle::stall`]: calls work, but live subscriptions deliver nothing more until the
 //!   fault is cleared (an event already received is held back, never lost): a stuck feed.
 //! - [`FaultHandle::heal`]: back to forwarding everything.
+//! - [`FaultHandle::hold`]: appends that write to a given stream wait, before they reach the
+//!   wrapped store, until [`FaultHandle::release`]: a store slow for one stream, to show what
+//!   waits behind such an append and what does not. Independent of the fault above.
 //!
 //! Snapshot calls (`load_snapshot`, `save_snapshot`, `delete_snapshot`) always pass through:
 //! snapshots are a cache beside the feed, and the faults model the feed going away.
@@ -22,7 +25,7 @@
 //! faults.heal();   // and recover
 //! ```
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -67,6 +70,8 @@ pub struct FaultyStore<S> {
 #[derive(Debug, Clone)]
 pub struct FaultHandle {
     fault: watch::Sender<Fault>,
+    held: watch::Sender<HashSet<StreamId>>,
+    holding: Arc<AtomicU64>,
     subscribes: Arc<AtomicU64>,
     stream_reads: Arc<Mutex<HashMap<StreamId, u64>>>,
 }
@@ -97,6 +102,24 @@ impl FaultHandle {
         *self.fault.borrow()
     }
 
+    /// Holds every append that writes to `stream` until [`FaultHandle::release`]; appends
+    /// already past the hold are not affected.
+    pub fn hold(&self, stream: StreamId) {
+        self.held.send_modify(|held| {
+            held.insert(stream);
+        });
+    }
+
+    /// Lets every held append go on.
+    pub fn release(&self) {
+        self.held.send_modify(HashSet::clear);
+    }
+
+    /// How many appends are waiting at a hold now.
+    pub fn holding(&self) -> u64 {
+        self.holding.load(Ordering::SeqCst)
+    }
+
     /// How many times `subscribe` was called, failed calls included: shows how often a
     /// runtime retries its feed.
     pub fn subscribes(&self) -> u64 {
@@ -118,6 +141,8 @@ impl<S: EventStore> FaultyStore<S> {
             inner,
             handle: FaultHandle {
                 fault: watch::Sender::new(Fault::None),
+                held: watch::Sender::new(HashSet::new()),
+                holding: Arc::new(AtomicU64::new(0)),
                 subscribes: Arc::new(AtomicU64::new(0)),
                 stream_reads: Arc::default(),
             },
@@ -139,6 +164,23 @@ impl<S: EventStore> FaultyStore<S> {
             Fault::Fail => Err(injected()),
             Fault::None | Fault::Stall => Ok(()),
         }
+    }
+}
+
+/// One append counted in [`FaultHandle::holding`] while it waits, uncounted however the wait
+/// ends (the append's future may be dropped).
+struct Holding<'a>(&'a AtomicU64);
+
+impl<'a> Holding<'a> {
+    fn count(holding: &'a AtomicU64) -> Self {
+        holding.fetch_add(1, Ordering::SeqCst);
+        Self(holding)
+    }
+}
+
+impl Drop for Holding<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
@@ -196,6 +238,14 @@ impl Subscription for FaultySubscription {
 #[async_trait]
 impl<S: EventStore> EventStore for FaultyStore<S> {
     async fn append(&self, batch: AppendBatch) -> Result<Appended, StoreError> {
+        self.check()?;
+        let mut held = self.handle.held.subscribe();
+        let free = |h: &HashSet<StreamId>| !batch.streams.iter().any(|s| h.contains(&s.stream));
+        if !free(&held.borrow_and_update()) {
+            let _counted = Holding::count(&self.handle.holding);
+            // The sender lives in the handle, which `self` holds: the wait cannot fail.
+            let _ = held.wait_for(free).await;
+        }
         self.check()?;
         self.inner.append(batch).await
     }
@@ -392,6 +442,30 @@ mod tests {
         faults.heal();
         assert_eq!(store.head_position().await, Ok(0));
         assert!(store.append(batch).await.is_ok());
+    }
+
+    #[tokio::test]
+    async fn a_held_stream_holds_its_appends_only_until_released() {
+        let (store, _tx) = probe();
+        let faults = store.handle();
+        let append = |name: &str| {
+            let e = stored(1);
+            let new = NewEvent::new(e.event_id, e.event, e.recorded_at);
+            let stream = StreamId::custom(name).unwrap();
+            AppendBatch::single(stream, ExpectedVersion::Any, vec![new])
+        };
+        faults.hold(StreamId::custom("slow").unwrap());
+        let held = store.append(append("slow"));
+        tokio::pin!(held);
+        assert!(timeout(SHORT, &mut held).await.is_err(), "held");
+        assert_eq!(faults.holding(), 1);
+        assert!(
+            store.append(append("other")).await.is_ok(),
+            "other streams pass"
+        );
+        faults.release();
+        assert!(timeout(SHORT, held).await.expect("released").is_ok());
+        assert_eq!(faults.holding(), 0);
     }
 
     #[tokio::test]
