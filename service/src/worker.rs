@@ -3,14 +3,16 @@
 //! optimistic conflicts stay rare (each command execution, its own stream, is serialized on
 //! its own).
 //!
-//! A shard runs a batch at a time, at most `FleetConfig::worker_batch_per_thing` items of any
-//! one chain per batch, the rest held in order for the next batches: one noisy thing cannot
-//! hold its shard. Once a batch is decided and stored, its device requests are settled with
+//! A shard runs its work in batches, at most `FleetConfig::worker_batch_per_thing` items of
+//! any one chain per batch, the rest held in order for the next batches: one noisy thing
+//! cannot hold its shard. A few batches run at once, never two with the same chain, so a
+//! batch waiting for the store holds only its own chains. Once a batch is decided and
+//! stored, its device requests are settled with
 //! the link (`DeviceLink::settle`), which is when MQTT acknowledges them to the broker. Each
 //! shard remembers the answers to state-changing requests that carried a `clientToken`, so
 //! a retry gets the answer it missed (`fleetops_machine::replies`).
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration as StdDuration;
@@ -22,6 +24,8 @@ use fleetops_core::link::{DeviceLink, LinkError, LinkEvent, PresenceSubject, Rec
 use fleetops_core::store::EventStore;
 use fleetops_core::thing::{PresenceReport, ThingIntent};
 use fleetops_core::{ExecutionId, JobId, Rejection, StreamId, ThingName};
+use futures::stream::FuturesUnordered;
+use futures::StreamExt;
 use tokio::sync::mpsc;
 
 use crate::delivery::{Finished, InFlight};
@@ -89,9 +93,15 @@ impl Held {
         self.len += 1;
     }
 
-    /// At most `per_chain` items of each chain in turn, `max` in all; a chain with items
-    /// left goes to the back of the turns.
-    fn take_batch(&mut self, max: usize, per_chain: usize) -> Vec<Vec<Work>> {
+    /// At most `per_chain` items of each chain in turn, `max` in all, leaving out the chains
+    /// in `busy` (a batch still runs them); a chain with items left goes to the back of the
+    /// turns.
+    fn take_batch(
+        &mut self,
+        max: usize,
+        per_chain: usize,
+        busy: &HashSet<ChainKey>,
+    ) -> Vec<(ChainKey, Vec<Work>)> {
         let mut out = Vec::new();
         let mut taken = 0;
         for _ in 0..self.turns.len() {
@@ -101,11 +111,15 @@ impl Held {
             let Some(key) = self.turns.pop_front() else {
                 break;
             };
+            if busy.contains(&key) {
+                self.turns.push_back(key);
+                continue;
+            }
             let Some(q) = self.chains.get_mut(&key) else {
                 continue;
             };
             let n = per_chain.min(max - taken).min(q.len());
-            out.push(q.drain(..n).collect());
+            out.push((key.clone(), q.drain(..n).collect()));
             taken += n;
             if q.is_empty() {
                 self.chains.remove(&key);
@@ -118,9 +132,65 @@ impl Held {
     }
 }
 
-/// A worker shard: takes what its queue holds, runs a batch of it (each chain's items in
-/// order, chains in parallel, a bounded number per chain), settles the batch's device
-/// requests with the link, then sends all replies in one link batch.
+/// Batches a shard runs at once. A batch waits for its appends to be durable and folded
+/// (hundreds of microseconds under load); meanwhile the next batches, of other chains, are
+/// decided and their appends join the store's next group commits instead of queueing
+/// behind the first.
+const RUNNING_BATCHES: usize = 4;
+
+/// What a finished batch leaves to settle: its chains (free to run again), replies and
+/// receipts.
+struct Ran {
+    chains: Vec<ChainKey>,
+    replies: Vec<Outbound>,
+    receipts: Vec<Receipt>,
+}
+
+/// Runs one batch: each chain's items in order, the chains side by side.
+async fn run_batch<S: EventStore, L: DeviceLink>(
+    inner: &Inner<S, L>,
+    cache: &Mutex<ReplyCache>,
+    chains: Vec<(ChainKey, Vec<Work>)>,
+) -> Ran {
+    let mut keys = Vec::with_capacity(chains.len());
+    let work = chains.into_iter().map(|(key, chain)| {
+        keys.push(key);
+        async move {
+            let mut out = Vec::new();
+            let mut receipts = Vec::new();
+            for w in chain {
+                if let Work::Device(_, receipt) = &w {
+                    if *receipt != Receipt::NONE {
+                        receipts.push(*receipt);
+                    }
+                }
+                if let Some(reply) = inner.handle(w, cache).await {
+                    out.push(reply);
+                }
+            }
+            (out, receipts)
+        }
+    });
+    let results = futures::future::join_all(work).await;
+    let mut replies = Vec::new();
+    let mut receipts = Vec::new();
+    for (out, r) in results {
+        replies.extend(out);
+        receipts.extend(r);
+    }
+    Ran {
+        chains: keys,
+        replies,
+        receipts,
+    }
+}
+
+/// A worker shard: takes what its queue holds and runs it in batches (each chain's items in
+/// order, chains in parallel, a bounded number per chain). Up to [`RUNNING_BATCHES`] batches
+/// run at once, never two with the same chain, so a chain's items are still decided one
+/// after the other, each on the state the previous one stored and folded. Once a batch is
+/// done its device requests are settled with the link, then its replies go in one link
+/// batch.
 pub(crate) async fn run_shard<S: EventStore, L: DeviceLink>(
     inner: Arc<Inner<S, L>>,
     mut rx: mpsc::Receiver<Work>,
@@ -137,80 +207,82 @@ pub(crate) async fn run_shard<S: EventStore, L: DeviceLink>(
     let mut buf = Vec::with_capacity(batch);
     let mut held = Held::new();
     let mut in_flight = InFlight::default();
+    let mut running = FuturesUnordered::new();
+    let mut busy: HashSet<ChainKey> = HashSet::new();
+    let mut open = true;
     loop {
-        if held.len == 0 {
-            buf.clear();
-            // `recv_many` is cancel-safe: a delivery finishing first loses no work.
-            let n = tokio::select! {
-                n = rx.recv_many(&mut buf, batch) => n,
-                f = in_flight.next() => {
-                    undelivered(f);
-                    continue;
-                }
-            };
-            if n == 0 {
-                return;
-            }
-            for w in buf.drain(..) {
-                held.push(w);
-            }
-        }
         // Look past the head of the queue, so every thing waiting gets its turn.
-        while held.len < hold_max {
+        while open && held.len < hold_max {
             match rx.try_recv() {
                 Ok(w) => held.push(w),
-                Err(_) => break,
+                Err(mpsc::error::TryRecvError::Empty) => break,
+                Err(mpsc::error::TryRecvError::Disconnected) => open = false,
             }
         }
-        if inner.shares_store {
-            // Another runtime may have stored what the device reacts to (a notification the
-            // leader published): fold everything stored so far before answering, so a device
-            // never hears of an execution from one instance and is told there is none by
-            // another. One read of the head per batch.
-            if let Err(err) = inner.catch_up().await {
-                tracing::warn!(%err, "cannot catch up before answering devices; answering from the read model as it is");
-            }
-        }
-        let chains = held.take_batch(batch, per_chain);
-        let inner_ref = &inner;
-        let cache = &replies_cache;
-        let results = futures::future::join_all(chains.into_iter().map(|chain| async move {
-            let mut out = Vec::new();
-            let mut receipts = Vec::new();
-            for w in chain {
-                if let Work::Device(_, receipt) = &w {
-                    if *receipt != Receipt::NONE {
-                        receipts.push(*receipt);
+        if running.len() < RUNNING_BATCHES {
+            let chains = held.take_batch(batch, per_chain, &busy);
+            if !chains.is_empty() {
+                if inner.shares_store {
+                    // Another runtime may have stored what the device reacts to (a
+                    // notification the leader published): fold everything stored so far
+                    // before answering, so a device never hears of an execution from one
+                    // instance and is told there is none by another. One read of the head
+                    // per batch.
+                    if let Err(err) = inner.catch_up().await {
+                        tracing::warn!(%err, "cannot catch up before answering devices; answering from the read model as it is");
                     }
                 }
-                if let Some(reply) = inner_ref.handle(w, cache).await {
-                    out.push(reply);
+                busy.extend(chains.iter().map(|(key, _)| key.clone()));
+                running.push(run_batch(&inner, &replies_cache, chains));
+                continue;
+            }
+        }
+        if !open && held.len == 0 && running.is_empty() {
+            return;
+        }
+        // Nothing more to start: wait for a batch to finish, new work, or a delivery.
+        let can_take = open && held.len < hold_max;
+        tokio::select! {
+            Some(ran) = running.next(), if !running.is_empty() => {
+                for key in &ran.chains {
+                    busy.remove(key);
+                }
+                settle(&inner, &mut in_flight, ran).await;
+            }
+            // `recv_many` is cancel-safe: another branch finishing first loses no work.
+            n = rx.recv_many(&mut buf, batch), if can_take => {
+                if n == 0 {
+                    open = false;
+                }
+                for w in buf.drain(..) {
+                    held.push(w);
                 }
             }
-            (out, receipts)
-        }))
-        .await;
-        let mut replies = Vec::new();
-        let mut receipts = Vec::new();
-        for (out, r) in results {
-            replies.extend(out);
-            receipts.extend(r);
+            f = in_flight.next() => undelivered(f),
         }
-        if !replies.is_empty() {
-            // On the wire now; the broker's acknowledgement is awaited beside the next batch.
-            for f in in_flight.submit(&inner.link, replies, false).await {
-                undelivered(f);
-            }
-        }
-        if !receipts.is_empty() {
-            // Every request of the batch is decided and what it changed is stored (or it was
-            // refused): the link may now let the broker forget it. The replies need not be
-            // delivered first: a device that misses one asks again.
-            inner.link.settle(receipts).await;
-        }
-        for f in in_flight.reap() {
+    }
+}
+
+/// Settles a finished batch's device requests with the link, then sends its replies.
+async fn settle<S: EventStore, L: DeviceLink>(
+    inner: &Inner<S, L>,
+    in_flight: &mut InFlight,
+    ran: Ran,
+) {
+    if !ran.replies.is_empty() {
+        // On the wire now; the broker's acknowledgement is awaited beside the next batch.
+        for f in in_flight.submit(&inner.link, ran.replies, false).await {
             undelivered(f);
         }
+    }
+    if !ran.receipts.is_empty() {
+        // Every request of the batch is decided and what it changed is stored (or it was
+        // refused): the link may now let the broker forget it. The replies need not be
+        // delivered first: a device that misses one asks again.
+        inner.link.settle(ran.receipts).await;
+    }
+    for f in in_flight.reap() {
+        undelivered(f);
     }
 }
 

@@ -394,3 +394,70 @@ async fn request_for_in(
         other => panic!("expected a command request, got {other:?}"),
     }
 }
+
+/// One shard for every thing, and a store that is slow for one command's stream: the batch
+/// that answers that command waits for the store, while the shard answers another command
+/// beside it instead of queueing it behind.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_append_holds_only_its_own_command_in_a_shard() {
+    use fleetops_core::StreamId;
+    use std::time::Duration as StdDuration;
+
+    let (fleet, faults, mut devices) = one_shard_held().await;
+    let (lamp, fan) = (t("lamp"), t("fan"));
+    let ttl = Duration::from_secs(60);
+    let slow = fleet
+        .send_command(lamp.clone(), "toggle", json!({}), ttl)
+        .await
+        .unwrap();
+    let quick = fleet
+        .send_command(fan.clone(), "toggle", json!({}), ttl)
+        .await
+        .unwrap();
+    let slow_id = slow.execution_id().clone();
+    for _ in 0..2 {
+        request_for_in(&mut devices).await;
+    }
+    faults.hold(StreamId::command(&slow_id));
+    devices
+        .request(
+            &lamp,
+            Some("slow".into()),
+            respond(&slow_id, CommandStatus::Succeeded),
+        )
+        .await
+        .unwrap();
+    // Its batch is waiting for the store before the fan answers, so the two are not in
+    // one batch (whose replies go out together).
+    eventually("the lamp's answer waits at the store", || {
+        faults.holding() == 1
+    })
+    .await;
+    let reply = tokio::time::timeout(
+        StdDuration::from_secs(10),
+        devices.call(
+            &fan,
+            respond(quick.execution_id(), CommandStatus::Succeeded),
+        ),
+    )
+    .await
+    .expect("the fan's answer is not held behind the lamp's")
+    .unwrap();
+    accepted(&reply);
+    assert_eq!(
+        quick.outcome().await.unwrap().status,
+        CommandStatus::Succeeded
+    );
+    // The lamp's answer still waits for the store: nothing of it is stored or acknowledged.
+    assert_eq!(
+        fleet.get_command(&slow_id).await.unwrap().status,
+        CommandStatus::Sent
+    );
+    assert!(devices.drain().is_empty());
+    faults.release();
+    let done = tokio::time::timeout(StdDuration::from_secs(10), slow.outcome())
+        .await
+        .expect("the lamp's answer is stored once the store goes on")
+        .unwrap();
+    assert_eq!(done.status, CommandStatus::Succeeded);
+}

@@ -841,3 +841,79 @@ async fn small_batches_queue_each_target_once_and_keep_the_rate() {
     advance(&env, Duration::from_secs(60)).await;
     assert_eq!(env.fleet.describe_job(&slow).unwrap().counters.queued, 20);
 }
+
+/// One shard for every thing, and a store slow for one thing's execution: that thing's next
+/// request waits behind its held update (a thing's requests are decided in order, each on
+/// what the one before stored), while another thing is answered meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_held_update_holds_its_things_next_request_and_no_other_thing() {
+    use fleetops_core::device::{DescribeRequest, DeviceRequest, JobTarget, Outbound};
+
+    let (fleet, faults, mut devices) = one_shard_held().await;
+    let (slow, quick) = (t("held-dev"), t("quick-dev"));
+    let job = j("held");
+    fleet
+        .create_job(JobSpec::new(job.clone(), doc()).things([slow.clone(), quick.clone()]))
+        .await
+        .unwrap();
+    let mut started = false;
+    for _ in 0..200 {
+        if let Reply::StartNext(Some(_)) = accepted(&start_next(&mut devices, &slow).await) {
+            started = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    assert!(started, "the execution was never queued");
+    faults.hold(StreamId::job_execution(&job, &slow));
+    let update = DeviceRequest::Update {
+        job_id: job.clone(),
+        request: set_status(S::Succeeded),
+    };
+    devices
+        .request(&slow, Some("first".into()), update)
+        .await
+        .unwrap();
+    eventually("the update waits at the store", || faults.holding() == 1).await;
+    let describe = DeviceRequest::Describe(DescribeRequest {
+        job: JobTarget::Job(job.clone()),
+        execution_number: None,
+        include_job_document: false,
+    });
+    devices
+        .request(&slow, Some("second".into()), describe)
+        .await
+        .unwrap();
+    let other = tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        start_next(&mut devices, &quick),
+    )
+    .await
+    .expect("another thing is answered while the held update waits");
+    assert!(matches!(accepted(&other), Reply::StartNext(Some(_))));
+    let token = |m: &Outbound| match m {
+        Outbound::Accepted { client_token, .. } | Outbound::Rejected { client_token, .. } => {
+            client_token.clone()
+        }
+        _ => None,
+    };
+    let early: Vec<_> = devices.drain().iter().filter_map(token).collect();
+    assert!(
+        early.is_empty(),
+        "answered before the update was stored: {early:?}"
+    );
+    faults.release();
+    let mut replies = Vec::new();
+    while replies.len() < 2 {
+        let m = tokio::time::timeout(std::time::Duration::from_secs(10), devices.recv())
+            .await
+            .expect("the held requests are answered once the store goes on")
+            .expect("the fleet is running");
+        if let Some(tok) = token(&m) {
+            accepted(&m);
+            replies.push(tok);
+        }
+    }
+    assert_eq!(replies, ["first", "second"]);
+    assert_eq!(status_of(&fleet, &job, &slow), Some(S::Succeeded));
+}

@@ -6,6 +6,9 @@
 use std::time::Duration as StdDuration;
 
 use fleetops_core::device::{DeviceRequest, Outbound, Reply, StartNextRequest, UpdateRequest};
+use fleetops_core::link::DeviceLink;
+use fleetops_core::store::EventStore;
+use fleetops_core::testkit::{FaultHandle, FaultyStore};
 use fleetops_core::{Duration, JobExecutionStatus, JobId, ThingName, Timestamp};
 use fleetops_service::clock::ManualClock;
 use fleetops_service::ids::SequentialIds;
@@ -54,6 +57,28 @@ pub async fn start(
         .await
         .expect("fleet starts");
     (fleet, devices)
+}
+
+/// A fleet on a store that can be told to hold appends to a stream.
+pub type HeldFleet = Fleet<FaultyStore<MemoryStore>, ChannelLink>;
+
+/// A fleet with one worker shard for every thing, on a `FaultyStore`, with the handle that
+/// holds its appends.
+pub async fn one_shard_held() -> (HeldFleet, FaultHandle, DeviceEnd) {
+    let store = FaultyStore::new(MemoryStore::new());
+    let faults = store.handle();
+    let (link, devices) = ChannelLink::pair(1024);
+    let fleet = Fleet::builder(store, link)
+        .clock(ManualClock::new(T0))
+        .ids(SequentialIds::default())
+        .config(FleetConfig {
+            shards: 1,
+            ..FleetConfig::default()
+        })
+        .start()
+        .await
+        .expect("fleet starts");
+    (fleet, faults, devices)
 }
 
 pub fn t(name: &str) -> ThingName {
@@ -154,7 +179,11 @@ pub fn rejected(m: &Outbound) -> &fleetops_core::Rejection {
     }
 }
 
-pub fn status_of(fleet: &TestFleet, job: &JobId, thing: &ThingName) -> Option<JobExecutionStatus> {
+pub fn status_of<S: EventStore, L: DeviceLink>(
+    fleet: &Fleet<S, L>,
+    job: &JobId,
+    thing: &ThingName,
+) -> Option<JobExecutionStatus> {
     fleet
         .list_thing_executions(thing, None, &fleetops_service::Page::first(100))
         .items
