@@ -671,6 +671,7 @@ async fn commands_run(
                 sizes.command,
                 None,
                 &setup.tag,
+                c,
             )
             .await?;
             rr.run(warmup, 1, limit, &progress).await?;
@@ -684,6 +685,7 @@ async fn commands_run(
                 sizes.command,
                 Some(sizes.response_accepted),
                 &format!("{}-replied", setup.tag),
+                c,
             )
             .await?;
             let r = replied.run(n, c, limit, &progress).await?;

@@ -33,6 +33,40 @@ const TINY: &[&str] = &[
     "120",
 ];
 
+/// More commands in flight than a device's connection window (64): both sides must still
+/// answer every one. The raw responder used to drop the responses its request channel had no
+/// room for, and the run then waited for them until its timeout.
+#[test]
+fn commands_run_with_more_in_flight_than_a_device_window() {
+    let out = fleetops(&[
+        "bench",
+        "--spawn-mosquitto",
+        "--scenario",
+        "commands",
+        "--runs",
+        "1",
+        "--round-trips",
+        "5",
+        "--requests",
+        "600",
+        "--concurrency",
+        "256",
+        "--timeout-secs",
+        "60",
+    ]);
+    let stdout = text(&out.stdout);
+    assert!(
+        out.status.success(),
+        "exit {:?}\nstdout:\n{stdout}\nstderr:\n{}",
+        out.status,
+        text(&out.stderr)
+    );
+    assert!(
+        stdout.contains("| throughput, 256 in flight | "),
+        "{stdout}"
+    );
+}
+
 #[test]
 fn prints_both_scenarios_beside_the_raw_baseline_with_ratios() {
     let out = fleetops(TINY);

@@ -299,7 +299,7 @@ pub struct RequestResponse {
 impl RequestResponse {
     /// Connects both clients; topics are under `prefix` for thing `thing`. `reply`: the
     /// size of the `response/accepted` the requester sends for each response, or `None` for
-    /// none.
+    /// none. `window`: the most requests [`RequestResponse::run`] will keep in flight.
     pub async fn connect(
         broker: &BrokerConfig,
         prefix: &str,
@@ -307,6 +307,7 @@ impl RequestResponse {
         size: usize,
         reply: Option<usize>,
         tag: &str,
+        window: usize,
     ) -> Result<Self, RawError> {
         let mut filters = vec![format!(
             "{prefix}/commands/things/{thing}/executions/+/request"
@@ -319,10 +320,19 @@ impl RequestResponse {
         }
         let replies = Arc::new(AtomicUsize::new(0));
         let counted = Arc::clone(&replies);
+        // The responder acknowledges each request as it arrives, so the broker's window does
+        // not bound what it holds: the requester's does. Each request in flight may have its
+        // response waiting in the channel (the responder's own window of unacknowledged
+        // publishes is small), so the channel holds the whole window: try_publish cannot
+        // find it full, and no response is dropped.
+        let responder_knobs = Knobs {
+            channel: DEVICE.channel.max(window + 64),
+            ..DEVICE
+        };
         let responder = connect(
             broker,
             thing,
-            DEVICE,
+            responder_knobs,
             filters,
             Box::new(move |p, client| {
                 if p.topic.ends_with(b"/response/accepted") {
@@ -331,8 +341,6 @@ impl RequestResponse {
                 }
                 let topic = String::from_utf8_lossy(&p.topic);
                 if let Some(base) = topic.strip_suffix("/request") {
-                    // At most `receive_maximum` requests are in flight towards us, and the
-                    // channel holds that many: try_publish cannot find it full.
                     let _ = client.try_publish(
                         format!("{base}/response"),
                         QoS::AtLeastOnce,
@@ -346,17 +354,21 @@ impl RequestResponse {
         let (mut forward_it, incoming) = forward();
         let on_publish: OnPublish = Box::new(move |p, client| {
             if let Some(len) = reply {
-                // One reply per response in flight, and the channel holds the whole window:
-                // try_publish cannot find it full.
+                // One reply per response, beside at most a window of requests: the channel
+                // holds both, so try_publish cannot find it full.
                 let topic = format!("{}/accepted", String::from_utf8_lossy(&p.topic));
                 let _ = client.try_publish(topic, QoS::AtLeastOnce, false, payload(0, len));
             }
             forward_it(p, client);
         });
+        let requester_knobs = Knobs {
+            channel: SERVICE.channel.max(2 * window + 64),
+            ..SERVICE
+        };
         let requester = connect(
             broker,
             &format!("fleetops-bench-raw-requester-{tag}"),
-            SERVICE,
+            requester_knobs,
             vec![format!("{prefix}/commands/things/+/executions/+/response")],
             on_publish,
         )
