@@ -8,8 +8,6 @@ use std::time::{Duration as StdDuration, Instant};
 
 use common::*;
 use fleetops_core::testkit::{FaultHandle, FaultyStore};
-use fleetops_service::clock::ManualClock;
-use fleetops_service::ids::SequentialIds;
 use fleetops_service::link::{ChannelLink, DeviceEnd};
 use fleetops_service::{Fleet, FleetConfig, FleetError, HealthStatus, JobSpec};
 use fleetops_store_memory::MemoryStore;
@@ -21,20 +19,11 @@ type Flaky = FaultyStore<MemoryStore>;
 
 /// A fleet on a fresh `Flaky` store, with the handle that switches the store's faults.
 async fn fleet() -> (Fleet<Flaky, ChannelLink>, FaultHandle, DeviceEnd) {
-    let store = FaultyStore::new(MemoryStore::new());
-    let faults = store.handle();
-    let (link, devices) = ChannelLink::pair(1024);
-    let fleet = Fleet::builder(store, link)
-        .clock(ManualClock::new(T0))
-        .ids(SequentialIds::default())
-        .config(FleetConfig {
-            apply_timeout: StdDuration::from_millis(500),
-            ..FleetConfig::default()
-        })
-        .start()
-        .await
-        .expect("fleet starts");
-    (fleet, faults, devices)
+    faulty_fleet(FleetConfig {
+        apply_timeout: StdDuration::from_millis(500),
+        ..FleetConfig::default()
+    })
+    .await
 }
 
 async fn create(fleet: &Fleet<Flaky, ChannelLink>, id: &str) -> Result<(), FleetError> {

@@ -62,23 +62,29 @@ pub async fn start(
 /// A fleet on a store that can be told to hold appends to a stream.
 pub type HeldFleet = Fleet<FaultyStore<MemoryStore>, ChannelLink>;
 
-/// A fleet with one worker shard for every thing, on a `FaultyStore`, with the handle that
-/// holds its appends.
-pub async fn one_shard_held() -> (HeldFleet, FaultHandle, DeviceEnd) {
+/// A fleet on a fresh `FaultyStore` over a `MemoryStore`, with the handle that switches the
+/// store's faults and holds its appends.
+pub async fn faulty_fleet(config: FleetConfig) -> (HeldFleet, FaultHandle, DeviceEnd) {
     let store = FaultyStore::new(MemoryStore::new());
     let faults = store.handle();
     let (link, devices) = ChannelLink::pair(1024);
     let fleet = Fleet::builder(store, link)
         .clock(ManualClock::new(T0))
         .ids(SequentialIds::default())
-        .config(FleetConfig {
-            shards: 1,
-            ..FleetConfig::default()
-        })
+        .config(config)
         .start()
         .await
         .expect("fleet starts");
     (fleet, faults, devices)
+}
+
+/// [`faulty_fleet`] with one worker shard for every thing.
+pub async fn one_shard_held() -> (HeldFleet, FaultHandle, DeviceEnd) {
+    faulty_fleet(FleetConfig {
+        shards: 1,
+        ..FleetConfig::default()
+    })
+    .await
 }
 
 pub fn t(name: &str) -> ThingName {
