@@ -16,6 +16,28 @@ fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
 }
 
+/// The run's standard output; fails with both outputs if it did not succeed.
+fn succeeded(out: &Output) -> String {
+    let stdout = text(&out.stdout);
+    assert!(
+        out.status.success(),
+        "exit {:?}\nstdout:\n{stdout}\nstderr:\n{}",
+        out.status,
+        text(&out.stderr)
+    );
+    stdout
+}
+
+/// One run of the commands scenario alone, on its own mosquitto.
+const COMMANDS_ONCE: &[&str] = &[
+    "bench",
+    "--spawn-mosquitto",
+    "--scenario",
+    "commands",
+    "--runs",
+    "1",
+];
+
 const TINY: &[&str] = &[
     "bench",
     "--spawn-mosquitto",
@@ -38,13 +60,7 @@ const TINY: &[&str] = &[
 /// room for, and the run then waited for them until its timeout.
 #[test]
 fn commands_run_with_more_in_flight_than_a_device_window() {
-    let out = fleetops(&[
-        "bench",
-        "--spawn-mosquitto",
-        "--scenario",
-        "commands",
-        "--runs",
-        "1",
+    let more = [
         "--round-trips",
         "5",
         "--requests",
@@ -53,14 +69,9 @@ fn commands_run_with_more_in_flight_than_a_device_window() {
         "256",
         "--timeout-secs",
         "60",
-    ]);
-    let stdout = text(&out.stdout);
-    assert!(
-        out.status.success(),
-        "exit {:?}\nstdout:\n{stdout}\nstderr:\n{}",
-        out.status,
-        text(&out.stderr)
-    );
+    ];
+    let out = fleetops(&[COMMANDS_ONCE, &more].concat());
+    let stdout = succeeded(&out);
     assert!(
         stdout.contains("| throughput, 256 in flight | "),
         "{stdout}"
@@ -70,13 +81,7 @@ fn commands_run_with_more_in_flight_than_a_device_window() {
 #[test]
 fn prints_both_scenarios_beside_the_raw_baseline_with_ratios() {
     let out = fleetops(TINY);
-    let stdout = text(&out.stdout);
-    assert!(
-        out.status.success(),
-        "exit {:?}\nstdout:\n{stdout}\nstderr:\n{}",
-        out.status,
-        text(&out.stderr)
-    );
+    let stdout = succeeded(&out);
     assert!(stdout.contains("| figure | fleetops | raw MQTT | fleetops / raw |"));
     for row in [
         "| round trip p50 |",
@@ -252,16 +257,8 @@ fn processes_mentioning(needle: &str) -> Vec<String> {
 fn a_terminated_bench_leaves_no_broker_or_temporary_directory_behind() {
     let tmp = tempfile::tempdir().expect("a temporary directory");
     let mut child = Command::new(env!("CARGO_BIN_EXE_fleetops"))
-        .args([
-            "bench",
-            "--spawn-mosquitto",
-            "--scenario",
-            "commands",
-            "--runs",
-            "1",
-            "--round-trips",
-            "10000000",
-        ])
+        .args(COMMANDS_ONCE)
+        .args(["--round-trips", "10000000"])
         .env("TMPDIR", tmp.path())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
