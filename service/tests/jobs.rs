@@ -677,6 +677,8 @@ async fn without_a_cached_state_only_executions_with_status_details_are_read_bac
         .create_job(JobSpec::new(job.clone(), doc()).things([plain.clone(), detailed.clone()]))
         .await
         .unwrap();
+    // The rollout driver queues the executions after the job is created.
+    settle(&fleet).await;
     let details = |k: &str, v: &str| {
         Some(
             [(
@@ -856,15 +858,9 @@ async fn a_held_update_holds_its_things_next_request_and_no_other_thing() {
         .create_job(JobSpec::new(job.clone(), doc()).things([slow.clone(), quick.clone()]))
         .await
         .unwrap();
-    let mut started = false;
-    for _ in 0..200 {
-        if let Reply::StartNext(Some(_)) = accepted(&start_next(&mut devices, &slow).await) {
-            started = true;
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-    }
-    assert!(started, "the execution was never queued");
+    settle(&fleet).await;
+    let r = start_next(&mut devices, &slow).await;
+    assert!(matches!(accepted(&r), Reply::StartNext(Some(_))));
     faults.hold(StreamId::job_execution(&job, &slow));
     let update = DeviceRequest::Update {
         job_id: job.clone(),

@@ -117,7 +117,7 @@ pub async fn eventually(what: &str, mut f: impl FnMut() -> bool) {
 
 /// Waits until the fleet stops writing: the projections have folded the head and the head has
 /// not moved for a few rounds.
-pub async fn settle(fleet: &TestFleet) {
+pub async fn settle<S: EventStore, L: DeviceLink>(fleet: &Fleet<S, L>) {
     let mut stable = 0;
     let mut last = u64::MAX;
     while stable < 5 {
