@@ -40,9 +40,9 @@
 //! (in `FlushEveryBatch` mode), tail and head publication, then it returns
 //! ([`append_inline`]). An ordered append (`EventStore::append_ordered`) leaves the sync and
 //! the publication to the flusher thread instead; one that goes to the writer is told its
-//! place as soon as its group is applied, so under load too its caller works beside the sync. Appends that meet a busy writer, or
-//! another appender committing inline, queue up for the writer as before and are grouped
-//! there.
+//! place as soon as its group is applied, so under load too its caller works beside the
+//! sync. Appends that meet a busy writer, or another appender committing inline, queue up
+//! for the writer as before and are grouped there.
 //!
 //! Both kinds of committer share the [`State`] (the next position and the cached stream
 //! heads) under one lock, held while a group is staged, applied and, inline or in `Buffered`
