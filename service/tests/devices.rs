@@ -568,7 +568,9 @@ async fn a_request_is_settled_with_the_link_only_once_its_effect_is_stored() {
         .create_job(JobSpec::new(job.clone(), json!({})).things([d.clone()]))
         .await
         .unwrap();
-    fleet.caught_up().await.unwrap();
+    // The rollout driver queues the execution after the job is created: wait for it, so the
+    // start below has something to store.
+    settle(&fleet).await;
     let before = store.head_position().await.unwrap();
     let r = devices
         .request_with_receipt(
@@ -632,7 +634,9 @@ async fn a_noisy_thing_does_not_hold_its_shard() {
         .create_job(JobSpec::new(job.clone(), json!({})).things([noisy.clone()]))
         .await
         .unwrap();
-    fleet.caught_up().await.unwrap();
+    // The execution must be queued before the feed stalls, or the noisy updates are refused
+    // at once instead of waiting for their fold.
+    settle(&fleet).await;
     faults.stall();
     // Progress reports that each store an event.
     let n = 3000;
