@@ -24,6 +24,7 @@
 //! PostgreSQL with `--store`, shared by `--instances` runtimes) and `MqttLink`.
 
 pub mod broker;
+pub mod cpu;
 pub mod fleetops;
 pub mod flood;
 pub mod mux;
@@ -44,6 +45,7 @@ use serde::Serialize;
 use crate::broker_url::{redact, BrokerUrl};
 pub use crate::config::DurabilityArg;
 use crate::config::StoreSetting;
+use cpu::{CpuMeter, CpuPerOp};
 use raw::Sizes;
 use stats::{median, Latency};
 
@@ -213,6 +215,12 @@ pub struct CommandRun {
     /// Raw MQTT with a reply to each response, `concurrency` in flight: the three messages
     /// of fleetops' command protocol instead of two.
     pub raw_replied_concurrent: Latency,
+    /// CPU per command of `fleetops_concurrent`.
+    pub fleetops_concurrent_cpu: Option<CpuPerOp>,
+    /// CPU per command of `raw_concurrent`.
+    pub raw_concurrent_cpu: Option<CpuPerOp>,
+    /// CPU per command of `raw_replied_concurrent`.
+    pub raw_replied_concurrent_cpu: Option<CpuPerOp>,
     /// A lone durable append of one event to a fresh store of the same kind and durability
     /// (sled only; `None` on PostgreSQL): what one flush costs in this run.
     pub store_append: Option<Latency>,
@@ -225,6 +233,10 @@ pub struct JobRun {
     pub fleetops_secs: f64,
     /// Raw MQTT: first `notify-next` → last `update`, seconds.
     pub raw_secs: f64,
+    /// CPU per execution of the fleetops job.
+    pub fleetops_cpu: Option<CpuPerOp>,
+    /// CPU per device of the raw fan-out.
+    pub raw_cpu: Option<CpuPerOp>,
 }
 
 /// A figure across runs: the medians of both sides and of the per-run ratios.
@@ -245,6 +257,19 @@ impl Compared {
             raw: median(runs.iter().map(&raw)),
             ratio: median(runs.iter().map(|r| fleetops(r) / raw(r))),
         }
+    }
+
+    /// [`Compared::of`] a figure every run may lack: `None` unless every run has it.
+    fn of_all<T>(
+        runs: &[T],
+        fleetops: impl Fn(&T) -> Option<f64>,
+        raw: impl Fn(&T) -> Option<f64>,
+    ) -> Option<Self> {
+        let pairs = runs
+            .iter()
+            .map(|r| fleetops(r).zip(raw(r)))
+            .collect::<Option<Vec<_>>>()?;
+        (!pairs.is_empty()).then(|| Self::of(&pairs, |p| p.0, |p| p.1))
     }
 }
 
@@ -277,6 +302,15 @@ pub struct CommandsReport {
     /// Median of the per-run `fleetops p50 / (raw p50 + store append p50)`: 1.0 means the
     /// round trip costs raw MQTT plus exactly one durable append.
     pub p50_over_raw_plus_append: Option<f64>,
+    /// The bench process's CPU per command with `concurrency` in flight, µs.
+    pub cpu_process_us: Option<Compared>,
+    /// The spawned broker's CPU per command with `concurrency` in flight, µs; `None` with
+    /// `--broker`.
+    pub cpu_broker_us: Option<Compared>,
+    /// `cpu_process_us` against raw MQTT replying to each response.
+    pub replied_cpu_process_us: Option<Compared>,
+    /// `cpu_broker_us` against raw MQTT replying to each response.
+    pub replied_cpu_broker_us: Option<Compared>,
     /// Every run.
     pub runs: Vec<CommandRun>,
 }
@@ -293,6 +327,10 @@ pub struct JobReport {
     pub seconds: Compared,
     /// Device requests that failed in the fleetops runs (timeouts, refusals), all runs.
     pub device_errors: u64,
+    /// The bench process's CPU per execution (raw: per device), µs.
+    pub cpu_process_us: Option<Compared>,
+    /// The spawned broker's CPU per execution (raw: per device), µs; `None` with `--broker`.
+    pub cpu_broker_us: Option<Compared>,
     /// Every run.
     pub runs: Vec<JobRun>,
 }
@@ -373,7 +411,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     crate::log_errors_to_stderr();
     // Before a broker is started for nothing.
     check_device_connections(&args)?;
-    let (broker, label, _spawned) = if args.spawn_mosquitto {
+    let (broker, label, spawned) = if args.spawn_mosquitto {
         let spawned = broker::SpawnedBroker::start().context("start a private mosquitto")?;
         let version = broker::mosquitto_binary()
             .ok()
@@ -393,7 +431,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         (config, redact(url), None)
     };
     let report = tokio::select! {
-        report = measure(&args, broker, label) => report?,
+        report = measure(&args, broker, label, spawned.as_ref().and_then(broker::SpawnedBroker::pid)) => report?,
         () = stop => anyhow::bail!("interrupted: no figures; the private broker and the temporary stores were removed"),
     };
     if args.json {
@@ -404,11 +442,13 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Runs the chosen scenarios against `broker` and collects the figures.
+/// Runs the chosen scenarios against `broker` and collects the figures; `broker_pid`, the
+/// spawned broker's process id, adds its CPU per operation to them.
 pub async fn measure(
     args: &BenchArgs,
     broker: BrokerConfig,
     label: String,
+    broker_pid: Option<u32>,
 ) -> anyhow::Result<Report> {
     let sizes = fleetops::message_sizes()?;
     let machine = Machine {
@@ -439,6 +479,7 @@ pub async fn measure(
         status_changes: !args.no_status_changes,
         store: store.clone(),
         instances: args.instances as usize,
+        broker_pid,
     };
     let mut report = Report {
         machine,
@@ -501,6 +542,26 @@ pub async fn measure(
                 })
                 .collect::<Option<Vec<_>>>()
                 .map(median),
+            cpu_process_us: Compared::of_all(
+                &runs,
+                |r| r.fleetops_concurrent_cpu.map(|c| c.process_us),
+                |r| r.raw_concurrent_cpu.map(|c| c.process_us),
+            ),
+            cpu_broker_us: Compared::of_all(
+                &runs,
+                |r| r.fleetops_concurrent_cpu.and_then(|c| c.broker_us),
+                |r| r.raw_concurrent_cpu.and_then(|c| c.broker_us),
+            ),
+            replied_cpu_process_us: Compared::of_all(
+                &runs,
+                |r| r.fleetops_concurrent_cpu.map(|c| c.process_us),
+                |r| r.raw_replied_concurrent_cpu.map(|c| c.process_us),
+            ),
+            replied_cpu_broker_us: Compared::of_all(
+                &runs,
+                |r| r.fleetops_concurrent_cpu.and_then(|c| c.broker_us),
+                |r| r.raw_replied_concurrent_cpu.and_then(|c| c.broker_us),
+            ),
             runs,
         });
     }
@@ -519,6 +580,16 @@ pub async fn measure(
             device_connections: args.device_connections,
             seconds: Compared::of(&runs, |r| r.fleetops_secs, |r| r.raw_secs),
             device_errors,
+            cpu_process_us: Compared::of_all(
+                &runs,
+                |r| r.fleetops_cpu.map(|c| c.process_us),
+                |r| r.raw_cpu.map(|c| c.process_us),
+            ),
+            cpu_broker_us: Compared::of_all(
+                &runs,
+                |r| r.fleetops_cpu.and_then(|c| c.broker_us),
+                |r| r.raw_cpu.and_then(|c| c.broker_us),
+            ),
             runs,
         });
     }
@@ -676,7 +747,9 @@ async fn commands_run(
             .await?;
             rr.run(warmup, 1, limit, &progress).await?;
             let s = rr.run(seq, 1, limit, &progress).await?;
+            let meter = CpuMeter::start(setup.broker_pid);
             let t = rr.run(n, c, limit, &progress).await?;
+            let t_cpu = meter.per_op(n);
             drop(rr);
             let mut replied = raw::RequestResponse::connect(
                 broker,
@@ -688,22 +761,26 @@ async fn commands_run(
                 c,
             )
             .await?;
+            let meter = CpuMeter::start(setup.broker_pid);
             let r = replied.run(n, c, limit, &progress).await?;
+            let r_cpu = meter.per_op(n);
             // The yardstick is only what it claims if every reply reached the responder.
             replied.await_replies(n, limit).await?;
-            raw_figs = Some((s, t, r));
+            raw_figs = Some((s, (t, t_cpu), (r, r_cpu)));
         } else {
             let label = format!("commands {}/{runs}: fleetops", run + 1);
             let progress = Progress::new((warmup + seq + n) as u64, label);
             let cmds = fleetops::Commands::start(setup).await?;
             cmds.run(warmup, 1, limit, &progress).await?;
             let s = cmds.run(seq, 1, limit, &progress).await?;
+            let meter = CpuMeter::start(setup.broker_pid);
             let t = cmds.run(n, c, limit, &progress).await?;
+            let t_cpu = meter.per_op(n);
             cmds.stop().await;
-            fleet_figs = Some((s, t));
+            fleet_figs = Some((s, (t, t_cpu)));
         }
     }
-    let ((raw_s, raw_t, raw_r), (fl_s, fl_t)) =
+    let ((raw_s, (raw_t, raw_t_cpu), (raw_r, raw_r_cpu)), (fl_s, (fl_t, fl_t_cpu))) =
         raw_figs.zip(fleet_figs).context("both sides ran")?;
     // The flush a round trip waits for, measured in this run beside it.
     let store_append = fleetops::store_append_latency(setup, seq.max(200)).await?;
@@ -713,6 +790,9 @@ async fn commands_run(
         fleetops_concurrent: fl_t,
         raw_concurrent: raw_t,
         raw_replied_concurrent: raw_r,
+        fleetops_concurrent_cpu: fl_t_cpu,
+        raw_concurrent_cpu: raw_t_cpu,
+        raw_replied_concurrent_cpu: raw_r_cpu,
         store_append,
     })
 }
@@ -731,6 +811,7 @@ async fn job_run(
     let runs = args.runs;
     let mut raw_secs = None;
     let mut fleet = None;
+    let devices = usize::try_from(n).unwrap_or(usize::MAX);
     for side in if run.is_multiple_of(2) {
         [0, 1]
     } else {
@@ -754,9 +835,11 @@ async fn job_run(
                 }
             };
             let p = Progress::new(n, format!("job {}/{runs}: raw fan-out", run + 1));
+            let meter = CpuMeter::start(setup.broker_pid);
             let secs = fanout.run(limit, &p).await;
+            let cpu = meter.per_op(devices);
             fanout.close().await;
-            raw_secs = Some(secs?.as_secs_f64());
+            raw_secs = Some((secs?.as_secs_f64(), cpu));
         } else {
             let (mut job, errors) = match args.device_connections {
                 None => {
@@ -773,10 +856,13 @@ async fn job_run(
                 }
             };
             let p = Progress::new(n, format!("job {}/{runs}: fleetops job", run + 1));
+            let meter = CpuMeter::start(setup.broker_pid);
             let secs = job.run(limit, &p).await;
+            let cpu = meter.per_op(devices);
             job.stop().await;
             fleet = Some((
                 secs?.as_secs_f64(),
+                cpu,
                 errors.load(std::sync::atomic::Ordering::Relaxed),
             ));
         }
@@ -784,11 +870,14 @@ async fn job_run(
         // next measurement does not pay for them.
         tokio::time::sleep(Duration::from_millis(500 + n / 10)).await;
     }
-    let (raw_secs, (fleetops_secs, errors)) = raw_secs.zip(fleet).context("both sides ran")?;
+    let ((raw_secs, raw_cpu), (fleetops_secs, fleetops_cpu, errors)) =
+        raw_secs.zip(fleet).context("both sides ran")?;
     Ok((
         JobRun {
             fleetops_secs,
             raw_secs,
+            fleetops_cpu,
+            raw_cpu,
         },
         errors,
     ))
@@ -872,6 +961,23 @@ pub fn render(r: &Report) -> String {
             us(p.raw),
             ratio(p.ratio)
         );
+        for (what, against, f) in [
+            ("bench process", "", c.cpu_process_us),
+            ("broker", "", c.cpu_broker_us),
+            ("bench process", ", raw replying", c.replied_cpu_process_us),
+            ("broker", ", raw replying", c.replied_cpu_broker_us),
+        ] {
+            if let Some(f) = f {
+                let _ = writeln!(
+                    s,
+                    "| CPU per command, {} in flight{against}: {what} | {} | {} | {} |",
+                    c.concurrency,
+                    us(f.fleetops),
+                    us(f.raw),
+                    ratio(f.ratio)
+                );
+            }
+        }
         if let (Some(a), Some(r)) = (c.store_append_p50_us, c.p50_over_raw_plus_append) {
             let _ = writeln!(
                 s,
@@ -919,6 +1025,20 @@ pub fn render(r: &Report) -> String {
             f.raw,
             ratio(f.ratio)
         );
+        for (what, f) in [
+            ("bench process", j.cpu_process_us),
+            ("broker", j.cpu_broker_us),
+        ] {
+            if let Some(f) = f {
+                let _ = writeln!(
+                    s,
+                    "| CPU per execution: {what} | {} | {} | {} |",
+                    us(f.fleetops),
+                    us(f.raw),
+                    ratio(f.ratio)
+                );
+            }
+        }
         for (i, run) in j.runs.iter().enumerate() {
             let _ = writeln!(
                 s,

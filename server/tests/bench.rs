@@ -89,6 +89,14 @@ fn prints_both_scenarios_beside_the_raw_baseline_with_ratios() {
         "| throughput, 4 in flight |",
         "| throughput, 4 in flight, raw replying to each response as fleetops does |",
         "| job to 20 devices, create → all SUCCEEDED |",
+        // CPU per operation beside each throughput figure: both processes did work, so
+        // every cell is filled and the ratio is a number.
+        "| CPU per command, 4 in flight: bench process |",
+        "| CPU per command, 4 in flight: broker |",
+        "| CPU per command, 4 in flight, raw replying: bench process |",
+        "| CPU per command, 4 in flight, raw replying: broker |",
+        "| CPU per execution: bench process |",
+        "| CPU per execution: broker |",
     ] {
         let line = stdout
             .lines()
@@ -133,6 +141,12 @@ fn json_output_has_both_sides_and_the_ratio() {
         );
     }
     assert_eq!(v["job"]["runs"].as_array().map(Vec::len), Some(1));
+    for figure in ["cpu_process_us", "cpu_broker_us"] {
+        let cpu = &v["job"][figure];
+        for key in ["fleetops", "raw", "ratio"] {
+            assert!(cpu[key].as_f64().is_some_and(|x| x > 0.0), "{key} in {cpu}");
+        }
+    }
     assert!(
         v["job"]["device_connections"].is_null(),
         "a connection per device by default"

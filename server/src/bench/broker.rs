@@ -112,6 +112,11 @@ impl SpawnedBroker {
         self.port
     }
 
+    /// The broker's process id, for its CPU time.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     /// Connection settings for every bench client (anonymous, plain TCP).
     pub fn config(&self) -> BrokerConfig {
         BrokerConfig::new("127.0.0.1", self.port)

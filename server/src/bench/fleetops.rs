@@ -184,6 +184,8 @@ pub struct Setup {
     pub store: StoreSetting,
     /// Runtimes sharing the store and the device traffic.
     pub instances: usize,
+    /// The spawned broker's process id, for its CPU per operation.
+    pub broker_pid: Option<u32>,
 }
 
 /// The running service: one `Fleet`, or several sharing a PostgreSQL schema and the device
