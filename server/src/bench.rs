@@ -259,17 +259,21 @@ impl Compared {
         }
     }
 
-    /// [`Compared::of`] a figure every run may lack: `None` unless every run has it.
-    fn of_all<T>(
+    /// The process's and the broker's CPU per operation, each [`Compared::of`] the runs;
+    /// `None` for a figure some run lacks.
+    fn cpu<T>(
         runs: &[T],
-        fleetops: impl Fn(&T) -> Option<f64>,
-        raw: impl Fn(&T) -> Option<f64>,
-    ) -> Option<Self> {
-        let pairs = runs
-            .iter()
-            .map(|r| fleetops(r).zip(raw(r)))
-            .collect::<Option<Vec<_>>>()?;
-        (!pairs.is_empty()).then(|| Self::of(&pairs, |p| p.0, |p| p.1))
+        fleetops: impl Fn(&T) -> Option<CpuPerOp>,
+        raw: impl Fn(&T) -> Option<CpuPerOp>,
+    ) -> (Option<Self>, Option<Self>) {
+        let of_all = |figure: fn(CpuPerOp) -> Option<f64>| {
+            let pairs = runs
+                .iter()
+                .map(|r| fleetops(r).and_then(figure).zip(raw(r).and_then(figure)))
+                .collect::<Option<Vec<_>>>()?;
+            (!pairs.is_empty()).then(|| Self::of(&pairs, |p| p.0, |p| p.1))
+        };
+        (of_all(|c| Some(c.process_us)), of_all(|c| c.broker_us))
     }
 }
 
@@ -498,6 +502,16 @@ pub async fn measure(
         for run in 0..args.runs {
             runs.push(commands_run(args, &broker, &prefix, sizes, &setup(run), run, limit).await?);
         }
+        let (cpu_process_us, cpu_broker_us) = Compared::cpu(
+            &runs,
+            |r| r.fleetops_concurrent_cpu,
+            |r| r.raw_concurrent_cpu,
+        );
+        let (replied_cpu_process_us, replied_cpu_broker_us) = Compared::cpu(
+            &runs,
+            |r| r.fleetops_concurrent_cpu,
+            |r| r.raw_replied_concurrent_cpu,
+        );
         report.commands = Some(CommandsReport {
             round_trips: args.round_trips,
             concurrency: args.concurrency,
@@ -542,26 +556,10 @@ pub async fn measure(
                 })
                 .collect::<Option<Vec<_>>>()
                 .map(median),
-            cpu_process_us: Compared::of_all(
-                &runs,
-                |r| r.fleetops_concurrent_cpu.map(|c| c.process_us),
-                |r| r.raw_concurrent_cpu.map(|c| c.process_us),
-            ),
-            cpu_broker_us: Compared::of_all(
-                &runs,
-                |r| r.fleetops_concurrent_cpu.and_then(|c| c.broker_us),
-                |r| r.raw_concurrent_cpu.and_then(|c| c.broker_us),
-            ),
-            replied_cpu_process_us: Compared::of_all(
-                &runs,
-                |r| r.fleetops_concurrent_cpu.map(|c| c.process_us),
-                |r| r.raw_replied_concurrent_cpu.map(|c| c.process_us),
-            ),
-            replied_cpu_broker_us: Compared::of_all(
-                &runs,
-                |r| r.fleetops_concurrent_cpu.and_then(|c| c.broker_us),
-                |r| r.raw_replied_concurrent_cpu.and_then(|c| c.broker_us),
-            ),
+            cpu_process_us,
+            cpu_broker_us,
+            replied_cpu_process_us,
+            replied_cpu_broker_us,
             runs,
         });
     }
@@ -575,21 +573,15 @@ pub async fn measure(
             runs.push(r);
             device_errors += errors;
         }
+        let (cpu_process_us, cpu_broker_us) =
+            Compared::cpu(&runs, |r| r.fleetops_cpu, |r| r.raw_cpu);
         report.job = Some(JobReport {
             devices: args.devices,
             device_connections: args.device_connections,
             seconds: Compared::of(&runs, |r| r.fleetops_secs, |r| r.raw_secs),
             device_errors,
-            cpu_process_us: Compared::of_all(
-                &runs,
-                |r| r.fleetops_cpu.map(|c| c.process_us),
-                |r| r.raw_cpu.map(|c| c.process_us),
-            ),
-            cpu_broker_us: Compared::of_all(
-                &runs,
-                |r| r.fleetops_cpu.and_then(|c| c.broker_us),
-                |r| r.raw_cpu.and_then(|c| c.broker_us),
-            ),
+            cpu_process_us,
+            cpu_broker_us,
             runs,
         });
     }
