@@ -141,7 +141,7 @@ async fn only_the_holder_rolls_out_and_another_takes_over_when_it_loses_the_leas
             .is_ok_and(|d| d.counters.succeeded == 8)
     })
     .await;
-    // B can fold the last update before its device has heard it accepted.
+    // B can fold the last update before A's device has heard it accepted.
     eventually("A's devices hear every update accepted", || {
         sim_a.stats().jobs_done() == 8
     })

@@ -52,7 +52,12 @@ impl CpuMeter {
 /// This process's CPU time, seconds: `CLOCK_PROCESS_CPUTIME_ID`, which counts every thread,
 /// ended ones included, to the nanosecond.
 fn own_cpu_secs() -> f64 {
-    let t = rustix::time::clock_gettime(rustix::time::ClockId::ProcessCPUTime);
+    clock_secs(rustix::time::ClockId::ProcessCPUTime)
+}
+
+/// A clock's reading, seconds.
+fn clock_secs(clock: rustix::time::ClockId) -> f64 {
+    let t = rustix::time::clock_gettime(clock);
     t.tv_sec as f64 + t.tv_nsec as f64 / 1e9
 }
 
@@ -77,10 +82,7 @@ mod tests {
         let meter = CpuMeter::start(None);
         // 20 ms of this thread's own CPU (its own clock, not the one under test), however
         // long the machine takes to give it.
-        let thread = || {
-            let t = rustix::time::clock_gettime(rustix::time::ClockId::ThreadCPUTime);
-            t.tv_sec as f64 + t.tv_nsec as f64 / 1e9
-        };
+        let thread = || clock_secs(rustix::time::ClockId::ThreadCPUTime);
         let started = thread();
         let mut x = 0u64;
         while thread() - started < 0.02 {
